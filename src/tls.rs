@@ -1,0 +1,1 @@
+//! QUIC/TLS configuration that authenticates every peer by its ed25519 key (being written).
