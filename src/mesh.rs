@@ -1,1 +1,1226 @@
-//! TODO(core): mesh
+//! One node's mesh state machine: partners, buffer maps, what to request from whom.
+//!
+//! Pure, in the style of `quinn-proto`: no sockets, no clock reads, seeded
+//! randomness. The driver ([`crate::net`], or the simulator) feeds events in with
+//! `handle_*(now, …)` and acts on what `poll_action()` returns; it calls
+//! `handle_tick(now)` no later than `poll_timeout()`. The mesh moves numbered,
+//! signed byte ranges and knows nothing of MPEG-TS; it does not verify bytes
+//! either — the driver verifies and reports only verified segments, so the
+//! simulator can skip the cryptography.
+//!
+//! ## Call order
+//! 1. A connection completes its Hello exchange → [`Mesh::handle_connected`].
+//! 2. Every control message from it → [`Mesh::handle_control`].
+//! 3. A verified segment arrives (pulled or pushed) → [`Mesh::handle_segment`];
+//!    a transfer fails → [`Mesh::handle_transfer_failed`]; bad data → [`Mesh::handle_misbehaviour`].
+//! 4. The connection ends → [`Mesh::handle_disconnected`]; a dial fails → [`Mesh::handle_dial_failed`].
+//! 5. The broadcaster publishes → [`Mesh::handle_publish`]; its input ends → [`Mesh::handle_end`].
+//! 6. After any of these, drain [`Mesh::poll_action`]; sleep until [`Mesh::poll_timeout`], then
+//!    [`Mesh::handle_tick`].
+//!
+//! ## Strategy
+//! Pull with a deadline, after CoolStreaming/DONet: every node announces what it
+//! holds (a buffer map on connect, then one `Have` per new segment); a viewer asks
+//! partners for what it misses, most urgent first and otherwise rarest first, from
+//! the least-loaded, fastest supplier. The broadcaster announces every segment to
+//! every viewer (so everyone knows at once what exists and when it was published)
+//! but pushes the bytes to only `seed_fanout` viewers; a viewer asks the
+//! broadcaster itself only when no partner has a segment by the time half of its
+//! playout budget is spent, so the origin's upload stays near one copy.
+
+use crate::stream::NodeId;
+use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_MESSAGE};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Whether this node is the broadcaster or a viewer.
+    pub role: Role,
+    /// The stream's (broadcaster's) id: the origin.
+    pub origin: NodeId,
+    /// Partners a viewer tries to keep.
+    pub target_partners: usize,
+    /// Partners beyond which new connections are turned away (after a peer sample).
+    pub max_partners: usize,
+    /// Requests outstanding to one partner at a time.
+    pub max_inflight_per_partner: usize,
+    /// Requests outstanding in all.
+    pub max_inflight_total: usize,
+    /// Segments a viewer holds back from the newest (the playlist delay); also the join point.
+    pub delay_segments: u64,
+    /// Segments remembered behind the newest (buffer maps, stores).
+    pub window: u64,
+    /// Time from first hearing of a segment to its playout deadline.
+    pub playout_budget: Duration,
+    /// A request unanswered after this long is abandoned and asked elsewhere.
+    pub request_timeout: Duration,
+    /// Broadcaster: viewers each new segment is pushed to.
+    pub seed_fanout: usize,
+    /// How often peer samples are exchanged.
+    pub pex_interval: Duration,
+    /// How often full buffer maps are resent (Haves keep them current in between).
+    pub buffer_map_interval: Duration,
+    /// Period of membership maintenance (dialling, origin re-dial).
+    pub maintenance_interval: Duration,
+    /// How long a misbehaving peer is refused.
+    pub ban: Duration,
+    /// Whether this node uploads to peers (false: leech-only).
+    pub uploads: bool,
+    /// Most candidate peers remembered.
+    pub max_known: usize,
+    /// Dials in progress at once.
+    pub max_pending_dials: usize,
+}
+
+impl MeshConfig {
+    /// Defaults for a viewer of `origin`, for segments of about `segment` length.
+    pub fn viewer(origin: NodeId, segment: Duration, delay_segments: u64) -> MeshConfig {
+        let budget = segment.mul_f64(delay_segments.max(1) as f64);
+        MeshConfig {
+            role: Role::Viewer,
+            origin,
+            target_partners: 6,
+            max_partners: 10,
+            max_inflight_per_partner: 2,
+            max_inflight_total: 6,
+            delay_segments,
+            window: 64,
+            playout_budget: budget,
+            request_timeout: (segment * 2).max(Duration::from_secs(3)),
+            seed_fanout: 0,
+            pex_interval: Duration::from_secs(10),
+            buffer_map_interval: Duration::from_secs(5),
+            maintenance_interval: Duration::from_millis(500),
+            ban: Duration::from_secs(300),
+            uploads: true,
+            max_known: 256,
+            max_pending_dials: 4,
+        }
+    }
+
+    /// Defaults for the broadcaster of stream `origin`.
+    pub fn broadcaster(origin: NodeId, segment: Duration) -> MeshConfig {
+        MeshConfig {
+            role: Role::Broadcaster,
+            seed_fanout: 2,
+            max_partners: 4096,
+            ..MeshConfig::viewer(origin, segment, 3)
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a control message.
+    Send {
+        /// To whom.
+        peer: NodeId,
+        /// What.
+        msg: Control,
+    },
+    /// Open a transfer stream and ask for a segment.
+    Request {
+        /// From whom.
+        peer: NodeId,
+        /// Which segment.
+        number: u64,
+    },
+    /// Abandon an outstanding request (it timed out).
+    Cancel {
+        /// The peer asked.
+        peer: NodeId,
+        /// The segment asked for.
+        number: u64,
+    },
+    /// Send a segment unasked (broadcaster seeding).
+    Push {
+        /// To whom.
+        peer: NodeId,
+        /// Which segment.
+        number: u64,
+    },
+    /// Connect to a peer. `addr: None` means the origin, at the ticket's addresses.
+    Dial {
+        /// The key to pin.
+        peer: NodeId,
+        /// Where.
+        addr: Option<SocketAddr>,
+    },
+    /// Close the connection.
+    Disconnect {
+        /// Whom.
+        peer: NodeId,
+        /// Why (for the close frame and the log).
+        reason: &'static str,
+    },
+}
+
+/// Figures for `/stats` and the status line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Connected viewer partners (the origin excluded).
+    pub partners: usize,
+    /// Connected to the origin.
+    pub origin_connected: bool,
+    /// Segments not held by their playout deadline.
+    pub missed_deadlines: u64,
+    /// Requests outstanding.
+    pub inflight: usize,
+    /// Peers banned for misbehaviour so far.
+    pub bans: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    role: Role,
+    addr: SocketAddr,
+    uploads: bool,
+    /// Segments it announced, kept within the window.
+    have: BTreeSet<u64>,
+    inflight: usize,
+    /// Smoothed transfer throughput, bytes/s (None until a transfer completes).
+    throughput: Option<f64>,
+    next_pex: Instant,
+    next_buffer_map: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    peer: NodeId,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct SegState {
+    /// When this node first learned the segment exists.
+    first_heard: Option<Instant>,
+    held: bool,
+    inflight: Option<Inflight>,
+    /// Peers that failed us for this segment (not asked again for it).
+    failed: Vec<NodeId>,
+    missed: bool,
+}
+
+#[derive(Debug)]
+struct Known {
+    addr: SocketAddr,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One node's view of the mesh. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Mesh {
+    cfg: MeshConfig,
+    me: NodeId,
+    rng: ChaCha8Rng,
+    peers: BTreeMap<NodeId, Peer>,
+    known: BTreeMap<NodeId, Known>,
+    pending_dials: BTreeSet<NodeId>,
+    banned: BTreeMap<NodeId, Instant>,
+    segs: BTreeMap<u64, SegState>,
+    /// Lowest segment this node still wants; set at join from the origin's buffer map.
+    want_from: Option<u64>,
+    newest: Option<u64>,
+    ended: Option<u64>,
+    actions: VecDeque<Action>,
+    next_maintenance: Instant,
+    origin_retry_at: Instant,
+    push_cursor: usize,
+    stats: MeshStats,
+}
+
+impl Mesh {
+    /// A node with id `me`; `seed` makes every random choice reproducible.
+    pub fn new(cfg: MeshConfig, me: NodeId, seed: u64, now: Instant) -> Mesh {
+        let mut mesh = Mesh {
+            cfg,
+            me,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            peers: BTreeMap::new(),
+            known: BTreeMap::new(),
+            pending_dials: BTreeSet::new(),
+            banned: BTreeMap::new(),
+            segs: BTreeMap::new(),
+            want_from: None,
+            newest: None,
+            ended: None,
+            actions: VecDeque::new(),
+            next_maintenance: now,
+            origin_retry_at: now,
+            push_cursor: 0,
+            stats: MeshStats::default(),
+        };
+        mesh.maintain(now);
+        mesh
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Mesh::handle_tick`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_maintenance;
+        for s in self.segs.values() {
+            if let Some(inf) = s.inflight {
+                t = t.min(inf.since + self.cfg.request_timeout);
+            } else if !s.held {
+                if let Some(h) = s.first_heard {
+                    // Wake when a waiting segment becomes eligible for the origin, or misses.
+                    let fallback = h + self.origin_wait();
+                    let deadline = h + self.cfg.playout_budget;
+                    for x in [fallback, deadline] {
+                        if x > h && x < t {
+                            t = t.min(x);
+                        }
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> MeshStats {
+        let mut s = self.stats.clone();
+        s.partners = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.cfg.origin)
+            .count();
+        s.origin_connected = self.peers.contains_key(&self.cfg.origin);
+        s.inflight = self.segs.values().filter(|s| s.inflight.is_some()).count();
+        s
+    }
+
+    /// The connected peers (origin included).
+    pub fn peer_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
+    /// The newest segment number known to exist.
+    pub fn newest(&self) -> Option<u64> {
+        self.newest
+    }
+
+    /// The last segment of the stream, once the broadcaster has ended it.
+    pub fn ended(&self) -> Option<u64> {
+        self.ended
+    }
+
+    /// Lowest segment number this node is after (its join point and later).
+    pub fn want_from(&self) -> Option<u64> {
+        self.want_from
+    }
+
+    /// Whether a peer is banned right now (the driver refuses its connections).
+    pub fn is_banned(&self, peer: &NodeId, now: Instant) -> bool {
+        self.banned.get(peer).is_some_and(|until| *until > now)
+    }
+
+    fn origin_wait(&self) -> Duration {
+        self.cfg.playout_budget / 2
+    }
+
+    fn is_origin(&self, id: &NodeId) -> bool {
+        *id == self.cfg.origin
+    }
+
+    fn viewer_count(&self) -> usize {
+        self.peers.keys().filter(|id| !self.is_origin(id)).count()
+    }
+
+    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        addr: SocketAddr,
+        claimed_role: Role,
+        uploads: bool,
+    ) {
+        self.pending_dials.remove(&peer);
+        // The claim is informational: only the stream's key is ever treated as the origin.
+        let _ = claimed_role;
+        if peer == self.me || self.is_banned(&peer, now) {
+            self.actions.push_back(Action::Disconnect {
+                peer,
+                reason: "refused",
+            });
+            return;
+        }
+        // Only the stream's key may claim to be the broadcaster.
+        let role = if self.is_origin(&peer) {
+            Role::Broadcaster
+        } else {
+            Role::Viewer
+        };
+        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
+            // Turn it away, but hand it some peers so it can find room elsewhere.
+            let sample = self.peer_sample(Some(peer));
+            self.send(peer, Control::Peers { peers: sample });
+            self.actions.push_back(Action::Disconnect {
+                peer,
+                reason: "partner set full",
+            });
+            return;
+        }
+        if let Some(k) = self.known.get_mut(&peer) {
+            k.failures = 0;
+            k.retry_at = None;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                role,
+                addr,
+                uploads,
+                have: BTreeSet::new(),
+                inflight: 0,
+                throughput: None,
+                next_pex: now + self.cfg.pex_interval,
+                next_buffer_map: now + self.cfg.buffer_map_interval,
+            },
+        );
+        if self.cfg.uploads || self.cfg.role == Role::Broadcaster {
+            let map = self.buffer_map();
+            self.send(peer, map);
+        }
+        if self.cfg.role == Role::Broadcaster {
+            // The tracker's answer: a random sample of the swarm.
+            let sample = self.peer_sample(Some(peer));
+            if !sample.is_empty() {
+                self.send(peer, Control::Peers { peers: sample });
+            }
+            if let Some(last) = self.ended {
+                self.send(peer, Control::End { last });
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// The connection to `peer` ended.
+    pub fn handle_disconnected(&mut self, now: Instant, peer: NodeId) {
+        self.pending_dials.remove(&peer);
+        if self.peers.remove(&peer).is_none() {
+            return;
+        }
+        for s in self.segs.values_mut() {
+            if s.inflight.is_some_and(|i| i.peer == peer) {
+                s.inflight = None;
+            }
+        }
+        if self.is_origin(&peer) {
+            self.origin_retry_at = now + Duration::from_millis(500);
+        }
+        self.schedule(now);
+    }
+
+    /// A dial to `peer` failed.
+    pub fn handle_dial_failed(&mut self, now: Instant, peer: NodeId) {
+        self.pending_dials.remove(&peer);
+        if let Some(k) = self.known.get_mut(&peer) {
+            k.failures += 1;
+            let backoff = Duration::from_secs(2u64.saturating_pow(k.failures.min(6)));
+            k.retry_at = Some(now + backoff);
+            if k.failures >= 5 {
+                self.known.remove(&peer);
+            }
+        }
+    }
+
+    /// A control message from a connected peer (after [`Control::validate`]).
+    pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
+        if !self.peers.contains_key(&from) {
+            return;
+        }
+        match msg {
+            Control::Hello { .. } => {
+                self.misbehaved(now, from, "second hello");
+                return;
+            }
+            Control::Have { number } => self.learn(now, from, std::iter::once(number)),
+            Control::BufferMap { first, bits } => {
+                let numbers: Vec<u64> = (0..bits.len() * 8)
+                    .filter(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+                    .filter_map(|i| first.checked_add(i as u64))
+                    .collect();
+                self.learn(now, from, numbers.into_iter());
+            }
+            Control::Peers { peers } => {
+                for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
+                    self.add_known(p);
+                }
+            }
+            Control::End { last } => {
+                if self.is_origin(&from) {
+                    self.ended = Some(last);
+                    if let Some(n) = self.newest {
+                        if last < n {
+                            // Forget announced segments past the end; they cannot exist.
+                            self.segs.retain(|k, s| *k <= last || s.held);
+                        }
+                    }
+                }
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// Records what `from` holds; only the origin (or verified data) moves our notion of newest.
+    fn learn(&mut self, now: Instant, from: NodeId, numbers: impl Iterator<Item = u64>) {
+        let from_origin = self.is_origin(&from);
+        let mut max_seen = None;
+        let lo = self.floor();
+        // A peer may announce at most a window ahead of what we know, so a liar cannot
+        // make us track an unbounded set.
+        let hi = self
+            .newest
+            .map_or(u64::MAX, |n| n.saturating_add(self.cfg.window));
+        let mut learned = Vec::new();
+        for n in numbers {
+            if n < lo || (!from_origin && n > hi) {
+                continue;
+            }
+            learned.push(n);
+            max_seen = max_seen.max(Some(n));
+        }
+        if from_origin {
+            if let Some(m) = max_seen {
+                self.advance_newest(m);
+            }
+        }
+        let lo = self.floor();
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        for n in learned.iter().copied().filter(|n| *n >= lo) {
+            peer.have.insert(n);
+        }
+        while peer.have.len() as u64 > self.cfg.window * 2 {
+            peer.have.pop_first();
+        }
+        if self.cfg.role == Role::Broadcaster {
+            return;
+        }
+        for n in learned {
+            if n >= lo && self.want_from.is_some_and(|w| n >= w) {
+                let s = self.segs.entry(n).or_default();
+                s.first_heard.get_or_insert(now);
+            }
+        }
+        if from_origin {
+            // Numbers are consecutive: everything up to the origin's newest exists.
+            if let (Some(w), Some(n)) = (self.want_from, self.newest) {
+                for k in w.max(self.floor())..=n {
+                    self.segs
+                        .entry(k)
+                        .or_default()
+                        .first_heard
+                        .get_or_insert(now);
+                }
+            }
+        }
+        self.prune();
+    }
+
+    fn advance_newest(&mut self, n: u64) {
+        if self.newest.is_none_or(|old| n > old) {
+            self.newest = Some(n);
+        }
+        if self.want_from.is_none() && self.cfg.role == Role::Viewer {
+            // Join a little behind live: enough to fill the playlist's hold-back.
+            self.want_from = Some(n.saturating_sub(self.cfg.delay_segments));
+        }
+    }
+
+    /// Lowest number worth tracking.
+    fn floor(&self) -> u64 {
+        self.newest
+            .map_or(0, |n| n.saturating_sub(self.cfg.window))
+            .max(self.want_from.unwrap_or(0))
+    }
+
+    fn prune(&mut self) {
+        let floor = self.floor();
+        while let Some((&n, _)) = self.segs.first_key_value() {
+            if n >= floor {
+                break;
+            }
+            if let Some(s) = self.segs.remove(&n) {
+                if let Some(inf) = s.inflight {
+                    self.release(inf.peer);
+                }
+            }
+        }
+        for p in self.peers.values_mut() {
+            while p.have.first().is_some_and(|n| *n < floor) {
+                p.have.pop_first();
+            }
+        }
+    }
+
+    fn release(&mut self, peer: NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.inflight = p.inflight.saturating_sub(1);
+        }
+    }
+
+    /// Segment `number` (`len` bytes) is now held verified; `from` is who sent it (None: ourselves).
+    pub fn handle_segment(&mut self, now: Instant, from: Option<NodeId>, number: u64, len: u64) {
+        if self.want_from.is_none() && self.cfg.role == Role::Viewer {
+            self.want_from = Some(number);
+        }
+        if number < self.floor() {
+            return;
+        }
+        self.advance_newest(number);
+        let s = self.segs.entry(number).or_default();
+        s.first_heard.get_or_insert(now);
+        let already = s.held;
+        s.held = true;
+        if let Some(inf) = s.inflight.take() {
+            let elapsed = now
+                .saturating_duration_since(inf.since)
+                .as_secs_f64()
+                .max(1e-3);
+            self.release(inf.peer);
+            if Some(inf.peer) == from {
+                if let Some(p) = self.peers.get_mut(&inf.peer) {
+                    let sample = len as f64 / elapsed;
+                    p.throughput = Some(p.throughput.map_or(sample, |t| 0.7 * t + 0.3 * sample));
+                }
+            }
+        }
+        if !already && self.cfg.uploads {
+            let partners: Vec<NodeId> = self
+                .peers
+                .keys()
+                .filter(|id| !self.is_origin(id) && Some(**id) != from)
+                .copied()
+                .collect();
+            for p in partners {
+                self.send(p, Control::Have { number });
+            }
+        }
+        if let Some(p) = from.and_then(|f| self.peers.get_mut(&f)) {
+            p.have.insert(number);
+        }
+        self.prune();
+        self.schedule(now);
+    }
+
+    /// A request or push for `number` from `peer` failed (`busy`: it said it was saturated).
+    pub fn handle_transfer_failed(&mut self, now: Instant, peer: NodeId, number: u64, busy: bool) {
+        if let Some(s) = self.segs.get_mut(&number) {
+            let was_ours = s.inflight.is_some_and(|i| i.peer == peer);
+            if was_ours {
+                s.inflight = None;
+            }
+            if !busy && !s.failed.contains(&peer) && s.failed.len() < 16 {
+                s.failed.push(peer);
+            }
+            if was_ours {
+                self.release(peer);
+            }
+        }
+        if !busy {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.have.remove(&number);
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// `peer` sent bytes or messages that failed verification: drop and ban it.
+    pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
+        self.misbehaved(now, peer, reason);
+        self.schedule(now);
+    }
+
+    fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
+        if self.is_origin(&peer) {
+            // The origin's key signs the stream; it cannot be banned from its own stream.
+            return;
+        }
+        self.banned.insert(peer, now + self.cfg.ban);
+        self.stats.bans += 1;
+        self.known.remove(&peer);
+        self.actions.push_back(Action::Disconnect { peer, reason });
+        self.handle_disconnected(now, peer);
+    }
+
+    /// Broadcaster: segment `number` was just cut and signed.
+    pub fn handle_publish(&mut self, now: Instant, number: u64) {
+        self.advance_newest(number);
+        let s = self.segs.entry(number).or_default();
+        s.held = true;
+        s.first_heard = Some(now);
+        let viewers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for v in &viewers {
+            self.send(*v, Control::Have { number });
+        }
+        // Seed a few uploaders, rotating so the relaying load spreads over the swarm.
+        let uploaders: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.uploads)
+            .map(|(id, _)| *id)
+            .collect();
+        let fanout = self.cfg.seed_fanout.min(uploaders.len());
+        for i in 0..fanout {
+            if let Some(peer) = uploaders.get((self.push_cursor + i) % uploaders.len()) {
+                self.actions.push_back(Action::Push {
+                    peer: *peer,
+                    number,
+                });
+            }
+        }
+        self.push_cursor = self.push_cursor.wrapping_add(fanout.max(1));
+        self.prune();
+    }
+
+    /// Broadcaster: the input ended after segment `last`.
+    pub fn handle_end(&mut self, _now: Instant, last: u64) {
+        self.ended = Some(last);
+        let all: Vec<NodeId> = self.peers.keys().copied().collect();
+        for p in all {
+            self.send(p, Control::End { last });
+        }
+    }
+
+    /// Timers: request timeouts, deadlines, maintenance, scheduling.
+    pub fn handle_tick(&mut self, now: Instant) {
+        // Abandon requests that have taken too long and ask elsewhere.
+        let timeout = self.cfg.request_timeout;
+        let mut expired = Vec::new();
+        for (n, s) in self.segs.iter_mut() {
+            if let Some(inf) = s.inflight {
+                if now >= inf.since + timeout {
+                    s.inflight = None;
+                    if s.failed.len() < 16 {
+                        s.failed.push(inf.peer);
+                    }
+                    expired.push((inf.peer, *n));
+                }
+            }
+        }
+        for (peer, number) in expired {
+            self.release(peer);
+            self.actions.push_back(Action::Cancel { peer, number });
+        }
+        // Count deadlines passed without the segment.
+        let budget = self.cfg.playout_budget;
+        for s in self.segs.values_mut() {
+            if !s.held && !s.missed && s.first_heard.is_some_and(|h| now >= h + budget) {
+                s.missed = true;
+                self.stats.missed_deadlines += 1;
+            }
+        }
+        if now >= self.next_maintenance {
+            self.maintain(now);
+        }
+        self.schedule(now);
+    }
+
+    fn maintain(&mut self, now: Instant) {
+        self.next_maintenance = now + self.cfg.maintenance_interval;
+        self.banned.retain(|_, until| *until > now);
+        if self.cfg.role == Role::Viewer {
+            let origin = self.cfg.origin;
+            if !self.peers.contains_key(&origin)
+                && !self.pending_dials.contains(&origin)
+                && now >= self.origin_retry_at
+            {
+                self.pending_dials.insert(origin);
+                self.origin_retry_at = now + Duration::from_secs(2);
+                self.actions.push_back(Action::Dial {
+                    peer: origin,
+                    addr: None,
+                });
+            }
+            self.dial_more(now);
+        }
+        // Periodic peer exchange and buffer-map resync.
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let (pex_due, map_due) = match self.peers.get(&id) {
+                Some(p) => (now >= p.next_pex, now >= p.next_buffer_map),
+                None => continue,
+            };
+            if pex_due {
+                let sample = self.peer_sample(Some(id));
+                if !sample.is_empty() {
+                    self.send(id, Control::Peers { peers: sample });
+                }
+            }
+            if map_due && (self.cfg.uploads || self.cfg.role == Role::Broadcaster) {
+                let map = self.buffer_map();
+                self.send(id, map);
+            }
+            let (pex, bm) = (self.cfg.pex_interval, self.cfg.buffer_map_interval);
+            if let Some(p) = self.peers.get_mut(&id) {
+                if pex_due {
+                    p.next_pex = now + pex;
+                }
+                if map_due {
+                    p.next_buffer_map = now + bm;
+                }
+            }
+        }
+    }
+
+    fn dial_more(&mut self, now: Instant) {
+        let have = self.viewer_count() + self.pending_dials.len();
+        if have >= self.cfg.target_partners {
+            return;
+        }
+        let mut candidates: Vec<(NodeId, SocketAddr)> = self
+            .known
+            .iter()
+            .filter(|(id, k)| {
+                !self.peers.contains_key(id)
+                    && !self.pending_dials.contains(id)
+                    && **id != self.me
+                    && !self.is_origin(id)
+                    && k.retry_at.is_none_or(|t| now >= t)
+            })
+            .map(|(id, k)| (*id, k.addr))
+            .collect();
+        candidates.shuffle(&mut self.rng);
+        let room = (self.cfg.target_partners - have).min(
+            self.cfg
+                .max_pending_dials
+                .saturating_sub(self.pending_dials.len()),
+        );
+        for (id, addr) in candidates.into_iter().take(room) {
+            self.pending_dials.insert(id);
+            if let Some(k) = self.known.get_mut(&id) {
+                // Until it answers, do not pick it again.
+                k.retry_at = Some(now + Duration::from_secs(10));
+            }
+            self.actions.push_back(Action::Dial {
+                peer: id,
+                addr: Some(addr),
+            });
+        }
+    }
+
+    fn add_known(&mut self, p: PeerInfo) {
+        if p.id == self.me
+            || self.is_origin(&p.id)
+            || self.banned.contains_key(&p.id)
+            || self.peers.contains_key(&p.id)
+        {
+            return;
+        }
+        if let Some(k) = self.known.get_mut(&p.id) {
+            k.addr = p.addr;
+            return;
+        }
+        if self.known.len() >= self.cfg.max_known {
+            // Forget a random candidate: a flood of fake peers cannot pin the table.
+            let idx = self.rng.gen_range(0..self.known.len());
+            if let Some(victim) = self.known.keys().nth(idx).copied() {
+                self.known.remove(&victim);
+            }
+        }
+        self.known.insert(
+            p.id,
+            Known {
+                addr: p.addr,
+                failures: 0,
+                retry_at: None,
+            },
+        );
+    }
+
+    /// A random sample of connected uploading viewers (never everyone: PPSPP's advice).
+    fn peer_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
+        let mut all: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
+            .map(|(id, p)| PeerInfo {
+                id: *id,
+                addr: p.addr,
+            })
+            .collect();
+        all.shuffle(&mut self.rng);
+        let cap = if self.cfg.role == Role::Broadcaster {
+            16
+        } else {
+            8
+        };
+        all.truncate(cap.min(MAX_PEERS_PER_MESSAGE));
+        all
+    }
+
+    fn buffer_map(&self) -> Control {
+        let held: Vec<u64> = self
+            .segs
+            .iter()
+            .filter(|(_, s)| s.held)
+            .map(|(n, _)| *n)
+            .collect();
+        let first = held.first().copied().unwrap_or(0);
+        let mut bits = Vec::new();
+        for n in held {
+            let i = (n - first) as usize;
+            if i >= MAX_BUFFER_MAP_BITS {
+                break;
+            }
+            if bits.len() <= i / 8 {
+                bits.resize(i / 8 + 1, 0u8);
+            }
+            if let Some(b) = bits.get_mut(i / 8) {
+                *b |= 1 << (i % 8);
+            }
+        }
+        Control::BufferMap { first, bits }
+    }
+
+    fn send(&mut self, peer: NodeId, msg: Control) {
+        self.actions.push_back(Action::Send { peer, msg });
+    }
+
+    /// Decides what to request now. Most urgent first; otherwise rarest first.
+    fn schedule(&mut self, now: Instant) {
+        if self.cfg.role != Role::Viewer {
+            return;
+        }
+        let Some(want_from) = self.want_from else {
+            return;
+        };
+        let mut inflight = self.segs.values().filter(|s| s.inflight.is_some()).count();
+        if inflight >= self.cfg.max_inflight_total {
+            return;
+        }
+        let fallback = self.origin_wait();
+        let lost_before = self
+            .newest
+            .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments + 2));
+        // (urgent first, suppliers, number)
+        let mut order: Vec<(bool, usize, u64)> = Vec::new();
+        for (&n, s) in &self.segs {
+            if n < want_from || s.held || s.inflight.is_some() || n < lost_before {
+                continue;
+            }
+            if self.ended.is_some_and(|e| n > e) {
+                continue;
+            }
+            let suppliers = self
+                .peers
+                .iter()
+                .filter(|(id, p)| !self.is_origin(id) && p.uploads && p.have.contains(&n))
+                .count();
+            let urgent = s.first_heard.is_some_and(|h| now >= h + fallback);
+            order.push((!urgent, suppliers, n));
+        }
+        order.sort_unstable();
+        for (not_urgent, _, n) in order {
+            if inflight >= self.cfg.max_inflight_total {
+                break;
+            }
+            let failed = self
+                .segs
+                .get(&n)
+                .map(|s| s.failed.clone())
+                .unwrap_or_default();
+            let pick = self.pick_supplier(n, &failed);
+            let chosen = match pick {
+                Some(p) => Some(p),
+                // No partner can deliver: go to the origin once the wait is over.
+                None if !not_urgent => {
+                    let origin = self.cfg.origin;
+                    match self.peers.get(&origin) {
+                        Some(p) if p.inflight < self.cfg.max_inflight_per_partner + 1 => {
+                            Some(origin)
+                        }
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            if let Some(peer) = chosen {
+                if let Some(s) = self.segs.get_mut(&n) {
+                    s.inflight = Some(Inflight { peer, since: now });
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.inflight += 1;
+                }
+                inflight += 1;
+                self.actions.push_back(Action::Request { peer, number: n });
+            }
+        }
+    }
+
+    fn pick_supplier(&mut self, n: u64, failed: &[NodeId]) -> Option<NodeId> {
+        let max = self.cfg.max_inflight_per_partner;
+        let mut best: Option<(usize, i64, u32, NodeId)> = None;
+        for (id, p) in &self.peers {
+            if *id == self.cfg.origin
+                || !p.uploads
+                || p.inflight >= max
+                || !p.have.contains(&n)
+                || failed.contains(id)
+            {
+                continue;
+            }
+            // Least loaded, then fastest, then a random tie-break.
+            let speed = -(p.throughput.unwrap_or(0.0) as i64);
+            let key = (p.inflight, speed, self.rng.gen::<u32>(), *id);
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        best.map(|b| b.3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+    const ORIGIN: u8 = 1;
+    const SEG: Duration = Duration::from_secs(2);
+
+    fn viewer(me: u8, now: Instant) -> Mesh {
+        Mesh::new(MeshConfig::viewer(id(ORIGIN), SEG, 3), id(me), 7, now)
+    }
+
+    /// A viewer that joins at the live edge (no hold-back), budget one segment.
+    fn edge_viewer(me: u8, now: Instant) -> Mesh {
+        Mesh::new(MeshConfig::viewer(id(ORIGIN), SEG, 0), id(me), 7, now)
+    }
+
+    fn drain(m: &mut Mesh) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn requests(actions: &[Action]) -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Request { peer, number } => Some((*peer, *number)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn viewer_dials_origin_first() {
+        let now = Instant::now();
+        let mut v = viewer(10, now);
+        assert_eq!(
+            drain(&mut v),
+            vec![Action::Dial {
+                peer: id(ORIGIN),
+                addr: None
+            }]
+        );
+    }
+
+    #[test]
+    fn prefers_partners_and_falls_back_to_origin_after_the_wait() {
+        let t0 = Instant::now();
+        assert_eq!(viewer(10, t0).want_from(), None);
+        let mut v = edge_viewer(10, t0);
+        drain(&mut v);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        drain(&mut v);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 100 });
+        assert_eq!(v.want_from(), Some(100));
+        // Partner 20 holds 100: ask it, not the origin.
+        v.handle_control(t0, id(20), Control::Have { number: 100 });
+        let acts = drain(&mut v);
+        assert_eq!(requests(&acts), vec![(id(20), 100)]);
+        // Nobody holds 101 yet: wait, then after half the budget go to the origin.
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 101 });
+        assert!(requests(&drain(&mut v)).is_empty());
+        let wake = v.poll_timeout();
+        assert!(wake <= t0 + Duration::from_secs(1));
+        v.handle_tick(t0 + Duration::from_millis(500));
+        assert!(requests(&drain(&mut v)).is_empty());
+        v.handle_tick(t0 + Duration::from_secs(1));
+        assert_eq!(requests(&drain(&mut v)), vec![(id(ORIGIN), 101)]);
+    }
+
+    #[test]
+    fn verified_segment_is_announced_and_timeouts_move_the_request() {
+        let t0 = Instant::now();
+        let mut v = edge_viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 5 });
+        drain(&mut v);
+        v.handle_control(t0, id(20), Control::Have { number: 5 });
+        v.handle_control(t0, id(30), Control::Have { number: 5 });
+        let first = requests(&drain(&mut v));
+        assert_eq!(first.len(), 1);
+        let asked = first[0].0;
+        // It never answers: after the timeout the request is cancelled and moved.
+        let t1 = t0 + Duration::from_secs(4);
+        v.handle_tick(t1);
+        let acts = drain(&mut v);
+        assert!(acts.contains(&Action::Cancel {
+            peer: asked,
+            number: 5
+        }));
+        let again = requests(&acts);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].0, asked);
+        // Arrival: Have goes to partners (not the origin, not the sender).
+        v.handle_segment(t1, Some(again[0].0), 5, 1000);
+        let acts = drain(&mut v);
+        let haves: Vec<NodeId> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Have { number: 5 },
+                } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(haves, vec![asked]);
+    }
+
+    #[test]
+    fn liars_cannot_move_the_live_edge_and_get_banned() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 50 });
+        v.handle_control(t0, id(20), Control::Have { number: u64::MAX });
+        assert_eq!(v.newest(), Some(50));
+        // A viewer claiming to be the broadcaster is still a viewer.
+        v.handle_connected(t0, id(30), addr(30), Role::Broadcaster, true);
+        v.handle_control(t0, id(30), Control::Have { number: 60 });
+        assert_eq!(v.newest(), Some(50));
+        drain(&mut v);
+        v.handle_misbehaviour(t0, id(20), "bad digest");
+        assert!(drain(&mut v).contains(&Action::Disconnect {
+            peer: id(20),
+            reason: "bad digest"
+        }));
+        assert!(v.is_banned(&id(20), t0));
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        assert!(drain(&mut v).contains(&Action::Disconnect {
+            peer: id(20),
+            reason: "refused"
+        }));
+        assert!(!v.is_banned(&id(20), t0 + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn broadcaster_announces_to_all_and_pushes_to_a_few() {
+        let t0 = Instant::now();
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        for v in 10..20 {
+            b.handle_connected(t0, id(v), addr(v as u16), Role::Viewer, true);
+        }
+        drain(&mut b);
+        b.handle_publish(t0, 0);
+        let acts = drain(&mut b);
+        let haves = acts
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        msg: Control::Have { number: 0 },
+                        ..
+                    }
+                )
+            })
+            .count();
+        let pushes: Vec<_> = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Push { .. }))
+            .collect();
+        assert_eq!(haves, 10);
+        assert_eq!(pushes.len(), 2);
+        // The next segment seeds different viewers.
+        b.handle_publish(t0, 1);
+        let next: Vec<_> = drain(&mut b)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Push { .. }))
+            .collect();
+        assert!(next
+            .iter()
+            .all(|a| !pushes.iter().any(|p| matches!((a, p), (Action::Push { peer: x, .. }, Action::Push { peer: y, .. }) if x == y))));
+    }
+
+    #[test]
+    fn tracker_sample_leads_to_dials_and_full_sets_turn_peers_away() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        drain(&mut v);
+        let peers: Vec<PeerInfo> = (20..40)
+            .map(|i| PeerInfo {
+                id: id(i),
+                addr: addr(i as u16),
+            })
+            .collect();
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        v.handle_tick(t0 + Duration::from_secs(1));
+        let dials = drain(&mut v)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
+            .count();
+        assert_eq!(dials, 4, "bounded by max_pending_dials");
+        for i in 40..50 {
+            v.handle_connected(t0, id(i), addr(i as u16), Role::Viewer, true);
+        }
+        drain(&mut v);
+        v.handle_connected(t0, id(60), addr(60), Role::Viewer, true);
+        let acts = drain(&mut v);
+        assert!(acts.contains(&Action::Disconnect {
+            peer: id(60),
+            reason: "partner set full"
+        }));
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Send { peer, msg: Control::Peers { peers } } if *peer == id(60) && !peers.is_empty())));
+    }
+
+    #[test]
+    fn missed_deadlines_are_counted_once() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 3 });
+        // Origin "busy" every time: nothing arrives.
+        for step in 1..10 {
+            let now = t0 + Duration::from_secs(step);
+            v.handle_tick(now);
+            for a in drain(&mut v) {
+                if let Action::Request { peer, number } = a {
+                    v.handle_transfer_failed(now, peer, number, true);
+                }
+            }
+        }
+        // 0..=3 were all wanted (join point 0, numbers are consecutive) and none arrived.
+        assert_eq!(v.stats().missed_deadlines, 4);
+    }
+}
