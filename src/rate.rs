@@ -35,7 +35,7 @@ impl FromStr for Rate {
         };
         let v: f64 = num.parse().map_err(|_| RateError(s.to_string()))?;
         let bits = v * mult;
-        if !bits.is_finite() || bits < 1.0 || bits > 1e12 {
+        if !bits.is_finite() || !(1.0..=1e12).contains(&bits) {
             return Err(RateError(s.to_string()));
         }
         Ok(Rate(bits.round() as u64))
