@@ -1,1 +1,1098 @@
-//! TODO(core): net
+//! The QUIC driver: one quinn endpoint, one task per connection, and a main loop
+//! that feeds [`Mesh`] and carries out its [`Action`]s.
+//!
+//! Each partner pair shares one connection: the dialler opens the control stream
+//! (Hello, then buffer maps, haves, peer lists); every transfer gets its own
+//! stream (a bidirectional one per request, a unidirectional one per push), so
+//! one slow segment never blocks another. Every segment is verified — header
+//! signature first, then each piece as it arrives — before it enters the
+//! [`Store`](crate::store::Store), the only place the HTTP server and peers read from.
+
+use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
+use crate::rate::{Rate, TokenBucket};
+use crate::store::{self, SharedStore, Store};
+use crate::stream::{node_id, piece_range, NodeId, StreamId, VerifiedSegment};
+use crate::tls;
+use crate::wire::{self, Control, Reply, Request, Role, WireError};
+use bytes::{Bytes, BytesMut};
+use ed25519_dalek::SigningKey;
+use quinn::{Connection, RecvStream, SendStream};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+/// How long a peer has to complete the Hello exchange.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer has to send its request on a transfer stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a single upload (serve or push) may take before it is abandoned.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upload backlog beyond which requests are answered `Busy` (ask someone else).
+const BUSY_BACKLOG: Duration = Duration::from_millis(1500);
+/// Control messages queued per connection; a peer that lets it fill is not reading.
+const CONTROL_QUEUE: usize = 512;
+/// Transfers a peer may have us serve at once.
+const SERVES_PER_CONNECTION: usize = 8;
+/// Segments behind the newest still worth receiving.
+const KEEP_BEHIND: u64 = 64;
+/// Pushes we accept at once from one connection.
+const PUSHES_PER_CONNECTION: usize = 4;
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The QUIC endpoint could not be set up (e.g. the port is in use).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("peer is busy")]
+    Busy,
+    #[error("peer does not hold the segment")]
+    Unavailable,
+    #[error("peer sent forged or corrupt data: {0}")]
+    Forged(&'static str),
+    #[error("unwanted segment")]
+    Unwanted,
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    #[error("connection: {0}")]
+    Io(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// What a node is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's key (for the broadcaster: the stream key).
+    pub key: SigningKey,
+    /// The stream.
+    pub stream: StreamId,
+    /// Broadcaster or viewer.
+    pub role: Role,
+    /// UDP address for the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Viewers: the broadcaster's addresses from the ticket.
+    pub origin_addrs: Vec<SocketAddr>,
+    /// Upload cap (None: uncapped). Viewers: `--upload-limit`; broadcaster: `--max-upload`.
+    pub upload_limit: Option<Rate>,
+    /// Mesh tuning.
+    pub mesh: MeshConfig,
+    /// Segments held in memory.
+    pub store_capacity: usize,
+    /// Seed for the mesh's random choices.
+    pub seed: u64,
+    /// Most simultaneous connections accepted.
+    pub max_connections: usize,
+}
+
+/// Byte and segment counters, readable at any time.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Segments verified and stored (received, or published by the broadcaster).
+    pub segments_verified: AtomicU64,
+    /// Segment bytes received from viewers.
+    pub bytes_from_peers: AtomicU64,
+    /// Segment bytes received from the broadcaster.
+    pub bytes_from_origin: AtomicU64,
+    /// Segment bytes sent to peers.
+    pub bytes_uploaded: AtomicU64,
+    /// Segments rejected because they failed verification.
+    pub rejected_segments: AtomicU64,
+    /// Control-stream bytes sent and received (for the overhead figure).
+    pub control_bytes: AtomicU64,
+    /// Requests answered `Busy` because the upload cap was saturated.
+    pub busy_replies: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Reads a counter.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Upload cap shared by every upload of a node: one token bucket, async waiting.
+#[derive(Debug)]
+pub struct Limiter {
+    bucket: Mutex<Option<TokenBucket>>,
+}
+
+impl Limiter {
+    /// A limiter at `rate` (None: unlimited).
+    pub fn new(rate: Option<Rate>) -> Limiter {
+        Limiter {
+            bucket: Mutex::new(rate.map(|r| Self::bucket(r, now()))),
+        }
+    }
+
+    fn bucket(rate: Rate, now: Instant) -> TokenBucket {
+        // A burst of ~50 ms: smooth, but one piece never waits on its own.
+        let burst = (rate.bytes_per_sec() / 20).max(64 * 1024);
+        TokenBucket::new(rate, burst, now)
+    }
+
+    /// Changes the rate (None: unlimited).
+    pub fn set_rate(&self, rate: Option<Rate>) {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        *b = rate.map(|r| Self::bucket(r, now()));
+    }
+
+    /// Waits until `bytes` may be sent, and books them.
+    pub async fn acquire(&self, bytes: u64) {
+        let wait = {
+            let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            match b.as_mut() {
+                None => Duration::ZERO,
+                Some(bucket) => {
+                    let t = now();
+                    let w = bucket.wait_time(t);
+                    bucket.take(bytes, t);
+                    w
+                }
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long newly booked bytes would wait.
+    pub fn backlog(&self) -> Duration {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.as_mut()
+            .map_or(Duration::ZERO, |bucket| bucket.backlog(now()))
+    }
+}
+
+/// The clock every driver reads (tokio's, so paused-time tests work).
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What the tasks tell the main loop.
+enum Event {
+    Connected {
+        peer: NodeId,
+        conn: Connection,
+        control: mpsc::Sender<Control>,
+        role: Role,
+        uploads: bool,
+        dialed_by_me: bool,
+    },
+    Disconnected {
+        peer: NodeId,
+        conn_id: usize,
+    },
+    DialFailed {
+        peer: NodeId,
+    },
+    Control {
+        peer: NodeId,
+        msg: Control,
+    },
+    Segment {
+        from: NodeId,
+        number: u64,
+        len: u64,
+    },
+    TransferFailed {
+        peer: NodeId,
+        number: u64,
+        busy: bool,
+    },
+    Misbehaved {
+        peer: NodeId,
+        reason: &'static str,
+    },
+    Publish {
+        number: u64,
+    },
+    End {
+        last: u64,
+    },
+}
+
+/// State shared by the main loop and the connection tasks.
+struct Shared {
+    key: SigningKey,
+    me: NodeId,
+    stream: StreamId,
+    role: Role,
+    uploads: bool,
+    origin_addrs: Vec<SocketAddr>,
+    endpoint: quinn::Endpoint,
+    store: SharedStore,
+    counters: Arc<Counters>,
+    limiter: Arc<Limiter>,
+    mesh_stats: Mutex<MeshStats>,
+    events: mpsc::Sender<Event>,
+    connections: AtomicUsize,
+    max_connections: usize,
+}
+
+/// A running node (broadcaster or viewer). Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A point-in-time summary of a node, for `/stats` and status lines.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NodeStats {
+    /// Connected viewer partners (the broadcaster excluded).
+    pub peers: usize,
+    /// Connected to the broadcaster (viewers).
+    pub origin_connected: bool,
+    /// Segments verified and held or published.
+    pub segments_verified: u64,
+    /// Segments currently held in memory.
+    pub buffered_segments: usize,
+    /// Newest segment held.
+    pub newest_segment: Option<u64>,
+    /// Segment bytes received from viewers.
+    pub bytes_from_peers: u64,
+    /// Segment bytes received from the broadcaster.
+    pub bytes_from_origin: u64,
+    /// Segment bytes sent to peers.
+    pub bytes_uploaded: u64,
+    /// Segments not held by their playout deadline.
+    pub missed_deadlines: u64,
+    /// Segments rejected by verification.
+    pub rejected_segments: u64,
+    /// Control bytes sent and received.
+    pub control_bytes: u64,
+    /// Requests turned away because upload was saturated.
+    pub busy_replies: u64,
+    /// Peers banned for misbehaviour.
+    pub bans: u64,
+}
+
+impl Node {
+    /// Binds the endpoint and starts the node's tasks.
+    pub async fn spawn(config: NodeConfig) -> Result<Node, NetError> {
+        let endpoint = tls::endpoint(&config.key, config.listen)?;
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let me = node_id(&config.key);
+        let shared = Arc::new(Shared {
+            key: config.key.clone(),
+            me,
+            stream: config.stream,
+            role: config.role,
+            uploads: config.mesh.uploads,
+            origin_addrs: config.origin_addrs.clone(),
+            endpoint,
+            store: Store::shared(config.store_capacity),
+            counters: Arc::new(Counters::default()),
+            limiter: Arc::new(Limiter::new(config.upload_limit)),
+            mesh_stats: Mutex::new(MeshStats::default()),
+            events: events_tx,
+            connections: AtomicUsize::new(0),
+            max_connections: config.max_connections,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mesh = Mesh::new(config.mesh.clone(), me, config.seed, now());
+        tokio::spawn(accept_loop(shared.clone(), shutdown_rx.clone()));
+        let task = tokio::spawn(main_loop(shared.clone(), mesh, events_rx, shutdown_rx));
+        Ok(Node {
+            shared,
+            shutdown,
+            task,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.me
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.endpoint.local_addr()
+    }
+
+    /// The segments this node holds.
+    pub fn store(&self) -> SharedStore {
+        self.shared.store.clone()
+    }
+
+    /// The raw counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    /// Changes the upload cap (the broadcaster follows the stream's measured bitrate).
+    pub fn set_upload_limit(&self, rate: Option<Rate>) {
+        self.shared.limiter.set_rate(rate);
+    }
+
+    /// A summary for `/stats`.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.shared.counters;
+        let m = self
+            .shared
+            .mesh_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (buffered, newest) = {
+            let s = store::lock(&self.shared.store);
+            (s.len(), s.newest())
+        };
+        NodeStats {
+            peers: m.partners,
+            origin_connected: m.origin_connected,
+            segments_verified: get(&c.segments_verified),
+            buffered_segments: buffered,
+            newest_segment: newest,
+            bytes_from_peers: get(&c.bytes_from_peers),
+            bytes_from_origin: get(&c.bytes_from_origin),
+            bytes_uploaded: get(&c.bytes_uploaded),
+            missed_deadlines: m.missed_deadlines,
+            rejected_segments: get(&c.rejected_segments),
+            control_bytes: get(&c.control_bytes),
+            busy_replies: get(&c.busy_replies),
+            bans: m.bans,
+        }
+    }
+
+    /// Broadcaster: stores a freshly signed segment and announces it.
+    pub async fn publish(&self, seg: VerifiedSegment) {
+        let number = seg.number();
+        if store::lock(&self.shared.store).insert(seg) {
+            add(&self.shared.counters.segments_verified, 1);
+            let _ = self.shared.events.send(Event::Publish { number }).await;
+        }
+    }
+
+    /// Broadcaster: the stream ended after `last`.
+    pub async fn end(&self, last: u64) {
+        store::lock(&self.shared.store).set_ended(last);
+        let _ = self.shared.events.send(Event::End { last }).await;
+    }
+
+    /// Closes every connection (telling peers why) and stops the tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// The addresses to put in a ticket for an endpoint bound to `local`.
+///
+/// A wildcard bind is reachable on every interface address; loopback goes last so a
+/// viewer on another host tries the routable ones first (all are tried at once anyway).
+pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == local.is_ipv4())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .take(crate::stream::MAX_TICKET_ADDRS - 1)
+        .collect();
+    let lo = if local.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    };
+    addrs.push(SocketAddr::new(lo, local.port()));
+    addrs
+}
+
+struct ConnEntry {
+    conn: Connection,
+    control: mpsc::Sender<Control>,
+    dialed_by_me: bool,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    mesh: Mesh,
+    conns: BTreeMap<NodeId, ConnEntry>,
+    transfers: HashMap<(NodeId, u64), AbortHandle>,
+}
+
+async fn main_loop(
+    shared: Arc<Shared>,
+    mesh: Mesh,
+    mut events: mpsc::Receiver<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut d = Driver {
+        shared,
+        mesh,
+        conns: BTreeMap::new(),
+        transfers: HashMap::new(),
+    };
+    loop {
+        d.run_actions();
+        d.publish_stats();
+        let wake = tokio::time::Instant::from_std(d.mesh.poll_timeout());
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => d.handle(ev),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake) => d.mesh.handle_tick(now()),
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, c) in std::mem::take(&mut d.conns) {
+        c.conn.close(quinn::VarInt::from_u32(0), b"shutting down");
+    }
+    for (_, t) in d.transfers.drain() {
+        t.abort();
+    }
+}
+
+impl Driver {
+    fn publish_stats(&self) {
+        let mut s = self
+            .shared
+            .mesh_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *s = self.mesh.stats();
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let t = now();
+        match ev {
+            Event::Connected {
+                peer,
+                conn,
+                control,
+                role,
+                uploads,
+                dialed_by_me,
+            } => {
+                if let Some(existing) = self.conns.get(&peer) {
+                    // Both sides dialled at once: both keep the connection dialled by the
+                    // smaller id, so they agree without talking.
+                    let keep_new = dialed_by_me == (self.shared.me < peer)
+                        && existing.dialed_by_me != dialed_by_me;
+                    if keep_new {
+                        if let Some(old) = self.conns.insert(
+                            peer,
+                            ConnEntry {
+                                conn,
+                                control,
+                                dialed_by_me,
+                            },
+                        ) {
+                            old.conn
+                                .close(quinn::VarInt::from_u32(0), b"duplicate connection");
+                        }
+                    } else {
+                        conn.close(quinn::VarInt::from_u32(0), b"duplicate connection");
+                    }
+                    return;
+                }
+                let addr = conn.remote_address();
+                self.conns.insert(
+                    peer,
+                    ConnEntry {
+                        conn,
+                        control,
+                        dialed_by_me,
+                    },
+                );
+                self.mesh.handle_connected(t, peer, addr, role, uploads);
+            }
+            Event::Disconnected { peer, conn_id } => {
+                if self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|c| c.conn.stable_id() == conn_id)
+                {
+                    self.conns.remove(&peer);
+                    self.transfers.retain(|(p, _), h| {
+                        if *p == peer {
+                            h.abort();
+                        }
+                        *p != peer
+                    });
+                    self.mesh.handle_disconnected(t, peer);
+                }
+            }
+            Event::DialFailed { peer } => self.mesh.handle_dial_failed(t, peer),
+            Event::Control { peer, msg } => {
+                if let Control::End { last } = msg {
+                    if peer == self.shared.stream {
+                        store::lock(&self.shared.store).set_ended(last);
+                    }
+                }
+                self.mesh.handle_control(t, peer, msg)
+            }
+            Event::Segment { from, number, len } => {
+                self.transfers.remove(&(from, number));
+                self.mesh.handle_segment(t, Some(from), number, len);
+            }
+            Event::TransferFailed { peer, number, busy } => {
+                self.transfers.remove(&(peer, number));
+                self.mesh.handle_transfer_failed(t, peer, number, busy);
+            }
+            Event::Misbehaved { peer, reason } => {
+                tracing::warn!(peer = %peer.short(), reason, "dropping misbehaving peer");
+                self.mesh.handle_misbehaviour(t, peer, reason);
+            }
+            Event::Publish { number } => self.mesh.handle_publish(t, number),
+            Event::End { last } => self.mesh.handle_end(t, last),
+        }
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(action) = self.mesh.poll_action() {
+            match action {
+                Action::Send { peer, msg } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        if c.control.try_send(msg).is_err() {
+                            // Its queue is full: it is not reading. Let it go.
+                            c.conn
+                                .close(quinn::VarInt::from_u32(1), b"control queue full");
+                        }
+                    }
+                }
+                Action::Request { peer, number } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        let h = tokio::spawn(request(
+                            self.shared.clone(),
+                            c.conn.clone(),
+                            peer,
+                            number,
+                        ));
+                        self.transfers.insert((peer, number), h.abort_handle());
+                    }
+                }
+                Action::Cancel { peer, number } => {
+                    if let Some(h) = self.transfers.remove(&(peer, number)) {
+                        h.abort();
+                    }
+                }
+                Action::Push { peer, number } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        // Seeding is optional: skip it when the uplink is already queued up.
+                        if self.shared.limiter.backlog() < BUSY_BACKLOG {
+                            tokio::spawn(push(self.shared.clone(), c.conn.clone(), number));
+                        }
+                    }
+                }
+                Action::Dial { peer, addr } => {
+                    let addrs = match addr {
+                        Some(a) => vec![a],
+                        None => self.shared.origin_addrs.clone(),
+                    };
+                    tokio::spawn(dial(self.shared.clone(), peer, addrs));
+                }
+                Action::Disconnect { peer, reason } => {
+                    if let Some(c) = self.conns.remove(&peer) {
+                        c.conn.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = shared.endpoint.accept() => i,
+            _ = shutdown.changed() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
+            incoming.refuse();
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                _ => return,
+            };
+            let Some(peer) = tls::peer_key(&conn).map(NodeId) else {
+                return;
+            };
+            let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+                let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+                let theirs = read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME)
+                    .await
+                    .ok()??;
+                let checked = check_hello(&shared, &conn, &theirs)?;
+                send.write_all(&wire::encode(&our_hello(&shared)))
+                    .await
+                    .ok()?;
+                Some((send, recv, checked))
+            })
+            .await;
+            if let Ok(Some((send, recv, (role, uploads)))) = hello {
+                run_connection(shared, conn, peer, send, recv, role, uploads, false).await;
+            } else {
+                conn.close(quinn::VarInt::from_u32(3), b"hello failed");
+            }
+        });
+    }
+}
+
+fn our_hello(shared: &Shared) -> Control {
+    Control::Hello {
+        version: wire::PROTOCOL_VERSION,
+        stream: shared.stream,
+        role: shared.role,
+        uploads: shared.uploads,
+    }
+}
+
+/// Checks the peer's Hello; closes the connection with the reason if it is wrong.
+fn check_hello(shared: &Shared, conn: &Connection, msg: &Control) -> Option<(Role, bool)> {
+    match msg {
+        Control::Hello {
+            version,
+            stream,
+            role,
+            uploads,
+        } => {
+            if *version != wire::PROTOCOL_VERSION {
+                let reason = format!(
+                    "unsupported protocol version {version} (this node speaks {})",
+                    wire::PROTOCOL_VERSION
+                );
+                conn.close(quinn::VarInt::from_u32(4), reason.as_bytes());
+                return None;
+            }
+            if *stream != shared.stream {
+                conn.close(quinn::VarInt::from_u32(5), b"different stream");
+                return None;
+            }
+            Some((*role, *uploads))
+        }
+        _ => None,
+    }
+}
+
+async fn dial(shared: Arc<Shared>, peer: NodeId, addrs: Vec<SocketAddr>) {
+    // Try every address at once; the first to complete a handshake wins.
+    let mut attempts = tokio::task::JoinSet::new();
+    for addr in addrs.into_iter().take(crate::stream::MAX_TICKET_ADDRS) {
+        let shared = shared.clone();
+        attempts.spawn(async move { connect(&shared, peer, addr).await });
+    }
+    while let Some(res) = attempts.join_next().await {
+        if let Ok(Some((conn, send, recv, role, uploads))) = res {
+            attempts.abort_all();
+            run_connection(shared, conn, peer, send, recv, role, uploads, true).await;
+            return;
+        }
+    }
+    let _ = shared.events.send(Event::DialFailed { peer }).await;
+}
+
+async fn connect(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Option<(Connection, SendStream, RecvStream, Role, bool)> {
+    let config = tls::client_config(&shared.key, peer.0).ok()?;
+    let connecting = shared
+        .endpoint
+        .connect_with(config, addr, tls::SERVER_NAME)
+        .ok()?;
+    tokio::time::timeout(HELLO_TIMEOUT * 2, async {
+        let conn = match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%addr, peer = %peer.short(), error = %e, "dial failed");
+                return None;
+            }
+        };
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(&wire::encode(&our_hello(shared)))
+            .await
+            .ok()?;
+        let theirs = match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
+            Ok(Some(m)) => m,
+            _ => {
+                if let Some(reason) = conn.close_reason() {
+                    tracing::warn!(%addr, peer = %peer.short(), %reason, "peer refused us");
+                }
+                return None;
+            }
+        };
+        let (role, uploads) = check_hello(shared, &conn, &theirs)?;
+        Some((conn, send, recv, role, uploads))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Runs one established connection until it closes.
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    peer: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    role: Role,
+    uploads: bool,
+    dialed_by_me: bool,
+) {
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    if shared
+        .events
+        .send(Event::Connected {
+            peer,
+            conn: conn.clone(),
+            control: control_tx,
+            role,
+            uploads,
+            dialed_by_me,
+        })
+        .await
+        .is_err()
+    {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    // Control writer.
+    let writer_shared = shared.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = control_rx.recv().await {
+            let frame = wire::encode(&msg);
+            add(&writer_shared.counters.control_bytes, frame.len() as u64);
+            if send.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Control reader.
+    let reader_shared = shared.clone();
+    let reader_conn = conn.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
+                Ok(Some(msg)) => {
+                    add(
+                        &reader_shared.counters.control_bytes,
+                        wire::encode(&msg).len() as u64,
+                    );
+                    if msg.validate().is_err() {
+                        let _ = reader_shared
+                            .events
+                            .send(Event::Misbehaved {
+                                peer,
+                                reason: "control message over limits",
+                            })
+                            .await;
+                        break;
+                    }
+                    if reader_shared
+                        .events
+                        .send(Event::Control { peer, msg })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(TransferError::Wire(_)) => {
+                    let _ = reader_shared
+                        .events
+                        .send(Event::Misbehaved {
+                            peer,
+                            reason: "malformed control frame",
+                        })
+                        .await;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        reader_conn.close(quinn::VarInt::from_u32(0), b"control stream ended");
+    });
+    // Incoming requests (bidirectional streams) and pushes (unidirectional).
+    let serves = Arc::new(tokio::sync::Semaphore::new(SERVES_PER_CONNECTION));
+    let pushes = Arc::new(tokio::sync::Semaphore::new(PUSHES_PER_CONNECTION));
+    let bi = {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                match serves.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _ =
+                                tokio::time::timeout(UPLOAD_TIMEOUT, serve(&shared, send, recv))
+                                    .await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let mut send = send;
+                        let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
+                        let _ = send.finish();
+                    }
+                }
+            }
+        })
+    };
+    let uni = {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        tokio::spawn(async move {
+            while let Ok(recv) = conn.accept_uni().await {
+                let Ok(permit) = pushes.clone().try_acquire_owned() else {
+                    let mut recv = recv;
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let res = tokio::time::timeout(
+                        UPLOAD_TIMEOUT,
+                        receive_segment(&shared, recv, peer, None),
+                    )
+                    .await
+                    .unwrap_or(Err(TransferError::Timeout));
+                    report_transfer(&shared, peer, None, res).await;
+                    drop(permit);
+                });
+            }
+        })
+    };
+    conn.closed().await;
+    writer.abort();
+    reader.abort();
+    bi.abort();
+    uni.abort();
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+    let _ = shared
+        .events
+        .send(Event::Disconnected {
+            peer,
+            conn_id: conn.stable_id(),
+        })
+        .await;
+}
+
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
+async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<T>, TransferError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(TransferError::Wire(WireError::Truncated))
+        }
+        Err(e) => return Err(TransferError::Io(e.to_string())),
+    }
+    let len = wire::frame_len(prefix, max)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => TransferError::Wire(WireError::Truncated),
+        e => TransferError::Io(e.to_string()),
+    })?;
+    Ok(Some(wire::decode_body(&body)?))
+}
+
+/// Reads a reply and, if it is a segment, verifies and stores it.
+async fn receive_segment(
+    shared: &Shared,
+    mut recv: RecvStream,
+    from: NodeId,
+    expected: Option<u64>,
+) -> Result<(u64, u64), TransferError> {
+    let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME)
+        .await?
+        .ok_or(TransferError::Wire(WireError::Truncated))?;
+    let header = match reply {
+        Reply::Busy => return Err(TransferError::Busy),
+        Reply::Unavailable => return Err(TransferError::Unavailable),
+        Reply::Segment(h) => h,
+    };
+    header
+        .verify(&shared.stream)
+        .map_err(|_| TransferError::Forged("bad header signature"))?;
+    let number = header.header.number;
+    if expected.is_some_and(|e| e != number) {
+        return Err(TransferError::Forged("segment is not the one requested"));
+    }
+    {
+        let s = store::lock(&shared.store);
+        let too_old = s
+            .newest()
+            .is_some_and(|n| number.saturating_add(KEEP_BEHIND) < n);
+        if s.contains(number) || too_old {
+            drop(s);
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            return Err(TransferError::Unwanted);
+        }
+    }
+    // The signed header vouches for the length, so allocating it is safe.
+    let len = header.header.len;
+    let mut buf = BytesMut::zeroed(len as usize);
+    for i in 0..header.header.pieces.len() {
+        let range =
+            piece_range(len, header.header.piece_size, i).ok_or(TransferError::Forged("pieces"))?;
+        let piece = buf
+            .get_mut(range)
+            .ok_or(TransferError::Forged("piece range"))?;
+        recv.read_exact(piece).await.map_err(|e| match e {
+            quinn::ReadExactError::FinishedEarly(_) => TransferError::Wire(WireError::Truncated),
+            e => TransferError::Io(e.to_string()),
+        })?;
+        header
+            .check_piece(i, piece)
+            .map_err(|_| TransferError::Forged("piece digest mismatch"))?;
+    }
+    let seg = VerifiedSegment::verify(&shared.stream, header, Bytes::from(buf))
+        .map_err(|_| TransferError::Forged("segment digest mismatch"))?;
+    let counter = if from == shared.stream {
+        &shared.counters.bytes_from_origin
+    } else {
+        &shared.counters.bytes_from_peers
+    };
+    add(counter, len as u64);
+    if store::lock(&shared.store).insert(seg) {
+        add(&shared.counters.segments_verified, 1);
+    }
+    Ok((number, len as u64))
+}
+
+async fn report_transfer(
+    shared: &Shared,
+    peer: NodeId,
+    requested: Option<u64>,
+    res: Result<(u64, u64), TransferError>,
+) {
+    let ev = match res {
+        Ok((number, len)) => Event::Segment {
+            from: peer,
+            number,
+            len,
+        },
+        Err(TransferError::Forged(reason)) => {
+            add(&shared.counters.rejected_segments, 1);
+            Event::Misbehaved { peer, reason }
+        }
+        Err(TransferError::Wire(WireError::Oversize { .. } | WireError::Malformed)) => {
+            Event::Misbehaved {
+                peer,
+                reason: "malformed transfer frame",
+            }
+        }
+        Err(e) => match requested {
+            Some(number) => Event::TransferFailed {
+                peer,
+                number,
+                busy: matches!(e, TransferError::Busy),
+            },
+            None => return,
+        },
+    };
+    let _ = shared.events.send(ev).await;
+}
+
+async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64) {
+    let res = async {
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| TransferError::Io(e.to_string()))?;
+        send.write_all(&wire::encode(&Request { number }))
+            .await
+            .map_err(|e| TransferError::Io(e.to_string()))?;
+        let _ = send.finish();
+        receive_segment(&shared, recv, peer, Some(number)).await
+    }
+    .await;
+    report_transfer(&shared, peer, Some(number), res).await;
+}
+
+/// Answers one request stream.
+async fn serve(shared: &Shared, mut send: SendStream, mut recv: RecvStream) {
+    let req = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<Request>(&mut recv, wire::MAX_REQUEST_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(Some(r))) => r,
+        _ => return,
+    };
+    let seg = if shared.uploads {
+        store::lock(&shared.store).get(req.number).cloned()
+    } else {
+        None
+    };
+    let Some(seg) = seg else {
+        let _ = send.write_all(&wire::encode(&Reply::Unavailable)).await;
+        let _ = send.finish();
+        return;
+    };
+    if shared.limiter.backlog() > BUSY_BACKLOG {
+        add(&shared.counters.busy_replies, 1);
+        let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
+        let _ = send.finish();
+        return;
+    }
+    let _ = send_segment(shared, &mut send, &seg).await;
+}
+
+async fn send_segment(
+    shared: &Shared,
+    send: &mut SendStream,
+    seg: &VerifiedSegment,
+) -> Result<(), quinn::WriteError> {
+    send.write_all(&wire::encode(&Reply::Segment(seg.header.clone())))
+        .await?;
+    let h = &seg.header.header;
+    for i in 0..h.pieces.len() {
+        let Some(range) = piece_range(h.len, h.piece_size, i) else {
+            break;
+        };
+        let piece = seg.data.slice(range);
+        shared.limiter.acquire(piece.len() as u64).await;
+        send.write_all(&piece).await?;
+        add(&shared.counters.bytes_uploaded, piece.len() as u64);
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn push(shared: Arc<Shared>, conn: Connection, number: u64) {
+    let seg = store::lock(&shared.store).get(number).cloned();
+    let Some(seg) = seg else { return };
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let _ = tokio::time::timeout(UPLOAD_TIMEOUT, send_segment(&shared, &mut send, &seg)).await;
+}

@@ -1,1 +1,154 @@
-//! TODO(core): store
+//! The verified segments a node holds, in a bounded window, shared with the HTTP server.
+//!
+//! Only [`VerifiedSegment`]s get in, so everything served from here — to a player
+//! or a peer — has passed the stream key's signature and digest checks.
+
+use crate::playlist::{self, PlaylistConfig, SegmentInfo};
+use crate::stream::VerifiedSegment;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A window of verified segments, keyed by number.
+#[derive(Debug)]
+pub struct Store {
+    segments: BTreeMap<u64, VerifiedSegment>,
+    /// Most segments held; older ones are dropped (PPSPP's live discard window).
+    capacity: usize,
+    /// The broadcaster ended the stream after this segment.
+    ended: Option<u64>,
+}
+
+/// A store shared between the node's tasks and the HTTP server.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+impl Store {
+    /// An empty store holding at most `capacity` segments.
+    pub fn new(capacity: usize) -> Store {
+        Store {
+            segments: BTreeMap::new(),
+            capacity: capacity.max(1),
+            ended: None,
+        }
+    }
+
+    /// A new shared store.
+    pub fn shared(capacity: usize) -> SharedStore {
+        Arc::new(Mutex::new(Store::new(capacity)))
+    }
+
+    /// Adds a segment; false if it was already held or is older than the window.
+    pub fn insert(&mut self, seg: VerifiedSegment) -> bool {
+        let n = seg.number();
+        if self.segments.contains_key(&n) {
+            return false;
+        }
+        if self.segments.len() >= self.capacity
+            && self.segments.first_key_value().is_some_and(|(k, _)| n < *k)
+        {
+            return false;
+        }
+        self.segments.insert(n, seg);
+        while self.segments.len() > self.capacity {
+            self.segments.pop_first();
+        }
+        true
+    }
+
+    /// Segment `n`, if held.
+    pub fn get(&self, n: u64) -> Option<&VerifiedSegment> {
+        self.segments.get(&n)
+    }
+
+    /// Whether segment `n` is held.
+    pub fn contains(&self, n: u64) -> bool {
+        self.segments.contains_key(&n)
+    }
+
+    /// The newest segment number held.
+    pub fn newest(&self) -> Option<u64> {
+        self.segments.last_key_value().map(|(k, _)| *k)
+    }
+
+    /// Number of segments held.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Marks the stream ended after `last`.
+    pub fn set_ended(&mut self, last: u64) {
+        self.ended = Some(last);
+    }
+
+    /// The last segment, once the stream ended.
+    pub fn ended(&self) -> Option<u64> {
+        self.ended
+    }
+
+    /// The numbers held, ascending.
+    pub fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.segments.keys().copied()
+    }
+
+    /// The live playlist for this store's contents.
+    pub fn playlist(&self, config: PlaylistConfig) -> Option<String> {
+        let infos: BTreeMap<u64, SegmentInfo> = self
+            .segments
+            .iter()
+            .map(|(n, s)| {
+                let h = &s.header.header;
+                (
+                    *n,
+                    SegmentInfo {
+                        duration: std::time::Duration::from_millis(h.duration_ms as u64),
+                        published_unix_ms: h.published_unix_ms,
+                        discontinuity: h.discontinuity,
+                    },
+                )
+            })
+            .collect();
+        // The stream counts as ended for the player once the last segment is here.
+        let ended = self.ended.is_some_and(|last| self.newest() >= Some(last));
+        playlist::live_playlist(&infos, config, ended)
+    }
+}
+
+/// Locks a shared store; a poisoned lock (a panicked holder) still yields the data,
+/// which is only ever mutated by whole-segment inserts.
+pub fn lock(store: &SharedStore) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{node_id, sign_segment};
+    use bytes::Bytes;
+    use ed25519_dalek::SigningKey;
+
+    fn seg(key: &SigningKey, n: u64) -> VerifiedSegment {
+        let data = Bytes::from(vec![n as u8; 100]);
+        let h = sign_segment(key, n, 2000, 0, false, &data).unwrap();
+        VerifiedSegment::verify(&node_id(key), h, data).unwrap()
+    }
+
+    #[test]
+    fn window_keeps_the_newest() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut s = Store::new(3);
+        for n in [5, 6, 7, 8] {
+            assert!(s.insert(seg(&key, n)));
+        }
+        assert!(!s.insert(seg(&key, 8)), "duplicate");
+        assert!(!s.insert(seg(&key, 2)), "older than the window");
+        assert_eq!(s.numbers().collect::<Vec<_>>(), vec![6, 7, 8]);
+        assert_eq!(
+            s.get(7).map(|v| v.data.clone()),
+            Some(Bytes::from(vec![7u8; 100]))
+        );
+    }
+}
