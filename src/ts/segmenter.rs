@@ -685,6 +685,13 @@ mod tests {
             used
         }
 
+        fn packets_cont(&mut self, pid: u16, mut body: &[u8]) {
+            while !body.is_empty() {
+                let n = self.packet(pid, false, false, body);
+                body = &body[n..];
+            }
+        }
+
         fn packets(&mut self, pid: u16, rai: bool, mut body: &[u8]) {
             let mut first = true;
             while !body.is_empty() {
@@ -712,11 +719,11 @@ mod tests {
             self.packets(0x100, rai, &pes);
         }
 
-        fn audio(&mut self, pts: u64) {
+        fn audio_pes(pts: u64) -> Vec<u8> {
             let mut pes = vec![0, 0, 1, 0xC0, 0, 200, 0x80, 0x80, 5, 0x21, 0, 1, 0, 1];
             write_timestamp(&mut pes[9..14], pts);
             pes.resize(206, 0x11);
-            self.packets(0x101, false, &pes);
+            pes
         }
     }
 
@@ -727,8 +734,12 @@ mod tests {
                 s.tables(0x1B);
             }
             let key = i % gop == 0;
+            // Each audio PES straddles the next video frame: its start goes
+            // before it, its tail after, as interleaving muxers do.
+            let audio = Synth::audio_pes(126_000 + i * 3600);
+            let used = s.packet(0x101, true, false, &audio);
             s.frame(126_000 + i * 3600, key, rai && key, 2);
-            s.audio(126_000 + i * 3600);
+            s.packets_cont(0x101, &audio[used..]);
         }
         s.out
     }
