@@ -649,6 +649,9 @@ mod tests {
     struct Synth {
         cc: BTreeMap<u16, u8>,
         out: Vec<u8>,
+        /// Where the PMT and the video travel (changeable mid-stream).
+        pmt_pid: u16,
+        video_pid: u16,
     }
 
     impl Synth {
@@ -656,6 +659,8 @@ mod tests {
             Synth {
                 cc: BTreeMap::new(),
                 out: Vec::new(),
+                pmt_pid: 0x1000,
+                video_pid: 0x100,
             }
         }
 
@@ -703,11 +708,11 @@ mod tests {
 
         fn tables(&mut self, video_type: u8) {
             let mut s = vec![0u8];
-            s.extend_from_slice(&pat(&[(1, 0x1000)]));
+            s.extend_from_slice(&pat(&[(1, self.pmt_pid)]));
             self.packets(0, false, &s);
             let mut s = vec![0u8];
-            s.extend_from_slice(&pmt(1, 0, &[(video_type, 0x100), (0x0F, 0x101)]));
-            self.packets(0x1000, false, &s);
+            s.extend_from_slice(&pmt(1, 0, &[(video_type, self.video_pid), (0x0F, 0x101)]));
+            self.packets(self.pmt_pid, false, &s);
         }
 
         fn frame(&mut self, pts: u64, key: bool, rai: bool, packets: usize) {
@@ -716,7 +721,7 @@ mod tests {
             pes.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xF0]);
             pes.extend_from_slice(&[0, 0, 1, if key { 0x65 } else { 0x41 }]);
             pes.resize(packets * 184 - 8, 0xAB);
-            self.packets(0x100, rai, &pes);
+            self.packets(self.video_pid, rai, &pes);
         }
 
         fn audio_pes(pts: u64) -> Vec<u8> {
@@ -729,7 +734,13 @@ mod tests {
 
     fn stream(frames: u64, gop: u64, rai: bool) -> Vec<u8> {
         let mut s = Synth::new();
-        for i in 0..frames {
+        interleaved(&mut s, 0..frames, gop, rai);
+        s.out
+    }
+
+    /// Appends frames `range` (25 fps, keyframe every `gop`) with audio.
+    fn interleaved(s: &mut Synth, range: std::ops::Range<u64>, gop: u64, rai: bool) {
+        for i in range {
             if i % 25 == 0 {
                 s.tables(0x1B);
             }
@@ -741,7 +752,76 @@ mod tests {
             s.frame(126_000 + i * 3600, key, rai && key, 2);
             s.packets_cont(0x101, &audio[used..]);
         }
-        s.out
+    }
+
+    /// The PIDs of a segment's packets, in order.
+    fn pids(seg: &CutSegment) -> Vec<u16> {
+        seg.data
+            .chunks_exact(PACKET_LEN)
+            .map(|p| (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]))
+            .collect()
+    }
+
+    #[test]
+    fn follows_a_pmt_that_moves_to_a_new_pid() {
+        // Same streams on a new PMT PID: nothing to end, cuts as before.
+        let mut s = Synth::new();
+        interleaved(&mut s, 0..50, 25, true);
+        s.pmt_pid = 0x1100;
+        interleaved(&mut s, 50..100, 25, true);
+        let segs = segment(&s.out, Duration::from_secs(1));
+        assert_eq!(segs.len(), 4);
+        assert!(segs.iter().all(|g| g.duration == Duration::from_secs(1)));
+        assert_eq!(pids(&segs[3])[..3], [0, 0x1100, 0x100]);
+
+        // The video moves to a new PID with the PMT: the segment in progress
+        // ends at the change, the next starts on the new PID's keyframe.
+        let mut s = Synth::new();
+        interleaved(&mut s, 0..40, 25, true);
+        s.pmt_pid = 0x1100;
+        s.video_pid = 0x200;
+        s.tables(0x1B); // announced before the first packet on the new PID
+        interleaved(&mut s, 40..100, 25, true);
+        let segs = segment(&s.out, Duration::from_secs(1));
+        let starts: Vec<(Vec<u16>, Option<u64>)> = segs
+            .iter()
+            .map(|g| (pids(g)[..3].to_vec(), g.first_pts))
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                (vec![0, 0x1000, 0x100], Some(126_000)),
+                (vec![0, 0x1000, 0x100], Some(126_000 + 25 * 3600)),
+                (vec![0, 0x1100, 0x200], Some(126_000 + 50 * 3600)),
+                (vec![0, 0x1100, 0x200], Some(126_000 + 75 * 3600)),
+            ]
+        );
+        // 15 frames of the old stream after its last keyframe.
+        assert_eq!(segs[1].duration, Duration::from_millis(600));
+        assert!(!pids(&segs[1]).contains(&0x200));
+    }
+
+    #[test]
+    fn finish_joins_a_segment_still_waiting_for_a_tail() {
+        let mut s = Synth::new();
+        interleaved(&mut s, 0..50, 25, true);
+        // The audio PES before the last keyframe never gets its tail.
+        s.tables(0x1B);
+        let audio = Synth::audio_pes(126_000 + 50 * 3600);
+        s.packet(0x101, true, false, &audio);
+        s.frame(126_000 + 50 * 3600, true, true, 2);
+        let mut seg = Segmenter::new(Duration::from_secs(1));
+        let pushed = seg.push(&s.out);
+        assert_eq!(pushed.len(), 1);
+        let last = seg.finish().expect("a final segment");
+        // Second and third segment in one: both start with the tables.
+        let ps = pids(&last);
+        assert_eq!(ps[..3], [0, 0x1000, 0x100]);
+        assert_eq!(ps.iter().filter(|&&p| p == 0).count(), 3); // 2 inserted, 1 in-stream
+        assert_eq!(last.first_pts, Some(126_000 + 25 * 3600));
+        // 1 s, then one frame (40 ms, the interval measured so far).
+        assert_eq!(last.duration, Duration::from_millis(1040));
+        assert!(seg.finish().is_none());
     }
 
     fn segment(data: &[u8], target: Duration) -> Vec<CutSegment> {
