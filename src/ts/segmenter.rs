@@ -312,6 +312,7 @@ impl Segmenter {
         }
         self.end_segments();
         self.routes.clear();
+        self.last_pts = None;
         let mut ready = std::mem::take(&mut self.ready).into_iter();
         let mut last = ready.next()?;
         for more in ready {
