@@ -8,6 +8,9 @@
 #   extremes and the loop period is (last - first + one frame) = 10 s.
 # - Exactly 10 s = 240 frames = 20 whole GOPs, so the loop seam falls on a keyframe.
 # - A 1 kHz tone completes whole cycles in 10 s, so the loop seam is inaudible.
+# - AAC frames (1024 samples, plus 1024 of encoder priming) cannot fill exactly 10 s at
+#   48 kHz, so the tone is cut to 467 frames' worth: 468 packets end 16 ms before the next
+#   pass starts. Players fill a small audio gap; an overlap they may drop or stutter on.
 # - About 800 kbit/s video keeps the file (embedded in the binary) under 2 MB.
 set -eu
 
@@ -22,6 +25,7 @@ ffmpeg -hide_banner -loglevel error -y \
   -c:v libx264 -profile:v main -pix_fmt yuv420p -preset medium \
   -b:v 800k -maxrate 1000k -bufsize 1000k \
   -g 12 -keyint_min 12 -sc_threshold 0 -bf 0 \
+  -af "atrim=end_sample=478208" \
   -c:a aac -b:a 64k -ac 1 \
   -map_metadata -1 -fflags +bitexact \
   -f mpegts "$out"
