@@ -444,8 +444,9 @@ fn parse_rate(rate: &str) -> Option<f64> {
 /// ffmpeg's command line: read `arg`, write MPEG-TS to stdout.
 ///
 /// H.264 video and AAC audio are copied; anything else, or anything not probed, is encoded
-/// with x264 at low latency and a keyframe at every segment boundary (`-force_key_frames`),
-/// with `-g` (twice the frame rate, or 50) as the longest gap if timestamps are odd.
+/// with x264 at low latency and a keyframe once a segment duration has passed since the last
+/// forced one (`-force_key_frames`), with `-g` (twice the frame rate, or 50) as the longest
+/// gap if timestamps are odd.
 fn ffmpeg_args(
     arg: &str,
     origin: Origin,
@@ -490,7 +491,10 @@ fn ffmpeg_args(
             "-g".into(),
             gop.to_string(),
             "-force_key_frames".into(),
-            format!("expr:gte(t,n_forced*{every:.3})"),
+            // Measured from the previous forced keyframe, not on a fixed grid: the segmenter
+            // cuts at the first keyframe at least one target after the last cut, so a grid
+            // point that frame rounding put a frame early would be skipped.
+            format!("expr:if(isnan(prev_forced_t),1,gte(t,prev_forced_t+{every:.3}))"),
         ]);
     }
     if copy_audio {
@@ -793,7 +797,7 @@ mod tests {
         assert!(has_pair(
             &args,
             "-force_key_frames",
-            "expr:gte(t,n_forced*0.500)"
+            "expr:if(isnan(prev_forced_t),1,gte(t,prev_forced_t+0.500))"
         ));
         assert!(has_pair(&args, "-c:a", "aac"));
     }
