@@ -133,6 +133,11 @@ pub enum SourceError {
 ///
 /// Returns `Ok(())` when the input ends (after sending the last segment) or when the receiver
 /// is dropped; `Err` on failure. The demo never ends on its own.
+///
+/// Segment k is released no earlier than `start + d0 + … + dk` (see [`Pacer`]), `start` being
+/// when the first bytes arrived; a source slower than that (a live camera) is never delayed.
+/// Stdin is read by tokio on a blocking thread whose read cannot be cancelled, so a runtime
+/// shutting down while stdin is idle waits for it to deliver data or close.
 pub async fn run(config: SourceConfig, segments: Sender<CutSegment>) -> Result<(), SourceError> {
     let name = config.input.to_string();
     let mut cutter = Cutter::new(config.segment_duration, segments, name.clone());
@@ -184,7 +189,8 @@ impl Pacer {
     /// A source slower than real time finds this instant already past and waits no extra.
     pub fn release_at(&mut self, duration: Duration) -> Instant {
         self.scheduled = self.scheduled.saturating_add(duration);
-        self.start + self.scheduled
+        // Beyond the clock's range (never, in practice) means: do not wait.
+        self.start.checked_add(self.scheduled).unwrap_or(self.start)
     }
 }
 
