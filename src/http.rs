@@ -94,10 +94,11 @@ pub async fn serve(
                         if let Err(error) = stream.set_nodelay(true) {
                             tracing::debug!(%error, "HTTP: could not set TCP_NODELAY");
                         }
-                        connections.spawn(serve_connection(stream, catalog.clone(), stop_rx.clone()));
+                        let connection = serve_connection(stream, catalog.clone(), stop_rx.clone());
+                        connections.spawn(connection);
                     }
                     Err(error) if is_connection_error(&error) => {
-                        tracing::debug!(%error, "HTTP accept: connection failed before it was accepted");
+                        tracing::debug!(%error, "HTTP accept: a connection failed early");
                     }
                     Err(error) => {
                         failures += 1;
@@ -118,8 +119,7 @@ pub async fn serve(
     }
 
     drop(listener);
-    // Ignored when no connection is open (no receiver left besides ours): nothing to tell.
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })
