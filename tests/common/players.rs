@@ -178,15 +178,22 @@ pub fn vlc_plays_hls(url: &str, seconds: u32) -> Result<PlayReport, String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(u64::from(seconds)) + DEADLINE_SLACK;
     let mut cmd = vlc_command()?;
-    cmd.args(["--intf", "oldrc", "--rc-fake-tty", "--no-dbus", "--stats"])
-        .args([
-            "--vout",
-            "dummy",
-            "--aout",
-            "dummy",
-            "--no-video-title-show",
-        ])
-        .args(["--play-and-exit", url]);
+    cmd.args([
+        "--intf",
+        "oldrc",
+        "--rc-fake-tty",
+        "--no-dbus",
+        "--stats",
+        "--verbose=1",
+    ])
+    .args([
+        "--vout",
+        "dummy",
+        "--aout",
+        "dummy",
+        "--no-video-title-show",
+    ])
+    .args(["--play-and-exit", url]);
     let mut session = Session::spawn(cmd, true)?;
     let mut vlc = VlcState::default();
     let mut next_poll = Instant::now() + VLC_POLL;
@@ -234,7 +241,7 @@ pub fn vlc_plays_hls(url: &str, seconds: u32) -> Result<PlayReport, String> {
         video_frames: stats.displayed,
         frames_lost: stats.lost,
         frame_rate: vlc.frame_rate,
-        warnings: Vec::new(),
+        warnings: vlc.warnings.clone(),
         elapsed: started.elapsed(),
     };
     if stats.corrupted > 0 {
@@ -522,6 +529,7 @@ struct VlcState {
     frame_rate: Option<f64>,
     /// When VLC first reported a shown frame.
     playing_since: Option<Instant>,
+    warnings: Vec<String>,
     tail: LogTail,
 }
 
@@ -564,9 +572,13 @@ impl VlcState {
     /// of a headless start (no D-Bus, no hotkeys).
     fn feed_log(&mut self, line: String) {
         let noise = ["dbus", "globalhotkeys", "no suitable interface module"];
-        if !noise.iter().any(|n| line.contains(n)) {
-            self.tail.push(line);
+        if noise.iter().any(|n| line.contains(n)) {
+            return;
         }
+        if line.contains(" warning: ") {
+            push_bounded(&mut self.warnings, line.clone(), MAX_WARNINGS);
+        }
+        self.tail.push(line);
     }
 
     /// True once VLC has shown or lost `seconds` worth of video frames — or,
