@@ -414,7 +414,7 @@ fn fixtures_cut_into_self_contained_segments_at_random_access_points() {
         for &(t, rap) in &all {
             let due = want
                 .last()
-                .map_or(true, |&last| diff(t, last) >= ticks(TARGET));
+                .is_none_or(|&last| diff(t, last) >= ticks(TARGET));
             if rap && due {
                 want.push(t);
             }

@@ -90,7 +90,7 @@ mod tests {
         // AUD, SPS, a long SEI, then the IDR slice, fed in small pieces.
         let mut es = vec![0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x67, 0x64, 0x00];
         es.extend_from_slice(&[0, 0, 1, 0x06]);
-        es.extend(std::iter::repeat(0x55).take(700));
+        es.extend(std::iter::repeat_n(0x55, 700));
         es.extend_from_slice(&[0, 0, 1, 0x65, 0x88]);
         let mut s = RapScanner::new(VideoCodec::H264);
         let mut verdict = None;
