@@ -22,8 +22,15 @@
 //! - [`store`] — the verified segments a node holds, shared with HTTP.
 //! - [`net`] — the quinn endpoint and per-connection tasks that drive [`mesh`].
 //! - [`http`] — the local hyper server: playlist, segments, stats.
+//!
+//! The programs (thin binaries around these):
+//! - [`broadcaster`] — source → signed segments → seeding node, ticket, `/stats`.
+//! - [`viewer`] — ticket → mesh node → local HLS, status line.
+//! - [`cli`] — logging, signals and defaults both programs share.
 #![forbid(unsafe_code)]
 
+pub mod broadcaster;
+pub mod cli;
 pub mod http;
 pub mod mesh;
 pub mod net;
@@ -34,4 +41,5 @@ pub mod store;
 pub mod stream;
 pub mod tls;
 pub mod ts;
+pub mod viewer;
 pub mod wire;

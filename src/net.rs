@@ -206,6 +206,7 @@ enum Event {
         from: NodeId,
         number: u64,
         len: u64,
+        duration: Duration,
     },
     TransferFailed {
         peer: NodeId,
@@ -244,9 +245,22 @@ struct Shared {
 
 /// A running node (broadcaster or viewer). Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
-    shared: Arc<Shared>,
+    view: NodeView,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A cheap, clonable handle on a running node: its store, figures and upload cap.
+#[derive(Clone)]
+pub struct NodeView {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeView;
+    fn deref(&self) -> &NodeView {
+        &self.view
+    }
 }
 
 /// A point-in-time summary of a node, for `/stats` and status lines.
@@ -307,12 +321,28 @@ impl Node {
         tokio::spawn(accept_loop(shared.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(main_loop(shared.clone(), mesh, events_rx, shutdown_rx));
         Ok(Node {
-            shared,
+            view: NodeView { shared },
             shutdown,
             task,
         })
     }
 
+    /// A clonable handle on this node.
+    pub fn view(&self) -> NodeView {
+        self.view.clone()
+    }
+
+    /// Closes every connection (telling peers why) and stops the tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        let endpoint = &self.view.shared.endpoint;
+        endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+}
+
+impl NodeView {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.me
@@ -381,17 +411,6 @@ impl Node {
     pub async fn end(&self, last: u64) {
         store::lock(&self.shared.store).set_ended(last);
         let _ = self.shared.events.send(Event::End { last }).await;
-    }
-
-    /// Closes every connection (telling peers why) and stops the tasks.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-        self.shared
-            .endpoint
-            .close(quinn::VarInt::from_u32(0), b"shutting down");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
 }
 
@@ -546,8 +565,14 @@ impl Driver {
                 }
                 self.mesh.handle_control(t, peer, msg)
             }
-            Event::Segment { from, number, len } => {
+            Event::Segment {
+                from,
+                number,
+                len,
+                duration,
+            } => {
                 self.transfers.remove(&(from, number));
+                self.mesh.observe_segment_duration(duration);
                 self.mesh.handle_segment(t, Some(from), number, len);
             }
             Event::TransferFailed { peer, number, busy } => {
@@ -929,7 +954,7 @@ async fn receive_segment(
     mut recv: RecvStream,
     from: NodeId,
     expected: Option<u64>,
-) -> Result<(u64, u64), TransferError> {
+) -> Result<(u64, u64, Duration), TransferError> {
     let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME)
         .await?
         .ok_or(TransferError::Wire(WireError::Truncated))?;
@@ -942,6 +967,7 @@ async fn receive_segment(
         .verify(&shared.stream)
         .map_err(|_| TransferError::Forged("bad header signature"))?;
     let number = header.header.number;
+    let duration = Duration::from_millis(header.header.duration_ms as u64);
     if expected.is_some_and(|e| e != number) {
         return Err(TransferError::Forged("segment is not the one requested"));
     }
@@ -984,20 +1010,21 @@ async fn receive_segment(
     if store::lock(&shared.store).insert(seg) {
         add(&shared.counters.segments_verified, 1);
     }
-    Ok((number, len as u64))
+    Ok((number, len as u64, duration))
 }
 
 async fn report_transfer(
     shared: &Shared,
     peer: NodeId,
     requested: Option<u64>,
-    res: Result<(u64, u64), TransferError>,
+    res: Result<(u64, u64, Duration), TransferError>,
 ) {
     let ev = match res {
-        Ok((number, len)) => Event::Segment {
+        Ok((number, len, duration)) => Event::Segment {
             from: peer,
             number,
             len,
+            duration,
         },
         Err(TransferError::Forged(reason)) => {
             add(&shared.counters.rejected_segments, 1);
