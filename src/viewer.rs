@@ -169,6 +169,7 @@ struct StatusLine {
     last_log: Option<Instant>,
     last_uploaded: (Instant, u64),
     drawn: bool,
+    ever_connected: bool,
 }
 
 impl StatusLine {
@@ -178,6 +179,7 @@ impl StatusLine {
             last_log: None,
             last_uploaded: (Instant::now(), 0),
             drawn: false,
+            ever_connected: false,
         }
     }
 
@@ -192,6 +194,12 @@ impl StatusLine {
             0.0
         } else {
             100.0 * s.bytes_from_peers as f64 / received as f64
+        };
+        self.ever_connected |= s.origin_connected;
+        let origin = match (s.origin_connected, self.ever_connected) {
+            (true, _) => "",
+            (false, false) => " (connecting to the broadcaster)",
+            (false, true) => " (broadcaster unreachable, retrying)",
         };
         let line = format!(
             "peers {}{} | buffered {} seg | from peers {:.0}% | up {} ({} total) | missed {}",

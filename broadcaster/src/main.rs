@@ -61,8 +61,21 @@ fn parse_segment_duration(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("starling-broadcaster: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    // Exit right away: a blocking read on stdin (the `-` input) cannot be cancelled
+    // and would otherwise keep the runtime, and the process, alive.
+    let _ = std::io::stdout().flush();
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+}
+
+async fn run() -> ExitCode {
     let args = Args::parse();
     starling::cli::init_logging();
     let config = BroadcasterConfig {
