@@ -204,11 +204,7 @@ impl StatusLine {
         let line = format!(
             "peers {}{} | buffered {} seg | from peers {:.0}% | up {} ({} total) | missed {}",
             s.peers,
-            if s.origin_connected {
-                ""
-            } else {
-                " (broadcaster unreachable)"
-            },
+            origin,
             s.buffered_segments,
             share,
             if up_rate.0 == 0 {
