@@ -15,6 +15,7 @@
 //! - [`mesh`] — one node's state machine: partners, buffer maps, scheduling.
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
+//! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
 //! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
@@ -36,6 +37,7 @@ pub mod mesh;
 pub mod net;
 pub mod playlist;
 pub mod rate;
+pub mod sim;
 pub mod source;
 pub mod store;
 pub mod stream;
