@@ -108,7 +108,7 @@ pub struct Counters {
     pub bytes_uploaded: AtomicU64,
     /// Segments rejected because they failed verification.
     pub rejected_segments: AtomicU64,
-    /// Control-stream bytes sent and received (for the overhead figure).
+    /// Non-media bytes sent: control messages, requests, segment headers (overhead figure).
     pub control_bytes: AtomicU64,
     /// Requests answered `Busy` because the upload cap was saturated.
     pub busy_replies: AtomicU64,
@@ -286,7 +286,7 @@ pub struct NodeStats {
     pub missed_deadlines: u64,
     /// Segments rejected by verification.
     pub rejected_segments: u64,
-    /// Control bytes sent and received.
+    /// Non-media bytes sent (control messages, requests, segment headers).
     pub control_bytes: u64,
     /// Requests turned away because upload was saturated.
     pub busy_replies: u64,
@@ -822,10 +822,6 @@ async fn run_connection(
         loop {
             match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
                 Ok(Some(msg)) => {
-                    add(
-                        &reader_shared.counters.control_bytes,
-                        wire::encode(&msg).len() as u64,
-                    );
                     if msg.validate().is_err() {
                         let _ = reader_shared
                             .events
@@ -1054,7 +1050,9 @@ async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u6
             .open_bi()
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
-        send.write_all(&wire::encode(&Request { number }))
+        let frame = wire::encode(&Request { number });
+        add(&shared.counters.control_bytes, frame.len() as u64);
+        send.write_all(&frame)
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
         let _ = send.finish();
@@ -1099,8 +1097,9 @@ async fn send_segment(
     send: &mut SendStream,
     seg: &VerifiedSegment,
 ) -> Result<(), quinn::WriteError> {
-    send.write_all(&wire::encode(&Reply::Segment(seg.header.clone())))
-        .await?;
+    let header = wire::encode(&Reply::Segment(seg.header.clone()));
+    add(&shared.counters.control_bytes, header.len() as u64);
+    send.write_all(&header).await?;
     let h = &seg.header.header;
     for i in 0..h.pieces.len() {
         let Some(range) = piece_range(h.len, h.piece_size, i) else {
