@@ -232,6 +232,8 @@ pub struct Mesh {
     ended: Option<u64>,
     actions: VecDeque<Action>,
     next_maintenance: Instant,
+    /// The latest time any input carried; wake-ups at or before it are already due.
+    last_now: Instant,
     origin_retry_at: Instant,
     push_cursor: usize,
     stats: MeshStats,
@@ -254,6 +256,7 @@ impl Mesh {
             ended: None,
             actions: VecDeque::new(),
             next_maintenance: now,
+            last_now: now,
             origin_retry_at: now,
             push_cursor: 0,
             stats: MeshStats::default(),
@@ -272,15 +275,20 @@ impl Mesh {
         let mut t = self.next_maintenance;
         for s in self.segs.values() {
             if let Some(inf) = s.inflight {
-                t = t.min(inf.since + self.cfg.request_timeout);
+                let expiry = inf.since + self.cfg.request_timeout;
+                if expiry > self.last_now {
+                    t = t.min(expiry);
+                }
             } else if !s.held {
                 if let Some(h) = s.first_heard {
                     // Wake when a waiting segment becomes eligible for the origin, or misses.
                     let fallback = h + self.origin_wait();
                     let deadline = h + self.cfg.playout_budget;
+                    // Only future moments: a passed one was handled at the last tick, and
+                    // returning it again would make the driver spin.
                     for x in [fallback, deadline] {
-                        if x > h && x < t {
-                            t = t.min(x);
+                        if x > self.last_now && x < t {
+                            t = x;
                         }
                     }
                 }
@@ -714,6 +722,7 @@ impl Mesh {
 
     /// Timers: request timeouts, deadlines, maintenance, scheduling.
     pub fn handle_tick(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         // Abandon requests that have taken too long and ask elsewhere.
         let timeout = self.cfg.request_timeout;
         let mut expired = Vec::new();
@@ -909,6 +918,7 @@ impl Mesh {
 
     /// Decides what to request now. Most urgent first; otherwise rarest first.
     fn schedule(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         if self.cfg.role != Role::Viewer {
             return;
         }
@@ -1216,6 +1226,22 @@ mod tests {
         assert!(acts
             .iter()
             .any(|a| matches!(a, Action::Send { peer, msg: Control::Peers { peers } } if *peer == id(60) && !peers.is_empty())));
+    }
+
+    #[test]
+    fn wake_ups_are_never_in_the_past() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 9 });
+        // The origin goes away: segments wait with their fallback moment passing.
+        v.handle_disconnected(t0, id(ORIGIN));
+        for secs in [1, 4, 7, 30] {
+            let now = t0 + Duration::from_secs(secs);
+            v.handle_tick(now);
+            drain(&mut v);
+            assert!(v.poll_timeout() > now, "at +{secs}s");
+        }
     }
 
     #[test]

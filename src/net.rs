@@ -327,6 +327,18 @@ impl Node {
         })
     }
 
+    /// Stops at once without waiting for anything (benchmarks' churn, tests).
+    ///
+    /// Connections are closed with a close frame, so peers notice immediately; a
+    /// process that dies without one is noticed after the QUIC idle timeout instead.
+    pub fn kill(self) {
+        self.task.abort();
+        self.view
+            .shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"left");
+    }
+
     /// A clonable handle on this node.
     pub fn view(&self) -> NodeView {
         self.view.clone()
