@@ -212,14 +212,11 @@ fn report(
                 continue;
             }
             counted += 1;
-            match v.arrivals.get(n) {
-                Some(t) => {
-                    latencies.push(t.saturating_duration_since(p.at).as_secs_f64() * 1000.0);
-                    if *t <= deadline {
-                        on_time += 1;
-                    }
+            if let Some(t) = v.arrivals.get(n) {
+                latencies.push(t.saturating_duration_since(p.at).as_secs_f64() * 1000.0);
+                if *t <= deadline {
+                    on_time += 1;
                 }
-                None => {}
             }
         }
     }
