@@ -330,13 +330,23 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
             sample(v, a.delay, 8);
         }
     }
+    let (mut peers, mut busy, mut missed, mut bans, mut live) = (0, 0, 0, 0, 0);
     for v in viewers.iter_mut() {
         if let Some(node) = &v.node {
             let st = node.stats();
             v.bytes_received = st.bytes_from_peers + st.bytes_from_origin;
             v.control_bytes = st.control_bytes;
+            peers += st.peers;
+            busy += st.busy_replies;
+            missed += st.missed_deadlines;
+            bans += st.bans;
+            live += 1;
         }
     }
+    eprintln!(
+        "swarm: mean partners {:.1}, busy replies {busy}, missed deadlines {missed}, bans {bans}",
+        peers as f64 / live.max(1) as f64
+    );
     let b = broadcaster.stats();
     viewers.extend(departed);
     let out = report(a, &published, &viewers, b.bytes_uploaded, b.control_bytes);
