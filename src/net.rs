@@ -1056,11 +1056,12 @@ async fn receive_segment(
     });
     let _guard = {
         let mut map = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(&number) {
-            None
-        } else {
-            map.insert(number, partial.clone());
-            Some(PartialGuard { shared, number })
+        match map.entry(number) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(partial.clone());
+                Some(PartialGuard { shared, number })
+            }
         }
     };
     if _guard.is_some() {
