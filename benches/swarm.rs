@@ -122,7 +122,8 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
         origin_addrs: vec![origin],
         upload_limit: Some(Rate(a.viewer_upload)),
         mesh: MeshConfig::viewer(stream, seg, a.delay),
-        store_capacity: 64,
+        // What the real viewer keeps (window 8 + delay + 16, at least 32).
+        store_capacity: (8 + a.delay as usize + 16).max(32),
         seed,
         max_connections: 64,
     })

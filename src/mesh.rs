@@ -976,8 +976,11 @@ impl Mesh {
         let lost_before = self
             .newest
             .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments + 2));
-        // (urgent first, suppliers, number)
-        let mut order: Vec<(bool, usize, u64)> = Vec::new();
+        // (late, not urgent, suppliers, number): on-time segments first, the urgent ones
+        // (origin wait over) before the rest, rarest first among equals. A segment past its
+        // deadline goes last: chasing it first would make the next ones late too.
+        let budget = self.cfg.playout_budget;
+        let mut order: Vec<(bool, bool, usize, u64)> = Vec::new();
         for (&n, s) in &self.segs {
             if n < want_from || s.held || s.inflight.is_some() || n < lost_before {
                 continue;
@@ -997,10 +1000,11 @@ impl Mesh {
                 .filter(|(id, p)| !self.is_origin(id) && p.uploads && p.have.contains(&n))
                 .count();
             let urgent = s.first_heard.is_some_and(|h| now >= h + fallback);
-            order.push((!urgent, suppliers, n));
+            let late = s.first_heard.is_some_and(|h| now >= h + budget);
+            order.push((late, !urgent, suppliers, n));
         }
         order.sort_unstable();
-        for (not_urgent, _, n) in order {
+        for (_, not_urgent, _, n) in order {
             if inflight >= self.cfg.max_inflight_total {
                 break;
             }
