@@ -87,14 +87,15 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
     );
     eprintln!(
         "  origin sent {:.2} copies (offload {:.3}); joins p50 {} ms p99 {} ms, {}/{} viewers \
-         playable ({} left)",
+         playable ({} left), {:.1} partners each",
         r.origin_copies,
         r.offload,
         r.join_ms.p50,
         r.join_ms.p99,
         d.viewers_playable,
         d.viewers_started,
-        d.viewers_left
+        d.viewers_left,
+        d.mean_partners
     );
     eprintln!(
         "  requests {} ({} to origin), pushes {}, busy {}, unavailable {}, cancels {}, \

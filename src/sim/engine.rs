@@ -10,7 +10,7 @@ use crate::stream::NodeId;
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -91,31 +91,6 @@ enum Ev {
     Deliver {
         tr: TRef,
     },
-}
-
-#[derive(Debug)]
-struct Scheduled {
-    at: Ns,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: the heap pops the earliest (time, sequence) first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +251,11 @@ pub(super) struct Sim {
     now: Ns,
     end: Ns,
     rng: ChaCha8Rng,
-    queue: BinaryHeap<Scheduled>,
+    /// Pending events by (time, sequence): the sequence makes equal times run in the
+    /// order they were scheduled. Entries stay small; the events wait in `slots`.
+    queue: BinaryHeap<Reverse<(Ns, u64, u32)>>,
+    slots: Vec<Option<Ev>>,
+    free_slots: Vec<u32>,
     seq: u64,
     nodes: Vec<Node>,
     /// Live viewers, for picking who leaves.
@@ -335,6 +314,8 @@ impl Sim {
             end: (segments + cfg.delay_segments) * seg_ns,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             seq: 0,
             nodes: Vec::with_capacity(cfg.peers + 1),
             live: Vec::with_capacity(cfg.peers),
@@ -376,13 +357,17 @@ impl Sim {
             let gap = self.churn_gap();
             self.at(window.saturating_add(gap), Ev::Leave);
         }
-        while let Some(s) = self.queue.pop() {
-            if s.at > self.end {
+        while let Some(Reverse((at, _, slot))) = self.queue.pop() {
+            if at > self.end {
                 break;
             }
-            self.now = s.at;
+            let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+                continue;
+            };
+            self.free_slots.push(slot);
+            self.now = at;
             self.d.events += 1;
-            self.dispatch(s.ev);
+            self.dispatch(ev);
         }
         self.report()
     }
@@ -391,11 +376,19 @@ impl Sim {
 
     fn at(&mut self, at: Ns, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        let slot = match self.free_slots.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i as usize) {
+                    *s = Some(ev);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(ev));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, slot)));
     }
 
     fn instant(&self, t: Ns) -> Instant {
@@ -1251,13 +1244,19 @@ impl Sim {
 
     fn report(mut self) -> SimReport {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        self.d.mesh_missed = self
+        let live: Vec<_> = self
             .nodes
             .iter()
             .skip(1)
             .filter_map(|n| n.mesh.as_ref())
-            .map(|m| m.stats().missed_deadlines)
-            .sum();
+            .map(Mesh::stats)
+            .collect();
+        self.d.mesh_missed = live.iter().map(|s| s.missed_deadlines).sum();
+        self.d.mean_partners = if live.is_empty() {
+            0.0
+        } else {
+            live.iter().map(|s| s.partners).sum::<usize>() as f64 / live.len() as f64
+        };
         let offload = if self.delivered_bytes == 0 {
             0.0
         } else {

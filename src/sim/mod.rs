@@ -14,16 +14,21 @@
 //!   from the node's index; addresses serve only as dial hints.
 //! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
 //!   between two nodes is the mean of their two draws, one-way latency half of that.
-//! - **Upload.** Each node's upload is a FIFO queue at its rate: a transfer's last byte leaves
-//!   at `max(now, link free) + len / rate` and lands one one-way latency later. Only segment
-//!   bodies use the queue, as in `net.rs`, where only pieces pass the upload limiter; control
-//!   messages, requests and segment headers travel at latency alone but are counted as
-//!   overhead. Download is unlimited.
+//! - **Upload.** Each node's upload carries segment bodies at its rate, in one of two models
+//!   ([`LinkModel`], `--link`). `fifo` (the default): one body after another, so a transfer's
+//!   last byte leaves at `max(now, link free) + len / rate`; its backlog is everything queued.
+//!   `shared`: all bodies under way split the rate evenly, which is what concurrent QUIC
+//!   streams behind `net.rs`'s token bucket do; its backlog is that bucket's debt, one piece
+//!   per transfer under way, as `net.rs` measures it. Either way the body lands one one-way
+//!   latency after its last byte leaves. Only bodies use the link, as in `net.rs`, where only
+//!   pieces pass the upload limiter; control messages, requests and segment headers travel
+//!   at latency alone but count as overhead. Download is unlimited.
 //! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
 //!   latency; a holder without the segment (or not uploading) answers `Unavailable`, one whose
 //!   upload backlog exceeds 1.5 s answers `Busy`, both landing one RTT after the request.
-//!   Otherwise the body joins the holder's queue. A cancelled request frees the holder's
-//!   queue when the cancel arrives (a transfer under way stops there).
+//!   Otherwise the body joins the holder's link. A cancel reaching the holder takes the body
+//!   off its link (what was sent is waste); so does the end of the connection, and a receiver
+//!   that vanishes stops taking bandwidth at once (it acknowledges nothing).
 //! - **Pushes** are sent only while the origin's backlog is under 1.5 s (as `net.rs`).
 //!   A segment the receiver already holds, or holds 64 newer than, is dropped on arrival
 //!   (`net.rs`'s "unwanted"); for a request that reports a failure to the mesh.
@@ -418,6 +423,8 @@ pub struct SimDetails {
     pub events: u64,
     /// Segments the meshes counted as missed (sum of `MeshStats::missed_deadlines`, live nodes).
     pub mesh_missed: u64,
+    /// Viewer partners per live viewer at the end (`MeshStats::partners`).
+    pub mean_partners: f64,
 }
 
 /// What a run measured; serialises to the bench's JSON line.
