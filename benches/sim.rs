@@ -1,0 +1,118 @@
+//! The swarm simulator as a benchmark: many viewers running the real mesh in virtual time.
+//! Run: `cargo bench --bench sim -- --peers 1000 --seconds 60` (flags: see `starling::sim`).
+//! Prints a human summary on stderr and one JSON object as the last line of stdout.
+
+use starling::sim::{self, SimConfig, SimReport};
+use std::time::Instant;
+
+fn main() {
+    let config = match SimConfig::from_args(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sim: {e}");
+            eprintln!(
+                "flags: --peers N --seconds S --bitrate BPS --segment-ms MS --viewer-upload BPS \
+                 --origin-upload BPS --churn PCT_PER_MIN --seed K --rtt-ms MS --loss PCT \
+                 --delay SEGMENTS --upload-mix SHARE:MULTx,... --join-window-ms MS \
+                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS"
+            );
+            std::process::exit(2);
+        }
+    };
+    let wall = Instant::now();
+    let mut report = sim::run(&config);
+    let wall = wall.elapsed();
+    let (cpu, rss) = process_usage();
+    report.cpu_s = cpu;
+    report.peak_rss_mb = rss;
+    summary(&config, &report, wall.as_secs_f64());
+    match serde_json::to_string(&report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("sim: cannot encode the report: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// CPU seconds (utime + stime, in clock ticks of 1/100 s) and peak RSS (VmHWM), from /proc.
+fn process_usage() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0);
+    (cpu, rss)
+}
+
+fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
+    let d = &r.details;
+    eprintln!(
+        "sim: {} viewers, {} s of {:.2} Mbit/s in {} ms segments, delay {}, rtt {} ms, loss {}%, \
+         churn {}%/min, resource index {:.2}",
+        c.peers,
+        c.seconds,
+        c.bitrate_bps as f64 / 1e6,
+        c.segment_ms,
+        c.delay_segments,
+        c.rtt_ms,
+        c.loss_pct,
+        c.churn_pct_per_min,
+        c.resource_index()
+    );
+    eprintln!(
+        "  continuity {:.4} ({}/{} on time; meshes counted {} missed), latency p50 {} ms \
+         p99 {} ms max {:.0} ms",
+        r.continuity,
+        d.on_time,
+        d.judged,
+        d.mesh_missed,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.max
+    );
+    eprintln!(
+        "  origin sent {:.2} copies (offload {:.3}); joins p50 {} ms p99 {} ms, {}/{} viewers \
+         playable ({} left), {:.1} partners each",
+        r.origin_copies,
+        r.offload,
+        r.join_ms.p50,
+        r.join_ms.p99,
+        d.viewers_playable,
+        d.viewers_started,
+        d.viewers_left,
+        d.mean_partners
+    );
+    eprintln!(
+        "  requests {} ({} to origin), pushes {}, busy {}, unavailable {}, cancels {}, \
+         dials {} ({} failed), wasted {:.1} MB, control overhead {:.4}",
+        d.requests,
+        d.origin_requests,
+        d.pushes,
+        d.busy,
+        d.unavailable,
+        d.cancels,
+        d.dials,
+        d.dial_failures,
+        d.wasted_bytes as f64 / 1e6,
+        r.control_overhead
+    );
+    eprintln!(
+        "  {} events, {} ticks ({} stale wake-ups); wall {:.2} s, cpu {:.2} s, peak rss {:.0} MB",
+        d.events, d.ticks, d.stale_wakeups, wall_s, r.cpu_s, r.peak_rss_mb
+    );
+}

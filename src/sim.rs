@@ -1,1 +1,0 @@
-//! Discrete-event simulator: many [`crate::mesh`] nodes over modelled links in virtual time (being written).

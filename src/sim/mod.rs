@@ -1,0 +1,558 @@
+//! Discrete-event simulator: one broadcaster and many viewers, each running the real
+//! [`crate::mesh::Mesh`], over modelled links in virtual time. Because the nodes are the
+//! product's own state machine, a result here is a result of the product's scheduling.
+//!
+//! The driver mirrors [`crate::net`]; everything below [`crate::mesh`] (QUIC, TLS, bytes,
+//! signatures) is replaced by the model described here. One seeded RNG makes every run
+//! reproducible: same [`SimConfig`] → same [`SimReport`].
+//!
+//! ## Model
+//! - **Time.** Virtual nanoseconds from a base [`std::time::Instant`] captured once; events
+//!   run in (time, sequence) order from a binary heap.
+//! - **Nodes.** Node 0 is the broadcaster ([`crate::mesh::MeshConfig::broadcaster`]); viewers
+//!   use [`crate::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
+//!   from the node's index; addresses serve only as dial hints.
+//! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
+//!   between two nodes is the mean of their two draws, one-way latency half of that.
+//! - **Upload.** Each node's upload carries segment bodies at its rate, in one of two models
+//!   ([`LinkModel`], `--link`). `fifo` (the default): one body after another, so a transfer's
+//!   last byte leaves at `max(now, link free) + len / rate`; its backlog is everything queued.
+//!   `shared`: all bodies under way split the rate evenly, which is what concurrent QUIC
+//!   streams behind `net.rs`'s token bucket do; its backlog is that bucket's debt, one piece
+//!   per transfer under way, as `net.rs` measures it. Either way the body lands one one-way
+//!   latency after its last byte leaves. Only bodies use the link, as in `net.rs`, where only
+//!   pieces pass the upload limiter; control messages, requests and segment headers travel
+//!   at latency alone but count as overhead. Download is unlimited.
+//! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
+//!   latency; a holder without the segment (or not uploading) answers `Unavailable`, one whose
+//!   upload backlog exceeds 1.5 s answers `Busy`, both landing one RTT after the request.
+//!   Otherwise the body joins the holder's link. A cancel reaching the holder takes the body
+//!   off its link (what was sent is waste); so does the end of the connection, and a receiver
+//!   that vanishes stops taking bandwidth at once (it acknowledges nothing).
+//! - **Pushes** are sent only while the origin's backlog is under 1.5 s (as `net.rs`).
+//!   A segment the receiver already holds, or holds 64 newer than, is dropped on arrival
+//!   (`net.rs`'s "unwanted"); for a request that reports a failure to the mesh.
+//! - **Loss.** QUIC is reliable, so loss shows as delay: a message of `k` packets (1200 bytes
+//!   each) takes one extra RTT with probability `1 − (1 − loss)^k` (a tail retransmission).
+//!   Congestion-control slow-down is not modelled. Control streams stay in order.
+//! - **Connections.** A dial to a live node completes after one RTT and both meshes get
+//!   `handle_connected` at that instant (the acceptor sees the dialer's address). A dial to a
+//!   departed node fails after `dial_timeout_ms` (10 s: `net.rs`'s hello timeout × 2). A node
+//!   with as many connections as its `net` cap (4096 broadcaster, 64 viewer) refuses: the
+//!   dial fails after one RTT. A `Disconnect` closes at once: like quinn's `close`, it
+//!   discards messages sent in the same instant; the other side notices one latency later.
+//! - **Churn.** Departures are a Poisson process of `churn_pct_per_min` % of the initial
+//!   audience per minute; each leaver vanishes abruptly (nothing more is sent or served) and
+//!   a fresh viewer joins at the same instant. Partners notice after `leave_detect_ms` (10 s:
+//!   the QUIC idle timeout in `tls.rs`; its 2 s keep-alives do not end a connection sooner).
+//! - **Timers.** Each mesh is ticked at `poll_timeout()`. A timeout already past right after a
+//!   tick (the mesh reports stale wake-ups for segments it has given up on) is deferred by
+//!   `tick_floor_ms`, so a real timer may run up to that late.
+//! - **Publishing.** The origin publishes segment `k` (`bitrate × segment_ms` bytes) at
+//!   `(k + 1) × segment_ms` for the first `seconds`, then the run drains for the hold-back so
+//!   every published segment's deadline is judged.
+//!
+//! ## Metrics
+//! - `continuity`: over (viewer, segment) pairs where the viewer is present at the segment's
+//!   deadline and joined at least `delay × segment` before it was published, the share held
+//!   by the deadline `publish + delay × segment` (the playlist hold-back).
+//! - `latency_ms`: publish → held, over the first copies viewers accept of the segments
+//!   continuity judges them on (1 ms resolution), so the catch-up at join does not count.
+//! - `join_ms`: viewer start → it holds `delay + 1` consecutive segments (a playable
+//!   playlist); viewers that never get there are not sampled (see [`SimDetails`]).
+//! - `origin_bytes`: segment bytes the origin's link sent, pushes and requests alike;
+//!   `delivered_bytes`: segment bytes viewers accepted (first copies only: a duplicate is
+//!   dropped as unwanted and counted in [`SimDetails::wasted_bytes`]).
+//! - `control_overhead`: non-media bytes sent (control frames as `wire::encode` sizes them,
+//!   hellos, requests, reply headers, busy/unavailable replies) / segment bytes sent.
+//! - `cpu_s`, `peak_rss_mb`: process figures; [`run`] leaves them zero for the caller
+//!   (`benches/sim.rs` reads `/proc`).
+
+mod engine;
+mod link;
+mod metrics;
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Errors from reading a simulator configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// A flag the simulator does not know.
+    #[error("unknown flag {0}")]
+    UnknownFlag(String),
+    /// A flag given without its value.
+    #[error("flag {0} needs a value")]
+    MissingValue(String),
+    /// A value that does not parse for its flag.
+    #[error("bad value {value:?} for {flag}")]
+    BadValue {
+        /// The flag.
+        flag: String,
+        /// What was given.
+        value: String,
+    },
+    /// A configuration the model cannot run (the reason says which limit).
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+}
+
+/// One class of viewer upload capacity in a mix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UploadClass {
+    /// Share of viewers in this class (shares are normalised to sum to 1).
+    pub share: f64,
+    /// Upload capacity as a multiple of the stream's bitrate.
+    pub multiple: f64,
+}
+
+/// How a node's upload is shared between the transfers it has under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkModel {
+    /// One body at a time, in arrival order; the backlog is everything queued.
+    Fifo,
+    /// All transfers under way split the rate evenly, as concurrent QUIC streams behind
+    /// `net.rs`'s token bucket do; the backlog is that bucket's debt, one piece per transfer.
+    Shared,
+}
+
+/// Everything a run depends on. [`SimConfig::default`] gives the bench defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Viewers at the start (`--peers`); churn keeps the audience at this size.
+    pub peers: usize,
+    /// Seconds of stream published (`--seconds`).
+    pub seconds: f64,
+    /// Stream bitrate in bits/s (`--bitrate`).
+    pub bitrate_bps: u64,
+    /// Segment duration in ms (`--segment-ms`).
+    pub segment_ms: u64,
+    /// Every viewer's upload in bits/s (`--viewer-upload`); 0 makes viewers leech-only.
+    pub viewer_upload_bps: u64,
+    /// The broadcaster's upload in bits/s (`--origin-upload`).
+    pub origin_upload_bps: u64,
+    /// Viewers leaving (and as many joining) per minute, in % of `peers` (`--churn`).
+    pub churn_pct_per_min: f64,
+    /// Seed of the one RNG behind every random choice (`--seed`).
+    pub seed: u64,
+    /// Mean RTT between two nodes, ms (`--rtt-ms`).
+    pub rtt_ms: f64,
+    /// Packet loss in % (`--loss`).
+    pub loss_pct: f64,
+    /// Playlist hold-back in segments (`--delay`): the viewers' playout budget.
+    pub delay_segments: u64,
+    /// Viewer upload classes (`--upload-mix`); when non-empty, overrides `viewer_upload_bps`.
+    pub upload_mix: Vec<UploadClass>,
+    /// Initial viewers start uniformly within this many ms (`--join-window-ms`).
+    pub join_window_ms: u64,
+    /// How long partners take to notice an abrupt departure, ms (`--leave-detect-ms`).
+    pub leave_detect_ms: u64,
+    /// How long a dial to a departed node takes to fail, ms (`--dial-timeout-ms`).
+    pub dial_timeout_ms: u64,
+    /// Least delay before re-ticking a mesh whose wake-up is already past, ms (`--tick-floor-ms`).
+    pub tick_floor_ms: u64,
+    /// How uploads are shared (`--link fifo|shared`).
+    pub link: LinkModel,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            peers: 100,
+            seconds: 60.0,
+            bitrate_bps: 2_000_000,
+            segment_ms: 1000,
+            viewer_upload_bps: 3_000_000,
+            origin_upload_bps: 8_000_000,
+            churn_pct_per_min: 0.0,
+            seed: 1,
+            rtt_ms: 40.0,
+            loss_pct: 0.0,
+            delay_segments: 3,
+            upload_mix: Vec::new(),
+            join_window_ms: 5000,
+            leave_detect_ms: 10_000,
+            dial_timeout_ms: 10_000,
+            tick_floor_ms: 100,
+            link: LinkModel::Fifo,
+        }
+    }
+}
+
+/// Largest audience a run accepts (node ids carry the index in 32 bits; memory is the real limit).
+pub const MAX_PEERS: usize = 1_000_000;
+/// Longest run accepted, in seconds of stream.
+pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
+/// Largest hold-back accepted: the model keeps 64 segments per node.
+pub const MAX_DELAY_SEGMENTS: u64 = 32;
+
+impl SimConfig {
+    /// Reads `--flag value` pairs over the defaults. A bare `--bench` (added by `cargo bench`)
+    /// is ignored. Rates take `k`/`M`/`G` suffixes (bits/s).
+    pub fn from_args<I, S>(args: I) -> Result<SimConfig, SimError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut c = SimConfig::default();
+        let mut it = args.into_iter().map(Into::into);
+        while let Some(flag) = it.next() {
+            if flag == "--bench" {
+                continue;
+            }
+            let known = [
+                "--peers",
+                "--seconds",
+                "--bitrate",
+                "--segment-ms",
+                "--viewer-upload",
+                "--origin-upload",
+                "--churn",
+                "--seed",
+                "--rtt-ms",
+                "--loss",
+                "--delay",
+                "--upload-mix",
+                "--join-window-ms",
+                "--leave-detect-ms",
+                "--dial-timeout-ms",
+                "--tick-floor-ms",
+                "--link",
+            ];
+            if !known.contains(&flag.as_str()) {
+                return Err(SimError::UnknownFlag(flag));
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| SimError::MissingValue(flag.clone()))?;
+            let bad = || SimError::BadValue {
+                flag: flag.clone(),
+                value: value.clone(),
+            };
+            match flag.as_str() {
+                "--peers" => c.peers = value.parse().map_err(|_| bad())?,
+                "--seconds" => c.seconds = parse_f64(&value).ok_or_else(bad)?,
+                "--bitrate" => c.bitrate_bps = parse_rate(&value).ok_or_else(bad)?,
+                "--segment-ms" => c.segment_ms = value.parse().map_err(|_| bad())?,
+                "--viewer-upload" => c.viewer_upload_bps = parse_rate(&value).ok_or_else(bad)?,
+                "--origin-upload" => c.origin_upload_bps = parse_rate(&value).ok_or_else(bad)?,
+                "--churn" => c.churn_pct_per_min = parse_f64(&value).ok_or_else(bad)?,
+                "--seed" => c.seed = value.parse().map_err(|_| bad())?,
+                "--rtt-ms" => c.rtt_ms = parse_f64(&value).ok_or_else(bad)?,
+                "--loss" => c.loss_pct = parse_f64(&value).ok_or_else(bad)?,
+                "--delay" => c.delay_segments = value.parse().map_err(|_| bad())?,
+                "--upload-mix" => c.upload_mix = parse_mix(&value).ok_or_else(bad)?,
+                "--join-window-ms" => c.join_window_ms = value.parse().map_err(|_| bad())?,
+                "--leave-detect-ms" => c.leave_detect_ms = value.parse().map_err(|_| bad())?,
+                "--dial-timeout-ms" => c.dial_timeout_ms = value.parse().map_err(|_| bad())?,
+                "--tick-floor-ms" => c.tick_floor_ms = value.parse().map_err(|_| bad())?,
+                _ => {
+                    c.link = match value.as_str() {
+                        "fifo" => LinkModel::Fifo,
+                        "shared" => LinkModel::Shared,
+                        _ => return Err(bad()),
+                    }
+                }
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the limits the model needs.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let err = |m| Err(SimError::Invalid(m));
+        if self.peers > MAX_PEERS {
+            return err("too many peers");
+        }
+        if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
+            return err("seconds must be in (0, 86400]");
+        }
+        if self.segment_ms == 0 || self.segment_ms > 60_000 {
+            return err("segment-ms must be in [1, 60000]");
+        }
+        if self.bitrate_bps == 0 {
+            return err("bitrate must be positive");
+        }
+        if self.segment_bytes() > u64::from(crate::stream::MAX_SEGMENT_LEN) {
+            return err("segments would exceed the 64 MiB segment limit");
+        }
+        if self.delay_segments > MAX_DELAY_SEGMENTS {
+            return err("delay must be at most 32 segments");
+        }
+        if !(self.rtt_ms >= 0.0 && self.rtt_ms <= 60_000.0) {
+            return err("rtt-ms must be in [0, 60000]");
+        }
+        if !(0.0..100.0).contains(&self.loss_pct) {
+            return err("loss must be in [0, 100)");
+        }
+        if !(0.0..=6000.0).contains(&self.churn_pct_per_min) {
+            return err("churn must be in [0, 6000] % per minute");
+        }
+        if self.upload_mix.iter().any(|c| {
+            !(c.share.is_finite() && c.share >= 0.0 && c.multiple.is_finite() && c.multiple >= 0.0)
+        }) || (!self.upload_mix.is_empty() && self.upload_mix.iter().all(|c| c.share == 0.0))
+        {
+            return err("upload-mix shares and multiples must be non-negative, shares not all 0");
+        }
+        Ok(())
+    }
+
+    /// Bytes in one segment: `bitrate × segment duration`.
+    pub fn segment_bytes(&self) -> u64 {
+        (self.bitrate_bps as u128 * self.segment_ms as u128 / 8000) as u64
+    }
+
+    /// Segment duration.
+    pub fn segment(&self) -> Duration {
+        Duration::from_millis(self.segment_ms)
+    }
+
+    /// Expected resource index: (origin upload + mean viewer upload × peers) / (peers × bitrate).
+    pub fn resource_index(&self) -> f64 {
+        let viewer = if self.upload_mix.is_empty() {
+            self.viewer_upload_bps as f64
+        } else {
+            let total: f64 = self.upload_mix.iter().map(|c| c.share).sum();
+            self.upload_mix
+                .iter()
+                .map(|c| c.share / total * c.multiple * self.bitrate_bps as f64)
+                .sum()
+        };
+        let need = self.peers.max(1) as f64 * self.bitrate_bps as f64;
+        (self.origin_upload_bps as f64 + viewer * self.peers as f64) / need
+    }
+}
+
+fn parse_f64(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// `2M`, `500k`, `1.5G`, `64000` → bits/s.
+pub fn parse_rate(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1e3),
+        (i, 'm' | 'M') => (&s[..i], 1e6),
+        (i, 'g' | 'G') => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v = parse_f64(num)? * mult;
+    (0.0..1e15).contains(&v).then_some(v.round() as u64)
+}
+
+/// `0.5:0.5x,0.3:1.5x,0.2:3x` → upload classes (share : multiple of the bitrate).
+pub fn parse_mix(s: &str) -> Option<Vec<UploadClass>> {
+    let mut out = Vec::new();
+    for part in s.split(',').take(64) {
+        let (share, mult) = part.trim().split_once(':')?;
+        let mult = mult.trim();
+        let mult = mult.strip_suffix(['x', 'X']).unwrap_or(mult);
+        out.push(UploadClass {
+            share: parse_f64(share.trim())?,
+            multiple: parse_f64(mult)?,
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Latency percentiles, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyMs {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Join-time percentiles, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct JoinMs {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Figures beyond the report's JSON, for the human summary and for tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SimDetails {
+    /// Segments published.
+    pub segments: u64,
+    /// Viewers that ever ran (initial plus churn joiners).
+    pub viewers_started: u64,
+    /// Viewers that left (churn).
+    pub viewers_left: u64,
+    /// Viewers that reached a playable playlist.
+    pub viewers_playable: u64,
+    /// (viewer, segment) pairs judged for continuity.
+    pub judged: u64,
+    /// Of those, held by the deadline.
+    pub on_time: u64,
+    /// Segment bytes sent by all nodes (origin included), wasted copies included.
+    pub media_sent_bytes: u64,
+    /// Segment bytes sent to a node that already held them (or cut short by a cancel).
+    pub wasted_bytes: u64,
+    /// Non-media bytes sent.
+    pub control_bytes: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Of those, sent to the origin.
+    pub origin_requests: u64,
+    /// Pushes sent by the origin.
+    pub pushes: u64,
+    /// Requests answered `Busy`.
+    pub busy: u64,
+    /// Requests answered `Unavailable`.
+    pub unavailable: u64,
+    /// Requests the mesh cancelled (timed out).
+    pub cancels: u64,
+    /// Dials attempted.
+    pub dials: u64,
+    /// Dials that failed (departed target, or refused at the connection cap).
+    pub dial_failures: u64,
+    /// Mesh ticks run.
+    pub ticks: u64,
+    /// Ticks after which `poll_timeout` was already past (deferred by the tick floor).
+    pub stale_wakeups: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Segments the meshes counted as missed (sum of `MeshStats::missed_deadlines`, live nodes).
+    pub mesh_missed: u64,
+    /// Viewer partners per live viewer at the end (`MeshStats::partners`).
+    pub mean_partners: f64,
+}
+
+/// What a run measured; serialises to the bench's JSON line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SimReport {
+    /// Viewers (initial audience).
+    pub viewers: usize,
+    /// Seconds of stream published.
+    pub seconds: f64,
+    /// Stream bitrate, bits/s.
+    pub bitrate_bps: u64,
+    /// Segment duration, ms.
+    pub segment_ms: u64,
+    /// Segment bytes published.
+    pub stream_bytes: u64,
+    /// Segment bytes the origin uploaded.
+    pub origin_bytes: u64,
+    /// `origin_bytes / stream_bytes`: copies of the stream the origin sent.
+    pub origin_copies: f64,
+    /// Segment bytes viewers accepted (first copies).
+    pub delivered_bytes: u64,
+    /// `1 − origin_bytes / delivered_bytes`: share of delivery the viewers carried.
+    pub offload: f64,
+    /// Share of judged (viewer, segment) pairs held by the deadline; 0 when none were judged.
+    pub continuity: f64,
+    /// Publish → held.
+    pub latency_ms: LatencyMs,
+    /// Viewer start → playable.
+    pub join_ms: JoinMs,
+    /// Non-media bytes / segment bytes sent.
+    pub control_overhead: f64,
+    /// Process CPU seconds (zero from [`run`]; the bench fills it in).
+    pub cpu_s: f64,
+    /// Peak resident memory, MB (zero from [`run`]; the bench fills it in).
+    pub peak_rss_mb: f64,
+    /// Further figures, not part of the JSON.
+    #[serde(skip)]
+    pub details: SimDetails,
+}
+
+/// Runs one simulation. Invalid values are clamped into range (see [`SimConfig::validate`]
+/// for the checked form).
+pub fn run(config: &SimConfig) -> SimReport {
+    engine::Sim::new(&clamped(config)).run()
+}
+
+fn clamped(c: &SimConfig) -> SimConfig {
+    let mut c = c.clone();
+    c.peers = c.peers.min(MAX_PEERS);
+    c.seconds = if c.seconds.is_finite() {
+        c.seconds.clamp(0.0, MAX_SECONDS)
+    } else {
+        0.0
+    };
+    c.segment_ms = c.segment_ms.clamp(1, 60_000);
+    c.bitrate_bps = c.bitrate_bps.clamp(
+        1,
+        u64::from(crate::stream::MAX_SEGMENT_LEN) * 8000 / c.segment_ms,
+    );
+    c.delay_segments = c.delay_segments.min(MAX_DELAY_SEGMENTS);
+    let fin = |v: f64, hi: f64| if v.is_finite() { v.clamp(0.0, hi) } else { 0.0 };
+    c.rtt_ms = fin(c.rtt_ms, 60_000.0);
+    c.loss_pct = fin(c.loss_pct, 99.0);
+    c.churn_pct_per_min = fin(c.churn_pct_per_min, 6000.0);
+    c.upload_mix
+        .retain(|u| u.share.is_finite() && u.share > 0.0 && u.multiple.is_finite());
+    for u in &mut c.upload_mix {
+        u.multiple = u.multiple.max(0.0);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_over_defaults() {
+        let c = SimConfig::from_args([
+            "--bench",
+            "--peers",
+            "250",
+            "--bitrate",
+            "1.5M",
+            "--viewer-upload",
+            "500k",
+            "--upload-mix",
+            "0.5:0.5x,0.5:2x",
+        ])
+        .unwrap();
+        assert_eq!(c.peers, 250);
+        assert_eq!(c.bitrate_bps, 1_500_000);
+        assert_eq!(c.viewer_upload_bps, 500_000);
+        assert_eq!(c.upload_mix.len(), 2);
+        assert_eq!(c.upload_mix[1].multiple, 2.0);
+        assert_eq!(c.seconds, 60.0);
+        assert!(matches!(
+            SimConfig::from_args(["--peers"]),
+            Err(SimError::MissingValue(_))
+        ));
+        assert!(matches!(
+            SimConfig::from_args(["--nope", "1"]),
+            Err(SimError::UnknownFlag(_))
+        ));
+        assert!(matches!(
+            SimConfig::from_args(["--delay", "40"]),
+            Err(SimError::Invalid(_))
+        ));
+        assert!(matches!(
+            SimConfig::from_args(["--bitrate", "fast"]),
+            Err(SimError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn rates_and_mixes() {
+        assert_eq!(parse_rate("2M"), Some(2_000_000));
+        assert_eq!(parse_rate("2.092M"), Some(2_092_000));
+        assert_eq!(parse_rate("64000"), Some(64_000));
+        assert_eq!(parse_rate("-1k"), None);
+        assert_eq!(parse_rate(""), None);
+        assert_eq!(parse_mix("1:3x").map(|m| m[0].multiple), Some(3.0));
+        assert_eq!(parse_mix("0.5"), None);
+        let c = SimConfig {
+            upload_mix: parse_mix("0.5:0.5x,0.5:1.5x").unwrap(),
+            origin_upload_bps: 0,
+            ..SimConfig::default()
+        };
+        assert!((c.resource_index() - 1.0).abs() < 1e-9);
+    }
+}
