@@ -1020,7 +1020,10 @@ impl Mesh {
                 None if !not_urgent => {
                     let origin = self.cfg.origin;
                     match self.peers.get(&origin) {
-                        Some(p) if p.inflight < self.cfg.max_inflight_per_partner + 1 => {
+                        Some(p)
+                            if p.inflight < self.cfg.max_inflight_per_partner + 1
+                                && !p.busy_until.is_some_and(|t| now < t) =>
+                        {
                             Some(origin)
                         }
                         _ => None,
