@@ -1022,7 +1022,7 @@ impl Mesh {
                     match self.peers.get(&origin) {
                         Some(p)
                             if p.inflight < self.cfg.max_inflight_per_partner + 1
-                                && !p.busy_until.is_some_and(|t| now < t) =>
+                                && p.busy_until.is_none_or(|t| now >= t) =>
                         {
                             Some(origin)
                         }
