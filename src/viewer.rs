@@ -158,9 +158,59 @@ impl Catalog for ViewerCatalog {
                 n.bytes_from_peers as f64 / received as f64
             };
             obj.insert("share_from_peers".into(), share.into());
+            let on_time = n.segments_verified.saturating_sub(n.missed_deadlines);
+            let judged = n.segments_verified.max(on_time + n.missed_deadlines);
+            let continuity = if judged == 0 {
+                1.0
+            } else {
+                on_time as f64 / judged as f64
+            };
+            obj.insert("continuity".into(), continuity.into());
+            let lat = recent_latencies_ms(&self.node);
+            obj.insert(
+                "latency_ms".into(),
+                serde_json::json!({
+                    "p50": percentile(&lat, 0.5),
+                    "p99": percentile(&lat, 0.99),
+                    "max": lat.last().copied().unwrap_or(0.0),
+                    "segments": lat.len(),
+                }),
+            );
         }
         v.to_string()
     }
+}
+
+/// For the segments held now: broadcaster publication (its wall clock, from the signed
+/// header) → held verified here. Across machines this includes their clock offset.
+fn recent_latencies_ms(node: &NodeView) -> Vec<f64> {
+    let now_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
+    let now = crate::net::now();
+    let shared = node.store();
+    let store = store::lock(&shared);
+    let mut out: Vec<f64> = store
+        .numbers()
+        .filter_map(|n| {
+            let arrived = store.arrival(n)?;
+            let published = store.get(n)?.header.header.published_unix_ms as f64;
+            let arrived_wall =
+                now_wall - now.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
+            Some((arrived_wall - published).max(0.0))
+        })
+        .collect();
+    out.sort_by(|a, b| a.total_cmp(b));
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or(0.0)
 }
 
 /// The one-line status on a terminal, or an occasional log line otherwise.
