@@ -15,6 +15,7 @@
 //! - [`mesh`] — one node's state machine: partners, buffer maps, scheduling.
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
+//! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
 //! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
@@ -22,16 +23,25 @@
 //! - [`store`] — the verified segments a node holds, shared with HTTP.
 //! - [`net`] — the quinn endpoint and per-connection tasks that drive [`mesh`].
 //! - [`http`] — the local hyper server: playlist, segments, stats.
+//!
+//! The programs (thin binaries around these):
+//! - [`broadcaster`] — source → signed segments → seeding node, ticket, `/stats`.
+//! - [`viewer`] — ticket → mesh node → local HLS, status line.
+//! - [`cli`] — logging, signals and defaults both programs share.
 #![forbid(unsafe_code)]
 
+pub mod broadcaster;
+pub mod cli;
 pub mod http;
 pub mod mesh;
 pub mod net;
 pub mod playlist;
 pub mod rate;
+pub mod sim;
 pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;
 pub mod ts;
+pub mod viewer;
 pub mod wire;

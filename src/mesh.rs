@@ -327,6 +327,20 @@ impl Mesh {
         self.banned.get(peer).is_some_and(|until| *until > now)
     }
 
+    /// Adapts deadlines to the stream's real segment length (viewers learn it from headers).
+    pub fn observe_segment_duration(&mut self, d: Duration) {
+        if d.is_zero() || self.cfg.role != Role::Viewer {
+            return;
+        }
+        let d = d.min(Duration::from_secs(60));
+        let slots = self.cfg.delay_segments.max(1) as f64;
+        // Smooth: one odd segment (a short last one, a long GOP) should not swing deadlines.
+        let old = self.cfg.playout_budget.as_secs_f64() / slots;
+        let seg = 0.8 * old + 0.2 * d.as_secs_f64();
+        self.cfg.playout_budget = Duration::from_secs_f64(seg * slots);
+        self.cfg.request_timeout = Duration::from_secs_f64((seg * 2.0).max(3.0));
+    }
+
     fn origin_wait(&self) -> Duration {
         self.cfg.playout_budget / 2
     }

@@ -108,7 +108,7 @@ pub struct Counters {
     pub bytes_uploaded: AtomicU64,
     /// Segments rejected because they failed verification.
     pub rejected_segments: AtomicU64,
-    /// Control-stream bytes sent and received (for the overhead figure).
+    /// Non-media bytes sent: control messages, requests, segment headers (overhead figure).
     pub control_bytes: AtomicU64,
     /// Requests answered `Busy` because the upload cap was saturated.
     pub busy_replies: AtomicU64,
@@ -206,6 +206,7 @@ enum Event {
         from: NodeId,
         number: u64,
         len: u64,
+        duration: Duration,
     },
     TransferFailed {
         peer: NodeId,
@@ -244,9 +245,22 @@ struct Shared {
 
 /// A running node (broadcaster or viewer). Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
-    shared: Arc<Shared>,
+    view: NodeView,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A cheap, clonable handle on a running node: its store, figures and upload cap.
+#[derive(Clone)]
+pub struct NodeView {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeView;
+    fn deref(&self) -> &NodeView {
+        &self.view
+    }
 }
 
 /// A point-in-time summary of a node, for `/stats` and status lines.
@@ -272,7 +286,7 @@ pub struct NodeStats {
     pub missed_deadlines: u64,
     /// Segments rejected by verification.
     pub rejected_segments: u64,
-    /// Control bytes sent and received.
+    /// Non-media bytes sent (control messages, requests, segment headers).
     pub control_bytes: u64,
     /// Requests turned away because upload was saturated.
     pub busy_replies: u64,
@@ -307,12 +321,28 @@ impl Node {
         tokio::spawn(accept_loop(shared.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(main_loop(shared.clone(), mesh, events_rx, shutdown_rx));
         Ok(Node {
-            shared,
+            view: NodeView { shared },
             shutdown,
             task,
         })
     }
 
+    /// A clonable handle on this node.
+    pub fn view(&self) -> NodeView {
+        self.view.clone()
+    }
+
+    /// Closes every connection (telling peers why) and stops the tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        let endpoint = &self.view.shared.endpoint;
+        endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+}
+
+impl NodeView {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.me
@@ -381,17 +411,6 @@ impl Node {
     pub async fn end(&self, last: u64) {
         store::lock(&self.shared.store).set_ended(last);
         let _ = self.shared.events.send(Event::End { last }).await;
-    }
-
-    /// Closes every connection (telling peers why) and stops the tasks.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-        self.shared
-            .endpoint
-            .close(quinn::VarInt::from_u32(0), b"shutting down");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
 }
 
@@ -546,8 +565,14 @@ impl Driver {
                 }
                 self.mesh.handle_control(t, peer, msg)
             }
-            Event::Segment { from, number, len } => {
+            Event::Segment {
+                from,
+                number,
+                len,
+                duration,
+            } => {
                 self.transfers.remove(&(from, number));
+                self.mesh.observe_segment_duration(duration);
                 self.mesh.handle_segment(t, Some(from), number, len);
             }
             Event::TransferFailed { peer, number, busy } => {
@@ -797,10 +822,6 @@ async fn run_connection(
         loop {
             match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
                 Ok(Some(msg)) => {
-                    add(
-                        &reader_shared.counters.control_bytes,
-                        wire::encode(&msg).len() as u64,
-                    );
                     if msg.validate().is_err() {
                         let _ = reader_shared
                             .events
@@ -929,7 +950,7 @@ async fn receive_segment(
     mut recv: RecvStream,
     from: NodeId,
     expected: Option<u64>,
-) -> Result<(u64, u64), TransferError> {
+) -> Result<(u64, u64, Duration), TransferError> {
     let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME)
         .await?
         .ok_or(TransferError::Wire(WireError::Truncated))?;
@@ -942,6 +963,7 @@ async fn receive_segment(
         .verify(&shared.stream)
         .map_err(|_| TransferError::Forged("bad header signature"))?;
     let number = header.header.number;
+    let duration = Duration::from_millis(header.header.duration_ms as u64);
     if expected.is_some_and(|e| e != number) {
         return Err(TransferError::Forged("segment is not the one requested"));
     }
@@ -984,20 +1006,21 @@ async fn receive_segment(
     if store::lock(&shared.store).insert(seg) {
         add(&shared.counters.segments_verified, 1);
     }
-    Ok((number, len as u64))
+    Ok((number, len as u64, duration))
 }
 
 async fn report_transfer(
     shared: &Shared,
     peer: NodeId,
     requested: Option<u64>,
-    res: Result<(u64, u64), TransferError>,
+    res: Result<(u64, u64, Duration), TransferError>,
 ) {
     let ev = match res {
-        Ok((number, len)) => Event::Segment {
+        Ok((number, len, duration)) => Event::Segment {
             from: peer,
             number,
             len,
+            duration,
         },
         Err(TransferError::Forged(reason)) => {
             add(&shared.counters.rejected_segments, 1);
@@ -1027,7 +1050,9 @@ async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u6
             .open_bi()
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
-        send.write_all(&wire::encode(&Request { number }))
+        let frame = wire::encode(&Request { number });
+        add(&shared.counters.control_bytes, frame.len() as u64);
+        send.write_all(&frame)
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
         let _ = send.finish();
@@ -1072,8 +1097,9 @@ async fn send_segment(
     send: &mut SendStream,
     seg: &VerifiedSegment,
 ) -> Result<(), quinn::WriteError> {
-    send.write_all(&wire::encode(&Reply::Segment(seg.header.clone())))
-        .await?;
+    let header = wire::encode(&Reply::Segment(seg.header.clone()));
+    add(&shared.counters.control_bytes, header.len() as u64);
+    send.write_all(&header).await?;
     let h = &seg.header.header;
     for i in 0..h.pieces.len() {
         let Some(range) = piece_range(h.len, h.piece_size, i) else {

@@ -7,11 +7,14 @@ use crate::playlist::{self, PlaylistConfig, SegmentInfo};
 use crate::stream::VerifiedSegment;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// A window of verified segments, keyed by number.
 #[derive(Debug)]
 pub struct Store {
     segments: BTreeMap<u64, VerifiedSegment>,
+    /// When each held segment arrived here (for latency figures).
+    arrived: BTreeMap<u64, Instant>,
     /// Most segments held; older ones are dropped (PPSPP's live discard window).
     capacity: usize,
     /// The broadcaster ended the stream after this segment.
@@ -26,6 +29,7 @@ impl Store {
     pub fn new(capacity: usize) -> Store {
         Store {
             segments: BTreeMap::new(),
+            arrived: BTreeMap::new(),
             capacity: capacity.max(1),
             ended: None,
         }
@@ -38,6 +42,11 @@ impl Store {
 
     /// Adds a segment; false if it was already held or is older than the window.
     pub fn insert(&mut self, seg: VerifiedSegment) -> bool {
+        self.insert_at(seg, crate::net::now())
+    }
+
+    /// Adds a segment that arrived at `now`; false if already held or older than the window.
+    pub fn insert_at(&mut self, seg: VerifiedSegment, now: Instant) -> bool {
         let n = seg.number();
         if self.segments.contains_key(&n) {
             return false;
@@ -48,10 +57,18 @@ impl Store {
             return false;
         }
         self.segments.insert(n, seg);
+        self.arrived.insert(n, now);
         while self.segments.len() > self.capacity {
-            self.segments.pop_first();
+            if let Some((old, _)) = self.segments.pop_first() {
+                self.arrived.remove(&old);
+            }
         }
         true
+    }
+
+    /// When segment `n` arrived, if held.
+    pub fn arrival(&self, n: u64) -> Option<Instant> {
+        self.arrived.get(&n).copied()
     }
 
     /// Segment `n`, if held.

@@ -1,1 +1,102 @@
-fn main() {}
+//! `starling-broadcaster`: cuts a live source into signed segments and seeds the mesh.
+//! Prints the stream's ticket as the first line of stdout.
+
+use clap::Parser;
+use starling::broadcaster::{self, BroadcasterConfig};
+use starling::rate::Rate;
+use starling::source::Input;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Broadcast a live stream to a peer-to-peer mesh of viewers.
+///
+/// Prints a ticket on the first line of stdout; give it to viewers
+/// (`starling-viewer <TICKET>`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// What to broadcast: `-` for MPEG-TS on stdin, a .ts file (paced at real time),
+    /// or anything ffmpeg opens (a file, a device, an srt:// or rtmp:// listener).
+    /// Without it, a built-in looping demo clip.
+    #[arg(long, value_name = "INPUT")]
+    input: Option<String>,
+
+    /// Target segment length in seconds (0.5 to 10); cuts land on the next keyframe.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_segment_duration)]
+    segment_duration: f64,
+
+    /// The stream's key file, created on first run. Same key, same stream.
+    /// [default: ~/.config/starling/broadcaster.key]
+    #[arg(long, value_name = "PATH")]
+    key: Option<PathBuf>,
+
+    /// UDP address for QUIC [default: 0.0.0.0 and the previous run's port if free, else any]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Address for the /stats HTTP server.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8079")]
+    http: SocketAddr,
+
+    /// Also write the ticket to this file.
+    #[arg(long, value_name = "PATH")]
+    ticket_file: Option<PathBuf>,
+
+    /// Cap on total upload in bits/s, with optional k/M/G suffix (e.g. 8M)
+    /// [default: 4x the stream's measured bitrate]
+    #[arg(long, value_name = "RATE")]
+    max_upload: Option<Rate>,
+}
+
+fn parse_segment_duration(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.5..=10.0).contains(&v) {
+        return Err(format!("{v} is outside 0.5–10 seconds"));
+    }
+    Ok(v)
+}
+
+fn main() -> ExitCode {
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("starling-broadcaster: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    // Exit right away: a blocking read on stdin (the `-` input) cannot be cancelled
+    // and would otherwise keep the runtime, and the process, alive.
+    let _ = std::io::stdout().flush();
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+}
+
+async fn run() -> ExitCode {
+    let args = Args::parse();
+    starling::cli::init_logging();
+    let config = BroadcasterConfig {
+        input: Input::from_arg(args.input.as_deref()),
+        segment_duration: Duration::from_secs_f64(args.segment_duration),
+        key_path: args.key.unwrap_or_else(starling::cli::default_key_path),
+        listen: args.listen,
+        http: args.http,
+        ticket_file: args.ticket_file,
+        max_upload: args.max_upload,
+    };
+    let print_ticket = |ticket: &starling::stream::Ticket| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", ticket.encode());
+        let _ = out.flush();
+    };
+    match broadcaster::run(config, print_ticket, starling::cli::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling-broadcaster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,87 @@
-fn main() {}
+//! `starling-viewer`: joins a stream's mesh and serves it as HLS on localhost.
+//! Prints the playlist URL as the first line of stdout.
+
+use clap::Parser;
+use starling::rate::Rate;
+use starling::stream::Ticket;
+use starling::viewer::{self, ViewerConfig};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Watch a Starling stream: join its mesh and play it in any HLS player.
+///
+/// Prints a playlist URL on the first line of stdout: open it in VLC, ffplay, mpv
+/// or a browser with HLS support.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The ticket the broadcaster printed.
+    ticket: String,
+
+    /// Address for the local HLS server (use port 0 for any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+
+    /// UDP address for QUIC.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+
+    /// Cap on upload to other viewers in bits/s, with optional k/M/G suffix (e.g. 3M)
+    /// [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
+
+    /// Segments held back behind the newest: more is steadier, fewer is closer to live.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    delay: u64,
+}
+
+fn main() -> ExitCode {
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("starling-viewer: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    // Exit right away: a blocking read on stdin (the `-` input) cannot be cancelled
+    // and would otherwise keep the runtime, and the process, alive.
+    let _ = std::io::stdout().flush();
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+}
+
+async fn run() -> ExitCode {
+    let args = Args::parse();
+    starling::cli::init_logging();
+    let ticket = match Ticket::decode(&args.ticket) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("starling-viewer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = ViewerConfig {
+        ticket,
+        http: args.http,
+        listen: args.listen,
+        upload_limit: args.upload_limit,
+        delay: args.delay,
+        window: 8,
+        status_line: starling::cli::stderr_is_terminal(),
+        linger_after_end: Duration::from_secs(30),
+    };
+    let print_url = |url: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{url}");
+        let _ = out.flush();
+    };
+    match viewer::run(config, print_url, starling::cli::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling-viewer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

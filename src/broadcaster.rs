@@ -1,0 +1,398 @@
+//! The broadcaster program's body: source → segmenter → signed segments → seeding node.
+//!
+//! The key file's sibling `<key>.state` remembers the next segment number and the
+//! last UDP port, so a restart with the same key continues the same stream: the
+//! numbering goes on, the first new segment carries the discontinuity flag, and
+//! viewers that hold the old ticket find the broadcaster at the same address.
+
+use crate::http::{self, Catalog};
+use crate::mesh::MeshConfig;
+use crate::net::{self, Node, NodeConfig, NodeView};
+use crate::playlist::PlaylistConfig;
+use crate::rate::Rate;
+use crate::source::{self, Input, SourceConfig, SourceError};
+use crate::store;
+use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
+use crate::wire::Role;
+use bytes::Bytes;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Everything the broadcaster needs, from its flags.
+#[derive(Debug, Clone)]
+pub struct BroadcasterConfig {
+    /// What to broadcast.
+    pub input: Input,
+    /// Target segment length.
+    pub segment_duration: Duration,
+    /// The stream key file (created on first run).
+    pub key_path: PathBuf,
+    /// QUIC address; None: the previous port if free, else any.
+    pub listen: Option<SocketAddr>,
+    /// Address of the `/stats` HTTP server.
+    pub http: SocketAddr,
+    /// Where to also write the ticket.
+    pub ticket_file: Option<PathBuf>,
+    /// Upload cap; None: 4× the measured stream bitrate.
+    pub max_upload: Option<Rate>,
+}
+
+/// Why the broadcaster stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    /// The key file is unusable.
+    #[error(transparent)]
+    Key(#[from] StreamError),
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The ticket file could not be written.
+    #[error("cannot write ticket file {path}: {source}")]
+    TicketFile {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Numbering and address kept across restarts, beside the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BroadcastState {
+    /// The number the next segment gets.
+    pub next_number: u64,
+    /// The UDP port last used.
+    pub port: Option<u16>,
+}
+
+impl BroadcastState {
+    /// The state file for a key file.
+    pub fn path_for(key_path: &Path) -> PathBuf {
+        let mut p = key_path.as_os_str().to_owned();
+        p.push(".state");
+        PathBuf::from(p)
+    }
+
+    /// Reads the state; a missing or unreadable file gives the initial state.
+    pub fn load(path: &Path) -> BroadcastState {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return BroadcastState::default();
+        };
+        let mut state = BroadcastState::default();
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("next_number", v)) => state.next_number = v.trim().parse().unwrap_or(0),
+                Some(("port", v)) => state.port = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Writes the state atomically (temp file + rename), so a crash never leaves half a file.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".tmp");
+            PathBuf::from(p)
+        };
+        let mut text = format!("next_number={}\n", self.next_number);
+        if let Some(port) = self.port {
+            text.push_str(&format!("port={port}\n"));
+        }
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// Runs the broadcaster until the input ends or `shutdown` resolves.
+///
+/// `on_ticket` is called once, as soon as the ticket is known (the program prints it).
+pub async fn run(
+    config: BroadcasterConfig,
+    on_ticket: impl FnOnce(&Ticket),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BroadcastError> {
+    let key = stream::load_or_create_key(&config.key_path)?;
+    let stream_id = node_id(&key);
+    let state_path = BroadcastState::path_for(&config.key_path);
+    let mut state = BroadcastState::load(&state_path);
+
+    let node = spawn_node(&config, &key, state.port).await?;
+    let local = node.local_addr().map_err(|e| {
+        BroadcastError::Net(net::NetError::Tls(crate::tls::TlsError::Bind {
+            addr: config.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            source: e,
+        }))
+    })?;
+    state.port = Some(local.port());
+    if let Err(e) = state.save(&state_path) {
+        tracing::warn!(path = %state_path.display(), error = %e, "cannot save broadcaster state");
+    }
+
+    let ticket = Ticket {
+        stream: stream_id,
+        addrs: net::advertised_addrs(local),
+    };
+    if let Some(path) = &config.ticket_file {
+        std::fs::write(path, format!("{}\n", ticket.encode())).map_err(|source| {
+            BroadcastError::TicketFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|source| BroadcastError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = listener.local_addr().unwrap_or(config.http);
+    let stats = Arc::new(BroadcastStats::default());
+    let catalog = Arc::new(BroadcasterCatalog {
+        node: node.view(),
+        stats: stats.clone(),
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http::serve(listener, catalog, async move {
+        let _ = http_stopped.await;
+    }));
+    on_ticket(&ticket);
+    tracing::info!(
+        stream = %stream_id,
+        quic = %local,
+        stats = %format!("http://{http_addr}/stats"),
+        first_segment = state.next_number,
+        "broadcasting"
+    );
+
+    let (tx, mut rx) = mpsc::channel(4);
+    let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
+    let mut source_task = tokio::spawn(source::run(source_config, tx));
+    let mut restarted = state.next_number > 0;
+    let mut last: Option<u64> = None;
+    let mut bitrate = BitrateMeter::default();
+    tokio::pin!(shutdown);
+
+    let outcome: Result<bool, BroadcastError> = loop {
+        tokio::select! {
+            seg = rx.recv() => {
+                let Some(cut) = seg else {
+                    // The source finished: its result says whether it ended well.
+                    let res = (&mut source_task).await;
+                    break match res {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(BroadcastError::Source(e)),
+                        Err(_) => Ok(true),
+                    };
+                };
+                let number = state.next_number;
+                let duration_ms = cut.duration.as_millis().min(u32::MAX as u128) as u32;
+                let data: Bytes = cut.data;
+                let header = match sign_segment(&key, number, duration_ms, unix_ms(), restarted, &data) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping segment");
+                        continue;
+                    }
+                };
+                let seg = match VerifiedSegment::verify(&stream_id, header, data) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping segment that fails its own check");
+                        continue;
+                    }
+                };
+                restarted = false;
+                let len = seg.data.len() as u64;
+                node.publish(seg).await;
+                stats.segments_published.fetch_add(1, Ordering::Relaxed);
+                last = Some(number);
+                state.next_number = number + 1;
+                if let Err(e) = state.save(&state_path) {
+                    tracing::warn!(path = %state_path.display(), error = %e, "cannot save broadcaster state");
+                }
+                let bps = bitrate.add(len, cut.duration);
+                stats.bitrate_bps.store(bps, Ordering::Relaxed);
+                let cap = config.max_upload.unwrap_or(Rate((bps * 4).max(1_000_000)));
+                stats.upload_limit_bps.store(cap.0, Ordering::Relaxed);
+                node.set_upload_limit(Some(cap));
+                tracing::debug!(number, bytes = len, ms = duration_ms, "published");
+            }
+            _ = &mut shutdown => break Ok(false),
+        }
+    };
+    source_task.abort();
+
+    let ended_by_input =
+        matches!(outcome, Ok(true)) || matches!(outcome, Err(BroadcastError::Source(_)));
+    if ended_by_input {
+        if let Some(last) = last {
+            // Tell viewers the stream is over and stay a little so they can fetch the tail.
+            node.end(last).await;
+            tracing::info!(last, "input ended; ending the stream");
+            let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = &mut shutdown => {}
+            }
+        }
+    }
+    let _ = http_stop.send(());
+    let _ = http_task.await;
+    node.shutdown().await;
+    outcome.map(|_| ())
+}
+
+async fn spawn_node(
+    config: &BroadcasterConfig,
+    key: &ed25519_dalek::SigningKey,
+    previous_port: Option<u16>,
+) -> Result<Node, net::NetError> {
+    let stream_id = node_id(key);
+    let make = |listen| NodeConfig {
+        key: key.clone(),
+        stream: stream_id,
+        role: Role::Broadcaster,
+        listen,
+        origin_addrs: Vec::new(),
+        upload_limit: config.max_upload.or(Some(Rate(4_000_000))),
+        mesh: MeshConfig::broadcaster(stream_id, config.segment_duration),
+        store_capacity: 64,
+        seed: rand::random(),
+        max_connections: 4096,
+    };
+    if let Some(addr) = config.listen {
+        return Node::spawn(make(addr)).await;
+    }
+    // No address given: reuse the last port so old tickets keep working, if it is free.
+    if let Some(port) = previous_port {
+        if let Ok(node) = Node::spawn(make(SocketAddr::from(([0, 0, 0, 0], port)))).await {
+            return Ok(node);
+        }
+    }
+    Node::spawn(make(SocketAddr::from(([0, 0, 0, 0], 0)))).await
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The stream's bitrate over the last several segments.
+#[derive(Debug, Default)]
+struct BitrateMeter {
+    recent: std::collections::VecDeque<(u64, Duration)>,
+}
+
+impl BitrateMeter {
+    fn add(&mut self, bytes: u64, duration: Duration) -> u64 {
+        self.recent.push_back((bytes, duration));
+        if self.recent.len() > 8 {
+            self.recent.pop_front();
+        }
+        let bytes: u64 = self.recent.iter().map(|(b, _)| b).sum();
+        let secs: f64 = self.recent.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        if secs <= 0.0 {
+            return 0;
+        }
+        (bytes as f64 * 8.0 / secs) as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct BroadcastStats {
+    segments_published: AtomicU64,
+    bitrate_bps: AtomicU64,
+    upload_limit_bps: AtomicU64,
+}
+
+struct BroadcasterCatalog {
+    node: NodeView,
+    stats: Arc<BroadcastStats>,
+}
+
+impl Catalog for BroadcasterCatalog {
+    fn playlist(&self) -> Option<String> {
+        // The broadcaster's own window, at the live edge: handy to check the source.
+        store::lock(&self.node.store()).playlist(PlaylistConfig {
+            delay: 0,
+            window: 8,
+        })
+    }
+
+    fn segment(&self, number: u64) -> Option<Bytes> {
+        store::lock(&self.node.store())
+            .get(number)
+            .map(|s| s.data.clone())
+    }
+
+    fn stats_json(&self) -> String {
+        let n = self.node.stats();
+        serde_json::json!({
+            "role": "broadcaster",
+            "viewers": n.peers,
+            "segments_published": self.stats.segments_published.load(Ordering::Relaxed),
+            "newest_segment": n.newest_segment,
+            "bytes_uploaded": n.bytes_uploaded,
+            "bitrate_bps": self.stats.bitrate_bps.load(Ordering::Relaxed),
+            "upload_limit_bps": self.stats.upload_limit_bps.load(Ordering::Relaxed),
+            "busy_replies": n.busy_replies,
+            "control_bytes": n.control_bytes,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_tolerates_garbage() {
+        let dir = std::env::temp_dir().join(format!("starling-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = BroadcastState::path_for(&dir.join("key"));
+        assert_eq!(BroadcastState::load(&path), BroadcastState::default());
+        let s = BroadcastState {
+            next_number: 42,
+            port: Some(4433),
+        };
+        s.save(&path).unwrap();
+        assert_eq!(BroadcastState::load(&path), s);
+        std::fs::write(&path, "next_number=zz\nport=99999\n").unwrap();
+        assert_eq!(BroadcastState::load(&path), BroadcastState::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bitrate_meter_averages_recent_segments() {
+        let mut m = BitrateMeter::default();
+        assert_eq!(m.add(250_000, Duration::from_secs(1)), 2_000_000);
+        assert_eq!(m.add(750_000, Duration::from_secs(1)), 4_000_000);
+        for _ in 0..10 {
+            m.add(125_000, Duration::from_secs(1));
+        }
+        assert_eq!(m.add(125_000, Duration::from_secs(1)), 1_000_000);
+    }
+}

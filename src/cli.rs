@@ -1,0 +1,77 @@
+//! What both programs share around the library: logging, signals, default paths, status.
+//!
+//! Kept here so the two binaries stay a page of flag parsing each, and so
+//! there is one way to do each of these things.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Sends tracing output to stderr, filtered by `RUST_LOG` (default: info for Starling).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,starling=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The broadcaster's default key file: `$XDG_CONFIG_HOME/starling/broadcaster.key`,
+/// else `~/.config/starling/broadcaster.key`, else `./starling-broadcaster.key`.
+pub fn default_key_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        });
+    match base {
+        Some(b) => b.join("starling").join("broadcaster.key"),
+        None => PathBuf::from("starling-broadcaster.key"),
+    }
+}
+
+/// Whether stderr is a terminal (then a status line is redrawn in place).
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Bytes as a human-readable size.
+pub fn human_bytes(n: u64) -> String {
+    let v = n as f64;
+    if v >= 1e9 {
+        format!("{:.2} GB", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1} MB", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0} kB", v / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}

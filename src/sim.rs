@@ -1,0 +1,1 @@
+//! Discrete-event simulator: many [`crate::mesh`] nodes over modelled links in virtual time (being written).

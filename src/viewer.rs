@@ -1,0 +1,240 @@
+//! The viewer program's body: join the mesh from a ticket, serve local HLS, show status.
+
+use crate::cli::human_bytes;
+use crate::http::{self, Catalog};
+use crate::mesh::MeshConfig;
+use crate::net::{self, Node, NodeConfig, NodeStats, NodeView};
+use crate::playlist::PlaylistConfig;
+use crate::rate::Rate;
+use crate::store;
+use crate::stream::Ticket;
+use crate::wire::Role;
+use bytes::Bytes;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything the viewer needs, from its flags.
+#[derive(Debug, Clone)]
+pub struct ViewerConfig {
+    /// The stream to join.
+    pub ticket: Ticket,
+    /// Address of the local HLS server.
+    pub http: SocketAddr,
+    /// QUIC address.
+    pub listen: SocketAddr,
+    /// Upload cap (None: uncapped).
+    pub upload_limit: Option<Rate>,
+    /// Segments held back behind the newest.
+    pub delay: u64,
+    /// Segments listed in the playlist.
+    pub window: usize,
+    /// Redraw a status line on stderr (a terminal); otherwise log now and then.
+    pub status_line: bool,
+    /// How long to keep serving after the stream ended, so the player can finish.
+    pub linger_after_end: Duration,
+}
+
+/// Why the viewer stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewerError {
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs a viewer until the stream has ended (and the linger passed) or `shutdown` resolves.
+///
+/// `on_url` is called once with the playlist URL, as soon as the HTTP server listens.
+pub async fn run(
+    config: ViewerConfig,
+    on_url: impl FnOnce(&str),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ViewerError> {
+    let stream = config.ticket.stream;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    // Until headers tell us the real segment length, assume the default 2 s.
+    let mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
+    let node = Node::spawn(NodeConfig {
+        key,
+        stream,
+        role: Role::Viewer,
+        listen: config.listen,
+        origin_addrs: config.ticket.addrs.clone(),
+        upload_limit: config.upload_limit,
+        mesh,
+        store_capacity: (config.window + config.delay as usize + 16).max(32),
+        seed: rand::random(),
+        max_connections: 64,
+    })
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|source| ViewerError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = listener.local_addr().unwrap_or(config.http);
+    let catalog = Arc::new(ViewerCatalog {
+        node: node.view(),
+        playlist: PlaylistConfig {
+            delay: config.delay,
+            window: config.window,
+        },
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http::serve(listener, catalog, async move {
+        let _ = http_stopped.await;
+    }));
+    on_url(&format!("http://{http_addr}/live.m3u8"));
+    tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
+
+    tokio::pin!(shutdown);
+    let mut status = StatusLine::new(config.status_line);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ended_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let stats = node.stats();
+                status.show(&stats, node.local_addr().ok());
+                let ended = store::lock(&node.store()).ended();
+                let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
+                if complete && ended_at.is_none() {
+                    status.clear();
+                    tracing::info!("the broadcaster ended the stream");
+                    ended_at = Some(tokio::time::Instant::now());
+                }
+                if ended_at.is_some_and(|t| t.elapsed() >= config.linger_after_end) {
+                    break;
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    status.clear();
+    let _ = http_stop.send(());
+    let _ = http_task.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+struct ViewerCatalog {
+    node: NodeView,
+    playlist: PlaylistConfig,
+}
+
+impl Catalog for ViewerCatalog {
+    fn playlist(&self) -> Option<String> {
+        store::lock(&self.node.store()).playlist(self.playlist)
+    }
+
+    fn segment(&self, number: u64) -> Option<Bytes> {
+        store::lock(&self.node.store())
+            .get(number)
+            .map(|s| s.data.clone())
+    }
+
+    fn stats_json(&self) -> String {
+        let n = self.node.stats();
+        let mut v = serde_json::to_value(&n).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("role".into(), "viewer".into());
+            let received = n.bytes_from_peers + n.bytes_from_origin;
+            let share = if received == 0 {
+                0.0
+            } else {
+                n.bytes_from_peers as f64 / received as f64
+            };
+            obj.insert("share_from_peers".into(), share.into());
+        }
+        v.to_string()
+    }
+}
+
+/// The one-line status on a terminal, or an occasional log line otherwise.
+struct StatusLine {
+    terminal: bool,
+    last_log: Option<Instant>,
+    last_uploaded: (Instant, u64),
+    drawn: bool,
+    ever_connected: bool,
+}
+
+impl StatusLine {
+    fn new(terminal: bool) -> StatusLine {
+        StatusLine {
+            terminal,
+            last_log: None,
+            last_uploaded: (Instant::now(), 0),
+            drawn: false,
+            ever_connected: false,
+        }
+    }
+
+    fn show(&mut self, s: &NodeStats, _quic: Option<SocketAddr>) {
+        let now = Instant::now();
+        let (t0, up0) = self.last_uploaded;
+        let secs = now.duration_since(t0).as_secs_f64().max(0.001);
+        let up_rate = Rate(((s.bytes_uploaded.saturating_sub(up0)) as f64 * 8.0 / secs) as u64);
+        self.last_uploaded = (now, s.bytes_uploaded);
+        let received = s.bytes_from_peers + s.bytes_from_origin;
+        let share = if received == 0 {
+            0.0
+        } else {
+            100.0 * s.bytes_from_peers as f64 / received as f64
+        };
+        self.ever_connected |= s.origin_connected;
+        let origin = match (s.origin_connected, self.ever_connected) {
+            (true, _) => "",
+            (false, false) => " (connecting to the broadcaster)",
+            (false, true) => " (broadcaster unreachable, retrying)",
+        };
+        let line = format!(
+            "peers {}{} | buffered {} seg | from peers {:.0}% | up {} ({} total) | missed {}",
+            s.peers,
+            origin,
+            s.buffered_segments,
+            share,
+            if up_rate.0 == 0 {
+                "0 kbit/s".to_string()
+            } else {
+                up_rate.to_string()
+            },
+            human_bytes(s.bytes_uploaded),
+            s.missed_deadlines,
+        );
+        if self.terminal {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.last_log = Some(now);
+            tracing::info!("{line}");
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
