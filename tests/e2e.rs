@@ -212,15 +212,29 @@ fn playlist_and_segments_are_served_correctly() {
     );
     assert_eq!(response.header("access-control-allow-origin"), Some("*"));
     assert!(text.starts_with("#EXTM3U"), "not a playlist:\n{text}");
+    // Players map the whole playlist to the broadcaster's clock from the first segment's tag.
     assert!(
-        playlist.program_date_times > 0,
-        "no EXT-X-PROGRAM-DATE-TIME:\n{text}"
+        playlist
+            .entries
+            .first()
+            .is_some_and(|e| e.program_date_time.is_some()),
+        "no EXT-X-PROGRAM-DATE-TIME on the first segment:\n{text}"
+    );
+    let times: Vec<u64> = playlist
+        .entries
+        .iter()
+        .filter_map(|e| e.program_date_time)
+        .collect();
+    assert!(
+        times.windows(2).all(|t| t[0] < t[1]),
+        "EXT-X-PROGRAM-DATE-TIME goes backwards:\n{text}"
     );
     // Segment numbers are the HLS media sequence numbers: one contiguous run from it.
     let first = playlist.entries.first().expect("segments listed");
+    // RFC 8216 §4.3.3.2: a playlist without EXT-X-MEDIA-SEQUENCE starts at 0.
     assert_eq!(
-        playlist.media_sequence,
-        Some(first.number),
+        playlist.media_sequence.unwrap_or(0),
+        first.number,
         "EXT-X-MEDIA-SEQUENCE should be the first listed segment's number:\n{text}"
     );
     for pair in playlist.entries.windows(2) {

@@ -5,11 +5,12 @@
 mod common;
 mod harness;
 
+use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Stdio;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::players::{ffmpeg_reads_hls, require_tool};
 use harness::{
@@ -26,6 +27,13 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
     socket.local_addr().expect("its address").port()
+}
+
+fn unix_ms_now() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("ms fit u64")
 }
 
 fn start(key: &str, listen: &str) -> Broadcaster {
@@ -83,13 +91,17 @@ fn broadcaster_restart_keeps_viewers_playing() {
         Path::new(&state).is_file(),
         "no state file {state} beside the key after a clean exit"
     );
-    // The highest number any viewer has listed by now; the restarted stream must go on past it.
+    // Every segment of the first run was published before this moment, every segment of the
+    // second run after `restarting`: the playlist's EXT-X-PROGRAM-DATE-TIME (the
+    // broadcaster's clock, this machine's clock) tells the two runs apart.
+    let stopped = unix_ms_now();
     for viewer in &viewers {
         if let Some((playlist, _)) = fetch_playlist(&viewer.url) {
             before = before.max(playlist.max_number().unwrap_or(0));
         }
     }
 
+    let restarting = unix_ms_now();
     let restarted = start(&key, &listen);
     assert_eq!(
         restarted.ticket, broadcaster.ticket,
@@ -99,6 +111,9 @@ fn broadcaster_restart_keeps_viewers_playing() {
     for (i, viewer) in viewers.iter().enumerate() {
         let mut last = String::from("(no playlist)");
         let mut highest = before;
+        // Segment number → "listed with EXT-X-DISCONTINUITY every time it was seen".
+        let mut second_run = BTreeMap::new();
+        let mut first_run_max = before;
         let resumed = poll_until(RECONNECT_TIMEOUT, || {
             let (playlist, text) = fetch_playlist(&viewer.url)?;
             last.clone_from(&text);
@@ -108,29 +123,45 @@ fn broadcaster_restart_keeps_viewers_playing() {
                 "viewer {i}: numbering went back from {highest} to {max}:\n{text}"
             );
             highest = max;
-            // The restart point: a segment past every pre-restart number, marked as a
-            // discontinuity, with the restarted stream going on after it.
-            let mark = playlist
-                .entries
-                .iter()
-                .position(|e| e.number > before && e.discontinuity)?;
-            (playlist.entries.len() > mark + 1).then_some(playlist)
+            for entry in &playlist.entries {
+                let time = entry.program_date_time.unwrap_or_else(|| {
+                    panic!(
+                        "viewer {i}: segment {} has no EXT-X-PROGRAM-DATE-TIME:\n{text}",
+                        entry.number
+                    )
+                });
+                if time >= restarting {
+                    let marked = second_run.entry(entry.number).or_insert(true);
+                    *marked &= entry.discontinuity;
+                } else {
+                    assert!(
+                        time <= stopped,
+                        "viewer {i}: segment {} stamped {time}, while no broadcaster ran \
+                         ({stopped}..{restarting}):\n{text}",
+                        entry.number
+                    );
+                    first_run_max = first_run_max.max(entry.number);
+                }
+            }
+            (second_run.len() >= 2).then_some(())
         });
-        let resumed = resumed.unwrap_or_else(|| {
-            panic!(
-                "viewer {i}: no discontinuity-marked segment after {before} followed by more \
-                 within {} s; last playlist:\n{last}{}",
-                RECONNECT_TIMEOUT.as_secs(),
-                restarted.proc.output_tail()
-            )
-        });
-        for pair in resumed.entries.windows(2) {
-            assert_eq!(
-                pair[1].number,
-                pair[0].number + 1,
-                "viewer {i}: the playlist is not one contiguous run:\n{last}"
-            );
-        }
+        assert!(
+            resumed.is_some(),
+            "viewer {i}: fewer than 2 segments of the restarted broadcaster within {} s; \
+             last playlist:\n{last}{}",
+            RECONNECT_TIMEOUT.as_secs(),
+            restarted.proc.output_tail()
+        );
+        eprintln!("viewer {i} after the restart (first run up to {first_run_max}):\n{last}");
+        let (&first, &marked) = second_run.iter().next().expect("second-run segments");
+        assert!(
+            first > first_run_max,
+            "viewer {i}: the restarted broadcaster numbered from {first}, not past {first_run_max}:\n{last}"
+        );
+        assert!(
+            marked,
+            "viewer {i}: segment {first}, the first after the restart, lacks EXT-X-DISCONTINUITY:\n{last}"
+        );
     }
 
     if let Some(player) = player {

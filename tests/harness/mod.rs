@@ -88,6 +88,27 @@ fn build_programs() -> Result<PathBuf, String> {
     if dir.file_name().is_some_and(|p| p == "release") {
         cmd.arg("--release");
     }
+    // Cargo describes the test's own package to it in CARGO_MANIFEST_DIR, CARGO_PKG_* and
+    // the like; some build scripts (ring's) track those, so passing them on would make this
+    // build and the next `cargo test` rebuild each other's dependencies every time.
+    for (name, _) in env::vars_os() {
+        let name = name.to_string_lossy();
+        let about_test_crate = ["CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if about_test_crate {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     // The programs must land where this test binary is; pass its target directory along.
     if let Some(target) = dir.parent() {
         cmd.env("CARGO_TARGET_DIR", target);
@@ -553,6 +574,8 @@ pub struct Entry {
     pub uri: String,
     /// Whether `#EXT-X-DISCONTINUITY` precedes it.
     pub discontinuity: bool,
+    /// Its `#EXT-X-PROGRAM-DATE-TIME` in ms since the Unix epoch, if tagged.
+    pub program_date_time: Option<u64>,
 }
 
 /// The parts of a media playlist these tests look at.
@@ -560,8 +583,6 @@ pub struct Entry {
 pub struct Playlist {
     /// `#EXT-X-MEDIA-SEQUENCE`, if present.
     pub media_sequence: Option<u64>,
-    /// How many `#EXT-X-PROGRAM-DATE-TIME` tags it has.
-    pub program_date_times: usize,
     /// The segments, in order.
     pub entries: Vec<Entry>,
     /// Whether it ends with `#EXT-X-ENDLIST`.
@@ -573,11 +594,14 @@ impl Playlist {
     pub fn parse(text: &str) -> Self {
         let mut playlist = Playlist::default();
         let mut discontinuity = false;
+        let mut program_date_time = None;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             if let Some(n) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
                 playlist.media_sequence = n.trim().parse().ok();
-            } else if line.starts_with("#EXT-X-PROGRAM-DATE-TIME:") {
-                playlist.program_date_times += 1;
+            } else if let Some(time) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+                program_date_time = Some(parse_rfc3339_ms(time).unwrap_or_else(|| {
+                    panic!("EXT-X-PROGRAM-DATE-TIME not RFC 3339: {line:?}\n{text}")
+                }));
             } else if line == "#EXT-X-DISCONTINUITY" {
                 discontinuity = true;
             } else if line == "#EXT-X-ENDLIST" {
@@ -593,6 +617,7 @@ impl Playlist {
                     number,
                     uri: line.to_string(),
                     discontinuity,
+                    program_date_time: program_date_time.take(),
                 });
                 discontinuity = false;
             }
@@ -604,6 +629,44 @@ impl Playlist {
     pub fn max_number(&self) -> Option<u64> {
         self.entries.iter().map(|e| e.number).max()
     }
+}
+
+/// Parses an RFC 3339 date-time such as `2024-02-29T12:34:56.789Z` or
+/// `2024-02-29T13:34:56+01:00` into ms since the Unix epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let (date, time) = text.trim().split_once(['T', 't'])?;
+    let mut ymd = date.splitn(3, '-').map(|n| n.parse::<i64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (clock, offset_min) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+        (clock, 0)
+    } else {
+        let at = time.rfind(['+', '-'])?;
+        let (clock, zone) = time.split_at(at);
+        let (h, m) = zone.get(1..)?.split_once(':')?;
+        let minutes = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
+        (
+            clock,
+            if zone.starts_with('-') {
+                -minutes
+            } else {
+                minutes
+            },
+        )
+    };
+    let (whole, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut hms = whole.splitn(3, ':').map(|n| n.parse::<i64>().ok());
+    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
+    let millis = format!("{fraction:0<3}").get(..3)?.parse::<i64>().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date, counted in 400-year eras
+    // that start on 1 March (so the leap day ends a year).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    u64::try_from(seconds * 1000 + millis).ok()
 }
 
 /// Fetches and parses the playlist at `url`; None unless the server answers 200.
