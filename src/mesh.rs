@@ -37,6 +37,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// How long a peer that answered Busy is left alone.
+const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -187,6 +190,8 @@ struct Peer {
     inflight: usize,
     /// Smoothed transfer throughput, bytes/s (None until a transfer completes).
     throughput: Option<f64>,
+    /// It said Busy: not asked again before this moment.
+    busy_until: Option<Instant>,
     next_pex: Instant,
     next_buffer_map: Instant,
 }
@@ -202,6 +207,10 @@ struct SegState {
     /// When this node first learned the segment exists.
     first_heard: Option<Instant>,
     held: bool,
+    /// Already announced to partners (at arrival of its header, or when held).
+    announced: bool,
+    /// Bytes are arriving (pulled or pushed) since this moment.
+    receiving_since: Option<Instant>,
     inflight: Option<Inflight>,
     /// Peers that failed us for this segment (not asked again for it).
     failed: Vec<NodeId>,
@@ -232,6 +241,8 @@ pub struct Mesh {
     ended: Option<u64>,
     actions: VecDeque<Action>,
     next_maintenance: Instant,
+    /// The latest time any input carried; wake-ups at or before it are already due.
+    last_now: Instant,
     origin_retry_at: Instant,
     push_cursor: usize,
     stats: MeshStats,
@@ -254,6 +265,7 @@ impl Mesh {
             ended: None,
             actions: VecDeque::new(),
             next_maintenance: now,
+            last_now: now,
             origin_retry_at: now,
             push_cursor: 0,
             stats: MeshStats::default(),
@@ -270,17 +282,27 @@ impl Mesh {
     /// When [`Mesh::handle_tick`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_maintenance;
+        for p in self.peers.values() {
+            if let Some(b) = p.busy_until.filter(|b| *b > self.last_now) {
+                t = t.min(b);
+            }
+        }
         for s in self.segs.values() {
             if let Some(inf) = s.inflight {
-                t = t.min(inf.since + self.cfg.request_timeout);
+                let expiry = inf.since + self.cfg.request_timeout;
+                if expiry > self.last_now {
+                    t = t.min(expiry);
+                }
             } else if !s.held {
                 if let Some(h) = s.first_heard {
                     // Wake when a waiting segment becomes eligible for the origin, or misses.
                     let fallback = h + self.origin_wait();
                     let deadline = h + self.cfg.playout_budget;
+                    // Only future moments: a passed one was handled at the last tick, and
+                    // returning it again would make the driver spin.
                     for x in [fallback, deadline] {
-                        if x > h && x < t {
-                            t = t.min(x);
+                        if x > self.last_now && x < t {
+                            t = x;
                         }
                     }
                 }
@@ -401,6 +423,7 @@ impl Mesh {
                 have: BTreeSet::new(),
                 inflight: 0,
                 throughput: None,
+                busy_until: None,
                 next_pex: now + self.cfg.pex_interval,
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
@@ -589,6 +612,36 @@ impl Mesh {
         }
     }
 
+    /// The signed header of segment `number` arrived and its pieces are flowing in:
+    /// announce it now, so partners can pull it piece by piece while it arrives (cut-through).
+    pub fn handle_receiving(&mut self, now: Instant, from: NodeId, number: u64) {
+        if number < self.floor() || self.cfg.role != Role::Viewer {
+            return;
+        }
+        let s = self.segs.entry(number).or_default();
+        s.first_heard.get_or_insert(now);
+        s.receiving_since = Some(now);
+        if s.held || s.announced {
+            return;
+        }
+        s.announced = true;
+        if self.cfg.uploads {
+            self.announce(number, Some(from));
+        }
+    }
+
+    fn announce(&mut self, number: u64, except: Option<NodeId>) {
+        let partners: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|id| !self.is_origin(id) && Some(**id) != except)
+            .copied()
+            .collect();
+        for p in partners {
+            self.send(p, Control::Have { number });
+        }
+    }
+
     /// Segment `number` (`len` bytes) is now held verified; `from` is who sent it (None: ourselves).
     pub fn handle_segment(&mut self, now: Instant, from: Option<NodeId>, number: u64, len: u64) {
         if self.want_from.is_none() && self.cfg.role == Role::Viewer {
@@ -600,8 +653,10 @@ impl Mesh {
         self.advance_newest(number);
         let s = self.segs.entry(number).or_default();
         s.first_heard.get_or_insert(now);
-        let already = s.held;
+        let already = s.held || s.announced;
         s.held = true;
+        s.announced = true;
+        s.receiving_since = None;
         if let Some(inf) = s.inflight.take() {
             let elapsed = now
                 .saturating_duration_since(inf.since)
@@ -616,15 +671,7 @@ impl Mesh {
             }
         }
         if !already && self.cfg.uploads {
-            let partners: Vec<NodeId> = self
-                .peers
-                .keys()
-                .filter(|id| !self.is_origin(id) && Some(**id) != from)
-                .copied()
-                .collect();
-            for p in partners {
-                self.send(p, Control::Have { number });
-            }
+            self.announce(number, from);
         }
         if let Some(p) = from.and_then(|f| self.peers.get_mut(&f)) {
             p.have.insert(number);
@@ -636,6 +683,7 @@ impl Mesh {
     /// A request or push for `number` from `peer` failed (`busy`: it said it was saturated).
     pub fn handle_transfer_failed(&mut self, now: Instant, peer: NodeId, number: u64, busy: bool) {
         if let Some(s) = self.segs.get_mut(&number) {
+            s.receiving_since = None;
             let was_ours = s.inflight.is_some_and(|i| i.peer == peer);
             if was_ours {
                 s.inflight = None;
@@ -647,8 +695,11 @@ impl Mesh {
                 self.release(peer);
             }
         }
-        if !busy {
-            if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if busy {
+                // Back off briefly so the request goes to another supplier.
+                p.busy_until = Some(now + BUSY_BACKOFF);
+            } else {
                 p.have.remove(&number);
             }
         }
@@ -714,6 +765,7 @@ impl Mesh {
 
     /// Timers: request timeouts, deadlines, maintenance, scheduling.
     pub fn handle_tick(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         // Abandon requests that have taken too long and ask elsewhere.
         let timeout = self.cfg.request_timeout;
         let mut expired = Vec::new();
@@ -909,6 +961,7 @@ impl Mesh {
 
     /// Decides what to request now. Most urgent first; otherwise rarest first.
     fn schedule(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         if self.cfg.role != Role::Viewer {
             return;
         }
@@ -927,6 +980,12 @@ impl Mesh {
         let mut order: Vec<(bool, usize, u64)> = Vec::new();
         for (&n, s) in &self.segs {
             if n < want_from || s.held || s.inflight.is_some() || n < lost_before {
+                continue;
+            }
+            // Already arriving (a push): wait for it unless it stalls.
+            if s.receiving_since
+                .is_some_and(|t| now < t + self.cfg.request_timeout)
+            {
                 continue;
             }
             if self.ended.is_some_and(|e| n > e) {
@@ -985,6 +1044,7 @@ impl Mesh {
             if *id == self.cfg.origin
                 || !p.uploads
                 || p.inflight >= max
+                || p.busy_until.is_some_and(|t| self.last_now < t)
                 || !p.have.contains(&n)
                 || failed.contains(id)
             {
@@ -1216,6 +1276,22 @@ mod tests {
         assert!(acts
             .iter()
             .any(|a| matches!(a, Action::Send { peer, msg: Control::Peers { peers } } if *peer == id(60) && !peers.is_empty())));
+    }
+
+    #[test]
+    fn wake_ups_are_never_in_the_past() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 9 });
+        // The origin goes away: segments wait with their fallback moment passing.
+        v.handle_disconnected(t0, id(ORIGIN));
+        for secs in [1, 4, 7, 30] {
+            let now = t0 + Duration::from_secs(secs);
+            v.handle_tick(now);
+            drain(&mut v);
+            assert!(v.poll_timeout() > now, "at +{secs}s");
+        }
     }
 
     #[test]

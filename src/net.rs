@@ -11,7 +11,7 @@
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
 use crate::rate::{Rate, TokenBucket};
 use crate::store::{self, SharedStore, Store};
-use crate::stream::{node_id, piece_range, NodeId, StreamId, VerifiedSegment};
+use crate::stream::{node_id, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment};
 use crate::tls;
 use crate::wire::{self, Control, Reply, Request, Role, WireError};
 use bytes::{Bytes, BytesMut};
@@ -38,6 +38,8 @@ const BUSY_BACKLOG: Duration = Duration::from_millis(1500);
 const CONTROL_QUEUE: usize = 512;
 /// Transfers a peer may have us serve at once.
 const SERVES_PER_CONNECTION: usize = 8;
+/// Most uploads at once when the cap or the bitrate is unknown.
+const MAX_UPLOAD_SLOTS: usize = 8;
 /// Segments behind the newest still worth receiving.
 const KEEP_BEHIND: u64 = 64;
 /// Pushes we accept at once from one connection.
@@ -168,6 +170,12 @@ impl Limiter {
         }
     }
 
+    /// The current cap, if any.
+    pub fn rate(&self) -> Option<Rate> {
+        let b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.as_ref().map(|bucket| bucket.rate())
+    }
+
     /// How long newly booked bytes would wait.
     pub fn backlog(&self) -> Duration {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,6 +187,34 @@ impl Limiter {
 /// The clock every driver reads (tokio's, so paused-time tests work).
 pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// A segment whose signed header is verified and whose pieces are still arriving.
+///
+/// Pieces are appended only after their digest checks, so a peer served from here
+/// gets verified bytes only. The receiving task holds the only `watch::Sender`;
+/// if it fails, the sender drops and every relay of this segment stops.
+struct Partial {
+    header: SignedHeader,
+    pieces: Mutex<Vec<Bytes>>,
+    progress: watch::Receiver<usize>,
+}
+
+/// Removes a partial from the shared map when its receiving task ends, however it ends.
+struct PartialGuard<'a> {
+    shared: &'a Shared,
+    number: u64,
+}
+
+impl Drop for PartialGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.number);
+    }
 }
 
 /// What the tasks tell the main loop.
@@ -213,6 +249,10 @@ enum Event {
         number: u64,
         busy: bool,
     },
+    Receiving {
+        from: NodeId,
+        number: u64,
+    },
     Misbehaved {
         peer: NodeId,
         reason: &'static str,
@@ -238,6 +278,12 @@ struct Shared {
     counters: Arc<Counters>,
     limiter: Arc<Limiter>,
     mesh_stats: Mutex<MeshStats>,
+    /// Segments arriving right now, servable piece by piece (cut-through relaying).
+    partials: Mutex<HashMap<u64, Arc<Partial>>>,
+    /// Uploads (serves and relays) in progress.
+    uploads_active: AtomicUsize,
+    /// The stream's bitrate as seen in segment headers (bits/s; 0 until known).
+    stream_bps: AtomicU64,
     events: mpsc::Sender<Event>,
     connections: AtomicUsize,
     max_connections: usize,
@@ -312,6 +358,9 @@ impl Node {
             counters: Arc::new(Counters::default()),
             limiter: Arc::new(Limiter::new(config.upload_limit)),
             mesh_stats: Mutex::new(MeshStats::default()),
+            partials: Mutex::new(HashMap::new()),
+            uploads_active: AtomicUsize::new(0),
+            stream_bps: AtomicU64::new(0),
             events: events_tx,
             connections: AtomicUsize::new(0),
             max_connections: config.max_connections,
@@ -325,6 +374,18 @@ impl Node {
             shutdown,
             task,
         })
+    }
+
+    /// Stops at once without waiting for anything (benchmarks' churn, tests).
+    ///
+    /// Connections are closed with a close frame, so peers notice immediately; a
+    /// process that dies without one is noticed after the QUIC idle timeout instead.
+    pub fn kill(self) {
+        self.task.abort();
+        self.view
+            .shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"left");
     }
 
     /// A clonable handle on this node.
@@ -579,6 +640,7 @@ impl Driver {
                 self.transfers.remove(&(peer, number));
                 self.mesh.handle_transfer_failed(t, peer, number, busy);
             }
+            Event::Receiving { from, number } => self.mesh.handle_receiving(t, from, number),
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), reason, "dropping misbehaving peer");
                 self.mesh.handle_misbehaviour(t, peer, reason);
@@ -964,6 +1026,12 @@ async fn receive_segment(
         .map_err(|_| TransferError::Forged("bad header signature"))?;
     let number = header.header.number;
     let duration = Duration::from_millis(header.header.duration_ms as u64);
+    if header.header.duration_ms > 0 {
+        let bps = header.header.len as u64 * 8000 / header.header.duration_ms as u64;
+        let old = shared.stream_bps.load(Ordering::Relaxed);
+        let smoothed = if old == 0 { bps } else { (old * 7 + bps) / 8 };
+        shared.stream_bps.store(smoothed, Ordering::Relaxed);
+    }
     if expected.is_some_and(|e| e != number) {
         return Err(TransferError::Forged("segment is not the one requested"));
     }
@@ -978,24 +1046,51 @@ async fn receive_segment(
             return Err(TransferError::Unwanted);
         }
     }
-    // The signed header vouches for the length, so allocating it is safe.
+    // Register as partial (unless another transfer of it is already under way), and
+    // say so: partners can start pulling it from us piece by piece right away.
+    let (progress_tx, progress_rx) = watch::channel(0usize);
+    let partial = Arc::new(Partial {
+        header: header.clone(),
+        pieces: Mutex::new(Vec::with_capacity(header.header.pieces.len())),
+        progress: progress_rx,
+    });
+    let _guard = {
+        let mut map = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+        match map.entry(number) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(partial.clone());
+                Some(PartialGuard { shared, number })
+            }
+        }
+    };
+    if _guard.is_some() {
+        let _ = shared.events.send(Event::Receiving { from, number }).await;
+    }
+    // The signed header vouches for the length and piece sizes, so allocating them is safe.
     let len = header.header.len;
-    let mut buf = BytesMut::zeroed(len as usize);
+    let mut assembled = BytesMut::with_capacity(len as usize);
     for i in 0..header.header.pieces.len() {
         let range =
             piece_range(len, header.header.piece_size, i).ok_or(TransferError::Forged("pieces"))?;
-        let piece = buf
-            .get_mut(range)
-            .ok_or(TransferError::Forged("piece range"))?;
-        recv.read_exact(piece).await.map_err(|e| match e {
+        let mut piece = BytesMut::zeroed(range.len());
+        recv.read_exact(&mut piece).await.map_err(|e| match e {
             quinn::ReadExactError::FinishedEarly(_) => TransferError::Wire(WireError::Truncated),
             e => TransferError::Io(e.to_string()),
         })?;
         header
-            .check_piece(i, piece)
+            .check_piece(i, &piece)
             .map_err(|_| TransferError::Forged("piece digest mismatch"))?;
+        let piece = piece.freeze();
+        assembled.extend_from_slice(&piece);
+        partial
+            .pieces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(piece);
+        let _ = progress_tx.send(i + 1);
     }
-    let seg = VerifiedSegment::verify(&shared.stream, header, Bytes::from(buf))
+    let seg = VerifiedSegment::verify(&shared.stream, header, assembled.freeze())
         .map_err(|_| TransferError::Forged("segment digest mismatch"))?;
     let counter = if from == shared.stream {
         &shared.counters.bytes_from_origin
@@ -1078,18 +1173,96 @@ async fn serve(shared: &Shared, mut send: SendStream, mut recv: RecvStream) {
     } else {
         None
     };
-    let Some(seg) = seg else {
+    let partial = match (&seg, shared.uploads) {
+        (None, true) => shared
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.number)
+            .cloned(),
+        _ => None,
+    };
+    if seg.is_none() && partial.is_none() {
         let _ = send.write_all(&wire::encode(&Reply::Unavailable)).await;
         let _ = send.finish();
         return;
-    };
-    if shared.limiter.backlog() > BUSY_BACKLOG {
+    }
+    let slot = UploadSlot::take(shared);
+    if slot.is_none() || shared.limiter.backlog() > BUSY_BACKLOG {
         add(&shared.counters.busy_replies, 1);
         let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
         let _ = send.finish();
         return;
     }
-    let _ = send_segment(shared, &mut send, &seg).await;
+    match (seg, partial) {
+        (Some(seg), _) => {
+            let _ = send_segment(shared, &mut send, &seg).await;
+        }
+        (None, Some(partial)) => {
+            if relay_partial(shared, &mut send, &partial).await.is_err() {
+                // The upstream transfer failed: tell the requester to look elsewhere.
+                let _ = send.reset(quinn::VarInt::from_u32(1));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// One upload in progress; released on drop.
+struct UploadSlot<'a>(&'a Shared);
+
+impl<'a> UploadSlot<'a> {
+    /// A slot if fewer uploads run than the cap allows: each downstream must get at least
+    /// the stream's bitrate, or it falls behind live; better to say Busy and let it ask
+    /// someone else.
+    fn take(shared: &'a Shared) -> Option<UploadSlot<'a>> {
+        let bps = shared.stream_bps.load(Ordering::Relaxed);
+        let slots = match (shared.limiter.rate(), bps) {
+            (Some(rate), bps) if bps > 0 => {
+                (rate.0 / bps).clamp(1, MAX_UPLOAD_SLOTS as u64) as usize
+            }
+            _ => MAX_UPLOAD_SLOTS,
+        };
+        let prev = shared.uploads_active.fetch_add(1, Ordering::AcqRel);
+        if prev >= slots {
+            shared.uploads_active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(UploadSlot(shared))
+    }
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.uploads_active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Streams a segment that is still arriving: each piece goes out once it is verified here.
+async fn relay_partial(
+    shared: &Shared,
+    send: &mut SendStream,
+    partial: &Partial,
+) -> Result<(), ()> {
+    let header = wire::encode(&Reply::Segment(partial.header.clone()));
+    add(&shared.counters.control_bytes, header.len() as u64);
+    send.write_all(&header).await.map_err(|_| ())?;
+    let mut progress = partial.progress.clone();
+    for i in 0..partial.header.header.pieces.len() {
+        progress.wait_for(|done| *done > i).await.map_err(|_| ())?;
+        let piece = partial
+            .pieces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .cloned()
+            .ok_or(())?;
+        shared.limiter.acquire(piece.len() as u64).await;
+        send.write_all(&piece).await.map_err(|_| ())?;
+        add(&shared.counters.bytes_uploaded, piece.len() as u64);
+    }
+    let _ = send.finish();
+    Ok(())
 }
 
 async fn send_segment(

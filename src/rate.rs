@@ -82,6 +82,11 @@ impl TokenBucket {
         self.last = now;
     }
 
+    /// The refill rate.
+    pub fn rate(&self) -> Rate {
+        Rate((self.rate * 8.0) as u64)
+    }
+
     /// How long until a write may start (zero when tokens are available).
     pub fn wait_time(&mut self, now: Instant) -> Duration {
         self.refill(now);

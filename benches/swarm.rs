@@ -1,0 +1,614 @@
+//! Swarm benchmark: a broadcaster and N viewers in one process over real QUIC on
+//! loopback, each viewer behind its own upload limiter, fed a synthetic stream.
+//!
+//! `cargo bench --bench swarm -- --viewers 100 --seconds 60 --bitrate 2M --segment-ms 1000
+//!  --viewer-upload 3M --origin-upload 8M [--churn 30] [--seed 1] [--delay 3] [--baseline http]`
+//!
+//! Prints a human summary on stderr and one JSON object as the last stdout line.
+//! `--baseline http` also runs the same stream and viewers as plain client/server
+//! HLS-style pulls (every viewer fetches every segment from the broadcaster over
+//! HTTP) and reports it under `baseline`.
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use starling::mesh::MeshConfig;
+use starling::net::{Node, NodeConfig};
+use starling::playlist::PlaylistConfig;
+use starling::rate::Rate;
+use starling::store;
+use starling::stream::{node_id, sign_segment, StreamId, VerifiedSegment};
+use starling::wire::Role;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct Args {
+    viewers: usize,
+    seconds: u64,
+    bitrate: u64,
+    segment_ms: u64,
+    viewer_upload: u64,
+    origin_upload: u64,
+    churn: f64,
+    seed: u64,
+    delay: u64,
+    baseline_http: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        viewers: 100,
+        seconds: 60,
+        bitrate: 2_000_000,
+        segment_ms: 1000,
+        viewer_upload: 3_000_000,
+        origin_upload: 8_000_000,
+        churn: 0.0,
+        seed: 1,
+        delay: 3,
+        baseline_http: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let rate = |v: String| v.parse::<Rate>().map(|r| r.0).map_err(|e| e.to_string());
+        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{v}: {e}"));
+        match flag.as_str() {
+            "--viewers" => a.viewers = num(val()?)? as usize,
+            "--seconds" => a.seconds = num(val()?)?,
+            "--bitrate" => a.bitrate = rate(val()?)?,
+            "--segment-ms" => a.segment_ms = num(val()?)?.max(100),
+            "--viewer-upload" => a.viewer_upload = rate(val()?)?,
+            "--origin-upload" => a.origin_upload = rate(val()?)?,
+            "--churn" => a.churn = val()?.parse().map_err(|e| format!("--churn: {e}"))?,
+            "--seed" => a.seed = num(val()?)?,
+            "--delay" => a.delay = num(val()?)?.max(1),
+            "--baseline" => {
+                let v = val()?;
+                if v != "http" {
+                    return Err(format!("unknown baseline {v:?} (only 'http')"));
+                }
+                a.baseline_http = true;
+            }
+            // cargo bench passes --bench to harness=false targets.
+            "--bench" => {}
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn payload(n: u64, len: usize) -> Bytes {
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    Bytes::from(
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>(),
+    )
+}
+
+struct Viewer {
+    /// None once it left.
+    node: Option<Node>,
+    joined: Instant,
+    /// First moment its playlist was playable.
+    playable: Option<Instant>,
+    /// Segment → arrival, sampled from the store before it is pruned.
+    arrivals: BTreeMap<u64, Instant>,
+    left: Option<Instant>,
+    bytes_received: u64,
+    control_bytes: u64,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64) -> Viewer {
+    let seg = Duration::from_millis(a.segment_ms);
+    let node = Node::spawn(NodeConfig {
+        key: SigningKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        stream,
+        role: Role::Viewer,
+        listen: loopback(),
+        origin_addrs: vec![origin],
+        upload_limit: Some(Rate(a.viewer_upload)),
+        mesh: MeshConfig::viewer(stream, seg, a.delay),
+        store_capacity: 64,
+        seed,
+        max_connections: 64,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("viewer: {e}"));
+    Viewer {
+        node: Some(node),
+        joined: Instant::now(),
+        playable: None,
+        arrivals: BTreeMap::new(),
+        left: None,
+        bytes_received: 0,
+        control_bytes: 0,
+    }
+}
+
+fn sample(v: &mut Viewer, delay: u64, window: usize) {
+    let Some(node) = &v.node else { return };
+    let shared = node.store();
+    let s = store::lock(&shared);
+    for n in s.numbers() {
+        if let Some(t) = s.arrival(n) {
+            v.arrivals.entry(n).or_insert(t);
+        }
+    }
+    if v.playable.is_none() && s.playlist(PlaylistConfig { delay, window }).is_some() {
+        v.playable = Some(Instant::now());
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn proc_figures() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            // Fields after the command: state is [0]; utime [11], stime [12] (clock ticks).
+            let ut: f64 = rest.get(11)?.parse().ok()?;
+            let st: f64 = rest.get(12)?.parse().ok()?;
+            Some((ut + st) / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0);
+    (cpu, rss)
+}
+
+struct Published {
+    at: Instant,
+    len: u64,
+}
+
+fn report(
+    a: &Args,
+    published: &BTreeMap<u64, Published>,
+    viewers: &[Viewer],
+    origin_bytes: u64,
+    origin_control: u64,
+) -> serde_json::Value {
+    let seg = Duration::from_millis(a.segment_ms);
+    let budget = seg * a.delay as u32;
+    let stream_bytes: u64 = published.values().map(|p| p.len).sum();
+    let delivered: u64 = viewers.iter().map(|v| v.bytes_received).sum();
+    let control: u64 = viewers.iter().map(|v| v.control_bytes).sum::<u64>() + origin_control;
+    let mut latencies = Vec::new();
+    let mut on_time = 0u64;
+    let mut counted = 0u64;
+    for v in viewers {
+        for (n, p) in published {
+            // Present for this segment: joined at least one playout budget before it was
+            // published, and had not left by its deadline.
+            let deadline = p.at + budget;
+            if p.at < v.joined + budget || v.left.is_some_and(|l| l < deadline) {
+                continue;
+            }
+            counted += 1;
+            if let Some(t) = v.arrivals.get(n) {
+                latencies.push(t.saturating_duration_since(p.at).as_secs_f64() * 1000.0);
+                if *t <= deadline {
+                    on_time += 1;
+                }
+            }
+        }
+    }
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let mut joins: Vec<f64> = viewers
+        .iter()
+        .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
+        .collect();
+    joins.sort_by(|x, y| x.total_cmp(y));
+    let (cpu_s, peak_rss_mb) = proc_figures();
+    json!({
+        "viewers": a.viewers,
+        "seconds": a.seconds,
+        "bitrate_bps": a.bitrate,
+        "segment_ms": a.segment_ms,
+        "stream_bytes": stream_bytes,
+        "origin_bytes": origin_bytes,
+        "origin_copies": if stream_bytes == 0 { 0.0 } else { origin_bytes as f64 / stream_bytes as f64 },
+        "delivered_bytes": delivered,
+        "offload": if delivered == 0 { 0.0 } else { 1.0 - origin_bytes as f64 / delivered as f64 },
+        "continuity": if counted == 0 { 0.0 } else { on_time as f64 / counted as f64 },
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p95": percentile(&latencies, 0.95),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(0.0),
+        },
+        "join_ms": { "p50": percentile(&joins, 0.50), "p99": percentile(&joins, 0.99) },
+        "control_overhead": if delivered == 0 { 0.0 } else { control as f64 / delivered as f64 },
+        "cpu_s": cpu_s,
+        "peak_rss_mb": peak_rss_mb,
+    })
+}
+
+async fn run_mesh(a: &Args) -> serde_json::Value {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let key = SigningKey::generate(&mut rng);
+    let stream = node_id(&key);
+    let seg = Duration::from_millis(a.segment_ms);
+    let broadcaster = Node::spawn(NodeConfig {
+        key: key.clone(),
+        stream,
+        role: Role::Broadcaster,
+        listen: loopback(),
+        origin_addrs: vec![],
+        upload_limit: Some(Rate(a.origin_upload)),
+        mesh: MeshConfig::broadcaster(stream, seg),
+        store_capacity: 64,
+        seed: a.seed,
+        max_connections: 8192,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("broadcaster: {e}"));
+    let origin = broadcaster
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local addr: {e}"));
+    let mut viewers = Vec::new();
+    let mut departed = Vec::new();
+    for i in 0..a.viewers {
+        viewers.push(spawn_viewer(a, stream, origin, a.seed * 1000 + i as u64).await);
+    }
+    let seg_len = (a.bitrate * a.segment_ms / 8000) as usize;
+    let mut published = BTreeMap::new();
+    let start = Instant::now();
+    let total = a.seconds * 1000 / a.segment_ms;
+    // Churn: viewers leaving (abruptly) and as many joining, spread evenly.
+    let churn_per_segment = a.churn / 100.0 * a.viewers as f64 * a.segment_ms as f64 / 60_000.0;
+    let mut churn_debt = 0.0;
+    let mut next_seed = a.seed * 1000 + a.viewers as u64;
+    for n in 0..total {
+        let at = start + seg * (n as u32 + 1);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        let data = payload(n, seg_len);
+        let h = sign_segment(&key, n, a.segment_ms as u32, 0, false, &data)
+            .unwrap_or_else(|e| panic!("sign: {e}"));
+        let s = VerifiedSegment::verify(&stream, h, data).unwrap_or_else(|e| panic!("{e}"));
+        published.insert(
+            n,
+            Published {
+                at: Instant::now(),
+                len: seg_len as u64,
+            },
+        );
+        broadcaster.publish(s).await;
+        for v in viewers.iter_mut() {
+            sample(v, a.delay, 8);
+        }
+        churn_debt += churn_per_segment;
+        while churn_debt >= 1.0 && !viewers.is_empty() {
+            churn_debt -= 1.0;
+            let idx = rng.gen_range(0..viewers.len());
+            let mut gone = viewers.swap_remove(idx);
+            sample(&mut gone, a.delay, 8);
+            gone.left = Some(Instant::now());
+            if let Some(node) = gone.node.take() {
+                let st = node.stats();
+                gone.bytes_received = st.bytes_from_peers + st.bytes_from_origin;
+                gone.control_bytes = st.control_bytes;
+                node.kill();
+            }
+            departed.push(gone);
+            viewers.push(spawn_viewer(a, stream, origin, next_seed).await);
+            next_seed += 1;
+        }
+    }
+    // Let the tail arrive.
+    let tail = Instant::now() + seg * (a.delay as u32 + 1);
+    while Instant::now() < tail {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for v in viewers.iter_mut() {
+            sample(v, a.delay, 8);
+        }
+    }
+    let (mut peers, mut busy, mut missed, mut bans, mut live) = (0, 0, 0, 0, 0);
+    for v in viewers.iter_mut() {
+        if let Some(node) = &v.node {
+            let st = node.stats();
+            v.bytes_received = st.bytes_from_peers + st.bytes_from_origin;
+            v.control_bytes = st.control_bytes;
+            peers += st.peers;
+            busy += st.busy_replies;
+            missed += st.missed_deadlines;
+            bans += st.bans;
+            live += 1;
+        }
+    }
+    eprintln!(
+        "swarm: mean partners {:.1}, busy replies {busy}, missed deadlines {missed}, bans {bans}",
+        peers as f64 / live.max(1) as f64
+    );
+    let b = broadcaster.stats();
+    viewers.extend(departed);
+    let out = report(a, &published, &viewers, b.bytes_uploaded, b.control_bytes);
+    for v in viewers {
+        if let Some(node) = v.node {
+            node.kill();
+        }
+    }
+    broadcaster.kill();
+    out
+}
+
+/// The baseline: plain client/server, every viewer pulls every segment over HTTP.
+async fn run_http_baseline(a: &Args) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seg = Duration::from_millis(a.segment_ms);
+    let seg_len = (a.bitrate * a.segment_ms / 8000) as usize;
+    let store: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, Bytes>>> = Default::default();
+    let listener = tokio::net::TcpListener::bind(loopback())
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let (store, served) = (store.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (store, served) = (store.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 512];
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let num = req
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.strip_prefix("/seg/"))
+                        .and_then(|p| p.strip_suffix(".ts"))
+                        .and_then(|p| p.parse::<u64>().ok());
+                    let body = num.and_then(|n| store.lock().ok()?.get(&n).cloned());
+                    match body {
+                        Some(b) => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                b.len()
+                            );
+                            let _ = sock.write_all(head.as_bytes()).await;
+                            if sock.write_all(&b).await.is_ok() {
+                                served.fetch_add(
+                                    b.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                            }
+                        }
+                        None => {
+                            let _ = sock
+                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let start = Instant::now();
+    let total = a.seconds * 1000 / a.segment_ms;
+    let published: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, Instant>>> = Default::default();
+    let mut clients = Vec::new();
+    for _ in 0..a.viewers {
+        let joined = Instant::now();
+        clients.push(tokio::spawn(async move {
+            // Poll for the next segment like an HLS player refreshing its playlist.
+            let mut arrivals = BTreeMap::new();
+            let mut received = 0u64;
+            let mut next = 0u64;
+            let mut playable = None;
+            let end = start + seg * (total as u32 + 2);
+            while Instant::now() < end && next < total {
+                let got = async {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    s.write_all(
+                        format!("GET /seg/{next}.ts HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                    )
+                    .await
+                    .ok()?;
+                    let mut resp = Vec::new();
+                    s.read_to_end(&mut resp).await.ok()?;
+                    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+                    resp.starts_with(b"HTTP/1.1 200")
+                        .then_some(resp.len() - head_end - 4)
+                }
+                .await;
+                match got {
+                    Some(len) => {
+                        arrivals.insert(next, Instant::now());
+                        received += len as u64;
+                        if playable.is_none() {
+                            playable = Some(Instant::now());
+                        }
+                        next += 1;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            (joined, playable, arrivals, received)
+        }));
+    }
+    for n in 0..total {
+        let at = start + seg * (n as u32 + 1);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        if let Ok(mut s) = store.lock() {
+            s.insert(n, payload(n, seg_len));
+        }
+        if let Ok(mut p) = published.lock() {
+            p.insert(n, Instant::now());
+        }
+    }
+    let mut viewers = Vec::new();
+    for c in clients {
+        if let Ok((joined, playable, arrivals, received)) = c.await {
+            viewers.push((joined, playable, arrivals, received));
+        }
+    }
+    let published: BTreeMap<u64, Published> = published
+        .lock()
+        .map(|p| {
+            p.iter()
+                .map(|(n, at)| {
+                    (
+                        *n,
+                        Published {
+                            at: *at,
+                            len: seg_len as u64,
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Reuse the mesh report by shaping the baseline's records alike.
+    let shaped: Vec<BaselineViewer> = viewers
+        .into_iter()
+        .map(|(joined, playable, arrivals, received)| BaselineViewer {
+            joined,
+            playable,
+            arrivals,
+            received,
+        })
+        .collect();
+    baseline_report(
+        a,
+        &published,
+        &shaped,
+        served.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+struct BaselineViewer {
+    joined: Instant,
+    playable: Option<Instant>,
+    arrivals: BTreeMap<u64, Instant>,
+    received: u64,
+}
+
+fn baseline_report(
+    a: &Args,
+    published: &BTreeMap<u64, Published>,
+    viewers: &[BaselineViewer],
+    origin_bytes: u64,
+) -> serde_json::Value {
+    // The HTTP viewers are not nodes; build lightweight stand-ins for `report`.
+    let seg = Duration::from_millis(a.segment_ms);
+    let budget = seg * a.delay as u32;
+    let stream_bytes: u64 = published.values().map(|p| p.len).sum();
+    let delivered: u64 = viewers.iter().map(|v| v.received).sum();
+    let mut latencies = Vec::new();
+    let (mut on_time, mut counted) = (0u64, 0u64);
+    for v in viewers {
+        for (n, p) in published {
+            if p.at < v.joined + budget {
+                continue;
+            }
+            counted += 1;
+            if let Some(t) = v.arrivals.get(n) {
+                latencies.push(t.saturating_duration_since(p.at).as_secs_f64() * 1000.0);
+                if *t <= p.at + budget {
+                    on_time += 1;
+                }
+            }
+        }
+    }
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let mut joins: Vec<f64> = viewers
+        .iter()
+        .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
+        .collect();
+    joins.sort_by(|x, y| x.total_cmp(y));
+    let (cpu_s, peak_rss_mb) = proc_figures();
+    json!({
+        "viewers": a.viewers,
+        "seconds": a.seconds,
+        "bitrate_bps": a.bitrate,
+        "segment_ms": a.segment_ms,
+        "stream_bytes": stream_bytes,
+        "origin_bytes": origin_bytes,
+        "origin_copies": if stream_bytes == 0 { 0.0 } else { origin_bytes as f64 / stream_bytes as f64 },
+        "delivered_bytes": delivered,
+        "offload": if delivered == 0 { 0.0 } else { 1.0 - origin_bytes as f64 / delivered as f64 },
+        "continuity": if counted == 0 { 0.0 } else { on_time as f64 / counted as f64 },
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p95": percentile(&latencies, 0.95),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(0.0),
+        },
+        "join_ms": { "p50": percentile(&joins, 0.50), "p99": percentile(&joins, 0.99) },
+        "control_overhead": 0.0,
+        "cpu_s": cpu_s,
+        "peak_rss_mb": peak_rss_mb,
+    })
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("swarm: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("swarm: {e}");
+            std::process::exit(1);
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        starling::cli::init_logging();
+    }
+    let wall = Instant::now();
+    let mut out = rt.block_on(run_mesh(&a));
+    eprintln!(
+        "swarm: mesh run took {:.1} s wall",
+        wall.elapsed().as_secs_f64()
+    );
+    if a.baseline_http {
+        let base = rt.block_on(run_http_baseline(&a));
+        if let Some(obj) = out.as_object_mut() {
+            obj.insert("baseline".into(), base);
+        }
+    }
+    eprintln!(
+        "swarm: {} viewers, origin copies {}, continuity {}, latency p99 {} ms, join p99 {} ms",
+        a.viewers,
+        out["origin_copies"],
+        out["continuity"],
+        out["latency_ms"]["p99"],
+        out["join_ms"]["p99"]
+    );
+    println!("{out}");
+    // Nodes were killed, not drained; exit without waiting for their tasks.
+    std::process::exit(0);
+}
