@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::players::{ffmpeg_reads_hls, require_tool, vlc_plays_hls};
 use harness::{
     fetch_playlist, get, one_stream_at_a_time, poll_until, program, request, resolve,
-    start_broadcaster, start_viewer, wait_for_segments, Proc, TempDir, Viewer,
+    start_broadcaster, start_viewer, wait_for_segments, Broadcaster, Proc, TempDir, Viewer,
 };
 
 /// How long a fresh mesh may take to list its first segments in a viewer's playlist: start-up
@@ -29,12 +29,30 @@ const VIEWER_STATS: [&str; 7] = [
     "rejected_segments",
 ];
 
+/// Fields the contract promises in the broadcaster's `/stats`.
+const BROADCASTER_STATS: [&str; 3] = ["viewers", "segments_published", "bytes_uploaded"];
+
+/// `/stats` at `url`, parsed.
+fn stats_at(url: &str) -> serde_json::Value {
+    let response = get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status, 200, "{url}: {}", response.text());
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", response.text()))
+}
+
+/// The broadcaster's `/stats`, at the URL it logged on stderr.
+fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
+    let log = strip_ansi(&broadcaster.proc.stderr_text());
+    let url = log
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '=')
+        .find(|word| word.starts_with("http://") && word.ends_with("/stats"))
+        .unwrap_or_else(|| panic!("the broadcaster logged no stats URL:\n{log}"));
+    stats_at(url)
+}
+
 /// A viewer's `/stats`, parsed.
 fn viewer_stats(viewer: &Viewer) -> serde_json::Value {
-    let response = get(&viewer.url_of("/stats")).expect("GET /stats");
-    assert_eq!(response.status, 200, "/stats: {}", response.text());
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|e| panic!("/stats is not JSON ({e}): {}", response.text()))
+    stats_at(&viewer.url_of("/stats"))
 }
 
 /// A count in a stats object: a number, or the length of a list (peers may be listed).
@@ -154,6 +172,20 @@ fn ffmpeg_reads_viewer_playlist() {
             "an honest broadcaster's segments were rejected: {stats}"
         );
     }
+    let stats = broadcaster_stats(&broadcaster);
+    for field in BROADCASTER_STATS {
+        count(&stats, field);
+    }
+    assert!(count(&stats, "viewers") > 0, "no viewer counted: {stats}");
+    assert!(
+        count(&stats, "segments_published") > 0,
+        "nothing published: {stats}"
+    );
+    assert!(
+        count(&stats, "bytes_uploaded") > 0,
+        "nothing uploaded: {stats}"
+    );
+
     // Two viewers of one stream find each other through the broadcaster.
     let peers = poll_until(FIRST_SEGMENTS_TIMEOUT, || {
         let stats = viewer_stats(&first);
@@ -190,15 +222,25 @@ fn playlist_and_segments_are_served_correctly() {
     let _one = one_stream_at_a_time();
     let dir = TempDir::new("e2e-http");
     let key = dir.file("key");
-    let broadcaster = start_broadcaster(
-        &broadcaster_args(&key, &["--segment-duration", "1"]),
+    let ticket_file = dir.file("ticket");
+    let mut broadcaster = start_broadcaster(
+        &broadcaster_args(
+            &key,
+            &["--segment-duration", "1", "--ticket-file", &ticket_file],
+        ),
         Stdio::null(),
     );
     assert!(
         fs::metadata(&key).is_ok_and(|m| m.is_file()),
         "the broadcaster did not create its key file {key}"
     );
-    let viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    let written = fs::read_to_string(&ticket_file).expect("read the --ticket-file");
+    assert_eq!(
+        written.trim(),
+        broadcaster.ticket,
+        "--ticket-file differs from stdout"
+    );
+    let mut viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
     let (playlist, text) = wait_for_segments(&viewer.url, 2, FIRST_SEGMENTS_TIMEOUT);
 
     let response = get(&viewer.url).expect("GET /live.m3u8");
@@ -281,6 +323,9 @@ fn playlist_and_segments_are_served_correctly() {
     assert_eq!(missing.header("access-control-allow-origin"), Some("*"));
     let nonsense = get(&viewer.url_of("/seg/not-a-number.ts")).expect("GET nonsense");
     assert_eq!(nonsense.status, 404);
+
+    viewer.proc.assert_clean_exit_on("TERM");
+    broadcaster.proc.assert_clean_exit_on("INT");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::players::{ffmpeg_reads_hls, require_tool};
 use harness::{
     fetch_playlist, poll_until, start_broadcaster, start_viewer, wait_for_segments, Broadcaster,
-    TempDir, EXIT_TIMEOUT,
+    TempDir,
 };
 
 /// How long the first segments may take to reach a viewer's playlist.
@@ -36,20 +36,20 @@ fn unix_ms_now() -> u64 {
     u64::try_from(since_epoch.as_millis()).expect("ms fit u64")
 }
 
-fn start(key: &str, listen: &str) -> Broadcaster {
-    start_broadcaster(
-        &[
-            "--key",
-            key,
-            "--listen",
-            listen,
-            "--http",
-            "127.0.0.1:0",
-            "--segment-duration",
-            "1",
-        ],
-        Stdio::null(),
-    )
+/// Starts a broadcaster of the demo clip with `key`, and `--listen listen` if given.
+fn start(key: &str, listen: Option<&str>) -> Broadcaster {
+    let mut args = vec![
+        "--key",
+        key,
+        "--http",
+        "127.0.0.1:0",
+        "--segment-duration",
+        "1",
+    ];
+    if let Some(listen) = listen {
+        args.extend(["--listen", listen]);
+    }
+    start_broadcaster(&args, Stdio::null())
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn broadcaster_restart_keeps_viewers_playing() {
     let dir = TempDir::new("restart");
     let key = dir.file("key");
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let mut broadcaster = start(&key, &listen);
+    let mut broadcaster = start(&key, Some(&listen));
     let viewers = [
         start_viewer(&broadcaster.ticket, &["--delay", "2"]),
         start_viewer(&broadcaster.ticket, &["--delay", "2"]),
@@ -74,18 +74,7 @@ fn broadcaster_restart_keeps_viewers_playing() {
         thread::spawn(move || ffmpeg_reads_hls(&url, 6))
     });
 
-    broadcaster.proc.interrupt();
-    let status = broadcaster.proc.wait_exit(EXIT_TIMEOUT).unwrap_or_else(|| {
-        panic!(
-            "the broadcaster ignored SIGINT{}",
-            broadcaster.proc.output_tail()
-        )
-    });
-    assert!(
-        status.success(),
-        "SIGINT should end the broadcaster cleanly, got {status}{}",
-        broadcaster.proc.output_tail()
-    );
+    broadcaster.proc.assert_clean_exit_on("INT");
     let state = format!("{key}.state");
     assert!(
         Path::new(&state).is_file(),
@@ -102,7 +91,7 @@ fn broadcaster_restart_keeps_viewers_playing() {
     }
 
     let restarting = unix_ms_now();
-    let restarted = start(&key, &listen);
+    let restarted = start(&key, Some(&listen));
     assert_eq!(
         restarted.ticket, broadcaster.ticket,
         "same key and address, yet a different ticket"
@@ -171,4 +160,18 @@ fn broadcaster_restart_keeps_viewers_playing() {
             .unwrap_or_else(|e| panic!("ffmpeg stopped playing across the restart: {e}"));
         eprintln!("ffmpeg across the restart: {report:?}");
     }
+}
+
+#[test]
+fn restart_without_listen_reuses_the_port() {
+    let dir = TempDir::new("restart-port");
+    let key = dir.file("key");
+    let mut first = start(&key, None);
+    first.proc.assert_clean_exit_on("INT");
+    // The state file remembers the port; it is still free, so the ticket stays valid.
+    let second = start(&key, None);
+    assert_eq!(
+        second.ticket, first.ticket,
+        "a restart with the same key and the previous port free should print the same ticket"
+    );
 }

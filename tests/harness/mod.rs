@@ -267,16 +267,43 @@ impl Proc {
 
     /// Sends SIGINT (as Ctrl-C would) to the child alone.
     pub fn interrupt(&mut self) {
+        self.signal("INT");
+    }
+
+    /// Sends SIGTERM (as a service manager would) to the child alone.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&mut self, name: &str) {
+        // Only while the child is unreaped is its pid surely still this child.
         if self.try_status().is_some() {
             return;
         }
+        let pid = self.child.id().to_string();
         let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &pid])
             .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {pid} failed");
+    }
+
+    /// Sends `signal` (`"INT"` or `"TERM"`) and asserts a clean exit (status 0) within
+    /// [`EXIT_TIMEOUT`].
+    pub fn assert_clean_exit_on(&mut self, signal: &str) {
+        self.signal(signal);
+        let status = self.wait_exit(EXIT_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {} s of SIG{signal}{}",
+                self.name,
+                EXIT_TIMEOUT.as_secs(),
+                self.output_tail()
+            )
+        });
         assert!(
-            sent.is_ok_and(|s| s.success()),
-            "kill -INT {} failed",
-            self.child.id()
+            status.success(),
+            "SIG{signal} should end {} cleanly, got {status}{}",
+            self.name,
+            self.output_tail()
         );
     }
 
