@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::players::{ffmpeg_reads_hls, require_tool, vlc_plays_hls};
 use harness::{
-    fetch_playlist, get, one_stream_at_a_time, poll_until, program, request, resolve,
-    start_broadcaster, start_viewer, wait_for_segments, Broadcaster, Proc, TempDir, Viewer,
+    broadcaster_stats, count, fetch_playlist, get, one_stream_at_a_time, poll_until, program,
+    request, resolve, start_broadcaster, start_viewer, stats_at, strip_ansi, wait_for_segments,
+    Proc, TempDir, Viewer,
 };
 
 /// How long a fresh mesh may take to list its first segments in a viewer's playlist: start-up
@@ -32,38 +33,9 @@ const VIEWER_STATS: [&str; 7] = [
 /// Fields the contract promises in the broadcaster's `/stats`.
 const BROADCASTER_STATS: [&str; 3] = ["viewers", "segments_published", "bytes_uploaded"];
 
-/// `/stats` at `url`, parsed.
-fn stats_at(url: &str) -> serde_json::Value {
-    let response = get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status, 200, "{url}: {}", response.text());
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", response.text()))
-}
-
-/// The broadcaster's `/stats`, at the URL it logged on stderr.
-fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
-    let log = strip_ansi(&broadcaster.proc.stderr_text());
-    let url = log
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '=')
-        .find(|word| word.starts_with("http://") && word.ends_with("/stats"))
-        .unwrap_or_else(|| panic!("the broadcaster logged no stats URL:\n{log}"));
-    stats_at(url)
-}
-
 /// A viewer's `/stats`, parsed.
 fn viewer_stats(viewer: &Viewer) -> serde_json::Value {
     stats_at(&viewer.url_of("/stats"))
-}
-
-/// A count in a stats object: a number, or the length of a list (peers may be listed).
-fn count(stats: &serde_json::Value, field: &str) -> u64 {
-    match stats.get(field) {
-        Some(serde_json::Value::Number(n)) => n
-            .as_u64()
-            .unwrap_or_else(|| panic!("stats field {field} is not a count: {stats}")),
-        Some(serde_json::Value::Array(list)) => list.len() as u64,
-        _ => panic!("stats lack the field {field}: {stats}"),
-    }
 }
 
 /// A test broadcaster's flags: its own key, stats on any free port, then `extra`.
@@ -71,25 +43,6 @@ fn broadcaster_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--key", key, "--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     args
-}
-
-/// `text` without ANSI colour escapes, which a log line may carry.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skips `ESC [ ... letter`.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Asserts `proc` exited with failure and ended its stderr with one clear line containing
@@ -409,5 +362,32 @@ fn bad_input_is_a_clear_error() {
             &format!("viewer given the ticket {ticket:?}"),
             "ticket",
         );
+    }
+}
+
+/// Scripts and service managers stop a program as soon as it has announced itself; the
+/// signal must already get the clean exit then. A race is caught only by repetition.
+#[test]
+fn stop_signal_right_after_start_is_a_clean_exit() {
+    const ROUNDS: usize = 10;
+    let dir = TempDir::new("e2e-early-stop");
+    let key = dir.file("key");
+    for _ in 0..ROUNDS {
+        let mut broadcaster = start_broadcaster(
+            &broadcaster_args(&key, &["--listen", "127.0.0.1:0"]),
+            Stdio::null(),
+        );
+        broadcaster.proc.assert_clean_exit_on("INT");
+    }
+    let _one = one_stream_at_a_time();
+    let broadcaster = start_broadcaster(
+        &broadcaster_args(&key, &["--listen", "127.0.0.1:0"]),
+        Stdio::null(),
+    );
+    for round in 0..ROUNDS {
+        let mut viewer = start_viewer(&broadcaster.ticket, &[]);
+        viewer
+            .proc
+            .assert_clean_exit_on(if round % 2 == 0 { "TERM" } else { "INT" });
     }
 }

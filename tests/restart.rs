@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::players::{ffmpeg_reads_hls, require_tool};
 use harness::{
-    fetch_playlist, poll_until, start_broadcaster, start_viewer, wait_for_segments, Broadcaster,
-    TempDir,
+    broadcaster_stats, count, fetch_playlist, poll_until, start_broadcaster, start_viewer,
+    wait_for_segments, Broadcaster, TempDir,
 };
 
 /// How long the first segments may take to reach a viewer's playlist.
@@ -167,6 +167,12 @@ fn restart_without_listen_reuses_the_port() {
     let dir = TempDir::new("restart-port");
     let key = dir.file("key");
     let mut first = start(&key, None);
+    // Running for real (its first segment out) before it is stopped: this test is about
+    // the port, not about a stop signal racing the start-up.
+    let published = poll_until(FIRST_SEGMENTS_TIMEOUT, || {
+        (count(&broadcaster_stats(&first), "segments_published") > 0).then_some(())
+    });
+    assert!(published.is_some(), "the broadcaster published nothing");
     first.proc.assert_clean_exit_on("INT");
     // The state file remembers the port; it is still free, so the ticket stays valid.
     let second = start(&key, None);

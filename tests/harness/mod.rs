@@ -592,6 +592,54 @@ fn parse_head(head: &[u8]) -> io::Result<(u16, Vec<(String, String)>)> {
     Ok((status, headers))
 }
 
+/// `/stats` at `url`, parsed.
+pub fn stats_at(url: &str) -> serde_json::Value {
+    let response = get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status, 200, "{url}: {}", response.text());
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", response.text()))
+}
+
+/// The broadcaster's `/stats`, at the URL it logged on stderr.
+pub fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
+    let log = strip_ansi(&broadcaster.proc.stderr_text());
+    let url = log
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '=')
+        .find(|word| word.starts_with("http://") && word.ends_with("/stats"))
+        .unwrap_or_else(|| panic!("the broadcaster logged no stats URL:\n{log}"));
+    stats_at(url)
+}
+
+/// A count in a stats object: a number, or the length of a list (peers may be listed).
+pub fn count(stats: &serde_json::Value, field: &str) -> u64 {
+    match stats.get(field) {
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats field {field} is not a count: {stats}")),
+        Some(serde_json::Value::Array(list)) => list.len() as u64,
+        _ => panic!("stats lack the field {field}: {stats}"),
+    }
+}
+
+/// `text` without ANSI colour escapes, which a log line may carry.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skips `ESC [ ... letter`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One media segment as a playlist lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
