@@ -283,14 +283,26 @@ fn playlist_and_segments_are_served_correctly() {
 
 #[test]
 fn input_end_ends_the_stream() {
+    assert_input_end_ends_the_stream("short.ts");
+}
+
+/// The same through the ffmpeg input (a file that is not MPEG-TS).
+#[test]
+fn ffmpeg_input_end_ends_the_stream() {
+    assert_input_end_ends_the_stream("short.mp4");
+}
+
+/// Broadcasts a 4 s clip written as `file_name` to one viewer: the viewer's playlist must
+/// end with EXT-X-ENDLIST, and the broadcaster exit 0 by itself.
+fn assert_input_end_ends_the_stream(file_name: &str) {
     if !require_tool("ffmpeg") {
         return;
     }
-    let _one = one_stream_at_a_time();
     let dir = TempDir::new("e2e-end");
     let key = dir.file("key");
-    let input = dir.file("short.ts");
-    harness::make_ts_file(&input, 4);
+    let input = dir.file(file_name);
+    harness::make_clip(&input, 4);
+    let _one = one_stream_at_a_time();
     let mut broadcaster = start_broadcaster(
         &broadcaster_args(&key, &["--input", &input, "--segment-duration", "1"]),
         Stdio::null(),

@@ -788,15 +788,16 @@ pub fn resolve(playlist_url: &str, uri: &str) -> String {
     format!("{base}/{uri}")
 }
 
-/// Runs ffmpeg once to write `seconds` of the test pattern with audio as an MPEG-TS file.
-pub fn make_ts_file(path: &str, seconds: u32) {
+/// Runs ffmpeg once to write `seconds` of the test pattern with a tone to `path`, in the
+/// container its extension names (`.ts`, `.mp4`, ...).
+pub fn make_clip(path: &str, seconds: u32) {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440"])
         .args(["-t", &seconds.to_string()])
         .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "25"])
-        .args(["-c:a", "aac", "-f", "mpegts", path])
+        .args(["-c:a", "aac", path])
         .stdin(Stdio::null())
         .output()
         .expect("run ffmpeg");
