@@ -695,7 +695,15 @@ impl Driver {
                 }
                 Action::Disconnect { peer, reason } => {
                     if let Some(c) = self.conns.remove(&peer) {
-                        c.conn.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+                        if reason == "partner set full" {
+                            // Let the peer sample queued just before reach it first.
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                c.conn.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+                            });
+                        } else {
+                            c.conn.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+                        }
                     }
                 }
             }
