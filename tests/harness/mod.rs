@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a program may take to exit once asked to (or once its work is done).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long building the two programs may take: from scratch on a slow shared machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long one HTTP request may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP response read; segments of the test streams are far smaller.
@@ -113,14 +115,18 @@ fn build_programs() -> Result<PathBuf, String> {
     if let Some(target) = dir.parent() {
         cmd.env("CARGO_TARGET_DIR", target);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run cargo build: {e}"))?;
-    if !out.status.success() {
+    let mut build = Proc::spawn("cargo build", cmd);
+    let Some(status) = build.wait_exit(BUILD_TIMEOUT) else {
         return Err(format!(
-            "cargo build of the programs failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            "cargo build of the programs took over {} s{}",
+            BUILD_TIMEOUT.as_secs(),
+            build.output_tail()
+        ));
+    };
+    if !status.success() {
+        return Err(format!(
+            "cargo build of the programs failed ({status}){}",
+            build.output_tail()
         ));
     }
     Ok(dir)
