@@ -606,14 +606,21 @@ pub fn stats_at(url: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", response.text()))
 }
 
-/// The broadcaster's `/stats`, at the URL it logged on stderr.
+/// The broadcaster's `/stats`, at the URL it logs on stderr (soon after the ticket).
 pub fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
-    let log = strip_ansi(&broadcaster.proc.stderr_text());
-    let url = log
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '=')
-        .find(|word| word.starts_with("http://") && word.ends_with("/stats"))
-        .unwrap_or_else(|| panic!("the broadcaster logged no stats URL:\n{log}"));
-    stats_at(url)
+    let find_url = || {
+        let log = strip_ansi(&broadcaster.proc.stderr_text());
+        log.split(|c: char| c.is_whitespace() || c == '"' || c == '=')
+            .find(|word| word.starts_with("http://") && word.ends_with("/stats"))
+            .map(str::to_string)
+    };
+    let url = poll_until(FIRST_LINE_TIMEOUT, find_url).unwrap_or_else(|| {
+        panic!(
+            "the broadcaster logged no stats URL{}",
+            broadcaster.proc.output_tail()
+        )
+    });
+    stats_at(&url)
 }
 
 /// A count in a stats object: a number, or the length of a list (peers may be listed).
