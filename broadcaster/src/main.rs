@@ -76,6 +76,8 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
+    // First: a stop signal from now on ends the program cleanly.
+    let stop = starling::cli::shutdown_signal();
     let args = Args::parse();
     starling::cli::init_logging();
     let config = BroadcasterConfig {
@@ -92,7 +94,7 @@ async fn run() -> ExitCode {
         let _ = writeln!(out, "{}", ticket.encode());
         let _ = out.flush();
     };
-    match broadcaster::run(config, print_ticket, starling::cli::shutdown_signal()).await {
+    match broadcaster::run(config, print_ticket, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("starling-broadcaster: {e}");

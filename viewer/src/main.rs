@@ -53,6 +53,8 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
+    // First: a stop signal from now on ends the program cleanly.
+    let stop = starling::cli::shutdown_signal();
     let args = Args::parse();
     starling::cli::init_logging();
     let ticket = match Ticket::decode(&args.ticket) {
@@ -77,7 +79,7 @@ async fn run() -> ExitCode {
         let _ = writeln!(out, "{url}");
         let _ = out.flush();
     };
-    match viewer::run(config, print_url, starling::cli::shutdown_signal()).await {
+    match viewer::run(config, print_url, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("starling-viewer: {e}");
