@@ -380,9 +380,6 @@ fn bad_input_is_a_clear_error() {
 /// Scripts and service managers stop a program as soon as it has announced itself; the
 /// signal must already get the clean exit then. A race is caught only by repetition.
 #[test]
-#[ignore = "fails until both programs install their SIGINT/SIGTERM handlers before printing \
-            the ticket/URL: today the handlers are registered only when the shutdown future is \
-            first polled, after the print (see the e2e report)"]
 fn stop_signal_right_after_start_is_a_clean_exit() {
     const ROUNDS: usize = 10;
     let dir = TempDir::new("e2e-early-stop");
