@@ -27,6 +27,8 @@ pub struct ViewerConfig {
     pub listen: SocketAddr,
     /// Upload cap (None: uncapped).
     pub upload_limit: Option<Rate>,
+    /// Leech-only: never upload to other viewers (metered links).
+    pub no_upload: bool,
     /// Segments held back behind the newest.
     pub delay: u64,
     /// Segments listed in the playlist.
@@ -64,7 +66,8 @@ pub async fn run(
     let stream = config.ticket.stream;
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s.
-    let mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
+    let mut mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
+    mesh.uploads = !config.no_upload;
     let node = Node::spawn(NodeConfig {
         key,
         stream,

@@ -138,3 +138,87 @@ async fn eight_viewers_get_identical_bytes_mostly_from_peers() {
     closing.spawn(broadcaster.shutdown());
     while closing.join_next().await.is_some() {}
 }
+
+/// A leech-only viewer (`--no-upload`) still gets the whole stream and uploads nothing:
+/// it announces nothing and answers no request, so partners never pull from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leech_only_viewer_downloads_and_never_uploads() {
+    let key = SigningKey::from_bytes(&[43; 32]);
+    let stream = node_id(&key);
+    let broadcaster = Node::spawn(NodeConfig {
+        key: key.clone(),
+        stream,
+        role: Role::Broadcaster,
+        listen: loopback(),
+        origin_addrs: vec![],
+        upload_limit: None,
+        mesh: MeshConfig::broadcaster(stream, SEGMENT),
+        store_capacity: 64,
+        seed: 2,
+        max_connections: 64,
+    })
+    .await
+    .unwrap();
+    let origin = broadcaster.local_addr().unwrap();
+    let mut viewers = Vec::new();
+    for i in 0..4u8 {
+        let mut mesh = MeshConfig::viewer(stream, SEGMENT, 3);
+        // Viewer 0 is the leech.
+        mesh.uploads = i != 0;
+        viewers.push(
+            Node::spawn(NodeConfig {
+                key: SigningKey::from_bytes(&[i + 50; 32]),
+                stream,
+                role: Role::Viewer,
+                listen: loopback(),
+                origin_addrs: vec![origin],
+                upload_limit: None,
+                mesh,
+                store_capacity: 64,
+                seed: 200 + i as u64,
+                max_connections: 64,
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    const N: u64 = 8;
+    for n in 0..N {
+        let data = payload(n);
+        let h = sign_segment(&key, n, SEGMENT.as_millis() as u32, 0, false, &data).unwrap();
+        broadcaster
+            .publish(VerifiedSegment::verify(&stream, h, data).unwrap())
+            .await;
+        tokio::time::sleep(SEGMENT).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let done = viewers.iter().all(|v| {
+            let shared = v.store();
+            let s = store::lock(&shared);
+            (0..N).all(|n| s.contains(n))
+        });
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, v) in viewers.iter().enumerate() {
+        let shared = v.store();
+        let missing: Vec<u64> = {
+            let s = store::lock(&shared);
+            (0..N).filter(|n| !s.contains(*n)).collect()
+        };
+        assert!(missing.is_empty(), "viewer {i} lacks {missing:?}");
+    }
+    let leech = viewers[0].stats();
+    assert_eq!(leech.bytes_uploaded, 0, "the leech uploaded");
+    assert!(leech.bytes_from_peers + leech.bytes_from_origin > 0);
+    let mut closing = tokio::task::JoinSet::new();
+    for v in viewers {
+        closing.spawn(v.shutdown());
+    }
+    closing.spawn(broadcaster.shutdown());
+    while closing.join_next().await.is_some() {}
+}

@@ -33,6 +33,11 @@ struct Args {
     #[arg(long, value_name = "RATE")]
     upload_limit: Option<Rate>,
 
+    /// Never upload to other viewers (for metered links). Partners are told, so they
+    /// neither ask this viewer for segments nor get its address from it.
+    #[arg(long, conflicts_with = "upload_limit")]
+    no_upload: bool,
+
     /// Segments held back behind the newest: more is steadier, fewer is closer to live.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     delay: u64,
@@ -69,6 +74,7 @@ async fn run() -> ExitCode {
         http: args.http,
         listen: args.listen,
         upload_limit: args.upload_limit,
+        no_upload: args.no_upload,
         delay: args.delay,
         window: 8,
         status_line: starling::cli::stderr_is_terminal(),
