@@ -403,3 +403,64 @@ fn stop_signal_right_after_start_is_a_clean_exit() {
             .assert_clean_exit_on(if round % 2 == 0 { "TERM" } else { "INT" });
     }
 }
+
+/// An unusable key file, or a port another program holds: one clear line, a non-zero exit,
+/// and the user's key file left exactly as it was.
+#[test]
+fn unusable_key_and_busy_ports_are_clear_errors() {
+    let dir = TempDir::new("e2e-bad-setup");
+    let key = dir.file("key");
+    fs::write(&key, b"not a key\n").expect("write key");
+    let mut cmd = Command::new(program("starling-broadcaster"));
+    cmd.args(broadcaster_args(&key, &[])).stdin(Stdio::null());
+    let mut broadcaster = Proc::spawn("broadcaster", cmd);
+    assert_clear_failure(
+        &mut broadcaster,
+        "broadcaster with a corrupt key",
+        "key file",
+    );
+    assert_eq!(
+        fs::read(&key).expect("read key"),
+        b"not a key\n",
+        "the corrupt key file was changed"
+    );
+
+    let good_key = dir.file("good-key");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let tcp_addr = tcp.local_addr().expect("tcp addr").to_string();
+    let mut cmd = Command::new(program("starling-broadcaster"));
+    cmd.args(["--key", &good_key, "--http", &tcp_addr])
+        .stdin(Stdio::null());
+    let mut broadcaster = Proc::spawn("broadcaster", cmd);
+    assert_clear_failure(
+        &mut broadcaster,
+        "broadcaster on a busy HTTP port",
+        "cannot listen",
+    );
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let udp_addr = udp.local_addr().expect("udp addr").to_string();
+    let mut cmd = Command::new(program("starling-broadcaster"));
+    cmd.args(broadcaster_args(&good_key, &["--listen", &udp_addr]))
+        .stdin(Stdio::null());
+    let mut broadcaster = Proc::spawn("broadcaster", cmd);
+    assert_clear_failure(
+        &mut broadcaster,
+        "broadcaster on a busy UDP port",
+        "cannot bind",
+    );
+
+    // A well-formed ticket (nobody listens there) and a busy HTTP port for the viewer.
+    let stream = starling::stream::node_id(&ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    let ticket = starling::stream::Ticket {
+        stream,
+        addrs: vec!["127.0.0.1:9".parse().expect("addr")],
+    }
+    .encode();
+    let mut cmd = Command::new(program("starling-viewer"));
+    cmd.args([&ticket, "--http", &tcp_addr, "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null());
+    let mut viewer = Proc::spawn("viewer", cmd);
+    assert_clear_failure(&mut viewer, "viewer on a busy HTTP port", "cannot listen");
+    drop((tcp, udp));
+}
