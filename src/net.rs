@@ -282,6 +282,8 @@ struct Shared {
     partials: Mutex<HashMap<u64, Arc<Partial>>>,
     /// Uploads (serves and relays) in progress.
     uploads_active: AtomicUsize,
+    /// An address from the ticket answered with a key other than the stream's.
+    origin_wrong_key: Mutex<Option<SocketAddr>>,
     /// The stream's bitrate as seen in segment headers (bits/s; 0 until known).
     stream_bps: AtomicU64,
     events: mpsc::Sender<Event>,
@@ -360,6 +362,7 @@ impl Node {
             mesh_stats: Mutex::new(MeshStats::default()),
             partials: Mutex::new(HashMap::new()),
             uploads_active: AtomicUsize::new(0),
+            origin_wrong_key: Mutex::new(None),
             stream_bps: AtomicU64::new(0),
             events: events_tx,
             connections: AtomicUsize::new(0),
@@ -422,6 +425,16 @@ impl NodeView {
     /// The raw counters.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
+    }
+
+    /// A ticket address where a node with another key answered (the ticket is for a
+    /// different stream, or the broadcaster's key changed).
+    pub fn origin_wrong_key(&self) -> Option<SocketAddr> {
+        *self
+            .shared
+            .origin_wrong_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the upload cap (the broadcaster follows the stream's measured bitrate).
@@ -820,6 +833,16 @@ async fn connect(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(%addr, peer = %peer.short(), error = %e, "dial failed");
+                // Our own TLS check failed: whoever answers there is not the key we pinned.
+                if let quinn::ConnectionError::TransportError(te) = &e {
+                    let code = u64::from(te.code);
+                    if peer == shared.stream && (0x100..0x200).contains(&code) {
+                        *shared
+                            .origin_wrong_key
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                    }
+                }
                 return None;
             }
         };

@@ -45,6 +45,12 @@ pub enum ViewerError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// The ticket's address is held by a node with another key.
+    #[error("the node at {addr} is not this ticket's broadcaster (it has a different key): the ticket is for another stream, or the broadcaster's key changed")]
+    WrongStream {
+        /// The address that answered.
+        addr: SocketAddr,
+    },
     /// The HTTP address could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http {
@@ -107,10 +113,26 @@ pub async fn run(
     let mut status = StatusLine::new(config.status_line);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ended_at: Option<tokio::time::Instant> = None;
+    let mut ever_connected = false;
+    let mut wrong_key_ticks = 0u32;
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let stats = node.stats();
+                ever_connected |= stats.origin_connected;
+                // Only a ticket that never reached its broadcaster is wrong; a key
+                // mismatch on one of several addresses is harmless once another works.
+                match node.origin_wrong_key() {
+                    Some(addr) if !ever_connected => {
+                        wrong_key_ticks += 1;
+                        if wrong_key_ticks >= 3 {
+                            outcome = Err(ViewerError::WrongStream { addr });
+                            break;
+                        }
+                    }
+                    _ => wrong_key_ticks = 0,
+                }
                 status.show(&stats, node.local_addr().ok());
                 let ended = store::lock(&node.store()).ended();
                 let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
@@ -130,7 +152,7 @@ pub async fn run(
     let _ = http_stop.send(());
     let _ = http_task.await;
     node.shutdown().await;
-    Ok(())
+    outcome
 }
 
 struct ViewerCatalog {

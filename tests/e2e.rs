@@ -464,3 +464,35 @@ fn unusable_key_and_busy_ports_are_clear_errors() {
     assert_clear_failure(&mut viewer, "viewer on a busy HTTP port", "cannot listen");
     drop((tcp, udp));
 }
+
+/// A ticket whose addresses lead to a broadcaster with another key (another stream): the
+/// viewer refuses the impostor at the TLS pin and says so in one line, instead of waiting
+/// forever.
+#[test]
+fn ticket_for_another_stream_is_a_clear_error() {
+    let _turn = one_stream_at_a_time();
+    let dir = TempDir::new("e2e-other-stream");
+    let key = dir.file("key");
+    let broadcaster = start_broadcaster(&broadcaster_args(&key, &[]), Stdio::null());
+    let real = starling::stream::Ticket::decode(&broadcaster.ticket).expect("ticket parses");
+    let other = starling::stream::Ticket {
+        stream: starling::stream::node_id(&ed25519_dalek::SigningKey::from_bytes(&[9; 32])),
+        addrs: real.addrs.clone(),
+    };
+    let mut cmd = Command::new(program("starling-viewer"));
+    cmd.args([
+        &other.encode(),
+        "--http",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .stdin(Stdio::null());
+    let mut viewer = Proc::spawn("viewer", cmd);
+    assert_clear_failure(
+        &mut viewer,
+        "viewer with another stream's ticket",
+        "different key",
+    );
+    drop(broadcaster);
+}
