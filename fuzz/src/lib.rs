@@ -1,0 +1,380 @@
+//! The properties the fuzz targets check, one function per target.
+//!
+//! Each takes the raw fuzz input and panics when a property fails. The
+//! libFuzzer targets in fuzz_targets/ call them; tests/fuzz_twins.rs includes
+//! this file and runs the same checks on a bounded number of proptest cases.
+
+use std::fmt::Debug;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ed25519_dalek::SigningKey;
+use serde::{de::DeserializeOwned, Serialize};
+use starling::stream::{
+    node_id, piece_range, NodeId, SignedHeader, StreamId, Ticket, MAX_TICKET_ADDRS, TICKET_PREFIX,
+};
+use starling::ts::MAX_SEGMENT_DURATION;
+use starling::ts::{pts_span, CutSegment, Restamper, Segmenter, MAX_SEGMENT_BYTES};
+use starling::wire::{
+    self, Control, Reply, Request, WireError, MAX_CONTROL_FRAME, MAX_REPLY_FRAME, MAX_REQUEST_FRAME,
+};
+
+/// Secret key that signed the wire seeds: headers are verified against its
+/// id, so mutations of the seeds reach the checks after a good signature.
+pub const SEED_KEY: [u8; 32] = [7; 32];
+
+/// Bytes before the TS data in a segmenter input: the target duration, then
+/// three chunk-size bytes.
+pub const SEGMENTER_HEADER: usize = 4;
+
+const PACKET_LEN: usize = 188;
+/// PTS/DTS/PCR are 33-bit counters.
+const TS_MOD: u64 = 1 << 33;
+
+/// The id of [`SEED_KEY`] (computed once: deriving a public key is not free).
+pub fn seed_stream() -> StreamId {
+    static ID: OnceLock<StreamId> = OnceLock::new();
+    *ID.get_or_init(|| node_id(&SigningKey::from_bytes(&SEED_KEY)))
+}
+
+// ---------------------------------------------------------------- wire
+
+/// `wire_control`: decodes the input as a control stream (frames back to
+/// back), as a transfer reply followed by segment bytes, and as a request.
+///
+/// Properties: decoding never panics; "incomplete" consumes nothing; an
+/// oversize error names a length above the limit; every decoded message
+/// re-encodes within its frame limit and decodes back to itself; a header
+/// that verifies and whose whole data checks also checks piece by piece.
+pub fn wire_control(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    loop {
+        let before = buf.len();
+        match wire::decode::<Control>(&mut buf, MAX_CONTROL_FRAME) {
+            Ok(Some(m)) => {
+                assert!(buf.len() + 4 <= before, "a frame consumes its prefix");
+                let _ = m.validate();
+                round_trip(&m, MAX_CONTROL_FRAME);
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "nothing consumed while incomplete");
+                break;
+            }
+            Err(WireError::Oversize { len, max }) => {
+                assert!(len > max, "oversize {len} <= {max}");
+                assert_eq!(buf.len(), before, "an oversize prefix is not consumed");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+
+    let mut buf = BytesMut::from(data);
+    if let Ok(Some(reply)) = wire::decode::<Reply>(&mut buf, MAX_REPLY_FRAME) {
+        round_trip(&reply, MAX_REPLY_FRAME);
+        if let Reply::Segment(h) = &reply {
+            check_header(h, &buf);
+        }
+    }
+
+    let mut buf = BytesMut::from(data);
+    if let Ok(Some(req)) = wire::decode::<Request>(&mut buf, MAX_REQUEST_FRAME) {
+        round_trip(&req, MAX_REQUEST_FRAME);
+    }
+}
+
+/// What we decoded we can send again, and it means the same.
+fn round_trip<T>(m: &T, max: usize)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + Clone,
+{
+    let frame = wire::encode(m);
+    assert!(
+        frame.len() <= 4 + max,
+        "{m:?} re-encodes to {} bytes, over the {max}-byte limit",
+        frame.len()
+    );
+    let mut buf = BytesMut::from(&frame[..]);
+    assert_eq!(wire::decode::<T>(&mut buf, max), Ok(Some(m.clone())));
+    assert!(buf.is_empty(), "re-encoded frame left bytes over");
+}
+
+/// Runs a peer's header and the bytes after it through every check a
+/// receiver makes; none may panic, and they must agree with each other.
+fn check_header(h: &SignedHeader, rest: &[u8]) {
+    let verified = h.verify(&seed_stream()).is_ok();
+    if let Some(key) = rest.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok()) {
+        let _ = h.verify(&NodeId(key));
+    }
+    let hd = &h.header;
+    let whole = rest.get(..hd.len as usize);
+    let data_ok = whole.is_some_and(|d| h.check_data(d).is_ok());
+    let _ = h.check_data(rest);
+    assert!(h.check_piece(usize::MAX, rest).is_err());
+    assert!(h.check_piece(hd.pieces.len(), &[]).is_err());
+    for i in 0..hd.pieces.len() {
+        let range = piece_range(hd.len, hd.piece_size, i);
+        let piece = range.clone().and_then(|r| rest.get(r)).unwrap_or(rest);
+        let ok = h.check_piece(i, piece).is_ok();
+        if ok {
+            assert_eq!(range.map(|r| r.len()), Some(piece.len()));
+        }
+        if verified && data_ok {
+            assert!(ok, "piece {i} of a verified segment with good data fails");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- ticket
+
+/// `ticket`: parses the input (lossy UTF-8) as a ticket.
+///
+/// Properties: parsing never panics; a ticket that parses has 1 to
+/// [`MAX_TICKET_ADDRS`] addresses, and encoding it gives a string that
+/// parses back to the same ticket.
+pub fn ticket(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(t) = Ticket::decode(&text) else { return };
+    assert!(!t.addrs.is_empty() && t.addrs.len() <= MAX_TICKET_ADDRS);
+    let again = t.encode();
+    assert!(again.starts_with(TICKET_PREFIX));
+    match Ticket::decode(&again) {
+        Ok(back) => assert_eq!(back, t),
+        Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- segmenter
+
+/// `segmenter`: input = [`SEGMENTER_HEADER`] bytes (target, chunk sizes)
+/// then MPEG-TS bytes, segmented twice over (input again after `finish`).
+///
+/// Properties: nothing panics; feeding the input in chunks gives exactly
+/// the segments one push gives; every segment is whole packets, starts with
+/// the PAT and then a PMT the PAT lists, has a PTS and a duration in
+/// (0, [`MAX_SEGMENT_DURATION`]], and fits the size cap (also a small cap
+/// taken from the input); restamping by an offset and back equals
+/// restamping by 0, which only renumbers continuity counters; a restamped
+/// segment's PTS span moves by the offset.
+pub fn segmenter(data: &[u8]) {
+    let Some((&[t, c0, c1, c2], ts)) = data.split_first_chunk::<SEGMENTER_HEADER>() else {
+        return;
+    };
+    let target = Duration::from_millis(500 + u64::from(t) * 9500 / 255);
+    let chunks = [
+        usize::from(c0) + 1,
+        usize::from(c1) * 16 + 1,
+        usize::from(c2) * 64 + 1,
+    ];
+
+    let whole = run(ts, target, MAX_SEGMENT_BYTES, None);
+    let chunked = run(ts, target, MAX_SEGMENT_BYTES, Some(chunks));
+    assert_eq!(whole.seen, chunked.seen, "packets seen depend on chunking");
+    assert_eq!(whole.dropped, chunked.dropped);
+    assert_eq!(whole.segments.len(), chunked.segments.len());
+    for (a, b) in whole.segments.iter().zip(&chunked.segments) {
+        assert_eq!(a.data, b.data, "segment bytes depend on chunking");
+        assert_eq!(a.duration, b.duration);
+        assert_eq!(a.first_pts, b.first_pts);
+    }
+    for seg in &whole.segments {
+        check_segment(seg, MAX_SEGMENT_BYTES);
+    }
+
+    // A cap of a few packets exercises dropping and the tail rules.
+    let cap = PACKET_LEN * (4 + usize::from(c1 % 64));
+    for seg in run(ts, target, cap, Some(chunks)).segments {
+        check_segment(&seg, cap);
+    }
+
+    if let Some((a, b)) = pts_span(ts) {
+        assert!(a < TS_MOD && b < TS_MOD);
+    }
+    let offset = (u64::from(u32::from_be_bytes([t, c0, c1, c2])) * 3) % TS_MOD;
+    check_restamp(ts, offset);
+    for seg in whole.segments.iter().take(4) {
+        let shifted = check_restamp(&seg.data, offset);
+        let zero = restamped(&seg.data, 0);
+        let want = pts_span(&zero).map(|(a, b)| ((a + offset) % TS_MOD, (b + offset) % TS_MOD));
+        assert_eq!(
+            pts_span(&shifted),
+            want,
+            "span does not move with the offset"
+        );
+    }
+}
+
+/// What one segmenter run produced.
+struct Run {
+    segments: Vec<CutSegment>,
+    seen: u64,
+    dropped: u64,
+}
+
+/// Segments `ts` twice (the segmenter is reused after `finish`), in one
+/// push or in chunks cycling through the given sizes.
+fn run(ts: &[u8], target: Duration, cap: usize, chunks: Option<[usize; 3]>) -> Run {
+    let mut s = Segmenter::with_max_segment_bytes(target, cap);
+    let mut segments = Vec::new();
+    for _pass in 0..2 {
+        match chunks {
+            None => segments.extend(s.push(ts)),
+            Some(sizes) => {
+                let mut rest = ts;
+                for size in sizes.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (now, later) = rest.split_at((*size).min(rest.len()));
+                    segments.extend(s.push(now));
+                    rest = later;
+                }
+            }
+        }
+        segments.extend(s.finish());
+    }
+    Run {
+        segments,
+        seen: s.packets_seen(),
+        dropped: s.segments_dropped(),
+    }
+}
+
+fn pid(p: &[u8]) -> u16 {
+    (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2])
+}
+
+fn pusi(p: &[u8]) -> bool {
+    p[1] & 0x40 != 0
+}
+
+fn payload(p: &[u8]) -> &[u8] {
+    if p[3] & 0x10 == 0 {
+        return &[];
+    }
+    let start = if p[3] & 0x20 != 0 {
+        5 + usize::from(p[4])
+    } else {
+        4
+    };
+    p.get(start..).unwrap_or(&[])
+}
+
+/// CRC-32/MPEG-2, bit by bit (independent of the library's table).
+fn crc32_mpeg2(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04C1_1DB7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The invariants every emitted segment keeps.
+fn check_segment(seg: &CutSegment, cap: usize) {
+    let d = &seg.data[..];
+    assert!(
+        d.len() <= cap,
+        "segment of {} bytes over the {cap}-byte cap",
+        d.len()
+    );
+    assert!(d.len() <= MAX_SEGMENT_BYTES);
+    assert_eq!(d.len() % PACKET_LEN, 0, "segment is not whole packets");
+    let packets: Vec<&[u8]> = d.chunks_exact(PACKET_LEN).collect();
+    assert!(
+        packets.iter().all(|p| p[0] == 0x47),
+        "packet without sync byte"
+    );
+    assert!(
+        seg.first_pts.is_some_and(|p| p < TS_MOD),
+        "{:?}",
+        seg.first_pts
+    );
+    assert!(
+        !seg.duration.is_zero() && seg.duration <= MAX_SEGMENT_DURATION,
+        "duration {:?}",
+        seg.duration
+    );
+
+    // The PAT comes first, starting a section at once (pointer field 0).
+    let Some(first) = packets.first() else {
+        panic!("empty segment");
+    };
+    assert_eq!(pid(first), 0, "first packet is not the PAT");
+    assert!(pusi(first));
+    let head = payload(first);
+    assert_eq!(head.first(), Some(&0), "PAT pointer field");
+    let mut section = head.get(1..).unwrap_or(&[]).to_vec();
+    assert_eq!(section.first(), Some(&0x00), "PAT table id");
+    let total = match section.get(1..3) {
+        Some(&[hi, lo]) => 3 + ((usize::from(hi & 0x0F) << 8) | usize::from(lo)),
+        _ => panic!("PAT section header cut short"),
+    };
+    assert!((12..=1024).contains(&total), "PAT section length {total}");
+    let mut next = 1;
+    while section.len() < total {
+        let Some(p) = packets.get(next) else {
+            panic!("segment ends inside the PAT");
+        };
+        assert_eq!(pid(p), 0, "PAT continues on another PID");
+        assert!(!pusi(p));
+        section.extend_from_slice(payload(p));
+        next += 1;
+    }
+    section.truncate(total);
+    assert_eq!(crc32_mpeg2(&section), 0, "PAT CRC");
+    let pmt_pids: Vec<u16> = section[8..total - 4]
+        .chunks_exact(4)
+        .filter(|e| e[0] != 0 || e[1] != 0)
+        .map(|e| (u16::from(e[2] & 0x1F) << 8) | u16::from(e[3]))
+        .collect();
+
+    // Then a PMT, on a PID the PAT names.
+    let Some(pmt) = packets.get(next) else {
+        panic!("segment ends after the PAT");
+    };
+    assert!(
+        pmt_pids.contains(&pid(pmt)),
+        "second table on PID {:#x}, PAT lists {pmt_pids:x?}",
+        pid(pmt)
+    );
+    assert!(pusi(pmt));
+    assert_eq!(payload(pmt).get(..2), Some(&[0u8, 0x02][..]), "PMT start");
+}
+
+/// A copy of `data` restamped by `offset` with a fresh [`Restamper`].
+fn restamped(data: &[u8], offset: u64) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut r = Restamper::new();
+    r.set_offset(offset);
+    r.apply(&mut out);
+    out
+}
+
+/// Restamping by `offset` and back equals restamping by 0, which changes
+/// only continuity counters. Returns the copy restamped by `offset`.
+fn check_restamp(data: &[u8], offset: u64) -> Vec<u8> {
+    let zero = restamped(data, 0);
+    assert_eq!(zero.len(), data.len());
+    for (i, (a, b)) in data.iter().zip(&zero).enumerate() {
+        if i % PACKET_LEN == 3 {
+            assert_eq!(a & 0xF0, b & 0xF0, "restamp by 0 changed byte {i}");
+        } else {
+            assert_eq!(a, b, "restamp by 0 changed byte {i}");
+        }
+    }
+    let shifted = restamped(data, offset);
+    let back = restamped(&shifted, (TS_MOD - offset) % TS_MOD);
+    assert!(
+        back == zero,
+        "restamping by {offset} and back is not the identity"
+    );
+    shifted
+}
