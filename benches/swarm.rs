@@ -488,87 +488,26 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
-    // Reuse the mesh report by shaping the baseline's records alike.
-    let shaped: Vec<BaselineViewer> = viewers
+    // The same records as the mesh run (with no node behind them), so one report serves both.
+    let records: Vec<Viewer> = viewers
         .into_iter()
-        .map(|(joined, playable, arrivals, received)| BaselineViewer {
+        .map(|(joined, playable, arrivals, received)| Viewer {
+            node: None,
             joined,
             playable,
             arrivals,
-            received,
+            left: None,
+            bytes_received: received,
+            control_bytes: 0,
         })
         .collect();
-    baseline_report(
+    report(
         a,
         &published,
-        &shaped,
+        &records,
         served.load(std::sync::atomic::Ordering::Relaxed),
+        0,
     )
-}
-
-struct BaselineViewer {
-    joined: Instant,
-    playable: Option<Instant>,
-    arrivals: BTreeMap<u64, Instant>,
-    received: u64,
-}
-
-fn baseline_report(
-    a: &Args,
-    published: &BTreeMap<u64, Published>,
-    viewers: &[BaselineViewer],
-    origin_bytes: u64,
-) -> serde_json::Value {
-    // The HTTP viewers are not nodes; build lightweight stand-ins for `report`.
-    let seg = Duration::from_millis(a.segment_ms);
-    let budget = seg * a.delay as u32;
-    let stream_bytes: u64 = published.values().map(|p| p.len).sum();
-    let delivered: u64 = viewers.iter().map(|v| v.received).sum();
-    let mut latencies = Vec::new();
-    let (mut on_time, mut counted) = (0u64, 0u64);
-    for v in viewers {
-        for (n, p) in published {
-            if p.at < v.joined + budget {
-                continue;
-            }
-            counted += 1;
-            if let Some(t) = v.arrivals.get(n) {
-                latencies.push(t.saturating_duration_since(p.at).as_secs_f64() * 1000.0);
-                if *t <= p.at + budget {
-                    on_time += 1;
-                }
-            }
-        }
-    }
-    latencies.sort_by(|x, y| x.total_cmp(y));
-    let mut joins: Vec<f64> = viewers
-        .iter()
-        .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
-        .collect();
-    joins.sort_by(|x, y| x.total_cmp(y));
-    let (cpu_s, peak_rss_mb) = proc_figures();
-    json!({
-        "viewers": a.viewers,
-        "seconds": a.seconds,
-        "bitrate_bps": a.bitrate,
-        "segment_ms": a.segment_ms,
-        "stream_bytes": stream_bytes,
-        "origin_bytes": origin_bytes,
-        "origin_copies": if stream_bytes == 0 { 0.0 } else { origin_bytes as f64 / stream_bytes as f64 },
-        "delivered_bytes": delivered,
-        "offload": if delivered == 0 { 0.0 } else { 1.0 - origin_bytes as f64 / delivered as f64 },
-        "continuity": if counted == 0 { 0.0 } else { on_time as f64 / counted as f64 },
-        "latency_ms": {
-            "p50": percentile(&latencies, 0.50),
-            "p95": percentile(&latencies, 0.95),
-            "p99": percentile(&latencies, 0.99),
-            "max": latencies.last().copied().unwrap_or(0.0),
-        },
-        "join_ms": { "p50": percentile(&joins, 0.50), "p99": percentile(&joins, 0.99) },
-        "control_overhead": 0.0,
-        "cpu_s": cpu_s,
-        "peak_rss_mb": peak_rss_mb,
-    })
 }
 
 fn main() {

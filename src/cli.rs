@@ -6,6 +6,25 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+/// Runs a program's async body on a fresh runtime and exits with its result.
+///
+/// Exits right away afterwards: a blocking read on stdin (the `-` input) cannot be
+/// cancelled and would otherwise keep the runtime, and the process, alive.
+pub fn run_main<F>(program: &str, body: impl FnOnce() -> F) -> !
+where
+    F: std::future::Future<Output = bool>,
+{
+    let ok = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(body()),
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            false
+        }
+    };
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
 /// Sends tracing output to stderr, filtered by `RUST_LOG` (default: info for Starling).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

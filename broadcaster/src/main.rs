@@ -8,7 +8,6 @@ use starling::source::Input;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 /// Broadcast a live stream to a peer-to-peer mesh of viewers.
@@ -61,21 +60,11 @@ fn parse_segment_duration(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-fn main() -> ExitCode {
-    let code = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run()),
-        Err(e) => {
-            eprintln!("starling-broadcaster: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    };
-    // Exit right away: a blocking read on stdin (the `-` input) cannot be cancelled
-    // and would otherwise keep the runtime, and the process, alive.
-    let _ = std::io::stdout().flush();
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+fn main() {
+    starling::cli::run_main("starling-broadcaster", run)
 }
 
-async fn run() -> ExitCode {
+async fn run() -> bool {
     // First: a stop signal from now on ends the program cleanly.
     let stop = starling::cli::shutdown_signal();
     let args = Args::parse();
@@ -95,10 +84,10 @@ async fn run() -> ExitCode {
         let _ = out.flush();
     };
     match broadcaster::run(config, print_ticket, stop).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => true,
         Err(e) => {
             eprintln!("starling-broadcaster: {e}");
-            ExitCode::FAILURE
+            false
         }
     }
 }

@@ -7,7 +7,6 @@ use starling::stream::Ticket;
 use starling::viewer::{self, ViewerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::time::Duration;
 
 /// Watch a Starling stream: join its mesh and play it in any HLS player.
@@ -43,21 +42,11 @@ struct Args {
     delay: u64,
 }
 
-fn main() -> ExitCode {
-    let code = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run()),
-        Err(e) => {
-            eprintln!("starling-viewer: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    };
-    // Exit right away: a blocking read on stdin (the `-` input) cannot be cancelled
-    // and would otherwise keep the runtime, and the process, alive.
-    let _ = std::io::stdout().flush();
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+fn main() {
+    starling::cli::run_main("starling-viewer", run)
 }
 
-async fn run() -> ExitCode {
+async fn run() -> bool {
     // First: a stop signal from now on ends the program cleanly.
     let stop = starling::cli::shutdown_signal();
     let args = Args::parse();
@@ -66,7 +55,7 @@ async fn run() -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("starling-viewer: {e}");
-            return ExitCode::FAILURE;
+            return false;
         }
     };
     let config = ViewerConfig {
@@ -86,10 +75,10 @@ async fn run() -> ExitCode {
         let _ = out.flush();
     };
     match viewer::run(config, print_url, stop).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => true,
         Err(e) => {
             eprintln!("starling-viewer: {e}");
-            ExitCode::FAILURE
+            false
         }
     }
 }
