@@ -142,6 +142,7 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
 
 fn sample(v: &mut Viewer, delay: u64, window: usize) {
     let Some(node) = &v.node else { return };
+    let live = node.stats().live_newest;
     let shared = node.store();
     let s = store::lock(&shared);
     for n in s.numbers() {
@@ -149,7 +150,10 @@ fn sample(v: &mut Viewer, delay: u64, window: usize) {
             v.arrivals.entry(n).or_insert(t);
         }
     }
-    if v.playable.is_none() && s.playlist(PlaylistConfig { delay, window }).is_some() {
+    if v.playable.is_none()
+        && s.playlist_at(PlaylistConfig { delay, window }, live)
+            .is_some()
+    {
         v.playable = Some(Instant::now());
     }
 }

@@ -178,6 +178,8 @@ pub struct MeshStats {
     pub inflight: usize,
     /// Peers banned for misbehaviour so far.
     pub bans: u64,
+    /// The newest segment known to exist (announced by the origin, or held).
+    pub newest: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,7 @@ impl Mesh {
             .count();
         s.origin_connected = self.peers.contains_key(&self.cfg.origin);
         s.inflight = self.segs.values().filter(|s| s.inflight.is_some()).count();
+        s.newest = self.newest;
         s
     }
 

@@ -324,6 +324,8 @@ pub struct NodeStats {
     pub buffered_segments: usize,
     /// Newest segment held.
     pub newest_segment: Option<u64>,
+    /// Newest segment known to exist (the live edge as the broadcaster announced it).
+    pub live_newest: Option<u64>,
     /// Segment bytes received from viewers.
     pub bytes_from_peers: u64,
     /// Segment bytes received from the broadcaster.
@@ -461,6 +463,7 @@ impl NodeView {
             segments_verified: get(&c.segments_verified),
             buffered_segments: buffered,
             newest_segment: newest,
+            live_newest: m.newest.max(newest),
             bytes_from_peers: get(&c.bytes_from_peers),
             bytes_from_origin: get(&c.bytes_from_origin),
             bytes_uploaded: get(&c.bytes_uploaded),

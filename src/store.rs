@@ -113,6 +113,21 @@ impl Store {
 
     /// The live playlist for this store's contents.
     pub fn playlist(&self, config: PlaylistConfig) -> Option<String> {
+        self.playlist_at(config, None)
+    }
+
+    /// The live playlist with its edge `config.delay` behind `live_newest`, the newest
+    /// segment known to exist, rather than behind the newest held here: a viewer that
+    /// just joined lists its first segment as soon as it holds it, instead of after
+    /// fetching the whole hold-back.
+    pub fn playlist_at(&self, config: PlaylistConfig, live_newest: Option<u64>) -> Option<String> {
+        let config = match (live_newest, self.newest()) {
+            (Some(live), Some(held)) if live > held => PlaylistConfig {
+                delay: config.delay.saturating_sub(live - held),
+                ..config
+            },
+            _ => config,
+        };
         let infos: BTreeMap<u64, SegmentInfo> = self
             .segments
             .iter()
@@ -167,5 +182,27 @@ mod tests {
             s.get(7).map(|v| v.data.clone()),
             Some(Bytes::from(vec![7u8; 100]))
         );
+    }
+
+    #[test]
+    fn live_edge_follows_the_newest_known_segment() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut s = Store::new(16);
+        // Joined at 10 with a hold-back of 3 while the stream is at 13: only 10 is here.
+        s.insert(seg(&key, 10));
+        let cfg = PlaylistConfig {
+            delay: 3,
+            window: 8,
+        };
+        assert!(
+            s.playlist(cfg).is_none(),
+            "edge behind the newest held: nothing"
+        );
+        let listed = s.playlist_at(cfg, Some(13)).expect("playable");
+        assert!(listed.contains("seg/10.ts"), "{listed}");
+        // Known newest 14: the edge is 11, and 10 is still listed.
+        assert!(s.playlist_at(cfg, Some(14)).is_some());
+        // Known newest 12: the edge is 9, before anything held.
+        assert!(s.playlist_at(cfg, Some(12)).is_none());
     }
 }

@@ -162,7 +162,8 @@ struct ViewerCatalog {
 
 impl Catalog for ViewerCatalog {
     fn playlist(&self) -> Option<String> {
-        store::lock(&self.node.store()).playlist(self.playlist)
+        let live = self.node.stats().live_newest;
+        store::lock(&self.node.store()).playlist_at(self.playlist, live)
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
