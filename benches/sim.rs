@@ -14,7 +14,7 @@ fn main() {
                 "flags: --peers N --seconds S --bitrate BPS --segment-ms MS --viewer-upload BPS \
                  --origin-upload BPS --churn PCT_PER_MIN --seed K --rtt-ms MS --loss PCT \
                  --delay SEGMENTS --upload-mix SHARE:MULTx,... --join-window-ms MS \
-                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS"
+                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo"
             );
             std::process::exit(2);
         }
@@ -110,6 +110,10 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         d.dial_failures,
         d.wasted_bytes as f64 / 1e6,
         r.control_overhead
+    );
+    eprintln!(
+        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}",
+        d.relayed, d.relay_resets, d.unwanted, d.busy_backlog, d.pushes_skipped
     );
     eprintln!(
         "  {} events, {} ticks ({} stale wake-ups); wall {:.2} s, cpu {:.2} s, peak rss {:.0} MB",

@@ -50,6 +50,9 @@ fn ample_capacity_plays_everything_and_the_mesh_carries_it() {
     assert!(r.latency_ms.p50 > 0.0 && r.latency_ms.p50 <= r.latency_ms.max);
     assert!(r.join_ms.p50 > 0.0);
     assert!(r.control_overhead > 0.0);
+    // Segments are relayed while they arrive, and the mesh never asked to be woken in the past.
+    assert!(r.details.relayed > 0, "{:?}", r.details);
+    assert_eq!(r.details.stale_wakeups, 0);
 }
 
 #[test]
@@ -65,8 +68,11 @@ fn too_little_upload_misses_deadlines() {
     assert!(r.continuity < 1.0, "{r:?}");
     // Nothing but the origin can have delivered anything.
     assert_eq!(r.origin_bytes, r.details.media_sent_bytes);
-    // Half a copy per second of stream, over the stream plus the 3 s drain.
-    assert!(r.origin_copies <= 0.5 * 23.0 / 20.0 + 1e-9, "{r:?}");
+    // Half a copy per second of stream, over the stream plus the 3 s drain, plus the one
+    // burst (64 KiB) its limiter's bucket banks when idle.
+    let most = 125_000.0 * 23.0 + 65_536.0;
+    assert!(r.origin_bytes as f64 <= most, "{r:?}");
+    assert!(r.origin_copies > 0.0);
 }
 
 #[test]

@@ -22,18 +22,27 @@ const NS_PER_SEC: f64 = 1e9;
 const NS_PER_MS: u64 = 1_000_000;
 /// Segments each node keeps to serve (the broadcaster's store capacity).
 const STORE: u64 = 64;
-/// `net.rs`'s `BUSY_BACKLOG`: above this much queued upload a request is answered `Busy`.
+/// `net.rs`'s `BUSY_BACKLOG`: above this much limiter debt a request is answered `Busy`.
 const BUSY_BACKLOG: Ns = 1_500_000_000;
 /// `net.rs`'s `KEEP_BEHIND`: a segment this far behind the newest held is unwanted.
 const KEEP_BEHIND: u64 = 64;
+/// `net.rs`'s `MAX_UPLOAD_SLOTS`: uploads at once when the bitrate is unknown, and at most.
+const MAX_UPLOAD_SLOTS: u64 = 8;
+/// `net.rs` delays the close of a "partner set full" connection so the peer sample lands first.
+const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
+/// The mesh's reason for turning a newcomer away.
+const FULL_SET: &str = "partner set full";
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
 const ORIGIN_MAX_CONNECTIONS: usize = 4096;
 const VIEWER_MAX_CONNECTIONS: usize = 64;
 /// Payload per packet, for the loss model.
 const PACKET_BYTES: u64 = 1200;
+/// Size of a stop/reset frame, for the loss model.
+const STOP_BYTES: u64 = 16;
 /// The broadcaster's index.
 const ORIGIN: u32 = 0;
 
+/// A transfer's slot in the slab; `gen` makes references to a reused slot go stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TRef {
     idx: u32,
@@ -66,6 +75,12 @@ enum Ev {
         peer: u32,
         conn: u64,
     },
+    /// `node`'s delayed close of its connection to `peer` takes effect.
+    Close {
+        node: u32,
+        peer: u32,
+        conn: u64,
+    },
     Control {
         from: u32,
         to: u32,
@@ -73,62 +88,93 @@ enum Ev {
         sent: Ns,
         msg: Control,
     },
+    /// A request reaches the holder.
     RequestArrive {
         tr: TRef,
     },
-    ReplyFail {
+    /// `Busy`, `Unavailable` or a reset (the relay's upstream failed) reaches the requester.
+    Fail {
         tr: TRef,
         busy: bool,
-        sent: Ns,
     },
-    CancelArrive {
+    /// The signed header reaches the receiver.
+    HeaderArrive {
         tr: TRef,
     },
-    LinkDone {
-        node: u32,
-        gen: u64,
+    /// The receiver's stop (cancel, unwanted) reaches the sender.
+    StopArrive {
+        tr: TRef,
     },
+    /// The upload may go on: its booked piece leaves, or its next piece is here to book.
+    Pump {
+        tr: TRef,
+        seq: u32,
+    },
+    /// The last piece reaches the receiver.
     Deliver {
         tr: TRef,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Kind {
     Push,
+    #[default]
     Request,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Request on its way to the holder.
-    Asked,
-    /// On the holder's upload link.
-    Sending,
-    /// Last byte sent; landing after the latency.
-    Flying,
-    /// Answered `Busy`/`Unavailable`; the answer is on its way.
-    Replied,
-    Free,
-}
-
-/// One segment on its way from `from` to `to`, pulled or pushed.
-#[derive(Debug, Clone, Copy)]
+/// One segment on its way from `from` to `to`, pulled or pushed. Each end finishes on its
+/// own (the sender when the last piece leaves or it stops, the receiver when the segment
+/// lands or it gives up); the slot is freed when both have.
+#[derive(Debug, Default)]
 struct Transfer {
     gen: u32,
-    stage: Stage,
+    live: bool,
     kind: Kind,
     from: u32,
     to: u32,
     number: u64,
     conn: u64,
-    asked: Ns,
-    sent_done: Ns,
-    /// The requester gave up (cancel, or the connection ended): whatever lands is ignored.
-    aborted: bool,
+    /// Upload start order: the FIFO link serves older uploads first.
+    order: u64,
+    /// The holder started sending (header written).
+    started: bool,
+    /// Relaying: the transfer bringing this segment to `from`, whose pieces bound ours.
+    source: Option<TRef>,
+    /// The next piece to book on the link.
+    next: u32,
+    /// Piece `next` is booked and leaves at the pending pump.
+    booked: bool,
+    /// Waiting for the upstream's piece `next` to arrive.
+    waiting: bool,
+    /// Bumped per scheduled pump, so older pumps go stale.
+    seq: u32,
+    /// Holds one of `from`'s upload slots.
+    slot: bool,
+    /// Piece bytes sent.
+    sent: u64,
+    /// When the header lands at `to`.
+    header_at: Ns,
+    /// When each piece sent so far lands at `to` (in stream order).
+    arrivals: Vec<Ns>,
+    /// Uploads from `to` relaying this transfer while it arrives.
+    relays: Vec<TRef>,
+    /// This is `to`'s partial for `number`: announced, and relayable.
+    partial: bool,
+    sender_done: bool,
+    receiver_done: bool,
+    /// The receiver kept it as its first copy (its bytes are not waste).
+    accepted: bool,
 }
 
-/// Transfers by generational index, so a stale event cannot touch a reused slot.
+impl Transfer {
+    /// When the latest piece sent lands (the header, before any): pieces land in order.
+    fn landed(&self) -> Ns {
+        self.arrivals.last().copied().unwrap_or(self.header_at)
+    }
+}
+
+/// Transfers by generational index; a freed slot keeps its vectors' capacity.
 #[derive(Debug, Default)]
 struct Slab {
     items: Vec<Transfer>,
@@ -136,36 +182,50 @@ struct Slab {
 }
 
 impl Slab {
-    fn alloc(&mut self, t: Transfer) -> TRef {
+    fn alloc(&mut self) -> TRef {
         if let Some(idx) = self.free.pop() {
-            if let Some(slot) = self.items.get_mut(idx as usize) {
-                let gen = slot.gen;
-                *slot = Transfer { gen, ..t };
+            if let Some(t) = self.items.get_mut(idx as usize) {
+                let (gen, mut arrivals, mut relays) = (
+                    t.gen,
+                    std::mem::take(&mut t.arrivals),
+                    std::mem::take(&mut t.relays),
+                );
+                arrivals.clear();
+                relays.clear();
+                *t = Transfer {
+                    gen,
+                    live: true,
+                    arrivals,
+                    relays,
+                    ..Transfer::default()
+                };
                 return TRef { idx, gen };
             }
         }
         let idx = self.items.len() as u32;
-        self.items.push(Transfer { gen: 0, ..t });
+        self.items.push(Transfer {
+            live: true,
+            ..Transfer::default()
+        });
         TRef { idx, gen: 0 }
     }
 
-    fn get(&self, r: TRef) -> Option<Transfer> {
+    fn get(&self, r: TRef) -> Option<&Transfer> {
         self.items
             .get(r.idx as usize)
-            .filter(|t| t.gen == r.gen && t.stage != Stage::Free)
-            .copied()
+            .filter(|t| t.gen == r.gen && t.live)
     }
 
     fn get_mut(&mut self, r: TRef) -> Option<&mut Transfer> {
         self.items
             .get_mut(r.idx as usize)
-            .filter(|t| t.gen == r.gen && t.stage != Stage::Free)
+            .filter(|t| t.gen == r.gen && t.live)
     }
 
-    fn release(&mut self, r: TRef) {
+    fn free(&mut self, r: TRef) {
         if let Some(t) = self.get_mut(r) {
             t.gen = t.gen.wrapping_add(1);
-            t.stage = Stage::Free;
+            t.live = false;
             self.free.push(r.idx);
         }
     }
@@ -185,13 +245,25 @@ struct Node {
     /// Ring of the last [`STORE`] segments held: (number, arrival); `u64::MAX` = empty.
     held: Vec<(u64, Ns)>,
     newest: Option<u64>,
+    /// Lowest segment it ever accepted (for the playlist's first listing).
+    lowest: Option<u64>,
     link: Link<TRef>,
+    /// Upload cap in bits/s, as `net.rs`'s limiter reports it.
+    cap_bps: u64,
+    /// The stream's bitrate as learned from headers (bits/s; 0 until known), for slots.
+    stream_bps: u64,
+    /// Uploads (serves and relays) holding a slot.
+    slots_used: u64,
     /// When this node's pending tick is due (`Ns::MAX`: none pending).
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
     partners: Vec<u32>,
-    /// Requests it is waiting on: (holder, number, transfer).
-    outstanding: Vec<(u32, u64, TRef)>,
+    /// Transfers it receives (asked for, or arriving) and has not finished with.
+    downs: Vec<TRef>,
+    /// Transfers it sends and has not finished.
+    ups: Vec<TRef>,
+    /// Segments arriving here that partners can be served from: (number, transfer).
+    partials: Vec<(u64, TRef)>,
     /// Position in the live-viewer list.
     live_pos: usize,
 }
@@ -213,12 +285,26 @@ impl Node {
     fn alive(&self) -> bool {
         self.mesh.is_some()
     }
+
+    /// `net.rs`'s `UploadSlot` count: cap / bitrate in [1, 8]; 8 while the bitrate is unknown.
+    fn slots(&self) -> u64 {
+        self.cap_bps
+            .checked_div(self.stream_bps)
+            .map_or(MAX_UPLOAD_SLOTS, |s| s.clamp(1, MAX_UPLOAD_SLOTS))
+    }
+
+    fn partial(&self, number: u64) -> Option<TRef> {
+        self.partials
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, tr)| *tr)
+    }
 }
 
 #[derive(Debug)]
 struct Conn {
     id: u64,
-    /// Closed by this side at this time; the other side has not noticed yet.
+    /// Closed by this side, taking effect at this time; the other side has not noticed yet.
     closed: Option<(u32, Ns)>,
     /// When the last control message each way lands (index: sender is the larger id).
     ctl_free: [Ns; 2],
@@ -263,12 +349,15 @@ pub(super) struct Sim {
     conns: BTreeMap<(u32, u32), Conn>,
     next_conn: u64,
     transfers: Slab,
+    /// Uploads started so far (their order on a FIFO link).
+    uploads_started: u64,
     publish_at: Vec<Ns>,
     segments: u64,
     seg_ns: Ns,
     seg_bytes: u64,
-    /// Piece size `net.rs` sends (and takes upload tokens) in.
+    /// Piece size `net.rs` sends (and books upload tokens) in.
     piece_bytes: u64,
+    pieces: u32,
     origin_id: NodeId,
     loss: f64,
     reply_header_bytes: u64,
@@ -288,6 +377,7 @@ impl Sim {
         let seg_ns = cfg.segment_ms * NS_PER_MS;
         let segments = (cfg.seconds * 1000.0 / cfg.segment_ms as f64).floor() as u64;
         let seg_bytes = cfg.segment_bytes();
+        let piece_bytes = u64::from(crate::stream::piece_size_for(seg_bytes as u32)).max(1);
         let origin_id = node_id(ORIGIN);
         // Size a real signed header once: every reply carries one.
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
@@ -322,11 +412,13 @@ impl Sim {
             conns: BTreeMap::new(),
             next_conn: 0,
             transfers: Slab::default(),
+            uploads_started: 0,
             publish_at: Vec::with_capacity(segments as usize),
             segments,
             seg_ns,
             seg_bytes,
-            piece_bytes: u64::from(crate::stream::piece_size_for(seg_bytes as u32)),
+            piece_bytes,
+            pieces: seg_bytes.div_ceil(piece_bytes) as u32,
             origin_id,
             loss: cfg.loss_pct / 100.0,
             reply_header_bytes,
@@ -344,6 +436,13 @@ impl Sim {
     }
 
     pub(super) fn run(mut self) -> SimReport {
+        self.start();
+        self.run_until(self.end);
+        self.report()
+    }
+
+    /// The origin, the stream's first publish, the initial audience and churn.
+    fn start(&mut self) {
         self.spawn_origin();
         if self.segments > 0 {
             self.at(self.seg_ns, Ev::Publish);
@@ -357,10 +456,15 @@ impl Sim {
             let gap = self.churn_gap();
             self.at(window.saturating_add(gap), Ev::Leave);
         }
-        while let Some(Reverse((at, _, slot))) = self.queue.pop() {
-            if at > self.end {
+    }
+
+    /// Runs every event due at or before `end`.
+    fn run_until(&mut self, end: Ns) {
+        while let Some(&Reverse((at, _, slot))) = self.queue.peek() {
+            if at > end {
                 break;
             }
+            self.queue.pop();
             let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
                 continue;
             };
@@ -369,7 +473,6 @@ impl Sim {
             self.d.events += 1;
             self.dispatch(ev);
         }
-        self.report()
     }
 
     // ---- scheduling ----
@@ -454,6 +557,10 @@ impl Sim {
         self.node(i).is_some_and(Node::alive)
     }
 
+    fn id_of(&self, i: u32) -> NodeId {
+        self.node(i).map_or(NodeId([0; 32]), |n| n.id)
+    }
+
     /// Runs a node's pending actions, then makes sure it is ticked at its next timeout.
     fn drain(&mut self, i: u32) {
         self.drain_after(i, false);
@@ -468,10 +575,15 @@ impl Sim {
         };
         let mut t = self.ns_of(wake);
         if t <= self.now {
-            if ticked {
+            // The mesh never returns a past wake-up; a due one between ticks means a tick
+            // is pending at this very instant. Right after a tick it would be a mesh bug:
+            // defer it rather than spin (counted, so a regression shows).
+            t = if ticked {
                 self.d.stale_wakeups += 1;
-            }
-            t = self.now + self.cfg.tick_floor_ms.max(1) * NS_PER_MS;
+                self.now + self.cfg.tick_floor_ms.max(1) * NS_PER_MS
+            } else {
+                self.now
+            };
         }
         let Some(n) = self.node_mut(i) else { return };
         // A pending earlier tick stays; it reschedules when it runs.
@@ -493,6 +605,7 @@ impl Sim {
             Ev::DialDone { from, to, started } => self.dial_done(from, to, started),
             Ev::DialFailed { from, to } => self.dial_failed(from, to),
             Ev::Notice { node, peer, conn } => self.notice(node, peer, conn),
+            Ev::Close { node, peer, conn } => self.close_conn(node, peer, conn),
             Ev::Control {
                 from,
                 to,
@@ -501,7 +614,7 @@ impl Sim {
                 msg,
             } => {
                 if self.deliverable(from, to, conn, sent) {
-                    let (now, id) = (self.instant(self.now), self.nodes[from as usize].id);
+                    let (now, id) = (self.instant(self.now), self.id_of(from));
                     if let Some(m) = self.mesh(to) {
                         m.handle_control(now, id, msg);
                     }
@@ -509,27 +622,38 @@ impl Sim {
                 }
             }
             Ev::RequestArrive { tr } => self.request_arrive(tr),
-            Ev::ReplyFail { tr, busy, sent } => self.reply_fail(tr, busy, sent),
-            Ev::CancelArrive { tr } => self.cancel_arrive(tr),
-            Ev::LinkDone { node, gen } => self.link_done(node, gen),
+            Ev::Fail { tr, busy } => self.fail(tr, busy),
+            Ev::HeaderArrive { tr } => self.header_arrive(tr),
+            Ev::StopArrive { tr } => self.end_upload(tr),
+            Ev::Pump { tr, seq } => {
+                if self
+                    .transfers
+                    .get(tr)
+                    .is_some_and(|t| t.seq == seq && !t.sender_done)
+                {
+                    self.pump(tr);
+                }
+            }
             Ev::Deliver { tr } => self.deliver(tr),
         }
     }
 
     fn spawn_origin(&mut self) {
         let cfg = MeshConfig::broadcaster(self.origin_id, self.cfg.segment());
-        let rate = self.cfg.origin_upload_bps as f64 / 8.0;
+        let bps = self.cfg.origin_upload_bps;
         let seed = self.rng.gen();
-        self.spawn(cfg, rate, seed);
+        self.spawn(cfg, bps, seed);
     }
 
-    fn spawn(&mut self, mut cfg: MeshConfig, rate: f64, seed: u64) -> u32 {
+    fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64) -> u32 {
         let i = self.nodes.len() as u32;
         let access = (self.cfg.rtt_ms * self.rng.gen_range(0.5..1.5) * 1e6) as Ns;
-        let uploads = i == ORIGIN || rate > 0.0;
+        let uploads = i == ORIGIN || bps > 0;
         cfg.uploads = uploads;
         let id = node_id(i);
         let mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
+        // The limiter works in whole bytes per second and reports the cap back in bits.
+        let rate = bps / 8;
         self.nodes.push(Node {
             id,
             addr: node_addr(i),
@@ -540,10 +664,16 @@ impl Sim {
             playable: false,
             held: vec![(u64::MAX, 0); STORE as usize],
             newest: None,
-            link: Link::new(self.cfg.link, rate, self.piece_bytes),
+            lowest: None,
+            link: Link::new(self.cfg.link, rate as f64),
+            cap_bps: rate * 8,
+            stream_bps: 0,
+            slots_used: 0,
             next_tick: Ns::MAX,
             partners: Vec::new(),
-            outstanding: Vec::new(),
+            downs: Vec::new(),
+            ups: Vec::new(),
+            partials: Vec::new(),
             live_pos: usize::MAX,
         });
         self.drain(i);
@@ -553,7 +683,7 @@ impl Sim {
     fn join(&mut self) {
         let bitrate = self.cfg.bitrate_bps as f64;
         let bps = if self.cfg.upload_mix.is_empty() {
-            self.cfg.viewer_upload_bps as f64
+            self.cfg.viewer_upload_bps
         } else {
             let total: f64 = self.cfg.upload_mix.iter().map(|c| c.share).sum();
             let mut pick = self.rng.gen::<f64>() * total;
@@ -565,13 +695,13 @@ impl Sim {
                 }
                 pick -= c.share;
             }
-            chosen * bitrate
+            (chosen * bitrate).round() as u64
         };
         let mut cfg =
             MeshConfig::viewer(self.origin_id, self.cfg.segment(), self.cfg.delay_segments);
-        cfg.uploads = bps > 0.0;
+        cfg.uploads = bps > 0;
         let seed = self.rng.gen();
-        let i = self.spawn(cfg, bps / 8.0, seed);
+        let i = self.spawn(cfg, bps, seed);
         if let Some(n) = self.nodes.get_mut(i as usize) {
             n.live_pos = self.live.len();
         }
@@ -598,22 +728,18 @@ impl Sim {
         };
         n.mesh = None;
         n.next_tick = Ns::MAX;
-        let partners = std::mem::take(&mut n.partners);
-        let outstanding = std::mem::take(&mut n.outstanding);
-        let on_link = n.link.clear();
-        for (_, _, tr) in outstanding {
-            if let Some(t) = self.transfers.get_mut(tr) {
-                t.aborted = true;
-            }
+        let partners = n.partners.clone();
+        let ups = std::mem::take(&mut n.ups);
+        let downs = std::mem::take(&mut n.downs);
+        // It vanishes: nothing more leaves it. Its senders do not know and go on sending
+        // (their limiters are charged, as net.rs's are) until they notice.
+        for tr in ups {
+            self.end_upload(tr);
         }
-        for tr in on_link {
-            self.transfers.release(tr);
+        for tr in downs {
+            self.finish_download(tr, false);
         }
         let detect = self.cfg.leave_detect_ms * NS_PER_MS;
-        for &p in &partners {
-            // A vanished receiver acknowledges nothing: its streams stop taking bandwidth.
-            self.drop_to(p, x);
-        }
         for p in partners {
             let Some(c) = self.conns.get_mut(&pair(x, p)) else {
                 continue;
@@ -699,7 +825,9 @@ impl Sim {
             Some(c) if c.id == conn => match c.closed {
                 None => true,
                 // Like quinn's close: what was sent before closing still lands; nothing after.
-                Some((closer, at)) => closer == from && sent < at,
+                Some((closer, at)) if closer == from => sent < at,
+                // To the closer: only while its (delayed) close has not taken effect.
+                Some((_, at)) => self.now < at,
             },
             _ => false,
         }
@@ -778,7 +906,6 @@ impl Sim {
         );
         self.d.control_bytes += 2 * self.hello_bytes;
         let now = self.instant(self.now);
-        let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
         let role = |i: u32| {
             if i == ORIGIN {
                 Role::Broadcaster
@@ -786,8 +913,12 @@ impl Sim {
                 Role::Viewer
             }
         };
-        let (ida, addra, upa) = (na.id, na.addr, na.uploads);
-        let (idb, addrb, upb) = (nb.id, nb.addr, nb.uploads);
+        let info = |n: &Node| (n.id, n.addr, n.uploads);
+        let (Some((ida, addra, upa)), Some((idb, addrb, upb))) =
+            (self.node(a).map(info), self.node(b).map(info))
+        else {
+            return;
+        };
         for (me, other) in [(a, b), (b, a)] {
             if let Some(n) = self.node_mut(me) {
                 n.partners.push(other);
@@ -808,7 +939,7 @@ impl Sim {
             return;
         }
         self.d.dial_failures += 1;
-        let peer = self.node(b).map_or(NodeId([0; 32]), |n| n.id);
+        let peer = self.id_of(b);
         let now = self.instant(self.now);
         if let Some(m) = self.mesh(a) {
             m.handle_dial_failed(now, peer);
@@ -816,7 +947,7 @@ impl Sim {
         self.drain(a);
     }
 
-    fn disconnect(&mut self, i: u32, peer: NodeId) {
+    fn disconnect(&mut self, i: u32, peer: NodeId, reason: &str) {
         let Some(j) = self.resolve(&peer) else { return };
         let now = self.now;
         let Some(c) = self.conns.get_mut(&pair(i, j)) else {
@@ -825,13 +956,42 @@ impl Sim {
         if c.closed.is_some() {
             return;
         }
-        c.closed = Some((i, now));
+        // net.rs forgets the connection at once but, for a turned-away newcomer, closes it
+        // 300 ms later so the peer sample queued just before reaches it first.
+        let delay = if reason == FULL_SET {
+            FULL_SET_CLOSE_DELAY
+        } else {
+            0
+        };
+        c.closed = Some((i, now + delay));
         let conn = c.id;
-        self.forget_partner(i, j);
-        self.drop_to(i, j);
+        if delay == 0 {
+            self.close_conn(i, j, conn);
+        } else {
+            self.at(
+                now + delay,
+                Ev::Close {
+                    node: i,
+                    peer: j,
+                    conn,
+                },
+            );
+        }
+    }
+
+    /// `i`'s close of its connection to `j` takes effect: what ran on it stops at `i`;
+    /// `j` notices one latency later.
+    fn close_conn(&mut self, i: u32, j: u32, conn: u64) {
+        if self.conns.get(&pair(i, j)).is_none_or(|c| c.id != conn) {
+            return;
+        }
+        self.end_transfers_on(i, conn);
+        if let Some(n) = self.node_mut(i) {
+            n.partners.retain(|p| *p != j);
+        }
         let lat = self.one_way(i, j);
         self.at(
-            now + lat,
+            self.now + lat,
             Ev::Notice {
                 node: j,
                 peer: i,
@@ -840,23 +1000,18 @@ impl Sim {
         );
     }
 
-    /// Drops `peer` from `i`'s partners and abandons `i`'s requests to it (net.rs aborts them).
-    fn forget_partner(&mut self, i: u32, peer: u32) {
-        let Some(n) = self.nodes.get_mut(i as usize) else {
-            return;
-        };
-        n.partners.retain(|p| *p != peer);
-        let mut dropped = Vec::new();
-        n.outstanding.retain(|(p, _, tr)| {
-            if *p == peer {
-                dropped.push(*tr);
-            }
-            *p != peer
-        });
-        for tr in dropped {
-            if let Some(t) = self.transfers.get_mut(tr) {
-                t.aborted = true;
-            }
+    /// Node `n`'s transfers on connection `conn` end (its streams break).
+    fn end_transfers_on(&mut self, n: u32, conn: u64) {
+        let Some(x) = self.node(n) else { return };
+        let on = |tr: &TRef| self.transfers.get(*tr).is_some_and(|t| t.conn == conn);
+        let downs: Vec<TRef> = x.downs.iter().copied().filter(on).collect();
+        let ups: Vec<TRef> = x.ups.iter().copied().filter(on).collect();
+        // net.rs aborts the requests silently; the mesh hears of the disconnection instead.
+        for tr in downs {
+            self.finish_download(tr, false);
+        }
+        for tr in ups {
+            self.end_upload(tr);
         }
     }
 
@@ -864,16 +1019,19 @@ impl Sim {
         if self.conns.get(&pair(n, peer)).is_some_and(|c| c.id == conn) {
             self.conns.remove(&pair(n, peer));
         }
+        if !self.alive(n) {
+            return;
+        }
+        self.end_transfers_on(n, conn);
         // A mesh hears of the end only if it had not closed the connection itself.
-        let listed = self
-            .node(n)
-            .is_some_and(|x| x.alive() && x.partners.contains(&peer));
+        let listed = self.node(n).is_some_and(|x| x.partners.contains(&peer));
         if !listed {
             return;
         }
-        self.forget_partner(n, peer);
-        self.drop_to(n, peer);
-        let (now, id) = (self.instant(self.now), self.nodes[peer as usize].id);
+        if let Some(x) = self.node_mut(n) {
+            x.partners.retain(|p| *p != peer);
+        }
+        let (now, id) = (self.instant(self.now), self.id_of(peer));
         if let Some(m) = self.mesh(n) {
             m.handle_disconnected(now, id);
         }
@@ -889,7 +1047,7 @@ impl Sim {
             Action::Cancel { peer, number } => self.cancel(i, peer, number),
             Action::Push { peer, number } => self.push(i, peer, number),
             Action::Dial { peer, addr } => self.dial(i, peer, addr),
-            Action::Disconnect { peer, .. } => self.disconnect(i, peer),
+            Action::Disconnect { peer, reason } => self.disconnect(i, peer, reason),
         }
     }
 
@@ -920,6 +1078,27 @@ impl Sim {
         );
     }
 
+    /// A transfer of `number` from `from` to `to` on `conn`, nothing sent yet.
+    fn new_transfer(&mut self, kind: Kind, from: u32, to: u32, number: u64, conn: u64) -> TRef {
+        let tr = self.transfers.alloc();
+        let receiving = self.alive(to);
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.kind = kind;
+            t.from = from;
+            t.to = to;
+            t.number = number;
+            t.conn = conn;
+            // Nobody is there to receive a push to a vanished viewer.
+            t.receiver_done = !receiving;
+        }
+        if receiving {
+            if let Some(n) = self.node_mut(to) {
+                n.downs.push(tr);
+            }
+        }
+        tr
+    }
+
     fn request(&mut self, i: u32, peer: NodeId, number: u64) {
         let Some(j) = self.resolve(&peer) else { return };
         let Some(conn) = self.usable(i, j) else {
@@ -931,43 +1110,29 @@ impl Sim {
         if j == ORIGIN {
             self.d.origin_requests += 1;
         }
-        let tr = self.transfers.alloc(Transfer {
-            gen: 0,
-            stage: Stage::Asked,
-            kind: Kind::Request,
-            from: j,
-            to: i,
-            number,
-            conn,
-            asked: self.now,
-            sent_done: 0,
-            aborted: false,
-        });
-        if let Some(n) = self.node_mut(i) {
-            n.outstanding.push((j, number, tr));
-        }
+        let tr = self.new_transfer(Kind::Request, j, i, number, conn);
         let t = self.now + self.flight(i, j, bytes);
         self.at(t, Ev::RequestArrive { tr });
     }
 
     fn cancel(&mut self, i: u32, peer: NodeId, number: u64) {
         let Some(j) = self.resolve(&peer) else { return };
-        let Some(n) = self.node_mut(i) else { return };
-        let Some(pos) = n
-            .outstanding
-            .iter()
-            .position(|(p, k, _)| *p == j && *k == number)
-        else {
+        let Some(tr) = self.node(i).and_then(|n| {
+            n.downs.iter().copied().find(|tr| {
+                self.transfers
+                    .get(*tr)
+                    .is_some_and(|t| t.kind == Kind::Request && t.from == j && t.number == number)
+            })
+        }) else {
             return;
         };
-        let (_, _, tr) = n.outstanding.swap_remove(pos);
         self.d.cancels += 1;
-        if let Some(t) = self.transfers.get_mut(tr) {
-            t.aborted = true;
-        }
+        // net.rs aborts the request task: its partial (if it was one) dies with it, and the
+        // dropped stream tells the holder to stop.
+        self.finish_download(tr, false);
         if self.usable(i, j).is_some() {
-            let t = self.now + self.flight(i, j, 1);
-            self.at(t, Ev::CancelArrive { tr });
+            let t = self.now + self.flight(i, j, STOP_BYTES);
+            self.at(t, Ev::StopArrive { tr });
         }
     }
 
@@ -977,143 +1142,240 @@ impl Sim {
             return;
         };
         let now = self.now;
-        let ok = self
-            .node(i)
-            .is_some_and(|n| n.holds(number) && n.link.backlog(now) < BUSY_BACKLOG);
-        if !ok {
+        let Some(n) = self.node(i) else { return };
+        if !n.holds(number) {
+            return;
+        }
+        // Seeding is optional: net.rs skips it when the uplink is already queued up.
+        if n.link.backlog(now) >= BUSY_BACKLOG {
+            self.d.pushes_skipped += 1;
             return;
         }
         self.d.pushes += 1;
-        let tr = self.transfers.alloc(Transfer {
-            gen: 0,
-            stage: Stage::Sending,
-            kind: Kind::Push,
-            from: i,
-            to: j,
-            number,
-            conn,
-            asked: now,
-            sent_done: 0,
-            aborted: false,
-        });
-        self.enqueue(i, tr);
+        let tr = self.new_transfer(Kind::Push, i, j, number, conn);
+        self.start_upload(tr);
     }
 
     // ---- transfers ----
 
+    /// The request reaches holder `s`: refuse it (`Unavailable`, `Busy`) or start serving,
+    /// from the store or, while it still arrives, from the partial (cut-through).
     fn request_arrive(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
         };
-        if t.stage != Stage::Asked || !self.deliverable(t.to, t.from, t.conn, t.asked) {
-            return self.transfers.release(tr);
+        let (s, r, number, conn) = (t.from, t.to, t.number, t.conn);
+        // Cancelled before it got here (or the connection ended): nothing to serve.
+        if t.sender_done || t.receiver_done || !self.deliverable(r, s, conn, 0) {
+            return self.end_upload(tr);
         }
         let now = self.now;
-        let (has, backlog) = self.node(t.from).map_or((false, Ns::MAX), |n| {
-            (n.uploads && n.holds(t.number), n.link.backlog(now))
-        });
-        if !has {
-            self.d.unavailable += 1;
-            self.reply(tr, t, false);
-        } else if backlog > BUSY_BACKLOG {
-            self.d.busy += 1;
-            self.reply(tr, t, true);
+        let Some(n) = self.node(s) else { return };
+        let full = n.uploads && n.holds(number);
+        let partial = if n.uploads && !full {
+            n.partial(number)
         } else {
-            self.enqueue(t.from, tr);
+            None
+        };
+        if !full && partial.is_none() {
+            self.d.unavailable += 1;
+            return self.refuse(tr, false);
         }
+        if n.slots_used >= n.slots() {
+            self.d.busy += 1;
+            return self.refuse(tr, true);
+        }
+        if n.link.backlog(now) > BUSY_BACKLOG {
+            self.d.busy += 1;
+            self.d.busy_backlog += 1;
+            return self.refuse(tr, true);
+        }
+        if let Some(n) = self.node_mut(s) {
+            n.slots_used += 1;
+        }
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.slot = true;
+            t.source = partial;
+        }
+        if let Some(u) = partial {
+            self.d.relayed += 1;
+            let alive = |x: &TRef, slab: &Slab| slab.get(*x).is_some_and(|t| !t.sender_done);
+            let mut relays = self
+                .transfers
+                .get_mut(u)
+                .map(|t| std::mem::take(&mut t.relays))
+                .unwrap_or_default();
+            relays.retain(|x| alive(x, &self.transfers));
+            relays.push(tr);
+            if let Some(t) = self.transfers.get_mut(u) {
+                t.relays = relays;
+            }
+        }
+        self.start_upload(tr);
     }
 
-    fn reply(&mut self, tr: TRef, t: Transfer, busy: bool) {
+    /// Holder answers `Busy` or `Unavailable`.
+    fn refuse(&mut self, tr: TRef, busy: bool) {
+        let Some(t) = self.transfers.get_mut(tr) else {
+            return;
+        };
+        t.sender_done = true;
+        let (s, r) = (t.from, t.to);
         let bytes = if busy {
             self.busy_bytes
         } else {
             self.unavailable_bytes
         };
         self.d.control_bytes += bytes;
-        if let Some(x) = self.transfers.get_mut(tr) {
-            x.stage = Stage::Replied;
-        }
-        let at = self.now + self.flight(t.from, t.to, bytes);
-        self.at(
-            at,
-            Ev::ReplyFail {
-                tr,
-                busy,
-                sent: self.now,
-            },
-        );
+        let at = self.now + self.flight(s, r, bytes);
+        self.at(at, Ev::Fail { tr, busy });
     }
 
-    fn reply_fail(&mut self, tr: TRef, busy: bool, sent: Ns) {
-        let Some(t) = self.transfers.get(tr) else {
+    /// The holder writes the header (not rate-limited in net.rs) and starts on the pieces.
+    fn start_upload(&mut self, tr: TRef) {
+        self.d.control_bytes += self.reply_header_bytes;
+        let order = self.uploads_started;
+        self.uploads_started += 1;
+        let Some(t) = self.transfers.get_mut(tr) else {
             return;
         };
-        self.transfers.release(tr);
-        if t.aborted || !self.deliverable(t.from, t.to, t.conn, sent) {
-            return;
+        t.started = true;
+        t.order = order;
+        let (s, r) = (t.from, t.to);
+        if let Some(n) = self.node_mut(s) {
+            n.ups.push(tr);
         }
-        self.settle(t.to, t.from, t.number);
-        let (now, id) = (self.instant(self.now), self.nodes[t.from as usize].id);
-        if let Some(m) = self.mesh(t.to) {
-            m.handle_transfer_failed(now, id, t.number, busy);
+        let header_at = self.now + self.flight(s, r, self.reply_header_bytes);
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.header_at = header_at;
         }
-        self.drain(t.to);
+        self.at(header_at, Ev::HeaderArrive { tr });
+        self.pump(tr);
     }
 
-    /// The request `i` made to `holder` for `number` is answered.
-    fn settle(&mut self, i: u32, holder: u32, number: u64) {
-        if let Some(n) = self.node_mut(i) {
-            if let Some(pos) = n
-                .outstanding
-                .iter()
-                .position(|(p, k, _)| *p == holder && *k == number)
-            {
-                n.outstanding.swap_remove(pos);
+    fn schedule_pump(&mut self, tr: TRef, at: Ns) {
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.seq = t.seq.wrapping_add(1);
+            let seq = t.seq;
+            self.at(at, Ev::Pump { tr, seq });
+        }
+    }
+
+    fn piece_len(&self, i: u32) -> u64 {
+        let start = u64::from(i) * self.piece_bytes;
+        self.seg_bytes.saturating_sub(start).min(self.piece_bytes)
+    }
+
+    /// Moves upload `tr` on at `now`, as `send_segment`/`relay_partial` do: the booked piece
+    /// leaves; the next one is booked on the link once it is here (a relay waits for its
+    /// upstream's piece to land). Loops while pieces leave at once (burst tokens).
+    fn pump(&mut self, tr: TRef) {
+        loop {
+            let now = self.now;
+            let Some(t) = self.transfers.get(tr) else {
+                return;
+            };
+            if t.sender_done {
+                return;
+            }
+            let (s, r, order, source) = (t.from, t.to, t.order, t.source);
+            let sent_one = t.booked;
+            if t.booked {
+                let i = t.next;
+                let bytes = self.piece_len(i);
+                let lands = now + self.flight(s, r, bytes);
+                let Some(t) = self.transfers.get_mut(tr) else {
+                    return;
+                };
+                // One stream: a piece cannot overtake the one before it.
+                let lands = lands.max(t.landed());
+                t.arrivals.push(lands);
+                t.sent += bytes;
+                t.next += 1;
+                t.booked = false;
+                self.count_sent(s, bytes);
+                self.wake_relays(tr, lands);
+            }
+            let Some(t) = self.transfers.get(tr) else {
+                return;
+            };
+            let i = t.next;
+            if i >= self.pieces {
+                let lands = t.landed();
+                self.end_upload(tr);
+                self.at(lands, Ev::Deliver { tr });
+                return;
+            }
+            if sent_one {
+                // FIFO: an older upload with a piece ready takes its turn.
+                if let Some(other) = self
+                    .node_mut(s)
+                    .and_then(|n| n.link.yield_to_older(tr, order))
+                {
+                    self.schedule_pump(other, now);
+                    return;
+                }
+            }
+            // Piece `i` is here to send: at once from the store, or when it lands upstream.
+            let here = match source.and_then(|u| self.transfers.get(u)) {
+                None => Some(now),
+                Some(u) => u.arrivals.get(i as usize).copied(),
+            };
+            let Some(here) = here else {
+                if let Some(t) = self.transfers.get_mut(tr) {
+                    t.waiting = true;
+                }
+                self.yield_link(s, tr);
+                return;
+            };
+            if here > now {
+                self.yield_link(s, tr);
+                self.schedule_pump(tr, here);
+                return;
+            }
+            let bytes = self.piece_len(i);
+            let Some(n) = self.node_mut(s) else { return };
+            if !n.link.may_send(tr, order) {
+                return;
+            }
+            let leaves = n.link.book(now, bytes);
+            if let Some(t) = self.transfers.get_mut(tr) {
+                t.booked = true;
+            }
+            if leaves > now {
+                self.schedule_pump(tr, leaves);
+                return;
             }
         }
     }
 
-    /// Puts `tr`'s body on holder `s`'s upload link.
-    fn enqueue(&mut self, s: u32, tr: TRef) {
-        self.d.control_bytes += self.reply_header_bytes;
-        if let Some(t) = self.transfers.get_mut(tr) {
-            t.stage = Stage::Sending;
-        }
-        let (now, bytes) = (self.now, self.seg_bytes);
-        let Some(n) = self.nodes.get_mut(s as usize) else {
-            return;
-        };
-        let wake = n.link.add(now, tr, bytes);
-        self.wake_link(s, wake);
-    }
-
-    fn wake_link(&mut self, s: u32, wake: Option<Ns>) {
-        if let (Some(t), Some(n)) = (wake, self.node(s)) {
-            let gen = n.link.gen();
-            self.at(t, Ev::LinkDone { node: s, gen });
+    /// FIFO: `tr` waits for data, so the next upload in line may use the link.
+    fn yield_link(&mut self, s: u32, tr: TRef) {
+        if let Some(next) = self.node_mut(s).and_then(|n| n.link.release(tr)) {
+            self.schedule_pump(next, self.now);
         }
     }
 
-    fn link_done(&mut self, s: u32, gen: u64) {
-        let now = self.now;
-        let Some((done, wake)) = self
-            .nodes
-            .get_mut(s as usize)
-            .and_then(|n| n.link.complete(now, gen))
-        else {
-            return;
+    /// Upstream `u` sent a piece landing at `lands`: relays waiting for it go on then.
+    fn wake_relays(&mut self, u: TRef, lands: Ns) {
+        let relays = match self.transfers.get_mut(u) {
+            Some(t) if !t.relays.is_empty() => std::mem::take(&mut t.relays),
+            _ => return,
         };
-        self.wake_link(s, wake);
-        for tr in done {
-            self.count_sent(s, self.seg_bytes);
-            let Some(t) = self.transfers.get_mut(tr) else {
-                continue;
-            };
-            t.stage = Stage::Flying;
-            t.sent_done = now;
-            let (from, to) = (t.from, t.to);
-            let at = now + self.flight(from, to, self.seg_bytes);
-            self.at(at, Ev::Deliver { tr });
+        for &d in &relays {
+            let wake = self.transfers.get_mut(d).is_some_and(|t| {
+                let w = t.waiting && !t.sender_done && t.source == Some(u);
+                if w {
+                    t.waiting = false;
+                }
+                w
+            });
+            if wake {
+                self.schedule_pump(d, lands);
+            }
+        }
+        if let Some(t) = self.transfers.get_mut(u) {
+            t.relays = relays;
         }
     }
 
@@ -1124,81 +1386,200 @@ impl Sim {
         }
     }
 
-    /// Takes `tr` off holder `s`'s link; what it had sent is waste.
-    fn unlink(&mut self, s: u32, tr: TRef) {
-        let now = self.now;
-        let Some(n) = self.nodes.get_mut(s as usize) else {
+    /// The sender is done with `tr` (all sent, stopped, reset, or gone): its slot and its
+    /// turn on the link go to others.
+    fn end_upload(&mut self, tr: TRef) {
+        let Some(t) = self.transfers.get_mut(tr) else {
             return;
         };
-        if let Some((sent, wake)) = n.link.remove(now, tr) {
-            self.count_sent(s, sent);
-            self.d.wasted_bytes += sent;
-            self.wake_link(s, wake);
+        if t.sender_done {
+            return self.maybe_free(tr);
         }
-        self.transfers.release(tr);
+        t.sender_done = true;
+        let (s, slot, source, started) = (t.from, t.slot, t.source.take(), t.started);
+        t.slot = false;
+        if let Some(u) = source {
+            if let Some(ut) = self.transfers.get_mut(u) {
+                ut.relays.retain(|x| *x != tr);
+            }
+        }
+        if started {
+            if let Some(n) = self.node_mut(s) {
+                if slot {
+                    n.slots_used = n.slots_used.saturating_sub(1);
+                }
+                n.ups.retain(|x| *x != tr);
+            }
+            self.yield_link(s, tr);
+        }
+        self.maybe_free(tr);
     }
 
-    /// Stops everything `s` is sending to `peer` (the connection between them ended).
-    fn drop_to(&mut self, s: u32, peer: u32) {
-        let Some(n) = self.node(s) else { return };
-        let going: Vec<TRef> = n
-            .link
-            .ids()
-            .filter(|tr| self.transfers.get(*tr).is_some_and(|t| t.to == peer))
-            .collect();
-        for tr in going {
-            self.unlink(s, tr);
+    /// The receiver is done with `tr` (`ok`: the segment landed). Its partial goes: on
+    /// success the relays have every piece; otherwise they are reset (net.rs drops the
+    /// partial's progress sender, and `relay_partial` resets the stream).
+    fn finish_download(&mut self, tr: TRef, ok: bool) {
+        let Some(t) = self.transfers.get_mut(tr) else {
+            return;
+        };
+        if t.receiver_done {
+            return;
+        }
+        t.receiver_done = true;
+        let (r, number, partial) = (t.to, t.number, t.partial);
+        t.partial = false;
+        let relays = if partial {
+            std::mem::take(&mut t.relays)
+        } else {
+            Vec::new()
+        };
+        if let Some(n) = self.node_mut(r) {
+            n.downs.retain(|x| *x != tr);
+            if partial {
+                n.partials.retain(|(k, x)| !(*k == number && *x == tr));
+            }
+        }
+        for d in relays {
+            if ok {
+                if let Some(dt) = self.transfers.get_mut(d) {
+                    if dt.source == Some(tr) {
+                        dt.source = None;
+                    }
+                }
+            } else {
+                self.reset_relay(d);
+            }
+        }
+        self.maybe_free(tr);
+    }
+
+    /// Relay `d`'s upstream failed: its stream is reset, and the requester hears of it.
+    fn reset_relay(&mut self, d: TRef) {
+        let Some(t) = self.transfers.get_mut(d) else {
+            return;
+        };
+        if t.sender_done {
+            return;
+        }
+        t.source = None;
+        let (s, r, receiving) = (t.from, t.to, !t.receiver_done);
+        self.d.relay_resets += 1;
+        self.end_upload(d);
+        if receiving {
+            let at = self.now + self.flight(s, r, STOP_BYTES);
+            self.at(at, Ev::Fail { tr: d, busy: false });
         }
     }
 
-    fn cancel_arrive(&mut self, tr: TRef) {
+    /// Frees the slot once both ends are done; bytes nobody kept are waste.
+    fn maybe_free(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
         };
-        match t.stage {
-            // The request was delayed past its cancel: it will find nothing.
-            Stage::Asked => self.transfers.release(tr),
-            Stage::Sending => self.unlink(t.from, tr),
-            Stage::Flying | Stage::Replied | Stage::Free => {}
+        if !(t.sender_done && t.receiver_done) {
+            return;
         }
+        if !t.accepted {
+            self.d.wasted_bytes += t.sent;
+        }
+        self.transfers.free(tr);
     }
 
-    fn deliver(&mut self, tr: TRef) {
+    /// A failure answer reaches the requester: the mesh hears of it.
+    fn fail(&mut self, tr: TRef, busy: bool) {
         let Some(t) = self.transfers.get(tr) else {
             return;
         };
-        self.transfers.release(tr);
+        if t.receiver_done {
+            return self.maybe_free(tr);
+        }
         let (s, r, number) = (t.from, t.to, t.number);
-        if t.aborted || !self.deliverable(s, r, t.conn, t.sent_done) {
-            self.d.wasted_bytes += self.seg_bytes;
+        self.finish_download(tr, false);
+        let (now, id) = (self.instant(self.now), self.id_of(s));
+        if let Some(m) = self.mesh(r) {
+            m.handle_transfer_failed(now, id, number, busy);
+        }
+        self.drain(r);
+    }
+
+    /// The signed header lands: the receiver learns the bitrate, refuses an unwanted
+    /// segment, or registers it as partial and tells the mesh it is receiving.
+    fn header_arrive(&mut self, tr: TRef) {
+        let Some(t) = self.transfers.get(tr) else {
+            return;
+        };
+        if t.receiver_done {
             return;
         }
-        if t.kind == Kind::Request {
-            self.settle(r, s, number);
-        }
-        let now_i = self.instant(self.now);
-        let sid = self.nodes[s as usize].id;
-        let unwanted = self.node(r).is_none_or(|n| {
-            n.holds(number)
-                || n.newest
-                    .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k)
-        });
+        let (s, r, number, kind) = (t.from, t.to, t.number, t.kind);
+        let bps = self.seg_bytes * 8000 / self.cfg.segment_ms.max(1);
+        let (now, sid) = (self.instant(self.now), self.id_of(s));
+        let Some(n) = self.node_mut(r) else { return };
+        n.stream_bps = if n.stream_bps == 0 {
+            bps
+        } else {
+            (n.stream_bps * 7 + bps) / 8
+        };
+        let unwanted = n.holds(number)
+            || n.newest
+                .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k);
+        let registered = n.partial(number).is_some();
         if unwanted {
-            self.d.wasted_bytes += self.seg_bytes;
-            if t.kind == Kind::Request {
+            self.d.unwanted += 1;
+            self.finish_download(tr, false);
+            let at = self.now + self.flight(r, s, STOP_BYTES);
+            self.at(at, Ev::StopArrive { tr });
+            if kind == Kind::Request {
                 if let Some(m) = self.mesh(r) {
-                    m.handle_transfer_failed(now_i, sid, number, false);
+                    m.handle_transfer_failed(now, sid, number, false);
                 }
                 self.drain(r);
             }
             return;
         }
-        self.accept(r, number);
-        let seg = self.cfg.segment();
-        let bytes = self.seg_bytes;
+        // One partial per segment, as net.rs's map: a second copy arriving is not announced.
+        if registered {
+            return;
+        }
+        if let Some(n) = self.node_mut(r) {
+            n.partials.push((number, tr));
+        }
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.partial = true;
+        }
+        if let Some(m) = self.mesh(r) {
+            m.handle_receiving(now, sid, number);
+        }
+        self.drain(r);
+    }
+
+    /// The last piece lands.
+    fn deliver(&mut self, tr: TRef) {
+        let Some(t) = self.transfers.get(tr) else {
+            return;
+        };
+        if t.receiver_done {
+            return self.maybe_free(tr);
+        }
+        let (s, r, number) = (t.from, t.to, t.number);
+        let fresh = self.node(r).is_some_and(|n| {
+            n.alive()
+                && !n.holds(number)
+                && n.newest.is_none_or(|k| number.saturating_add(STORE) > k)
+        });
+        if fresh {
+            if let Some(t) = self.transfers.get_mut(tr) {
+                t.accepted = true;
+            }
+            self.accept(r, number);
+        }
+        self.finish_download(tr, true);
+        // net.rs reports every verified arrival, a second copy too.
+        let (now, sid) = (self.instant(self.now), self.id_of(s));
+        let (seg, bytes) = (self.cfg.segment(), self.seg_bytes);
         if let Some(m) = self.mesh(r) {
             m.observe_segment_duration(seg);
-            m.handle_segment(now_i, Some(sid), number, bytes);
+            m.handle_segment(now, Some(sid), number, bytes);
         }
         self.drain(r);
     }
@@ -1208,7 +1589,7 @@ impl Sim {
         let now = self.now;
         self.delivered_bytes += self.seg_bytes;
         let allowance = self.cfg.delay_segments * self.seg_ns;
-        let need = self.cfg.delay_segments + 1;
+        let delay = self.cfg.delay_segments;
         let Some(n) = self.nodes.get_mut(r as usize) else {
             return;
         };
@@ -1219,22 +1600,14 @@ impl Sim {
             }
         }
         n.store(number, now);
+        n.lowest = n.lowest.min(Some(number)).or(Some(number));
         if n.playable {
             return;
         }
-        // A playable playlist: `delay + 1` consecutive segments around the new one.
-        let mut run = 1;
-        let mut k = number;
-        while run < need && k > 0 && n.holds(k - 1) {
-            run += 1;
-            k -= 1;
-        }
-        let mut k = number;
-        while run < need && n.holds(k + 1) {
-            run += 1;
-            k += 1;
-        }
-        if run >= need {
+        // `playlist::listed_range` lists something once a held segment is at or before the
+        // live edge, `delay` behind the newest held (segment 0 while fewer exist).
+        let edge = n.newest.map_or(0, |k| k.saturating_sub(delay));
+        if n.lowest.is_some_and(|l| l <= edge) {
             n.playable = true;
             let ms = (now - n.joined) as f64 / NS_PER_MS as f64;
             self.joins.push(ms);
@@ -1288,5 +1661,167 @@ impl Sim {
             peak_rss_mb: 0.0,
             details: self.d,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Ns = NS_PER_MS;
+
+    /// An origin and `viewers` viewers, all connected, with no stream running: the tests
+    /// hand the origin a segment and drive the transfers themselves.
+    fn swarm(viewers: usize, origin_bps: u64, viewer_bps: u64) -> Sim {
+        let cfg = SimConfig {
+            peers: 0,
+            rtt_ms: 10.0,
+            origin_upload_bps: origin_bps,
+            viewer_upload_bps: viewer_bps,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(&cfg);
+        sim.spawn_origin();
+        for _ in 0..viewers {
+            sim.join();
+        }
+        let n = sim.nodes.len() as u32;
+        for a in 0..n {
+            for b in a + 1..n {
+                sim.dial_done(b, a, 0);
+            }
+        }
+        sim.run_until(100 * MS);
+        let now = sim.now;
+        sim.node_mut(ORIGIN).unwrap().store(0, now);
+        sim
+    }
+
+    /// When node `i` accepted segment 0.
+    fn arrival(sim: &Sim, i: u32) -> Option<Ns> {
+        let (k, t) = sim.node(i)?.held[0];
+        (k == 0).then_some(t)
+    }
+
+    fn all_freed(sim: &Sim) -> bool {
+        sim.transfers.items.iter().all(|t| !t.live)
+    }
+
+    #[test]
+    fn a_relay_forwards_each_piece_as_it_lands() {
+        // The origin's push (2 Mbit/s) is slower than B's upload (8 Mbit/s): B relays every
+        // piece the moment it lands, so C's last piece lands one latency after B's.
+        let mut sim = swarm(2, 2_000_000, 8_000_000);
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.push(ORIGIN, sim.id_of(b), 0);
+        sim.run_until(t0 + sim.one_way(ORIGIN, b));
+        assert!(sim.node(b).unwrap().partial(0).is_some(), "header landed");
+        assert!(arrival(&sim, b).is_none());
+        sim.request(c, sim.id_of(b), 0);
+        sim.run_until(t0 + 5000 * MS);
+        let (tb, tc) = (arrival(&sim, b).unwrap(), arrival(&sim, c).unwrap());
+        assert_eq!(sim.d.relayed, 1);
+        assert_eq!(tc, tb + sim.one_way(b, c));
+        assert!(all_freed(&sim));
+        assert_eq!(sim.node(b).unwrap().slots_used, 0);
+    }
+
+    #[test]
+    fn a_relay_is_paced_by_its_own_link_but_starts_early() {
+        // B uploads at 3 Mbit/s, slower than the push reaches it: C's copy is bound by B's
+        // bucket, yet done well before B could have sent it whole after holding it.
+        let mut sim = swarm(2, 8_000_000, 3_000_000);
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.push(ORIGIN, sim.id_of(b), 0);
+        sim.run_until(t0 + sim.one_way(ORIGIN, b));
+        let t1 = sim.now;
+        sim.request(c, sim.id_of(b), 0);
+        sim.run_until(t0 + 5000 * MS);
+        let (tb, tc) = (arrival(&sim, b).unwrap(), arrival(&sim, c).unwrap());
+        let rate = 3_000_000 / 8;
+        let store_and_forward = tb + (sim.seg_bytes - 65_536) * 1_000_000_000 / rate;
+        assert!(tc > tb + sim.one_way(b, c), "bound by B's link");
+        assert!(tc < store_and_forward, "{tc} vs {store_and_forward}");
+        // B's bucket let through at most a burst, its rate over the upload, and the piece
+        // that found it just paid up.
+        let (started, last_left) = (t1 + sim.one_way(c, b), tc - sim.one_way(b, c));
+        let allowed = 65_536.0 + 16_384.0 + rate as f64 * (last_left - started) as f64 / 1e9;
+        assert!(
+            sim.seg_bytes as f64 <= allowed,
+            "{} > {allowed}",
+            sim.seg_bytes
+        );
+        assert!(
+            sim.seg_bytes as f64 > allowed - 2.0 * 16_384.0,
+            "and no slower"
+        );
+    }
+
+    #[test]
+    fn a_failed_upstream_resets_its_relays() {
+        let mut sim = swarm(2, 8_000_000, 3_000_000);
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.request(b, sim.origin_id, 0);
+        sim.run_until(t0 + sim.rtt(b, ORIGIN));
+        assert!(sim.node(b).unwrap().partial(0).is_some());
+        let t1 = sim.now;
+        sim.request(c, sim.id_of(b), 0);
+        sim.run_until(t1 + sim.rtt(b, c));
+        assert_eq!(sim.d.relayed, 1);
+        // B gives up on its upstream: C's relay is reset, and nothing is left running.
+        sim.cancel(b, sim.origin_id, 0);
+        sim.run_until(t1 + 5000 * MS);
+        assert_eq!(sim.d.relay_resets, 1);
+        assert!(arrival(&sim, b).is_none() && arrival(&sim, c).is_none());
+        assert_eq!(sim.node(b).unwrap().slots_used, 0);
+        assert_eq!(sim.node(ORIGIN).unwrap().slots_used, 0);
+        assert!(sim.node(b).unwrap().partials.is_empty());
+        assert!(all_freed(&sim));
+        assert!(sim.d.wasted_bytes > 0);
+    }
+
+    #[test]
+    fn upload_slots_turn_extra_requests_away() {
+        // 3 Mbit/s for a 2 Mbit/s stream: one slot once the bitrate is known; 8 before.
+        let mut sim = swarm(3, 8_000_000, 3_000_000);
+        let b = 1;
+        assert_eq!(sim.node(ORIGIN).unwrap().slots(), 8);
+        assert_eq!(sim.node(b).unwrap().slots(), 8);
+        let now = sim.now;
+        let n = sim.node_mut(b).unwrap();
+        n.store(0, now);
+        n.stream_bps = 2_000_000;
+        assert_eq!(n.slots(), 1);
+        sim.request(2, sim.id_of(b), 0);
+        sim.request(3, sim.id_of(b), 0);
+        sim.run_until(now + 5000 * MS);
+        assert_eq!((sim.d.busy, sim.d.busy_backlog), (1, 0));
+        assert!(arrival(&sim, 2).is_some() != arrival(&sim, 3).is_some());
+        assert!(all_freed(&sim));
+    }
+
+    #[test]
+    fn a_full_partner_set_closes_after_the_peer_sample() {
+        let mut sim = swarm(2, 8_000_000, 3_000_000);
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.disconnect(b, sim.id_of(c), FULL_SET);
+        // The closer stops using it at once; the other side may still send until the close.
+        assert_eq!(sim.usable(b, c), None);
+        assert!(sim.usable(c, b).is_some());
+        sim.run_until(t0 + FULL_SET_CLOSE_DELAY - 1);
+        assert!(sim.conns.contains_key(&pair(b, c)));
+        assert!(sim.node(c).unwrap().partners.contains(&b));
+        sim.run_until(t0 + FULL_SET_CLOSE_DELAY + sim.one_way(b, c));
+        assert!(!sim.conns.contains_key(&pair(b, c)));
+        assert!(!sim.node(c).unwrap().partners.contains(&b));
+        // Any other reason closes at once.
+        let t1 = sim.now;
+        sim.disconnect(ORIGIN, sim.id_of(c), "refused");
+        sim.run_until(t1 + sim.one_way(ORIGIN, c));
+        assert!(!sim.conns.contains_key(&pair(ORIGIN, c)));
     }
 }

@@ -14,43 +14,69 @@
 //!   from the node's index; addresses serve only as dial hints.
 //! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
 //!   between two nodes is the mean of their two draws, one-way latency half of that.
-//! - **Upload.** Each node's upload carries segment bodies at its rate, in one of two models
-//!   ([`LinkModel`], `--link`). `fifo` (the default): one body after another, so a transfer's
-//!   last byte leaves at `max(now, link free) + len / rate`; its backlog is everything queued.
-//!   `shared`: all bodies under way split the rate evenly, which is what concurrent QUIC
-//!   streams behind `net.rs`'s token bucket do; its backlog is that bucket's debt, one piece
-//!   per transfer under way, as `net.rs` measures it. Either way the body lands one one-way
-//!   latency after its last byte leaves. Only bodies use the link, as in `net.rs`, where only
-//!   pieces pass the upload limiter; control messages, requests and segment headers travel
-//!   at latency alone but count as overhead. Download is unlimited.
+//! - **Upload** is `net.rs`'s `Limiter`: one token bucket per node at its cap (bytes/s), a
+//!   burst of `max(cap / 20, 64 KiB)`, starting full, debt allowed. Segment bodies go out in
+//!   pieces of `stream::piece_size_for(len)` (16 KiB), and every piece books its bytes when
+//!   its upload is ready for it: booked at `t`, it leaves at `max(t, when the debt is paid)`
+//!   and lands one latency later. An upload books its next piece when the previous one has
+//!   left, so concurrent uploads of a node interleave piece by piece and share the cap
+//!   evenly (`--link shared`, the default). `--link fifo` is an ablation: the node sends the
+//!   oldest upload with a piece ready first. A node's backlog is the bucket's debt in time.
+//!   Headers, requests, replies and control messages travel at latency alone (as in
+//!   `net.rs`, only pieces pass the limiter) but count as overhead. Download is unlimited.
+//! - **Cut-through.** A receiver registers a segment as *partial* when its signed header
+//!   lands (one per segment: a second copy arriving is not) and the mesh hears
+//!   `handle_receiving`. A request for a segment the holder has only partially is relayed:
+//!   header at once, then piece `i` is booked no earlier than it landed at the relay, so it
+//!   reaches the requester at `max(landed at the relay, relay's bucket) + latency`. Each
+//!   transfer records when each of its pieces lands, and a relay waiting for a piece is
+//!   woken when its upstream sends it: one event per piece, with no fluid approximation.
+//!   When the upstream completes, its relays go on from the store; when it fails
+//!   (cancelled, its connection ended, refused as unwanted), every relay of it is reset
+//!   and its requester hears a transfer failure (not `Busy`) one latency later, which may
+//!   in turn reset the relays of that requester's own partial.
 //! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
-//!   latency; a holder without the segment (or not uploading) answers `Unavailable`, one whose
-//!   upload backlog exceeds 1.5 s answers `Busy`, both landing one RTT after the request.
-//!   Otherwise the body joins the holder's link. A cancel reaching the holder takes the body
-//!   off its link (what was sent is waste); so does the end of the connection, and a receiver
-//!   that vanishes stops taking bandwidth at once (it acknowledges nothing).
-//! - **Pushes** are sent only while the origin's backlog is under 1.5 s (as `net.rs`).
-//!   A segment the receiver already holds, or holds 64 newer than, is dropped on arrival
-//!   (`net.rs`'s "unwanted"); for a request that reports a failure to the mesh.
-//! - **Loss.** QUIC is reliable, so loss shows as delay: a message of `k` packets (1200 bytes
-//!   each) takes one extra RTT with probability `1 − (1 − loss)^k` (a tail retransmission).
-//!   Congestion-control slow-down is not modelled. Control streams stay in order.
+//!   latency. A holder that does not upload, or holds the segment neither whole nor
+//!   partial, answers `Unavailable`; one with all its upload slots taken, or with more than
+//!   1.5 s of limiter debt, answers `Busy`; both land one latency later. Upload slots
+//!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
+//!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
+//!   8 at the broadcaster, which receives none. A slot is held until the last piece has left
+//!   (or the upload stops). Busy backoff is the mesh's own (250 ms per peer).
+//! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
+//! - **Unwanted** (`net.rs`'s check at the header): a segment the receiver holds, or holds
+//!   64 newer than, is refused when its header lands; the sender stops when that stop
+//!   reaches it. For a request the mesh hears a transfer failure.
+//! - **Cancels.** A request the mesh cancels is dropped by the requester at once (its
+//!   partial and the relays of it go too); the holder stops when the cancel reaches it.
+//! - **Loss.** QUIC is reliable, so loss shows as delay: a message (or piece) of `k` packets
+//!   (1200 bytes each) takes one extra RTT with probability `1 − (1 − loss)^k`; the pieces
+//!   of one stream land in order. Congestion-control slow-down is not modelled. Control
+//!   streams stay in order.
 //! - **Connections.** A dial to a live node completes after one RTT and both meshes get
 //!   `handle_connected` at that instant (the acceptor sees the dialer's address). A dial to a
 //!   departed node fails after `dial_timeout_ms` (10 s: `net.rs`'s hello timeout × 2). A node
 //!   with as many connections as its `net` cap (4096 broadcaster, 64 viewer) refuses: the
-//!   dial fails after one RTT. A `Disconnect` closes at once: like quinn's `close`, it
-//!   discards messages sent in the same instant; the other side notices one latency later.
+//!   dial fails after one RTT. On `Disconnect` the closer stops using the connection at
+//!   once; the close takes effect at once, or 300 ms later for "partner set full" (so the
+//!   peer sample queued just before lands first, as `net.rs` does). What was sent before
+//!   the close lands; the other side notices one latency after it. Transfers on a
+//!   connection end at each side when that side closes or notices.
 //! - **Churn.** Departures are a Poisson process of `churn_pct_per_min` % of the initial
-//!   audience per minute; each leaver vanishes abruptly (nothing more is sent or served) and
-//!   a fresh viewer joins at the same instant. Partners notice after `leave_detect_ms` (10 s:
-//!   the QUIC idle timeout in `tls.rs`; its 2 s keep-alives do not end a connection sooner).
-//! - **Timers.** Each mesh is ticked at `poll_timeout()`. A timeout already past right after a
-//!   tick (the mesh reports stale wake-ups for segments it has given up on) is deferred by
-//!   `tick_floor_ms`, so a real timer may run up to that late.
+//!   audience per minute; each leaver vanishes abruptly (nothing more leaves it) and a fresh
+//!   viewer joins at the same instant. Partners notice after `leave_detect_ms` (10 s: the
+//!   QUIC idle timeout in `tls.rs`). Until then, uploads to the vanished viewer go on and
+//!   charge the sender's bucket, as in `net.rs`, where quinn buffers what the limiter lets
+//!   through.
+//! - **Timers.** Each mesh is ticked at `poll_timeout()`, which is never in the past. A
+//!   wake-up not in the future right after a tick would be a mesh bug: it is deferred by
+//!   `tick_floor_ms` (1 ms) and counted in [`SimDetails::stale_wakeups`].
 //! - **Publishing.** The origin publishes segment `k` (`bitrate × segment_ms` bytes) at
 //!   `(k + 1) × segment_ms` for the first `seconds`, then the run drains for the hold-back so
 //!   every published segment's deadline is judged.
+//! - **Not modelled:** per-connection limits on concurrent serves (8) and pushes (4), which
+//!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
+//!   (every node keeps 64 segments); CPU time.
 //!
 //! ## Metrics
 //! - `continuity`: over (viewer, segment) pairs where the viewer is present at the segment's
@@ -58,11 +84,13 @@
 //!   by the deadline `publish + delay × segment` (the playlist hold-back).
 //! - `latency_ms`: publish → held, over the first copies viewers accept of the segments
 //!   continuity judges them on (1 ms resolution), so the catch-up at join does not count.
-//! - `join_ms`: viewer start → it holds `delay + 1` consecutive segments (a playable
-//!   playlist); viewers that never get there are not sampled (see [`SimDetails`]).
+//! - `join_ms`: viewer start → its playlist first lists a segment, as
+//!   [`crate::playlist::listed_range`] cuts it: a held segment at or before the live edge,
+//!   `delay` behind the newest held (segment 0 while fewer exist). Viewers that never get
+//!   there are not sampled (see [`SimDetails`]).
 //! - `origin_bytes`: segment bytes the origin's link sent, pushes and requests alike;
-//!   `delivered_bytes`: segment bytes viewers accepted (first copies only: a duplicate is
-//!   dropped as unwanted and counted in [`SimDetails::wasted_bytes`]).
+//!   `delivered_bytes`: segment bytes viewers accepted (first copies only: a second copy is
+//!   counted in [`SimDetails::wasted_bytes`]).
 //! - `control_overhead`: non-media bytes sent (control frames as `wire::encode` sizes them,
 //!   hellos, requests, reply headers, busy/unavailable replies) / segment bytes sent.
 //! - `cpu_s`, `peak_rss_mb`: process figures; [`run`] leaves them zero for the caller
@@ -106,13 +134,14 @@ pub struct UploadClass {
     pub multiple: f64,
 }
 
-/// How a node's upload is shared between the transfers it has under way.
+/// How a node's upload is shared between the transfers it has under way. Both book pieces
+/// on `net.rs`'s token bucket; they differ in whose piece goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkModel {
-    /// One body at a time, in arrival order; the backlog is everything queued.
+    /// The oldest upload with a piece ready goes first (an ablation: not what `net.rs` does).
     Fifo,
-    /// All transfers under way split the rate evenly, as concurrent QUIC streams behind
-    /// `net.rs`'s token bucket do; the backlog is that bucket's debt, one piece per transfer.
+    /// Every upload books its next piece as soon as the last has left, so they interleave
+    /// and split the rate evenly, as `net.rs`'s uploads behind its `Limiter` do (default).
     Shared,
 }
 
@@ -149,7 +178,8 @@ pub struct SimConfig {
     pub leave_detect_ms: u64,
     /// How long a dial to a departed node takes to fail, ms (`--dial-timeout-ms`).
     pub dial_timeout_ms: u64,
-    /// Least delay before re-ticking a mesh whose wake-up is already past, ms (`--tick-floor-ms`).
+    /// How far a wake-up that is not in the future right after a tick is deferred, ms
+    /// (`--tick-floor-ms`). The mesh never returns one; this only guards against spinning.
     pub tick_floor_ms: u64,
     /// How uploads are shared (`--link fifo|shared`).
     pub link: LinkModel,
@@ -173,8 +203,8 @@ impl Default for SimConfig {
             join_window_ms: 5000,
             leave_detect_ms: 10_000,
             dial_timeout_ms: 10_000,
-            tick_floor_ms: 100,
-            link: LinkModel::Fifo,
+            tick_floor_ms: 1,
+            link: LinkModel::Shared,
         }
     }
 }
@@ -387,7 +417,7 @@ pub struct SimDetails {
     pub viewers_started: u64,
     /// Viewers that left (churn).
     pub viewers_left: u64,
-    /// Viewers that reached a playable playlist.
+    /// Viewers whose playlist listed a segment.
     pub viewers_playable: u64,
     /// (viewer, segment) pairs judged for continuity.
     pub judged: u64,
@@ -395,7 +425,9 @@ pub struct SimDetails {
     pub on_time: u64,
     /// Segment bytes sent by all nodes (origin included), wasted copies included.
     pub media_sent_bytes: u64,
-    /// Segment bytes sent to a node that already held them (or cut short by a cancel).
+    /// Segment bytes sent in transfers whose segment the receiver did not keep: second
+    /// copies, transfers cut short (cancel, unwanted, reset, disconnection) or sent to a
+    /// vanished viewer.
     pub wasted_bytes: u64,
     /// Non-media bytes sent.
     pub control_bytes: u64,
@@ -405,8 +437,18 @@ pub struct SimDetails {
     pub origin_requests: u64,
     /// Pushes sent by the origin.
     pub pushes: u64,
-    /// Requests answered `Busy`.
+    /// Requests answered `Busy` (no upload slot free, or limiter backlog over 1.5 s).
     pub busy: u64,
+    /// Of those, for the limiter backlog (a slot was free).
+    pub busy_backlog: u64,
+    /// Pushes the origin skipped because its limiter backlog was 1.5 s or more.
+    pub pushes_skipped: u64,
+    /// Requests served from a partial segment (cut-through relays).
+    pub relayed: u64,
+    /// Relays reset because their upstream transfer failed.
+    pub relay_resets: u64,
+    /// Transfers refused at the header as unwanted (already held, or too old).
+    pub unwanted: u64,
     /// Requests answered `Unavailable`.
     pub unavailable: u64,
     /// Requests the mesh cancelled (timed out).
@@ -417,7 +459,8 @@ pub struct SimDetails {
     pub dial_failures: u64,
     /// Mesh ticks run.
     pub ticks: u64,
-    /// Ticks after which `poll_timeout` was already past (deferred by the tick floor).
+    /// Ticks after which `poll_timeout` was not in the future (deferred by the tick floor;
+    /// 0 unless the mesh breaks its contract).
     pub stale_wakeups: u64,
     /// Events processed.
     pub events: u64,
