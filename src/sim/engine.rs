@@ -1441,10 +1441,15 @@ impl Sim {
         }
         for d in relays {
             if ok {
-                if let Some(dt) = self.transfers.get_mut(d) {
+                // Every piece has landed, so none waits; should one, it goes on at once.
+                let waiting = self.transfers.get_mut(d).is_some_and(|dt| {
                     if dt.source == Some(tr) {
                         dt.source = None;
                     }
+                    std::mem::take(&mut dt.waiting) && !dt.sender_done
+                });
+                if waiting {
+                    self.schedule_pump(d, self.now);
                 }
             } else {
                 self.reset_relay(d);
