@@ -478,6 +478,8 @@ impl NodeView {
     /// Broadcaster: stores a freshly signed segment and announces it.
     pub async fn publish(&self, seg: VerifiedSegment) {
         let number = seg.number();
+        // The origin sizes its upload slots by the stream's bitrate like every node.
+        note_bitrate(&self.shared, &seg.header);
         if store::lock(&self.shared.store).insert(seg) {
             add(&self.shared.counters.segments_verified, 1);
             let _ = self.shared.events.send(Event::Publish { number }).await;
@@ -1060,12 +1062,7 @@ async fn receive_segment(
         .map_err(|_| TransferError::Forged("bad header signature"))?;
     let number = header.header.number;
     let duration = Duration::from_millis(header.header.duration_ms as u64);
-    if header.header.duration_ms > 0 {
-        let bps = header.header.len as u64 * 8000 / header.header.duration_ms as u64;
-        let old = shared.stream_bps.load(Ordering::Relaxed);
-        let smoothed = if old == 0 { bps } else { (old * 7 + bps) / 8 };
-        shared.stream_bps.store(smoothed, Ordering::Relaxed);
-    }
+    note_bitrate(shared, &header);
     if expected.is_some_and(|e| e != number) {
         return Err(TransferError::Forged("segment is not the one requested"));
     }
