@@ -1326,3 +1326,14 @@ async fn push(shared: Arc<Shared>, conn: Connection, number: u64) {
     };
     let _ = tokio::time::timeout(UPLOAD_TIMEOUT, send_segment(&shared, &mut send, &seg)).await;
 }
+
+/// Folds a signed header's length/duration into the node's smoothed stream bitrate.
+fn note_bitrate(shared: &Shared, header: &SignedHeader) {
+    let h = &header.header;
+    if h.duration_ms > 0 {
+        let bps = h.len as u64 * 8000 / h.duration_ms as u64;
+        let old = shared.stream_bps.load(Ordering::Relaxed);
+        let smoothed = if old == 0 { bps } else { (old * 7 + bps) / 8 };
+        shared.stream_bps.store(smoothed, Ordering::Relaxed);
+    }
+}
