@@ -564,11 +564,21 @@ impl Segmenter {
             let owner = route.owner;
             let done = !route.open();
             if owner.is_some() && owner == closing_seq {
-                if let Some(cl) = &mut self.closing {
-                    cl.seg.data.extend_from_slice(p);
-                    if done {
-                        cl.waiting.retain(|&pid| pid != h.pid);
+                let fits = self
+                    .closing
+                    .as_ref()
+                    .is_some_and(|cl| cl.seg.data.len() + p.len() <= self.max_segment_bytes);
+                if fits {
+                    if let Some(cl) = &mut self.closing {
+                        cl.seg.data.extend_from_slice(p);
+                        if done {
+                            cl.waiting.retain(|&pid| pid != h.pid);
+                        }
                     }
+                } else if let Some(cl) = self.closing.take() {
+                    // A tail that would break the size cap is left out: the
+                    // segment goes as it is, as when its tails take too long.
+                    self.emit(cl.seg, cl.next_pts);
                 }
             } else if owner.is_some() && owner == current_seq {
                 if let Some(cur) = &mut self.current {
@@ -833,6 +843,24 @@ mod tests {
         // 1 s, then one frame (40 ms, the interval measured so far).
         assert_eq!(last.duration, Duration::from_millis(1040));
         assert!(seg.finish().is_none());
+    }
+
+    #[test]
+    fn pes_tails_do_not_push_a_segment_past_the_size_cap() {
+        // Found by the `segmenter` fuzz target: a closing segment took tails
+        // past the cap and was emitted over it.
+        let data = stream(100, 25, true);
+        let uncapped = segment(&data, Duration::from_secs(1));
+        let full = uncapped[0].data.len();
+        // The first segment fits without the audio tail it collects after its cut.
+        let cap = full - 1;
+        let mut seg = Segmenter::with_max_segment_bytes(Duration::from_secs(1), cap);
+        let first = seg.push(&data).remove(0);
+        assert!(first.data.len() <= cap, "{} > {cap}", first.data.len());
+        assert_eq!(first.data[..], uncapped[0].data[..full - PACKET_LEN]);
+        assert_eq!(first.first_pts, uncapped[0].first_pts);
+        assert_eq!(first.duration, uncapped[0].duration);
+        assert_eq!(seg.segments_dropped(), 0);
     }
 
     #[test]
