@@ -232,6 +232,29 @@ fn seeds_reach_the_interesting_paths() {
     }
 }
 
+/// Inputs that once failed a fuzz target (minimized), in
+/// fuzz/regressions/<target>/: each must pass its target's checks now.
+#[test]
+fn fuzz_regressions_pass() {
+    let mut found = 0;
+    for target in TARGETS {
+        let dir = root().join("fuzz/regressions").join(target);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            match target {
+                "wire_control" => props::wire_control(&data),
+                "ticket" => props::ticket(&data),
+                _ => props::segmenter(&data),
+            }
+            found += 1;
+        }
+    }
+    assert!(found >= 1, "no regression inputs found");
+}
+
 // ---------------------------------------------------------------- mutation
 
 /// One edit applied to a seed.

@@ -315,7 +315,17 @@ impl Segmenter {
         self.last_pts = None;
         let mut ready = std::mem::take(&mut self.ready).into_iter();
         let mut last = ready.next()?;
-        for more in ready {
+        while let Some(more) = ready.next() {
+            // The join must respect the size cap too: what does not fit is
+            // dropped, like any oversized segment (the earlier part is kept).
+            if last.data.len() + more.data.len() > self.max_segment_bytes {
+                self.dropped += 1 + ready.count() as u64;
+                tracing::warn!(
+                    cap = self.max_segment_bytes,
+                    "last segments too large to join at the end of input; dropped the final one"
+                );
+                break;
+            }
             let mut data = Vec::with_capacity(last.data.len() + more.data.len());
             data.extend_from_slice(&last.data);
             data.extend_from_slice(&more.data);
@@ -554,11 +564,21 @@ impl Segmenter {
             let owner = route.owner;
             let done = !route.open();
             if owner.is_some() && owner == closing_seq {
-                if let Some(cl) = &mut self.closing {
-                    cl.seg.data.extend_from_slice(p);
-                    if done {
-                        cl.waiting.retain(|&pid| pid != h.pid);
+                let fits = self
+                    .closing
+                    .as_ref()
+                    .is_some_and(|cl| cl.seg.data.len() + p.len() <= self.max_segment_bytes);
+                if fits {
+                    if let Some(cl) = &mut self.closing {
+                        cl.seg.data.extend_from_slice(p);
+                        if done {
+                            cl.waiting.retain(|&pid| pid != h.pid);
+                        }
                     }
+                } else if let Some(cl) = self.closing.take() {
+                    // A tail that would break the size cap is left out: the
+                    // segment goes as it is, as when its tails take too long.
+                    self.emit(cl.seg, cl.next_pts);
                 }
             } else if owner.is_some() && owner == current_seq {
                 if let Some(cur) = &mut self.current {
@@ -823,6 +843,50 @@ mod tests {
         // 1 s, then one frame (40 ms, the interval measured so far).
         assert_eq!(last.duration, Duration::from_millis(1040));
         assert!(seg.finish().is_none());
+    }
+
+    #[test]
+    fn pes_tails_do_not_push_a_segment_past_the_size_cap() {
+        // Found by the `segmenter` fuzz target: a closing segment took tails
+        // past the cap and was emitted over it.
+        let data = stream(100, 25, true);
+        let uncapped = segment(&data, Duration::from_secs(1));
+        let full = uncapped[0].data.len();
+        // The first segment fits without the audio tail it collects after its cut.
+        let cap = full - 1;
+        let mut seg = Segmenter::with_max_segment_bytes(Duration::from_secs(1), cap);
+        let first = seg.push(&data).remove(0);
+        assert!(first.data.len() <= cap, "{} > {cap}", first.data.len());
+        assert_eq!(first.data[..], uncapped[0].data[..full - PACKET_LEN]);
+        assert_eq!(first.first_pts, uncapped[0].first_pts);
+        assert_eq!(first.duration, uncapped[0].duration);
+        assert_eq!(seg.segments_dropped(), 0);
+    }
+
+    #[test]
+    fn finish_does_not_join_past_the_size_cap() {
+        // Found by the `segmenter` fuzz target: the join ignored the cap.
+        let mut s = Synth::new();
+        interleaved(&mut s, 0..50, 25, true);
+        s.tables(0x1B);
+        let audio = Synth::audio_pes(126_000 + 50 * 3600);
+        s.packet(0x101, true, false, &audio);
+        s.frame(126_000 + 50 * 3600, true, true, 2);
+        let joined = {
+            let mut seg = Segmenter::new(Duration::from_secs(1));
+            seg.push(&s.out);
+            seg.finish().expect("a joined final segment")
+        };
+        // Room for either part, not for both.
+        let cap = joined.data.len() - PACKET_LEN;
+        let mut seg = Segmenter::with_max_segment_bytes(Duration::from_secs(1), cap);
+        assert_eq!(seg.push(&s.out).len(), 1);
+        let last = seg.finish().expect("the earlier part");
+        assert!(last.data.len() <= cap, "{} > {cap}", last.data.len());
+        assert_eq!(last.first_pts, joined.first_pts);
+        assert_eq!(last.duration, Duration::from_secs(1));
+        assert_eq!(pids(&last)[..3], [0, 0x1000, 0x100]);
+        assert_eq!(seg.segments_dropped(), 1);
     }
 
     fn segment(data: &[u8], target: Duration) -> Vec<CutSegment> {
