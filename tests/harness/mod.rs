@@ -184,6 +184,8 @@ pub struct Proc {
     stdout: Tail,
     stderr: Tail,
     status: Option<ExitStatus>,
+    /// The draining threads; after exit they are joined so the output is complete.
+    drains: Vec<thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -209,15 +211,26 @@ impl Proc {
         let stderr = Tail::default();
         let (tx, first_line) = mpsc::sync_channel(1);
         let mut handed_back = None;
+        let mut drains = Vec::new();
         if let Some(out) = child.stdout.take() {
             if drain_stdout {
-                drain(format!("{name}-stdout"), out, Arc::clone(&stdout), Some(tx));
+                drains.push(drain(
+                    format!("{name}-stdout"),
+                    out,
+                    Arc::clone(&stdout),
+                    Some(tx),
+                ));
             } else {
                 handed_back = Some(out);
             }
         }
         if let Some(err) = child.stderr.take() {
-            drain(format!("{name}-stderr"), err, Arc::clone(&stderr), None);
+            drains.push(drain(
+                format!("{name}-stderr"),
+                err,
+                Arc::clone(&stderr),
+                None,
+            ));
         }
         let proc = Self {
             name: name.to_string(),
@@ -226,6 +239,7 @@ impl Proc {
             stdout,
             stderr,
             status: None,
+            drains,
         };
         (proc, handed_back)
     }
@@ -262,6 +276,11 @@ impl Proc {
         let until = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status() {
+                // The child is gone, but its last lines may still be in the pipes: wait
+                // (bounded) for the drains to reach end of file before anyone reads them.
+                while !self.drains.iter().all(|d| d.is_finished()) && Instant::now() < until {
+                    thread::sleep(Duration::from_millis(10));
+                }
                 return Some(status);
             }
             if Instant::now() >= until {
@@ -354,7 +373,7 @@ fn drain(
     src: impl Read + Send + 'static,
     tail: Tail,
     first: Option<SyncSender<String>>,
-) {
+) -> thread::JoinHandle<()> {
     thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
@@ -373,7 +392,7 @@ fn drain(
                 lines.push_back(text);
             }
         })
-        .expect("start an output-draining thread");
+        .expect("start an output-draining thread")
 }
 
 /// Reads one line into `out` (cleared first), keeping at most [`MAX_LINE`] bytes of it;
