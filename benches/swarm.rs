@@ -142,7 +142,7 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
 
 fn sample(v: &mut Viewer, delay: u64, window: usize) {
     let Some(node) = &v.node else { return };
-    let live = node.stats().live_newest;
+    let live = node.live_newest();
     let shared = node.store();
     let s = store::lock(&shared);
     for n in s.numbers() {

@@ -342,9 +342,7 @@ impl Catalog for BroadcasterCatalog {
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
-        store::lock(&self.node.store())
-            .get(number)
-            .map(|s| s.data.clone())
+        self.node.segment_data(number)
     }
 
     fn stats_json(&self) -> String {

@@ -429,6 +429,22 @@ impl NodeView {
         self.shared.counters.clone()
     }
 
+    /// The bytes of segment `n`, if held (what `/seg/<n>.ts` serves).
+    pub fn segment_data(&self, n: u64) -> Option<Bytes> {
+        store::lock(&self.shared.store)
+            .get(n)
+            .map(|s| s.data.clone())
+    }
+
+    /// The newest segment known to exist, as the mesh last reported it.
+    pub fn live_newest(&self) -> Option<u64> {
+        self.shared
+            .mesh_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .newest
+    }
+
     /// A ticket address where a node with another key answered (the ticket is for a
     /// different stream, or the broadcaster's key changed).
     pub fn origin_wrong_key(&self) -> Option<SocketAddr> {

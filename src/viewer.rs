@@ -162,14 +162,12 @@ struct ViewerCatalog {
 
 impl Catalog for ViewerCatalog {
     fn playlist(&self) -> Option<String> {
-        let live = self.node.stats().live_newest;
+        let live = self.node.live_newest();
         store::lock(&self.node.store()).playlist_at(self.playlist, live)
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
-        store::lock(&self.node.store())
-            .get(number)
-            .map(|s| s.data.clone())
+        self.node.segment_data(number)
     }
 
     fn stats_json(&self) -> String {
