@@ -12,9 +12,8 @@ use std::time::Instant;
 /// A window of verified segments, keyed by number.
 #[derive(Debug)]
 pub struct Store {
-    segments: BTreeMap<u64, VerifiedSegment>,
-    /// When each held segment arrived here (for latency figures).
-    arrived: BTreeMap<u64, Instant>,
+    /// Each held segment with the moment it arrived here (for latency figures).
+    segments: BTreeMap<u64, (VerifiedSegment, Instant)>,
     /// Most segments held; older ones are dropped (PPSPP's live discard window).
     capacity: usize,
     /// The broadcaster ended the stream after this segment.
@@ -29,7 +28,6 @@ impl Store {
     pub fn new(capacity: usize) -> Store {
         Store {
             segments: BTreeMap::new(),
-            arrived: BTreeMap::new(),
             capacity: capacity.max(1),
             ended: None,
         }
@@ -56,24 +54,21 @@ impl Store {
         {
             return false;
         }
-        self.segments.insert(n, seg);
-        self.arrived.insert(n, now);
+        self.segments.insert(n, (seg, now));
         while self.segments.len() > self.capacity {
-            if let Some((old, _)) = self.segments.pop_first() {
-                self.arrived.remove(&old);
-            }
+            self.segments.pop_first();
         }
         true
     }
 
     /// When segment `n` arrived, if held.
     pub fn arrival(&self, n: u64) -> Option<Instant> {
-        self.arrived.get(&n).copied()
+        self.segments.get(&n).map(|(_, t)| *t)
     }
 
     /// Segment `n`, if held.
     pub fn get(&self, n: u64) -> Option<&VerifiedSegment> {
-        self.segments.get(&n)
+        self.segments.get(&n).map(|(s, _)| s)
     }
 
     /// Whether segment `n` is held.
@@ -131,7 +126,7 @@ impl Store {
         let infos: BTreeMap<u64, SegmentInfo> = self
             .segments
             .iter()
-            .map(|(n, s)| {
+            .map(|(n, (s, _))| {
                 let h = &s.header.header;
                 (
                     *n,
