@@ -1011,12 +1011,7 @@ impl Mesh {
             if inflight >= self.cfg.max_inflight_total {
                 break;
             }
-            let failed = self
-                .segs
-                .get(&n)
-                .map(|s| s.failed.clone())
-                .unwrap_or_default();
-            let pick = self.pick_supplier(n, &failed);
+            let pick = self.pick_supplier(n);
             let chosen = match pick {
                 Some(p) => Some(p),
                 // No partner can deliver: go to the origin once the wait is over.
@@ -1047,7 +1042,8 @@ impl Mesh {
         }
     }
 
-    fn pick_supplier(&mut self, n: u64, failed: &[NodeId]) -> Option<NodeId> {
+    fn pick_supplier(&mut self, n: u64) -> Option<NodeId> {
+        let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
         let mut best: Option<(usize, i64, u32, NodeId)> = None;
         for (id, p) in &self.peers {
