@@ -166,28 +166,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn proc_figures() -> (f64, f64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            // Fields after the command: state is [0]; utime [11], stime [12] (clock ticks).
-            let ut: f64 = rest.get(11)?.parse().ok()?;
-            let st: f64 = rest.get(12)?.parse().ok()?;
-            Some((ut + st) / 100.0)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb / 1024.0)
-        })
-        .unwrap_or(0.0);
-    (cpu, rss)
-}
-
 struct Published {
     at: Instant,
     len: u64,
@@ -231,7 +209,7 @@ fn report(
         .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
         .collect();
     joins.sort_by(|x, y| x.total_cmp(y));
-    let (cpu_s, peak_rss_mb) = proc_figures();
+    let (cpu_s, peak_rss_mb) = starling::sim::process_usage();
     json!({
         "viewers": a.viewers,
         "seconds": a.seconds,

@@ -358,17 +358,38 @@ fn parse_f64(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-/// `2M`, `500k`, `1.5G`, `64000` → bits/s.
+/// `2M`, `500k`, `1.5G`, `64000` → bits/s: the programs' [`Rate`](crate::rate::Rate)
+/// syntax, plus `0` (a peer that uploads nothing), which the simulator allows.
 pub fn parse_rate(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1e3),
-        (i, 'm' | 'M') => (&s[..i], 1e6),
-        (i, 'g' | 'G') => (&s[..i], 1e9),
-        _ => (s, 1.0),
-    };
-    let v = parse_f64(num)? * mult;
-    (0.0..1e15).contains(&v).then_some(v.round() as u64)
+    if parse_f64(s.trim()) == Some(0.0) {
+        return Some(0);
+    }
+    s.parse::<crate::rate::Rate>().ok().map(|r| r.0)
+}
+
+/// CPU seconds (utime + stime, in clock ticks of 1/100 s) and peak RSS in MB (VmHWM) of this
+/// process, from /proc; zeros where /proc cannot be read. Both benchmarks report these.
+pub fn process_usage() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0);
+    (cpu, rss)
 }
 
 /// `0.5:0.5x,0.3:1.5x,0.2:3x` → upload classes (share : multiple of the bitrate).
@@ -588,6 +609,7 @@ mod tests {
         assert_eq!(parse_rate("2.092M"), Some(2_092_000));
         assert_eq!(parse_rate("64000"), Some(64_000));
         assert_eq!(parse_rate("-1k"), None);
+        assert_eq!(parse_rate("0"), Some(0));
         assert_eq!(parse_rate(""), None);
         assert_eq!(parse_mix("1:3x").map(|m| m[0].multiple), Some(3.0));
         assert_eq!(parse_mix("0.5"), None);
