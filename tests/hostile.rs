@@ -3,22 +3,20 @@
 //! the sender, and must refuse it when it comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::{BufMut, Bytes, BytesMut};
+use common::nodes::{broadcaster, loopback, publish, viewer, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
-use starling::net::{Node, NodeConfig};
 use starling::store;
-use starling::stream::{node_id, sign_segment, NodeId, SignedHeader, VerifiedSegment};
+use starling::stream::{node_id, sign_segment, NodeId, SignedHeader};
 use starling::tls;
 use starling::wire::{self, Control, Reply, Role};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 const SEGMENT: Duration = Duration::from_millis(500);
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 fn payload(n: u64) -> Bytes {
     Bytes::from(
@@ -98,35 +96,14 @@ impl Hostile {
 async fn forged_pushes_are_rejected_and_the_sender_banned() {
     let key = SigningKey::from_bytes(&[61; 32]);
     let stream = node_id(&key);
-    let broadcaster = Node::spawn(NodeConfig {
-        key: key.clone(),
-        stream,
-        role: Role::Broadcaster,
-        listen: loopback(),
-        origin_addrs: vec![],
-        upload_limit: None,
-        mesh: MeshConfig::broadcaster(stream, SEGMENT),
-        store_capacity: 64,
-        seed: 3,
-        max_connections: 64,
-    })
-    .await
-    .unwrap();
-    let origin = broadcaster.local_addr().unwrap();
-    let viewer = Node::spawn(NodeConfig {
-        key: SigningKey::from_bytes(&[62; 32]),
-        stream,
-        role: Role::Viewer,
-        listen: loopback(),
-        origin_addrs: vec![origin],
-        upload_limit: None,
-        mesh: MeshConfig::viewer(stream, SEGMENT, 2),
-        store_capacity: 64,
-        seed: 4,
-        max_connections: 64,
-    })
-    .await
-    .unwrap();
+    let broadcaster = broadcaster(&key, SEGMENT, None, 3).await;
+    let viewer = viewer(
+        SigningKey::from_bytes(&[62; 32]),
+        &broadcaster,
+        MeshConfig::viewer(stream, SEGMENT, 2),
+        4,
+    )
+    .await;
     let viewer_addr: SocketAddr = format!("127.0.0.1:{}", viewer.local_addr().unwrap().port())
         .parse()
         .unwrap();
@@ -174,25 +151,15 @@ async fn forged_pushes_are_rejected_and_the_sender_banned() {
     assert_eq!(stats.rejected_segments, 2, "{stats:?}");
     assert!(stats.bans >= 2, "{stats:?}");
     for n in 0..4 {
-        let data = payload(n);
-        let h = sign_segment(&key, n, 500, 0, false, &data).unwrap();
-        broadcaster
-            .publish(VerifiedSegment::verify(&stream, h, data).unwrap())
-            .await;
+        publish(&broadcaster, &key, n, SEGMENT, payload(n)).await;
         tokio::time::sleep(SEGMENT).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = {
-            let shared = viewer.store();
-            let s = store::lock(&shared);
-            (0..4).all(|n| s.contains(n))
-        };
-        if done || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let viewers = [viewer];
+    wait_for(&viewers, Duration::from_secs(20), |s| {
+        (0..4).all(|n| s.contains(n))
+    })
+    .await;
+    let [viewer] = viewers;
     let shared = viewer.store();
     let s = store::lock(&shared);
     for n in 0..4 {
