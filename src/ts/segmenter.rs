@@ -822,15 +822,21 @@ mod tests {
         assert!(!pids(&segs[1]).contains(&0x200));
     }
 
-    #[test]
-    fn finish_joins_a_segment_still_waiting_for_a_tail() {
+    /// Two seconds of interleaved video and audio, then an audio PES just before the last
+    /// keyframe that never gets its tail: the segment before it is still waiting at the end.
+    fn tail_waiting_stream() -> Synth {
         let mut s = Synth::new();
         interleaved(&mut s, 0..50, 25, true);
-        // The audio PES before the last keyframe never gets its tail.
         s.tables(0x1B);
         let audio = Synth::audio_pes(126_000 + 50 * 3600);
         s.packet(0x101, true, false, &audio);
         s.frame(126_000 + 50 * 3600, true, true, 2);
+        s
+    }
+
+    #[test]
+    fn finish_joins_a_segment_still_waiting_for_a_tail() {
+        let s = tail_waiting_stream();
         let mut seg = Segmenter::new(Duration::from_secs(1));
         let pushed = seg.push(&s.out);
         assert_eq!(pushed.len(), 1);
@@ -866,12 +872,7 @@ mod tests {
     #[test]
     fn finish_does_not_join_past_the_size_cap() {
         // Found by the `segmenter` fuzz target: the join ignored the cap.
-        let mut s = Synth::new();
-        interleaved(&mut s, 0..50, 25, true);
-        s.tables(0x1B);
-        let audio = Synth::audio_pes(126_000 + 50 * 3600);
-        s.packet(0x101, true, false, &audio);
-        s.frame(126_000 + 50 * 3600, true, true, 2);
+        let s = tail_waiting_stream();
         let joined = {
             let mut seg = Segmenter::new(Duration::from_secs(1));
             seg.push(&s.out);
