@@ -159,22 +159,18 @@ pub async fn run(
         })?;
     }
 
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|source| BroadcastError::Http {
-            addr: config.http,
-            source,
-        })?;
-    let http_addr = listener.local_addr().unwrap_or(config.http);
     let stats = Arc::new(BroadcastStats::default());
     let catalog = Arc::new(BroadcasterCatalog {
         node: node.view(),
         stats: stats.clone(),
     });
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(listener, catalog, async move {
-        let _ = http_stopped.await;
-    }));
+    let http = http::Server::start(config.http, catalog)
+        .await
+        .map_err(|source| BroadcastError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = http.addr();
     on_ticket(&ticket);
     tracing::info!(
         stream = %stream_id,
@@ -256,8 +252,7 @@ pub async fn run(
             }
         }
     }
-    let _ = http_stop.send(());
-    let _ = http_task.await;
+    http.stop().await;
     node.shutdown().await;
     outcome.map(|_| ())
 }

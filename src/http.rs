@@ -18,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -49,6 +50,38 @@ const MAX_BUF_BYTES: usize = 32 * 1024;
 
 /// Consecutive failed `accept` calls (with back-off) after which the listener is deemed broken.
 const MAX_ACCEPT_FAILURES: u32 = 50;
+
+/// A running server started by [`Server::start`]; [`Server::stop`] ends it.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    /// Binds `addr` and serves `catalog` there in a task.
+    pub async fn start(addr: SocketAddr, catalog: Arc<dyn Catalog>) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, catalog, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Server { addr, stop, task })
+    }
+
+    /// The address it listens on (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish briefly, and waits for the end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
 
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///

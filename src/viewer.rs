@@ -88,13 +88,6 @@ pub async fn run(
     })
     .await?;
 
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|source| ViewerError::Http {
-            addr: config.http,
-            source,
-        })?;
-    let http_addr = listener.local_addr().unwrap_or(config.http);
     let catalog = Arc::new(ViewerCatalog {
         node: node.view(),
         playlist: PlaylistConfig {
@@ -102,10 +95,13 @@ pub async fn run(
             window: config.window,
         },
     });
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(listener, catalog, async move {
-        let _ = http_stopped.await;
-    }));
+    let http = http::Server::start(config.http, catalog)
+        .await
+        .map_err(|source| ViewerError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = http.addr();
     on_url(&format!("http://{http_addr}/live.m3u8"));
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
 
@@ -149,8 +145,7 @@ pub async fn run(
         }
     }
     status.clear();
-    let _ = http_stop.send(());
-    let _ = http_task.await;
+    http.stop().await;
     node.shutdown().await;
     outcome
 }
