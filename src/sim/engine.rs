@@ -4,7 +4,7 @@
 
 use super::link::Link;
 use super::metrics::{self, Histogram};
-use super::{JoinMs, LatencyMs, SimConfig, SimDetails, SimReport};
+use super::{JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport};
 use crate::mesh::{Action, Mesh, MeshConfig};
 use crate::stream::NodeId;
 use crate::wire::{self, Control, Reply, Role};
@@ -28,6 +28,8 @@ const BUSY_BACKLOG: Ns = 1_500_000_000;
 const KEEP_BEHIND: u64 = 64;
 /// `net.rs`'s `MAX_UPLOAD_SLOTS`: uploads at once when the bitrate is unknown, and at most.
 const MAX_UPLOAD_SLOTS: u64 = 8;
+/// Added to the start order of the origin's served uploads, so its pushes go first.
+const SERVE_AFTER_SEEDS: u64 = 1 << 48;
 /// `net.rs` delays the close of a "partner set full" connection so the peer sample lands first.
 const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
 /// The mesh's reason for turning a newcomer away.
@@ -280,6 +282,15 @@ impl Node {
             *slot = (number, at);
         }
         self.newest = self.newest.max(Some(number));
+    }
+
+    /// `net.rs`'s `note_bitrate`: a smoothed bitrate from each header (or publish).
+    fn note_bitrate(&mut self, bps: u64) {
+        self.stream_bps = if self.stream_bps == 0 {
+            bps
+        } else {
+            (self.stream_bps * 7 + bps) / 8
+        };
     }
 
     fn alive(&self) -> bool {
@@ -665,7 +676,16 @@ impl Sim {
             held: vec![(u64::MAX, 0); STORE as usize],
             newest: None,
             lowest: None,
-            link: Link::new(self.cfg.link, rate as f64),
+            // The origin's seeding pushes go before the requests it serves (`net.rs`'s
+            // `UploadClass`): its link takes turns, pushes first (see `start_upload`).
+            link: Link::new(
+                if i == ORIGIN {
+                    LinkModel::Fifo
+                } else {
+                    self.cfg.link
+                },
+                rate as f64,
+            ),
             cap_bps: rate * 8,
             stream_bps: 0,
             slots_used: 0,
@@ -767,8 +787,11 @@ impl Sim {
         self.stream_bytes += self.seg_bytes;
         self.d.segments += 1;
         let now = self.now;
+        let bps = self.seg_bytes * 8000 / self.cfg.segment_ms.max(1);
         if let Some(o) = self.node_mut(ORIGIN) {
             o.store(number, now);
+            // As `net.rs` does at publish: the origin sizes its upload slots by the bitrate.
+            o.note_bitrate(bps);
         }
         let t = self.instant(now);
         if let Some(m) = self.mesh(ORIGIN) {
@@ -1234,11 +1257,15 @@ impl Sim {
     /// The holder writes the header (not rate-limited in net.rs) and starts on the pieces.
     fn start_upload(&mut self, tr: TRef) {
         self.d.control_bytes += self.reply_header_bytes;
-        let order = self.uploads_started;
+        let mut order = self.uploads_started;
         self.uploads_started += 1;
         let Some(t) = self.transfers.get_mut(tr) else {
             return;
         };
+        if t.from == ORIGIN && t.kind != Kind::Push {
+            // Served after every seeding push (`UploadClass::Serve`).
+            order += SERVE_AFTER_SEEDS;
+        }
         t.started = true;
         t.order = order;
         let (s, r) = (t.from, t.to);
@@ -1520,11 +1547,7 @@ impl Sim {
         let bps = self.seg_bytes * 8000 / self.cfg.segment_ms.max(1);
         let (now, sid) = (self.instant(self.now), self.id_of(s));
         let Some(n) = self.node_mut(r) else { return };
-        n.stream_bps = if n.stream_bps == 0 {
-            bps
-        } else {
-            (n.stream_bps * 7 + bps) / 8
-        };
+        n.note_bitrate(bps);
         let unwanted = n.holds(number)
             || n.newest
                 .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k);

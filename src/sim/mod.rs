@@ -44,6 +44,9 @@
 //!   8 at the broadcaster, which receives none. A slot is held until the last piece has left
 //!   (or the upload stops). Busy backoff is the mesh's own (250 ms per peer).
 //! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
+//!   The origin's pushes go before the requests it serves (`net.rs`'s `UploadClass`): its
+//!   link takes turns, pushes first, then served uploads oldest first (`net.rs` shares the
+//!   rate evenly among those; the difference is confined to the origin's fallback serving).
 //! - **Unwanted** (`net.rs`'s check at the header): a segment the receiver holds, or holds
 //!   64 newer than, is refused when its header lands; the sender stops when that stop
 //!   reaches it. For a request the mesh hears a transfer failure.
