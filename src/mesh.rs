@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 
 /// How long a peer that answered Busy is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+/// Re-dial period for the origin while this viewer has few partners.
+const ORIGIN_RETRY: Duration = Duration::from_secs(2);
+/// Re-dial period for the origin once this viewer has partners to pull from.
+const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
@@ -112,7 +116,9 @@ impl MeshConfig {
         MeshConfig {
             role: Role::Broadcaster,
             seed_fanout: 2,
-            max_partners: 4096,
+            // Below `net.rs`'s 4096 connections, so the overflow is turned away by the mesh,
+            // with a peer sample to join the swarm through, rather than refused in the handshake.
+            max_partners: 4000,
             ..MeshConfig::viewer(origin, segment, 3)
         }
     }
@@ -247,6 +253,8 @@ pub struct Mesh {
     last_now: Instant,
     origin_retry_at: Instant,
     push_cursor: usize,
+    /// `want_from` was taken from partners (the origin is full) and no data has come yet.
+    start_from_partners: bool,
     stats: MeshStats,
 }
 
@@ -270,6 +278,7 @@ impl Mesh {
             last_now: now,
             origin_retry_at: now,
             push_cursor: 0,
+            start_from_partners: false,
             stats: MeshStats::default(),
         };
         mesh.maintain(now);
@@ -413,6 +422,9 @@ impl Mesh {
             });
             return;
         }
+        if role == Role::Broadcaster {
+            self.start_from_partners = false;
+        }
         if let Some(k) = self.known.get_mut(&peer) {
             k.failures = 0;
             k.retry_at = None;
@@ -519,6 +531,26 @@ impl Mesh {
     /// Records what `from` holds; only the origin (or verified data) moves our notion of newest.
     fn learn(&mut self, now: Instant, from: NodeId, numbers: impl Iterator<Item = u64>) {
         let from_origin = self.is_origin(&from);
+        let numbers: Vec<u64> = numbers.collect();
+        if self.cfg.role == Role::Viewer
+            && !from_origin
+            && (self.start_from_partners
+                || (self.want_from.is_none() && !self.peers.contains_key(&self.cfg.origin)))
+        {
+            // The origin turned us away (full): start from what partners hold, the lowest of
+            // their newest, redone as partners announce until data arrives, so a liar
+            // announcing the future cannot park us past the stream.
+            let others = self
+                .peers
+                .iter()
+                .filter(|(id, _)| !self.is_origin(id) && **id != from)
+                .filter_map(|(_, p)| p.have.last().copied());
+            let start = others.chain(numbers.iter().max().copied()).min();
+            if let Some(s) = start {
+                self.want_from = Some(s.saturating_sub(self.cfg.delay_segments));
+                self.start_from_partners = true;
+            }
+        }
         let mut max_seen = None;
         let lo = self.floor();
         // A peer may announce at most a window ahead of what we know, so a liar cannot
@@ -650,6 +682,7 @@ impl Mesh {
         if self.want_from.is_none() && self.cfg.role == Role::Viewer {
             self.want_from = Some(number);
         }
+        self.start_from_partners = false;
         if number < self.floor() {
             return;
         }
@@ -811,7 +844,14 @@ impl Mesh {
                 && now >= self.origin_retry_at
             {
                 self.pending_dials.insert(origin);
-                self.origin_retry_at = now + Duration::from_secs(2);
+                // With partners, the origin is only a fallback: a full origin is not asked
+                // again every 2 s by thousands of turned-away viewers.
+                let retry = if self.viewer_count() >= self.cfg.target_partners / 2 {
+                    ORIGIN_RETRY_WITH_PARTNERS
+                } else {
+                    ORIGIN_RETRY
+                };
+                self.origin_retry_at = now + retry;
                 self.actions.push_back(Action::Dial {
                     peer: origin,
                     addr: None,
@@ -1209,6 +1249,42 @@ mod tests {
             reason: "refused"
         }));
         assert!(!v.is_banned(&id(20), t0 + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn turned_away_by_a_full_origin_it_starts_from_partners() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        drain(&mut v);
+        // The origin never admitted us; two partners did. One lies about the future.
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_control(t0, id(30), Control::Have { number: 1_000_000 });
+        v.handle_control(t0, id(20), Control::Have { number: 50 });
+        let asked = requests(&drain(&mut v));
+        assert!(asked.contains(&(id(20), 50)), "{asked:?}");
+        assert_eq!(v.want_from(), Some(47));
+        // With partners, the full origin is re-dialled only now and then.
+        v.handle_connected(t0, id(40), addr(40), Role::Viewer, true);
+        let dials_origin = |v: &mut Mesh| {
+            drain(v)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(ORIGIN)))
+        };
+        let mut t = t0 + ORIGIN_RETRY * 2;
+        v.handle_dial_failed(t, id(ORIGIN));
+        v.handle_tick(t);
+        assert!(dials_origin(&mut v), "first re-dial");
+        v.handle_dial_failed(t, id(ORIGIN));
+        t += ORIGIN_RETRY * 2;
+        v.handle_tick(t);
+        assert!(
+            !dials_origin(&mut v),
+            "not every {ORIGIN_RETRY:?} with partners"
+        );
+        t += ORIGIN_RETRY_WITH_PARTNERS;
+        v.handle_tick(t);
+        assert!(dials_origin(&mut v), "but again later");
     }
 
     #[test]

@@ -88,3 +88,17 @@ fn churn_replaces_leavers() {
     assert_eq!(d.viewers_started, 20 + d.viewers_left);
     assert!(r.continuity > 0.0);
 }
+
+#[test]
+fn viewers_a_full_origin_turns_away_still_play_through_partners() {
+    // The origin admits 10 viewers; the other 30 get a peer sample and join through them.
+    let c = SimConfig {
+        viewer_upload_bps: 20_000_000,
+        origin_upload_bps: 50_000_000,
+        origin_partners: Some(10),
+        ..small(40, 20.0)
+    };
+    let r = sim::run(&c);
+    assert_eq!(r.details.viewers_playable, 40, "{:?}", r.details);
+    assert!(r.continuity > 0.9, "{r:?}");
+}

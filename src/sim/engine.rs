@@ -4,7 +4,9 @@
 
 use super::link::Link;
 use super::metrics::{self, Histogram};
-use super::{JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport};
+use super::{
+    JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
+};
 use crate::mesh::{Action, Mesh, MeshConfig};
 use crate::stream::NodeId;
 use crate::wire::{self, Control, Reply, Role};
@@ -650,7 +652,10 @@ impl Sim {
     }
 
     fn spawn_origin(&mut self) {
-        let cfg = MeshConfig::broadcaster(self.origin_id, self.cfg.segment());
+        let mut cfg = MeshConfig::broadcaster(self.origin_id, self.cfg.segment());
+        if let Some(p) = self.cfg.origin_partners {
+            cfg.max_partners = p;
+        }
         let bps = self.cfg.origin_upload_bps;
         let seed = self.rng.gen();
         self.spawn(cfg, bps, seed);
@@ -909,7 +914,9 @@ impl Sim {
             None => {}
         }
         let cap = if b == ORIGIN {
-            ORIGIN_MAX_CONNECTIONS
+            self.cfg
+                .origin_partners
+                .map_or(ORIGIN_MAX_CONNECTIONS, |p| p + ORIGIN_CONNECTION_HEADROOM)
         } else {
             VIEWER_MAX_CONNECTIONS
         };

@@ -186,7 +186,14 @@ pub struct SimConfig {
     pub tick_floor_ms: u64,
     /// How uploads are shared (`--link fifo|shared`).
     pub link: LinkModel,
+    /// The broadcaster's partner cap (`--origin-partners`; default the product's), so the
+    /// overflow path (turned away with a peer sample) can be exercised at small scale. Its
+    /// connection cap stays [`ORIGIN_CONNECTION_HEADROOM`] above.
+    pub origin_partners: Option<usize>,
 }
+
+/// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
+pub const ORIGIN_CONNECTION_HEADROOM: usize = 96;
 
 impl Default for SimConfig {
     fn default() -> SimConfig {
@@ -208,6 +215,7 @@ impl Default for SimConfig {
             dial_timeout_ms: 10_000,
             tick_floor_ms: 1,
             link: LinkModel::Shared,
+            origin_partners: None,
         }
     }
 }
@@ -251,6 +259,7 @@ impl SimConfig {
                 "--dial-timeout-ms",
                 "--tick-floor-ms",
                 "--link",
+                "--origin-partners",
             ];
             if !known.contains(&flag.as_str()) {
                 return Err(SimError::UnknownFlag(flag));
@@ -279,6 +288,7 @@ impl SimConfig {
                 "--leave-detect-ms" => c.leave_detect_ms = value.parse().map_err(|_| bad())?,
                 "--dial-timeout-ms" => c.dial_timeout_ms = value.parse().map_err(|_| bad())?,
                 "--tick-floor-ms" => c.tick_floor_ms = value.parse().map_err(|_| bad())?,
+                "--origin-partners" => c.origin_partners = Some(value.parse().map_err(|_| bad())?),
                 _ => {
                     c.link = match value.as_str() {
                         "fifo" => LinkModel::Fifo,
