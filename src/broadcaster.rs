@@ -129,6 +129,7 @@ pub async fn run(
     on_ticket: impl FnOnce(&Ticket),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BroadcastError> {
+    source::check_input(&config.input)?;
     let key = stream::load_or_create_key(&config.key_path)?;
     let stream_id = node_id(&key);
     let state_path = BroadcastState::path_for(&config.key_path);
@@ -243,8 +244,14 @@ pub async fn run(
     if ended_by_input {
         if let Some(last) = last {
             // Tell viewers the stream is over and stay a little so they can fetch the tail.
+            // A failed input (ffmpeg dying mid-stream) ends the stream the same way, so
+            // viewers finish their playlists with what they hold; the error comes after.
             node.end(last).await;
-            tracing::info!(last, "input ended; ending the stream");
+            if outcome.is_ok() {
+                tracing::info!(last, "input ended; ending the stream");
+            } else {
+                tracing::warn!(last, "input failed; ending the stream");
+            }
             let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
             tokio::select! {
                 _ = tokio::time::sleep(linger) => {}

@@ -106,13 +106,16 @@ pub enum SourceError {
         /// The input that needed it.
         input: String,
     },
-    /// ffmpeg exited with a failure status.
-    #[error("ffmpeg failed on {input} ({status}): {message}")]
+    /// ffmpeg exited with a failure status or was killed, at start-up or mid-stream; the
+    /// segments it produced before that were sent on.
+    #[error("ffmpeg failed on {input} ({status}) after {segments} segments: {message}")]
     FfmpegFailed {
         /// The input ffmpeg was reading.
         input: String,
         /// How ffmpeg exited.
         status: ExitStatus,
+        /// Segments released from ffmpeg's output, the last (possibly short) one included.
+        segments: u64,
         /// ffmpeg's last line on stderr, or a note that it printed none.
         message: String,
     },
@@ -164,6 +167,20 @@ pub async fn run(config: SourceConfig, segments: Sender<CutSegment>) -> Result<(
         Input::Ffmpeg(arg) => run_ffmpeg(&config, arg, cutter).await,
         Input::Demo => run_demo(cutter).await,
     }
+}
+
+/// Checks what can be known before broadcasting starts, so a mistyped path fails before a
+/// key, a port or a ticket exists: a `.ts` file must open. Other inputs are checked by
+/// reading them (ffmpeg says what is wrong with a file or URL it cannot open).
+pub fn check_input(input: &Input) -> Result<(), SourceError> {
+    if let Input::TsFile(path) = input {
+        std::fs::File::open(path).map_err(|source| SourceError::Io {
+            action: "open",
+            input: input.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Real-time release schedule: segment k may leave at `start + d0 + … + dk`, the moment it
@@ -235,6 +252,8 @@ struct Cutter {
     segments: Sender<CutSegment>,
     /// Bytes pushed, for giving up early on an input that is not MPEG-TS.
     bytes_seen: u64,
+    /// Segments handed to the receiver, for saying how far a failed input got.
+    released: u64,
     /// The input's name, for errors.
     input: String,
 }
@@ -246,6 +265,7 @@ impl Cutter {
             pacer: None,
             segments,
             bytes_seen: 0,
+            released: 0,
             input,
         }
     }
@@ -293,7 +313,10 @@ impl Cutter {
         let pacer = self.pacer.get_or_insert_with(|| Pacer::new(Instant::now()));
         tokio::time::sleep_until(pacer.release_at(segment.duration)).await;
         match self.segments.send(segment).await {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                self.released = self.released.saturating_add(1);
+                Flow::Continue
+            }
             Err(_) => Flow::ReceiverGone,
         }
     }
@@ -620,6 +643,7 @@ async fn run_ffmpeg(
         return Err(SourceError::FfmpegFailed {
             input: arg.to_owned(),
             status,
+            segments: cutter.released,
             message: if message.is_empty() {
                 "(ffmpeg printed no message)".into()
             } else {

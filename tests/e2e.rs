@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::players::{ffmpeg_reads_hls, require_tool, vlc_plays_hls};
 use harness::{
-    broadcaster_stats, count, fetch_playlist, get, one_stream_at_a_time, poll_until, program,
-    request, resolve, start_broadcaster, start_viewer, stats_at, strip_ansi, wait_for_segments,
-    Proc, TempDir, Viewer,
+    assert_clear_failure, broadcaster_stats, count, fetch_playlist, get, one_stream_at_a_time,
+    poll_until, program, request, resolve, start_broadcaster, start_viewer, stats_at,
+    wait_for_segments, Proc, TempDir, Viewer,
 };
 
 /// How long a fresh mesh may take to list its first segments in a viewer's playlist: start-up
@@ -43,42 +43,6 @@ fn broadcaster_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--key", key, "--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     args
-}
-
-/// Asserts `proc` exited with failure and ended its stderr with one clear line containing
-/// `needle` (case-insensitive): no panic, no backtrace, no multi-line error chain.
-fn assert_clear_failure(proc: &mut Proc, what: &str, needle: &str) {
-    let status = proc
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("{what}: the program did not exit{}", proc.output_tail()));
-    assert!(
-        !status.success(),
-        "{what}: exited successfully{}",
-        proc.output_tail()
-    );
-    let stderr = strip_ansi(&proc.stderr_text());
-    for bad in [
-        "panicked",
-        "RUST_BACKTRACE",
-        "stack backtrace",
-        "Caused by:",
-    ] {
-        assert!(
-            !stderr.contains(bad),
-            "{what}: stderr has {bad:?} instead of one clear line{}",
-            proc.output_tail()
-        );
-    }
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    assert!(
-        last.to_lowercase().contains(&needle.to_lowercase()),
-        "{what}: the last stderr line should name {needle:?}: {last:?}{}",
-        proc.output_tail()
-    );
 }
 
 #[test]

@@ -839,3 +839,78 @@ pub fn make_clip(path: &str, seconds: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Asserts that `proc` exits (within a minute) with failure and says why in one clear line
+/// containing `needle` (case-insensitive): no panic, no backtrace, no error chain.
+///
+/// Apart from that line, stderr may hold only the program's log lines (timestamped by
+/// tracing) and, after a flag error, clap's usage hints below its `error:` line. The
+/// program's own error line must be the last thing it writes.
+pub fn assert_clear_failure(proc: &mut Proc, what: &str, needle: &str) {
+    let status = proc
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{what}: the program did not exit{}", proc.output_tail()));
+    assert!(
+        !status.success(),
+        "{what}: exited successfully{}",
+        proc.output_tail()
+    );
+    let stderr = strip_ansi(&proc.stderr_text());
+    for bad in [
+        "panicked",
+        "RUST_BACKTRACE",
+        "stack backtrace",
+        "Caused by:",
+    ] {
+        assert!(
+            !stderr.contains(bad),
+            "{what}: stderr has {bad:?} instead of one clear line{}",
+            proc.output_tail()
+        );
+    }
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_log_line(l))
+        .collect();
+    let line = match said.first() {
+        // clap: its one-line error first, then usage and tips for the reader.
+        Some(first) if first.starts_with("error:") => *first,
+        _ => {
+            assert_eq!(
+                said.len(),
+                1,
+                "{what}: stderr should say one thing besides log lines: {said:?}{}",
+                proc.output_tail()
+            );
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            assert_eq!(
+                last.map(str::trim),
+                said.first().copied(),
+                "{what}: the error should be the last line{}",
+                proc.output_tail()
+            );
+            said[0]
+        }
+    };
+    assert!(
+        line.to_lowercase().contains(&needle.to_lowercase()),
+        "{what}: the error line should name {needle:?}: {line:?}{}",
+        proc.output_tail()
+    );
+}
+
+/// Whether `line` is one of tracing's log lines: `<RFC 3339 time> <LEVEL> ...`.
+fn is_log_line(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let timestamp = words.next().is_some_and(|w| {
+        w.len() > 10
+            && w.as_bytes().get(4) == Some(&b'-')
+            && w.contains('T')
+            && w.bytes().take(4).all(|b| b.is_ascii_digit())
+    });
+    let level = words
+        .next()
+        .is_some_and(|w| ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&w));
+    timestamp && level
+}
