@@ -55,6 +55,8 @@ impl Hostile {
             stream,
             role: Role::Viewer,
             uploads: true,
+            token: None,
+            token_epoch: 0,
         };
         send.write_all(&wire::encode(&hello)).await.unwrap();
         // Their Hello back (length prefix, then body).

@@ -17,15 +17,15 @@ pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Starts a broadcaster for `key`'s stream with segments of about `segment`.
-pub async fn broadcaster(
+/// The config of a public broadcaster for `key`'s stream with segments of about `segment`.
+pub fn broadcaster_config(
     key: &SigningKey,
     segment: Duration,
     upload: Option<Rate>,
     seed: u64,
-) -> Node {
+) -> NodeConfig {
     let stream = node_id(key);
-    Node::spawn(NodeConfig {
+    NodeConfig {
         key: key.clone(),
         stream,
         role: Role::Broadcaster,
@@ -36,14 +36,25 @@ pub async fn broadcaster(
         store_capacity: 64,
         seed,
         max_connections: 64,
-    })
-    .await
-    .expect("broadcaster starts")
+        admission: Default::default(),
+    }
 }
 
-/// Starts a viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
-pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> Node {
-    Node::spawn(NodeConfig {
+/// Starts a broadcaster for `key`'s stream with segments of about `segment`.
+pub async fn broadcaster(
+    key: &SigningKey,
+    segment: Duration,
+    upload: Option<Rate>,
+    seed: u64,
+) -> Node {
+    Node::spawn(broadcaster_config(key, segment, upload, seed))
+        .await
+        .expect("broadcaster starts")
+}
+
+/// The config of a public viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
+pub fn viewer_config(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> NodeConfig {
+    NodeConfig {
         key,
         stream: origin.id(),
         role: Role::Viewer,
@@ -54,9 +65,15 @@ pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64)
         store_capacity: 64,
         seed,
         max_connections: 64,
-    })
-    .await
-    .expect("viewer starts")
+        admission: Default::default(),
+    }
+}
+
+/// Starts a viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
+pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> Node {
+    Node::spawn(viewer_config(key, origin, mesh, seed))
+        .await
+        .expect("viewer starts")
 }
 
 /// Signs `data` as segment `n` of `key`'s stream and publishes it.
