@@ -126,6 +126,7 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
         store_capacity: (8 + a.delay as usize + 16).max(32),
         seed,
         max_connections: 64,
+        admission: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("viewer: {e}"));
@@ -250,6 +251,7 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
         store_capacity: 64,
         seed: a.seed,
         max_connections: 8192,
+        admission: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("broadcaster: {e}"));

@@ -13,6 +13,7 @@ use crate::rate::Rate;
 use crate::source::{self, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
+use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
 use crate::wire::Role;
 use bytes::Bytes;
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct BroadcasterConfig {
     pub ticket_file: Option<PathBuf>,
     /// Upload cap; None: 4× the measured stream bitrate.
     pub max_upload: Option<Rate>,
+    /// Only viewers with a join token may join (see [`issue_token`]).
+    pub private: bool,
 }
 
 /// Why the broadcaster stopped with an error.
@@ -70,6 +73,15 @@ pub enum BroadcastError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The token epoch file is unusable.
+    #[error(transparent)]
+    Epoch(#[from] EpochFileError),
+    /// A token was asked for a key that does not exist yet.
+    #[error("no key file at {path}: run the broadcaster once to create the stream, or pass --key")]
+    NoKey {
+        /// The key file.
+        path: String,
+    },
 }
 
 /// Numbering and address kept across restarts, beside the key.
@@ -134,8 +146,16 @@ pub async fn run(
     let stream_id = node_id(&key);
     let state_path = BroadcastState::path_for(&config.key_path);
     let mut state = BroadcastState::load(&state_path);
+    let epoch_path = TokenEpoch::path_for(&config.key_path);
+    let admission = if config.private {
+        Admission::Broadcaster {
+            epoch: TokenEpoch::load(&epoch_path)?.0,
+        }
+    } else {
+        Admission::Open
+    };
 
-    let node = spawn_node(&config, &key, state.port).await?;
+    let node = spawn_node(&config, &key, state.port, admission).await?;
     let local = node.local_addr().map_err(|e| {
         BroadcastError::Net(net::NetError::Tls(crate::tls::TlsError::Bind {
             addr: config.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -232,6 +252,13 @@ pub async fn run(
                 let cap = config.max_upload.unwrap_or(Rate((bps * 4).max(1_000_000)));
                 stats.upload_limit_bps.store(cap.0, Ordering::Relaxed);
                 node.set_upload_limit(Some(cap));
+                if config.private {
+                    // A rotation (`token --rotate`) takes effect without a restart.
+                    match TokenEpoch::load(&epoch_path) {
+                        Ok(e) => node.raise_token_epoch(e.0),
+                        Err(e) => tracing::warn!(error = %e, "keeping the token epoch in force"),
+                    }
+                }
                 tracing::debug!(number, bytes = len, ms = duration_ms, "published");
             }
             _ = &mut shutdown => break Ok(false),
@@ -268,6 +295,7 @@ async fn spawn_node(
     config: &BroadcasterConfig,
     key: &ed25519_dalek::SigningKey,
     previous_port: Option<u16>,
+    admission: Admission,
 ) -> Result<Node, net::NetError> {
     let stream_id = node_id(key);
     let make = |listen| NodeConfig {
@@ -281,6 +309,7 @@ async fn spawn_node(
         store_capacity: 64,
         seed: rand::random(),
         max_connections: 4096,
+        admission,
     };
     if let Some(addr) = config.listen {
         return Node::spawn(make(addr)).await;
@@ -292,6 +321,35 @@ async fn spawn_node(
         }
     }
     Node::spawn(make(SocketAddr::from(([0, 0, 0, 0], 0)))).await
+}
+
+/// Issues a join token for the stream of the key at `key_path`, valid for `lifetime` from
+/// `now_unix_s`. With `rotate`, first moves to a new token epoch, which revokes every token
+/// issued before; the stream (key, ticket) stays the same.
+pub fn issue_token(
+    key_path: &Path,
+    lifetime: Duration,
+    rotate: bool,
+    now_unix_s: u64,
+) -> Result<JoinToken, BroadcastError> {
+    // A mistyped path must not quietly create a new stream whose tokens fit nothing.
+    if !key_path.exists() {
+        return Err(BroadcastError::NoKey {
+            path: key_path.display().to_string(),
+        });
+    }
+    let key = stream::load_or_create_key(key_path)?;
+    let epoch_path = TokenEpoch::path_for(key_path);
+    let mut epoch = TokenEpoch::load(&epoch_path)?;
+    if rotate {
+        epoch = epoch.rotated()?;
+        epoch.save(&epoch_path)?;
+    }
+    Ok(JoinToken::issue(
+        &key,
+        epoch.0,
+        now_unix_s.saturating_add(lifetime.as_secs()),
+    ))
 }
 
 fn unix_ms() -> u64 {

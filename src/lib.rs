@@ -15,6 +15,7 @@
 //! - [`mesh`] — one node's state machine: partners, buffer maps, scheduling.
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
+//! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
 //! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
@@ -42,6 +43,7 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod token;
 pub mod ts;
 pub mod viewer;
 pub mod wire;

@@ -13,6 +13,7 @@ use crate::rate::{Rate, TokenBucket};
 use crate::store::{self, SharedStore, Store};
 use crate::stream::{node_id, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment};
 use crate::tls;
+use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::{self, Control, Reply, Request, Role, WireError};
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
@@ -44,6 +45,8 @@ const MAX_UPLOAD_SLOTS: usize = 8;
 const KEEP_BEHIND: u64 = 64;
 /// Pushes we accept at once from one connection.
 const PUSHES_PER_CONNECTION: usize = 4;
+/// Longest a connection's token expiry is waited for (tokens live at most 366 days).
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,8 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Most simultaneous connections accepted.
     pub max_connections: usize,
+    /// Public, or private: the token this node shows and the tokens it demands.
+    pub admission: Admission,
 }
 
 /// Byte and segment counters, readable at any time.
@@ -341,6 +346,13 @@ struct Shared {
     uploads_active: AtomicUsize,
     /// An address from the ticket answered with a key other than the stream's.
     origin_wrong_key: Mutex<Option<SocketAddr>>,
+    /// Private streams: what this node shows and demands.
+    admission: Admission,
+    /// The newest token epoch known to be signed by the broadcaster; older tokens are
+    /// revoked, and connections holding them watch this and close.
+    token_epoch: watch::Sender<u32>,
+    /// The broadcaster refused our token, and why.
+    origin_refused: Mutex<Option<TokenError>>,
     /// The stream's bitrate as seen in segment headers (bits/s; 0 until known).
     stream_bps: AtomicU64,
     events: mpsc::Sender<Event>,
@@ -422,6 +434,9 @@ impl Node {
             partials: Mutex::new(HashMap::new()),
             uploads_active: AtomicUsize::new(0),
             origin_wrong_key: Mutex::new(None),
+            admission: config.admission,
+            token_epoch: watch::Sender::new(config.admission.epoch()),
+            origin_refused: Mutex::new(None),
             stream_bps: AtomicU64::new(0),
             events: events_tx,
             connections: AtomicUsize::new(0),
@@ -510,6 +525,21 @@ impl NodeView {
             .origin_wrong_key
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Private streams: why the broadcaster refused this node's token, if it did.
+    pub fn origin_refused(&self) -> Option<TokenError> {
+        self.shared
+            .origin_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Private streams: raises the token epoch (the broadcaster, after a rotation). New
+    /// connections with older tokens are refused, and connected holders are dropped.
+    pub fn raise_token_epoch(&self, epoch: u32) {
+        raise_epoch(&self.shared, epoch);
     }
 
     /// Changes the upload cap (the broadcaster follows the stream's measured bitrate).
@@ -827,15 +857,15 @@ async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 let theirs = read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME)
                     .await
                     .ok()??;
-                let checked = check_hello(&shared, &conn, &theirs)?;
+                let checked = check_hello(&shared, &conn, peer, &theirs)?;
                 send.write_all(&wire::encode(&our_hello(&shared)))
                     .await
                     .ok()?;
                 Some((send, recv, checked))
             })
             .await;
-            if let Ok(Some((send, recv, (role, uploads)))) = hello {
-                run_connection(shared, conn, peer, send, recv, role, uploads, false).await;
+            if let Ok(Some((send, recv, checked))) = hello {
+                run_connection(shared, conn, peer, send, recv, checked, false).await;
             } else {
                 conn.close(quinn::VarInt::from_u32(3), b"hello failed");
             }
@@ -849,17 +879,38 @@ fn our_hello(shared: &Shared) -> Control {
         stream: shared.stream,
         role: shared.role,
         uploads: shared.uploads,
+        token: shared.admission.token(),
+        token_epoch: *shared.token_epoch.borrow(),
     }
 }
 
+/// What a peer's accepted Hello told us.
+struct PeerHello {
+    role: Role,
+    uploads: bool,
+    /// Its join token (private streams; the broadcaster shows none).
+    token: Option<JoinToken>,
+}
+
 /// Checks the peer's Hello; closes the connection with the reason if it is wrong.
-fn check_hello(shared: &Shared, conn: &Connection, msg: &Control) -> Option<(Role, bool)> {
+///
+/// Runs before [`run_connection`], so a peer refused here never sees a Have or a byte of
+/// media: a private stream's node demands a valid token from every peer but the
+/// broadcaster, whose key the TLS handshake has already proven.
+fn check_hello(
+    shared: &Shared,
+    conn: &Connection,
+    peer: NodeId,
+    msg: &Control,
+) -> Option<PeerHello> {
     match msg {
         Control::Hello {
             version,
             stream,
             role,
             uploads,
+            token,
+            token_epoch,
         } => {
             if *version != wire::PROTOCOL_VERSION {
                 let reason = format!(
@@ -873,10 +924,89 @@ fn check_hello(shared: &Shared, conn: &Connection, msg: &Control) -> Option<(Rol
                 conn.close(quinn::VarInt::from_u32(5), b"different stream");
                 return None;
             }
-            Some((*role, *uploads))
+            if peer == shared.stream {
+                raise_epoch(shared, *token_epoch);
+            } else if shared.admission.is_private() {
+                let min_epoch = *shared.token_epoch.borrow();
+                let checked = token
+                    .ok_or(TokenError::Missing)
+                    .and_then(|t| t.verify(&shared.stream, min_epoch, unix_now_s()));
+                if let Err(e) = checked {
+                    tracing::debug!(peer = %peer.short(), error = %e, "refusing a peer's token");
+                    let code = quinn::VarInt::from_u32(token_close_code(&e));
+                    conn.close(code, e.to_string().as_bytes());
+                    return None;
+                }
+                if let Some(t) = token {
+                    // Only the stream key signs tokens: a newer epoch means a rotation.
+                    raise_epoch(shared, t.epoch);
+                }
+            }
+            Some(PeerHello {
+                role: *role,
+                uploads: *uploads,
+                token: if shared.admission.is_private() {
+                    *token
+                } else {
+                    None
+                },
+            })
         }
         _ => None,
     }
+}
+
+/// Close codes for a refused token, one per reason so the refused side can say which.
+fn token_close_code(e: &TokenError) -> u32 {
+    match e {
+        TokenError::Missing => 6,
+        TokenError::Expired => 8,
+        TokenError::Revoked => 9,
+        TokenError::WrongStream => 10,
+        TokenError::Malformed(_) | TokenError::BadSignature | TokenError::BadLifetime(_) => 7,
+    }
+}
+
+/// The refusal a close code stands for (the inverse of [`token_close_code`]).
+fn token_refusal(code: u64) -> Option<TokenError> {
+    match code {
+        6 => Some(TokenError::Missing),
+        7 => Some(TokenError::BadSignature),
+        8 => Some(TokenError::Expired),
+        9 => Some(TokenError::Revoked),
+        10 => Some(TokenError::WrongStream),
+        _ => None,
+    }
+}
+
+fn raise_epoch(shared: &Shared, epoch: u32) {
+    shared.token_epoch.send_if_modified(|e| {
+        let raised = epoch > *e;
+        *e = (*e).max(epoch);
+        raised
+    });
+}
+
+/// Seconds since the Unix epoch by the wall clock (token expiry is wall-clock time).
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Closes the connection when the peer's token expires or is revoked by a newer epoch.
+async fn expire_token(shared: &Shared, conn: &Connection, token: JoinToken) {
+    let left = Duration::from_secs(token.expires_unix_s.saturating_sub(unix_now_s()));
+    let mut epoch = shared.token_epoch.subscribe();
+    let e = tokio::select! {
+        _ = tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)) => TokenError::Expired,
+        Ok(_) = epoch.wait_for(|e| *e > token.epoch) => TokenError::Revoked,
+        else => return,
+    };
+    conn.close(
+        quinn::VarInt::from_u32(token_close_code(&e)),
+        e.to_string().as_bytes(),
+    );
 }
 
 async fn dial(shared: Arc<Shared>, peer: NodeId, addrs: Vec<SocketAddr>) {
@@ -887,9 +1017,9 @@ async fn dial(shared: Arc<Shared>, peer: NodeId, addrs: Vec<SocketAddr>) {
         attempts.spawn(async move { connect(&shared, peer, addr).await });
     }
     while let Some(res) = attempts.join_next().await {
-        if let Ok(Some((conn, send, recv, role, uploads))) = res {
+        if let Ok(Some((conn, send, recv, checked))) = res {
             attempts.abort_all();
-            run_connection(shared, conn, peer, send, recv, role, uploads, true).await;
+            run_connection(shared, conn, peer, send, recv, checked, true).await;
             return;
         }
     }
@@ -900,7 +1030,7 @@ async fn connect(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
-) -> Option<(Connection, SendStream, RecvStream, Role, bool)> {
+) -> Option<(Connection, SendStream, RecvStream, PeerHello)> {
     let config = tls::client_config(&shared.key, peer.0).ok()?;
     let connecting = shared
         .endpoint
@@ -933,12 +1063,21 @@ async fn connect(
             _ => {
                 if let Some(reason) = conn.close_reason() {
                     tracing::warn!(%addr, peer = %peer.short(), %reason, "peer refused us");
+                    if let quinn::ConnectionError::ApplicationClosed(close) = &reason {
+                        let refusal = token_refusal(close.error_code.into_inner());
+                        if peer == shared.stream && refusal.is_some() {
+                            *shared
+                                .origin_refused
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner()) = refusal;
+                        }
+                    }
                 }
                 return None;
             }
         };
-        let (role, uploads) = check_hello(shared, &conn, &theirs)?;
-        Some((conn, send, recv, role, uploads))
+        let checked = check_hello(shared, &conn, peer, &theirs)?;
+        Some((conn, send, recv, checked))
     })
     .await
     .ok()
@@ -953,10 +1092,14 @@ async fn run_connection(
     peer: NodeId,
     mut send: SendStream,
     mut recv: RecvStream,
-    role: Role,
-    uploads: bool,
+    hello: PeerHello,
     dialed_by_me: bool,
 ) {
+    let PeerHello {
+        role,
+        uploads,
+        token,
+    } = hello;
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     if shared
@@ -1077,7 +1220,17 @@ async fn run_connection(
             }
         })
     };
-    conn.closed().await;
+    match token {
+        Some(token) => {
+            tokio::select! {
+                _ = conn.closed() => {}
+                _ = expire_token(&shared, &conn, token) => { conn.closed().await; }
+            }
+        }
+        None => {
+            conn.closed().await;
+        }
+    }
     writer.abort();
     reader.abort();
     bi.abort();

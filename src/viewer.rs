@@ -8,6 +8,7 @@ use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
 use crate::store;
 use crate::stream::Ticket;
+use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
 use std::future::Future;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 pub struct ViewerConfig {
     /// The stream to join.
     pub ticket: Ticket,
+    /// Private streams: the join token from the broadcaster.
+    pub token: Option<JoinToken>,
     /// Address of the local HLS server.
     pub http: SocketAddr,
     /// QUIC address.
@@ -51,6 +54,9 @@ pub enum ViewerError {
         /// The address that answered.
         addr: SocketAddr,
     },
+    /// The join token is unusable, or the broadcaster refused it (private streams).
+    #[error("cannot join: {0}")]
+    Token(#[from] TokenError),
     /// The HTTP address could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http {
@@ -70,6 +76,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ViewerError> {
     let stream = config.ticket.stream;
+    // A token for another stream or already expired is refused here, before any dialling.
+    if let Some(token) = &config.token {
+        token.verify(&stream, 0, net::unix_now_s())?;
+    }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s.
     let mut mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
@@ -85,6 +95,7 @@ pub async fn run(
         store_capacity: (config.window + config.delay as usize + 16).max(32),
         seed: rand::random(),
         max_connections: 64,
+        admission: config.token.map_or(Admission::Open, Admission::Invited),
     })
     .await?;
 
@@ -128,6 +139,11 @@ pub async fn run(
                         }
                     }
                     _ => wrong_key_ticks = 0,
+                }
+                // The broadcaster said no to our token: retrying would not change its mind.
+                if let Some(refusal) = node.origin_refused() {
+                    outcome = Err(ViewerError::Token(refusal));
+                    break;
                 }
                 status.show(&stats, node.local_addr().ok());
                 let ended = store::lock(&node.store()).ended();

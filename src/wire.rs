@@ -6,12 +6,13 @@
 //! decoder works on a byte buffer ("incomplete" means read more).
 
 use crate::stream::{NodeId, SignedHeader, StreamId};
+use crate::token::JoinToken;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -76,6 +77,11 @@ pub enum Control {
         role: Role,
         /// The sender relays to others (false for leech-only viewers).
         uploads: bool,
+        /// Private streams: the sender's join token (a fixed-size, signed value).
+        token: Option<JoinToken>,
+        /// Private streams: the newest token epoch the sender knows. Believed only from
+        /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
+        token_epoch: u32,
     },
     /// The sender now holds segment `number`, verified.
     Have {
@@ -199,6 +205,8 @@ mod tests {
                 stream: id(1),
                 role: Role::Viewer,
                 uploads: true,
+                token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
+                token_epoch: 2,
             },
             Control::Have { number: u64::MAX },
             Control::BufferMap {

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use starling::stream::{node_id, sign_segment, Ticket, MAX_TICKET_ADDRS};
+use starling::token::JoinToken;
 use starling::wire::{encode, Control, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
-const TARGETS: [&str; 3] = ["wire_control", "ticket", "segmenter"];
+const TARGETS: [&str; 4] = ["wire_control", "ticket", "segmenter", "token"];
 const FIXTURES: [&str; 4] = ["h264", "hevc", "gop4s", "audio_only"];
 /// How much of each fixture a segmenter seed holds.
 const SEED_TS_BYTES: usize = 20_000;
@@ -42,6 +43,19 @@ fn wire_seeds() -> Seeds {
                 stream,
                 role: Role::Broadcaster,
                 uploads: true,
+                token: None,
+                token_epoch: 0,
+            },
+        ),
+        (
+            "hello-private",
+            Control::Hello {
+                version: PROTOCOL_VERSION,
+                stream,
+                role: Role::Viewer,
+                uploads: false,
+                token: Some(JoinToken::issue(&key, 3, 1_800_000_000)),
+                token_epoch: 3,
             },
         ),
         ("have", Control::Have { number: 1234 }),
@@ -111,6 +125,22 @@ fn ticket_seeds() -> Seeds {
         .collect()
 }
 
+/// Valid tokens of the seed key: epoch 0, a later epoch, the largest values.
+fn token_seeds() -> Seeds {
+    let key = SigningKey::from_bytes(&props::SEED_KEY);
+    [
+        ("epoch0", 0, 1_700_000_000),
+        ("epoch7", 7, 1_800_000_000),
+        ("max", u32::MAX, u64::MAX),
+    ]
+    .into_iter()
+    .map(|(name, epoch, expires)| {
+        let t = JoinToken::issue(&key, epoch, expires);
+        (format!("token-{name}"), t.encode().into_bytes())
+    })
+    .collect()
+}
+
 /// The start of each fixture, behind a header: 0.5 s target; chunks of
 /// 188, 49 and 1281 bytes.
 fn segmenter_seeds() -> Seeds {
@@ -130,6 +160,7 @@ fn seeds(target: &str) -> Seeds {
         "wire_control" => wire_seeds(),
         "ticket" => ticket_seeds(),
         "segmenter" => segmenter_seeds(),
+        "token" => token_seeds(),
         other => panic!("no target {other}"),
     }
 }
@@ -223,6 +254,15 @@ fn seeds_reach_the_interesting_paths() {
             "{name}"
         );
     }
+    for (name, bytes) in token_seeds() {
+        let t = JoinToken::decode(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let before_expiry = t.expires_unix_s - 1;
+        assert!(
+            t.verify(&props::seed_stream(), t.epoch, before_expiry)
+                .is_ok(),
+            "{name}"
+        );
+    }
     // Segmenter: each fixture's start yields a segment.
     for (name, bytes) in segmenter_seeds() {
         let mut s = starling::ts::Segmenter::new(std::time::Duration::from_millis(500));
@@ -247,6 +287,7 @@ fn fuzz_regressions_pass() {
             match target {
                 "wire_control" => props::wire_control(&data),
                 "ticket" => props::ticket(&data),
+                "token" => props::token(&data),
                 _ => props::segmenter(&data),
             }
             found += 1;
@@ -317,7 +358,12 @@ fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
 /// Seeds built once per target (the segment seed signs, the TS seeds read files).
 fn seeds_cached(target: &'static str) -> &'static [(String, Vec<u8>)] {
     use std::sync::OnceLock;
-    static CACHE: [OnceLock<Seeds>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CACHE: [OnceLock<Seeds>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let i = TARGETS.iter().position(|t| *t == target).unwrap();
     CACHE[i].get_or_init(|| seeds(target))
 }
@@ -351,6 +397,31 @@ proptest! {
     #[test]
     fn ticket_twin_on_base32(body in "[a-z2-7A-Z]{0,120}") {
         props::ticket(format!("starling1{body}").as_bytes());
+    }
+
+    #[test]
+    fn token_twin(data in mutated("token")) {
+        props::token(&data);
+    }
+
+    #[test]
+    fn token_twin_on_base32(body in "[a-z2-7A-Z]{0,200}") {
+        props::token(format!("starlingtok1{body}").as_bytes());
+    }
+
+    #[test]
+    fn generated_tokens_round_trip_and_verify(
+        epoch in any::<u32>(),
+        expires in 1..u64::MAX,
+        pad in "[ \t\n]{0,3}",
+    ) {
+        let key = SigningKey::from_bytes(&props::SEED_KEY);
+        let t = JoinToken::issue(&key, epoch, expires);
+        let text = format!("{pad}{}{pad}", t.encode());
+        let back = JoinToken::decode(&text).unwrap();
+        prop_assert_eq!(back, t);
+        prop_assert!(back.verify(&props::seed_stream(), epoch, expires - 1).is_ok());
+        props::token(text.as_bytes());
     }
 
     #[test]

@@ -6,12 +6,11 @@
 mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::nodes::{broadcaster, loopback, publish, viewer, wait_for};
+use common::nodes::{broadcaster, dial_with_hello, publish, viewer, wait_for, Dialled};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
 use starling::store;
 use starling::stream::{node_id, sign_segment, NodeId, SignedHeader};
-use starling::tls;
 use starling::wire::{self, Control, Reply, Role};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,24 +38,20 @@ impl Hostile {
         addr: SocketAddr,
         stream: NodeId,
     ) -> Hostile {
-        let endpoint = tls::endpoint(key, loopback()).unwrap();
-        let conn = endpoint
-            .connect_with(
-                tls::client_config(key, target.0).unwrap(),
-                addr,
-                tls::SERVER_NAME,
-            )
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let hello = Control::Hello {
             version: wire::PROTOCOL_VERSION,
             stream,
             role: Role::Viewer,
             uploads: true,
+            token: None,
+            token_epoch: 0,
         };
-        send.write_all(&wire::encode(&hello)).await.unwrap();
+        let Dialled {
+            endpoint,
+            conn,
+            send,
+            mut recv,
+        } = dial_with_hello(key, target, addr, &hello).await;
         // Their Hello back (length prefix, then body).
         let mut prefix = [0u8; 4];
         recv.read_exact(&mut prefix).await.unwrap();

@@ -1,7 +1,8 @@
 //! `starling-broadcaster`: cuts a live source into signed segments and seeds the mesh.
-//! Prints the stream's ticket as the first line of stdout.
+//! Prints the stream's ticket as the first line of stdout. `token` prints a join token
+//! for a private stream instead.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use starling::broadcaster::{self, BroadcasterConfig};
 use starling::rate::Rate;
 use starling::source::Input;
@@ -15,8 +16,11 @@ use std::time::Duration;
 /// Prints a ticket on the first line of stdout; give it to viewers
 /// (`starling-viewer <TICKET>`).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// What to broadcast: `-` for MPEG-TS on stdin, a .ts file (paced at real time),
     /// or anything ffmpeg opens (a file, a device, an srt:// or rtmp:// listener).
     /// Without it, a built-in looping demo clip.
@@ -48,6 +52,36 @@ struct Args {
     /// [default: 4x the stream's measured bitrate]
     #[arg(long, value_name = "RATE")]
     max_upload: Option<Rate>,
+
+    /// Private stream: only viewers with a join token may join (see the `token` command).
+    /// The ticket stays the same and is not a secret; the tokens are.
+    #[arg(long)]
+    private: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a join token for a private stream (on stdout, nothing else). Give it to a
+    /// viewer with the ticket: `starling-viewer TICKET --token TOKEN`.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The stream's key file (as for broadcasting).
+    /// [default: ~/.config/starling/broadcaster.key]
+    #[arg(long, value_name = "PATH")]
+    key: Option<PathBuf>,
+
+    /// How long the token admits its holder: a number with s, m, h or d (30m, 2h, 7d;
+    /// at most 366d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = starling::token::parse_lifetime)]
+    expires: Duration,
+
+    /// First revoke every token issued so far (a new token epoch); the stream's key and
+    /// ticket stay the same. A running broadcaster applies it within a segment.
+    #[arg(long)]
+    rotate: bool,
 }
 
 fn parse_segment_duration(s: &str) -> Result<f64, String> {
@@ -69,6 +103,9 @@ async fn run() -> bool {
     let stop = starling::cli::shutdown_signal();
     let args = Args::parse();
     starling::cli::init_logging();
+    if let Some(Command::Token(t)) = args.command {
+        return print_token(t);
+    }
     let config = BroadcasterConfig {
         input: Input::from_arg(args.input.as_deref()),
         segment_duration: Duration::from_secs_f64(args.segment_duration),
@@ -77,6 +114,7 @@ async fn run() -> bool {
         http: args.http,
         ticket_file: args.ticket_file,
         max_upload: args.max_upload,
+        private: args.private,
     };
     let print_ticket = |ticket: &starling::stream::Ticket| {
         let mut out = std::io::stdout().lock();
@@ -85,6 +123,34 @@ async fn run() -> bool {
     };
     match broadcaster::run(config, print_ticket, stop).await {
         Ok(()) => true,
+        Err(e) => {
+            eprintln!("starling-broadcaster: {e}");
+            false
+        }
+    }
+}
+
+fn print_token(args: TokenArgs) -> bool {
+    let key = args.key.unwrap_or_else(starling::cli::default_key_path);
+    let now = starling::net::unix_now_s();
+    match broadcaster::issue_token(&key, args.expires, args.rotate, now) {
+        Ok(token) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", token.encode());
+            let _ = out.flush();
+            eprintln!(
+                "starling-broadcaster: join token for stream {}, epoch {}, valid for {} s{}",
+                token.stream.short(),
+                token.epoch,
+                args.expires.as_secs(),
+                if args.rotate {
+                    "; every earlier token is now revoked"
+                } else {
+                    ""
+                }
+            );
+            true
+        }
         Err(e) => {
             eprintln!("starling-broadcaster: {e}");
             false

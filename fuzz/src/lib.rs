@@ -14,6 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use starling::stream::{
     node_id, piece_range, NodeId, SignedHeader, StreamId, Ticket, MAX_TICKET_ADDRS, TICKET_PREFIX,
 };
+use starling::token::{JoinToken, TokenError, MAX_TOKEN_TEXT, TOKEN_PREFIX};
 use starling::ts::MAX_SEGMENT_DURATION;
 use starling::ts::{pts_span, CutSegment, Restamper, Segmenter, MAX_SEGMENT_BYTES};
 use starling::wire::{
@@ -142,6 +143,47 @@ pub fn ticket(data: &[u8]) {
     match Ticket::decode(&again) {
         Ok(back) => assert_eq!(back, t),
         Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- token
+
+/// `token`: join token strings a user pastes (lossy UTF-8 of the input).
+///
+/// Properties: decoding never panics; a token that parses names a valid key,
+/// came from at most [`MAX_TOKEN_TEXT`] characters, and re-encodes to a string
+/// that parses back to itself; `verify` never panics and agrees with the
+/// dates: never valid at or after expiry, never valid below the minimum epoch,
+/// never valid for another stream; a token that verifies against the seed key
+/// still verifies once its text is re-encoded.
+pub fn token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(t) = JoinToken::decode(&text) else {
+        return;
+    };
+    assert!(text.trim().len() <= MAX_TOKEN_TEXT);
+    assert!(t.stream.verifying_key().is_some());
+    let again = t.encode();
+    assert!(again.starts_with(TOKEN_PREFIX));
+    match JoinToken::decode(&again) {
+        Ok(back) => assert_eq!(back, t),
+        Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),
+    }
+    let seed = seed_stream();
+    let now = t.expires_unix_s.saturating_sub(1);
+    let valid = t.verify(&seed, t.epoch, now);
+    if t.stream != seed {
+        assert_eq!(valid, Err(TokenError::WrongStream));
+    }
+    assert!(t.verify(&seed, 0, t.expires_unix_s).is_err());
+    if let Some(newer) = t.epoch.checked_add(1) {
+        assert!(t.verify(&seed, newer, now).is_err());
+    }
+    let _ = t.verify(&t.stream, 0, 0);
+    if valid.is_ok() {
+        assert!(t.stream == seed && now < t.expires_unix_s);
+        let back = JoinToken::decode(&again).map(|b| b.verify(&seed, t.epoch, now));
+        assert_eq!(back, Ok(Ok(())));
     }
 }
 

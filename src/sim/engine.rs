@@ -409,6 +409,8 @@ impl Sim {
             stream: origin_id,
             role: Role::Viewer,
             uploads: true,
+            token: None,
+            token_epoch: 0,
         })
         .len() as u64;
         Sim {

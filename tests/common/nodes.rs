@@ -7,8 +7,9 @@ use starling::mesh::MeshConfig;
 use starling::net::{Node, NodeConfig};
 use starling::rate::Rate;
 use starling::store::{self, Store};
-use starling::stream::{node_id, sign_segment, VerifiedSegment};
-use starling::wire::Role;
+use starling::stream::{node_id, sign_segment, NodeId, VerifiedSegment};
+use starling::tls;
+use starling::wire::{self, Control, Role};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,15 +18,15 @@ pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Starts a broadcaster for `key`'s stream with segments of about `segment`.
-pub async fn broadcaster(
+/// The config of a public broadcaster for `key`'s stream with segments of about `segment`.
+pub fn broadcaster_config(
     key: &SigningKey,
     segment: Duration,
     upload: Option<Rate>,
     seed: u64,
-) -> Node {
+) -> NodeConfig {
     let stream = node_id(key);
-    Node::spawn(NodeConfig {
+    NodeConfig {
         key: key.clone(),
         stream,
         role: Role::Broadcaster,
@@ -36,14 +37,25 @@ pub async fn broadcaster(
         store_capacity: 64,
         seed,
         max_connections: 64,
-    })
-    .await
-    .expect("broadcaster starts")
+        admission: Default::default(),
+    }
 }
 
-/// Starts a viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
-pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> Node {
-    Node::spawn(NodeConfig {
+/// Starts a broadcaster for `key`'s stream with segments of about `segment`.
+pub async fn broadcaster(
+    key: &SigningKey,
+    segment: Duration,
+    upload: Option<Rate>,
+    seed: u64,
+) -> Node {
+    Node::spawn(broadcaster_config(key, segment, upload, seed))
+        .await
+        .expect("broadcaster starts")
+}
+
+/// The config of a public viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
+pub fn viewer_config(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> NodeConfig {
+    NodeConfig {
         key,
         stream: origin.id(),
         role: Role::Viewer,
@@ -54,9 +66,15 @@ pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64)
         store_capacity: 64,
         seed,
         max_connections: 64,
-    })
-    .await
-    .expect("viewer starts")
+        admission: Default::default(),
+    }
+}
+
+/// Starts a viewer of `origin`'s stream with mesh settings `mesh` (upload uncapped).
+pub async fn viewer(key: SigningKey, origin: &Node, mesh: MeshConfig, seed: u64) -> Node {
+    Node::spawn(viewer_config(key, origin, mesh, seed))
+        .await
+        .expect("viewer starts")
 }
 
 /// Signs `data` as segment `n` of `key`'s stream and publishes it.
@@ -93,4 +111,47 @@ pub async fn shutdown_all(nodes: impl IntoIterator<Item = Node>) {
         closing.spawn(n.shutdown());
     }
     while closing.join_next().await.is_some() {}
+}
+
+/// A raw connection opened the way a viewer opens one: the endpoint, the connection, and
+/// the control stream the Hello went out on.
+pub struct Dialled {
+    /// Keep it alive as long as the connection.
+    pub endpoint: quinn::Endpoint,
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// Our side of the control stream.
+    pub send: quinn::SendStream,
+    /// Their side of the control stream.
+    pub recv: quinn::RecvStream,
+}
+
+/// Dials `target` at `addr` as `key` (pinning the target's key) and sends `hello` first on
+/// the control stream, as a viewer does; what happens next is up to the test.
+pub async fn dial_with_hello(
+    key: &SigningKey,
+    target: NodeId,
+    addr: SocketAddr,
+    hello: &Control,
+) -> Dialled {
+    let endpoint = tls::endpoint(key, loopback()).expect("endpoint");
+    let conn = endpoint
+        .connect_with(
+            tls::client_config(key, target.0).expect("client config"),
+            addr,
+            tls::SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, recv) = conn.open_bi().await.expect("control stream");
+    send.write_all(&wire::encode(hello))
+        .await
+        .expect("send hello");
+    Dialled {
+        endpoint,
+        conn,
+        send,
+        recv,
+    }
 }

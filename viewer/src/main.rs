@@ -4,6 +4,7 @@
 use clap::Parser;
 use starling::rate::Rate;
 use starling::stream::Ticket;
+use starling::token::JoinToken;
 use starling::viewer::{self, ViewerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,6 +19,16 @@ use std::time::Duration;
 struct Args {
     /// The ticket the broadcaster printed.
     ticket: String,
+
+    /// Private streams: the join token the broadcaster gave you (`starling-broadcaster
+    /// token`). The environment variable keeps it out of the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "STARLING_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 
     /// Address for the local HLS server (use port 0 for any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -58,8 +69,16 @@ async fn run() -> bool {
             return false;
         }
     };
+    let token = match args.token.as_deref().map(JoinToken::decode).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("starling-viewer: {e}");
+            return false;
+        }
+    };
     let config = ViewerConfig {
         ticket,
+        token,
         http: args.http,
         listen: args.listen,
         upload_limit: args.upload_limit,

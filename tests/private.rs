@@ -1,0 +1,342 @@
+//! Private streams: only holders of a valid join token get in, at the tracker and at every
+//! viewer, before a byte of media moves. In-process nodes over real QUIC first, then the
+//! real programs as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod harness;
+
+use bytes::Bytes;
+use common::nodes::{
+    broadcaster_config, dial_with_hello, publish, shutdown_all, viewer_config, wait_for, Dialled,
+};
+use ed25519_dalek::SigningKey;
+use starling::mesh::MeshConfig;
+use starling::net::{unix_now_s, Node};
+use starling::stream::{node_id, NodeId};
+use starling::token::{Admission, JoinToken, TokenError};
+use starling::wire::{self, Control, Role};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SEGMENT: Duration = Duration::from_millis(500);
+/// Generous: a shared, busy machine.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn payload(n: u64) -> Bytes {
+    Bytes::from(
+        (0..40_000u32)
+            .map(|i| (i as u64 * 17 + n) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn stream_key() -> SigningKey {
+    SigningKey::from_bytes(&[71; 32])
+}
+
+/// A token of `stream_key()`'s stream at `epoch`, valid for an hour.
+fn good_token(epoch: u32) -> JoinToken {
+    JoinToken::issue(&stream_key(), epoch, unix_now_s() + 3600)
+}
+
+async fn private_broadcaster(epoch: u32) -> Node {
+    let mut config = broadcaster_config(&stream_key(), SEGMENT, None, 1);
+    config.admission = Admission::Broadcaster { epoch };
+    Node::spawn(config).await.unwrap()
+}
+
+async fn invited_viewer(origin: &Node, seed: u8, admission: Admission) -> Node {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let mesh = MeshConfig::viewer(origin.id(), SEGMENT, 2);
+    let mut config = viewer_config(key, origin, mesh, u64::from(seed));
+    config.admission = admission;
+    Node::spawn(config).await.unwrap()
+}
+
+/// The node's QUIC address on loopback.
+fn addr_of(node: &Node) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node.local_addr().unwrap().port()))
+}
+
+/// What a node did with a Hello we sent it.
+#[derive(Debug)]
+enum Answer {
+    /// It sent its own Hello back: we are in.
+    Admitted,
+    /// It closed the connection with this code and reason, and sent us nothing else.
+    Refused(u64, String),
+}
+
+/// Dials `target` as a viewer of `stream` presenting `token`, and reports the answer. When
+/// refused, also checks that no stream (no Have, no pushed segment) ever reached us.
+async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answer {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let hello = Control::Hello {
+        version: wire::PROTOCOL_VERSION,
+        stream,
+        role: Role::Viewer,
+        uploads: true,
+        token,
+        token_epoch: 0,
+    };
+    let Dialled {
+        endpoint,
+        conn,
+        send: _send,
+        mut recv,
+    } = dial_with_hello(&key, target.id(), addr_of(target), &hello).await;
+    let mut prefix = [0u8; 4];
+    let answer = match tokio::time::timeout(WAIT, recv.read_exact(&mut prefix)).await {
+        Ok(Ok(())) => Answer::Admitted,
+        Ok(Err(_)) => match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => Answer::Refused(
+                c.error_code.into_inner(),
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            ),
+            other => panic!("the connection failed another way: {other:?}"),
+        },
+        Err(_) => panic!("no answer to our Hello within {WAIT:?}"),
+    };
+    if let Answer::Refused(..) = answer {
+        assert!(
+            conn.accept_uni().await.is_err() && conn.accept_bi().await.is_err(),
+            "a refused peer was offered a stream"
+        );
+        let received = conn.stats().frame_rx.stream;
+        assert_eq!(received, 0, "a refused peer got {received} stream frames");
+    }
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    answer
+}
+
+fn assert_refused(answer: Answer, code: u64, words: &str, who: &str) {
+    match answer {
+        Answer::Refused(c, reason) => {
+            assert_eq!(c, code, "{who}: close code (reason {reason:?})");
+            assert!(reason.contains(words), "{who}: reason {reason:?}");
+        }
+        Answer::Admitted => panic!("{who} admitted a peer it should refuse"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invited_viewers_play_and_everyone_else_is_refused_by_tracker_and_viewer() {
+    let stream = node_id(&stream_key());
+    let origin = private_broadcaster(1).await;
+    let viewer = invited_viewer(&origin, 72, Admission::Invited(good_token(1))).await;
+    for n in 0..3 {
+        publish(&origin, &stream_key(), n, SEGMENT, payload(n)).await;
+        tokio::time::sleep(SEGMENT).await;
+    }
+    let nodes = [viewer];
+    let got_all = wait_for(&nodes, WAIT, |s| (0..3).all(|n| s.contains(n))).await;
+    let [viewer] = nodes;
+    assert!(got_all, "the invited viewer did not get the segments");
+    assert_eq!(viewer.segment_data(2), Some(payload(2)));
+
+    let other_key = SigningKey::from_bytes(&[73; 32]);
+    let mut forged = good_token(1);
+    forged.expires_unix_s += 1;
+    let cases = [
+        ("no token", None, 6, "private"),
+        (
+            "an expired token",
+            Some(JoinToken::issue(&stream_key(), 1, unix_now_s() - 1)),
+            8,
+            "expired",
+        ),
+        (
+            "another stream's token",
+            Some(JoinToken::issue(&other_key, 1, unix_now_s() + 3600)),
+            10,
+            "another stream",
+        ),
+        ("a revoked token", Some(good_token(0)), 9, "revoked"),
+        ("an altered token", Some(forged), 7, "signature"),
+    ];
+    for (what, token, code, words) in cases {
+        let at_tracker = knock(&origin, stream, token).await;
+        assert_refused(at_tracker, code, words, &format!("tracker, {what}"));
+        let at_viewer = knock(&viewer, stream, token).await;
+        assert_refused(at_viewer, code, words, &format!("viewer, {what}"));
+    }
+    // The same door opens for a valid token: the refusals above were about the tokens.
+    assert!(matches!(
+        knock(&viewer, stream, Some(good_token(1))).await,
+        Answer::Admitted
+    ));
+    assert!(matches!(
+        knock(&origin, stream, Some(good_token(2))).await,
+        Answer::Admitted
+    ));
+    shutdown_all([origin, viewer]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_without_a_token_learns_the_stream_is_private() {
+    let origin = private_broadcaster(0).await;
+    let viewer = invited_viewer(&origin, 74, Admission::Open).await;
+    publish(&origin, &stream_key(), 0, SEGMENT, payload(0)).await;
+    let refusal = poll_for(|| viewer.origin_refused()).await;
+    assert_eq!(refusal, Some(TokenError::Missing));
+    assert!(viewer.segment_data(0).is_none());
+    assert_eq!(starling::net::get(&viewer.counters().bytes_from_origin), 0);
+    shutdown_all([origin, viewer]).await;
+}
+
+/// Rotating the epoch on a running broadcaster drops connected holders of older tokens,
+/// and they are refused when they dial again; holders of new tokens get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_epoch_drops_and_refuses_old_tokens() {
+    let origin = private_broadcaster(0).await;
+    let old = invited_viewer(&origin, 75, Admission::Invited(good_token(0))).await;
+    publish(&origin, &stream_key(), 0, SEGMENT, payload(0)).await;
+    let nodes = [old];
+    assert!(wait_for(&nodes, WAIT, |s| s.contains(0)).await);
+    let [old] = nodes;
+    assert_eq!(old.origin_refused(), None);
+
+    origin.raise_token_epoch(1);
+    let refusal = poll_for(|| old.origin_refused()).await;
+    assert_eq!(refusal, Some(TokenError::Revoked));
+    let fresh = invited_viewer(&origin, 76, Admission::Invited(good_token(1))).await;
+    for n in 1..3 {
+        publish(&origin, &stream_key(), n, SEGMENT, payload(n)).await;
+        tokio::time::sleep(SEGMENT).await;
+    }
+    let nodes = [fresh];
+    assert!(wait_for(&nodes, WAIT, |s| s.contains(2)).await);
+    let [fresh] = nodes;
+    assert!(
+        !store_has(&old, 2),
+        "a revoked viewer still received segments"
+    );
+    shutdown_all([origin, old, fresh]).await;
+}
+
+fn store_has(node: &Node, n: u64) -> bool {
+    starling::store::lock(&node.store()).contains(n)
+}
+
+/// Polls `probe` every 100 ms for at most [`WAIT`].
+async fn poll_for<T>(probe: impl Fn() -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------- the real programs
+
+/// Runs `starling-broadcaster token` with `args`; returns (success, stdout, stderr).
+fn token_command(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(harness::program("starling-broadcaster"))
+        .arg("token")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts a viewer of `ticket` with `extra` flags (not waiting for its URL).
+fn spawn_viewer(ticket: &str, extra: &[&str]) -> harness::Proc {
+    let mut cmd = Command::new(harness::program("starling-viewer"));
+    cmd.arg(ticket)
+        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("STARLING_TOKEN")
+        .stdin(Stdio::null());
+    harness::Proc::spawn("viewer", cmd)
+}
+
+/// The viewer exits non-zero, without a panic, its one error line containing `words`.
+fn assert_exits_saying(viewer: &mut harness::Proc, words: &str) {
+    let status = viewer
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the viewer did not exit{}", viewer.output_tail()));
+    assert!(!status.success(), "exit 0{}", viewer.output_tail());
+    let stderr = harness::strip_ansi(&viewer.stderr_text());
+    assert!(!stderr.contains("panicked"), "{}", viewer.output_tail());
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("starling-viewer:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", viewer.output_tail());
+    assert!(
+        errors[0].contains(words),
+        "{:?} lacks {words:?}{}",
+        errors[0],
+        viewer.output_tail()
+    );
+}
+
+#[test]
+fn programs_private_stream_token_invite_and_revoke() {
+    let _turn = harness::one_stream_at_a_time();
+    let dir = harness::TempDir::new("private");
+    let key = dir.file("key");
+
+    // No stream yet: a token for it is a clear error, and creates nothing.
+    let (ok, out, err) = token_command(&["--key", &key]);
+    assert!(
+        !ok && out.is_empty() && err.contains("no key file"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&key).exists());
+
+    let broadcaster = harness::start_broadcaster(
+        &["--key", &key, "--http", "127.0.0.1:0", "--private"],
+        Stdio::null(),
+    );
+    let ticket = broadcaster.ticket.clone();
+    let (ok, token, err) = token_command(&["--key", &key, "--expires", "2h"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        token.lines().count(),
+        1,
+        "stdout is only the token: {token:?}"
+    );
+    let token = token.trim().to_string();
+    assert!(token.starts_with("starlingtok1"), "{token}");
+    let (ok, _, err) = token_command(&["--key", &key, "--expires", "2 weeks"]);
+    assert!(!ok && err.contains("bad lifetime"), "{err}");
+
+    let mut no_token = spawn_viewer(&ticket, &[]);
+    assert_exits_saying(&mut no_token, "this stream is private");
+    let mut garbage = spawn_viewer(&ticket, &["--token", "starlingtok1zzzz"]);
+    assert_exits_saying(&mut garbage, "malformed join token");
+    let other = JoinToken::issue(&SigningKey::from_bytes(&[9; 32]), 0, unix_now_s() + 60);
+    let mut wrong = spawn_viewer(&ticket, &["--token", &other.encode()]);
+    assert_exits_saying(&mut wrong, "another stream");
+
+    let mut good = harness::start_viewer(&ticket, &["--token", &token]);
+    let (playlist, _) = harness::wait_for_segments(&good.url, 2, Duration::from_secs(60));
+    assert!(playlist.entries.len() >= 2);
+
+    // Revoke: the running broadcaster picks up the new epoch and the old token's viewer
+    // is dropped and told why; a new token works.
+    let (ok, fresh, err) = token_command(&["--key", &key, "--rotate"]);
+    assert!(ok && fresh.trim() != token, "{err}");
+    assert_exits_saying(&mut good.proc, "revoked");
+    let renewed = harness::start_viewer(&ticket, &["--token", fresh.trim()]);
+    harness::wait_for_segments(&renewed.url, 2, Duration::from_secs(60));
+    // Same stream, new epoch: the key and ticket did not change.
+    let after = JoinToken::decode(fresh.trim()).unwrap();
+    let stream = starling::stream::Ticket::decode(&ticket).unwrap().stream;
+    assert_eq!((after.stream, after.epoch), (stream, 1));
+    drop(broadcaster);
+}
