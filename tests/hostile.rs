@@ -7,7 +7,7 @@
 mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::evil::{connect_tight, Evil};
+use common::evil::{connect_tight, Answer, Evil, Liar, Source};
 use common::nodes::{broadcaster, publish, shutdown_all, viewer, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
@@ -327,5 +327,94 @@ async fn slowloris_readers_are_banned_and_flooders_are_told_busy() {
     play(&origin, &key, 6..8, &viewers).await;
     assert_all_genuine(&viewers[0], &origin);
     drop(held);
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+/// With 10% of the swarm hostile — peers that claim every segment and answer with
+/// corrupted bytes, an old segment under the requested number, or nothing at all —
+/// honest viewers' continuity stays at 99.5% or better and nothing forged is stored.
+///
+/// Ignored: it fails today (continuity about 0.64–0.84: each liar type alone costs honest
+/// viewers that partner with it a dozen late segments out of thirty). The cause is not
+/// found yet; `LIARS=Stall|Corrupt|Replay` runs one kind of liar at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: hostile partners cost continuity (open bug, see doc comment)"]
+async fn ten_percent_hostile_peers_do_not_break_continuity() {
+    const HONEST: usize = 18;
+    const SEGMENTS: u64 = 30;
+    let key = SigningKey::from_bytes(&[91; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 9).await;
+    let source: Source = {
+        let store = origin.store();
+        Arc::new(move |n| {
+            store::lock(&store)
+                .get(n)
+                .map(|s| (s.header.clone(), s.data.clone()))
+        })
+    };
+    // The liars join first, so the broadcaster's peer samples hand them to every viewer.
+    let mut liars = Vec::new();
+    for (i, answer) in [Answer::Corrupt, Answer::Replay]
+        .into_iter()
+        .enumerate()
+        .filter(|(_, a)| std::env::var("LIARS").map_or(true, |l| l.contains(&format!("{a:?}"))))
+    {
+        let liar_key = SigningKey::from_bytes(&[150 + i as u8; 32]);
+        liars.push(Liar::join(&liar_key, stream, addr_of(&origin), answer, source.clone()).await);
+    }
+    // Stallers do not get banned (they break no rule a timeout cannot tell from a slow
+    // peer), so they stay in the mesh the whole time: the harder case.
+    let staller_key = SigningKey::from_bytes(&[160; 32]);
+    if std::env::var("LIARS").map_or(true, |l| l.contains("Stall")) {
+        liars.push(
+            Liar::join(
+                &staller_key,
+                stream,
+                addr_of(&origin),
+                Answer::Stall,
+                source.clone(),
+            )
+            .await,
+        );
+    }
+    let mut viewers = Vec::new();
+    for i in 0..HONEST {
+        let mesh = MeshConfig::viewer(stream, SEGMENT, 3);
+        viewers.push(
+            viewer(
+                SigningKey::from_bytes(&[170 + i as u8; 32]),
+                &origin,
+                mesh,
+                300 + i as u64,
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    play(&origin, &key, 0..SEGMENTS, &viewers).await;
+
+    let (mut judged, mut missed, mut rejected, mut bans) = (0u64, 0u64, 0u64, 0u64);
+    for v in &viewers {
+        assert_all_genuine(v, &origin);
+        let s = v.stats();
+        // As the viewer's /stats computes it.
+        let on_time = s.segments_verified.saturating_sub(s.missed_deadlines);
+        judged += s.segments_verified.max(on_time + s.missed_deadlines);
+        missed += s.missed_deadlines;
+        rejected += s.rejected_segments;
+        bans += s.bans;
+    }
+    let asked: u64 = liars.iter().map(|l| *l.requests.lock().unwrap()).sum();
+    let continuity = 1.0 - missed as f64 / judged.max(1) as f64;
+    eprintln!("continuity {continuity:.4} ({missed} missed of {judged}), liars asked {asked} times, {rejected} rejected, {bans} bans");
+    assert!(
+        asked > 0,
+        "no viewer ever asked a liar: the test tested nothing"
+    );
+    assert!(rejected > 0 && bans > 0, "forgers were never caught");
+    assert!(continuity >= 0.995, "continuity {continuity:.4}");
+    for l in &liars {
+        l.kill();
+    }
     shutdown_all(viewers.into_iter().chain([origin])).await;
 }

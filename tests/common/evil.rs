@@ -92,19 +92,25 @@ impl Evil {
         addr: SocketAddr,
         stream: NodeId,
     ) -> Result<Evil, String> {
-        let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
-        Self::connect_from(endpoint, key, target, addr, stream).await
+        Self::connect_with(key, target, addr, stream, tls::transport_config()).await
     }
 
-    /// As [`Evil::connect`], from an endpoint the caller built (e.g. with tiny windows).
-    pub async fn connect_from(
-        endpoint: quinn::Endpoint,
+    /// As [`Evil::connect`], with `transport` settings of its own choosing.
+    pub async fn connect_with(
         key: &SigningKey,
         target: NodeId,
         addr: SocketAddr,
         stream: NodeId,
+        transport: quinn::TransportConfig,
     ) -> Result<Evil, String> {
-        let conn = handshake(&endpoint, key, target, addr).await?;
+        let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
+        let mut config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
+        config.transport_config(Arc::new(transport));
+        let conn = endpoint
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
         let (control, control_in) = greet(&conn, stream).await?;
         Ok(Evil {
             endpoint,
@@ -188,25 +194,11 @@ pub async fn connect_tight(
     addr: SocketAddr,
     stream: NodeId,
 ) -> Result<Evil, String> {
-    let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
     let mut transport = tls::transport_config();
     transport
         .stream_receive_window(quinn::VarInt::from_u32(1024))
         .receive_window(quinn::VarInt::from_u32(4096));
-    let mut config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
-    config.transport_config(Arc::new(transport));
-    let conn = endpoint
-        .connect_with(config, addr, tls::SERVER_NAME)
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (control, control_in) = greet(&conn, stream).await?;
-    Ok(Evil {
-        endpoint,
-        conn,
-        control,
-        _control_in: control_in,
-    })
+    Evil::connect_with(key, target, addr, stream, transport).await
 }
 
 /// How a [`Liar`] answers a request for segment `n`.
