@@ -37,8 +37,25 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const BUSY_BACKLOG: Duration = Duration::from_millis(1500);
 /// Control messages queued per connection; a peer that lets it fill is not reading.
 const CONTROL_QUEUE: usize = 512;
-/// Transfers a peer may have us serve at once.
-const SERVES_PER_CONNECTION: usize = 8;
+/// Requests a peer may have us serve at once; more are answered `Busy`. An honest
+/// viewer asks one partner for at most 2 segments at a time (the origin for 3), so
+/// this is never reached by one, while a flooder holds at most this many slots.
+const SERVES_PER_CONNECTION: usize = 4;
+/// Longest one piece may wait for the receiver's flow-control credit. An honest
+/// requester reads as data arrives (or drops the stream, which fails the write at
+/// once); one whose window stays shut this long is holding an upload slot hostage.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the body of a frame (or one piece of a segment) may take once it has begun.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections still in their handshake or Hello, in all: each costs state before
+/// the peer has proved anything, so a flood of half-open attempts is refused beyond it.
+const MAX_HANDSHAKES: usize = 256;
+/// Connections in their handshake or Hello from one IP address. Established
+/// connections are not capped per address (many honest viewers can share one, behind
+/// NAT or on loopback); they are bounded by `max_connections` and the mesh's partner cap.
+const MAX_HANDSHAKES_PER_IP: usize = 32;
+/// Longest the accept loop waits to tell a peer over its serve cap that we are busy.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most uploads at once when the cap or the bitrate is unknown.
 const MAX_UPLOAD_SLOTS: usize = 8;
 /// Segments behind the newest still worth receiving.
@@ -358,6 +375,9 @@ struct Shared {
     events: mpsc::Sender<Event>,
     connections: AtomicUsize,
     max_connections: usize,
+    /// Connections in their handshake or Hello, per source address (capped; see
+    /// [`MAX_HANDSHAKES`] and [`MAX_HANDSHAKES_PER_IP`]).
+    handshakes: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A running node (broadcaster or viewer). Dropping it does not stop it; call [`Node::shutdown`].
@@ -441,6 +461,7 @@ impl Node {
             events: events_tx,
             connections: AtomicUsize::new(0),
             max_connections: config.max_connections,
+            handshakes: Mutex::new(HashMap::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mesh = Mesh::new(config.mesh.clone(), me, config.seed, now());
@@ -803,7 +824,7 @@ impl Driver {
                     if let Some(c) = self.conns.get(&peer) {
                         // Seeding is optional: skip it when the uplink is already queued up.
                         if self.shared.limiter.backlog() < BUSY_BACKLOG {
-                            tokio::spawn(push(self.shared.clone(), c.conn.clone(), number));
+                            tokio::spawn(push(self.shared.clone(), c.conn.clone(), peer, number));
                         }
                     }
                 }
@@ -843,6 +864,10 @@ async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             incoming.refuse();
             continue;
         }
+        let Some(handshake) = Handshake::start(&shared, incoming.remote_address().ip()) else {
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
@@ -864,12 +889,53 @@ async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 Some((send, recv, checked))
             })
             .await;
+            // Established (or failed): no longer a half-open attempt.
+            drop(handshake);
             if let Ok(Some((send, recv, checked))) = hello {
                 run_connection(shared, conn, peer, send, recv, checked, false).await;
             } else {
                 conn.close(quinn::VarInt::from_u32(3), b"hello failed");
             }
         });
+    }
+}
+
+/// One connection in its handshake or Hello, counted against the caps until dropped.
+struct Handshake {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Handshake {
+    /// Counts a new attempt from `ip`; `None` if that would pass a cap.
+    fn start(shared: &Arc<Shared>, ip: IpAddr) -> Option<Handshake> {
+        let mut map = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = map.values().sum();
+        let from_ip = map.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        map.insert(ip, from_ip + 1);
+        Some(Handshake {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -1182,16 +1248,34 @@ async fn run_connection(
                     Ok(permit) => {
                         let shared = shared.clone();
                         tokio::spawn(async move {
-                            let _ =
-                                tokio::time::timeout(UPLOAD_TIMEOUT, serve(&shared, send, recv))
-                                    .await;
+                            let mut send = send;
+                            let served = tokio::time::timeout(
+                                UPLOAD_TIMEOUT,
+                                serve(&shared, peer, &mut send, recv),
+                            )
+                            .await;
+                            if served.is_err() {
+                                // Abandoned mid-segment: reset, so the requester sees a failed
+                                // transfer rather than a stream finished mid-frame (a violation).
+                                let _ = send.reset(quinn::VarInt::from_u32(1));
+                            }
                             drop(permit);
                         });
                     }
                     Err(_) => {
+                        // Over its cap of concurrent requests: a flooder is told Busy, cheaply.
                         let mut send = send;
-                        let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
-                        let _ = send.finish();
+                        add(&shared.counters.busy_replies, 1);
+                        let busy = wire::encode(&Reply::Busy);
+                        let write = send.write_all(&busy);
+                        if tokio::time::timeout(BUSY_WRITE_TIMEOUT, write)
+                            .await
+                            .is_ok()
+                        {
+                            let _ = send.finish();
+                        } else {
+                            let _ = send.reset(quinn::VarInt::from_u32(1));
+                        }
                     }
                 }
             }
@@ -1261,11 +1345,21 @@ async fn read_frame<T: DeserializeOwned>(
     }
     let len = wire::frame_len(prefix, max)?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => TransferError::Wire(WireError::Truncated),
-        e => TransferError::Io(e.to_string()),
-    })?;
+    read_within(recv, &mut body).await?;
     Ok(Some(wire::decode_body(&body)?))
+}
+
+/// Fills `buf`, or fails if the sender finishes first or lets [`FRAME_TIMEOUT`] pass:
+/// a frame once begun comes at once from an honest sender, so a trickle is a slowloris.
+async fn read_within(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), TransferError> {
+    match tokio::time::timeout(FRAME_TIMEOUT, recv.read_exact(buf)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => {
+            Err(TransferError::Wire(WireError::Truncated))
+        }
+        Ok(Err(e)) => Err(TransferError::Io(e.to_string())),
+        Err(_) => Err(TransferError::Timeout),
+    }
 }
 
 /// Reads a reply and, if it is a segment, verifies and stores it.
@@ -1331,10 +1425,7 @@ async fn receive_segment(
         let range =
             piece_range(len, header.header.piece_size, i).ok_or(TransferError::Forged("pieces"))?;
         let mut piece = BytesMut::zeroed(range.len());
-        recv.read_exact(&mut piece).await.map_err(|e| match e {
-            quinn::ReadExactError::FinishedEarly(_) => TransferError::Wire(WireError::Truncated),
-            e => TransferError::Io(e.to_string()),
-        })?;
+        read_within(&mut recv, &mut piece).await?;
         header
             .check_piece(i, &piece)
             .map_err(|_| TransferError::Forged("piece digest mismatch"))?;
@@ -1378,12 +1469,13 @@ async fn report_transfer(
             add(&shared.counters.rejected_segments, 1);
             Event::Misbehaved { peer, reason }
         }
-        Err(TransferError::Wire(WireError::Oversize { .. } | WireError::Malformed)) => {
-            Event::Misbehaved {
-                peer,
-                reason: "malformed transfer frame",
-            }
-        }
+        // Honest senders reset an abandoned transfer; finishing it mid-frame is deliberate.
+        Err(TransferError::Wire(
+            WireError::Oversize { .. } | WireError::Malformed | WireError::Truncated,
+        )) => Event::Misbehaved {
+            peer,
+            reason: "malformed or truncated transfer frame",
+        },
         Err(e) => match requested {
             Some(number) => Event::TransferFailed {
                 peer,
@@ -1414,8 +1506,8 @@ async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u6
     report_transfer(&shared, peer, Some(number), res).await;
 }
 
-/// Answers one request stream.
-async fn serve(shared: &Shared, mut send: SendStream, mut recv: RecvStream) {
+/// Answers one request stream from `peer`.
+async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: RecvStream) {
     let req = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         read_frame::<Request>(&mut recv, wire::MAX_REQUEST_FRAME),
@@ -1423,7 +1515,24 @@ async fn serve(shared: &Shared, mut send: SendStream, mut recv: RecvStream) {
     .await
     {
         Ok(Ok(Some(r))) => r,
-        _ => return,
+        Ok(Err(TransferError::Io(_))) => {
+            // Never leave the reply finished empty: that reads as a truncated reply.
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            return;
+        }
+        // An honest requester writes its whole request at once, right after opening the
+        // stream: a stream left empty (slowloris), cut short, or oversize is deliberate.
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            let _ = shared
+                .events
+                .send(Event::Misbehaved {
+                    peer,
+                    reason: "bad or stalled request",
+                })
+                .await;
+            return;
+        }
     };
     let seg = if shared.uploads {
         store::lock(&shared.store).get(req.number).cloned()
@@ -1451,17 +1560,62 @@ async fn serve(shared: &Shared, mut send: SendStream, mut recv: RecvStream) {
         let _ = send.finish();
         return;
     }
-    match (seg, partial) {
-        (Some(seg), _) => {
-            let _ = send_segment(shared, &mut send, &seg, UploadClass::Serve).await;
+    let sent = match (seg, partial) {
+        (Some(seg), _) => send_segment(shared, send, &seg, UploadClass::Serve).await,
+        (None, Some(partial)) => relay_partial(shared, send, &partial).await,
+        (None, None) => Ok(()),
+    };
+    end_upload(shared, peer, send, sent).await;
+}
+
+/// Why an upload stopped early.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    /// The receiver stopped the stream or the connection closed.
+    #[error("stream closed")]
+    Closed,
+    /// The receiver's flow-control window stayed shut for [`STALL_TIMEOUT`].
+    #[error("receiver stopped reading")]
+    Stalled,
+    /// The segment being relayed failed upstream.
+    #[error("upstream transfer failed")]
+    Upstream,
+}
+
+/// Writes `bytes`, giving up if the receiver withholds credit for [`STALL_TIMEOUT`].
+async fn write_within(send: &mut SendStream, bytes: &[u8]) -> Result<(), UploadError> {
+    match tokio::time::timeout(STALL_TIMEOUT, send.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(UploadError::Closed),
+        Err(_) => Err(UploadError::Stalled),
+    }
+}
+
+/// Closes an upload's stream after `sent`: an unfinished one is reset (never finished
+/// mid-frame, which the receiver treats as a violation), and a receiver that stalled it
+/// is reported.
+async fn end_upload(
+    shared: &Shared,
+    peer: NodeId,
+    send: &mut SendStream,
+    sent: Result<(), UploadError>,
+) {
+    match sent {
+        Ok(()) => {
+            let _ = send.finish();
         }
-        (None, Some(partial)) => {
-            if relay_partial(shared, &mut send, &partial).await.is_err() {
-                // The upstream transfer failed: tell the requester to look elsewhere.
-                let _ = send.reset(quinn::VarInt::from_u32(1));
+        Err(e) => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            if matches!(e, UploadError::Stalled) {
+                let _ = shared
+                    .events
+                    .send(Event::Misbehaved {
+                        peer,
+                        reason: "stopped reading an upload",
+                    })
+                    .await;
             }
         }
-        (None, None) => {}
     }
 }
 
@@ -1496,44 +1650,48 @@ impl Drop for UploadSlot<'_> {
 }
 
 /// Streams a segment that is still arriving: each piece goes out once it is verified here.
+/// The caller finishes (or resets) the stream; see [`end_upload`].
 async fn relay_partial(
     shared: &Shared,
     send: &mut SendStream,
     partial: &Partial,
-) -> Result<(), ()> {
+) -> Result<(), UploadError> {
     let header = wire::encode(&Reply::Segment(partial.header.clone()));
     add(&shared.counters.control_bytes, header.len() as u64);
-    send.write_all(&header).await.map_err(|_| ())?;
+    write_within(send, &header).await?;
     let mut progress = partial.progress.clone();
     for i in 0..partial.header.header.pieces.len() {
-        progress.wait_for(|done| *done > i).await.map_err(|_| ())?;
+        progress
+            .wait_for(|done| *done > i)
+            .await
+            .map_err(|_| UploadError::Upstream)?;
         let piece = partial
             .pieces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(i)
             .cloned()
-            .ok_or(())?;
+            .ok_or(UploadError::Upstream)?;
         shared
             .limiter
             .acquire_as(UploadClass::Serve, piece.len() as u64)
             .await;
-        send.write_all(&piece).await.map_err(|_| ())?;
+        write_within(send, &piece).await?;
         add(&shared.counters.bytes_uploaded, piece.len() as u64);
     }
-    let _ = send.finish();
     Ok(())
 }
 
+/// The caller finishes (or resets) the stream; see [`end_upload`].
 async fn send_segment(
     shared: &Shared,
     send: &mut SendStream,
     seg: &VerifiedSegment,
     class: UploadClass,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), UploadError> {
     let header = wire::encode(&Reply::Segment(seg.header.clone()));
     add(&shared.counters.control_bytes, header.len() as u64);
-    send.write_all(&header).await?;
+    write_within(send, &header).await?;
     let h = &seg.header.header;
     for i in 0..h.pieces.len() {
         let Some(range) = piece_range(h.len, h.piece_size, i) else {
@@ -1541,25 +1699,26 @@ async fn send_segment(
         };
         let piece = seg.data.slice(range);
         shared.limiter.acquire_as(class, piece.len() as u64).await;
-        send.write_all(&piece).await?;
+        write_within(send, &piece).await?;
         add(&shared.counters.bytes_uploaded, piece.len() as u64);
     }
-    let _ = send.finish();
     Ok(())
 }
 
-async fn push(shared: Arc<Shared>, conn: Connection, number: u64) {
+async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64) {
     let seg = store::lock(&shared.store).get(number).cloned();
     let Some(seg) = seg else { return };
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
     let _seeding = shared.limiter.seeding();
-    let _ = tokio::time::timeout(
+    let sent = tokio::time::timeout(
         UPLOAD_TIMEOUT,
         send_segment(&shared, &mut send, &seg, UploadClass::Seed),
     )
-    .await;
+    .await
+    .unwrap_or(Err(UploadError::Closed));
+    end_upload(&shared, peer, &mut send, sent).await;
 }
 
 /// Folds a signed header's length/duration into the node's smoothed stream bitrate.

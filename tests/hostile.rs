@@ -1,21 +1,26 @@
-//! Hostile peers speaking the real protocol over real QUIC: an honest viewer must never
-//! store (and so never serve, to its player or to a peer) a forged byte, must drop and ban
-//! the sender, and must refuse it when it comes back.
+//! Hostile peers speaking the real protocol over real QUIC (see `common::evil`): an honest
+//! viewer must never store (and so never serve, to its player or to a peer) a forged byte,
+//! must drop and ban whoever breaks the protocol, and must refuse it when it comes back —
+//! while the real stream keeps flowing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::nodes::{broadcaster, dial_with_hello, publish, viewer, wait_for, Dialled};
+use common::evil::{connect_tight, Answer, Evil, Liar, Source};
+use common::nodes::{broadcaster, publish, shutdown_all, viewer, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
+use starling::net::Node;
 use starling::store;
 use starling::stream::{node_id, sign_segment, NodeId, SignedHeader};
-use starling::wire::{self, Control, Reply, Role};
+use starling::wire::{self, Reply, Request};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 const SEGMENT: Duration = Duration::from_millis(500);
+const WAIT: Duration = Duration::from_secs(20);
 
 fn payload(n: u64) -> Bytes {
     Bytes::from(
@@ -25,146 +30,391 @@ fn payload(n: u64) -> Bytes {
     )
 }
 
-/// A node that completes the Hello like a viewer and then does what it is told.
-struct Hostile {
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
+fn addr_of(node: &Node) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node.local_addr().unwrap().port()))
 }
 
-impl Hostile {
-    async fn connect(
-        key: &SigningKey,
-        target: NodeId,
-        addr: SocketAddr,
-        stream: NodeId,
-    ) -> Hostile {
-        let hello = Control::Hello {
-            version: wire::PROTOCOL_VERSION,
-            stream,
-            role: Role::Viewer,
-            uploads: true,
-            token: None,
-            token_epoch: 0,
-        };
-        let Dialled {
-            endpoint,
-            conn,
-            send,
-            mut recv,
-        } = dial_with_hello(key, target, addr, &hello).await;
-        // Their Hello back (length prefix, then body).
-        let mut prefix = [0u8; 4];
-        recv.read_exact(&mut prefix).await.unwrap();
-        let len = wire::frame_len(prefix, wire::MAX_CONTROL_FRAME).unwrap();
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.unwrap();
-        // Keep the control stream open, as a real peer does.
-        std::mem::forget(send);
-        std::mem::forget(recv);
-        Hostile {
-            _endpoint: endpoint,
-            conn,
-        }
+/// Every segment `node` holds is byte for byte the broadcaster's.
+fn assert_all_genuine(node: &Node, origin: &Node) {
+    let shared = node.store();
+    let s = store::lock(&shared);
+    for n in s.numbers() {
+        assert_eq!(
+            s.get(n).unwrap().data,
+            origin.segment_data(n).expect("the broadcaster holds it"),
+            "segment {n} differs from the broadcaster's"
+        );
     }
+}
 
-    /// Pushes a segment: a header frame, then `data` as the segment's bytes.
-    async fn push(&self, header: &SignedHeader, data: &[u8]) {
-        let Ok(mut uni) = self.conn.open_uni().await else {
-            return;
-        };
-        let mut frame = BytesMut::new();
-        frame.put_slice(&wire::encode(&Reply::Segment(header.clone())));
-        frame.put_slice(data);
-        let _ = uni.write_all(&frame).await;
-        let _ = uni.finish();
+/// Publishes segments `range` at the stream's pace and waits until `viewers` hold them all.
+async fn play(origin: &Node, key: &SigningKey, range: std::ops::Range<u64>, viewers: &[Node]) {
+    for n in range.clone() {
+        publish(origin, key, n, SEGMENT, payload(n)).await;
+        tokio::time::sleep(SEGMENT).await;
     }
+    if !wait_for(viewers, WAIT, |s| range.clone().all(|n| s.contains(n))).await {
+        let missing: Vec<(usize, Vec<u64>)> = viewers
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let shared = v.store();
+                let s = store::lock(&shared);
+                (
+                    i,
+                    range
+                        .clone()
+                        .filter(|n| !s.contains(*n))
+                        .collect::<Vec<u64>>(),
+                )
+            })
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        panic!("the honest stream stopped flowing; missing {missing:?}");
+    }
+}
 
-    /// Whether the honest side closed the connection within `limit`.
-    async fn closed_within(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.conn.closed())
-            .await
-            .is_ok()
+/// `key` comes back after its ban: the viewer lets it finish the Hello at most, then closes.
+async fn assert_refused(key: &SigningKey, target: NodeId, addr: SocketAddr, stream: NodeId) {
+    if let Ok(again) = Evil::connect(key, target, addr, stream).await {
+        assert!(
+            again.closed_within(WAIT).await,
+            "a banned peer was let back in"
+        );
     }
+}
+
+/// The ways to break the protocol on one connection, each of which must get the sender banned.
+#[derive(Debug, Clone, Copy)]
+enum Violation {
+    CorruptBytes,
+    ForgedHeader,
+    ResignedHeader,
+    OtherStream,
+    OversizePush,
+    TruncatedPush,
+    OversizeControl,
+    TruncatedRequest,
+    OversizeRequest,
+    SilentRequest,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_pushes_are_rejected_and_the_sender_banned() {
+async fn every_protocol_violation_is_rejected_and_its_sender_banned() {
     let key = SigningKey::from_bytes(&[61; 32]);
     let stream = node_id(&key);
-    let broadcaster = broadcaster(&key, SEGMENT, None, 3).await;
-    let viewer = viewer(
+    let origin = broadcaster(&key, SEGMENT, None, 3).await;
+    let honest = viewer(
         SigningKey::from_bytes(&[62; 32]),
-        &broadcaster,
+        &origin,
         MeshConfig::viewer(stream, SEGMENT, 2),
         4,
     )
     .await;
-    let viewer_addr: SocketAddr = format!("127.0.0.1:{}", viewer.local_addr().unwrap().port())
-        .parse()
-        .unwrap();
+    let target = honest.id();
+    let addr = addr_of(&honest);
+    let viewers = [honest];
+    play(&origin, &key, 0..2, &viewers).await;
 
-    // 1. A correctly signed header with corrupted bytes (a relay that flips one byte).
-    let evil_key = SigningKey::from_bytes(&[66; 32]);
-    let evil = Hostile::connect(&evil_key, viewer.id(), viewer_addr, stream).await;
-    let real = payload(0);
-    let header = sign_segment(&key, 0, 500, 0, false, &real).unwrap();
-    let mut corrupted = real.to_vec();
-    corrupted[10] ^= 0xff;
-    evil.push(&header, &corrupted).await;
-    assert!(
-        evil.closed_within(Duration::from_secs(10)).await,
-        "the viewer kept the corrupting peer"
-    );
-
-    // It comes back with the same key: refused for the ban period.
-    let again = Hostile::connect(&evil_key, viewer.id(), viewer_addr, stream).await;
-    assert!(
-        again.closed_within(Duration::from_secs(10)).await,
-        "a banned peer was let back in"
-    );
-
-    // 2. A header re-signed by the peer's own key (an impostor broadcaster).
-    let other_key = SigningKey::from_bytes(&[67; 32]);
-    let impostor = Hostile::connect(&other_key, viewer.id(), viewer_addr, stream).await;
-    let resigned = sign_segment(&other_key, 1, 500, 0, false, &payload(1)).unwrap();
-    impostor.push(&resigned, &payload(1)).await;
-    assert!(
-        impostor.closed_within(Duration::from_secs(10)).await,
-        "the viewer kept a peer that sent a header signed by another key"
-    );
-
-    // Nothing forged was stored; the real stream still gets through, byte for byte.
-    {
-        let shared = viewer.store();
-        let s = store::lock(&shared);
+    let outsider = SigningKey::from_bytes(&[67; 32]);
+    let cases = [
+        Violation::CorruptBytes,
+        Violation::ForgedHeader,
+        Violation::ResignedHeader,
+        Violation::OtherStream,
+        Violation::OversizePush,
+        Violation::TruncatedPush,
+        Violation::OversizeControl,
+        Violation::TruncatedRequest,
+        Violation::OversizeRequest,
+        Violation::SilentRequest,
+    ];
+    let mut held_streams = Vec::new();
+    for (i, case) in cases.into_iter().enumerate() {
+        let evil_key = SigningKey::from_bytes(&[100 + i as u8; 32]);
+        let mut evil = Evil::connect(&evil_key, target, addr, stream)
+            .await
+            .unwrap();
+        // The segment the attack is about: the next one, not yet anywhere.
+        let n = 2 + i as u64;
+        let real = payload(n);
+        let genuine = sign_segment(&key, n, 500, 0, false, &real).unwrap();
+        match case {
+            Violation::CorruptBytes => {
+                let mut bad = real.to_vec();
+                bad[10] ^= 0xff;
+                evil.push(&genuine, &bad).await;
+            }
+            Violation::ForgedHeader => {
+                // Claim a different length and digests without the key: the signature fails.
+                let fake = Bytes::from(vec![7u8; 20_000]);
+                let mut forged = sign_segment(&key, n, 500, 0, false, &fake).unwrap();
+                forged.signature = genuine.signature;
+                evil.push(&forged, &fake).await;
+            }
+            Violation::ResignedHeader => {
+                let resigned = sign_segment(&evil_key, n, 500, 0, false, &real).unwrap();
+                evil.push(&resigned, &real).await;
+            }
+            Violation::OtherStream => {
+                let other = sign_segment(&outsider, n, 500, 0, false, &payload(99)).unwrap();
+                evil.push(&other, &payload(99)).await;
+            }
+            Violation::OversizePush => {
+                let mut frame = BytesMut::new();
+                frame.put_u32(wire::MAX_REPLY_FRAME as u32 + 1);
+                frame.put_slice(&[0u8; 64]);
+                evil.push_raw(&frame).await;
+            }
+            Violation::TruncatedPush => {
+                // A genuine header, then half the bytes, then FIN.
+                let mut frame = BytesMut::new();
+                frame.put_slice(&wire::encode(&Reply::Segment(genuine.clone())));
+                frame.put_slice(&real[..real.len() / 2]);
+                evil.push_raw(&frame).await;
+            }
+            Violation::OversizeControl => {
+                evil.control_raw(&u32::MAX.to_be_bytes()).await;
+            }
+            Violation::TruncatedRequest => {
+                let frame = wire::encode(&Request { number: 0 });
+                let (mut send, _recv) = evil.conn.open_bi().await.unwrap();
+                send.write_all(&frame[..frame.len() - 1]).await.unwrap();
+                send.finish().unwrap();
+                held_streams.push(send);
+            }
+            Violation::OversizeRequest => {
+                let mut frame = BytesMut::new();
+                frame.put_u32(wire::MAX_REQUEST_FRAME as u32 + 1);
+                frame.put_slice(&[0u8; 80]);
+                held_streams.extend(evil.open_and_hold(&frame).await.map(|(s, _)| s));
+            }
+            Violation::SilentRequest => {
+                // Half a length prefix, then silence: the request never comes.
+                held_streams.extend(evil.open_and_hold(&[0, 0]).await.map(|(s, _)| s));
+            }
+        }
         assert!(
-            !s.contains(0) && !s.contains(1),
-            "a forged segment was stored"
+            evil.closed_within(WAIT).await,
+            "{case:?}: the viewer kept the peer"
         );
+        assert_refused(&evil_key, target, addr, stream).await;
+        // The honest stream goes on, byte for byte.
+        play(&origin, &key, n..n + 1, &viewers).await;
+        assert_all_genuine(&viewers[0], &origin);
     }
-    let stats = viewer.stats();
-    assert_eq!(stats.rejected_segments, 2, "{stats:?}");
-    assert!(stats.bans >= 2, "{stats:?}");
-    for n in 0..4 {
-        publish(&broadcaster, &key, n, SEGMENT, payload(n)).await;
-        tokio::time::sleep(SEGMENT).await;
-    }
-    let viewers = [viewer];
-    wait_for(&viewers, Duration::from_secs(20), |s| {
-        (0..4).all(|n| s.contains(n))
-    })
+    let stats = viewers[0].stats();
+    // Four forged segments were counted as rejected (the rest broke the framing instead).
+    assert_eq!(stats.rejected_segments, 4, "{stats:?}");
+    assert!(stats.bans >= cases.len() as u64, "{stats:?}");
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+
+/// A genuine old segment pushed again unasked (a replay) is ignored: nothing is displaced
+/// and, since an honest relay may push a segment twice, the sender is not banned for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_old_segment_pushed_unasked_displaces_nothing() {
+    let key = SigningKey::from_bytes(&[71; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 5).await;
+    let honest = viewer(
+        SigningKey::from_bytes(&[72; 32]),
+        &origin,
+        MeshConfig::viewer(stream, SEGMENT, 2),
+        6,
+    )
     .await;
-    let [viewer] = viewers;
-    let shared = viewer.store();
-    let s = store::lock(&shared);
-    for n in 0..4 {
-        let got = s
-            .get(n)
-            .unwrap_or_else(|| panic!("segment {n} never arrived"));
-        assert_eq!(
-            got.data,
-            payload(n),
-            "segment {n} differs from the broadcaster's"
+    let viewers = [honest];
+    play(&origin, &key, 0..3, &viewers).await;
+    let evil = Evil::connect(
+        &SigningKey::from_bytes(&[73; 32]),
+        viewers[0].id(),
+        addr_of(&viewers[0]),
+        stream,
+    )
+    .await
+    .unwrap();
+    for old in 0..3 {
+        let data = origin.segment_data(old).unwrap();
+        let header: SignedHeader = store::lock(&origin.store())
+            .get(old)
+            .unwrap()
+            .header
+            .clone();
+        evil.push(&header, &data).await;
+    }
+    play(&origin, &key, 3..5, &viewers).await;
+    assert_all_genuine(&viewers[0], &origin);
+    assert_eq!(viewers[0].stats().rejected_segments, 0);
+    assert!(
+        !evil.closed_within(Duration::from_secs(1)).await,
+        "a valid duplicate push got its sender dropped"
+    );
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+
+/// A peer that asks for segments and never reads them (its receive window shut) is cut
+/// off after the stall timeout and banned; one that requests in an endless loop is told
+/// Busy beyond its cap of concurrent serves, and the stream keeps playing for others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_readers_are_banned_and_flooders_are_told_busy() {
+    let key = SigningKey::from_bytes(&[81; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 7).await;
+    let honest = viewer(
+        SigningKey::from_bytes(&[82; 32]),
+        &origin,
+        MeshConfig::viewer(stream, SEGMENT, 2),
+        8,
+    )
+    .await;
+    let (target, addr) = (honest.id(), addr_of(&honest));
+    let viewers = [honest];
+    play(&origin, &key, 0..2, &viewers).await;
+
+    // Endless requests: many at once, as fast as it can, never banned but capped.
+    let flooder = Evil::connect(&SigningKey::from_bytes(&[83; 32]), target, addr, stream)
+        .await
+        .unwrap();
+    let flooder = Arc::new(flooder);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let flooder = flooder.clone();
+        tasks.spawn(async move {
+            let (mut served, mut busy) = (0u32, 0u32);
+            for _ in 0..20 {
+                match flooder.request(1).await {
+                    Some((Reply::Segment(_), data)) => {
+                        assert_eq!(data, payload(1), "served bytes are genuine");
+                        served += 1;
+                    }
+                    Some((Reply::Busy, _)) => busy += 1,
+                    _ => {}
+                }
+            }
+            (served, busy)
+        });
+    }
+    let slow_key = SigningKey::from_bytes(&[84; 32]);
+    let slow = connect_tight(&slow_key, target, addr, stream)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.extend(
+            slow.open_and_hold(&wire::encode(&Request { number: 0 }))
+                .await,
         );
     }
+    play(&origin, &key, 2..6, &viewers).await;
+    let (mut served, mut busy) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (s, b) = r.unwrap();
+        served += s;
+        busy += b;
+    }
+    assert!(served > 0, "the flooder's valid requests were never served");
+    assert!(busy > 0, "640 requests, 32 at a time, and never a Busy");
+    assert!(
+        !flooder.closed_within(Duration::from_millis(200)).await,
+        "valid requests, however many, are throttled, not banned"
+    );
+    assert!(
+        slow.closed_within(WAIT).await,
+        "a peer that never reads what it asked for was kept"
+    );
+    assert_refused(&slow_key, target, addr, stream).await;
+    play(&origin, &key, 6..8, &viewers).await;
+    assert_all_genuine(&viewers[0], &origin);
+    drop(held);
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+/// With 10% of the swarm hostile — peers that claim every segment and answer with
+/// corrupted bytes, an old segment under the requested number, or nothing at all —
+/// honest viewers' continuity stays at 99.5% or better and nothing forged is stored.
+///
+/// Ignored: it fails today (continuity about 0.64–0.84: each liar type alone costs honest
+/// viewers that partner with it a dozen late segments out of thirty). The cause is not
+/// found yet; `LIARS=Stall|Corrupt|Replay` runs one kind of liar at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: hostile partners cost continuity (open bug, see doc comment)"]
+async fn ten_percent_hostile_peers_do_not_break_continuity() {
+    const HONEST: usize = 18;
+    const SEGMENTS: u64 = 30;
+    let key = SigningKey::from_bytes(&[91; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 9).await;
+    let source: Source = {
+        let store = origin.store();
+        Arc::new(move |n| {
+            store::lock(&store)
+                .get(n)
+                .map(|s| (s.header.clone(), s.data.clone()))
+        })
+    };
+    // The liars join first, so the broadcaster's peer samples hand them to every viewer.
+    let mut liars = Vec::new();
+    for (i, answer) in [Answer::Corrupt, Answer::Replay]
+        .into_iter()
+        .enumerate()
+        .filter(|(_, a)| std::env::var("LIARS").map_or(true, |l| l.contains(&format!("{a:?}"))))
+    {
+        let liar_key = SigningKey::from_bytes(&[150 + i as u8; 32]);
+        liars.push(Liar::join(&liar_key, stream, addr_of(&origin), answer, source.clone()).await);
+    }
+    // Stallers do not get banned (they break no rule a timeout cannot tell from a slow
+    // peer), so they stay in the mesh the whole time: the harder case.
+    let staller_key = SigningKey::from_bytes(&[160; 32]);
+    if std::env::var("LIARS").map_or(true, |l| l.contains("Stall")) {
+        liars.push(
+            Liar::join(
+                &staller_key,
+                stream,
+                addr_of(&origin),
+                Answer::Stall,
+                source.clone(),
+            )
+            .await,
+        );
+    }
+    let mut viewers = Vec::new();
+    for i in 0..HONEST {
+        let mesh = MeshConfig::viewer(stream, SEGMENT, 3);
+        viewers.push(
+            viewer(
+                SigningKey::from_bytes(&[170 + i as u8; 32]),
+                &origin,
+                mesh,
+                300 + i as u64,
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    play(&origin, &key, 0..SEGMENTS, &viewers).await;
+
+    let (mut judged, mut missed, mut rejected, mut bans) = (0u64, 0u64, 0u64, 0u64);
+    for v in &viewers {
+        assert_all_genuine(v, &origin);
+        let s = v.stats();
+        // As the viewer's /stats computes it.
+        let on_time = s.segments_verified.saturating_sub(s.missed_deadlines);
+        judged += s.segments_verified.max(on_time + s.missed_deadlines);
+        missed += s.missed_deadlines;
+        rejected += s.rejected_segments;
+        bans += s.bans;
+    }
+    let asked: u64 = liars.iter().map(|l| *l.requests.lock().unwrap()).sum();
+    let continuity = 1.0 - missed as f64 / judged.max(1) as f64;
+    eprintln!("continuity {continuity:.4} ({missed} missed of {judged}), liars asked {asked} times, {rejected} rejected, {bans} bans");
+    assert!(
+        asked > 0,
+        "no viewer ever asked a liar: the test tested nothing"
+    );
+    assert!(rejected > 0 && bans > 0, "forgers were never caught");
+    assert!(continuity >= 0.995, "continuity {continuity:.4}");
+    for l in &liars {
+        l.kill();
+    }
+    shutdown_all(viewers.into_iter().chain([origin])).await;
 }

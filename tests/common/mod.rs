@@ -2,5 +2,7 @@
 //! with `mod common;` and uses the parts it needs.
 
 #[allow(dead_code, unreachable_pub)]
+pub mod evil;
+#[allow(dead_code, unreachable_pub)]
 pub mod nodes;
 pub mod players;

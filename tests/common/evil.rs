@@ -1,0 +1,398 @@
+//! A misbehaving node for the hostile-peer tests. It speaks the real protocol — QUIC with
+//! raw-key TLS, the real Hello, real frames — and then lies, forges, floods or stalls.
+//!
+//! Two shapes: [`Evil`] is one connection the test drives step by step (push this, request
+//! that, open a stream and never read it); [`Liar`] is a whole node that joins the swarm
+//! through the broadcaster, advertises every segment it hears of, and answers requests
+//! with a chosen [`Answer`], so honest viewers find it through peer exchange and pull from it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ed25519_dalek::SigningKey;
+use starling::stream::{NodeId, SignedHeader};
+use starling::tls;
+use starling::wire::{self, Control, Reply, Request, Role};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+use super::nodes::loopback;
+
+/// One connection to an honest node, past the Hello.
+pub struct Evil {
+    /// Kept so the endpoint lives as long as the connection.
+    pub endpoint: quinn::Endpoint,
+    /// The connection itself.
+    pub conn: quinn::Connection,
+    control: quinn::SendStream,
+    /// Read by nobody: the honest side's control messages pile up in flow control.
+    _control_in: quinn::RecvStream,
+}
+
+/// The completed TLS handshake with `target` at `addr`, before any Hello.
+pub async fn handshake(
+    endpoint: &quinn::Endpoint,
+    key: &SigningKey,
+    target: NodeId,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
+    endpoint
+        .connect_with(config, addr, tls::SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A viewer's Hello for `stream`.
+pub fn hello(stream: NodeId) -> Control {
+    Control::Hello {
+        version: wire::PROTOCOL_VERSION,
+        stream,
+        role: Role::Viewer,
+        uploads: true,
+        token: None,
+        token_epoch: 0,
+    }
+}
+
+/// Reads one frame of at most `max` bytes (panics on anything unexpected: test code).
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Option<T> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.ok()?;
+    let len = wire::frame_len(prefix, max).ok()?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    wire::decode_body(&body).ok()
+}
+
+/// Opens the control stream, sends our Hello and reads theirs.
+async fn greet(
+    conn: &quinn::Connection,
+    stream: NodeId,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&wire::encode(&hello(stream)))
+        .await
+        .map_err(|e| e.to_string())?;
+    match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
+        Some(Control::Hello { .. }) => Ok((send, recv)),
+        _ => Err(format!("no hello back: {:?}", conn.close_reason())),
+    }
+}
+
+impl Evil {
+    /// Connects with `key` to the node `target` at `addr` and completes the Hello.
+    pub async fn connect(
+        key: &SigningKey,
+        target: NodeId,
+        addr: SocketAddr,
+        stream: NodeId,
+    ) -> Result<Evil, String> {
+        Self::connect_with(key, target, addr, stream, tls::transport_config()).await
+    }
+
+    /// As [`Evil::connect`], with `transport` settings of its own choosing.
+    pub async fn connect_with(
+        key: &SigningKey,
+        target: NodeId,
+        addr: SocketAddr,
+        stream: NodeId,
+        transport: quinn::TransportConfig,
+    ) -> Result<Evil, String> {
+        let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
+        let mut config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
+        config.transport_config(Arc::new(transport));
+        let conn = endpoint
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (control, control_in) = greet(&conn, stream).await?;
+        Ok(Evil {
+            endpoint,
+            conn,
+            control,
+            _control_in: control_in,
+        })
+    }
+
+    /// Sends `bytes` as they are on the control stream.
+    pub async fn control_raw(&mut self, bytes: &[u8]) {
+        let _ = self.control.write_all(bytes).await;
+    }
+
+    /// Sends a control message.
+    pub async fn control(&mut self, msg: &Control) {
+        self.control_raw(&wire::encode(msg)).await;
+    }
+
+    /// Pushes a segment unasked: a header frame, then `data` as the segment's bytes.
+    pub async fn push(&self, header: &SignedHeader, data: &[u8]) {
+        let mut frame = BytesMut::new();
+        frame.put_slice(&wire::encode(&Reply::Segment(header.clone())));
+        frame.put_slice(data);
+        self.push_raw(&frame).await;
+    }
+
+    /// Pushes `bytes` as they are on a new unidirectional stream, then finishes it.
+    pub async fn push_raw(&self, bytes: &[u8]) {
+        let Ok(mut uni) = self.conn.open_uni().await else {
+            return;
+        };
+        let _ = uni.write_all(bytes).await;
+        let _ = uni.finish();
+    }
+
+    /// Asks for segment `number` and reads the whole answer: the reply, and the segment's
+    /// bytes if it is one. `None` if the stream failed.
+    pub async fn request(&self, number: u64) -> Option<(Reply, Bytes)> {
+        let (mut send, mut recv) = self.conn.open_bi().await.ok()?;
+        send.write_all(&wire::encode(&Request { number }))
+            .await
+            .ok()?;
+        let _ = send.finish();
+        let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME).await?;
+        let data = match &reply {
+            Reply::Segment(h) => {
+                let mut data = vec![0u8; h.header.len as usize];
+                recv.read_exact(&mut data).await.ok()?;
+                Bytes::from(data)
+            }
+            _ => Bytes::new(),
+        };
+        Some((reply, data))
+    }
+
+    /// Opens a request stream, sends `bytes` and never reads the answer nor finishes:
+    /// the caller keeps the streams so they stay open (slowloris).
+    pub async fn open_and_hold(
+        &self,
+        bytes: &[u8],
+    ) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await.ok()?;
+        send.write_all(bytes).await.ok()?;
+        Some((send, recv))
+    }
+
+    /// Whether the honest side closed the connection within `limit`.
+    pub async fn closed_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.conn.closed())
+            .await
+            .is_ok()
+    }
+}
+
+/// As [`Evil::connect`], but with tiny receive windows: whatever it asks for, the
+/// sender must wait on it after the first kilobyte (a slowloris that never reads).
+pub async fn connect_tight(
+    key: &SigningKey,
+    target: NodeId,
+    addr: SocketAddr,
+    stream: NodeId,
+) -> Result<Evil, String> {
+    let mut transport = tls::transport_config();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(1024))
+        .receive_window(quinn::VarInt::from_u32(4096));
+    Evil::connect_with(key, target, addr, stream, transport).await
+}
+
+/// How a [`Liar`] answers a request for segment `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The genuine header with one byte of the data flipped.
+    Corrupt,
+    /// The genuine, validly signed segment `n - 1` (an old segment replayed under a new number).
+    Replay,
+    /// Reads the request and never answers (a stalling supplier).
+    Stall,
+}
+
+/// Where a [`Liar`] gets genuine segments to corrupt or replay (the test reads the
+/// broadcaster's store).
+pub type Source = Arc<dyn Fn(u64) -> Option<(SignedHeader, Bytes)> + Send + Sync>;
+
+/// A hostile node in the swarm: joins through the broadcaster like a viewer (so peer
+/// exchange hands it to honest viewers), accepts their connections, claims every
+/// segment it hears of, and answers requests with its [`Answer`].
+pub struct Liar {
+    endpoint: quinn::Endpoint,
+    /// Requests it has been sent (how much honest traffic it drew).
+    pub requests: Arc<Mutex<u64>>,
+}
+
+impl Liar {
+    /// Starts a liar with `key` and connects it to the broadcaster `origin` at `addr`.
+    pub async fn join(
+        key: &SigningKey,
+        origin: NodeId,
+        addr: SocketAddr,
+        answer: Answer,
+        source: Source,
+    ) -> Liar {
+        let endpoint = tls::endpoint(key, loopback()).unwrap();
+        let (newest, _) = watch::channel(None::<u64>);
+        let newest = Arc::new(newest);
+        let requests = Arc::new(Mutex::new(0u64));
+        let ctx = Ctx {
+            stream: origin,
+            answer,
+            source,
+            newest,
+            requests: requests.clone(),
+        };
+        // Incoming connections from honest viewers that heard of us.
+        {
+            let (endpoint, ctx) = (endpoint.clone(), ctx.clone());
+            tokio::spawn(async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else { return };
+                        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                            return;
+                        };
+                        if read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME)
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                        if send
+                            .write_all(&wire::encode(&hello(ctx.stream)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        ctx.run(conn, send, recv).await;
+                    });
+                }
+            });
+        }
+        // And the broadcaster, which announces segments to us and lists us to viewers.
+        let conn = handshake(&endpoint, key, origin, addr).await.unwrap();
+        let (send, recv) = greet(&conn, origin).await.unwrap();
+        tokio::spawn(ctx.run(conn, send, recv));
+        Liar { endpoint, requests }
+    }
+
+    /// Its QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap()
+    }
+
+    /// Leaves at once.
+    pub fn kill(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    stream: NodeId,
+    answer: Answer,
+    source: Source,
+    /// The newest segment heard of, from any connection: claimed to every partner.
+    newest: Arc<watch::Sender<Option<u64>>>,
+    requests: Arc<Mutex<u64>>,
+}
+
+impl Ctx {
+    async fn run(
+        self,
+        conn: quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        // Hear what exists (the broadcaster's Haves and buffer maps, partners' Haves).
+        let heard = {
+            let newest = self.newest.clone();
+            tokio::spawn(async move {
+                while let Some(msg) =
+                    read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await
+                {
+                    let n = match msg {
+                        Control::Have { number } => Some(number),
+                        Control::BufferMap { first, bits } if !bits.is_empty() => {
+                            Some(first + bits.len() as u64 * 8 - 1)
+                        }
+                        _ => None,
+                    };
+                    if let Some(n) = n {
+                        newest.send_if_modified(|old| {
+                            let newer = old.is_none_or(|o| n > o);
+                            if newer {
+                                *old = Some(n);
+                            }
+                            newer
+                        });
+                    }
+                }
+            })
+        };
+        // Claim everything heard of, at once.
+        let claims = {
+            let mut newest = self.newest.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    let n = *newest.borrow_and_update();
+                    if let Some(n) = n {
+                        let map = Control::BufferMap {
+                            first: n.saturating_sub(15),
+                            bits: vec![0xff, 0xff],
+                        };
+                        if send.write_all(&wire::encode(&map)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if newest.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        // Answer requests.
+        let mut held = Vec::new();
+        while let Ok((mut tx, mut rx)) = conn.accept_bi().await {
+            let Some(Request { number }) =
+                read_frame::<Request>(&mut rx, wire::MAX_REQUEST_FRAME).await
+            else {
+                continue;
+            };
+            *self.requests.lock().unwrap() += 1;
+            let genuine = match self.answer {
+                Answer::Corrupt => (self.source)(number).map(|(h, d)| {
+                    let mut d = d.to_vec();
+                    if let Some(b) = d.last_mut() {
+                        *b ^= 0x5a;
+                    }
+                    (h, Bytes::from(d))
+                }),
+                Answer::Replay => number.checked_sub(1).and_then(|old| (self.source)(old)),
+                Answer::Stall => None,
+            };
+            match genuine {
+                Some((h, d)) => {
+                    let mut frame = BytesMut::new();
+                    frame.put_slice(&wire::encode(&Reply::Segment(h)));
+                    frame.put_slice(&d);
+                    tokio::spawn(async move {
+                        let _ = tx.write_all(&frame).await;
+                        let _ = tx.finish();
+                    });
+                }
+                // Stall (or nothing to forge from yet): keep the stream open, say nothing.
+                None => held.push((tx, rx)),
+            }
+        }
+        heard.abort();
+        claims.abort();
+    }
+}
