@@ -39,6 +39,12 @@ use std::time::{Duration, Instant};
 
 /// How long a peer that answered Busy is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+/// Shortest wait for a request's header before the supplier counts as stalled.
+const MIN_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a supplier that stalled a request is not asked.
+const STALL_BACKOFF: Duration = Duration::from_secs(2);
+/// Requests left unanswered in a row that get a peer dropped and banned.
+const MAX_STALLS: u32 = 3;
 /// Re-dial period for the origin while this viewer has few partners.
 const ORIGIN_RETRY: Duration = Duration::from_secs(2);
 /// Re-dial period for the origin once this viewer has partners to pull from.
@@ -200,6 +206,8 @@ struct Peer {
     throughput: Option<f64>,
     /// It said Busy: not asked again before this moment.
     busy_until: Option<Instant>,
+    /// Requests it left unanswered in a row.
+    stalls: u32,
     next_pex: Instant,
     next_buffer_map: Instant,
 }
@@ -219,6 +227,8 @@ struct SegState {
     announced: bool,
     /// Bytes are arriving (pulled or pushed) since this moment.
     receiving_since: Option<Instant>,
+    /// From whom they are arriving.
+    receiving_from: Option<NodeId>,
     inflight: Option<Inflight>,
     /// Peers that failed us for this segment (not asked again for it).
     failed: Vec<NodeId>,
@@ -303,6 +313,10 @@ impl Mesh {
                 let expiry = inf.since + self.cfg.request_timeout;
                 if expiry > self.last_now {
                     t = t.min(expiry);
+                }
+                let stall = inf.since + self.header_timeout();
+                if s.receiving_since.is_none() && stall > self.last_now {
+                    t = t.min(stall);
                 }
             } else if !s.held {
                 if let Some(h) = s.first_heard {
@@ -439,6 +453,7 @@ impl Mesh {
                 inflight: 0,
                 throughput: None,
                 busy_until: None,
+                stalls: 0,
                 next_pex: now + self.cfg.pex_interval,
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
@@ -469,6 +484,12 @@ impl Mesh {
         for s in self.segs.values_mut() {
             if s.inflight.is_some_and(|i| i.peer == peer) {
                 s.inflight = None;
+            }
+            // What it was sending dies with the connection: ask elsewhere at once rather
+            // than wait out the request timeout (by then the segment may be given up).
+            if s.receiving_from == Some(peer) {
+                s.receiving_since = None;
+                s.receiving_from = None;
             }
         }
         if self.is_origin(&peer) {
@@ -584,8 +605,13 @@ impl Mesh {
         if self.cfg.role == Role::Broadcaster {
             return;
         }
+        // With the origin connected, a partner's claim does not start a deadline for a
+        // segment the origin has not announced: a liar announcing the future would make it
+        // look late before it is published. Without the origin, partners are all we have.
+        let origin_says = self.peers.contains_key(&self.cfg.origin);
+        let exists = |n: u64| from_origin || !origin_says || self.newest.is_none_or(|k| n <= k);
         for n in learned {
-            if n >= lo && self.want_from.is_some_and(|w| n >= w) {
+            if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
                 let s = self.segs.entry(n).or_default();
                 s.first_heard.get_or_insert(now);
             }
@@ -653,9 +679,13 @@ impl Mesh {
         if number < self.floor() || self.cfg.role != Role::Viewer {
             return;
         }
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.stalls = 0;
+        }
         let s = self.segs.entry(number).or_default();
         s.first_heard.get_or_insert(now);
         s.receiving_since = Some(now);
+        s.receiving_from = Some(from);
         if s.held || s.announced {
             return;
         }
@@ -693,6 +723,7 @@ impl Mesh {
         s.held = true;
         s.announced = true;
         s.receiving_since = None;
+        s.receiving_from = None;
         if let Some(inf) = s.inflight.take() {
             let elapsed = now
                 .saturating_duration_since(inf.since)
@@ -720,6 +751,7 @@ impl Mesh {
     pub fn handle_transfer_failed(&mut self, now: Instant, peer: NodeId, number: u64, busy: bool) {
         if let Some(s) = self.segs.get_mut(&number) {
             s.receiving_since = None;
+            s.receiving_from = None;
             let was_ours = s.inflight.is_some_and(|i| i.peer == peer);
             if was_ours {
                 s.inflight = None;
@@ -732,6 +764,8 @@ impl Mesh {
             }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
+            // It answered: not a stall.
+            p.stalls = 0;
             if busy {
                 // Back off briefly so the request goes to another supplier.
                 p.busy_until = Some(now + BUSY_BACKOFF);
@@ -746,6 +780,26 @@ impl Mesh {
     pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
         self.misbehaved(now, peer, reason);
         self.schedule(now);
+    }
+
+    /// How long a request may go without its header before the supplier counts as stalled.
+    fn header_timeout(&self) -> Duration {
+        (self.cfg.playout_budget / 4)
+            .max(MIN_HEADER_TIMEOUT)
+            .min(self.cfg.request_timeout)
+    }
+
+    /// `peer` left a request unanswered: back off from it, and after
+    /// [`MAX_STALLS`] in a row (no answer in between) drop and ban it.
+    fn stalled(&mut self, now: Instant, peer: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.stalls += 1;
+        p.busy_until = Some(now + STALL_BACKOFF);
+        if p.stalls >= MAX_STALLS && !self.is_origin(&peer) {
+            self.misbehaved(now, peer, "leaves requests unanswered");
+        }
     }
 
     fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
@@ -804,21 +858,27 @@ impl Mesh {
         self.last_now = self.last_now.max(now);
         // Abandon requests that have taken too long and ask elsewhere.
         let timeout = self.cfg.request_timeout;
+        let header_timeout = self.header_timeout();
         let mut expired = Vec::new();
         for (n, s) in self.segs.iter_mut() {
             if let Some(inf) = s.inflight {
-                if now >= inf.since + timeout {
+                // An honest supplier answers at once (header or Busy); silence is a stall.
+                let stalled = s.receiving_since.is_none() && now >= inf.since + header_timeout;
+                if stalled || now >= inf.since + timeout {
                     s.inflight = None;
                     if s.failed.len() < 16 {
                         s.failed.push(inf.peer);
                     }
-                    expired.push((inf.peer, *n));
+                    expired.push((inf.peer, *n, stalled));
                 }
             }
         }
-        for (peer, number) in expired {
+        for (peer, number, stalled) in expired {
             self.release(peer);
             self.actions.push_back(Action::Cancel { peer, number });
+            if stalled {
+                self.stalled(now, peer);
+            }
         }
         // Count deadlines passed without the segment.
         let budget = self.cfg.playout_budget;
@@ -1171,6 +1231,7 @@ mod tests {
         v.handle_control(t0, id(20), Control::Have { number: 100 });
         let acts = drain(&mut v);
         assert_eq!(requests(&acts), vec![(id(20), 100)]);
+        v.handle_receiving(t0, id(20), 100);
         // Nobody holds 101 yet: wait, then after half the budget go to the origin.
         v.handle_control(t0, id(ORIGIN), Control::Have { number: 101 });
         assert!(requests(&drain(&mut v)).is_empty());
@@ -1249,6 +1310,57 @@ mod tests {
             reason: "refused"
         }));
         assert!(!v.is_banned(&id(20), t0 + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn a_supplier_that_leaves_requests_unanswered_is_avoided_then_banned() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_control(t0, id(ORIGIN), Control::Have { number: 100 });
+        drain(&mut v);
+        // The staller claims everything, including what does not exist yet.
+        let mut t = t0;
+        for n in 97..=100 {
+            v.handle_control(t, id(20), Control::Have { number: n });
+        }
+        v.handle_control(t, id(20), Control::Have { number: 140 });
+        let first = requests(&drain(&mut v));
+        assert!(first.iter().all(|(p, _)| *p == id(20)), "{first:?}");
+        assert!(!first.is_empty());
+        // A claimed future segment starts no deadline.
+        let wake = v.poll_timeout();
+        assert!(wake <= t0 + v.header_timeout(), "woken for the stall check");
+        // No header in time: cancelled, asked elsewhere, and the staller is avoided.
+        t += v.header_timeout();
+        for n in 97..=100 {
+            v.handle_control(t, id(30), Control::Have { number: n });
+        }
+        v.handle_tick(t);
+        let acts = drain(&mut v);
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Cancel { peer, .. } if *peer == id(20))));
+        let again = requests(&acts);
+        assert!(
+            !again.is_empty() && again.iter().all(|(p, _)| *p == id(30)),
+            "{again:?}"
+        );
+        assert_eq!(v.stats().missed_deadlines, 0);
+        // Stalling again and again gets it dropped and banned.
+        for _ in 0..MAX_STALLS {
+            v.stalled(t, id(20));
+        }
+        assert!(v.is_banned(&id(20), t));
+        // An answer (even Busy) in between resets the count.
+        v.stalled(t, id(30));
+        v.handle_transfer_failed(t, id(30), 99, true);
+        for _ in 0..MAX_STALLS - 1 {
+            v.stalled(t, id(30));
+        }
+        assert!(!v.is_banned(&id(30), t));
     }
 
     #[test]

@@ -1415,9 +1415,9 @@ async fn receive_segment(
             }
         }
     };
-    if _guard.is_some() {
-        let _ = shared.events.send(Event::Receiving { from, number }).await;
-    }
+    // Also for a second copy: its header is the supplier's answer, so the mesh does not
+    // count the request as stalled (it announces a segment only once).
+    let _ = shared.events.send(Event::Receiving { from, number }).await;
     // The signed header vouches for the length and piece sizes, so allocating them is safe.
     let len = header.header.len;
     let mut assembled = BytesMut::with_capacity(len as usize);

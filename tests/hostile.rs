@@ -332,12 +332,14 @@ async fn slowloris_readers_are_banned_and_flooders_are_told_busy() {
 /// With 10% of the swarm hostile — peers that claim every segment and answer with
 /// corrupted bytes, an old segment under the requested number, or nothing at all —
 /// honest viewers' continuity stays at 99.5% or better and nothing forged is stored.
+/// `LIARS=Stall|Corrupt|Replay` runs one kind of liar at a time.
 ///
-/// Ignored: it fails today (continuity about 0.64–0.84: each liar type alone costs honest
-/// viewers that partner with it a dozen late segments out of thirty). The cause is not
-/// found yet; `LIARS=Stall|Corrupt|Replay` runs one kind of liar at a time.
+/// It failed (continuity 0.64–0.84) until the mesh stopped waiting out the 3 s request
+/// timeout: a silent supplier is now dropped from a request after a quarter of the playout
+/// budget (and banned after three in a row), a banned sender's half-received segment is
+/// asked for elsewhere at once, and a partner's claim of a segment not yet known to exist
+/// no longer starts its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: hostile partners cost continuity (open bug, see doc comment)"]
 async fn ten_percent_hostile_peers_do_not_break_continuity() {
     const HONEST: usize = 18;
     const SEGMENTS: u64 = 30;
@@ -411,7 +413,9 @@ async fn ten_percent_hostile_peers_do_not_break_continuity() {
         asked > 0,
         "no viewer ever asked a liar: the test tested nothing"
     );
-    assert!(rejected > 0 && bans > 0, "forgers were never caught");
+    if std::env::var("LIARS").map_or(true, |l| l.contains("Corrupt")) {
+        assert!(rejected > 0 && bans > 0, "forgers were never caught");
+    }
     assert!(continuity >= 0.995, "continuity {continuity:.4}");
     for l in &liars {
         l.kill();

@@ -1574,8 +1574,13 @@ impl Sim {
             }
             return;
         }
-        // One partial per segment, as net.rs's map: a second copy arriving is not announced.
+        // One partial per segment, as net.rs's map; the mesh hears of a second copy too (its
+        // header is the supplier's answer, so the request is not counted as stalled).
         if registered {
+            if let Some(m) = self.mesh(r) {
+                m.handle_receiving(now, sid, number);
+            }
+            self.drain(r);
             return;
         }
         if let Some(n) = self.node_mut(r) {
