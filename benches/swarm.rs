@@ -24,6 +24,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+#[allow(unreachable_pub)]
+#[path = "../tests/common/payload.rs"]
+mod payload;
+use payload::payload;
+
 #[derive(Debug, Clone)]
 struct Args {
     viewers: usize,
@@ -79,20 +84,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn payload(n: u64, len: usize) -> Bytes {
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Bytes::from(
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>(),
-    )
 }
 
 struct Viewer {

@@ -303,6 +303,7 @@ impl Mesh {
     /// When [`Mesh::handle_tick`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_maintenance;
+        let header_timeout = self.header_timeout();
         for p in self.peers.values() {
             if let Some(b) = p.busy_until.filter(|b| *b > self.last_now) {
                 t = t.min(b);
@@ -314,7 +315,7 @@ impl Mesh {
                 if expiry > self.last_now {
                     t = t.min(expiry);
                 }
-                let stall = inf.since + self.header_timeout();
+                let stall = inf.since + header_timeout;
                 if s.receiving_since.is_none() && stall > self.last_now {
                     t = t.min(stall);
                 }
@@ -521,13 +522,13 @@ impl Mesh {
                 self.misbehaved(now, from, "second hello");
                 return;
             }
-            Control::Have { number } => self.learn(now, from, std::iter::once(number)),
+            Control::Have { number } => self.learn(now, from, &[number]),
             Control::BufferMap { first, bits } => {
                 let numbers: Vec<u64> = (0..bits.len() * 8)
                     .filter(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
                     .filter_map(|i| first.checked_add(i as u64))
                     .collect();
-                self.learn(now, from, numbers.into_iter());
+                self.learn(now, from, &numbers);
             }
             Control::Peers { peers } => {
                 for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
@@ -550,9 +551,8 @@ impl Mesh {
     }
 
     /// Records what `from` holds; only the origin (or verified data) moves our notion of newest.
-    fn learn(&mut self, now: Instant, from: NodeId, numbers: impl Iterator<Item = u64>) {
+    fn learn(&mut self, now: Instant, from: NodeId, numbers: &[u64]) {
         let from_origin = self.is_origin(&from);
-        let numbers: Vec<u64> = numbers.collect();
         if self.cfg.role == Role::Viewer
             && !from_origin
             && (self.start_from_partners
@@ -580,7 +580,7 @@ impl Mesh {
             .newest
             .map_or(u64::MAX, |n| n.saturating_add(self.cfg.window));
         let mut learned = Vec::new();
-        for n in numbers {
+        for &n in numbers {
             if n < lo || (!from_origin && n > hi) {
                 continue;
             }

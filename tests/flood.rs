@@ -20,11 +20,7 @@ use std::time::Duration;
 const SEGMENT: Duration = Duration::from_millis(500);
 
 fn payload(n: u64) -> Bytes {
-    Bytes::from(
-        (0..50_000u32)
-            .map(|i| (i as u64 * 17 + n) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    common::payload::payload(n, 50_000)
 }
 
 /// This process's resident memory in KiB.

@@ -23,11 +23,7 @@ const SEGMENT: Duration = Duration::from_millis(500);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn payload(n: u64) -> Bytes {
-    Bytes::from(
-        (0..50_000u32)
-            .map(|i| (i as u64 * 31 + n) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    common::payload::payload(n, 50_000)
 }
 
 fn addr_of(node: &Node) -> SocketAddr {

@@ -17,18 +17,7 @@ const SEGMENT: Duration = Duration::from_millis(400);
 const SEGMENT_BYTES: usize = 120_000;
 
 fn payload(n: u64) -> Bytes {
-    // Distinct, non-trivial bytes per segment.
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Bytes::from(
-        (0..SEGMENT_BYTES)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>(),
-    )
+    common::payload::payload(n, SEGMENT_BYTES)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,11 +25,7 @@ const SEGMENT: Duration = Duration::from_millis(500);
 const WAIT: Duration = Duration::from_secs(30);
 
 fn payload(n: u64) -> Bytes {
-    Bytes::from(
-        (0..40_000u32)
-            .map(|i| (i as u64 * 17 + n) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    common::payload::payload(n, 40_000)
 }
 
 fn stream_key() -> SigningKey {

@@ -39,6 +39,15 @@ pub async fn handshake(
     addr: SocketAddr,
 ) -> Result<quinn::Connection, String> {
     let config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
+    dial(endpoint, config, addr).await
+}
+
+/// The completed TLS handshake to `addr` with `config`.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
     endpoint
         .connect_with(config, addr, tls::SERVER_NAME)
         .map_err(|e| e.to_string())?
@@ -108,11 +117,7 @@ impl Evil {
         let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
         let mut config = tls::client_config(key, target.0).map_err(|e| e.to_string())?;
         config.transport_config(Arc::new(transport));
-        let conn = endpoint
-            .connect_with(config, addr, tls::SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let conn = dial(&endpoint, config, addr).await?;
         let (control, control_in) = greet(&conn, stream).await?;
         Ok(Evil {
             endpoint,

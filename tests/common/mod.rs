@@ -5,4 +5,6 @@
 pub mod evil;
 #[allow(dead_code, unreachable_pub)]
 pub mod nodes;
+#[allow(dead_code, unreachable_pub)]
+pub mod payload;
 pub mod players;

@@ -135,13 +135,7 @@ pub async fn dial_with_hello(
     hello: &Control,
 ) -> Dialled {
     let endpoint = tls::endpoint(key, loopback()).expect("endpoint");
-    let conn = endpoint
-        .connect_with(
-            tls::client_config(key, target.0).expect("client config"),
-            addr,
-            tls::SERVER_NAME,
-        )
-        .expect("connect")
+    let conn = super::evil::handshake(&endpoint, key, target, addr)
         .await
         .expect("handshake");
     let (mut send, recv) = conn.open_bi().await.expect("control stream");
