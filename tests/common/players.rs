@@ -624,7 +624,7 @@ fn effective_uid() -> Result<u32, String> {
 }
 
 /// Creates [`VLC_USER`] once per process if it does not exist yet.
-fn ensure_vlc_user() -> Result<(), String> {
+pub fn ensure_vlc_user() -> Result<(), String> {
     static READY: OnceLock<Mutex<bool>> = OnceLock::new();
     let mut ready = READY
         .get_or_init(|| Mutex::new(false))
