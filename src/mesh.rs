@@ -28,7 +28,7 @@
 //! broadcaster itself only when no partner has a segment by the time half of its
 //! playout budget is spent, so the origin's upload stays near one copy.
 
-use crate::stream::NodeId;
+use crate::stream::{NodeId, ALL_PARTS, PARTS};
 use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_MESSAGE};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -140,26 +140,32 @@ pub enum Action {
         /// What.
         msg: Control,
     },
-    /// Open a transfer stream and ask for a segment.
+    /// Open a transfer stream and ask for one part of a segment.
     Request {
         /// From whom.
         peer: NodeId,
         /// Which segment.
         number: u64,
+        /// Which part of it (below [`PARTS`]).
+        part: u8,
     },
-    /// Abandon an outstanding request (it timed out).
+    /// Abandon an outstanding request (it timed out, or the segment is complete).
     Cancel {
         /// The peer asked.
         peer: NodeId,
         /// The segment asked for.
         number: u64,
+        /// The part asked for.
+        part: u8,
     },
-    /// Send a segment unasked (broadcaster seeding).
+    /// Send one part of a segment unasked (broadcaster seeding).
     Push {
         /// To whom.
         peer: NodeId,
         /// Which segment.
         number: u64,
+        /// Which part of it.
+        part: u8,
     },
     /// Connect to a peer. `addr: None` means the origin, at the ticket's addresses.
     Dial {
@@ -199,8 +205,8 @@ struct Peer {
     role: Role,
     addr: SocketAddr,
     uploads: bool,
-    /// Segments it announced, kept within the window.
-    have: BTreeSet<u64>,
+    /// Parts (bit masks) of the segments it announced, kept within the window.
+    have: BTreeMap<u64, u32>,
     inflight: usize,
     /// Smoothed transfer throughput, bytes/s (None until a transfer completes).
     throughput: Option<f64>,
@@ -218,21 +224,38 @@ struct Inflight {
     since: Instant,
 }
 
-#[derive(Debug, Default)]
-struct SegState {
-    /// When this node first learned the segment exists.
-    first_heard: Option<Instant>,
+/// One part of a segment: the unit asked of one supplier.
+#[derive(Debug, Default, Clone, Copy)]
+struct PartState {
     held: bool,
-    /// Already announced to partners (at arrival of its header, or when held).
-    announced: bool,
     /// Bytes are arriving (pulled or pushed) since this moment.
     receiving_since: Option<Instant>,
     /// From whom they are arriving.
     receiving_from: Option<NodeId>,
     inflight: Option<Inflight>,
+}
+
+#[derive(Debug, Default)]
+struct SegState {
+    /// When this node first learned the segment exists.
+    first_heard: Option<Instant>,
+    held: bool,
+    /// Parts already announced to partners (as each starts arriving, or when held).
+    announced: u32,
+    parts: [PartState; PARTS],
     /// Peers that failed us for this segment (not asked again for it).
     failed: Vec<NodeId>,
     missed: bool,
+}
+
+impl SegState {
+    fn inflight(&self) -> usize {
+        self.parts.iter().filter(|p| p.inflight.is_some()).count()
+    }
+}
+
+fn bit(part: usize) -> u32 {
+    1 << part
 }
 
 #[derive(Debug)]
@@ -265,6 +288,9 @@ pub struct Mesh {
     push_cursor: usize,
     /// `want_from` was taken from partners (the origin is full) and no data has come yet.
     start_from_partners: bool,
+    /// This node's rotation of part order among equally rare parts, so viewers that hear
+    /// of a segment at the same moment do not all ask for part 0 first.
+    part_offset: usize,
     stats: MeshStats,
 }
 
@@ -289,8 +315,10 @@ impl Mesh {
             origin_retry_at: now,
             push_cursor: 0,
             start_from_partners: false,
+            part_offset: 0,
             stats: MeshStats::default(),
         };
+        mesh.part_offset = mesh.rng.gen_range(0..PARTS);
         mesh.maintain(now);
         mesh
     }
@@ -310,16 +338,18 @@ impl Mesh {
             }
         }
         for s in self.segs.values() {
-            if let Some(inf) = s.inflight {
+            for part in &s.parts {
+                let Some(inf) = part.inflight else { continue };
                 let expiry = inf.since + self.cfg.request_timeout;
                 if expiry > self.last_now {
                     t = t.min(expiry);
                 }
                 let stall = inf.since + header_timeout;
-                if s.receiving_since.is_none() && stall > self.last_now {
+                if part.receiving_since.is_none() && stall > self.last_now {
                     t = t.min(stall);
                 }
-            } else if !s.held {
+            }
+            if !s.held && s.inflight() == 0 {
                 if let Some(h) = s.first_heard {
                     // Wake when a waiting segment becomes eligible for the origin, or misses.
                     let fallback = h + self.origin_wait();
@@ -346,7 +376,7 @@ impl Mesh {
             .filter(|(id, _)| **id != self.cfg.origin)
             .count();
         s.origin_connected = self.peers.contains_key(&self.cfg.origin);
-        s.inflight = self.segs.values().filter(|s| s.inflight.is_some()).count();
+        s.inflight = self.segs.values().map(SegState::inflight).sum();
         s.newest = self.newest;
         s
     }
@@ -450,7 +480,7 @@ impl Mesh {
                 role,
                 addr,
                 uploads,
-                have: BTreeSet::new(),
+                have: BTreeMap::new(),
                 inflight: 0,
                 throughput: None,
                 busy_until: None,
@@ -482,15 +512,15 @@ impl Mesh {
         if self.peers.remove(&peer).is_none() {
             return;
         }
-        for s in self.segs.values_mut() {
-            if s.inflight.is_some_and(|i| i.peer == peer) {
-                s.inflight = None;
+        for part in self.segs.values_mut().flat_map(|s| s.parts.iter_mut()) {
+            if part.inflight.is_some_and(|i| i.peer == peer) {
+                part.inflight = None;
             }
             // What it was sending dies with the connection: ask elsewhere at once rather
             // than wait out the request timeout (by then the segment may be given up).
-            if s.receiving_from == Some(peer) {
-                s.receiving_since = None;
-                s.receiving_from = None;
+            if part.receiving_from == Some(peer) {
+                part.receiving_since = None;
+                part.receiving_from = None;
             }
         }
         if self.is_origin(&peer) {
@@ -522,11 +552,12 @@ impl Mesh {
                 self.misbehaved(now, from, "second hello");
                 return;
             }
-            Control::Have { number } => self.learn(now, from, &[number]),
+            Control::Have { number, parts } => self.learn(now, from, &[(number, parts)]),
             Control::BufferMap { first, bits } => {
-                let numbers: Vec<u64> = (0..bits.len() * 8)
+                let numbers: Vec<(u64, u32)> = (0..bits.len() * 8)
                     .filter(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
                     .filter_map(|i| first.checked_add(i as u64))
+                    .map(|n| (n, ALL_PARTS))
                     .collect();
                 self.learn(now, from, &numbers);
             }
@@ -550,8 +581,9 @@ impl Mesh {
         self.schedule(now);
     }
 
-    /// Records what `from` holds; only the origin (or verified data) moves our notion of newest.
-    fn learn(&mut self, now: Instant, from: NodeId, numbers: &[u64]) {
+    /// Records which parts of which segments `from` holds; only the origin (or verified
+    /// data) moves our notion of newest.
+    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) {
         let from_origin = self.is_origin(&from);
         if self.cfg.role == Role::Viewer
             && !from_origin
@@ -565,8 +597,10 @@ impl Mesh {
                 .peers
                 .iter()
                 .filter(|(id, _)| !self.is_origin(id) && **id != from)
-                .filter_map(|(_, p)| p.have.last().copied());
-            let start = others.chain(numbers.iter().max().copied()).min();
+                .filter_map(|(_, p)| p.have.last_key_value().map(|(n, _)| *n));
+            let start = others
+                .chain(announced.iter().map(|(n, _)| *n).max())
+                .min();
             if let Some(s) = start {
                 self.want_from = Some(s.saturating_sub(self.cfg.delay_segments));
                 self.start_from_partners = true;
@@ -580,11 +614,11 @@ impl Mesh {
             .newest
             .map_or(u64::MAX, |n| n.saturating_add(self.cfg.window));
         let mut learned = Vec::new();
-        for &n in numbers {
-            if n < lo || (!from_origin && n > hi) {
+        for &(n, parts) in announced {
+            if n < lo || (!from_origin && n > hi) || parts & ALL_PARTS == 0 {
                 continue;
             }
-            learned.push(n);
+            learned.push((n, parts & ALL_PARTS));
             max_seen = max_seen.max(Some(n));
         }
         if from_origin {
@@ -596,8 +630,8 @@ impl Mesh {
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        for n in learned.iter().copied().filter(|n| *n >= lo) {
-            peer.have.insert(n);
+        for (n, parts) in learned.iter().copied().filter(|(n, _)| *n >= lo) {
+            *peer.have.entry(n).or_insert(0) |= parts;
         }
         while peer.have.len() as u64 > self.cfg.window * 2 {
             peer.have.pop_first();
@@ -610,7 +644,7 @@ impl Mesh {
         // look late before it is published. Without the origin, partners are all we have.
         let origin_says = self.peers.contains_key(&self.cfg.origin);
         let exists = |n: u64| from_origin || !origin_says || self.newest.is_none_or(|k| n <= k);
-        for n in learned {
+        for (n, _) in learned {
             if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
                 let s = self.segs.entry(n).or_default();
                 s.first_heard.get_or_insert(now);
@@ -655,13 +689,13 @@ impl Mesh {
                 break;
             }
             if let Some(s) = self.segs.remove(&n) {
-                if let Some(inf) = s.inflight {
+                for inf in s.parts.iter().filter_map(|p| p.inflight) {
                     self.release(inf.peer);
                 }
             }
         }
         for p in self.peers.values_mut() {
-            while p.have.first().is_some_and(|n| *n < floor) {
+            while p.have.first_key_value().is_some_and(|(n, _)| *n < floor) {
                 p.have.pop_first();
             }
         }
@@ -673,10 +707,11 @@ impl Mesh {
         }
     }
 
-    /// The signed header of segment `number` arrived and its pieces are flowing in:
+    /// Part `part` of segment `number` is arriving from `from` (its first frame checked out):
     /// announce it now, so partners can pull it piece by piece while it arrives (cut-through).
-    pub fn handle_receiving(&mut self, now: Instant, from: NodeId, number: u64) {
-        if number < self.floor() || self.cfg.role != Role::Viewer {
+    pub fn handle_receiving(&mut self, now: Instant, from: NodeId, number: u64, part: u8) {
+        let j = usize::from(part);
+        if number < self.floor() || self.cfg.role != Role::Viewer || j >= PARTS {
             return;
         }
         if let Some(p) = self.peers.get_mut(&from) {
@@ -684,18 +719,20 @@ impl Mesh {
         }
         let s = self.segs.entry(number).or_default();
         s.first_heard.get_or_insert(now);
-        s.receiving_since = Some(now);
-        s.receiving_from = Some(from);
-        if s.held || s.announced {
+        if let Some(ps) = s.parts.get_mut(j) {
+            ps.receiving_since = Some(now);
+            ps.receiving_from = Some(from);
+        }
+        if s.held || s.announced & bit(j) != 0 {
             return;
         }
-        s.announced = true;
+        s.announced |= bit(j);
         if self.cfg.uploads {
-            self.announce(number, Some(from));
+            self.announce(number, bit(j), Some(from));
         }
     }
 
-    fn announce(&mut self, number: u64, except: Option<NodeId>) {
+    fn announce(&mut self, number: u64, parts: u32, except: Option<NodeId>) {
         let partners: Vec<NodeId> = self
             .peers
             .keys()
@@ -703,12 +740,43 @@ impl Mesh {
             .copied()
             .collect();
         for p in partners {
-            self.send(p, Control::Have { number });
+            self.send(p, Control::Have { number, parts });
         }
     }
 
-    /// Segment `number` (`len` bytes) is now held verified; `from` is who sent it (None: ourselves).
+    /// Part `part` of segment `number` (`len` bytes) arrived whole and verified from `from`.
+    /// When it completes the segment, the driver then reports [`Mesh::handle_segment`].
+    pub fn handle_part(&mut self, now: Instant, from: NodeId, number: u64, part: u8, len: u64) {
+        let j = usize::from(part);
+        let Some(ps) = self.segs.get_mut(&number).and_then(|s| s.parts.get_mut(j)) else {
+            return;
+        };
+        ps.held = true;
+        ps.receiving_since = None;
+        ps.receiving_from = None;
+        if let Some(inf) = ps.inflight.take() {
+            self.release(inf.peer);
+            if inf.peer == from {
+                let elapsed = now
+                    .saturating_duration_since(inf.since)
+                    .as_secs_f64()
+                    .max(1e-3);
+                if let Some(p) = self.peers.get_mut(&from) {
+                    let sample = len as f64 / elapsed;
+                    p.throughput = Some(p.throughput.map_or(sample, |t| 0.7 * t + 0.3 * sample));
+                }
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&from) {
+            *p.have.entry(number).or_insert(0) |= bit(j);
+        }
+        self.schedule(now);
+    }
+
+    /// Segment `number` (`len` bytes) is now held verified; `from` is who sent its last
+    /// part (None: ourselves).
     pub fn handle_segment(&mut self, now: Instant, from: Option<NodeId>, number: u64, len: u64) {
+        let _ = len;
         if self.want_from.is_none() && self.cfg.role == Role::Viewer {
             self.want_from = Some(number);
         }
@@ -719,49 +787,59 @@ impl Mesh {
         self.advance_newest(number);
         let s = self.segs.entry(number).or_default();
         s.first_heard.get_or_insert(now);
-        let already = s.held || s.announced;
+        let unannounced = if s.held { 0 } else { ALL_PARTS & !s.announced };
         s.held = true;
-        s.announced = true;
-        s.receiving_since = None;
-        s.receiving_from = None;
-        if let Some(inf) = s.inflight.take() {
-            let elapsed = now
-                .saturating_duration_since(inf.since)
-                .as_secs_f64()
-                .max(1e-3);
-            self.release(inf.peer);
-            if Some(inf.peer) == from {
-                if let Some(p) = self.peers.get_mut(&inf.peer) {
-                    let sample = len as f64 / elapsed;
-                    p.throughput = Some(p.throughput.map_or(sample, |t| 0.7 * t + 0.3 * sample));
-                }
+        s.announced = ALL_PARTS;
+        let mut abandoned = Vec::new();
+        for (j, ps) in s.parts.iter_mut().enumerate() {
+            ps.held = true;
+            ps.receiving_since = None;
+            ps.receiving_from = None;
+            // A second copy of a part still coming: the segment is whole without it.
+            if let Some(inf) = ps.inflight.take() {
+                abandoned.push((inf.peer, j as u8));
             }
         }
-        if !already && self.cfg.uploads {
-            self.announce(number, from);
+        for (peer, part) in abandoned {
+            self.release(peer);
+            self.actions.push_back(Action::Cancel { peer, number, part });
         }
-        if let Some(p) = from.and_then(|f| self.peers.get_mut(&f)) {
-            p.have.insert(number);
+        if unannounced != 0 && self.cfg.uploads {
+            self.announce(number, unannounced, from);
         }
         self.prune();
         self.schedule(now);
     }
 
-    /// A request or push for `number` from `peer` failed (`busy`: it said it was saturated).
-    pub fn handle_transfer_failed(&mut self, now: Instant, peer: NodeId, number: u64, busy: bool) {
+    /// A request or push of part `part` of `number` from `peer` failed (`busy`: it said it
+    /// was saturated).
+    pub fn handle_transfer_failed(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        number: u64,
+        part: u8,
+        busy: bool,
+    ) {
+        let j = usize::from(part);
+        let mut was_ours = false;
         if let Some(s) = self.segs.get_mut(&number) {
-            s.receiving_since = None;
-            s.receiving_from = None;
-            let was_ours = s.inflight.is_some_and(|i| i.peer == peer);
-            if was_ours {
-                s.inflight = None;
+            if let Some(ps) = s.parts.get_mut(j) {
+                if ps.receiving_from.is_none_or(|f| f == peer) {
+                    ps.receiving_since = None;
+                    ps.receiving_from = None;
+                }
+                was_ours = ps.inflight.is_some_and(|i| i.peer == peer);
+                if was_ours {
+                    ps.inflight = None;
+                }
             }
             if !busy && !s.failed.contains(&peer) && s.failed.len() < 16 {
                 s.failed.push(peer);
             }
-            if was_ours {
-                self.release(peer);
-            }
+        }
+        if was_ours {
+            self.release(peer);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             // It answered: not a stall.
@@ -769,8 +847,8 @@ impl Mesh {
             if busy {
                 // Back off briefly so the request goes to another supplier.
                 p.busy_until = Some(now + BUSY_BACKOFF);
-            } else {
-                p.have.remove(&number);
+            } else if let Some(m) = p.have.get_mut(&number) {
+                *m &= !bit(j);
             }
         }
         self.schedule(now);
@@ -822,7 +900,13 @@ impl Mesh {
         s.first_heard = Some(now);
         let viewers: Vec<NodeId> = self.peers.keys().copied().collect();
         for v in &viewers {
-            self.send(*v, Control::Have { number });
+            self.send(
+                *v,
+                Control::Have {
+                    number,
+                    parts: ALL_PARTS,
+                },
+            );
         }
         // Seed a few uploaders, rotating so the relaying load spreads over the swarm.
         let uploaders: Vec<NodeId> = self
@@ -831,16 +915,21 @@ impl Mesh {
             .filter(|(_, p)| p.uploads)
             .map(|(id, _)| *id)
             .collect();
-        let fanout = self.cfg.seed_fanout.min(uploaders.len());
-        for i in 0..fanout {
-            if let Some(peer) = uploaders.get((self.push_cursor + i) % uploaders.len()) {
-                self.actions.push_back(Action::Push {
-                    peer: *peer,
-                    number,
-                });
+        // Each part goes to different viewers: the origin sends `seed_fanout` copies of the
+        // segment in all, spread over up to `seed_fanout × PARTS` relays that then trade parts.
+        if !uploaders.is_empty() {
+            let seeds = self.cfg.seed_fanout * PARTS;
+            for i in 0..seeds {
+                if let Some(peer) = uploaders.get((self.push_cursor + i) % uploaders.len()) {
+                    self.actions.push_back(Action::Push {
+                        peer: *peer,
+                        number,
+                        part: (i % PARTS) as u8,
+                    });
+                }
             }
+            self.push_cursor = self.push_cursor.wrapping_add(seeds.max(1));
         }
-        self.push_cursor = self.push_cursor.wrapping_add(fanout.max(1));
         self.prune();
     }
 
@@ -861,24 +950,30 @@ impl Mesh {
         let header_timeout = self.header_timeout();
         let mut expired = Vec::new();
         for (n, s) in self.segs.iter_mut() {
-            if let Some(inf) = s.inflight {
-                // An honest supplier answers at once (header or Busy); silence is a stall.
-                let stalled = s.receiving_since.is_none() && now >= inf.since + header_timeout;
+            for (j, ps) in s.parts.iter_mut().enumerate() {
+                let Some(inf) = ps.inflight else { continue };
+                // An honest supplier answers at once (first frame or Busy); silence is a stall.
+                let stalled = ps.receiving_since.is_none() && now >= inf.since + header_timeout;
                 if stalled || now >= inf.since + timeout {
-                    s.inflight = None;
-                    if s.failed.len() < 16 {
+                    ps.inflight = None;
+                    if s.failed.len() < 16 && !s.failed.contains(&inf.peer) {
                         s.failed.push(inf.peer);
                     }
-                    expired.push((inf.peer, *n, stalled));
+                    expired.push((inf.peer, *n, j as u8, stalled));
                 }
             }
         }
-        for (peer, number, stalled) in expired {
+        let mut stalled_peers = BTreeSet::new();
+        for (peer, number, part, stalled) in expired {
             self.release(peer);
-            self.actions.push_back(Action::Cancel { peer, number });
+            self.actions.push_back(Action::Cancel { peer, number, part });
             if stalled {
-                self.stalled(now, peer);
+                stalled_peers.insert(peer);
             }
+        }
+        // One count per peer per tick: several parts left unanswered at once are one stall.
+        for peer in stalled_peers {
+            self.stalled(now, peer);
         }
         // Count deadlines passed without the segment.
         let budget = self.cfg.playout_budget;
@@ -1062,7 +1157,7 @@ impl Mesh {
         self.actions.push_back(Action::Send { peer, msg });
     }
 
-    /// Decides what to request now. Most urgent first; otherwise rarest first.
+    /// Decides what to request now, part by part. Most urgent first; otherwise rarest first.
     fn schedule(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         if self.cfg.role != Role::Viewer {
@@ -1071,7 +1166,7 @@ impl Mesh {
         let Some(want_from) = self.want_from else {
             return;
         };
-        let mut inflight = self.segs.values().filter(|s| s.inflight.is_some()).count();
+        let mut inflight: usize = self.segs.values().map(SegState::inflight).sum();
         if inflight >= self.cfg.max_inflight_total {
             return;
         }
@@ -1079,39 +1174,49 @@ impl Mesh {
         let lost_before = self
             .newest
             .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments + 2));
-        // (late, not urgent, suppliers, number): on-time segments first, the urgent ones
-        // (origin wait over) before the rest, rarest first among equals. A segment past its
-        // deadline goes last: chasing it first would make the next ones late too.
+        // (late, not urgent, suppliers, number, rotated part): on-time segments first, the
+        // urgent ones (origin wait over) before the rest, rarest first among equals. A segment
+        // past its deadline goes last: chasing it first would make the next ones late too.
         let budget = self.cfg.playout_budget;
-        let mut order: Vec<(bool, bool, usize, u64)> = Vec::new();
+        let mut order: Vec<(bool, bool, usize, u64, usize)> = Vec::new();
         for (&n, s) in &self.segs {
-            if n < want_from || s.held || s.inflight.is_some() || n < lost_before {
+            if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
             }
-            // Already arriving (a push): wait for it unless it stalls.
-            if s.receiving_since
-                .is_some_and(|t| now < t + self.cfg.request_timeout)
-            {
-                continue;
-            }
-            if self.ended.is_some_and(|e| n > e) {
-                continue;
-            }
-            let suppliers = self
-                .peers
-                .iter()
-                .filter(|(id, p)| !self.is_origin(id) && p.uploads && p.have.contains(&n))
-                .count();
             let urgent = s.first_heard.is_some_and(|h| now >= h + fallback);
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
-            order.push((late, !urgent, suppliers, n));
+            for k in 0..PARTS {
+                let j = (k + self.part_offset) % PARTS;
+                let Some(ps) = s.parts.get(j) else { continue };
+                if ps.held || ps.inflight.is_some() {
+                    continue;
+                }
+                // Already arriving (a push, or a second copy): wait for it unless it stalls.
+                if ps
+                    .receiving_since
+                    .is_some_and(|t| now < t + self.cfg.request_timeout)
+                {
+                    continue;
+                }
+                let suppliers = self
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| {
+                        !self.is_origin(id)
+                            && p.uploads
+                            && p.have.get(&n).is_some_and(|m| m & bit(j) != 0)
+                    })
+                    .count();
+                order.push((late, !urgent, suppliers, n, k));
+            }
         }
         order.sort_unstable();
-        for (_, not_urgent, _, n) in order {
+        for (_, not_urgent, _, n, k) in order {
             if inflight >= self.cfg.max_inflight_total {
                 break;
             }
-            let pick = self.pick_supplier(n);
+            let j = (k + self.part_offset) % PARTS;
+            let pick = self.pick_supplier(n, j);
             let chosen = match pick {
                 Some(p) => Some(p),
                 // No partner can deliver: go to the origin once the wait is over.
@@ -1119,7 +1224,7 @@ impl Mesh {
                     let origin = self.cfg.origin;
                     match self.peers.get(&origin) {
                         Some(p)
-                            if p.inflight < self.cfg.max_inflight_per_partner + 1
+                            if p.inflight < PARTS.max(self.cfg.max_inflight_per_partner)
                                 && p.busy_until.is_none_or(|t| now >= t) =>
                         {
                             Some(origin)
@@ -1130,19 +1235,23 @@ impl Mesh {
                 None => None,
             };
             if let Some(peer) = chosen {
-                if let Some(s) = self.segs.get_mut(&n) {
-                    s.inflight = Some(Inflight { peer, since: now });
+                if let Some(ps) = self.segs.get_mut(&n).and_then(|s| s.parts.get_mut(j)) {
+                    ps.inflight = Some(Inflight { peer, since: now });
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.inflight += 1;
                 }
                 inflight += 1;
-                self.actions.push_back(Action::Request { peer, number: n });
+                self.actions.push_back(Action::Request {
+                    peer,
+                    number: n,
+                    part: j as u8,
+                });
             }
         }
     }
 
-    fn pick_supplier(&mut self, n: u64) -> Option<NodeId> {
+    fn pick_supplier(&mut self, n: u64, part: usize) -> Option<NodeId> {
         let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
         let mut best: Option<(usize, i64, u32, NodeId)> = None;
@@ -1151,7 +1260,7 @@ impl Mesh {
                 || !p.uploads
                 || p.inflight >= max
                 || p.busy_until.is_some_and(|t| self.last_now < t)
-                || !p.have.contains(&n)
+                || !p.have.get(&n).is_some_and(|m| m & bit(part) != 0)
                 || failed.contains(id)
             {
                 continue;

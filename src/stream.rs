@@ -17,6 +17,12 @@ pub const MAX_SEGMENT_LEN: u32 = 64 * 1024 * 1024;
 pub const MAX_PIECES: usize = 1024;
 /// Smallest piece size; pieces grow above it only to stay within [`MAX_PIECES`].
 pub const MIN_PIECE_SIZE: u32 = 16 * 1024;
+/// Parts a segment is split into for transfer: the unit a viewer asks one supplier for, so
+/// one segment arrives from several suppliers at once and a relay's upload turns over
+/// several times per segment. Part `j` is a contiguous run of pieces, see [`part_pieces`].
+pub const PARTS: usize = 8;
+/// A mask with one bit per part: every part of a segment.
+pub const ALL_PARTS: u32 = (1 << PARTS) - 1;
 /// Longest segment duration a header may claim.
 pub const MAX_DURATION_MS: u32 = 60_000;
 /// Most addresses a ticket may carry.
@@ -251,6 +257,16 @@ pub fn piece_range(len: u32, piece_size: u32, index: usize) -> Option<std::ops::
     }
     let end = (start + piece_size as u64).min(len as u64);
     Some(start as usize..end as usize)
+}
+
+/// The piece indices of part `part` (of [`PARTS`]) in a segment of `pieces` pieces:
+/// contiguous, in order, and together covering every piece once. Empty when the segment
+/// has fewer pieces than parts; `None` for a part number out of range.
+pub fn part_pieces(pieces: usize, part: usize) -> Option<std::ops::Range<usize>> {
+    if part >= PARTS {
+        return None;
+    }
+    Some(part * pieces / PARTS..(part + 1) * pieces / PARTS)
 }
 
 fn signed_bytes(header: &SegmentHeader) -> Vec<u8> {

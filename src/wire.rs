@@ -5,14 +5,14 @@
 //! so a peer claiming a 4 GiB frame costs us four bytes of reading. Pure: the
 //! decoder works on a byte buffer ("incomplete" means read more).
 
-use crate::stream::{NodeId, SignedHeader, StreamId};
+use crate::stream::{NodeId, SignedHeader, StreamId, ALL_PARTS, PARTS};
 use crate::token::JoinToken;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -83,10 +83,13 @@ pub enum Control {
         /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
         token_epoch: u32,
     },
-    /// The sender now holds segment `number`, verified.
+    /// The sender holds, or is receiving, these parts of segment `number` (verified
+    /// piece by piece as they arrive, so they can be relayed at once).
     Have {
         /// Segment number.
         number: u64,
+        /// Bit `j` set: part `j` (see [`crate::stream::part_pieces`]); never zero.
+        parts: u32,
     },
     /// Which segments the sender holds: bit i of `bits` (LSB first) is `first + i`.
     BufferMap {
@@ -117,6 +120,9 @@ impl Control {
             Control::Peers { peers } if peers.len() > MAX_PEERS_PER_MESSAGE => {
                 Err(WireError::Violation("too many peers"))
             }
+            Control::Have { parts, .. } if *parts == 0 || *parts & !ALL_PARTS != 0 => {
+                Err(WireError::Violation("announced parts out of range"))
+            }
             _ => Ok(()),
         }
     }
@@ -127,13 +133,34 @@ impl Control {
 pub struct Request {
     /// The segment wanted.
     pub number: u64,
+    /// Which of its [`PARTS`] parts.
+    pub part: u8,
+    /// Send the signed header too (the requester does not have it yet).
+    pub header: bool,
+}
+
+impl Request {
+    /// Enforces the limits serde cannot express.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if usize::from(self.part) >= PARTS {
+            return Err(WireError::Violation("part out of range"));
+        }
+        Ok(())
+    }
 }
 
 /// The answer on a transfer stream (or the first frame of a pushed uni stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// The header follows; then exactly `header.header.len` raw bytes.
-    Segment(SignedHeader),
+    /// The raw bytes of part `part` of segment `number` follow, piece after piece.
+    Part {
+        /// Segment number.
+        number: u64,
+        /// Which part.
+        part: u8,
+        /// The segment's signed header: when the request asked for it, and on every push.
+        header: Option<SignedHeader>,
+    },
     /// The sender does not hold it (any more).
     Unavailable,
     /// The sender's upload is saturated; ask someone else.
@@ -208,7 +235,10 @@ mod tests {
                 token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
                 token_epoch: 2,
             },
-            Control::Have { number: u64::MAX },
+            Control::Have {
+                number: u64::MAX,
+                parts: ALL_PARTS,
+            },
             Control::BufferMap {
                 first: 10,
                 bits: vec![0xff, 0x01],
@@ -242,14 +272,30 @@ mod tests {
         // 16 MiB at the minimum piece size already gives the maximum piece count.
         let data = vec![1u8; 16 * 1024 * 1024];
         let h = sign_segment(&key, 1, 2000, 5, true, &data).unwrap();
-        let frame = encode(&Reply::Segment(h.clone()));
+        let reply = Reply::Part {
+            number: u64::MAX,
+            part: PARTS as u8 - 1,
+            header: Some(h.clone()),
+        };
+        let frame = encode(&reply);
         assert!(frame.len() <= MAX_REPLY_FRAME + 4, "{}", frame.len());
         let mut buf = BytesMut::from(&frame[..]);
         let got: Reply = decode(&mut buf, MAX_REPLY_FRAME).unwrap().unwrap();
-        assert_eq!(got, Reply::Segment(h.clone()));
-        if let Reply::Segment(h) = got {
+        assert_eq!(got, reply);
+        if let Reply::Part {
+            header: Some(h), ..
+        } = got
+        {
             assert!(h.verify(&node_id(&key)).is_ok());
         }
+        let req = Request {
+            number: u64::MAX,
+            part: PARTS as u8 - 1,
+            header: true,
+        };
+        assert!(encode(&req).len() <= MAX_REQUEST_FRAME + 4);
+        assert!(req.validate().is_ok());
+        assert!(Request { part: PARTS as u8, ..req }.validate().is_err());
     }
 
     #[test]
@@ -268,7 +314,10 @@ mod tests {
 
     #[test]
     fn truncated_waits_and_garbage_fails() {
-        let frame = encode(&Control::Have { number: 300 });
+        let frame = encode(&Control::Have {
+            number: 300,
+            parts: 1,
+        });
         for cut in 0..frame.len() {
             let mut buf = BytesMut::from(&frame[..cut]);
             let r: Option<Control> = decode(&mut buf, MAX_CONTROL_FRAME).unwrap();
@@ -299,6 +348,9 @@ mod tests {
             ],
         };
         assert!(many.validate().is_err());
+        for parts in [0, ALL_PARTS + 1, u32::MAX] {
+            assert!(Control::Have { number: 1, parts }.validate().is_err());
+        }
         for m in samples() {
             assert!(m.validate().is_ok());
         }
