@@ -598,9 +598,7 @@ impl Mesh {
                 .iter()
                 .filter(|(id, _)| !self.is_origin(id) && **id != from)
                 .filter_map(|(_, p)| p.have.last_key_value().map(|(n, _)| *n));
-            let start = others
-                .chain(announced.iter().map(|(n, _)| *n).max())
-                .min();
+            let start = others.chain(announced.iter().map(|(n, _)| *n).max()).min();
             if let Some(s) = start {
                 self.want_from = Some(s.saturating_sub(self.cfg.delay_segments));
                 self.start_from_partners = true;
@@ -802,7 +800,8 @@ impl Mesh {
         }
         for (peer, part) in abandoned {
             self.release(peer);
-            self.actions.push_back(Action::Cancel { peer, number, part });
+            self.actions
+                .push_back(Action::Cancel { peer, number, part });
         }
         if unannounced != 0 && self.cfg.uploads {
             self.announce(number, unannounced, from);
@@ -966,7 +965,8 @@ impl Mesh {
         let mut stalled_peers = BTreeSet::new();
         for (peer, number, part, stalled) in expired {
             self.release(peer);
-            self.actions.push_back(Action::Cancel { peer, number, part });
+            self.actions
+                .push_back(Action::Cancel { peer, number, part });
             if stalled {
                 stalled_peers.insert(peer);
             }

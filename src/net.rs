@@ -11,7 +11,9 @@
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
 use crate::rate::{Rate, TokenBucket};
 use crate::store::{self, SharedStore, Store};
-use crate::stream::{node_id, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment};
+use crate::stream::{
+    node_id, part_pieces, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment, PARTS,
+};
 use crate::tls;
 use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::{self, Control, Reply, Request, Role, WireError};
@@ -84,6 +86,8 @@ enum TransferError {
     Forged(&'static str),
     #[error("unwanted segment")]
     Unwanted,
+    #[error("the segment's partial is gone")]
+    Lost,
     #[error("wire: {0}")]
     Wire(#[from] WireError),
     #[error("connection: {0}")]
@@ -268,31 +272,87 @@ pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// A segment whose signed header is verified and whose pieces are still arriving.
+/// A segment whose signed header is verified and whose pieces are still arriving, part by
+/// part and possibly from several suppliers at once.
 ///
-/// Pieces are appended only after their digest checks, so a peer served from here
-/// gets verified bytes only. The receiving task holds the only `watch::Sender`;
-/// if it fails, the sender drops and every relay of this segment stops.
+/// Pieces are stored only after their digest checks, so a peer served from here gets
+/// verified bytes only. `progress` changes whenever a piece lands or a part's transfer
+/// ends, which is what relays of this segment wait on.
 struct Partial {
     header: SignedHeader,
-    pieces: Mutex<Vec<Bytes>>,
-    progress: watch::Receiver<usize>,
+    state: Mutex<PartialState>,
+    progress: watch::Sender<u64>,
 }
 
-/// Removes a partial from the shared map when its receiving task ends, however it ends.
-struct PartialGuard<'a> {
-    shared: &'a Shared,
-    number: u64,
+#[derive(Debug)]
+struct PartialState {
+    pieces: Vec<Option<Bytes>>,
+    /// Transfers of each part writing into this partial right now.
+    arriving: [u8; PARTS],
 }
 
-impl Drop for PartialGuard<'_> {
+impl Partial {
+    fn new(header: SignedHeader) -> Partial {
+        // The signed header vouches for the piece count (at most `MAX_PIECES`).
+        let pieces = vec![None; header.header.pieces.len()];
+        Partial {
+            header,
+            state: Mutex::new(PartialState {
+                pieces,
+                arriving: [0; PARTS],
+            }),
+            progress: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartialState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.progress.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Whether part `part` is here whole, or arriving: then a relay of it can be served.
+    fn servable(&self, part: usize) -> bool {
+        let st = self.lock();
+        st.arriving.get(part).is_some_and(|a| *a > 0) || part_complete(&st.pieces, part)
+    }
+}
+
+fn part_complete(pieces: &[Option<Bytes>], part: usize) -> bool {
+    part_pieces(pieces.len(), part).is_some_and(|r| {
+        pieces
+            .get(r)
+            .is_some_and(|ps| ps.iter().all(Option::is_some))
+    })
+}
+
+/// Most segments assembled at once; the oldest partial goes first beyond it.
+const MAX_PARTIALS: usize = 16;
+
+/// One transfer writing part `part` into a partial; ends its "arriving" mark on drop,
+/// however the transfer ends, and wakes the relays so they notice.
+struct Arriving {
+    partial: Arc<Partial>,
+    part: usize,
+}
+
+impl Arriving {
+    fn start(partial: Arc<Partial>, part: usize) -> Arriving {
+        if let Some(a) = partial.lock().arriving.get_mut(part) {
+            *a = a.saturating_add(1);
+        }
+        Arriving { partial, part }
+    }
+}
+
+impl Drop for Arriving {
     fn drop(&mut self) {
-        let mut map = self
-            .shared
-            .partials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.remove(&self.number);
+        if let Some(a) = self.partial.lock().arriving.get_mut(self.part) {
+            *a = a.saturating_sub(1);
+        }
+        self.partial.bump();
     }
 }
 
@@ -317,20 +377,24 @@ enum Event {
         peer: NodeId,
         msg: Control,
     },
-    Segment {
+    Part {
         from: NodeId,
         number: u64,
+        part: u8,
         len: u64,
-        duration: Duration,
+        /// The part completed the segment, of this duration.
+        completed: Option<Duration>,
     },
     TransferFailed {
         peer: NodeId,
         number: u64,
+        part: u8,
         busy: bool,
     },
     Receiving {
         from: NodeId,
         number: u64,
+        part: u8,
     },
     Misbehaved {
         peer: NodeId,
@@ -653,7 +717,7 @@ struct Driver {
     shared: Arc<Shared>,
     mesh: Mesh,
     conns: BTreeMap<NodeId, ConnEntry>,
-    transfers: HashMap<(NodeId, u64), AbortHandle>,
+    transfers: HashMap<(NodeId, u64, u8), AbortHandle>,
 }
 
 async fn main_loop(
@@ -750,7 +814,7 @@ impl Driver {
                     .is_some_and(|c| c.conn.stable_id() == conn_id)
                 {
                     self.conns.remove(&peer);
-                    self.transfers.retain(|(p, _), h| {
+                    self.transfers.retain(|(p, _, _), h| {
                         if *p == peer {
                             h.abort();
                         }
@@ -768,21 +832,36 @@ impl Driver {
                 }
                 self.mesh.handle_control(t, peer, msg)
             }
-            Event::Segment {
+            Event::Part {
                 from,
                 number,
+                part,
                 len,
-                duration,
+                completed,
             } => {
-                self.transfers.remove(&(from, number));
-                self.mesh.observe_segment_duration(duration);
-                self.mesh.handle_segment(t, Some(from), number, len);
+                self.transfers.remove(&(from, number, part));
+                self.mesh.handle_part(t, from, number, part, len);
+                if let Some(duration) = completed {
+                    self.mesh.observe_segment_duration(duration);
+                    let len = store::lock(&self.shared.store)
+                        .get(number)
+                        .map_or(len, |s| s.data.len() as u64);
+                    self.mesh.handle_segment(t, Some(from), number, len);
+                }
             }
-            Event::TransferFailed { peer, number, busy } => {
-                self.transfers.remove(&(peer, number));
-                self.mesh.handle_transfer_failed(t, peer, number, busy);
+            Event::TransferFailed {
+                peer,
+                number,
+                part,
+                busy,
+            } => {
+                self.transfers.remove(&(peer, number, part));
+                self.mesh
+                    .handle_transfer_failed(t, peer, number, part, busy);
             }
-            Event::Receiving { from, number } => self.mesh.handle_receiving(t, from, number),
+            Event::Receiving { from, number, part } => {
+                self.mesh.handle_receiving(t, from, number, part)
+            }
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), reason, "dropping misbehaving peer");
                 self.mesh.handle_misbehaviour(t, peer, reason);
@@ -804,27 +883,35 @@ impl Driver {
                         }
                     }
                 }
-                Action::Request { peer, number } => {
+                Action::Request { peer, number, part } => {
                     if let Some(c) = self.conns.get(&peer) {
                         let h = tokio::spawn(request(
                             self.shared.clone(),
                             c.conn.clone(),
                             peer,
                             number,
+                            part,
                         ));
-                        self.transfers.insert((peer, number), h.abort_handle());
+                        self.transfers
+                            .insert((peer, number, part), h.abort_handle());
                     }
                 }
-                Action::Cancel { peer, number } => {
-                    if let Some(h) = self.transfers.remove(&(peer, number)) {
+                Action::Cancel { peer, number, part } => {
+                    if let Some(h) = self.transfers.remove(&(peer, number, part)) {
                         h.abort();
                     }
                 }
-                Action::Push { peer, number } => {
+                Action::Push { peer, number, part } => {
                     if let Some(c) = self.conns.get(&peer) {
                         // Seeding is optional: skip it when the uplink is already queued up.
                         if self.shared.limiter.backlog() < BUSY_BACKLOG {
-                            tokio::spawn(push(self.shared.clone(), c.conn.clone(), peer, number));
+                            tokio::spawn(push(
+                                self.shared.clone(),
+                                c.conn.clone(),
+                                peer,
+                                number,
+                                part,
+                            ));
                         }
                     }
                 }
@@ -1294,7 +1381,7 @@ async fn run_connection(
                 tokio::spawn(async move {
                     let res = tokio::time::timeout(
                         UPLOAD_TIMEOUT,
-                        receive_segment(&shared, recv, peer, None),
+                        receive_part(&shared, recv, peer, None),
                     )
                     .await
                     .unwrap_or(Err(TransferError::Timeout));
@@ -1363,107 +1450,179 @@ async fn read_within(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), Transf
 }
 
 /// Reads a reply and, if it is a segment, verifies and stores it.
-async fn receive_segment(
+/// What one part transfer brought.
+struct PartDone {
+    number: u64,
+    part: u8,
+    len: u64,
+    /// The part completed the segment, of this duration; it is in the store.
+    completed: Option<Duration>,
+}
+
+/// Receives one part (a reply to our request for `expected`, or a push), verifying the
+/// header's signature if one comes and every piece's digest as it lands, into the
+/// segment's partial; assembles and stores the segment when this part completes it.
+async fn receive_part(
     shared: &Shared,
     mut recv: RecvStream,
     from: NodeId,
-    expected: Option<u64>,
-) -> Result<(u64, u64, Duration), TransferError> {
+    expected: Option<(u64, u8)>,
+) -> Result<PartDone, TransferError> {
     let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME)
         .await?
         .ok_or(TransferError::Wire(WireError::Truncated))?;
-    let header = match reply {
+    let (number, part, header) = match reply {
         Reply::Busy => return Err(TransferError::Busy),
         Reply::Unavailable => return Err(TransferError::Unavailable),
-        Reply::Segment(h) => h,
+        Reply::Part {
+            number,
+            part,
+            header,
+        } => (number, part, header),
     };
-    header
-        .verify(&shared.stream)
-        .map_err(|_| TransferError::Forged("bad header signature"))?;
-    let number = header.header.number;
-    let duration = Duration::from_millis(header.header.duration_ms as u64);
-    note_bitrate(shared, &header);
-    if expected.is_some_and(|e| e != number) {
+    let j = usize::from(part);
+    if j >= PARTS {
+        return Err(TransferError::Forged("part out of range"));
+    }
+    if let Some(h) = &header {
+        h.verify(&shared.stream)
+            .map_err(|_| TransferError::Forged("bad header signature"))?;
+        if h.header.number != number {
+            return Err(TransferError::Forged("header is for another segment"));
+        }
+        note_bitrate(shared, h);
+    }
+    if expected.is_some_and(|e| e != (number, part)) {
         return Err(TransferError::Forged("segment is not the one requested"));
     }
-    {
+    let unwanted = {
         let s = store::lock(&shared.store);
-        let too_old = s
-            .newest()
-            .is_some_and(|n| number.saturating_add(KEEP_BEHIND) < n);
-        if s.contains(number) || too_old {
-            drop(s);
+        s.contains(number)
+            || s.newest()
+                .is_some_and(|n| number.saturating_add(KEEP_BEHIND) < n)
+    };
+    let partial = if unwanted {
+        None
+    } else {
+        let mut map = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+        match (map.get(&number), header) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(h)) => {
+                let p = Arc::new(Partial::new(h));
+                map.insert(number, p.clone());
+                // Bounded: the oldest unfinished segments are the first to go.
+                while map.len() > MAX_PARTIALS {
+                    let Some(oldest) = map.keys().min().copied() else {
+                        break;
+                    };
+                    map.remove(&oldest);
+                }
+                Some(p)
+            }
+            // A push always carries the header; a reply lacks it only when we said we had
+            // one, and ours is gone since (completed or dropped).
+            (None, None) if expected.is_none() => {
+                return Err(TransferError::Forged("push without a header"))
+            }
+            (None, None) => return Err(TransferError::Lost),
+        }
+    };
+    let partial = match partial {
+        Some(p) if !part_complete(&p.lock().pieces, j) => p,
+        _ => {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
             return Err(TransferError::Unwanted);
         }
-    }
-    // Register as partial (unless another transfer of it is already under way), and
-    // say so: partners can start pulling it from us piece by piece right away.
-    let (progress_tx, progress_rx) = watch::channel(0usize);
-    let partial = Arc::new(Partial {
-        header: header.clone(),
-        pieces: Mutex::new(Vec::with_capacity(header.header.pieces.len())),
-        progress: progress_rx,
-    });
-    let _guard = {
-        let mut map = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
-        match map.entry(number) {
-            std::collections::hash_map::Entry::Occupied(_) => None,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(partial.clone());
-                Some(PartialGuard { shared, number })
-            }
-        }
     };
-    // Also for a second copy: its header is the supplier's answer, so the mesh does not
-    // count the request as stalled (it announces a segment only once).
-    let _ = shared.events.send(Event::Receiving { from, number }).await;
-    // The signed header vouches for the length and piece sizes, so allocating them is safe.
-    let len = header.header.len;
-    let mut assembled = BytesMut::with_capacity(len as usize);
-    for i in 0..header.header.pieces.len() {
-        let range =
-            piece_range(len, header.header.piece_size, i).ok_or(TransferError::Forged("pieces"))?;
-        let mut piece = BytesMut::zeroed(range.len());
+    let _arriving = Arriving::start(partial.clone(), j);
+    // Also for a second copy: its first frame is the supplier's answer, so the mesh does
+    // not count the request as stalled (it announces a part only once).
+    let _ = shared
+        .events
+        .send(Event::Receiving { from, number, part })
+        .await;
+    let h = &partial.header.header;
+    let range = part_pieces(h.pieces.len(), j).ok_or(TransferError::Forged("pieces"))?;
+    let mut len = 0u64;
+    for i in range {
+        let bytes = piece_range(h.len, h.piece_size, i).ok_or(TransferError::Forged("pieces"))?;
+        let mut piece = BytesMut::zeroed(bytes.len());
         read_within(&mut recv, &mut piece).await?;
-        header
+        partial
+            .header
             .check_piece(i, &piece)
             .map_err(|_| TransferError::Forged("piece digest mismatch"))?;
-        let piece = piece.freeze();
-        assembled.extend_from_slice(&piece);
-        partial
-            .pieces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(piece);
-        let _ = progress_tx.send(i + 1);
+        len += piece.len() as u64;
+        if let Some(slot) = partial.lock().pieces.get_mut(i) {
+            slot.get_or_insert(piece.freeze());
+        }
+        partial.bump();
     }
-    let seg = VerifiedSegment::verify(&shared.stream, header, assembled.freeze())
-        .map_err(|_| TransferError::Forged("segment digest mismatch"))?;
     let counter = if from == shared.stream {
         &shared.counters.bytes_from_origin
     } else {
         &shared.counters.bytes_from_peers
     };
-    add(counter, len as u64);
+    add(counter, len);
+    let completed = assemble(shared, number, &partial)?;
+    Ok(PartDone {
+        number,
+        part,
+        len,
+        completed,
+    })
+}
+
+/// Stores the segment if every piece of `partial` is here: the whole is checked against
+/// the signed digest too. Returns its duration when this call stored it.
+fn assemble(
+    shared: &Shared,
+    number: u64,
+    partial: &Arc<Partial>,
+) -> Result<Option<Duration>, TransferError> {
+    let data = {
+        let st = partial.lock();
+        if st.pieces.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let mut data = BytesMut::with_capacity(partial.header.header.len as usize);
+        for p in st.pieces.iter().flatten() {
+            data.extend_from_slice(p);
+        }
+        data.freeze()
+    };
+    {
+        let mut map = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+        // Another transfer completing at the same moment stores it; only one does.
+        match map.get(&number) {
+            Some(p) if Arc::ptr_eq(p, partial) => {
+                map.remove(&number);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let seg = VerifiedSegment::verify(&shared.stream, partial.header.clone(), data)
+        .map_err(|_| TransferError::Forged("segment digest mismatch"))?;
+    let duration = Duration::from_millis(seg.header.header.duration_ms as u64);
     if store::lock(&shared.store).insert(seg) {
         add(&shared.counters.segments_verified, 1);
     }
-    Ok((number, len as u64, duration))
+    Ok(Some(duration))
 }
 
 async fn report_transfer(
     shared: &Shared,
     peer: NodeId,
-    requested: Option<u64>,
-    res: Result<(u64, u64, Duration), TransferError>,
+    requested: Option<(u64, u8)>,
+    res: Result<PartDone, TransferError>,
 ) {
     let ev = match res {
-        Ok((number, len, duration)) => Event::Segment {
+        Ok(done) => Event::Part {
             from: peer,
-            number,
-            len,
-            duration,
+            number: done.number,
+            part: done.part,
+            len: done.len,
+            completed: done.completed,
         },
         Err(TransferError::Forged(reason)) => {
             add(&shared.counters.rejected_segments, 1);
@@ -1477,9 +1636,10 @@ async fn report_transfer(
             reason: "malformed or truncated transfer frame",
         },
         Err(e) => match requested {
-            Some(number) => Event::TransferFailed {
+            Some((number, part)) => Event::TransferFailed {
                 peer,
                 number,
+                part,
                 busy: matches!(e, TransferError::Busy),
             },
             None => return,
@@ -1488,22 +1648,32 @@ async fn report_transfer(
     let _ = shared.events.send(ev).await;
 }
 
-async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64) {
+async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, part: u8) {
     let res = async {
         let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
-        let frame = wire::encode(&Request { number });
+        // Ask for the signed header only if no transfer of this segment brought it yet.
+        let header = !shared
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&number);
+        let frame = wire::encode(&Request {
+            number,
+            part,
+            header,
+        });
         add(&shared.counters.control_bytes, frame.len() as u64);
         send.write_all(&frame)
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
         let _ = send.finish();
-        receive_segment(&shared, recv, peer, Some(number)).await
+        receive_part(&shared, recv, peer, Some((number, part))).await
     }
     .await;
-    report_transfer(&shared, peer, Some(number), res).await;
+    report_transfer(&shared, peer, Some((number, part)), res).await;
 }
 
 /// Answers one request stream from `peer`.
@@ -1514,15 +1684,16 @@ async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: R
     )
     .await
     {
-        Ok(Ok(Some(r))) => r,
+        Ok(Ok(Some(r))) if r.validate().is_ok() => r,
         Ok(Err(TransferError::Io(_))) => {
             // Never leave the reply finished empty: that reads as a truncated reply.
             let _ = send.reset(quinn::VarInt::from_u32(1));
             return;
         }
         // An honest requester writes its whole request at once, right after opening the
-        // stream: a stream left empty (slowloris), cut short, or oversize is deliberate.
-        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+        // stream: a stream left empty (slowloris), cut short, oversize or out of range is
+        // deliberate.
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             let _ = send.reset(quinn::VarInt::from_u32(1));
             let _ = shared
                 .events
@@ -1539,13 +1710,16 @@ async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: R
     } else {
         None
     };
+    let part = usize::from(req.part);
     let partial = match (&seg, shared.uploads) {
         (None, true) => shared
             .partials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&req.number)
-            .cloned(),
+            .cloned()
+            // Only a part that is here or on its way: anything else would wait on nothing.
+            .filter(|p| p.servable(part)),
         _ => None,
     };
     if seg.is_none() && partial.is_none() {
@@ -1561,8 +1735,8 @@ async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: R
         return;
     }
     let sent = match (seg, partial) {
-        (Some(seg), _) => send_segment(shared, send, &seg, UploadClass::Serve).await,
-        (None, Some(partial)) => relay_partial(shared, send, &partial).await,
+        (Some(seg), _) => send_part(shared, send, &seg, req, UploadClass::Serve).await,
+        (None, Some(partial)) => relay_part(shared, send, &partial, req).await,
         (None, None) => Ok(()),
     };
     end_upload(shared, peer, send, sent).await;
@@ -1649,29 +1823,49 @@ impl Drop for UploadSlot<'_> {
     }
 }
 
-/// Streams a segment that is still arriving: each piece goes out once it is verified here.
-/// The caller finishes (or resets) the stream; see [`end_upload`].
-async fn relay_partial(
+/// How long a relay waits for the next piece of its part to land here.
+const RELAY_WAIT: Duration = Duration::from_secs(5);
+
+/// The first frame of a part transfer, with the signed header when it is wanted.
+fn part_reply(shared: &Shared, header: &SignedHeader, req: Request) -> Bytes {
+    let frame = wire::encode(&Reply::Part {
+        number: req.number,
+        part: req.part,
+        header: req.header.then(|| header.clone()),
+    });
+    add(&shared.counters.control_bytes, frame.len() as u64);
+    frame
+}
+
+/// Streams a part of a segment that is still arriving: each piece goes out once it is
+/// verified here. The caller finishes (or resets) the stream; see [`end_upload`].
+async fn relay_part(
     shared: &Shared,
     send: &mut SendStream,
     partial: &Partial,
+    req: Request,
 ) -> Result<(), UploadError> {
-    let header = wire::encode(&Reply::Segment(partial.header.clone()));
-    add(&shared.counters.control_bytes, header.len() as u64);
-    write_within(send, &header).await?;
-    let mut progress = partial.progress.clone();
-    for i in 0..partial.header.header.pieces.len() {
-        progress
-            .wait_for(|done| *done > i)
-            .await
-            .map_err(|_| UploadError::Upstream)?;
-        let piece = partial
-            .pieces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(i)
-            .cloned()
-            .ok_or(UploadError::Upstream)?;
+    write_within(send, &part_reply(shared, &partial.header, req)).await?;
+    let part = usize::from(req.part);
+    let mut progress = partial.progress.subscribe();
+    let range = part_pieces(partial.header.header.pieces.len(), part).unwrap_or(0..0);
+    for i in range {
+        let piece = loop {
+            {
+                let st = partial.lock();
+                if let Some(p) = st.pieces.get(i).cloned().flatten() {
+                    break p;
+                }
+                // Nothing brings this part here any more: stop, the requester asks elsewhere.
+                if st.arriving.get(part).is_none_or(|a| *a == 0) {
+                    return Err(UploadError::Upstream);
+                }
+            }
+            match tokio::time::timeout(RELAY_WAIT, progress.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(UploadError::Upstream),
+            }
+        };
         shared
             .limiter
             .acquire_as(UploadClass::Serve, piece.len() as u64)
@@ -1682,18 +1876,19 @@ async fn relay_partial(
     Ok(())
 }
 
-/// The caller finishes (or resets) the stream; see [`end_upload`].
-async fn send_segment(
+/// Sends part `req.part` of a held segment. The caller finishes (or resets) the stream;
+/// see [`end_upload`].
+async fn send_part(
     shared: &Shared,
     send: &mut SendStream,
     seg: &VerifiedSegment,
+    req: Request,
     class: UploadClass,
 ) -> Result<(), UploadError> {
-    let header = wire::encode(&Reply::Segment(seg.header.clone()));
-    add(&shared.counters.control_bytes, header.len() as u64);
-    write_within(send, &header).await?;
+    write_within(send, &part_reply(shared, &seg.header, req)).await?;
     let h = &seg.header.header;
-    for i in 0..h.pieces.len() {
+    let range = part_pieces(h.pieces.len(), usize::from(req.part)).unwrap_or(0..0);
+    for i in range {
         let Some(range) = piece_range(h.len, h.piece_size, i) else {
             break;
         };
@@ -1705,16 +1900,21 @@ async fn send_segment(
     Ok(())
 }
 
-async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64) {
+async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, part: u8) {
     let seg = store::lock(&shared.store).get(number).cloned();
     let Some(seg) = seg else { return };
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
     let _seeding = shared.limiter.seeding();
+    let req = Request {
+        number,
+        part,
+        header: true,
+    };
     let sent = tokio::time::timeout(
         UPLOAD_TIMEOUT,
-        send_segment(&shared, &mut send, &seg, UploadClass::Seed),
+        send_part(&shared, &mut send, &seg, req, UploadClass::Seed),
     )
     .await
     .unwrap_or(Err(UploadError::Closed));

@@ -295,7 +295,12 @@ mod tests {
         };
         assert!(encode(&req).len() <= MAX_REQUEST_FRAME + 4);
         assert!(req.validate().is_ok());
-        assert!(Request { part: PARTS as u8, ..req }.validate().is_err());
+        assert!(Request {
+            part: PARTS as u8,
+            ..req
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
