@@ -1306,7 +1306,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Request { peer, number } => Some((*peer, *number)),
+                Action::Request { peer, number, .. } => Some((*peer, *number)),
                 _ => None,
             })
             .collect()
@@ -1325,6 +1325,16 @@ mod tests {
         );
     }
 
+    fn parts_asked(actions: &[Action]) -> Vec<(NodeId, u64, u8)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Request { peer, number, part } => Some((*peer, *number, *part)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn prefers_partners_and_falls_back_to_origin_after_the_wait() {
         let t0 = Instant::now();
@@ -1334,63 +1344,194 @@ mod tests {
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
         v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
         drain(&mut v);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 100 });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 100,
+                parts: ALL_PARTS,
+            },
+        );
         assert_eq!(v.want_from(), Some(100));
-        // Partner 20 holds 100: ask it, not the origin.
-        v.handle_control(t0, id(20), Control::Have { number: 100 });
-        let acts = drain(&mut v);
-        assert_eq!(requests(&acts), vec![(id(20), 100)]);
-        v.handle_receiving(t0, id(20), 100);
+        // Partner 20 holds 100: ask it for parts, not the origin.
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Have {
+                number: 100,
+                parts: ALL_PARTS,
+            },
+        );
+        let asked = parts_asked(&drain(&mut v));
+        assert!(!asked.is_empty());
+        assert!(
+            asked.iter().all(|(p, n, _)| (*p, *n) == (id(20), 100)),
+            "{asked:?}"
+        );
+        for (_, _, part) in &asked {
+            v.handle_receiving(t0, id(20), 100, *part);
+        }
         // Nobody holds 101 yet: wait, then after half the budget go to the origin.
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 101 });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 101,
+                parts: ALL_PARTS,
+            },
+        );
         assert!(requests(&drain(&mut v)).is_empty());
         let wake = v.poll_timeout();
         assert!(wake <= t0 + Duration::from_secs(1));
         v.handle_tick(t0 + Duration::from_millis(500));
         assert!(requests(&drain(&mut v)).is_empty());
         v.handle_tick(t0 + Duration::from_secs(1));
-        assert_eq!(requests(&drain(&mut v)), vec![(id(ORIGIN), 101)]);
+        let late = requests(&drain(&mut v));
+        assert!(!late.is_empty());
+        // The rarest (held by no partner) first.
+        assert!(late.iter().all(|r| *r == (id(ORIGIN), 101)), "{late:?}");
     }
 
     #[test]
-    fn verified_segment_is_announced_and_timeouts_move_the_request() {
+    fn parts_come_from_several_suppliers_and_the_whole_is_announced() {
         let t0 = Instant::now();
-        let mut v = edge_viewer(10, t0);
+        let mut v = viewer(10, t0);
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 5 });
+        for p in [20, 30, 40, 50] {
+            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
+        }
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 9,
+                parts: ALL_PARTS,
+            },
+        );
         drain(&mut v);
-        v.handle_control(t0, id(20), Control::Have { number: 5 });
-        v.handle_control(t0, id(30), Control::Have { number: 5 });
-        let first = requests(&drain(&mut v));
-        assert_eq!(first.len(), 1);
-        let asked = first[0].0;
-        // It never answers: after the timeout the request is cancelled and moved.
-        let t1 = t0 + Duration::from_secs(4);
-        v.handle_tick(t1);
-        let acts = drain(&mut v);
-        assert!(acts.contains(&Action::Cancel {
-            peer: asked,
-            number: 5
-        }));
-        let again = requests(&acts);
-        assert_eq!(again.len(), 1);
-        assert_ne!(again[0].0, asked);
-        // Arrival: Have goes to partners (not the origin, not the sender).
-        v.handle_segment(t1, Some(again[0].0), 5, 1000);
-        let acts = drain(&mut v);
-        let haves: Vec<NodeId> = acts
-            .iter()
+        // Each partner has only some parts of segment 9.
+        for (p, mask) in [
+            (20, 0b0000_0011),
+            (30, 0b0000_1100),
+            (40, 0b0011_0000),
+            (50, 0b1100_0000),
+        ] {
+            v.handle_control(
+                t0,
+                id(p),
+                Control::Have {
+                    number: 9,
+                    parts: mask,
+                },
+            );
+        }
+        let asked: Vec<_> = parts_asked(&drain(&mut v))
+            .into_iter()
+            .filter(|(_, n, _)| *n == 9)
+            .collect();
+        let suppliers: BTreeSet<NodeId> = asked.iter().map(|(p, _, _)| *p).collect();
+        assert!(suppliers.len() >= 3, "{asked:?}");
+        for (p, _, part) in &asked {
+            let mask = match p.0[0] {
+                20 => 0b0000_0011,
+                30 => 0b0000_1100,
+                40 => 0b0011_0000,
+                _ => 0b1100_0000,
+            };
+            assert!(
+                mask & bit(usize::from(*part)) != 0,
+                "asked {p:?} for part {part}"
+            );
+        }
+        // Each part arriving is announced to the others at once, only that part.
+        let (p0, _, part0) = asked[0];
+        v.handle_receiving(t0, p0, 9, part0);
+        let haves: Vec<(NodeId, u32)> = drain(&mut v)
+            .into_iter()
             .filter_map(|a| match a {
                 Action::Send {
                     peer,
-                    msg: Control::Have { number: 5 },
-                } => Some(*peer),
+                    msg: Control::Have { number: 9, parts },
+                } => Some((peer, parts)),
                 _ => None,
             })
             .collect();
-        assert_eq!(haves, vec![asked]);
+        assert_eq!(haves.len(), 3, "{haves:?}");
+        assert!(haves
+            .iter()
+            .all(|(p, m)| *p != p0 && *m == bit(usize::from(part0))));
+        // Whole: the rest is announced, and what is still in flight is called off.
+        v.handle_part(t0, p0, 9, part0, 1000);
+        drain(&mut v);
+        let inflight = v.stats().inflight;
+        assert!(inflight > 0);
+        v.handle_segment(t0, Some(p0), 9, 8000);
+        let acts = drain(&mut v);
+        let cancels = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Cancel { number: 9, .. }))
+            .count();
+        assert_eq!(cancels, inflight);
+        assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Control::Have { number: 9, parts }, .. } if *parts == ALL_PARTS & !bit(usize::from(part0)))));
+        assert_eq!(v.stats().inflight, 0);
+    }
+
+    #[test]
+    fn timed_out_parts_are_cancelled_and_asked_elsewhere() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 5,
+                parts: ALL_PARTS,
+            },
+        );
+        drain(&mut v);
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Have {
+                number: 5,
+                parts: ALL_PARTS,
+            },
+        );
+        let first = parts_asked(&drain(&mut v));
+        assert!(!first.is_empty() && first.iter().all(|(p, _, _)| *p == id(20)));
+        // 30 has it too, and answers; 20 never does.
+        let t1 = t0 + Duration::from_millis(100);
+        v.handle_control(
+            t1,
+            id(30),
+            Control::Have {
+                number: 5,
+                parts: ALL_PARTS,
+            },
+        );
+        for (p, n, part) in parts_asked(&drain(&mut v)) {
+            assert_eq!(p, id(30));
+            v.handle_receiving(t1, p, n, part);
+        }
+        let t2 = t0 + v.header_timeout();
+        v.handle_tick(t2);
+        let acts = drain(&mut v);
+        for (p, n, part) in &first {
+            assert!(acts.contains(&Action::Cancel {
+                peer: *p,
+                number: *n,
+                part: *part
+            }));
+        }
+        // Never 20 again for this segment.
+        for t in [t2, t0 + Duration::from_secs(2), t0 + Duration::from_secs(4)] {
+            v.handle_tick(t);
+            let again = parts_asked(&drain(&mut v));
+            assert!(again.iter().all(|(p, _, _)| *p != id(20)), "{again:?}");
+        }
     }
 
     #[test]
@@ -1399,12 +1540,33 @@ mod tests {
         let mut v = viewer(10, t0);
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
         v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 50 });
-        v.handle_control(t0, id(20), Control::Have { number: u64::MAX });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 50,
+                parts: ALL_PARTS,
+            },
+        );
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Have {
+                number: u64::MAX,
+                parts: ALL_PARTS,
+            },
+        );
         assert_eq!(v.newest(), Some(50));
         // A viewer claiming to be the broadcaster is still a viewer.
         v.handle_connected(t0, id(30), addr(30), Role::Broadcaster, true);
-        v.handle_control(t0, id(30), Control::Have { number: 60 });
+        v.handle_control(
+            t0,
+            id(30),
+            Control::Have {
+                number: 60,
+                parts: ALL_PARTS,
+            },
+        );
         assert_eq!(v.newest(), Some(50));
         drain(&mut v);
         v.handle_misbehaviour(t0, id(20), "bad digest");
@@ -1428,14 +1590,35 @@ mod tests {
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
         v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
         v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 100 });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 100,
+                parts: ALL_PARTS,
+            },
+        );
         drain(&mut v);
         // The staller claims everything, including what does not exist yet.
         let mut t = t0;
         for n in 97..=100 {
-            v.handle_control(t, id(20), Control::Have { number: n });
+            v.handle_control(
+                t,
+                id(20),
+                Control::Have {
+                    number: n,
+                    parts: ALL_PARTS,
+                },
+            );
         }
-        v.handle_control(t, id(20), Control::Have { number: 140 });
+        v.handle_control(
+            t,
+            id(20),
+            Control::Have {
+                number: 140,
+                parts: ALL_PARTS,
+            },
+        );
         let first = requests(&drain(&mut v));
         assert!(first.iter().all(|(p, _)| *p == id(20)), "{first:?}");
         assert!(!first.is_empty());
@@ -1445,7 +1628,14 @@ mod tests {
         // No header in time: cancelled, asked elsewhere, and the staller is avoided.
         t += v.header_timeout();
         for n in 97..=100 {
-            v.handle_control(t, id(30), Control::Have { number: n });
+            v.handle_control(
+                t,
+                id(30),
+                Control::Have {
+                    number: n,
+                    parts: ALL_PARTS,
+                },
+            );
         }
         v.handle_tick(t);
         let acts = drain(&mut v);
@@ -1465,7 +1655,7 @@ mod tests {
         assert!(v.is_banned(&id(20), t));
         // An answer (even Busy) in between resets the count.
         v.stalled(t, id(30));
-        v.handle_transfer_failed(t, id(30), 99, true);
+        v.handle_transfer_failed(t, id(30), 99, 0, true);
         for _ in 0..MAX_STALLS - 1 {
             v.stalled(t, id(30));
         }
@@ -1480,8 +1670,22 @@ mod tests {
         // The origin never admitted us; two partners did. One lies about the future.
         v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
         v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
-        v.handle_control(t0, id(30), Control::Have { number: 1_000_000 });
-        v.handle_control(t0, id(20), Control::Have { number: 50 });
+        v.handle_control(
+            t0,
+            id(30),
+            Control::Have {
+                number: 1_000_000,
+                parts: ALL_PARTS,
+            },
+        );
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Have {
+                number: 50,
+                parts: ALL_PARTS,
+            },
+        );
         let asked = requests(&drain(&mut v));
         assert!(asked.contains(&(id(20), 50)), "{asked:?}");
         assert_eq!(v.want_from(), Some(47));
@@ -1509,42 +1713,54 @@ mod tests {
     }
 
     #[test]
-    fn broadcaster_announces_to_all_and_pushes_to_a_few() {
+    fn broadcaster_announces_to_all_and_seeds_each_part_to_different_viewers() {
         let t0 = Instant::now();
-        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
-        for v in 10..20 {
+        let cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
+        let fanout = cfg.seed_fanout;
+        let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
+        for v in 10..90 {
             b.handle_connected(t0, id(v), addr(v as u16), Role::Viewer, true);
         }
         drain(&mut b);
-        b.handle_publish(t0, 0);
-        let acts = drain(&mut b);
-        let haves = acts
-            .iter()
-            .filter(|a| {
-                matches!(
-                    a,
-                    Action::Send {
-                        msg: Control::Have { number: 0 },
-                        ..
-                    }
-                )
-            })
-            .count();
-        let pushes: Vec<_> = acts
-            .iter()
-            .filter(|a| matches!(a, Action::Push { .. }))
-            .collect();
-        assert_eq!(haves, 10);
-        assert_eq!(pushes.len(), 2);
-        // The next segment seeds different viewers.
-        b.handle_publish(t0, 1);
-        let next: Vec<_> = drain(&mut b)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Push { .. }))
-            .collect();
-        assert!(next
-            .iter()
-            .all(|a| !pushes.iter().any(|p| matches!((a, p), (Action::Push { peer: x, .. }, Action::Push { peer: y, .. }) if x == y))));
+        let pushes = |b: &mut Mesh, number: u64| -> (usize, Vec<(NodeId, u8)>) {
+            b.handle_publish(t0, number);
+            let acts = drain(b);
+            let haves = acts
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Send {
+                            msg: Control::Have {
+                                parts: ALL_PARTS,
+                                ..
+                            },
+                            ..
+                        }
+                    )
+                })
+                .count();
+            let pushes = acts
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Push { peer, part, .. } => Some((*peer, *part)),
+                    _ => None,
+                })
+                .collect();
+            (haves, pushes)
+        };
+        let (haves, first) = pushes(&mut b, 0);
+        assert_eq!(haves, 80);
+        // `seed_fanout` copies of each part, each to a different viewer.
+        assert_eq!(first.len(), fanout * PARTS);
+        for part in 0..PARTS as u8 {
+            assert_eq!(first.iter().filter(|(_, p)| *p == part).count(), fanout);
+        }
+        let seeds: BTreeSet<NodeId> = first.iter().map(|(v, _)| *v).collect();
+        assert_eq!(seeds.len(), fanout * PARTS);
+        // The next segment seeds other viewers.
+        let (_, next) = pushes(&mut b, 1);
+        assert!(next.iter().all(|(v, _)| !seeds.contains(v)));
     }
 
     #[test]
@@ -1586,7 +1802,14 @@ mod tests {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 9 });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 9,
+                parts: ALL_PARTS,
+            },
+        );
         // The origin goes away: segments wait with their fallback moment passing.
         v.handle_disconnected(t0, id(ORIGIN));
         for secs in [1, 4, 7, 30] {
@@ -1602,14 +1825,21 @@ mod tests {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_control(t0, id(ORIGIN), Control::Have { number: 3 });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 3,
+                parts: ALL_PARTS,
+            },
+        );
         // Origin "busy" every time: nothing arrives.
         for step in 1..10 {
             let now = t0 + Duration::from_secs(step);
             v.handle_tick(now);
             for a in drain(&mut v) {
-                if let Action::Request { peer, number } = a {
-                    v.handle_transfer_failed(now, peer, number, true);
+                if let Action::Request { peer, number, part } = a {
+                    v.handle_transfer_failed(now, peer, number, part, true);
                 }
             }
         }

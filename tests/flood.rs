@@ -137,7 +137,7 @@ async fn a_flood_from_one_address_leaves_memory_bounded_and_the_stream_playing()
             burst.spawn(async move { flooder.request(j % 4).await });
         }
         while let Some(r) = burst.join_next().await {
-            if matches!(r.unwrap(), Some((Reply::Segment(_) | Reply::Busy, _))) {
+            if matches!(r.unwrap(), Some((Reply::Part { .. } | Reply::Busy, _))) {
                 answered += 1;
             }
         }

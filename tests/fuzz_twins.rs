@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
-use starling::stream::{node_id, sign_segment, Ticket, MAX_TICKET_ADDRS};
+use starling::stream::{
+    node_id, part_pieces, piece_range, sign_segment, Ticket, MAX_TICKET_ADDRS, PARTS,
+};
 use starling::token::JoinToken;
 use starling::wire::{encode, Control, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
@@ -58,7 +60,13 @@ fn wire_seeds() -> Seeds {
                 token_epoch: 3,
             },
         ),
-        ("have", Control::Have { number: 1234 }),
+        (
+            "have",
+            Control::Have {
+                number: 1234,
+                parts: 0b1011,
+            },
+        ),
         (
             "buffermap",
             Control::BufferMap {
@@ -85,12 +93,22 @@ fn wire_seeds() -> Seeds {
             .flat_map(|(_, m)| encode(m).to_vec())
             .collect(),
     ));
-    // Two pieces: one whole, one short.
+    // Two pieces: one whole, one short. The last part holds the short one.
     let data: Vec<u8> = (0..17_000u32).map(|i| (i % 251) as u8).collect();
     for (name, data) in [("segment", &data[..]), ("segment-empty", &[][..])] {
         let h = sign_segment(&key, 42, 2000, 1_700_000_000_000, false, data).unwrap();
-        let mut bytes = encode(&Reply::Segment(h)).to_vec();
-        bytes.extend_from_slice(data);
+        let part = PARTS - 1;
+        let pieces = part_pieces(h.header.pieces.len(), part).unwrap();
+        let mut bytes = encode(&Reply::Part {
+            number: 42,
+            part: part as u8,
+            header: Some(h.clone()),
+        })
+        .to_vec();
+        for i in pieces {
+            let r = piece_range(h.header.len, h.header.piece_size, i).unwrap();
+            bytes.extend_from_slice(&data[r]);
+        }
         out.push((format!("reply-{name}"), bytes));
     }
     out.push((
@@ -98,7 +116,12 @@ fn wire_seeds() -> Seeds {
         encode(&Reply::Unavailable).to_vec(),
     ));
     out.push(("reply-busy".into(), encode(&Reply::Busy).to_vec()));
-    out.push(("request".into(), encode(&Request { number: 7 }).to_vec()));
+    let req = Request {
+        number: 7,
+        part: 3,
+        header: true,
+    };
+    out.push(("request".into(), encode(&req).to_vec()));
     out
 }
 
@@ -239,9 +262,18 @@ fn seeds_reach_the_interesting_paths() {
         } else if name.starts_with("reply") {
             let m = starling::wire::decode::<Reply>(&mut buf, starling::wire::MAX_REPLY_FRAME);
             match m {
-                Ok(Some(Reply::Segment(h))) => {
+                Ok(Some(Reply::Part {
+                    header: Some(h),
+                    part,
+                    ..
+                })) => {
                     h.verify(&props::seed_stream()).unwrap();
-                    h.check_data(&buf).unwrap();
+                    let pieces = part_pieces(h.header.pieces.len(), part.into()).unwrap();
+                    for i in pieces {
+                        let r = piece_range(h.header.len, h.header.piece_size, i).unwrap();
+                        h.check_piece(i, &buf.split_to(r.len())).unwrap();
+                    }
+                    assert!(buf.is_empty(), "{name}: the part's bytes, no more");
                 }
                 Ok(Some(_)) => {}
                 other => panic!("{name}: {other:?}"),

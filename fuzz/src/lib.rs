@@ -74,7 +74,10 @@ pub fn wire_control(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     if let Ok(Some(reply)) = wire::decode::<Reply>(&mut buf, MAX_REPLY_FRAME) {
         round_trip(&reply, MAX_REPLY_FRAME);
-        if let Reply::Segment(h) = &reply {
+        if let Reply::Part {
+            header: Some(h), ..
+        } = &reply
+        {
             check_header(h, &buf);
         }
     }
@@ -82,6 +85,7 @@ pub fn wire_control(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     if let Ok(Some(req)) = wire::decode::<Request>(&mut buf, MAX_REQUEST_FRAME) {
         round_trip(&req, MAX_REQUEST_FRAME);
+        let _ = req.validate();
     }
 }
 

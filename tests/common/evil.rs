@@ -10,7 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
-use starling::stream::{NodeId, SignedHeader};
+use starling::stream::{part_pieces, NodeId, SignedHeader, PARTS};
 use starling::tls;
 use starling::wire::{self, Control, Reply, Request, Role};
 use std::net::SocketAddr;
@@ -137,12 +137,12 @@ impl Evil {
         self.control_raw(&wire::encode(msg)).await;
     }
 
-    /// Pushes a segment unasked: a header frame, then `data` as the segment's bytes.
+    /// Pushes a segment unasked, as the broadcaster seeds: each part on its own stream,
+    /// the header, then that part's share of `data` as its bytes.
     pub async fn push(&self, header: &SignedHeader, data: &[u8]) {
-        let mut frame = BytesMut::new();
-        frame.put_slice(&wire::encode(&Reply::Segment(header.clone())));
-        frame.put_slice(data);
-        self.push_raw(&frame).await;
+        for part in 0..PARTS as u8 {
+            self.push_raw(&part_frame(header, part, data, true)).await;
+        }
     }
 
     /// Pushes `bytes` as they are on a new unidirectional stream, then finishes it.
@@ -154,18 +154,26 @@ impl Evil {
         let _ = uni.finish();
     }
 
-    /// Asks for segment `number` and reads the whole answer: the reply, and the segment's
-    /// bytes if it is one. `None` if the stream failed.
+    /// Asks for the last part of segment `number` (never empty), with its header, and
+    /// reads the whole answer: the reply, and the part's bytes if it is one. `None` if the
+    /// stream failed.
     pub async fn request(&self, number: u64) -> Option<(Reply, Bytes)> {
         let (mut send, mut recv) = self.conn.open_bi().await.ok()?;
-        send.write_all(&wire::encode(&Request { number }))
-            .await
-            .ok()?;
+        let req = Request {
+            number,
+            part: PARTS as u8 - 1,
+            header: true,
+        };
+        send.write_all(&wire::encode(&req)).await.ok()?;
         let _ = send.finish();
         let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME).await?;
         let data = match &reply {
-            Reply::Segment(h) => {
-                let mut data = vec![0u8; h.header.len as usize];
+            Reply::Part {
+                header: Some(h),
+                part,
+                ..
+            } => {
+                let mut data = vec![0u8; part_bytes(h, *part).len()];
                 recv.read_exact(&mut data).await.ok()?;
                 Bytes::from(data)
             }
@@ -191,6 +199,32 @@ impl Evil {
             .await
             .is_ok()
     }
+}
+
+/// The byte range part `part` of the segment `header` describes covers.
+pub fn part_bytes(header: &SignedHeader, part: u8) -> std::ops::Range<usize> {
+    let h = &header.header;
+    let pieces = part_pieces(h.pieces.len(), usize::from(part)).unwrap_or(0..0);
+    let size = h.piece_size as usize;
+    let len = h.len as usize;
+    (pieces.start * size).min(len)..(pieces.end * size).min(len)
+}
+
+/// A transfer's bytes for part `part`: the reply frame (with `header` if `with_header`),
+/// then that part's share of `data` (cut short if `data` is).
+pub fn part_frame(header: &SignedHeader, part: u8, data: &[u8], with_header: bool) -> BytesMut {
+    let mut frame = BytesMut::new();
+    frame.put_slice(&wire::encode(&Reply::Part {
+        number: header.header.number,
+        part,
+        header: with_header.then(|| header.clone()),
+    }));
+    let r = part_bytes(header, part);
+    frame.put_slice(
+        data.get(r.start.min(data.len())..r.end.min(data.len()))
+            .unwrap_or(&[]),
+    );
+    frame
 }
 
 /// As [`Evil::connect`], but with tiny receive windows: whatever it asks for, the
@@ -324,7 +358,7 @@ impl Ctx {
                     read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await
                 {
                     let n = match msg {
-                        Control::Have { number } => Some(number),
+                        Control::Have { number, .. } => Some(number),
                         Control::BufferMap { first, bits } if !bits.is_empty() => {
                             Some(first + bits.len() as u64 * 8 - 1)
                         }
@@ -366,16 +400,18 @@ impl Ctx {
         // Answer requests.
         let mut held = Vec::new();
         while let Ok((mut tx, mut rx)) = conn.accept_bi().await {
-            let Some(Request { number }) =
+            let Some(Request { number, part, .. }) =
                 read_frame::<Request>(&mut rx, wire::MAX_REQUEST_FRAME).await
             else {
                 continue;
             };
             *self.requests.lock().unwrap() += 1;
             let genuine = match self.answer {
+                // The genuine header, with the last byte of the asked part flipped.
                 Answer::Corrupt => (self.source)(number).map(|(h, d)| {
                     let mut d = d.to_vec();
-                    if let Some(b) = d.last_mut() {
+                    let r = part_bytes(&h, part);
+                    if let Some(b) = r.end.checked_sub(1).and_then(|i| d.get_mut(i)) {
                         *b ^= 0x5a;
                     }
                     (h, Bytes::from(d))
@@ -385,9 +421,7 @@ impl Ctx {
             };
             match genuine {
                 Some((h, d)) => {
-                    let mut frame = BytesMut::new();
-                    frame.put_slice(&wire::encode(&Reply::Segment(h)));
-                    frame.put_slice(&d);
+                    let frame = part_frame(&h, part, &d, true);
                     tokio::spawn(async move {
                         let _ = tx.write_all(&frame).await;
                         let _ = tx.finish();
