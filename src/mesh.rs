@@ -38,13 +38,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a peer that answered Busy is left alone.
-const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// Shortest wait for a request's header before the supplier counts as stalled.
 const MIN_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a supplier that stalled a request is not asked.
 const STALL_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests left unanswered in a row that get a peer dropped and banned.
 const MAX_STALLS: u32 = 3;
+/// How long a joining viewer waits for partners to announce its first segment before it
+/// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
+/// arrive, short next to the wait for the stream's later segments.
+const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(400);
 /// Re-dial period for the origin while this viewer has few partners.
 const ORIGIN_RETRY: Duration = Duration::from_secs(2);
 /// Re-dial period for the origin once this viewer has partners to pull from.
@@ -121,7 +125,7 @@ impl MeshConfig {
     pub fn broadcaster(origin: NodeId, segment: Duration) -> MeshConfig {
         MeshConfig {
             role: Role::Broadcaster,
-            seed_fanout: 2,
+            seed_fanout: 1,
             // Below `net.rs`'s 4096 connections, so the overflow is turned away by the mesh,
             // with a peer sample to join the swarm through, rather than refused in the handshake.
             max_partners: 4000,
@@ -288,6 +292,8 @@ pub struct Mesh {
     push_cursor: usize,
     /// `want_from` was taken from partners (the origin is full) and no data has come yet.
     start_from_partners: bool,
+    /// A segment has been held: the join is over.
+    started: bool,
     /// This node's rotation of part order among equally rare parts, so viewers that hear
     /// of a segment at the same moment do not all ask for part 0 first.
     part_offset: usize,
@@ -316,6 +322,7 @@ impl Mesh {
             push_cursor: 0,
             start_from_partners: false,
             part_offset: 0,
+            started: false,
             stats: MeshStats::default(),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
@@ -356,7 +363,12 @@ impl Mesh {
                     let deadline = h + self.cfg.playout_budget;
                     // Only future moments: a passed one was handled at the last tick, and
                     // returning it again would make the driver spin.
-                    for x in [fallback, deadline] {
+                    let join = if self.started {
+                        deadline
+                    } else {
+                        h + JOIN_ORIGIN_WAIT
+                    };
+                    for x in [fallback, deadline, join] {
                         if x > self.last_now && x < t {
                             t = x;
                         }
@@ -779,6 +791,7 @@ impl Mesh {
             self.want_from = Some(number);
         }
         self.start_from_partners = false;
+        self.started = true;
         if number < self.floor() {
             return;
         }
@@ -1183,7 +1196,14 @@ impl Mesh {
             if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
             }
-            let urgent = s.first_heard.is_some_and(|h| now >= h + fallback);
+            // The join segment is what the player waits for: if no partner has announced it
+            // shortly after joining, the origin is asked at once rather than after the wait.
+            let wait = if n == want_from && !self.started {
+                JOIN_ORIGIN_WAIT.min(fallback)
+            } else {
+                fallback
+            };
+            let urgent = s.first_heard.is_some_and(|h| now >= h + wait);
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
             for k in 0..PARTS {
                 let j = (k + self.part_offset) % PARTS;
