@@ -49,6 +49,8 @@ const MAX_STALLS: u32 = 3;
 /// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
 /// arrive, short next to the wait for the stream's later segments.
 const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(400);
+/// Most parts the broadcaster owes as seeds (see [`Mesh::handle_publish`]).
+const MAX_SEED_DEBT: usize = 4 * PARTS;
 /// Re-dial period for the origin while this viewer has few partners.
 const ORIGIN_RETRY: Duration = Duration::from_secs(2);
 /// Re-dial period for the origin once this viewer has partners to pull from.
@@ -292,6 +294,8 @@ pub struct Mesh {
     push_cursor: usize,
     /// `want_from` was taken from partners (the origin is full) and no data has come yet.
     start_from_partners: bool,
+    /// Broadcaster: parts not yet seeded (published while few viewers were there).
+    seed_debt: VecDeque<(u64, u8)>,
     /// A segment has been held: the join is over.
     started: bool,
     /// This node's rotation of part order among equally rare parts, so viewers that hear
@@ -323,6 +327,7 @@ impl Mesh {
             start_from_partners: false,
             part_offset: 0,
             started: false,
+            seed_debt: VecDeque::new(),
             stats: MeshStats::default(),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
@@ -504,6 +509,18 @@ impl Mesh {
         if self.cfg.uploads || self.cfg.role == Role::Broadcaster {
             let map = self.buffer_map();
             self.send(peer, map);
+        }
+        if self.cfg.role == Role::Broadcaster && uploads {
+            // Owed seeds of segments still within a newcomer's join window.
+            let oldest = self
+                .newest
+                .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments));
+            while let Some((number, part)) = self.seed_debt.pop_front() {
+                if number >= oldest && self.segs.get(&number).is_some_and(|s| s.held) {
+                    self.actions.push_back(Action::Push { peer, number, part });
+                    break;
+                }
+            }
         }
         if self.cfg.role == Role::Broadcaster {
             // The tracker's answer: a random sample of the swarm.
@@ -929,19 +946,24 @@ impl Mesh {
             .collect();
         // Each part goes to different viewers: the origin sends `seed_fanout` copies of the
         // segment in all, spread over up to `seed_fanout × PARTS` relays that then trade parts.
-        if !uploaders.is_empty() {
-            let seeds = self.cfg.seed_fanout * PARTS;
-            for i in 0..seeds {
-                if let Some(peer) = uploaders.get((self.push_cursor + i) % uploaders.len()) {
-                    self.actions.push_back(Action::Push {
-                        peer: *peer,
-                        number,
-                        part: (i % PARTS) as u8,
-                    });
+        // With no uploader yet (the stream has just started), the seeds are owed: each
+        // newcomer gets one owed part, so the first segments spread as later ones do.
+        let seeds = self.cfg.seed_fanout * PARTS;
+        for i in 0..seeds {
+            let part = (i % PARTS) as u8;
+            match uploaders.get((self.push_cursor + i) % uploaders.len().max(1)) {
+                Some(peer) => self.actions.push_back(Action::Push {
+                    peer: *peer,
+                    number,
+                    part,
+                }),
+                None if self.seed_debt.len() < MAX_SEED_DEBT => {
+                    self.seed_debt.push_back((number, part))
                 }
+                None => {}
             }
-            self.push_cursor = self.push_cursor.wrapping_add(seeds.max(1));
         }
+        self.push_cursor = self.push_cursor.wrapping_add(seeds.max(1));
         self.prune();
     }
 
@@ -1244,7 +1266,7 @@ impl Mesh {
                     let origin = self.cfg.origin;
                     match self.peers.get(&origin) {
                         Some(p)
-                            if p.inflight < PARTS.max(self.cfg.max_inflight_per_partner)
+                            if p.inflight < self.cfg.max_inflight_per_partner
                                 && p.busy_until.is_none_or(|t| now >= t) =>
                         {
                             Some(origin)

@@ -62,8 +62,9 @@ const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_UPLOAD_SLOTS: usize = 8;
 /// Segments behind the newest still worth receiving.
 const KEEP_BEHIND: u64 = 64;
-/// Pushes we accept at once from one connection.
-const PUSHES_PER_CONNECTION: usize = 4;
+/// Pushes we accept at once from one connection: every part of two segments, since a
+/// broadcaster with few viewers seeds each of them several parts of every segment.
+const PUSHES_PER_CONNECTION: usize = 2 * PARTS;
 /// Longest a connection's token expiry is waited for (tokens live at most 366 days).
 const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(400 * 24 * 3600);
 
