@@ -1413,6 +1413,7 @@ mod tests {
         for (_, _, part) in &asked {
             v.handle_receiving(t0, id(20), 100, *part);
         }
+        v.handle_segment(t0, Some(id(20)), 100, 8000);
         // Nobody holds 101 yet: wait, then after half the budget go to the origin.
         v.handle_control(
             t0,
@@ -1432,6 +1433,29 @@ mod tests {
         assert!(!late.is_empty());
         // The rarest (held by no partner) first.
         assert!(late.iter().all(|r| *r == (id(ORIGIN), 101)), "{late:?}");
+    }
+
+    #[test]
+    fn a_joining_viewer_asks_the_origin_for_its_first_segment_soon() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 20,
+                parts: ALL_PARTS,
+            },
+        );
+        assert_eq!(v.want_from(), Some(17));
+        assert!(requests(&drain(&mut v)).is_empty());
+        assert!(v.poll_timeout() <= t0 + JOIN_ORIGIN_WAIT);
+        v.handle_tick(t0 + JOIN_ORIGIN_WAIT);
+        let asked = requests(&drain(&mut v));
+        assert!(!asked.is_empty());
+        // Only the join segment; the later ones wait for partners as usual.
+        assert!(asked.iter().all(|r| *r == (id(ORIGIN), 17)), "{asked:?}");
     }
 
     #[test]
@@ -1685,8 +1709,10 @@ mod tests {
             .iter()
             .any(|a| matches!(a, Action::Cancel { peer, .. } if *peer == id(20))));
         let again = requests(&acts);
+        // Asked of 30 instead (and of the origin for the join segment, held by nobody
+        // else that answers), never of the staller.
         assert!(
-            !again.is_empty() && again.iter().all(|(p, _)| *p == id(30)),
+            again.iter().any(|(p, _)| *p == id(30)) && again.iter().all(|(p, _)| *p != id(20)),
             "{again:?}"
         );
         assert_eq!(v.stats().missed_deadlines, 0);
@@ -1803,6 +1829,39 @@ mod tests {
         // The next segment seeds other viewers.
         let (_, next) = pushes(&mut b, 1);
         assert!(next.iter().all(|(v, _)| !seeds.contains(v)));
+    }
+
+    #[test]
+    fn seeds_of_a_segment_published_to_nobody_go_to_the_first_viewers() {
+        let t0 = Instant::now();
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        b.handle_publish(t0, 0);
+        assert!(!drain(&mut b)
+            .iter()
+            .any(|a| matches!(a, Action::Push { .. })));
+        let mut parts = BTreeSet::new();
+        for v in 10..10 + PARTS as u8 {
+            b.handle_connected(t0, id(v), addr(v.into()), Role::Viewer, true);
+            let pushed: Vec<u8> = drain(&mut b)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Push {
+                        peer,
+                        number: 0,
+                        part,
+                    } if peer == id(v) => Some(part),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(pushed.len(), 1, "one owed part per newcomer");
+            parts.extend(pushed);
+        }
+        assert_eq!(parts.len(), PARTS, "every part seeded once");
+        // Nothing more is owed.
+        b.handle_connected(t0, id(99), addr(99), Role::Viewer, true);
+        assert!(!drain(&mut b)
+            .iter()
+            .any(|a| matches!(a, Action::Push { .. })));
     }
 
     #[test]
