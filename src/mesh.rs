@@ -1302,7 +1302,7 @@ impl Mesh {
                 || !p.uploads
                 || p.inflight >= max
                 || p.busy_until.is_some_and(|t| self.last_now < t)
-                || !p.have.get(&n).is_some_and(|m| m & bit(part) != 0)
+                || p.have.get(&n).is_none_or(|m| m & bit(part) == 0)
                 || failed.contains(id)
             {
                 continue;
