@@ -2,12 +2,15 @@
 //! loopback, each viewer behind its own upload limiter, fed a synthetic stream.
 //!
 //! `cargo bench --bench swarm -- --viewers 100 --seconds 60 --bitrate 2M --segment-ms 1000
-//!  --viewer-upload 3M --origin-upload 8M [--join-window-ms 2000] [--churn 30] [--seed 1]
-//!  [--delay 3] [--baseline http]`
+//!  --viewer-upload 3M --origin-upload 8M [--join-window-ms 2000] [--join-after 0] [--churn 30]
+//!  [--seed 1] [--delay 3] [--baseline http]`
 //!
 //! Viewers join a running stream, as real ones do: publishing starts first, and the
-//! viewers start evenly spread over the `--join-window-ms` after segment 0 is published
-//! (from their own task, so the publishing schedule never waits for them). A viewer's
+//! viewers start evenly spread over the `--join-window-ms` after segment `--join-after` is
+//! published (from their own task, so the publishing schedule never waits for them). With
+//! the default 0 they all arrive as the stream starts (a flash crowd at second zero, the
+//! hardest case for join: nobody but the broadcaster holds anything yet); with
+//! `--join-after 3` they join a stream that already fills a playlist. A viewer's
 //! join time is from its start to the first moment its playlist is playable, checked
 //! every 25 ms.
 //!
@@ -54,6 +57,7 @@ struct Args {
     seed: u64,
     delay: u64,
     join_window_ms: u64,
+    join_after: u64,
     baseline_http: bool,
 }
 
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 1,
         delay: 3,
         join_window_ms: 2000,
+        join_after: 0,
         baseline_http: false,
     };
     let mut it = std::env::args().skip(1);
@@ -93,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = num(val()?)?,
             "--delay" => a.delay = num(val()?)?.max(1),
             "--join-window-ms" => a.join_window_ms = num(val()?)?,
+            "--join-after" => a.join_after = num(val()?)?,
             "--baseline" => {
                 let v = val()?;
                 if v != "http" {
@@ -386,8 +392,10 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
             },
         );
         broadcaster.publish(s).await;
-        if let Some(tx) = first_published.take() {
-            let _ = tx.send(Instant::now());
+        if n >= a.join_after {
+            if let Some(tx) = first_published.take() {
+                let _ = tx.send(Instant::now());
+            }
         }
         let mut vs = lock(&viewers);
         for v in vs.iter_mut() {
@@ -594,8 +602,10 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
         if let Ok(mut p) = published.lock() {
             p.insert(n, Instant::now());
         }
-        if let Some(tx) = first_published.take() {
-            let _ = tx.send(Instant::now());
+        if n >= a.join_after {
+            if let Some(tx) = first_published.take() {
+                let _ = tx.send(Instant::now());
+            }
         }
     }
     let viewers = clients.await.unwrap_or_default();
