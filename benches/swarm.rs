@@ -2,12 +2,24 @@
 //! loopback, each viewer behind its own upload limiter, fed a synthetic stream.
 //!
 //! `cargo bench --bench swarm -- --viewers 100 --seconds 60 --bitrate 2M --segment-ms 1000
-//!  --viewer-upload 3M --origin-upload 8M [--churn 30] [--seed 1] [--delay 3] [--baseline http]`
+//!  --viewer-upload 3M --origin-upload 8M [--join-window-ms 2000] [--join-after 0] [--churn 30]
+//!  [--seed 1] [--delay 3] [--baseline http]`
+//!
+//! Viewers join a running stream, as real ones do: publishing starts first, and the
+//! viewers start evenly spread over the `--join-window-ms` after segment `--join-after` is
+//! published (from their own task, so the publishing schedule never waits for them). With
+//! the default 0 they all arrive as the stream starts (a flash crowd at second zero, the
+//! hardest case for join: nobody but the broadcaster holds anything yet); with
+//! `--join-after 3` they join a stream that already fills a playlist. A viewer's
+//! join time is from its start to the first moment its playlist is playable, checked
+//! every 25 ms.
 //!
 //! Prints a human summary on stderr and one JSON object as the last stdout line.
 //! `--baseline http` also runs the same stream and viewers as plain client/server
-//! HLS-style pulls (every viewer fetches every segment from the broadcaster over
-//! HTTP) and reports it under `baseline`.
+//! HLS-style pulls (every viewer fetches the newest segment number, then each segment
+//! from `delay` behind it, from the broadcaster over HTTP; its clients start over the
+//! same join window, and join is from start to the first segment fetched) and reports
+//! it under `baseline`.
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
@@ -21,8 +33,12 @@ use starling::store;
 use starling::stream::{node_id, sign_segment, StreamId, VerifiedSegment};
 use starling::wire::Role;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 #[allow(unreachable_pub)]
 #[path = "../tests/common/payload.rs"]
@@ -40,8 +56,16 @@ struct Args {
     churn: f64,
     seed: u64,
     delay: u64,
+    join_window_ms: u64,
+    join_after: u64,
     baseline_http: bool,
 }
+
+/// How often viewers' playlists are checked for playability: the join figures'
+/// resolution.
+const JOIN_SAMPLE: Duration = Duration::from_millis(25);
+/// Segments a viewer's playlist lists at most (what the real viewer uses).
+const PLAYLIST_WINDOW: usize = 8;
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -54,6 +78,8 @@ fn parse_args() -> Result<Args, String> {
         churn: 0.0,
         seed: 1,
         delay: 3,
+        join_window_ms: 2000,
+        join_after: 0,
         baseline_http: false,
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +97,8 @@ fn parse_args() -> Result<Args, String> {
             "--churn" => a.churn = val()?.parse().map_err(|e| format!("--churn: {e}"))?,
             "--seed" => a.seed = num(val()?)?,
             "--delay" => a.delay = num(val()?)?.max(1),
+            "--join-window-ms" => a.join_window_ms = num(val()?)?,
+            "--join-after" => a.join_after = num(val()?)?,
             "--baseline" => {
                 let v = val()?;
                 if v != "http" {
@@ -89,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
 struct Viewer {
     /// None once it left.
     node: Option<Node>,
+    /// When it started (before its endpoint was set up).
     joined: Instant,
     /// First moment its playlist was playable.
     playable: Option<Instant>,
@@ -103,8 +132,17 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// The viewers of a run, shared by the publisher, the joiners and the join sampler.
+type Viewers = Arc<Mutex<Vec<Viewer>>>;
+
+/// Locks the viewers; a panicked holder leaves whole records behind, so the data stays usable.
+fn lock(viewers: &Viewers) -> MutexGuard<'_, Vec<Viewer>> {
+    viewers.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64) -> Viewer {
     let seg = Duration::from_millis(a.segment_ms);
+    let joined = Instant::now();
     let node = Node::spawn(NodeConfig {
         key: SigningKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
         stream,
@@ -123,7 +161,7 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
     .unwrap_or_else(|e| panic!("viewer: {e}"));
     Viewer {
         node: Some(node),
-        joined: Instant::now(),
+        joined,
         playable: None,
         arrivals: BTreeMap::new(),
         left: None,
@@ -132,9 +170,10 @@ async fn spawn_viewer(a: &Args, stream: StreamId, origin: SocketAddr, seed: u64)
     }
 }
 
-fn sample(v: &mut Viewer, delay: u64, window: usize) {
+/// Records when each held segment arrived, before the store prunes it. The store
+/// keeps the arrival time, so this only has to run more often than the store turns over.
+fn sample_arrivals(v: &mut Viewer) {
     let Some(node) = &v.node else { return };
-    let live = node.live_newest();
     let shared = node.store();
     let s = store::lock(&shared);
     for n in s.numbers() {
@@ -142,12 +181,80 @@ fn sample(v: &mut Viewer, delay: u64, window: usize) {
             v.arrivals.entry(n).or_insert(t);
         }
     }
-    if v.playable.is_none()
-        && s.playlist_at(PlaylistConfig { delay, window }, live)
-            .is_some()
-    {
+}
+
+/// Notes the first moment the viewer's playlist is playable (lists a segment).
+fn check_playable(v: &mut Viewer, delay: u64) {
+    if v.playable.is_some() {
+        return;
+    }
+    let Some(node) = &v.node else { return };
+    let live = node.live_newest();
+    let shared = node.store();
+    let config = PlaylistConfig {
+        delay,
+        window: PLAYLIST_WINDOW,
+    };
+    if store::lock(&shared).playlist_at(config, live).is_some() {
         v.playable = Some(Instant::now());
     }
+}
+
+/// When the `i`-th joiner starts: the joiners spread evenly over the join window from `t0`.
+fn join_at(a: &Args, t0: Instant, i: usize) -> tokio::time::Instant {
+    let window = Duration::from_millis(a.join_window_ms);
+    let at = t0 + window.mul_f64(i as f64 / a.viewers.max(1) as f64);
+    tokio::time::Instant::from_std(at)
+}
+
+/// Runs `join(i)` for each of the `a.viewers` joiners, each in its own task started at
+/// its moment in the join window after segment 0 is published (`t0`), so a slow start
+/// delays neither the publisher nor the next joiner. Yields what the joiners returned.
+fn spread_joins<T, F, Fut>(a: &Args, t0: oneshot::Receiver<Instant>, join: F) -> JoinHandle<Vec<T>>
+where
+    F: Fn(usize) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let a = a.clone();
+    tokio::spawn(async move {
+        let Ok(t0) = t0.await else {
+            return Vec::new();
+        };
+        let mut started = Vec::with_capacity(a.viewers);
+        for i in 0..a.viewers {
+            tokio::time::sleep_until(join_at(&a, t0, i)).await;
+            started.push(tokio::spawn(join(i)));
+        }
+        let mut out = Vec::with_capacity(started.len());
+        for h in started {
+            if let Ok(t) = h.await {
+                out.push(t);
+            }
+        }
+        out
+    })
+}
+
+/// Starts a viewer and adds it to `viewers` once it is up.
+async fn join_viewer(a: Args, stream: StreamId, origin: SocketAddr, seed: u64, viewers: Viewers) {
+    let v = spawn_viewer(&a, stream, origin, seed).await;
+    lock(&viewers).push(v);
+}
+
+/// Checks every [`JOIN_SAMPLE`] which viewers became playable, so join is measured to
+/// that resolution rather than once per segment. Runs until aborted.
+fn spawn_join_sampler(viewers: Viewers, delay: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(JOIN_SAMPLE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for v in lock(&viewers).iter_mut() {
+                check_playable(v, delay);
+            }
+        }
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -249,11 +356,19 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
     let origin = broadcaster
         .local_addr()
         .unwrap_or_else(|e| panic!("local addr: {e}"));
-    let mut viewers = Vec::new();
+    let viewers: Viewers = Default::default();
+    let (first_published, t0) = oneshot::channel();
+    let mut first_published = Some(first_published);
+    let joiners = spread_joins(a, t0, {
+        let (a, viewers) = (a.clone(), viewers.clone());
+        move |i| {
+            let seed = a.seed * 1000 + i as u64;
+            join_viewer(a.clone(), stream, origin, seed, viewers.clone())
+        }
+    });
+    let sampler = spawn_join_sampler(viewers.clone(), a.delay);
     let mut departed = Vec::new();
-    for i in 0..a.viewers {
-        viewers.push(spawn_viewer(a, stream, origin, a.seed * 1000 + i as u64).await);
-    }
+    let mut replacements = Vec::new();
     let seg_len = (a.bitrate * a.segment_ms / 8000) as usize;
     let mut published = BTreeMap::new();
     let start = Instant::now();
@@ -277,15 +392,22 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
             },
         );
         broadcaster.publish(s).await;
-        for v in viewers.iter_mut() {
-            sample(v, a.delay, 8);
+        if n >= a.join_after {
+            if let Some(tx) = first_published.take() {
+                let _ = tx.send(Instant::now());
+            }
+        }
+        let mut vs = lock(&viewers);
+        for v in vs.iter_mut() {
+            sample_arrivals(v);
         }
         churn_debt += churn_per_segment;
-        while churn_debt >= 1.0 && !viewers.is_empty() {
+        while churn_debt >= 1.0 && !vs.is_empty() {
             churn_debt -= 1.0;
-            let idx = rng.gen_range(0..viewers.len());
-            let mut gone = viewers.swap_remove(idx);
-            sample(&mut gone, a.delay, 8);
+            let idx = rng.gen_range(0..vs.len());
+            let mut gone = vs.swap_remove(idx);
+            sample_arrivals(&mut gone);
+            check_playable(&mut gone, a.delay);
             gone.left = Some(Instant::now());
             if let Some(node) = gone.node.take() {
                 let st = node.stats();
@@ -294,20 +416,31 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
                 node.kill();
             }
             departed.push(gone);
-            viewers.push(spawn_viewer(a, stream, origin, next_seed).await);
+            // The newcomer is set up in its own task, so publishing stays on time.
+            let newcomer = join_viewer(a.clone(), stream, origin, next_seed, viewers.clone());
+            replacements.push(tokio::spawn(newcomer));
             next_seed += 1;
         }
+    }
+    // Joiners still starting (a window longer than the run) get the tail too.
+    let _ = joiners.await;
+    for r in replacements {
+        let _ = r.await;
     }
     // Let the tail arrive.
     let tail = Instant::now() + seg * (a.delay as u32 + 1);
     while Instant::now() < tail {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        for v in viewers.iter_mut() {
-            sample(v, a.delay, 8);
+        for v in lock(&viewers).iter_mut() {
+            sample_arrivals(v);
         }
     }
+    sampler.abort();
+    let _ = sampler.await;
+    let mut viewers = std::mem::take(&mut *lock(&viewers));
     let (mut peers, mut busy, mut missed, mut bans, mut live) = (0, 0, 0, 0, 0);
     for v in viewers.iter_mut() {
+        check_playable(v, a.delay);
         if let Some(node) = &v.node {
             let st = node.stats();
             v.bytes_received = st.bytes_from_peers + st.bytes_from_origin;
@@ -325,6 +458,10 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
     );
     let b = broadcaster.stats();
     viewers.extend(departed);
+    let never = viewers.iter().filter(|v| v.playable.is_none()).count();
+    if never > 0 {
+        eprintln!("swarm: {never} viewers never had a playable playlist (left out of join_ms)");
+    }
     let out = report(a, &published, &viewers, b.bytes_uploaded, b.control_bytes);
     for v in viewers {
         if let Some(node) = v.node {
@@ -333,6 +470,60 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
     }
     broadcaster.kill();
     out
+}
+
+/// One HTTP/1.1 GET of `path` on a fresh connection: the body, if the answer is 200.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.ok()?;
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if !resp.starts_with(b"HTTP/1.1 200") {
+        return None;
+    }
+    Some(resp.split_off(head_end + 4))
+}
+
+/// One baseline client, started at its moment in the join window: like an HLS player
+/// it reads where live is (`/newest`, in place of a playlist), starts `delay` segments
+/// behind it, and polls for each next segment.
+async fn http_client(
+    addr: SocketAddr,
+    delay: u64,
+    total: u64,
+    end: Instant,
+) -> (Instant, Option<Instant>, BTreeMap<u64, Instant>, u64) {
+    let joined = Instant::now();
+    let mut arrivals = BTreeMap::new();
+    let mut received = 0u64;
+    let mut next = None;
+    let mut playable = None;
+    while Instant::now() < end && next.is_none_or(|n| n < total) {
+        let Some(n) = next else {
+            let newest = http_get(addr, "/newest")
+                .await
+                .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok());
+            match newest {
+                Some(newest) => next = Some(newest.saturating_sub(delay)),
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            continue;
+        };
+        match http_get(addr, &format!("/seg/{n}.ts")).await {
+            Some(body) => {
+                arrivals.insert(n, Instant::now());
+                received += body.len() as u64;
+                playable.get_or_insert_with(Instant::now);
+                next = Some(n + 1);
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    (joined, playable, arrivals, received)
 }
 
 /// The baseline: plain client/server, every viewer pulls every segment over HTTP.
@@ -357,13 +548,20 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
                         return;
                     };
                     let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let num = req
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|p| p.strip_prefix("/seg/"))
+                    let path = req.split_whitespace().nth(1).unwrap_or("");
+                    let num = path
+                        .strip_prefix("/seg/")
                         .and_then(|p| p.strip_suffix(".ts"))
                         .and_then(|p| p.parse::<u64>().ok());
-                    let body = num.and_then(|n| store.lock().ok()?.get(&n).cloned());
+                    let (body, media) = match num {
+                        Some(n) => (store.lock().ok().and_then(|s| s.get(&n).cloned()), true),
+                        // Where live is, standing in for a playlist: not media, not counted.
+                        None if path == "/newest" => {
+                            let newest = store.lock().ok().and_then(|s| s.keys().last().copied());
+                            (newest.map(|n| Bytes::from(n.to_string())), false)
+                        }
+                        None => (None, false),
+                    };
                     match body {
                         Some(b) => {
                             let head = format!(
@@ -371,7 +569,7 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
                                 b.len()
                             );
                             let _ = sock.write_all(head.as_bytes()).await;
-                            if sock.write_all(&b).await.is_ok() {
+                            if sock.write_all(&b).await.is_ok() && media {
                                 served.fetch_add(
                                     b.len() as u64,
                                     std::sync::atomic::Ordering::Relaxed,
@@ -391,46 +589,10 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
     let start = Instant::now();
     let total = a.seconds * 1000 / a.segment_ms;
     let published: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, Instant>>> = Default::default();
-    let mut clients = Vec::new();
-    for _ in 0..a.viewers {
-        let joined = Instant::now();
-        clients.push(tokio::spawn(async move {
-            // Poll for the next segment like an HLS player refreshing its playlist.
-            let mut arrivals = BTreeMap::new();
-            let mut received = 0u64;
-            let mut next = 0u64;
-            let mut playable = None;
-            let end = start + seg * (total as u32 + 2);
-            while Instant::now() < end && next < total {
-                let got = async {
-                    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-                    s.write_all(
-                        format!("GET /seg/{next}.ts HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-                    )
-                    .await
-                    .ok()?;
-                    let mut resp = Vec::new();
-                    s.read_to_end(&mut resp).await.ok()?;
-                    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
-                    resp.starts_with(b"HTTP/1.1 200")
-                        .then_some(resp.len() - head_end - 4)
-                }
-                .await;
-                match got {
-                    Some(len) => {
-                        arrivals.insert(next, Instant::now());
-                        received += len as u64;
-                        if playable.is_none() {
-                            playable = Some(Instant::now());
-                        }
-                        next += 1;
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-            (joined, playable, arrivals, received)
-        }));
-    }
+    let (first_published, t0) = oneshot::channel();
+    let mut first_published = Some(first_published);
+    let (delay, end) = (a.delay, start + seg * (total as u32 + 2));
+    let clients = spread_joins(a, t0, move |_| http_client(addr, delay, total, end));
     for n in 0..total {
         let at = start + seg * (n as u32 + 1);
         tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
@@ -440,13 +602,13 @@ async fn run_http_baseline(a: &Args) -> serde_json::Value {
         if let Ok(mut p) = published.lock() {
             p.insert(n, Instant::now());
         }
-    }
-    let mut viewers = Vec::new();
-    for c in clients {
-        if let Ok((joined, playable, arrivals, received)) = c.await {
-            viewers.push((joined, playable, arrivals, received));
+        if n >= a.join_after {
+            if let Some(tx) = first_published.take() {
+                let _ = tx.send(Instant::now());
+            }
         }
     }
+    let viewers = clients.await.unwrap_or_default();
     let published: BTreeMap<u64, Published> = published
         .lock()
         .map(|p| {
