@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench hot` (each group warms up 1 s and measures 3 s, so the
 //! run stays short on a shared machine).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use starling::mesh::{Action, Mesh, MeshConfig};
-use starling::stream::{node_id, sign_segment, NodeId, VerifiedSegment};
+use starling::stream::{node_id, sign_segment, NodeId, VerifiedSegment, ALL_PARTS, PARTS};
 use starling::wire::{Control, Role};
 
 #[allow(unreachable_pub)]
@@ -79,7 +79,10 @@ fn verify(c: &mut Criterion) {
 /// The one place that builds a partner's or the origin's announcement of a single new
 /// segment, so a change to `Control::Have` is a one-line fix here.
 fn announce(number: u64) -> Control {
-    Control::Have { number }
+    Control::Have {
+        number,
+        parts: ALL_PARTS,
+    }
 }
 
 /// A buffer map holding exactly `held` (ascending, within 1024 of the first).
@@ -118,9 +121,11 @@ struct Live {
     /// Partner announcements still to come in this segment's second.
     due: VecDeque<(NodeId, u64)>,
     /// Requests the mesh made and the supplier has not started answering yet.
-    fresh: Vec<(NodeId, u64)>,
+    fresh: Vec<(NodeId, u64, u8)>,
     /// Requests the mesh made, answered in full at the end of the second.
-    asked: Vec<(NodeId, u64)>,
+    asked: Vec<(NodeId, u64, u8)>,
+    /// Parts landed of each segment not yet whole.
+    parts: BTreeMap<u64, u32>,
     /// Requests that went to partners (the rest went to the origin).
     asked_partners: u64,
 }
@@ -148,6 +153,7 @@ impl Live {
             due: VecDeque::new(),
             fresh: Vec::new(),
             asked: Vec::new(),
+            parts: BTreeMap::new(),
             asked_partners: 0,
         };
         let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
@@ -184,9 +190,9 @@ impl Live {
         let mut count = 0;
         while let Some(a) = self.mesh.poll_action() {
             count += 1;
-            if let Action::Request { peer, number, .. } = a {
+            if let Action::Request { peer, number, part } = a {
                 self.asked_partners += u64::from(peer != self.origin);
-                self.fresh.push((peer, number));
+                self.fresh.push((peer, number, part));
             }
         }
         count
@@ -197,9 +203,9 @@ impl Live {
     /// rightly drop them as stalling.)
     fn start_answers(&mut self) {
         while !self.fresh.is_empty() {
-            for (peer, n) in std::mem::take(&mut self.fresh) {
-                self.mesh.handle_receiving(self.now, peer, n);
-                self.asked.push((peer, n));
+            for (peer, n, part) in std::mem::take(&mut self.fresh) {
+                self.mesh.handle_receiving(self.now, peer, n, part);
+                self.asked.push((peer, n, part));
             }
             self.drain();
         }
@@ -232,9 +238,20 @@ impl Live {
             if self.asked.is_empty() {
                 break;
             }
-            for (peer, n) in std::mem::take(&mut self.asked) {
-                self.mesh
-                    .handle_segment(self.now, Some(peer), n, SEGMENT_LEN as u64);
+            // Parts land; a segment whose parts all came is whole.
+            for (peer, n, part) in std::mem::take(&mut self.asked) {
+                let len = (SEGMENT_LEN / PARTS) as u64;
+                self.mesh.handle_part(self.now, peer, n, part, len);
+                let got = {
+                    let g = self.parts.entry(n).or_insert(0);
+                    *g |= 1 << part;
+                    *g
+                };
+                if got == ALL_PARTS {
+                    self.parts.remove(&n);
+                    self.mesh
+                        .handle_segment(self.now, Some(peer), n, SEGMENT_LEN as u64);
+                }
             }
             self.drain();
         }
