@@ -19,14 +19,25 @@
 //!    [`Mesh::handle_tick`].
 //!
 //! ## Strategy
-//! Pull with a deadline, after CoolStreaming/DONet: every node announces what it
-//! holds (a buffer map on connect, then one `Have` per new segment); a viewer asks
-//! partners for what it misses, most urgent first and otherwise rarest first, from
-//! the least-loaded, fastest supplier. The broadcaster announces every segment to
-//! every viewer (so everyone knows at once what exists and when it was published)
-//! but pushes the bytes to only `seed_fanout` viewers; a viewer asks the
-//! broadcaster itself only when no partner has a segment by the time half of its
-//! playout budget is spent, so the origin's upload stays near one copy.
+//! Pull with a deadline, after CoolStreaming/DONet, in parts: a segment is cut into
+//! [`PARTS`] runs of pieces, and the part is the unit a viewer asks one supplier for.
+//! Every node announces what it holds (a buffer map on connect, then a `Have` with a
+//! mask of parts as each part *starts* arriving, so partners pull it piece by piece
+//! while it arrives: cut-through); a viewer asks partners for the parts it misses,
+//! most urgent first and otherwise rarest first, from the least-loaded, fastest
+//! supplier. The broadcaster announces every segment to every viewer (so everyone
+//! knows at once what exists and when it was published) but pushes each part to one
+//! different viewer (`seed_fanout` copies in all, one by default), so the segment
+//! enters the swarm at several points at once and the origin's upload stays near one
+//! copy; a viewer asks the broadcaster itself only when no partner has a part by the
+//! time half of its playout budget is spent (400 ms for a joining viewer's first
+//! segment, which the player is waiting for).
+//!
+//! Why parts: with whole-segment requests a viewer whose upload is below twice the
+//! bitrate serves one downstream at a time for a whole segment, so a segment spreads
+//! one relay chain at a time and the tree branches only every 0.7 s (BENCHMARKS.md).
+//! A part turns a viewer's upload over in about a tenth of that, the tree branches
+//! eight times as often, and a segment arrives over several suppliers' uplinks at once.
 
 use crate::stream::{NodeId, ALL_PARTS, PARTS};
 use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_MESSAGE};
