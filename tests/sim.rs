@@ -52,6 +52,8 @@ fn ample_capacity_plays_everything_and_the_mesh_carries_it() {
     assert!(r.control_overhead > 0.0);
     // Segments are relayed while they arrive, and the mesh never asked to be woken in the past.
     assert!(r.details.relayed > 0, "{:?}", r.details);
+    // Segments move in parts, and some are put together from several suppliers.
+    assert!(r.details.multi_supplier_segments > 0, "{:?}", r.details);
     assert_eq!(r.details.stale_wakeups, 0);
 }
 

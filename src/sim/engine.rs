@@ -8,7 +8,7 @@ use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
 use crate::mesh::{Action, Mesh, MeshConfig};
-use crate::stream::{part_pieces, NodeId, ALL_PARTS};
+use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +28,10 @@ const STORE: u64 = 64;
 const BUSY_BACKLOG: Ns = 1_500_000_000;
 /// `net.rs`'s `KEEP_BEHIND`: a segment this far behind the newest held is unwanted.
 const KEEP_BEHIND: u64 = 64;
+/// `net.rs`'s `MAX_PARTIALS`: segments assembled at once; the oldest goes first beyond it.
+const MAX_PARTIALS: usize = 16;
+/// No supplier yet (an [`Assembly`]'s `first_from`).
+const NOBODY: u32 = u32::MAX;
 /// `net.rs`'s `MAX_UPLOAD_SLOTS`: uploads at once when the bitrate is unknown, and at most.
 const MAX_UPLOAD_SLOTS: u64 = 8;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
@@ -101,7 +105,7 @@ enum Ev {
         tr: TRef,
         busy: bool,
     },
-    /// The signed header reaches the receiver.
+    /// A part's first frame (with the signed header or without) reaches the receiver.
     HeaderArrive {
         tr: TRef,
     },
@@ -127,9 +131,9 @@ enum Kind {
     Request,
 }
 
-/// One part of a segment on its way from `from` to `to`, pulled or pushed. Each end finishes on its
-/// own (the sender when the last piece leaves or it stops, the receiver when the segment
-/// lands or it gives up); the slot is freed when both have.
+/// One part of a segment on its way from `from` to `to`, pulled or pushed. Each end
+/// finishes on its own (the sender when the last piece leaves or it stops, the receiver
+/// when the part lands or it gives up); the slot is freed when both have.
 #[derive(Debug, Default)]
 struct Transfer {
     gen: u32,
@@ -147,9 +151,9 @@ struct Transfer {
     conn: u64,
     /// Upload start order: the FIFO link serves older uploads first.
     order: u64,
-    /// The holder started sending (header written).
+    /// The holder started sending (first frame written).
     started: bool,
-    /// Relaying: the transfer bringing this segment to `from`, whose pieces bound ours.
+    /// Relaying: the transfer bringing this part to `from`, whose pieces bound ours.
     source: Option<TRef>,
     /// The next piece to book on the link.
     next: u32,
@@ -163,13 +167,15 @@ struct Transfer {
     slot: bool,
     /// Piece bytes sent.
     sent: u64,
-    /// When the header lands at `to`.
+    /// When the first frame lands at `to`.
     header_at: Ns,
     /// When each piece sent so far lands at `to` (in stream order, from `lo`).
     arrivals: Vec<Ns>,
     /// Uploads from `to` relaying this transfer while it arrives.
     relays: Vec<TRef>,
-    /// This is `to`'s partial for (`number`, `part`): announced, and relayable.
+    /// Its first frame was taken at `to`: its pieces are flowing into `to`'s assembly.
+    arriving: bool,
+    /// It is the transfer `to`'s relays of (`number`, `part`) follow.
     partial: bool,
     sender_done: bool,
     receiver_done: bool,
@@ -178,7 +184,7 @@ struct Transfer {
 }
 
 impl Transfer {
-    /// When the latest piece sent lands (the header, before any): pieces land in order.
+    /// When the latest piece sent lands (the first frame, before any): pieces land in order.
     fn landed(&self) -> Ns {
         self.arrivals.last().copied().unwrap_or(self.header_at)
     }
@@ -272,10 +278,9 @@ struct Node {
     downs: Vec<TRef>,
     /// Transfers it sends and has not finished.
     ups: Vec<TRef>,
-    /// Parts arriving here that partners can be served from: (number, part, transfer).
-    partials: Vec<(u64, u8, TRef)>,
-    /// Parts complete here of segments not yet whole: (number, mask of parts).
-    got: Vec<(u64, u32)>,
+    /// Segments being assembled here, at most [`MAX_PARTIALS`] (a few in practice, so a
+    /// scan is cheaper than a map).
+    assembling: Vec<Assembly>,
     /// Position in the live-viewer list.
     live_pos: usize,
 }
@@ -292,6 +297,11 @@ impl Node {
             *slot = (number, at);
         }
         self.newest = self.newest.max(Some(number));
+        // Bounded by the window: what is too old to be wanted is given up.
+        if let Some(k) = self.newest {
+            self.assembling
+                .retain(|a| a.number.saturating_add(KEEP_BEHIND) >= k);
+        }
     }
 
     /// `net.rs`'s `note_bitrate`: a smoothed bitrate from each header (or publish).
@@ -314,17 +324,18 @@ impl Node {
             .map_or(MAX_UPLOAD_SLOTS, |s| s.clamp(1, MAX_UPLOAD_SLOTS))
     }
 
-    fn partial(&self, number: u64, part: u8) -> Option<TRef> {
-        self.partials
-            .iter()
-            .find(|(n, j, _)| *n == number && *j == part)
-            .map(|(_, _, tr)| *tr)
+    fn assembly(&self, number: u64) -> Option<&Assembly> {
+        self.assembling.iter().find(|a| a.number == number)
     }
 
-    /// Whether some part of `number` has arrived or is arriving (so its header is here).
-    fn has_header(&self, number: u64) -> bool {
-        self.partials.iter().any(|(n, _, _)| *n == number)
-            || self.got.iter().any(|(n, _)| *n == number)
+    fn assembly_mut(&mut self, number: u64) -> Option<&mut Assembly> {
+        self.assembling.iter_mut().find(|a| a.number == number)
+    }
+
+    /// The transfer bringing part `part` of `number` here, which a relay of it follows.
+    fn partial(&self, number: u64, part: u8) -> Option<TRef> {
+        self.assembly(number)
+            .and_then(|a| a.arriving.get(usize::from(part)).copied().flatten())
     }
 
     /// Parts of `number` complete here.
@@ -332,10 +343,56 @@ impl Node {
         if self.holds(number) {
             return ALL_PARTS;
         }
-        self.got
-            .iter()
-            .find(|(n, _)| *n == number)
-            .map_or(0, |(_, m)| *m)
+        self.assembly(number).map_or(0, |a| a.got)
+    }
+
+    /// `net.rs`'s partial map on a first frame with the header: the segment's assembly,
+    /// made if new; beyond [`MAX_PARTIALS`] the oldest goes (possibly this one: `None`).
+    fn assemble(&mut self, number: u64) -> Option<&mut Assembly> {
+        if self.assembly(number).is_none() {
+            self.assembling.push(Assembly::new(number));
+            while self.assembling.len() > MAX_PARTIALS {
+                let oldest = self
+                    .assembling
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, a)| a.number)
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest {
+                    self.assembling.swap_remove(i);
+                }
+            }
+        }
+        self.assembly_mut(number)
+    }
+}
+
+/// A segment whose header has landed here and whose parts are arriving: `net.rs`'s
+/// `Partial`, which lives from that first frame until the segment is whole or given up
+/// (so later requests for its other parts ask for no header).
+#[derive(Debug, Clone, Copy)]
+struct Assembly {
+    number: u64,
+    /// Parts complete here.
+    got: u32,
+    /// Per part, the transfer bringing it that relays of it follow (`net.rs`'s relays read
+    /// the pieces whichever transfer lands them; the sim follows one, see `finish_download`).
+    arriving: [Option<TRef>; PARTS],
+    /// Who sent the first part kept; [`NOBODY`] before.
+    first_from: u32,
+    /// A part kept came from someone other than `first_from`.
+    several: bool,
+}
+
+impl Assembly {
+    fn new(number: u64) -> Assembly {
+        Assembly {
+            number,
+            got: 0,
+            arriving: [None; PARTS],
+            first_from: NOBODY,
+            several: false,
+        }
     }
 }
 
@@ -741,8 +798,7 @@ impl Sim {
             partners: Vec::new(),
             downs: Vec::new(),
             ups: Vec::new(),
-            partials: Vec::new(),
-            got: Vec::new(),
+            assembling: Vec::new(),
             live_pos: usize::MAX,
         });
         self.drain(i);
@@ -1190,7 +1246,7 @@ impl Sim {
             return;
         };
         // As net.rs: the header is asked for unless a transfer of this segment brought it.
-        let header = !self.node(i).is_some_and(|n| n.has_header(number));
+        let header = self.node(i).is_none_or(|n| n.assembly(number).is_none());
         let req = wire::Request {
             number,
             part,
@@ -1525,9 +1581,12 @@ impl Sim {
         self.maybe_free(tr);
     }
 
-    /// The receiver is done with `tr` (`ok`: the segment landed). Its partial goes: on
-    /// success the relays have every piece; otherwise they are reset (net.rs drops the
-    /// partial's progress sender, and `relay_partial` resets the stream).
+    /// The receiver is done with `tr` (`ok`: its part landed). If relays followed it: on
+    /// success they have every piece; otherwise they follow another copy of the part still
+    /// arriving here, or, with none, are reset (`net.rs`'s `relay_part` stops once nothing
+    /// brings its part, and the stream is reset). A new source may land the pieces the
+    /// failed one had already brought later than they were here: the sim keeps no pieces
+    /// of a part that is not complete.
     fn finish_download(&mut self, tr: TRef, ok: bool) {
         let Some(t) = self.transfers.get_mut(tr) else {
             return;
@@ -1536,25 +1595,95 @@ impl Sim {
             return;
         }
         t.receiver_done = true;
+        t.arriving = false;
         let (r, number, part, partial) = (t.to, t.number, t.part, t.partial);
-        t.partial = false;
-        let relays = if partial {
-            std::mem::take(&mut t.relays)
-        } else {
-            Vec::new()
-        };
         if let Some(n) = self.node_mut(r) {
             n.downs.retain(|x| *x != tr);
-            if partial {
-                n.partials
-                    .retain(|(k, j, x)| !(*k == number && *j == part && *x == tr));
+        }
+        if partial {
+            if let Some(slot) = self
+                .node_mut(r)
+                .and_then(|n| n.assembly_mut(number))
+                .and_then(|a| a.arriving.get_mut(usize::from(part)))
+            {
+                if *slot == Some(tr) {
+                    *slot = None;
+                }
+            }
+            let heir = if ok {
+                None
+            } else {
+                self.other_copy(r, number, part)
+            };
+            match heir {
+                Some(x) => self.hand_over(tr, x),
+                None => self.release_relays(tr, ok),
             }
         }
+        self.maybe_free(tr);
+    }
+
+    /// Another transfer of (`number`, `part`) whose pieces are flowing into `r`.
+    fn other_copy(&self, r: u32, number: u64, part: u8) -> Option<TRef> {
+        let n = self.node(r)?;
+        n.downs.iter().copied().find(|x| {
+            self.transfers
+                .get(*x)
+                .is_some_and(|t| t.arriving && t.number == number && t.part == part)
+        })
+    }
+
+    /// Relays following `from` follow `to` instead, which becomes `to`'s node's partial.
+    fn hand_over(&mut self, from: TRef, to: TRef) {
+        let relays = match self.transfers.get_mut(from) {
+            Some(t) => {
+                t.partial = false;
+                std::mem::take(&mut t.relays)
+            }
+            None => Vec::new(),
+        };
+        let Some(t) = self.transfers.get_mut(to) else {
+            return;
+        };
+        t.partial = true;
+        let (r, number, part) = (t.to, t.number, t.part);
+        if let Some(slot) = self
+            .node_mut(r)
+            .and_then(|n| n.assembly_mut(number))
+            .and_then(|a| a.arriving.get_mut(usize::from(part)))
+        {
+            *slot = Some(to);
+        }
+        for &d in &relays {
+            let waiting = self.transfers.get_mut(d).is_some_and(|dt| {
+                dt.source = Some(to);
+                std::mem::take(&mut dt.waiting) && !dt.sender_done
+            });
+            // It looks for its next piece in the new source (and waits again if not sent).
+            if waiting {
+                self.schedule_pump(d, self.now);
+            }
+        }
+        if let Some(t) = self.transfers.get_mut(to) {
+            t.relays.extend(relays);
+        }
+    }
+
+    /// Relays following `u` stop following it: with its part here (`ok`) they go on from
+    /// what is here; otherwise they are reset.
+    fn release_relays(&mut self, u: TRef, ok: bool) {
+        let relays = match self.transfers.get_mut(u) {
+            Some(t) => {
+                t.partial = false;
+                std::mem::take(&mut t.relays)
+            }
+            None => return,
+        };
         for d in relays {
             if ok {
-                // Every piece has landed, so none waits; should one, it goes on at once.
+                // Every piece is here, so none waits; should one, it goes on at once.
                 let waiting = self.transfers.get_mut(d).is_some_and(|dt| {
-                    if dt.source == Some(tr) {
+                    if dt.source == Some(u) {
                         dt.source = None;
                     }
                     std::mem::take(&mut dt.waiting) && !dt.sender_done
@@ -1566,7 +1695,6 @@ impl Sim {
                 self.reset_relay(d);
             }
         }
-        self.maybe_free(tr);
     }
 
     /// Relay `d`'s upstream failed: its stream is reset, and the requester hears of it.
@@ -1618,8 +1746,9 @@ impl Sim {
         self.drain(r);
     }
 
-    /// The signed header lands: the receiver learns the bitrate, refuses an unwanted
-    /// segment, or registers it as partial and tells the mesh it is receiving.
+    /// A part's first frame lands: the receiver learns the bitrate (from a header), refuses
+    /// an unwanted part, or takes it into the segment's assembly and tells the mesh it is
+    /// receiving, as `net.rs`'s `receive_part` does.
     fn header_arrive(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
@@ -1635,11 +1764,29 @@ impl Sim {
         if with_header {
             n.note_bitrate(bps);
         }
-        let unwanted = n.got(number) & (1 << part) != 0
+        let stale = n.holds(number)
             || n.newest
                 .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k);
-        let registered = n.partial(number, part).is_some();
-        if unwanted {
+        // The segment's assembly: made from a header, else the one whose header we had
+        // (gone only if given up, when `net.rs` fails the transfer as lost).
+        let assembly = match (stale, with_header) {
+            (true, _) => None,
+            (false, true) => n.assemble(number),
+            (false, false) => n.assembly_mut(number),
+        };
+        let accepted = match assembly {
+            Some(a) if a.got & (1 << part) == 0 => {
+                let slot = a.arriving.get_mut(usize::from(part));
+                // One transfer per part for relays to follow; a second copy only lands.
+                let follow = slot.as_ref().is_some_and(|x| x.is_none());
+                if let Some(x) = slot.filter(|x| x.is_none()) {
+                    *x = Some(tr);
+                }
+                Some(follow)
+            }
+            _ => None,
+        };
+        let Some(follow) = accepted else {
             self.d.unwanted += 1;
             self.finish_download(tr, false);
             let at = self.now + self.flight(r, s, STOP_BYTES);
@@ -1651,25 +1798,21 @@ impl Sim {
                 self.drain(r);
             }
             return;
+        };
+        if let Some(t) = self.transfers.get_mut(tr) {
+            t.arriving = true;
+            t.partial = follow;
         }
-        // One relay source per part (net.rs relays a part from whichever transfer brings
-        // its pieces); the mesh hears of a second copy too (its first frame is the
-        // supplier's answer, so the request is not counted as stalled).
-        if !registered {
-            if let Some(n) = self.node_mut(r) {
-                n.partials.push((number, part, tr));
-            }
-            if let Some(t) = self.transfers.get_mut(tr) {
-                t.partial = true;
-            }
-        }
+        // The mesh hears of a second copy too: its first frame is the supplier's answer, so
+        // the request is not counted as stalled.
         if let Some(m) = self.mesh(r) {
             m.handle_receiving(now, sid, number, part);
         }
         self.drain(r);
     }
 
-    /// The last piece lands.
+    /// A part's last piece lands: the part is kept unless it is here already, and the
+    /// segment is stored when this part completes it.
     fn deliver(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
@@ -1679,43 +1822,45 @@ impl Sim {
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
         let bit = 1u32 << part;
-        let fresh = self.node(r).is_some_and(|n| {
-            n.alive()
-                && n.got(number) & bit == 0
-                && n.newest.is_none_or(|k| number.saturating_add(STORE) > k)
-        });
-        // The segment is whole when this part completes it.
-        let mut whole = false;
+        // (kept, whole, from several suppliers, the part's other copy relays followed)
+        let mut kept = (false, false, false, None);
+        // Its slot in the store ring must not be the newest's.
+        let room = |n: &Node| n.newest.is_none_or(|k| number.saturating_add(STORE) > k);
+        if let Some(n) = self
+            .node_mut(r)
+            .filter(|n| n.alive() && !n.holds(number) && room(n))
+        {
+            if let Some(a) = n.assembly_mut(number).filter(|a| a.got & bit == 0) {
+                a.got |= bit;
+                if a.first_from == NOBODY {
+                    a.first_from = s;
+                }
+                a.several |= a.first_from != s;
+                let other = a
+                    .arriving
+                    .get_mut(usize::from(part))
+                    .and_then(|x| x.take_if(|x| *x != tr));
+                kept = (true, a.got == ALL_PARTS, a.several, other);
+            }
+        }
+        let (fresh, whole, several, other) = kept;
         if fresh {
             if let Some(t) = self.transfers.get_mut(tr) {
                 t.accepted = true;
             }
-            if let Some(n) = self.node_mut(r) {
-                let mask = match n.got.iter_mut().find(|(k, _)| *k == number) {
-                    Some((_, m)) => {
-                        *m |= bit;
-                        *m
-                    }
-                    None => {
-                        n.got.push((number, bit));
-                        bit
-                    }
-                };
-                whole = mask == ALL_PARTS;
-                if whole {
-                    n.got.retain(|(k, _)| *k != number);
-                }
-                // Bounded: parts of segments long given up are forgotten.
-                if let Some(newest) = n.newest {
-                    n.got
-                        .retain(|(k, _)| k.saturating_add(KEEP_BEHIND) >= newest);
-                }
-            }
-            if whole {
-                self.accept(r, number);
-            }
+        }
+        // A second copy landed first: relays following the other go on from what is here.
+        if let Some(u) = other {
+            self.release_relays(u, true);
         }
         self.finish_download(tr, true);
+        if whole {
+            if let Some(n) = self.node_mut(r) {
+                n.assembling.retain(|a| a.number != number);
+            }
+            self.d.multi_supplier_segments += u64::from(several);
+            self.accept(r, number);
+        }
         // net.rs reports every verified part, a second copy too, then the whole.
         let (now, sid) = (self.instant(self.now), self.id_of(s));
         let (seg, seg_bytes) = (self.cfg.segment(), self.seg_bytes);
@@ -1812,16 +1957,22 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::PARTS;
 
     const MS: Ns = NS_PER_MS;
 
     /// An origin and `viewers` viewers, all connected, with no stream running: the tests
     /// hand the origin a segment and drive the transfers themselves.
     fn swarm(viewers: usize, origin_bps: u64, viewer_bps: u64) -> Sim {
+        swarm_at(2_000_000, viewers, origin_bps, viewer_bps)
+    }
+
+    /// [`swarm`] for a stream of `bitrate` bits/s: 16 Mbit/s gives 16 pieces per part, so
+    /// a part outlasts a link's burst.
+    fn swarm_at(bitrate: u64, viewers: usize, origin_bps: u64, viewer_bps: u64) -> Sim {
         let cfg = SimConfig {
             peers: 0,
             rtt_ms: 10.0,
+            bitrate_bps: bitrate,
             origin_upload_bps: origin_bps,
             viewer_upload_bps: viewer_bps,
             ..SimConfig::default()
@@ -1866,6 +2017,34 @@ mod tests {
         (k == 0).then_some(t)
     }
 
+    fn has_part(sim: &Sim, i: u32, part: u8) -> bool {
+        sim.node(i).unwrap().got(0) & (1 << part) != 0
+    }
+
+    /// Runs to `until`, noting when each of `nodes` first had part `part` of segment 0.
+    fn part_times(sim: &mut Sim, until: Ns, nodes: &[u32], part: u8) -> Vec<Option<Ns>> {
+        let mut times = vec![None; nodes.len()];
+        while let Some(&Reverse((t, _, _))) = sim.queue.peek() {
+            if t > until {
+                break;
+            }
+            sim.run_until(t);
+            for (at, &i) in times.iter_mut().zip(nodes) {
+                if at.is_none() && has_part(sim, i, part) {
+                    *at = Some(sim.now);
+                }
+            }
+        }
+        sim.run_until(until);
+        times
+    }
+
+    /// Bytes of part `part` of a segment.
+    fn part_bytes(sim: &Sim, part: u8) -> u64 {
+        let pieces = part_pieces(sim.pieces as usize, usize::from(part)).unwrap();
+        pieces.map(|i| sim.piece_len(i as u32)).sum()
+    }
+
     fn all_freed(sim: &Sim) -> bool {
         sim.transfers.items.iter().all(|t| !t.live)
     }
@@ -1893,14 +2072,40 @@ mod tests {
         assert_eq!(tc, tb + sim.one_way(b, c));
         assert!(all_freed(&sim));
         assert_eq!(sim.node(b).unwrap().slots_used, 0);
+        assert!(sim.node(b).unwrap().assembling.is_empty());
+    }
+
+    #[test]
+    fn a_relay_is_paced_by_its_own_link_but_starts_early() {
+        // B uploads at 3 Mbit/s, slower than the push of a part (16 pieces) reaches it: C's
+        // copy is bound by B's bucket, yet done well before B could have sent it whole
+        // after holding it.
+        let mut sim = swarm_at(16_000_000, 2, 8_000_000, 3_000_000);
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.push(ORIGIN, sim.id_of(b), 0, LAST);
+        sim.run_until(t0 + sim.one_way(ORIGIN, b));
+        let t1 = sim.now;
+        sim.request(c, sim.id_of(b), 0, LAST);
+        let times = part_times(&mut sim, t0 + 5000 * MS, &[b, c], LAST);
+        let (tb, tc) = (times[0].unwrap(), times[1].unwrap());
+        assert_eq!(sim.d.relayed, 1);
+        let (bytes, rate) = (part_bytes(&sim, LAST), 3_000_000 / 8);
+        let store_and_forward = tb + (bytes - 65_536) * 1_000_000_000 / rate;
+        assert!(tc > tb + sim.one_way(b, c), "bound by B's link");
+        assert!(tc < store_and_forward, "{tc} vs {store_and_forward}");
+        // B's bucket let through at most a burst, its rate over the upload, and the piece
+        // that found it just paid up.
+        let (started, last_left) = (t1 + sim.one_way(c, b), tc - sim.one_way(b, c));
+        let allowed = 65_536.0 + 16_384.0 + rate as f64 * (last_left - started) as f64 / 1e9;
+        assert!(bytes as f64 <= allowed, "{bytes} > {allowed}");
+        assert!(bytes as f64 > allowed - 2.0 * 16_384.0, "and no slower");
     }
 
     #[test]
     fn a_failed_upstream_resets_its_relays() {
-        let mut sim = swarm(3, 8_000_000, 3_000_000);
+        let mut sim = swarm_at(16_000_000, 2, 8_000_000, 3_000_000);
         let (b, c) = (1, 2);
-        // The origin's burst goes to a seed first, so B's part arrives piece by piece.
-        push_all(&mut sim, 3);
         let t0 = sim.now;
         sim.request(b, sim.origin_id, 0, LAST);
         sim.run_until(t0 + sim.rtt(b, ORIGIN));
@@ -1913,32 +2118,88 @@ mod tests {
         sim.cancel(b, sim.origin_id, 0, LAST);
         sim.run_until(t1 + 5000 * MS);
         assert_eq!(sim.d.relay_resets, 1);
-        assert!(arrival(&sim, b).is_none() && arrival(&sim, c).is_none());
+        assert!(!has_part(&sim, b, LAST) && !has_part(&sim, c, LAST));
         assert_eq!(sim.node(b).unwrap().slots_used, 0);
         assert_eq!(sim.node(ORIGIN).unwrap().slots_used, 0);
-        assert!(sim.node(b).unwrap().partials.is_empty());
+        assert_eq!(sim.node(b).unwrap().partial(0, LAST), None);
+        assert!(all_freed(&sim));
+        assert!(sim.d.wasted_bytes > 0);
+    }
+
+    #[test]
+    fn a_second_copy_arriving_takes_over_the_relays() {
+        // B gets part LAST from the origin and from D at once; C's relay follows whichever
+        // landed first. When B drops that one, the relay follows the other copy instead of
+        // being reset, as `net.rs`'s relay reads the pieces whichever transfer lands them.
+        let mut sim = swarm_at(16_000_000, 3, 8_000_000, 8_000_000);
+        let (b, c, d) = (1, 2, 3);
+        let now = sim.now;
+        sim.node_mut(d).unwrap().store(0, now);
+        sim.request(b, sim.origin_id, 0, LAST);
+        sim.request(b, sim.id_of(d), 0, LAST);
+        sim.run_until(now + sim.rtt(b, ORIGIN).max(sim.rtt(b, d)));
+        let first = sim.node(b).unwrap().partial(0, LAST).unwrap();
+        let supplier = sim.transfers.get(first).unwrap().from;
+        let t1 = sim.now;
+        sim.request(c, sim.id_of(b), 0, LAST);
+        sim.run_until(t1 + sim.rtt(b, c));
+        assert_eq!(sim.d.relayed, 1);
+        sim.cancel(b, sim.id_of(supplier), 0, LAST);
+        let after = sim.node(b).unwrap().partial(0, LAST).unwrap();
+        assert_ne!(after, first);
+        assert_ne!(sim.transfers.get(after).unwrap().from, supplier);
+        sim.run_until(t1 + 5000 * MS);
+        assert_eq!(sim.d.relay_resets, 0);
+        assert!(has_part(&sim, b, LAST) && has_part(&sim, c, LAST));
+        assert_eq!(sim.node(b).unwrap().slots_used, 0);
         assert!(all_freed(&sim));
     }
 
     #[test]
     fn upload_slots_turn_extra_requests_away() {
-        // 3 Mbit/s for a 2 Mbit/s stream: one slot once the bitrate is known; 8 before.
-        let mut sim = swarm(3, 8_000_000, 3_000_000);
+        // 3 Mbit/s for a 16 Mbit/s stream: one slot once the bitrate is known; 8 before.
+        let mut sim = swarm_at(16_000_000, 3, 8_000_000, 3_000_000);
         let b = 1;
         assert_eq!(sim.node(ORIGIN).unwrap().slots(), 8);
         assert_eq!(sim.node(b).unwrap().slots(), 8);
         let now = sim.now;
         let n = sim.node_mut(b).unwrap();
         n.store(0, now);
-        n.stream_bps = 2_000_000;
+        n.stream_bps = 16_000_000;
         assert_eq!(n.slots(), 1);
-        // Past the link's burst, one part at a time: the others are told Busy.
-        request_all(&mut sim, 2, b);
+        // A part (16 pieces) outlasts B's burst, so its slot is still taken.
+        sim.request(2, sim.id_of(b), 0, LAST);
         sim.request(3, sim.id_of(b), 0, LAST);
         sim.run_until(now + 5000 * MS);
-        assert!(sim.d.busy > 0);
-        assert_eq!(sim.d.busy_backlog, 0);
+        assert_eq!((sim.d.busy, sim.d.busy_backlog), (1, 0));
+        assert!(has_part(&sim, 2, LAST) != has_part(&sim, 3, LAST));
         assert!(all_freed(&sim));
+    }
+
+    #[test]
+    fn a_segment_comes_in_parts_from_several_suppliers() {
+        // A healthy small swarm, all present before the first segment: every viewer ends
+        // with every segment, and some segments were put together from several suppliers.
+        let cfg = SimConfig {
+            peers: 8,
+            seconds: 10.0,
+            rtt_ms: 20.0,
+            join_window_ms: 200,
+            viewer_upload_bps: 6_000_000,
+            origin_upload_bps: 8_000_000,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(&cfg);
+        sim.start();
+        sim.run_until(sim.end);
+        for i in 1..=cfg.peers as u32 {
+            let missing: Vec<u64> = (0..sim.segments)
+                .filter(|k| !sim.node(i).unwrap().holds(*k))
+                .collect();
+            assert!(missing.is_empty(), "viewer {i} lacks {missing:?}");
+            assert!(sim.node(i).unwrap().assembling.is_empty());
+        }
+        assert!(sim.d.multi_supplier_segments > 0, "{:?}", sim.d);
     }
 
     #[test]

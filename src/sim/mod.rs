@@ -24,20 +24,31 @@
 //!   oldest upload with a piece ready first. A node's backlog is the bucket's debt in time.
 //!   Headers, requests, replies and control messages travel at latency alone (as in
 //!   `net.rs`, only pieces pass the limiter) but count as overhead. Download is unlimited.
-//! - **Cut-through.** A receiver registers a segment as *partial* when its signed header
-//!   lands (one per segment: a second copy arriving is not) and the mesh hears
-//!   `handle_receiving`. A request for a segment the holder has only partially is relayed:
-//!   header at once, then piece `i` is booked no earlier than it landed at the relay, so it
-//!   reaches the requester at `max(landed at the relay, relay's bucket) + latency`. Each
-//!   transfer records when each of its pieces lands, and a relay waiting for a piece is
-//!   woken when its upstream sends it: one event per piece, with no fluid approximation.
-//!   When the upstream completes, its relays go on from the store; when it fails
-//!   (cancelled, its connection ended, refused as unwanted), every relay of it is reset
-//!   and its requester hears a transfer failure (not `Busy`) one latency later, which may
-//!   in turn reset the relays of that requester's own partial.
+//! - **Parts.** A segment moves in [`crate::stream::PARTS`] parts (contiguous runs of
+//!   pieces, [`crate::stream::part_pieces`]); every request, push, cancel and transfer is
+//!   for one part, so a segment can arrive from several suppliers at once. A receiver
+//!   keeps one *assembly* per segment (`net.rs`'s partial): made when the first frame
+//!   carrying the signed header lands, gone once the segment is whole or 64 behind the
+//!   newest held (at most 16 at once, the oldest dropped first). It records which parts
+//!   are complete and, per part, the transfer bringing it. A part is kept when its last
+//!   piece lands (the mesh hears `handle_part`); the part that completes the segment
+//!   stores it (latency, continuity and delivered bytes count then) and the mesh hears
+//!   `handle_segment`.
+//! - **Cut-through.** When a part's first frame lands, the mesh hears `handle_receiving`
+//!   (for a second copy of the part too). A request for a part the holder is receiving
+//!   is relayed: first frame at once, then piece `i` is booked no earlier than it landed
+//!   at the relay, so it reaches the requester at `max(landed at the relay, relay's
+//!   bucket) + latency`. Each transfer records when each of its pieces lands, and a relay
+//!   waiting for a piece is woken when its upstream sends it: one event per piece, with
+//!   no fluid approximation. A relay follows one transfer of its part at the relay: the
+//!   first whose first frame landed. When that one completes (or another copy completes
+//!   the part first), its relays go on from what is here; when it fails (cancelled, its
+//!   connection ended), they follow another copy of the part still arriving there, or,
+//!   with none, are reset and their requester hears a transfer failure (not `Busy`) one
+//!   latency later, which may in turn reset the relays that requester was serving.
 //! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
-//!   latency. A holder that does not upload, or holds the segment neither whole nor
-//!   partial, answers `Unavailable`; one with all its upload slots taken, or with more than
+//!   latency. A holder that does not upload, or holds neither the segment whole nor the
+//!   part complete nor the part arriving, answers `Unavailable`; one with all its upload slots taken, or with more than
 //!   1.5 s of limiter debt, answers `Busy`; both land one latency later. Upload slots
 //!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
@@ -47,11 +58,16 @@
 //!   The origin's pushes go before the requests it serves (`net.rs`'s `UploadClass`): its
 //!   link takes turns, pushes first, then served uploads oldest first (`net.rs` shares the
 //!   rate evenly among those; the difference is confined to the origin's fallback serving).
-//! - **Unwanted** (`net.rs`'s check at the header): a segment the receiver holds, or holds
-//!   64 newer than, is refused when its header lands; the sender stops when that stop
-//!   reaches it. For a request the mesh hears a transfer failure.
-//! - **Cancels.** A request the mesh cancels is dropped by the requester at once (its
-//!   partial and the relays of it go too); the holder stops when the cancel reaches it.
+//! - **Unwanted** (`net.rs`'s check at the first frame): a part of a segment the receiver
+//!   holds, or holds 64 newer than, or a part already complete there, is refused when its
+//!   first frame lands; the sender stops when that stop reaches it. For a request the mesh
+//!   hears a transfer failure.
+//! - **Headers.** A request asks for the signed header only when the requester has no
+//!   assembly of the segment; a push always carries it. The first frame of a reply is a
+//!   `Reply::Part`, with or without the header, sized by `wire::encode`.
+//! - **Cancels.** A part request the mesh cancels is dropped by the requester at once (the
+//!   relays following it follow another copy or are reset, as above); the holder stops
+//!   when the cancel reaches it.
 //! - **Loss.** QUIC is reliable, so loss shows as delay: a message (or piece) of `k` packets
 //!   (1200 bytes each) takes one extra RTT with probability `1 − (1 − loss)^k`; the pieces
 //!   of one stream land in order. Congestion-control slow-down is not modelled. Control
@@ -95,7 +111,7 @@
 //!   `delivered_bytes`: segment bytes viewers accepted (first copies only: a second copy is
 //!   counted in [`SimDetails::wasted_bytes`]).
 //! - `control_overhead`: non-media bytes sent (control frames as `wire::encode` sizes them,
-//!   hellos, requests, reply headers, busy/unavailable replies) / segment bytes sent.
+//!   hellos, requests, replies' first frames, busy/unavailable replies) / segment bytes sent.
 //! - `cpu_s`, `peak_rss_mb`: process figures; [`run`] leaves them zero for the caller
 //!   (`benches/sim.rs` reads `/proc`).
 
@@ -459,34 +475,40 @@ pub struct SimDetails {
     pub on_time: u64,
     /// Segment bytes sent by all nodes (origin included), wasted copies included.
     pub media_sent_bytes: u64,
-    /// Segment bytes sent in transfers whose segment the receiver did not keep: second
+    /// Segment bytes sent in part transfers whose part the receiver did not keep: second
     /// copies, transfers cut short (cancel, unwanted, reset, disconnection) or sent to a
     /// vanished viewer.
     pub wasted_bytes: u64,
     /// Non-media bytes sent.
     pub control_bytes: u64,
-    /// Requests sent.
+    /// Part requests sent: each asks one supplier for one part, so a segment pulled whole
+    /// takes [`crate::stream::PARTS`] of them (this and the counters below count parts).
     pub requests: u64,
     /// Of those, sent to the origin.
     pub origin_requests: u64,
-    /// Pushes sent by the origin.
+    /// Parts pushed by the origin (seeding).
     pub pushes: u64,
-    /// Requests answered `Busy` (no upload slot free, or limiter backlog over 1.5 s).
+    /// Part requests answered `Busy` (no upload slot free, or limiter backlog over 1.5 s).
     pub busy: u64,
     /// Of those, for the limiter backlog (a slot was free).
     pub busy_backlog: u64,
-    /// Pushes the origin skipped because its limiter backlog was 1.5 s or more.
+    /// Part pushes the origin skipped because its limiter backlog was 1.5 s or more.
     pub pushes_skipped: u64,
-    /// Requests served from a partial segment (cut-through relays).
+    /// Part requests served while that part was still arriving at the holder (cut-through
+    /// relays).
     pub relayed: u64,
-    /// Relays reset because their upstream transfer failed.
+    /// Relays reset because the transfer bringing their part failed and no other copy of
+    /// the part was arriving.
     pub relay_resets: u64,
-    /// Transfers refused at the header as unwanted (already held, or too old).
+    /// Part transfers refused at their first frame as unwanted (segment held, part already
+    /// complete, or too old).
     pub unwanted: u64,
-    /// Requests answered `Unavailable`.
+    /// Part requests answered `Unavailable`.
     pub unavailable: u64,
-    /// Requests the mesh cancelled (timed out).
+    /// Part requests the mesh cancelled (timed out, or the segment completed without them).
     pub cancels: u64,
+    /// Segments viewers completed from parts kept from more than one supplier.
+    pub multi_supplier_segments: u64,
     /// Dials attempted.
     pub dials: u64,
     /// Dials that failed (departed target, or refused at the connection cap).
