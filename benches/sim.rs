@@ -74,8 +74,8 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         d.mean_partners
     );
     eprintln!(
-        "  requests {} ({} to origin), pushes {}, busy {}, unavailable {}, cancels {}, \
-         dials {} ({} failed), wasted {:.1} MB, control overhead {:.4}",
+        "  part requests {} ({} to origin), part pushes {}, busy {}, unavailable {}, \
+         cancels {}, dials {} ({} failed), wasted {:.1} MB, control overhead {:.4}",
         d.requests,
         d.origin_requests,
         d.pushes,
@@ -88,8 +88,14 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         r.control_overhead
     );
     eprintln!(
-        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}",
-        d.relayed, d.relay_resets, d.unwanted, d.busy_backlog, d.pushes_skipped
+        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}, \
+         segments from several suppliers {}",
+        d.relayed,
+        d.relay_resets,
+        d.unwanted,
+        d.busy_backlog,
+        d.pushes_skipped,
+        d.multi_supplier_segments
     );
     eprintln!(
         "  {} events, {} ticks ({} stale wake-ups); wall {:.2} s, cpu {:.2} s, peak rss {:.0} MB",
