@@ -1502,6 +1502,7 @@ async fn receive_part(
             || s.newest()
                 .is_some_and(|n| number.saturating_add(KEEP_BEHIND) < n)
     };
+    let mut created = false;
     let partial = if unwanted {
         None
     } else {
@@ -1509,6 +1510,7 @@ async fn receive_part(
         match (map.get(&number), header) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(h)) => {
+                created = true;
                 let p = Arc::new(Partial::new(h));
                 map.insert(number, p.clone());
                 // Bounded: the oldest unfinished segments are the first to go.
@@ -1528,13 +1530,34 @@ async fn receive_part(
             (None, None) => return Err(TransferError::Lost),
         }
     };
+    let pieces = partial.as_ref().map_or(0, |p| p.header.header.pieces.len());
+    let empty = part_pieces(pieces, j).is_none_or(|r| r.is_empty());
     let partial = match partial {
-        Some(p) if !part_complete(&p.lock().pieces, j) => p,
+        // An empty part (a segment with fewer pieces than parts) is complete with its
+        // header: it is answered, not refused, so the mesh counts it as held.
+        Some(p) if empty || !part_complete(&p.lock().pieces, j) => p,
         _ => {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
             return Err(TransferError::Unwanted);
         }
     };
+    if created {
+        // The other empty parts are held as of now too: the mesh need not ask for them.
+        for k in (0..PARTS).filter(|k| *k != j) {
+            if part_pieces(pieces, k).is_some_and(|r| r.is_empty()) {
+                let _ = shared
+                    .events
+                    .send(Event::Part {
+                        from,
+                        number,
+                        part: k as u8,
+                        len: 0,
+                        completed: None,
+                    })
+                    .await;
+            }
+        }
+    }
     let _arriving = Arriving::start(partial.clone(), j);
     // Also for a second copy: its first frame is the supplier's answer, so the mesh does
     // not count the request as stalled (it announces a part only once).
