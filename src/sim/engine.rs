@@ -453,6 +453,8 @@ pub(super) struct Sim {
     /// Piece size `net.rs` sends (and books upload tokens) in.
     piece_bytes: u64,
     pieces: u32,
+    /// Parts with no pieces (a segment of fewer pieces than parts): held with the header.
+    empty_parts: u32,
     origin_id: NodeId,
     loss: f64,
     reply_header_bytes: u64,
@@ -531,6 +533,12 @@ impl Sim {
             seg_bytes,
             piece_bytes,
             pieces: seg_bytes.div_ceil(piece_bytes) as u32,
+            empty_parts: (0..PARTS)
+                .filter(|j| {
+                    let pieces = seg_bytes.div_ceil(piece_bytes) as usize;
+                    part_pieces(pieces, *j).is_none_or(|r| r.is_empty())
+                })
+                .fold(0, |m, j| m | 1 << j),
             origin_id,
             loss: cfg.loss_pct / 100.0,
             reply_header_bytes,
@@ -1760,6 +1768,7 @@ impl Sim {
             (t.from, t.to, t.number, t.part, t.kind, t.with_header);
         let bps = self.seg_bytes * 8000 / self.cfg.segment_ms.max(1);
         let (now, sid) = (self.instant(self.now), self.id_of(s));
+        let (bit, empty) = (1u32 << part, self.empty_parts);
         let Some(n) = self.node_mut(r) else { return };
         if with_header {
             n.note_bitrate(bps);
@@ -1767,15 +1776,28 @@ impl Sim {
         let stale = n.holds(number)
             || n.newest
                 .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k);
+        // The segment's other empty parts are held as of its header (net.rs reports them).
+        let mut empties = 0;
         // The segment's assembly: made from a header, else the one whose header we had
         // (gone only if given up, when `net.rs` fails the transfer as lost).
         let assembly = match (stale, with_header) {
             (true, _) => None,
-            (false, true) => n.assemble(number),
+            (false, true) => {
+                let created = n.assembly(number).is_none();
+                match n.assemble(number) {
+                    Some(a) if created => {
+                        empties = empty & !bit;
+                        a.got |= empties;
+                        Some(a)
+                    }
+                    a => a,
+                }
+            }
             (false, false) => n.assembly_mut(number),
         };
         let accepted = match assembly {
-            Some(a) if a.got & (1 << part) == 0 => {
+            // An empty part is answered even when held: the mesh counts it as held.
+            Some(a) if a.got & bit == 0 || empty & bit != 0 => {
                 let slot = a.arriving.get_mut(usize::from(part));
                 // One transfer per part for relays to follow; a second copy only lands.
                 let follow = slot.as_ref().is_some_and(|x| x.is_none());
@@ -1806,6 +1828,9 @@ impl Sim {
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
         // the request is not counted as stalled.
         if let Some(m) = self.mesh(r) {
+            for k in (0..PARTS as u8).filter(|k| empties & 1 << k != 0) {
+                m.handle_part(now, sid, number, k, 0);
+            }
             m.handle_receiving(now, sid, number, part);
         }
         self.drain(r);
@@ -1821,7 +1846,7 @@ impl Sim {
             return self.maybe_free(tr);
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
-        let bit = 1u32 << part;
+        let (bit, empty) = (1u32 << part, self.empty_parts);
         // (kept, whole, from several suppliers, the part's other copy relays followed)
         let mut kept = (false, false, false, None);
         // Its slot in the store ring must not be the newest's.
@@ -1832,10 +1857,13 @@ impl Sim {
         {
             if let Some(a) = n.assembly_mut(number).filter(|a| a.got & bit == 0) {
                 a.got |= bit;
-                if a.first_from == NOBODY {
-                    a.first_from = s;
+                // Suppliers count by the pieces they brought.
+                if empty & bit == 0 {
+                    if a.first_from == NOBODY {
+                        a.first_from = s;
+                    }
+                    a.several |= a.first_from != s;
                 }
-                a.several |= a.first_from != s;
                 let other = a
                     .arriving
                     .get_mut(usize::from(part))
@@ -2152,6 +2180,29 @@ mod tests {
         assert_eq!(sim.d.relay_resets, 0);
         assert!(has_part(&sim, b, LAST) && has_part(&sim, c, LAST));
         assert_eq!(sim.node(b).unwrap().slots_used, 0);
+        assert!(all_freed(&sim));
+    }
+
+    #[test]
+    fn empty_parts_are_held_with_the_header() {
+        // 4 pieces in 8 parts: every other part is empty, held once a header is here.
+        let mut sim = swarm_at(500_000, 2, 8_000_000, 8_000_000);
+        assert_eq!((sim.pieces, sim.empty_parts.count_ones()), (4, 4));
+        let (b, c) = (1, 2);
+        let t0 = sim.now;
+        sim.push(ORIGIN, sim.id_of(b), 0, 1);
+        sim.run_until(t0 + sim.one_way(ORIGIN, b));
+        let empty = sim.empty_parts;
+        assert_eq!(sim.node(b).unwrap().got(0) & empty, empty);
+        for part in [3, 5, 7] {
+            sim.request(b, sim.origin_id, 0, part);
+        }
+        // An empty part is answered from what is here, not refused.
+        sim.request(c, sim.id_of(b), 0, 0);
+        sim.run_until(t0 + 1000 * MS);
+        assert!(arrival(&sim, b).is_some());
+        assert!(has_part(&sim, c, 0));
+        assert_eq!((sim.d.unavailable, sim.d.unwanted), (0, 0));
         assert!(all_freed(&sim));
     }
 

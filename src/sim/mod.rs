@@ -33,7 +33,9 @@
 //!   are complete and, per part, the transfer bringing it. A part is kept when its last
 //!   piece lands (the mesh hears `handle_part`); the part that completes the segment
 //!   stores it (latency, continuity and delivered bytes count then) and the mesh hears
-//!   `handle_segment`.
+//!   `handle_segment`. A part with no pieces (a segment of fewer pieces than parts) is
+//!   held as soon as the segment's header is: the mesh hears `handle_part` for those at
+//!   once, and a transfer of one is answered, never refused.
 //! - **Cut-through.** When a part's first frame lands, the mesh hears `handle_receiving`
 //!   (for a second copy of the part too). A request for a part the holder is receiving
 //!   is relayed: first frame at once, then piece `i` is booked no earlier than it landed
