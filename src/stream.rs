@@ -388,6 +388,22 @@ mod tests {
     }
 
     #[test]
+    fn parts_cover_every_piece_once_in_order() {
+        for pieces in [0, 1, 3, 7, 8, 9, 16, 100, MAX_PIECES] {
+            let mut next = 0;
+            for part in 0..PARTS {
+                let r = part_pieces(pieces, part).unwrap();
+                assert_eq!(r.start, next, "{pieces} pieces, part {part}");
+                next = r.end;
+            }
+            assert_eq!(next, pieces);
+            assert!(part_pieces(pieces, PARTS).is_none());
+        }
+        // With at least PARTS pieces, no part is empty.
+        assert!((0..PARTS).all(|j| !part_pieces(16, j).unwrap().is_empty()));
+    }
+
+    #[test]
     fn header_round_trip_and_verify() {
         let k = key(1);
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
