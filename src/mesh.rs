@@ -566,6 +566,7 @@ impl Mesh {
         if self.is_origin(&peer) {
             self.origin_retry_at = now + Duration::from_millis(500);
         }
+        self.dial_more_if_viewer(now);
         self.schedule(now);
     }
 
@@ -580,6 +581,7 @@ impl Mesh {
                 self.known.remove(&peer);
             }
         }
+        self.dial_more_if_viewer(now);
     }
 
     /// A control message from a connected peer (after [`Control::validate`]).
@@ -605,6 +607,9 @@ impl Mesh {
                 for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
                     self.add_known(p);
                 }
+                // A joining viewer dials the tracker's sample at once rather than at the
+                // next maintenance: half a second of a join is spent otherwise.
+                self.dial_more_if_viewer(now);
             }
             Control::End { last } => {
                 if self.is_origin(&from) {
@@ -1086,6 +1091,13 @@ impl Mesh {
                     p.next_buffer_map = now + bm;
                 }
             }
+        }
+    }
+
+    /// [`Mesh::dial_more`] for a viewer (the broadcaster dials nobody).
+    fn dial_more_if_viewer(&mut self, now: Instant) {
+        if self.cfg.role == Role::Viewer {
+            self.dial_more(now);
         }
     }
 
@@ -1888,12 +1900,27 @@ mod tests {
             })
             .collect();
         v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        // At once, not at the next maintenance tick: the join waits on these.
+        let dialled = |acts: Vec<Action>| -> Vec<NodeId> {
+            acts.into_iter()
+                .filter_map(|a| match a {
+                    Action::Dial {
+                        peer,
+                        addr: Some(_),
+                    } => Some(peer),
+                    _ => None,
+                })
+                .collect()
+        };
+        let dials = dialled(drain(&mut v));
+        assert_eq!(dials.len(), 4, "bounded by max_pending_dials");
+        // A failed dial is replaced at once by another candidate.
+        v.handle_dial_failed(t0, dials[0]);
+        let again = dialled(drain(&mut v));
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(!dials.contains(&again[0]));
         v.handle_tick(t0 + Duration::from_secs(1));
-        let dials = drain(&mut v)
-            .into_iter()
-            .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
-            .count();
-        assert_eq!(dials, 4, "bounded by max_pending_dials");
+        assert!(dialled(drain(&mut v)).is_empty(), "still 4 pending");
         for i in 40..50 {
             v.handle_connected(t0, id(i), addr(i as u16), Role::Viewer, true);
         }
