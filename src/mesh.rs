@@ -293,6 +293,13 @@ pub struct Mesh {
     pending_dials: BTreeSet<NodeId>,
     banned: BTreeMap<NodeId, Instant>,
     segs: BTreeMap<u64, SegState>,
+    /// Every tracked segment below this is settled: held, or given up with nothing in
+    /// flight and its deadline counted. The per-event scans (scheduling, timeouts,
+    /// deadlines) start here instead of walking the whole window. Lowered when an older
+    /// unheld segment is tracked, raised by [`Mesh::advance_settled`].
+    settled_below: u64,
+    /// The floor at the last [`Mesh::prune`].
+    pruned_floor: u64,
     /// Lowest segment this node still wants; set at join from the origin's buffer map.
     want_from: Option<u64>,
     newest: Option<u64>,
@@ -327,6 +334,8 @@ impl Mesh {
             pending_dials: BTreeSet::new(),
             banned: BTreeMap::new(),
             segs: BTreeMap::new(),
+            settled_below: 0,
+            pruned_floor: 0,
             want_from: None,
             newest: None,
             ended: None,
@@ -360,7 +369,7 @@ impl Mesh {
                 t = t.min(b);
             }
         }
-        for s in self.segs.values() {
+        for (_, s) in self.unsettled() {
             for part in &s.parts {
                 let Some(inf) = part.inflight else { continue };
                 let expiry = inf.since + self.cfg.request_timeout;
@@ -594,14 +603,20 @@ impl Mesh {
                 self.misbehaved(now, from, "second hello");
                 return;
             }
-            Control::Have { number, parts } => self.learn(now, from, &[(number, parts)]),
+            Control::Have { number, parts } => {
+                if !self.learn(now, from, &[(number, parts)]) {
+                    return;
+                }
+            }
             Control::BufferMap { first, bits } => {
                 let numbers: Vec<(u64, u32)> = (0..bits.len() * 8)
                     .filter(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
                     .filter_map(|i| first.checked_add(i as u64))
                     .map(|n| (n, ALL_PARTS))
                     .collect();
-                self.learn(now, from, &numbers);
+                if !self.learn(now, from, &numbers) {
+                    return;
+                }
             }
             Control::Peers { peers } => {
                 for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
@@ -627,9 +642,12 @@ impl Mesh {
     }
 
     /// Records which parts of which segments `from` holds; only the origin (or verified
-    /// data) moves our notion of newest.
-    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) {
+    /// data) moves our notion of newest. False when the news cannot lead to a request (a
+    /// partner announcing parts held or asked for already, the common case), so the caller
+    /// need not schedule.
+    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) -> bool {
         let from_origin = self.is_origin(&from);
+        let mut news = false;
         if self.cfg.role == Role::Viewer
             && !from_origin
             && (self.start_from_partners
@@ -645,11 +663,13 @@ impl Mesh {
                 .filter_map(|(_, p)| p.have.last_key_value().map(|(n, _)| *n));
             let start = others.chain(announced.iter().map(|(n, _)| *n).max()).min();
             if let Some(s) = start {
+                news = true;
                 self.want_from = Some(s.saturating_sub(self.cfg.delay_segments));
                 self.start_from_partners = true;
             }
         }
         let mut max_seen = None;
+        news |= from_origin;
         let lo = self.floor();
         // A peer may announce at most a window ahead of what we know, so a liar cannot
         // make us track an unbounded set.
@@ -671,8 +691,9 @@ impl Mesh {
         }
         let lo = self.floor();
         let Some(peer) = self.peers.get_mut(&from) else {
-            return;
+            return news;
         };
+        let uploads = peer.uploads;
         for (n, parts) in learned.iter().copied().filter(|(n, _)| *n >= lo) {
             *peer.have.entry(n).or_insert(0) |= parts;
         }
@@ -680,32 +701,39 @@ impl Mesh {
             peer.have.pop_first();
         }
         if self.cfg.role == Role::Broadcaster {
-            return;
+            return news;
         }
         // With the origin connected, a partner's claim does not start a deadline for a
         // segment the origin has not announced: a liar announcing the future would make it
         // look late before it is published. Without the origin, partners are all we have.
         let origin_says = self.peers.contains_key(&self.cfg.origin);
-        let exists = |n: u64| from_origin || !origin_says || self.newest.is_none_or(|k| n <= k);
-        for (n, _) in learned {
+        let newest = self.newest;
+        let exists = |n: u64| from_origin || !origin_says || newest.is_none_or(|k| n <= k);
+        for &(n, _) in &learned {
             if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
-                let s = self.segs.entry(n).or_default();
-                s.first_heard.get_or_insert(now);
+                self.track(n).first_heard.get_or_insert(now);
             }
         }
         if from_origin {
             // Numbers are consecutive: everything up to the origin's newest exists.
             if let (Some(w), Some(n)) = (self.want_from, self.newest) {
                 for k in w.max(self.floor())..=n {
-                    self.segs
-                        .entry(k)
-                        .or_default()
-                        .first_heard
-                        .get_or_insert(now);
+                    self.track(k).first_heard.get_or_insert(now);
                 }
             }
         }
         self.prune();
+        // A part we neither hold nor have asked for now has a supplier.
+        news || (uploads
+            && learned.iter().any(|(n, parts)| {
+                self.segs.get(n).is_some_and(|s| {
+                    !s.held
+                        && s.parts
+                            .iter()
+                            .enumerate()
+                            .any(|(j, ps)| parts & bit(j) != 0 && !ps.held && ps.inflight.is_none())
+                })
+            }))
     }
 
     fn advance_newest(&mut self, n: u64) {
@@ -718,6 +746,47 @@ impl Mesh {
         }
     }
 
+    /// The state of segment `n`, tracked from now on if it was not.
+    fn track(&mut self, n: u64) -> &mut SegState {
+        let s = self.segs.entry(n).or_default();
+        if !s.held {
+            self.settled_below = self.settled_below.min(n);
+        }
+        s
+    }
+
+    /// Raises [`Mesh::settled_below`] past the segments settled since it was last raised.
+    /// Neither settles undone: a held segment stays held, and a given-up one is never
+    /// asked for again (the live edge only moves on).
+    fn advance_settled(&mut self) {
+        let lost_before = self.lost_before();
+        let settled =
+            |n: u64, s: &SegState| s.held || (n < lost_before && s.missed && s.inflight() == 0);
+        self.settled_below = match self
+            .segs
+            .range(self.settled_below..)
+            .find(|(n, s)| !settled(**n, s))
+        {
+            Some((&n, _)) => n,
+            None => self
+                .segs
+                .last_key_value()
+                .map_or(self.settled_below, |(&n, _)| n.saturating_add(1)),
+        };
+    }
+
+    /// The segments still being fetched or waited for (with a few settled ones among them).
+    fn unsettled(&self) -> impl Iterator<Item = (&u64, &SegState)> {
+        self.segs.range(self.settled_below..)
+    }
+
+    /// Segments below this are given up: too far behind the newest to be worth fetching
+    /// (the playlist skips them at the same point).
+    fn lost_before(&self) -> u64 {
+        self.newest
+            .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments + 2))
+    }
+
     /// Lowest number worth tracking.
     fn floor(&self) -> u64 {
         self.newest
@@ -727,6 +796,12 @@ impl Mesh {
 
     fn prune(&mut self) {
         let floor = self.floor();
+        // Nothing below the floor is ever added, so a floor that has not risen has nothing
+        // to prune (this runs on every announcement).
+        if floor <= self.pruned_floor && self.pruned_floor != 0 {
+            return;
+        }
+        self.pruned_floor = floor;
         while let Some((&n, _)) = self.segs.first_key_value() {
             if n >= floor {
                 break;
@@ -760,7 +835,7 @@ impl Mesh {
         if let Some(p) = self.peers.get_mut(&from) {
             p.stalls = 0;
         }
-        let s = self.segs.entry(number).or_default();
+        let s = self.track(number);
         s.first_heard.get_or_insert(now);
         if let Some(ps) = s.parts.get_mut(j) {
             ps.receiving_since = Some(now);
@@ -999,7 +1074,8 @@ impl Mesh {
         let timeout = self.cfg.request_timeout;
         let header_timeout = self.header_timeout();
         let mut expired = Vec::new();
-        for (n, s) in self.segs.iter_mut() {
+        self.advance_settled();
+        for (n, s) in self.segs.range_mut(self.settled_below..) {
             for (j, ps) in s.parts.iter_mut().enumerate() {
                 let Some(inf) = ps.inflight else { continue };
                 // An honest supplier answers at once (first frame or Busy); silence is a stall.
@@ -1028,7 +1104,7 @@ impl Mesh {
         }
         // Count deadlines passed without the segment.
         let budget = self.cfg.playout_budget;
-        for s in self.segs.values_mut() {
+        for s in self.segs.range_mut(self.settled_below..).map(|(_, s)| s) {
             if !s.held && !s.missed && s.first_heard.is_some_and(|h| now >= h + budget) {
                 s.missed = true;
                 self.stats.missed_deadlines += 1;
@@ -1224,20 +1300,32 @@ impl Mesh {
         let Some(want_from) = self.want_from else {
             return;
         };
-        let mut inflight: usize = self.segs.values().map(SegState::inflight).sum();
+        self.advance_settled();
+        let mut inflight: usize = self.unsettled().map(|(_, s)| s.inflight()).sum();
         if inflight >= self.cfg.max_inflight_total {
             return;
         }
+        // Most calls find every supplier busy or at its in-flight cap: then nothing can be
+        // asked, and the ordering below is not worth computing.
+        let max = self.cfg.max_inflight_per_partner;
+        let askable = |p: &Peer| p.inflight < max && p.busy_until.is_none_or(|t| now >= t);
+        let origin_askable = self.peers.get(&self.cfg.origin).is_some_and(askable);
+        if !origin_askable
+            && !self
+                .peers
+                .iter()
+                .any(|(id, p)| !self.is_origin(id) && p.uploads && askable(p))
+        {
+            return;
+        }
         let fallback = self.origin_wait();
-        let lost_before = self
-            .newest
-            .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments + 2));
+        let lost_before = self.lost_before();
         // (late, not urgent, suppliers, number, rotated part): on-time segments first, the
         // urgent ones (origin wait over) before the rest, rarest first among equals. A segment
         // past its deadline goes last: chasing it first would make the next ones late too.
         let budget = self.cfg.playout_budget;
         let mut order: Vec<(bool, bool, usize, u64, usize)> = Vec::new();
-        for (&n, s) in &self.segs {
+        for (&n, s) in self.unsettled() {
             if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
             }
@@ -1250,6 +1338,18 @@ impl Mesh {
             };
             let urgent = s.first_heard.is_some_and(|h| now >= h + wait);
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
+            // Partners holding or receiving each part: one lookup per partner.
+            let mut suppliers = [0usize; PARTS];
+            for (id, p) in &self.peers {
+                if self.is_origin(id) || !p.uploads {
+                    continue;
+                }
+                if let Some(m) = p.have.get(&n) {
+                    for (j, c) in suppliers.iter_mut().enumerate() {
+                        *c += usize::from(m & bit(j) != 0);
+                    }
+                }
+            }
             for k in 0..PARTS {
                 let j = (k + self.part_offset) % PARTS;
                 let Some(ps) = s.parts.get(j) else { continue };
@@ -1263,15 +1363,7 @@ impl Mesh {
                 {
                     continue;
                 }
-                let suppliers = self
-                    .peers
-                    .iter()
-                    .filter(|(id, p)| {
-                        !self.is_origin(id)
-                            && p.uploads
-                            && p.have.get(&n).is_some_and(|m| m & bit(j) != 0)
-                    })
-                    .count();
+                let suppliers = suppliers.get(j).copied().unwrap_or(0);
                 order.push((late, !urgent, suppliers, n, k));
             }
         }
@@ -1287,15 +1379,10 @@ impl Mesh {
                 // No partner can deliver: go to the origin once the wait is over.
                 None if !not_urgent => {
                     let origin = self.cfg.origin;
-                    match self.peers.get(&origin) {
-                        Some(p)
-                            if p.inflight < self.cfg.max_inflight_per_partner
-                                && p.busy_until.is_none_or(|t| now >= t) =>
-                        {
-                            Some(origin)
-                        }
-                        _ => None,
-                    }
+                    self.peers
+                        .get(&origin)
+                        .filter(|p| askable(p))
+                        .map(|_| origin)
                 }
                 None => None,
             };
