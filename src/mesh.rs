@@ -1320,23 +1320,29 @@ impl Mesh {
         }
         let fallback = self.origin_wait();
         let lost_before = self.lost_before();
-        // (late, not urgent, suppliers, number, rotated part): on-time segments first, the
-        // urgent ones (origin wait over) before the rest, rarest first among equals. A segment
-        // past its deadline goes last: chasing it first would make the next ones late too.
+        // (late, not first, suppliers, number, rotated part, urgent): on-time segments first,
+        // the urgent ones (origin wait over) and a joiner's join segment before the rest,
+        // rarest first among equals. A segment past its deadline goes last: chasing it first
+        // would make the next ones late too. Only urgent parts may go to the origin.
         let budget = self.cfg.playout_budget;
-        let mut order: Vec<(bool, bool, usize, u64, usize)> = Vec::new();
+        let mut order: Vec<(bool, bool, usize, u64, usize, bool)> = Vec::new();
         for (&n, s) in self.unsettled() {
             if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
             }
             // The join segment is what the player waits for: if no partner has announced it
             // shortly after joining, the origin is asked at once rather than after the wait.
-            let wait = if n == want_from && !self.started {
+            let joining = n == want_from && !self.started;
+            let wait = if joining {
                 JOIN_ORIGIN_WAIT.min(fallback)
             } else {
                 fallback
             };
             let urgent = s.first_heard.is_some_and(|h| now >= h + wait);
+            // It also goes first from the start: a joiner hears of its join segment and the
+            // few after it at once, and rarest-first would fetch the live one (the rarest)
+            // before the one the player starts with.
+            let first = urgent || joining;
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
             // Partners holding or receiving each part: one lookup per partner.
             let mut suppliers = [0usize; PARTS];
@@ -1364,11 +1370,11 @@ impl Mesh {
                     continue;
                 }
                 let suppliers = suppliers.get(j).copied().unwrap_or(0);
-                order.push((late, !urgent, suppliers, n, k));
+                order.push((late, !first, suppliers, n, k, urgent));
             }
         }
         order.sort_unstable();
-        for (_, not_urgent, _, n, k) in order {
+        for (_, _, _, n, k, urgent) in order {
             if inflight >= self.cfg.max_inflight_total {
                 break;
             }
@@ -1377,7 +1383,7 @@ impl Mesh {
             let chosen = match pick {
                 Some(p) => Some(p),
                 // No partner can deliver: go to the origin once the wait is over.
-                None if !not_urgent => {
+                None if urgent => {
                     let origin = self.cfg.origin;
                     self.peers
                         .get(&origin)

@@ -568,14 +568,20 @@ impl Sim {
         if self.segments > 0 {
             self.at(self.seg_ns, Ev::Publish);
         }
+        // Segment k is published at (k + 1) segments.
+        let first = self
+            .cfg
+            .join_after
+            .saturating_add(1)
+            .saturating_mul(self.seg_ns);
         let window = self.cfg.join_window_ms * NS_PER_MS;
         for _ in 0..self.cfg.peers {
-            let t = self.rng.gen_range(0..=window);
+            let t = first + self.rng.gen_range(0..=window);
             self.at(t, Ev::Join);
         }
         if self.cfg.churn_pct_per_min > 0.0 && self.cfg.peers > 0 {
             let gap = self.churn_gap();
-            self.at(window.saturating_add(gap), Ev::Leave);
+            self.at((first + window).saturating_add(gap), Ev::Leave);
         }
     }
 

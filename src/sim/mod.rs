@@ -95,6 +95,9 @@
 //! - **Publishing.** The origin publishes segment `k` (`bitrate × segment_ms` bytes) at
 //!   `(k + 1) × segment_ms` for the first `seconds`, then the run drains for the hold-back so
 //!   every published segment's deadline is judged.
+//! - **Joining.** The initial viewers start uniformly within `join_window_ms` of segment
+//!   `join_after` being published (0 by default), as `benches/swarm`'s do: they join a
+//!   running stream rather than wait for it to begin.
 //! - **Not modelled:** per-connection limits on concurrent serves (8) and pushes (4), which
 //!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
 //!   (every node keeps 64 segments); CPU time.
@@ -193,8 +196,11 @@ pub struct SimConfig {
     pub delay_segments: u64,
     /// Viewer upload classes (`--upload-mix`); when non-empty, overrides `viewer_upload_bps`.
     pub upload_mix: Vec<UploadClass>,
-    /// Initial viewers start uniformly within this many ms (`--join-window-ms`).
+    /// Initial viewers start uniformly within this many ms (`--join-window-ms`)…
     pub join_window_ms: u64,
+    /// …from the moment segment `join_after` is published (`--join-after`), so they join a
+    /// running stream, as `benches/swarm`'s viewers do.
+    pub join_after: u64,
     /// How long partners take to notice an abrupt departure, ms (`--leave-detect-ms`).
     pub leave_detect_ms: u64,
     /// How long a dial to a departed node takes to fail, ms (`--dial-timeout-ms`).
@@ -229,6 +235,7 @@ impl Default for SimConfig {
             delay_segments: 3,
             upload_mix: Vec::new(),
             join_window_ms: 5000,
+            join_after: 0,
             leave_detect_ms: 10_000,
             dial_timeout_ms: 10_000,
             tick_floor_ms: 1,
@@ -273,6 +280,7 @@ impl SimConfig {
                 "--delay",
                 "--upload-mix",
                 "--join-window-ms",
+                "--join-after",
                 "--leave-detect-ms",
                 "--dial-timeout-ms",
                 "--tick-floor-ms",
@@ -303,6 +311,7 @@ impl SimConfig {
                 "--delay" => c.delay_segments = value.parse().map_err(|_| bad())?,
                 "--upload-mix" => c.upload_mix = parse_mix(&value).ok_or_else(bad)?,
                 "--join-window-ms" => c.join_window_ms = value.parse().map_err(|_| bad())?,
+                "--join-after" => c.join_after = value.parse().map_err(|_| bad())?,
                 "--leave-detect-ms" => c.leave_detect_ms = value.parse().map_err(|_| bad())?,
                 "--dial-timeout-ms" => c.dial_timeout_ms = value.parse().map_err(|_| bad())?,
                 "--tick-floor-ms" => c.tick_floor_ms = value.parse().map_err(|_| bad())?,
