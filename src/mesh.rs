@@ -1552,6 +1552,43 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_fetches_its_join_segment_before_the_rarer_live_ones() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 20,
+                parts: ALL_PARTS,
+            },
+        );
+        assert_eq!(v.want_from(), Some(17));
+        // Two partners hold 17..=19 and are asked for parts of 17 (two each); the third also
+        // holds 20, which is then the rarest: rarest-first alone would ask it for 20, while
+        // the player is waiting for the rest of 17.
+        for p in [31, 32, 30] {
+            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+            v.handle_control(
+                t0,
+                id(p),
+                Control::BufferMap {
+                    first: 17,
+                    bits: vec![if p == 30 { 0b1111 } else { 0b0111 }],
+                },
+            );
+        }
+        let asked = requests(&drain(&mut v));
+        let from_30: Vec<u64> = asked
+            .iter()
+            .filter(|(p, _)| *p == id(30))
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(from_30, vec![17, 17], "{asked:?}");
+    }
+
+    #[test]
     fn a_joining_viewer_asks_the_origin_for_its_first_segment_soon() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
