@@ -568,11 +568,9 @@ impl Sim {
         if self.segments > 0 {
             self.at(self.seg_ns, Ev::Publish);
         }
-        // Segment k is published at (k + 1) segments.
-        let first = self
-            .cfg
-            .join_after
-            .saturating_add(1)
+        // Segment k is published at (k + 1) segments (−1: time zero).
+        let first = u64::try_from(self.cfg.join_after.saturating_add(1))
+            .unwrap_or(0)
             .saturating_mul(self.seg_ns);
         let window = self.cfg.join_window_ms * NS_PER_MS;
         for _ in 0..self.cfg.peers {

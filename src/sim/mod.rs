@@ -97,7 +97,8 @@
 //!   every published segment's deadline is judged.
 //! - **Joining.** The initial viewers start uniformly within `join_window_ms` of segment
 //!   `join_after` being published (0 by default), as `benches/swarm`'s do: they join a
-//!   running stream rather than wait for it to begin.
+//!   running stream rather than wait for it to begin. With −1 they start from time zero,
+//!   before the first segment, and need no catch-up.
 //! - **Not modelled:** per-connection limits on concurrent serves (8) and pushes (4), which
 //!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
 //!   (every node keeps 64 segments); CPU time.
@@ -199,8 +200,9 @@ pub struct SimConfig {
     /// Initial viewers start uniformly within this many ms (`--join-window-ms`)…
     pub join_window_ms: u64,
     /// …from the moment segment `join_after` is published (`--join-after`), so they join a
-    /// running stream, as `benches/swarm`'s viewers do.
-    pub join_after: u64,
+    /// running stream, as `benches/swarm`'s viewers do; −1 starts them at time zero, a
+    /// second before the first segment: an audience waiting for a scheduled start.
+    pub join_after: i64,
     /// How long partners take to notice an abrupt departure, ms (`--leave-detect-ms`).
     pub leave_detect_ms: u64,
     /// How long a dial to a departed node takes to fail, ms (`--dial-timeout-ms`).
@@ -346,6 +348,9 @@ impl SimConfig {
         }
         if self.segment_bytes() > u64::from(crate::stream::MAX_SEGMENT_LEN) {
             return err("segments would exceed the 64 MiB segment limit");
+        }
+        if self.join_after < -1 {
+            return err("join-after must be -1 or a segment number");
         }
         if self.delay_segments > MAX_DELAY_SEGMENTS {
             return err("delay must be at most 32 segments");
@@ -646,6 +651,14 @@ mod tests {
         assert!(matches!(
             SimConfig::from_args(["--bitrate", "fast"]),
             Err(SimError::BadValue { .. })
+        ));
+        assert_eq!(
+            SimConfig::from_args(["--join-after", "-1"]).map(|c| c.join_after),
+            Ok(-1)
+        );
+        assert!(matches!(
+            SimConfig::from_args(["--join-after", "-2"]),
+            Err(SimError::Invalid(_))
         ));
     }
 
