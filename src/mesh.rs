@@ -64,6 +64,8 @@ const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
 const MAX_SEED_DEBT: usize = 4 * PARTS;
 /// Re-dial period for the origin while this viewer has few partners.
 const ORIGIN_RETRY: Duration = Duration::from_secs(2);
+/// A connection to the origin that ends sooner than this was a refusal, not a loss.
+const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
 /// Re-dial period for the origin once this viewer has partners to pull from.
 const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
@@ -309,6 +311,12 @@ pub struct Mesh {
     /// The latest time any input carried; wake-ups at or before it are already due.
     last_now: Instant,
     origin_retry_at: Instant,
+    /// Dials to the origin that failed, and connections to it that ended within
+    /// [`ORIGIN_SHORT_LIVED`] (turned away: its partner set is full), since the last that
+    /// lasted; each doubles the wait before the next dial.
+    origin_failures: u32,
+    /// When the connection to the origin opened.
+    origin_since: Option<Instant>,
     push_cursor: usize,
     /// `want_from` was taken from partners (the origin is full) and no data has come yet.
     start_from_partners: bool,
@@ -343,6 +351,8 @@ impl Mesh {
             next_maintenance: now,
             last_now: now,
             origin_retry_at: now,
+            origin_failures: 0,
+            origin_since: None,
             push_cursor: 0,
             start_from_partners: false,
             part_offset: 0,
@@ -506,6 +516,7 @@ impl Mesh {
         }
         if role == Role::Broadcaster {
             self.start_from_partners = false;
+            self.origin_since = Some(now);
         }
         if let Some(k) = self.known.get_mut(&peer) {
             k.failures = 0;
@@ -573,7 +584,11 @@ impl Mesh {
             }
         }
         if self.is_origin(&peer) {
-            self.origin_retry_at = now + Duration::from_millis(500);
+            let short = self
+                .origin_since
+                .take()
+                .is_none_or(|t| now.saturating_duration_since(t) < ORIGIN_SHORT_LIVED);
+            self.origin_failed(now, short);
         }
         self.dial_more_if_viewer(now);
         self.schedule(now);
@@ -582,6 +597,9 @@ impl Mesh {
     /// A dial to `peer` failed.
     pub fn handle_dial_failed(&mut self, now: Instant, peer: NodeId) {
         self.pending_dials.remove(&peer);
+        if self.is_origin(&peer) {
+            self.origin_failed(now, true);
+        }
         if let Some(k) = self.known.get_mut(&peer) {
             k.failures += 1;
             let backoff = Duration::from_secs(2u64.saturating_pow(k.failures.min(6)));
@@ -1168,6 +1186,26 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    /// The origin was lost (`failed`: turned away or never reached): when to dial it again.
+    /// A flash crowd beyond the origin's partner cap is turned away (or, past its connection
+    /// cap, refused) every time; redialling all at a fixed period kept the cap full and left
+    /// thousands of viewers with no way in. Each failure doubles the wait, with jitter, so
+    /// the crowd spreads out and joins through the peers it is handed.
+    fn origin_failed(&mut self, now: Instant, failed: bool) {
+        if failed {
+            self.origin_failures = self.origin_failures.saturating_add(1);
+        } else {
+            self.origin_failures = 0;
+        }
+        let base = Duration::from_millis(500) * 2u32.saturating_pow(self.origin_failures.min(6));
+        let mut wait = base.min(ORIGIN_RETRY_WITH_PARTNERS);
+        if failed && self.viewer_count() >= self.cfg.target_partners / 2 {
+            // With partners, the origin is only a fallback.
+            wait = ORIGIN_RETRY_WITH_PARTNERS;
+        }
+        self.origin_retry_at = now + wait.mul_f64(self.rng.gen_range(1.0..1.5));
     }
 
     /// [`Mesh::dial_more`] for a viewer (the broadcaster dials nobody).
@@ -1919,18 +1957,61 @@ mod tests {
         };
         let mut t = t0 + ORIGIN_RETRY * 2;
         v.handle_dial_failed(t, id(ORIGIN));
-        v.handle_tick(t);
-        assert!(dials_origin(&mut v), "first re-dial");
-        v.handle_dial_failed(t, id(ORIGIN));
         t += ORIGIN_RETRY * 2;
         v.handle_tick(t);
         assert!(
             !dials_origin(&mut v),
             "not every {ORIGIN_RETRY:?} with partners"
         );
-        t += ORIGIN_RETRY_WITH_PARTNERS;
+        t += ORIGIN_RETRY_WITH_PARTNERS.mul_f64(1.5);
         v.handle_tick(t);
         assert!(dials_origin(&mut v), "but again later");
+    }
+
+    #[test]
+    fn a_refused_viewer_backs_off_the_origin_more_each_time() {
+        // A flash crowd past the origin's caps, all redialling at one fixed period, keeps
+        // the caps full: each refusal doubles the wait (jittered), up to the 30 s cap.
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        let mut dials = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(120) {
+            v.handle_tick(t);
+            if drain(&mut v)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(ORIGIN)))
+            {
+                dials.push(t);
+                v.handle_dial_failed(t, id(ORIGIN));
+            }
+            t += Duration::from_millis(50);
+        }
+        let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 5, "{gaps:?}");
+        assert!(gaps[4] >= gaps[0] * 8, "{gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= ORIGIN_RETRY_WITH_PARTNERS * 2),
+            "{gaps:?}"
+        );
+        // A connection that lasted resets it: the next loss is retried at once (the first
+        // wait, plus a maintenance period).
+        v.handle_connected(t, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        t += ORIGIN_SHORT_LIVED * 2;
+        v.handle_disconnected(t, id(ORIGIN));
+        drain(&mut v);
+        let lost = t;
+        while !v.peers.contains_key(&id(ORIGIN)) && t < lost + Duration::from_secs(5) {
+            t += Duration::from_millis(50);
+            v.handle_tick(t);
+            if drain(&mut v)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(ORIGIN)))
+            {
+                break;
+            }
+        }
+        assert!(t - lost <= Duration::from_millis(1500), "{:?}", t - lost);
     }
 
     #[test]
