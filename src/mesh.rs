@@ -1589,9 +1589,8 @@ mod tests {
         assert!(late.iter().all(|r| *r == (id(ORIGIN), 101)), "{late:?}");
     }
 
-    #[test]
-    fn a_joiner_fetches_its_join_segment_before_the_rarer_live_ones() {
-        let t0 = Instant::now();
+    /// A viewer connected to the origin, which announces segment 20: it joins at 17.
+    fn joined_at_20(t0: Instant) -> Mesh {
         let mut v = viewer(10, t0);
         v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
         v.handle_control(
@@ -1603,6 +1602,13 @@ mod tests {
             },
         );
         assert_eq!(v.want_from(), Some(17));
+        v
+    }
+
+    #[test]
+    fn a_joiner_fetches_its_join_segment_before_the_rarer_live_ones() {
+        let t0 = Instant::now();
+        let mut v = joined_at_20(t0);
         // Two partners hold 17..=19 and are asked for parts of 17 (two each); the third also
         // holds 20, which is then the rarest: rarest-first alone would ask it for 20, while
         // the player is waiting for the rest of 17.
@@ -1629,17 +1635,7 @@ mod tests {
     #[test]
     fn a_joining_viewer_asks_the_origin_for_its_first_segment_soon() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_control(
-            t0,
-            id(ORIGIN),
-            Control::Have {
-                number: 20,
-                parts: ALL_PARTS,
-            },
-        );
-        assert_eq!(v.want_from(), Some(17));
+        let mut v = joined_at_20(t0);
         assert!(requests(&drain(&mut v)).is_empty());
         assert!(v.poll_timeout() <= t0 + JOIN_ORIGIN_WAIT);
         v.handle_tick(t0 + JOIN_ORIGIN_WAIT);

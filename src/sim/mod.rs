@@ -55,7 +55,7 @@
 //!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
 //!   8 at the broadcaster, which receives none. A slot is held until the last piece has left
-//!   (or the upload stops). Busy backoff is the mesh's own (250 ms per peer).
+//!   (or the upload stops). Busy backoff is the mesh's own (100 ms per peer).
 //! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
 //!   The origin's pushes go before the requests it serves (`net.rs`'s `UploadClass`): its
 //!   link takes turns, pushes first, then served uploads oldest first (`net.rs` shares the
