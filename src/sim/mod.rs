@@ -219,7 +219,7 @@ pub struct SimConfig {
 }
 
 /// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
-pub const ORIGIN_CONNECTION_HEADROOM: usize = 96;
+pub const ORIGIN_CONNECTION_HEADROOM: usize = 1024;
 
 impl Default for SimConfig {
     fn default() -> SimConfig {
