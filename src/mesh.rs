@@ -30,7 +30,7 @@
 //! different viewer (`seed_fanout` copies in all, one by default), so the segment
 //! enters the swarm at several points at once and the origin's upload stays near one
 //! copy; a viewer asks the broadcaster itself only when no partner has a part by the
-//! time half of its playout budget is spent (200 ms for a joining viewer's first
+//! time half of its playout budget is spent (400 ms for a joining viewer's first
 //! segment, which the player is waiting for).
 //!
 //! Why parts: with whole-segment requests a viewer whose upload is below twice the
@@ -59,7 +59,7 @@ const MAX_STALLS: u32 = 3;
 /// How long a joining viewer waits for partners to announce its first segment before it
 /// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
 /// arrive, short next to the wait for the stream's later segments.
-const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
+const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(400);
 /// Most parts the broadcaster owes as seeds (see [`Mesh::handle_publish`]).
 const MAX_SEED_DEBT: usize = 4 * PARTS;
 /// Re-dial period for the origin while this viewer has few partners.
