@@ -275,6 +275,13 @@ impl SegState {
     }
 }
 
+impl Peer {
+    /// Below its in-flight cap and not backed off after a `Busy`.
+    fn askable(&self, max_inflight: usize, now: Instant) -> bool {
+        self.inflight < max_inflight && self.busy_until.is_none_or(|t| now >= t)
+    }
+}
+
 fn bit(part: usize) -> u32 {
     1 << part
 }
@@ -1348,7 +1355,7 @@ impl Mesh {
         // Most calls find every supplier busy or at its in-flight cap: then nothing can be
         // asked, and the ordering below is not worth computing.
         let max = self.cfg.max_inflight_per_partner;
-        let askable = |p: &Peer| p.inflight < max && p.busy_until.is_none_or(|t| now >= t);
+        let askable = |p: &Peer| p.askable(max, now);
         let origin_askable = self.peers.get(&self.cfg.origin).is_some_and(askable);
         if !origin_askable
             && !self
@@ -1456,8 +1463,7 @@ impl Mesh {
         for (id, p) in &self.peers {
             if *id == self.cfg.origin
                 || !p.uploads
-                || p.inflight >= max
-                || p.busy_until.is_some_and(|t| self.last_now < t)
+                || !p.askable(max, self.last_now)
                 || p.have.get(&n).is_none_or(|m| m & bit(part) == 0)
                 || failed.contains(id)
             {
