@@ -190,7 +190,10 @@ impl Live {
         let mut count = 0;
         while let Some(a) = self.mesh.poll_action() {
             count += 1;
-            if let Action::Request { peer, number, part } = a {
+            if let Action::Request {
+                peer, number, part, ..
+            } = a
+            {
                 self.asked_partners += u64::from(peer != self.origin);
                 self.fresh.push((peer, number, part));
             }

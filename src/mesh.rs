@@ -169,6 +169,9 @@ pub enum Action {
         number: u64,
         /// Which part of it (below [`PARTS`]).
         part: u8,
+        /// For the segment a joining viewer's player is waiting for: the supplier serves
+        /// it beyond its upload-slot cap (see [`crate::wire::Request::join`]).
+        join: bool,
     },
     /// Abandon an outstanding request (it timed out, or the segment is complete).
     Cancel {
@@ -1349,7 +1352,10 @@ impl Mesh {
         };
         self.advance_settled();
         let mut inflight: usize = self.unsettled().map(|(_, s)| s.inflight()).sum();
-        if inflight >= self.cfg.max_inflight_total {
+        // The join segment's parts are asked for all at once, beyond the total cap: the
+        // player waits for them, and each goes to a different supplier's join slot.
+        let join_segment = (!self.started).then_some(want_from);
+        if inflight >= self.cfg.max_inflight_total && join_segment.is_none() {
             return;
         }
         // Most calls find every supplier busy or at its in-flight cap: then nothing can be
@@ -1422,8 +1428,8 @@ impl Mesh {
         }
         order.sort_unstable();
         for (_, _, _, n, k, urgent) in order {
-            if inflight >= self.cfg.max_inflight_total {
-                break;
+            if inflight >= self.cfg.max_inflight_total && join_segment != Some(n) {
+                continue;
             }
             let j = (k + self.part_offset) % PARTS;
             let pick = self.pick_supplier(n, j);
@@ -1451,6 +1457,7 @@ impl Mesh {
                     peer,
                     number: n,
                     part: j as u8,
+                    join: join_segment == Some(n),
                 });
             }
         }
@@ -1533,7 +1540,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Request { peer, number, part } => Some((*peer, *number, *part)),
+                Action::Request {
+                    peer, number, part, ..
+                } => Some((*peer, *number, *part)),
                 _ => None,
             })
             .collect()
@@ -1613,6 +1622,19 @@ mod tests {
         v
     }
 
+    /// Partner `p` connects to `v` and announces the segments `bits` marks from 17 up.
+    fn partner_holding(v: &mut Mesh, t0: Instant, p: u8, bits: u8) {
+        v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+        v.handle_control(
+            t0,
+            id(p),
+            Control::BufferMap {
+                first: 17,
+                bits: vec![bits],
+            },
+        );
+    }
+
     #[test]
     fn a_joiner_fetches_its_join_segment_before_the_rarer_live_ones() {
         let t0 = Instant::now();
@@ -1621,15 +1643,7 @@ mod tests {
         // holds 20, which is then the rarest: rarest-first alone would ask it for 20, while
         // the player is waiting for the rest of 17.
         for p in [31, 32, 30] {
-            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
-            v.handle_control(
-                t0,
-                id(p),
-                Control::BufferMap {
-                    first: 17,
-                    bits: vec![if p == 30 { 0b1111 } else { 0b0111 }],
-                },
-            );
+            partner_holding(&mut v, t0, p, if p == 30 { 0b1111 } else { 0b0111 });
         }
         let asked = requests(&drain(&mut v));
         let from_30: Vec<u64> = asked
@@ -1638,6 +1652,55 @@ mod tests {
             .map(|(_, n)| *n)
             .collect();
         assert_eq!(from_30, vec![17, 17], "{asked:?}");
+    }
+
+    #[test]
+    fn a_joiner_asks_for_every_part_of_its_join_segment_at_once_flagged_join() {
+        let t0 = Instant::now();
+        let mut v = joined_at_20(t0);
+        // Five partners hold 17..=20: the total cap (6) would leave two parts of 17 waiting.
+        for p in 30..35 {
+            partner_holding(&mut v, t0, p, 0b1111);
+        }
+        let asked: Vec<(u64, u8, bool)> = drain(&mut v)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Request {
+                    number, part, join, ..
+                } => Some((number, part, join)),
+                _ => None,
+            })
+            .collect();
+        let mut join_parts: Vec<u8> = asked
+            .iter()
+            .filter(|(n, _, _)| *n == 17)
+            .map(|(_, p, _)| *p)
+            .collect();
+        join_parts.sort_unstable();
+        assert_eq!(
+            join_parts,
+            (0..PARTS as u8).collect::<Vec<_>>(),
+            "{asked:?}"
+        );
+        // Only the join segment is flagged, and only it goes beyond the total cap.
+        assert!(
+            asked.iter().all(|(n, _, join)| *join == (*n == 17)),
+            "{asked:?}"
+        );
+        assert!(
+            asked.len() <= PARTS.max(v.cfg.max_inflight_total),
+            "{asked:?}"
+        );
+        // Once the join is over, nothing is flagged.
+        for part in 0..PARTS as u8 {
+            v.handle_receiving(t0, id(30), 17, part);
+        }
+        v.handle_segment(t0, Some(id(30)), 17, 8000);
+        v.handle_tick(t0 + Duration::from_secs(5));
+        let later = drain(&mut v);
+        assert!(later
+            .iter()
+            .all(|a| !matches!(a, Action::Request { join: true, .. })));
     }
 
     #[test]
@@ -2192,7 +2255,10 @@ mod tests {
             let now = t0 + Duration::from_secs(step);
             v.handle_tick(now);
             for a in drain(&mut v) {
-                if let Action::Request { peer, number, part } = a {
+                if let Action::Request {
+                    peer, number, part, ..
+                } = a
+                {
                     v.handle_transfer_failed(now, peer, number, part, true);
                 }
             }

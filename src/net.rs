@@ -884,14 +884,19 @@ impl Driver {
                         }
                     }
                 }
-                Action::Request { peer, number, part } => {
+                Action::Request {
+                    peer,
+                    number,
+                    part,
+                    join,
+                } => {
                     if let Some(c) = self.conns.get(&peer) {
                         let h = tokio::spawn(request(
                             self.shared.clone(),
                             c.conn.clone(),
                             peer,
-                            number,
-                            part,
+                            (number, part),
+                            join,
                         ));
                         self.transfers
                             .insert((peer, number, part), h.abort_handle());
@@ -1672,7 +1677,13 @@ async fn report_transfer(
     let _ = shared.events.send(ev).await;
 }
 
-async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, part: u8) {
+async fn request(
+    shared: Arc<Shared>,
+    conn: Connection,
+    peer: NodeId,
+    (number, part): (u64, u8),
+    join: bool,
+) {
     let res = async {
         let (mut send, recv) = conn
             .open_bi()
@@ -1688,6 +1699,7 @@ async fn request(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u6
             number,
             part,
             header,
+            join,
         });
         add(&shared.counters.control_bytes, frame.len() as u64);
         send.write_all(&frame)
@@ -1751,7 +1763,7 @@ async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: R
         let _ = send.finish();
         return;
     }
-    let slot = UploadSlot::take(shared);
+    let slot = UploadSlot::take(shared, req.join);
     if slot.is_none() || shared.limiter.backlog() > BUSY_BACKLOG {
         add(&shared.counters.busy_replies, 1);
         let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
@@ -1823,8 +1835,8 @@ struct UploadSlot<'a>(&'a Shared);
 impl<'a> UploadSlot<'a> {
     /// A slot if fewer uploads run than the cap allows: each downstream must get at least
     /// the stream's bitrate, or it falls behind live; better to say Busy and let it ask
-    /// someone else.
-    fn take(shared: &'a Shared) -> Option<UploadSlot<'a>> {
+    /// someone else. A `join` request (a joiner's player waits for it) gets one slot more.
+    fn take(shared: &'a Shared, join: bool) -> Option<UploadSlot<'a>> {
         let bps = shared.stream_bps.load(Ordering::Relaxed);
         let slots = match (shared.limiter.rate(), bps) {
             (Some(rate), bps) if bps > 0 => {
@@ -1832,6 +1844,7 @@ impl<'a> UploadSlot<'a> {
             }
             _ => MAX_UPLOAD_SLOTS,
         };
+        let slots = slots + usize::from(join);
         let prev = shared.uploads_active.fetch_add(1, Ordering::AcqRel);
         if prev >= slots {
             shared.uploads_active.fetch_sub(1, Ordering::AcqRel);
@@ -1935,6 +1948,7 @@ async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, 
         number,
         part,
         header: true,
+        join: false,
     };
     let sent = tokio::time::timeout(
         UPLOAD_TIMEOUT,

@@ -137,6 +137,11 @@ pub struct Request {
     pub part: u8,
     /// Send the signed header too (the requester does not have it yet).
     pub header: bool,
+    /// The requester has just joined and its player waits for this segment: it is served
+    /// in a slot beyond the supplier's cap, so a flash crowd's first segments do not queue
+    /// behind the live relaying (every slot busy with it) a round of `Busy` at a time. A
+    /// requester that claims it on every request gains one slot, no more.
+    pub join: bool,
 }
 
 impl Request {
@@ -292,6 +297,7 @@ mod tests {
             number: u64::MAX,
             part: PARTS as u8 - 1,
             header: true,
+            join: true,
         };
         assert!(encode(&req).len() <= MAX_REQUEST_FRAME + 4);
         assert!(req.validate().is_ok());

@@ -120,6 +120,7 @@ fn wire_seeds() -> Seeds {
         number: 7,
         part: 3,
         header: true,
+        join: false,
     };
     out.push(("request".into(), encode(&req).to_vec()));
     out

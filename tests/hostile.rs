@@ -177,6 +177,7 @@ async fn every_protocol_violation_is_rejected_and_its_sender_banned() {
                     number: 0,
                     part: 0,
                     header: true,
+                    join: false,
                 });
                 let (mut send, _recv) = evil.conn.open_bi().await.unwrap();
                 send.write_all(&frame[..frame.len() - 1]).await.unwrap();
@@ -320,6 +321,7 @@ async fn slowloris_readers_are_banned_and_flooders_are_told_busy() {
                 number: 0,
                 part: PARTS as u8 - 1,
                 header: true,
+                join: false,
             }))
             .await,
         );

@@ -148,6 +148,8 @@ struct Transfer {
     hi: u32,
     /// The reply carries the signed header (asked for, or a push).
     with_header: bool,
+    /// A joiner's request for its join segment: served beyond the slot cap, as in net.rs.
+    join: bool,
     conn: u64,
     /// Upload start order: the FIFO link serves older uploads first.
     order: u64,
@@ -1185,7 +1187,12 @@ impl Sim {
     fn act(&mut self, i: u32, a: Action) {
         match a {
             Action::Send { peer, msg } => self.send(i, peer, msg),
-            Action::Request { peer, number, part } => self.request(i, peer, number, part),
+            Action::Request {
+                peer,
+                number,
+                part,
+                join,
+            } => self.request(i, peer, (number, part), join),
             Action::Cancel { peer, number, part } => self.cancel(i, peer, number, part),
             Action::Push { peer, number, part } => self.push(i, peer, number, part),
             Action::Dial { peer, addr } => self.dial(i, peer, addr),
@@ -1252,7 +1259,7 @@ impl Sim {
         tr
     }
 
-    fn request(&mut self, i: u32, peer: NodeId, number: u64, part: u8) {
+    fn request(&mut self, i: u32, peer: NodeId, (number, part): (u64, u8), join: bool) {
         let Some(j) = self.resolve(&peer) else { return };
         let Some(conn) = self.usable(i, j) else {
             return;
@@ -1263,6 +1270,7 @@ impl Sim {
             number,
             part,
             header,
+            join,
         };
         let bytes = wire::encode(&req).len() as u64;
         self.d.control_bytes += bytes;
@@ -1273,6 +1281,7 @@ impl Sim {
         let tr = self.new_transfer(Kind::Request, (j, i), (number, part), conn);
         if let Some(t) = self.transfers.get_mut(tr) {
             t.with_header = header;
+            t.join = join;
         }
         let t = self.now + self.flight(i, j, bytes);
         self.at(t, Ev::RequestArrive { tr });
@@ -1349,7 +1358,9 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        if n.slots_used >= n.slots() {
+        let join = self.transfers.get(tr).is_some_and(|t| t.join);
+        let Some(n) = self.node(s) else { return };
+        if n.slots_used >= n.slots() + u64::from(join) {
             self.d.busy += 1;
             return self.refuse(tr, true);
         }
@@ -1926,9 +1937,10 @@ impl Sim {
         if n.playable {
             return;
         }
-        // `playlist::listed_range` lists something once a held segment is at or before the
-        // live edge, `delay` behind the newest held (segment 0 while fewer exist).
-        let edge = n.newest.map_or(0, |k| k.saturating_sub(delay));
+        // `Store::playlist_at` lists something once a held segment is at or before the live
+        // edge, `delay` behind the newest known to exist (segment 0 while fewer exist).
+        let live = n.mesh.as_ref().and_then(Mesh::newest);
+        let edge = n.newest.max(live).map_or(0, |k| k.saturating_sub(delay));
         if n.lowest.is_some_and(|l| l <= edge) {
             n.playable = true;
             let ms = (now - n.joined) as f64 / NS_PER_MS as f64;
@@ -2039,7 +2051,7 @@ mod tests {
     /// `from` asks `to` for every part of segment 0.
     fn request_all(sim: &mut Sim, from: u32, to: u32) {
         for part in 0..PARTS as u8 {
-            sim.request(from, sim.id_of(to), 0, part);
+            sim.request(from, sim.id_of(to), (0, part), false);
         }
     }
 
@@ -2118,7 +2130,7 @@ mod tests {
         sim.push(ORIGIN, sim.id_of(b), 0, LAST);
         sim.run_until(t0 + sim.one_way(ORIGIN, b));
         let t1 = sim.now;
-        sim.request(c, sim.id_of(b), 0, LAST);
+        sim.request(c, sim.id_of(b), (0, LAST), false);
         let times = part_times(&mut sim, t0 + 5000 * MS, &[b, c], LAST);
         let (tb, tc) = (times[0].unwrap(), times[1].unwrap());
         assert_eq!(sim.d.relayed, 1);
@@ -2139,11 +2151,11 @@ mod tests {
         let mut sim = swarm_at(16_000_000, 2, 8_000_000, 3_000_000);
         let (b, c) = (1, 2);
         let t0 = sim.now;
-        sim.request(b, sim.origin_id, 0, LAST);
+        sim.request(b, sim.origin_id, (0, LAST), false);
         sim.run_until(t0 + sim.rtt(b, ORIGIN));
         assert!(sim.node(b).unwrap().partial(0, LAST).is_some());
         let t1 = sim.now;
-        sim.request(c, sim.id_of(b), 0, LAST);
+        sim.request(c, sim.id_of(b), (0, LAST), false);
         sim.run_until(t1 + sim.rtt(b, c));
         assert_eq!(sim.d.relayed, 1);
         // B gives up on its upstream: C's relay is reset, and nothing is left running.
@@ -2167,13 +2179,13 @@ mod tests {
         let (b, c, d) = (1, 2, 3);
         let now = sim.now;
         sim.node_mut(d).unwrap().store(0, now);
-        sim.request(b, sim.origin_id, 0, LAST);
-        sim.request(b, sim.id_of(d), 0, LAST);
+        sim.request(b, sim.origin_id, (0, LAST), false);
+        sim.request(b, sim.id_of(d), (0, LAST), false);
         sim.run_until(now + sim.rtt(b, ORIGIN).max(sim.rtt(b, d)));
         let first = sim.node(b).unwrap().partial(0, LAST).unwrap();
         let supplier = sim.transfers.get(first).unwrap().from;
         let t1 = sim.now;
-        sim.request(c, sim.id_of(b), 0, LAST);
+        sim.request(c, sim.id_of(b), (0, LAST), false);
         sim.run_until(t1 + sim.rtt(b, c));
         assert_eq!(sim.d.relayed, 1);
         sim.cancel(b, sim.id_of(supplier), 0, LAST);
@@ -2199,15 +2211,26 @@ mod tests {
         let empty = sim.empty_parts;
         assert_eq!(sim.node(b).unwrap().got(0) & empty, empty);
         for part in [3, 5, 7] {
-            sim.request(b, sim.origin_id, 0, part);
+            sim.request(b, sim.origin_id, (0, part), false);
         }
         // An empty part is answered from what is here, not refused.
-        sim.request(c, sim.id_of(b), 0, 0);
+        sim.request(c, sim.id_of(b), (0, 0), false);
         sim.run_until(t0 + 1000 * MS);
         assert!(arrival(&sim, b).is_some());
         assert!(has_part(&sim, c, 0));
         assert_eq!((sim.d.unavailable, sim.d.unwanted), (0, 0));
         assert!(all_freed(&sim));
+    }
+
+    /// Node `b` of a [`swarm_at`] 16 Mbit/s swarm holds segment 0 and knows the bitrate, so
+    /// its 3 Mbit/s give it one upload slot. Returns the time.
+    fn one_slot_holder(sim: &mut Sim, b: u32) -> Ns {
+        let now = sim.now;
+        let n = sim.node_mut(b).unwrap();
+        n.store(0, now);
+        n.stream_bps = 16_000_000;
+        assert_eq!(n.slots(), 1);
+        now
     }
 
     #[test]
@@ -2217,17 +2240,32 @@ mod tests {
         let b = 1;
         assert_eq!(sim.node(ORIGIN).unwrap().slots(), 8);
         assert_eq!(sim.node(b).unwrap().slots(), 8);
-        let now = sim.now;
-        let n = sim.node_mut(b).unwrap();
-        n.store(0, now);
-        n.stream_bps = 16_000_000;
-        assert_eq!(n.slots(), 1);
+        let now = one_slot_holder(&mut sim, b);
         // A part (16 pieces) outlasts B's burst, so its slot is still taken.
-        sim.request(2, sim.id_of(b), 0, LAST);
-        sim.request(3, sim.id_of(b), 0, LAST);
+        sim.request(2, sim.id_of(b), (0, LAST), false);
+        sim.request(3, sim.id_of(b), (0, LAST), false);
         sim.run_until(now + 5000 * MS);
         assert_eq!((sim.d.busy, sim.d.busy_backlog), (1, 0));
         assert!(has_part(&sim, 2, LAST) != has_part(&sim, 3, LAST));
+        assert!(all_freed(&sim));
+    }
+
+    #[test]
+    fn a_join_request_is_served_beyond_the_slot_cap() {
+        let mut sim = swarm_at(16_000_000, 4, 8_000_000, 3_000_000);
+        let b = 1;
+        let now = one_slot_holder(&mut sim, b);
+        // B's one slot is taken by the first request; the join request gets a slot of its
+        // own, the third plain one is told Busy.
+        sim.request(2, sim.id_of(b), (0, LAST), false);
+        sim.run_until(now + 20 * MS);
+        sim.request(3, sim.id_of(b), (0, LAST), true);
+        sim.run_until(now + 40 * MS);
+        sim.request(4, sim.id_of(b), (0, LAST), false);
+        sim.run_until(now + 5000 * MS);
+        assert_eq!(sim.d.busy, 1);
+        assert!(has_part(&sim, 2, LAST) && has_part(&sim, 3, LAST));
+        assert!(!has_part(&sim, 4, LAST));
         assert!(all_freed(&sim));
     }
 

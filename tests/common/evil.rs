@@ -163,6 +163,7 @@ impl Evil {
             number,
             part: PARTS as u8 - 1,
             header: true,
+            join: false,
         };
         send.write_all(&wire::encode(&req)).await.ok()?;
         let _ = send.finish();
