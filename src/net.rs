@@ -9,7 +9,7 @@
 //! [`Store`](crate::store::Store), the only place the HTTP server and peers read from.
 
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
-use crate::rate::{Rate, TokenBucket};
+use crate::rate::{upload_slots, Rate, TokenBucket};
 use crate::store::{self, SharedStore, Store};
 use crate::stream::{
     node_id, part_pieces, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment, PARTS,
@@ -58,8 +58,6 @@ const MAX_HANDSHAKES: usize = 256;
 const MAX_HANDSHAKES_PER_IP: usize = 32;
 /// Longest the accept loop waits to tell a peer over its serve cap that we are busy.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most uploads at once when the cap or the bitrate is unknown.
-const MAX_UPLOAD_SLOTS: usize = 8;
 /// Segments behind the newest still worth receiving.
 const KEEP_BEHIND: u64 = 64;
 /// Pushes we accept at once from one connection: every part of two segments, since a
@@ -1833,18 +1831,12 @@ async fn end_upload(
 struct UploadSlot<'a>(&'a Shared);
 
 impl<'a> UploadSlot<'a> {
-    /// A slot if fewer uploads run than the cap allows: each downstream must get at least
-    /// the stream's bitrate, or it falls behind live; better to say Busy and let it ask
-    /// someone else. A `join` request (a joiner's player waits for it) gets one slot more.
+    /// A slot if fewer uploads run than [`upload_slots`] allows; otherwise better to say Busy
+    /// and let the requester ask someone else.
     fn take(shared: &'a Shared, join: bool) -> Option<UploadSlot<'a>> {
         let bps = shared.stream_bps.load(Ordering::Relaxed);
-        let slots = match (shared.limiter.rate(), bps) {
-            (Some(rate), bps) if bps > 0 => {
-                (rate.0 / bps).clamp(1, MAX_UPLOAD_SLOTS as u64) as usize
-            }
-            _ => MAX_UPLOAD_SLOTS,
-        };
-        let slots = slots + usize::from(join);
+        let slots = upload_slots(shared.limiter.rate().map(|r| r.0), bps, join);
+        let slots = usize::try_from(slots).unwrap_or(usize::MAX);
         let prev = shared.uploads_active.fetch_add(1, Ordering::AcqRel);
         if prev >= slots {
             shared.uploads_active.fetch_sub(1, Ordering::AcqRel);

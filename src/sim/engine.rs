@@ -8,6 +8,7 @@ use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
 use crate::mesh::{Action, Mesh, MeshConfig};
+use crate::rate::upload_slots;
 use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
@@ -32,8 +33,6 @@ const KEEP_BEHIND: u64 = 64;
 const MAX_PARTIALS: usize = 16;
 /// No supplier yet (an [`Assembly`]'s `first_from`).
 const NOBODY: u32 = u32::MAX;
-/// `net.rs`'s `MAX_UPLOAD_SLOTS`: uploads at once when the bitrate is unknown, and at most.
-const MAX_UPLOAD_SLOTS: u64 = 8;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
 const SERVE_AFTER_SEEDS: u64 = 1 << 48;
 /// `net.rs` delays the close of a "partner set full" connection so the peer sample lands first.
@@ -320,10 +319,14 @@ impl Node {
     }
 
     /// `net.rs`'s `UploadSlot` count: cap / bitrate in [1, 8]; 8 while the bitrate is unknown.
+    #[cfg(test)]
     fn slots(&self) -> u64 {
-        self.cap_bps
-            .checked_div(self.stream_bps)
-            .map_or(MAX_UPLOAD_SLOTS, |s| s.clamp(1, MAX_UPLOAD_SLOTS))
+        self.slots_for(false)
+    }
+
+    /// The same for a request (a join request may get one more).
+    fn slots_for(&self, join: bool) -> u64 {
+        upload_slots(Some(self.cap_bps), self.stream_bps, join)
     }
 
     fn assembly(&self, number: u64) -> Option<&Assembly> {
@@ -1360,7 +1363,7 @@ impl Sim {
         }
         let join = self.transfers.get(tr).is_some_and(|t| t.join);
         let Some(n) = self.node(s) else { return };
-        if n.slots_used >= n.slots() + u64::from(join) {
+        if n.slots_used >= n.slots_for(join) {
             self.d.busy += 1;
             return self.refuse(tr, true);
         }
@@ -2252,7 +2255,8 @@ mod tests {
 
     #[test]
     fn a_join_request_is_served_beyond_the_slot_cap() {
-        let mut sim = swarm_at(16_000_000, 4, 8_000_000, 3_000_000);
+        // 24 Mbit/s for a 16 Mbit/s stream: one slot, and half a stream spare for a joiner.
+        let mut sim = swarm_at(16_000_000, 4, 8_000_000, 24_000_000);
         let b = 1;
         let now = one_slot_holder(&mut sim, b);
         // B's one slot is taken by the first request; the join request gets a slot of its
