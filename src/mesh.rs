@@ -31,7 +31,12 @@
 //! enters the swarm at several points at once and the origin's upload stays near one
 //! copy; a viewer asks the broadcaster itself only when no partner has a part by the
 //! time half of its playout budget is spent (400 ms for a joining viewer's first
-//! segment, which the player is waiting for).
+//! segment, which the player is waiting for). A joiner asks for every part of that first
+//! segment at once, flagged `join`, and suppliers with spare upload serve it in a slot
+//! beyond their cap ([`crate::rate::upload_slots`]), so a flash crowd's first segments do
+//! not wait for the live relaying. The broadcaster is also the tracker: its peer samples
+//! list its partners and, once it is full, the viewers it turned away lately, which still
+//! have room for each other.
 //!
 //! Why parts: with whole-segment requests a viewer whose upload is below twice the
 //! bitrate serves one downstream at a time for a whole segment, so a segment spreads
