@@ -464,9 +464,13 @@ impl Mesh {
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_maintenance;
         let header_timeout = self.header_timeout();
-        for p in self.peers.values() {
-            if let Some(b) = p.busy_until.filter(|b| *b > self.last_now) {
-                t = t.min(b);
+        // Only a viewer asks anyone for anything, so only its peers can have said Busy; the
+        // broadcaster's thousands of partners are not walked after each of its events.
+        if self.cfg.role == Role::Viewer {
+            for p in self.peers.values() {
+                if let Some(b) = p.busy_until.filter(|b| *b > self.last_now) {
+                    t = t.min(b);
+                }
             }
         }
         for (_, s) in self.unsettled() {
