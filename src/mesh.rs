@@ -1489,7 +1489,7 @@ impl Mesh {
             }
             // The join segment is what the player waits for: if no partner has announced it
             // shortly after joining, the origin is asked at once rather than after the wait.
-            let joining = n == want_from && !self.started;
+            let joining = join_segment == Some(n);
             let wait = if joining {
                 JOIN_ORIGIN_WAIT.min(fallback)
             } else {

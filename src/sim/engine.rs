@@ -1343,6 +1343,7 @@ impl Sim {
             return;
         };
         let (s, r, number, part, conn) = (t.from, t.to, t.number, t.part, t.conn);
+        let join = t.join;
         // Cancelled before it got here (or the connection ended): nothing to serve.
         if t.sender_done || t.receiver_done || !self.deliverable(r, s, conn, 0) {
             return self.end_upload(tr);
@@ -1361,8 +1362,6 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        let join = self.transfers.get(tr).is_some_and(|t| t.join);
-        let Some(n) = self.node(s) else { return };
         if n.slots_used >= n.slots_for(join) {
             self.d.busy += 1;
             return self.refuse(tr, true);
