@@ -963,14 +963,19 @@ impl Mesh {
         }
     }
 
+    /// Tells partners about `parts` of `number`, leaving out what each announced itself: a
+    /// partner holding or receiving a part has no use for another supplier of it, and in a
+    /// mesh that relays a part as it arrives, about half of one's partners had it first.
     fn announce(&mut self, number: u64, parts: u32, except: Option<NodeId>) {
-        let partners: Vec<NodeId> = self
+        let origin = self.cfg.origin;
+        let news: Vec<(NodeId, u32)> = self
             .peers
-            .keys()
-            .filter(|id| !self.is_origin(id) && Some(**id) != except)
-            .copied()
+            .iter()
+            .filter(|(id, _)| **id != origin && Some(**id) != except)
+            .map(|(id, p)| (*id, parts & !p.have.get(number)))
+            .filter(|(_, m)| *m != 0)
             .collect();
-        for p in partners {
+        for (p, parts) in news {
             self.send(p, Control::Have { number, parts });
         }
     }
@@ -1482,9 +1487,24 @@ impl Mesh {
         // rarest first among equals. A segment past its deadline goes last: chasing it first
         // would make the next ones late too. Only urgent parts may go to the origin.
         let budget = self.cfg.playout_budget;
-        let mut order: Vec<(bool, bool, usize, u64, usize, bool)> = Vec::new();
+        // The segments with parts to ask for: (number, wanted parts, late, first, urgent).
+        let mut candidates: Vec<(u64, u32, bool, bool, bool)> = Vec::new();
         for (&n, s) in self.unsettled() {
             if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
+                continue;
+            }
+            // The parts to ask for: neither held, asked, nor already arriving (a push, or
+            // a second copy: wait for it unless it stalls). Mostly none.
+            let mut wanted = 0u32;
+            for (j, ps) in s.parts.iter().enumerate() {
+                let arriving = ps
+                    .receiving_since
+                    .is_some_and(|t| now < t + self.cfg.request_timeout);
+                if !ps.held && ps.inflight.is_none() && !arriving {
+                    wanted |= bit(j);
+                }
+            }
+            if wanted == 0 {
                 continue;
             }
             // The join segment is what the player waits for: if no partner has announced it
@@ -1501,33 +1521,35 @@ impl Mesh {
             // before the one the player starts with.
             let first = urgent || joining;
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
-            // Partners holding or receiving each part: one lookup per partner.
-            let mut suppliers = [0usize; PARTS];
-            for (id, p) in &self.peers {
-                if self.is_origin(id) || !p.uploads {
-                    continue;
-                }
-                let m = p.have.get(n);
+            candidates.push((n, wanted, late, first, urgent));
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        // Partners holding or receiving each wanted part, in one walk of the partners (a
+        // partner's announcements of neighbouring segments share its cache lines).
+        let mut suppliers = vec![[0usize; PARTS]; candidates.len()];
+        for (id, p) in &self.peers {
+            if !p.uploads || self.is_origin(id) {
+                continue;
+            }
+            for (&(n, wanted, ..), counts) in candidates.iter().zip(suppliers.iter_mut()) {
+                let m = p.have.get(n) & wanted;
                 if m != 0 {
-                    for (j, c) in suppliers.iter_mut().enumerate() {
+                    for (j, c) in counts.iter_mut().enumerate() {
                         *c += usize::from(m & bit(j) != 0);
                     }
                 }
             }
+        }
+        let mut order: Vec<(bool, bool, usize, u64, usize, bool)> = Vec::new();
+        for (&(n, wanted, late, first, urgent), counts) in candidates.iter().zip(&suppliers) {
             for k in 0..PARTS {
                 let j = (k + self.part_offset) % PARTS;
-                let Some(ps) = s.parts.get(j) else { continue };
-                if ps.held || ps.inflight.is_some() {
+                if wanted & bit(j) == 0 {
                     continue;
                 }
-                // Already arriving (a push, or a second copy): wait for it unless it stalls.
-                if ps
-                    .receiving_since
-                    .is_some_and(|t| now < t + self.cfg.request_timeout)
-                {
-                    continue;
-                }
-                let suppliers = suppliers.get(j).copied().unwrap_or(0);
+                let suppliers = counts.get(j).copied().unwrap_or(0);
                 order.push((late, !first, suppliers, n, k, urgent));
             }
         }
@@ -1842,6 +1864,42 @@ mod tests {
     }
 
     #[test]
+    fn a_part_is_not_announced_to_a_partner_that_announced_it() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        for p in [20, 30, 40] {
+            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
+        }
+        let have = |number, parts| Control::Have { number, parts };
+        v.handle_control(t0, id(ORIGIN), have(9, ALL_PARTS));
+        // 30 has parts 0 and 1 of segment 9; part 0 starts arriving from 20.
+        v.handle_control(t0, id(30), have(9, 0b11));
+        drain(&mut v);
+        v.handle_receiving(t0, id(20), 9, 0);
+        let haves = |acts: Vec<Action>| -> Vec<(NodeId, u32)> {
+            acts.into_iter()
+                .filter_map(|a| match a {
+                    Action::Send {
+                        peer,
+                        msg: Control::Have { number: 9, parts },
+                    } => Some((peer, parts)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Neither the sender nor 30, which has it, hears of it: only 40.
+        assert_eq!(haves(drain(&mut v)), vec![(id(40), 0b1)]);
+        // Whole, the last part from 40: 30 hears of the parts it lacks, 20 of all those not
+        // yet announced; 40, the sender, of none.
+        v.handle_segment(t0, Some(id(40)), 9, 8000);
+        assert_eq!(
+            haves(drain(&mut v)),
+            vec![(id(20), ALL_PARTS & !0b1), (id(30), ALL_PARTS & !0b11)]
+        );
+    }
+
+    #[test]
     fn parts_come_from_several_suppliers_and_the_whole_is_announced() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
@@ -1921,7 +1979,31 @@ mod tests {
             .filter(|a| matches!(a, Action::Cancel { number: 9, .. }))
             .count();
         assert_eq!(cancels, inflight);
-        assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Control::Have { number: 9, parts }, .. } if *parts == ALL_PARTS & !bit(usize::from(part0)))));
+        // Each partner hears of the parts it did not announce itself.
+        let whole: BTreeMap<NodeId, u32> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Have { number: 9, parts },
+                } => Some((*peer, *parts)),
+                _ => None,
+            })
+            .collect();
+        let rest = ALL_PARTS & !bit(usize::from(part0));
+        assert_eq!(
+            whole,
+            [
+                (20, 0b0000_0011),
+                (30, 0b0000_1100),
+                (40, 0b0011_0000),
+                (50, 0b1100_0000)
+            ]
+            .into_iter()
+            .filter(|(p, _)| id(*p) != p0)
+            .map(|(p, mask)| (id(p), rest & !mask))
+            .collect()
+        );
         assert_eq!(v.stats().inflight, 0);
     }
 
