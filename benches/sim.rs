@@ -88,14 +88,12 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         r.control_overhead
     );
     eprintln!(
-        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, waited for a slot {} \
-         ({} in vain), pushes skipped {}, segments from several suppliers {}",
+        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}, \
+         segments from several suppliers {}",
         d.relayed,
         d.relay_resets,
         d.unwanted,
         d.busy_backlog,
-        d.waited,
-        d.wait_expired,
         d.pushes_skipped,
         d.multi_supplier_segments
     );

@@ -9,7 +9,7 @@
 //! [`Store`](crate::store::Store), the only place the HTTP server and peers read from.
 
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
-use crate::rate::{may_wait, queue_wait, upload_slots, Rate, TokenBucket};
+use crate::rate::{upload_slots, Rate, TokenBucket};
 use crate::store::{self, SharedStore, Store};
 use crate::stream::{
     node_id, part_pieces, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment, PARTS,
@@ -424,10 +424,6 @@ struct Shared {
     partials: Mutex<HashMap<u64, Arc<Partial>>>,
     /// Uploads (serves and relays) in progress.
     uploads_active: AtomicUsize,
-    /// Requests waiting for an upload slot ([`UploadSlot::wait`]).
-    uploads_waiting: AtomicUsize,
-    /// Signalled when an upload slot comes free; its waiters queue in arrival order.
-    slot_freed: tokio::sync::Notify,
     /// An address from the ticket answered with a key other than the stream's.
     origin_wrong_key: Mutex<Option<SocketAddr>>,
     /// Private streams: what this node shows and demands.
@@ -520,8 +516,6 @@ impl Node {
             mesh_stats: Mutex::new(MeshStats::default()),
             partials: Mutex::new(HashMap::new()),
             uploads_active: AtomicUsize::new(0),
-            uploads_waiting: AtomicUsize::new(0),
-            slot_freed: tokio::sync::Notify::new(),
             origin_wrong_key: Mutex::new(None),
             admission: config.admission,
             token_epoch: watch::Sender::new(config.admission.epoch()),
@@ -1344,12 +1338,11 @@ async fn run_connection(
                 match serves.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let shared = shared.clone();
-                        let rtt = conn.rtt();
                         tokio::spawn(async move {
                             let mut send = send;
                             let served = tokio::time::timeout(
                                 UPLOAD_TIMEOUT,
-                                serve(&shared, peer, rtt, &mut send, recv),
+                                serve(&shared, peer, &mut send, recv),
                             )
                             .await;
                             if served.is_err() {
@@ -1718,13 +1711,7 @@ async fn request(
 }
 
 /// Answers one request stream from `peer`.
-async fn serve(
-    shared: &Shared,
-    peer: NodeId,
-    rtt: Duration,
-    send: &mut SendStream,
-    mut recv: RecvStream,
-) {
+async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: RecvStream) {
     let req = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         read_frame::<Request>(&mut recv, wire::MAX_REQUEST_FRAME),
@@ -1774,24 +1761,7 @@ async fn serve(
         let _ = send.finish();
         return;
     }
-    let (slot, seg, partial) = match UploadSlot::take(shared, req.join, false) {
-        Some(slot) => (Some(slot), seg, partial),
-        None => match UploadSlot::wait(shared, req.join, queue_wait(rtt)).await {
-            // What is here may have changed while it waited: the partial completed (then
-            // the store has it) or was given up.
-            Some(slot) => {
-                let seg = store::lock(&shared.store).get(req.number).cloned();
-                let partial = partial.filter(|p| seg.is_none() && p.servable(part));
-                if seg.is_none() && partial.is_none() {
-                    let _ = send.write_all(&wire::encode(&Reply::Unavailable)).await;
-                    let _ = send.finish();
-                    return;
-                }
-                (Some(slot), seg, partial)
-            }
-            None => (None, None, None),
-        },
-    };
+    let slot = UploadSlot::take(shared, req.join);
     if slot.is_none() || shared.limiter.backlog() > BUSY_BACKLOG {
         add(&shared.counters.busy_replies, 1);
         let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
@@ -1861,65 +1831,24 @@ async fn end_upload(
 struct UploadSlot<'a>(&'a Shared);
 
 impl<'a> UploadSlot<'a> {
-    fn slots(shared: &Shared, join: bool) -> usize {
+    /// A slot if fewer uploads run than [`upload_slots`] allows; otherwise better to say Busy
+    /// and let the requester ask someone else.
+    fn take(shared: &'a Shared, join: bool) -> Option<UploadSlot<'a>> {
         let bps = shared.stream_bps.load(Ordering::Relaxed);
         let slots = upload_slots(shared.limiter.rate().map(|r| r.0), bps, join);
-        usize::try_from(slots).unwrap_or(usize::MAX)
-    }
-
-    /// A slot if fewer uploads run than [`upload_slots`] allows, and (unless `waited`, or a
-    /// `join` request, which may take the join slot the waiting cannot) no request waits
-    /// for one: a newcomer does not jump the queue.
-    fn take(shared: &'a Shared, join: bool, waited: bool) -> Option<UploadSlot<'a>> {
-        if !waited && !join && shared.uploads_waiting.load(Ordering::Acquire) > 0 {
-            return None;
-        }
+        let slots = usize::try_from(slots).unwrap_or(usize::MAX);
         let prev = shared.uploads_active.fetch_add(1, Ordering::AcqRel);
-        if prev >= Self::slots(shared, join) {
+        if prev >= slots {
             shared.uploads_active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
         Some(UploadSlot(shared))
-    }
-
-    /// Every slot is taken: wait up to `wait` ([`queue_wait`]) for one, if fewer requests
-    /// wait than there are slots ([`may_wait`]); otherwise, or when the wait runs out, None
-    /// (Busy).
-    async fn wait(shared: &'a Shared, join: bool, wait: Duration) -> Option<UploadSlot<'a>> {
-        let waiting = shared.uploads_waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiter = Waiter(shared);
-        if !may_wait(waiting as u64, Self::slots(shared, false) as u64) {
-            return None;
-        }
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            let freed = shared.slot_freed.notified();
-            tokio::pin!(freed);
-            // Registered before the check, so a slot freed in between is not missed.
-            freed.as_mut().enable();
-            if let Some(slot) = Self::take(shared, join, true) {
-                return Some(slot);
-            }
-            if tokio::time::timeout_at(until, freed).await.is_err() {
-                return None;
-            }
-        }
     }
 }
 
 impl Drop for UploadSlot<'_> {
     fn drop(&mut self) {
         self.0.uploads_active.fetch_sub(1, Ordering::AcqRel);
-        self.0.slot_freed.notify_one();
-    }
-}
-
-/// One request counted in `uploads_waiting`; uncounted on drop (served, refused or gone).
-struct Waiter<'a>(&'a Shared);
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.0.uploads_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -26,26 +26,6 @@ pub fn upload_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool) -> u64 {
     slots + u64::from(join && spare.saturating_mul(4) >= stream_bps)
 }
 
-/// Longest a request that finds every upload slot taken waits for one ([`queue_wait`]).
-pub const MAX_QUEUE_WAIT: Duration = Duration::from_millis(100);
-
-/// How long a request that finds every upload slot taken waits for one before it is
-/// answered `Busy`, over a connection of round-trip time `rtt`: one round trip, at most
-/// [`MAX_QUEUE_WAIT`]. A `Busy` costs the requester at least a round trip before it can
-/// ask anyone again, so a wait that long costs it nothing, while the upload in progress
-/// often ends within it (a part takes about a tenth of a second at the stream's rate) and
-/// the uplink is spared the gap before the next request would land. On a LAN, with no round
-/// trip to save, a request hardly waits.
-pub fn queue_wait(rtt: Duration) -> Duration {
-    rtt.min(MAX_QUEUE_WAIT)
-}
-
-/// Whether a request that finds all `slots` taken may wait ([`queue_wait`]) while `waiting`
-/// others already do: one per slot, each next in line for the slot it waits on.
-pub fn may_wait(waiting: u64, slots: u64) -> bool {
-    waiting < slots
-}
-
 /// A rate in bits per second, parsed from `3M`, `500k`, `1.5G` or a plain number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rate(pub u64);
@@ -151,19 +131,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_request_waits_one_round_trip_for_a_slot_capped_and_one_per_slot() {
-        let ms = Duration::from_millis;
-        assert_eq!(queue_wait(ms(40)), ms(40));
-        assert_eq!(
-            queue_wait(Duration::from_micros(80)),
-            Duration::from_micros(80)
-        );
-        assert_eq!(queue_wait(ms(600)), MAX_QUEUE_WAIT);
-        assert!(may_wait(0, 1) && !may_wait(1, 1));
-        assert!(may_wait(2, 3) && !may_wait(3, 3));
-    }
 
     #[test]
     fn upload_slots_divide_the_cap_by_the_bitrate_and_add_a_join_slot_only_with_room() {

@@ -8,7 +8,7 @@ use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
 use crate::mesh::{Action, Mesh, MeshConfig};
-use crate::rate::{may_wait, queue_wait, upload_slots};
+use crate::rate::upload_slots;
 use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
@@ -97,10 +97,6 @@ enum Ev {
     },
     /// A request reaches the holder.
     RequestArrive {
-        tr: TRef,
-    },
-    /// A request waiting for an upload slot has waited `rate::queue_wait`.
-    WaitOver {
         tr: TRef,
     },
     /// `Busy`, `Unavailable` or a reset (the relay's upstream failed) reaches the requester.
@@ -275,8 +271,6 @@ struct Node {
     stream_bps: u64,
     /// Uploads (serves and relays) holding a slot.
     slots_used: u64,
-    /// Requests waiting for a slot, oldest first (at most one per slot: `rate::may_wait`).
-    waiting: Vec<TRef>,
     /// When this node's pending tick is due (`Ns::MAX`: none pending).
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
@@ -757,8 +751,7 @@ impl Sim {
                     self.drain(to);
                 }
             }
-            Ev::RequestArrive { tr } => self.request_arrive(tr, false),
-            Ev::WaitOver { tr } => self.wait_over(tr),
+            Ev::RequestArrive { tr } => self.request_arrive(tr),
             Ev::Fail { tr, busy } => self.fail(tr, busy),
             Ev::HeaderArrive { tr } => self.header_arrive(tr),
             Ev::StopArrive { tr } => self.end_upload(tr),
@@ -818,7 +811,6 @@ impl Sim {
             cap_bps: rate * 8,
             stream_bps: 0,
             slots_used: 0,
-            waiting: Vec::new(),
             next_tick: Ns::MAX,
             partners: Vec::new(),
             downs: Vec::new(),
@@ -1344,10 +1336,9 @@ impl Sim {
 
     // ---- transfers ----
 
-    /// The request reaches holder `s` (`queued`: or a slot it waited for came free): refuse
-    /// it (`Unavailable`, `Busy`), let it wait for a slot, or start serving, from the store
-    /// or, while it still arrives, from the partial (cut-through).
-    fn request_arrive(&mut self, tr: TRef, queued: bool) {
+    /// The request reaches holder `s`: refuse it (`Unavailable`, `Busy`) or start serving,
+    /// from the store or, while it still arrives, from the partial (cut-through).
+    fn request_arrive(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
         };
@@ -1372,17 +1363,6 @@ impl Sim {
             return self.refuse(tr, false);
         }
         if n.slots_used >= n.slots_for(join) {
-            // All taken: wait for one (`net.rs`'s `UploadSlot::wait`) if few others do; a
-            // request that waited and still finds none has lost it to a join request.
-            if !queued && may_wait(n.waiting.len() as u64, n.slots_for(false)) {
-                if let Some(n) = self.node_mut(s) {
-                    n.waiting.push(tr);
-                }
-                self.d.waited += 1;
-                let wait = queue_wait(Duration::from_nanos(self.rtt(s, r)));
-                let at = now + wait.as_nanos() as Ns;
-                return self.at(at, Ev::WaitOver { tr });
-            }
             self.d.busy += 1;
             return self.refuse(tr, true);
         }
@@ -1413,36 +1393,6 @@ impl Sim {
             }
         }
         self.start_upload(tr);
-    }
-
-    /// A waiting request's time is up with no slot: `Busy`.
-    fn wait_over(&mut self, tr: TRef) {
-        let Some(s) = self.transfers.get(tr).map(|t| t.from) else {
-            return;
-        };
-        let Some(n) = self.node_mut(s) else { return };
-        let Some(k) = n.waiting.iter().position(|x| *x == tr) else {
-            return;
-        };
-        n.waiting.remove(k);
-        self.d.busy += 1;
-        self.d.wait_expired += 1;
-        self.refuse(tr, true);
-    }
-
-    /// A slot of `s` came free: the oldest waiting request takes it (re-checked as if it
-    /// arrived now: what it asks for may be gone, or the limiter too far behind).
-    fn slot_freed(&mut self, s: u32) {
-        // One that is refused after all (gone, or the limiter too far behind) passes the
-        // slot on to the next.
-        loop {
-            let Some(n) = self.node_mut(s) else { return };
-            if n.waiting.is_empty() || n.slots_used >= n.slots_for(false) {
-                return;
-            }
-            let tr = n.waiting.remove(0);
-            self.request_arrive(tr, true);
-        }
     }
 
     /// Holder answers `Busy` or `Unavailable`.
@@ -1652,14 +1602,8 @@ impl Sim {
                 n.ups.retain(|x| *x != tr);
             }
             self.yield_link(s, tr);
-        } else if let Some(n) = self.node_mut(s) {
-            // Cancelled (or its connection ended) while it waited for a slot.
-            n.waiting.retain(|x| *x != tr);
         }
         self.maybe_free(tr);
-        if slot {
-            self.slot_freed(s);
-        }
     }
 
     /// The receiver is done with `tr` (`ok`: its part landed). If relays followed it: on
@@ -2303,49 +2247,8 @@ mod tests {
         sim.request(2, sim.id_of(b), (0, LAST), false);
         sim.request(3, sim.id_of(b), (0, LAST), false);
         sim.run_until(now + 5000 * MS);
-        // The second waited for the slot, longer than it may: Busy.
         assert_eq!((sim.d.busy, sim.d.busy_backlog), (1, 0));
-        assert_eq!((sim.d.waited, sim.d.wait_expired), (1, 1));
         assert!(has_part(&sim, 2, LAST) != has_part(&sim, 3, LAST));
-        assert!(all_freed(&sim));
-    }
-
-    #[test]
-    fn a_request_waits_for_a_slot_that_frees_soon() {
-        // B has one slot; a part takes it for most of a second. When does it free?
-        let setup = || {
-            let mut sim = swarm_at(16_000_000, 4, 8_000_000, 3_000_000);
-            let now = one_slot_holder(&mut sim, 1);
-            sim.request(2, sim.id_of(1), (0, LAST), false);
-            (sim, now)
-        };
-        let (mut probe, now) = setup();
-        let mut t = now;
-        probe.run_until(t + 100 * MS);
-        assert_eq!(probe.node(1).unwrap().slots_used, 1);
-        while probe.node(1).unwrap().slots_used > 0 {
-            t += MS;
-            probe.run_until(t);
-        }
-        // The same run again: a request landing half its wait (one RTT) before then waits
-        // and is served the moment the slot frees; one landing just after it finds the
-        // waiting place taken.
-        let (mut sim, _) = setup();
-        let wait = queue_wait(Duration::from_nanos(sim.rtt(3, 1))).as_nanos() as Ns;
-        assert!(wait > 2 * MS);
-        let lands = t - wait / 2;
-        let sent = lands - sim.one_way(3, 1);
-        // (`run_until` leaves the clock at the last event it ran.)
-        sim.run_until(sent);
-        sim.now = sent;
-        sim.request(3, sim.id_of(1), (0, LAST), false);
-        sim.run_until(sent + MS);
-        sim.now = sent + MS;
-        sim.request(4, sim.id_of(1), (0, LAST), false);
-        sim.run_until(now + 5000 * MS);
-        assert_eq!((sim.d.waited, sim.d.wait_expired, sim.d.busy), (1, 0, 1));
-        assert!(has_part(&sim, 2, LAST) && has_part(&sim, 3, LAST));
-        assert!(!has_part(&sim, 4, LAST));
         assert!(all_freed(&sim));
     }
 

@@ -50,13 +50,8 @@
 //!   latency later, which may in turn reset the relays that requester was serving.
 //! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
 //!   latency. A holder that does not upload, or holds neither the segment whole nor the
-//!   part complete nor the part arriving, answers `Unavailable`; one with more than 1.5 s
-//!   of limiter debt answers `Busy`. One with all its upload slots taken lets the request
-//!   wait for a slot, up to one RTT of the pair ([`crate::rate::queue_wait`]) and one waiting request
-//!   per slot ([`crate::rate::may_wait`]); the oldest waiting takes a slot the moment it
-//!   frees (re-checked then as if it had just arrived), and one whose wait runs out, or
-//!   that finds the waiting places taken, is answered `Busy`. Refusals land one latency
-//!   later. Upload slots
+//!   part complete nor the part arriving, answers `Unavailable`; one with all its upload slots taken, or with more than
+//!   1.5 s of limiter debt, answers `Busy`; both land one latency later. Upload slots
 //!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
 //!   8 at the broadcaster, which receives none. A slot is held until the last piece has left
@@ -513,11 +508,6 @@ pub struct SimDetails {
     pub busy: u64,
     /// Of those, for the limiter backlog (a slot was free).
     pub busy_backlog: u64,
-    /// Part requests that found every upload slot taken and waited for one
-    /// ([`crate::rate::queue_wait`]).
-    pub waited: u64,
-    /// Of those, answered `Busy` when the wait ran out (counted in `busy` too).
-    pub wait_expired: u64,
     /// Part pushes the origin skipped because its limiter backlog was 1.5 s or more.
     pub pushes_skipped: u64,
     /// Part requests served while that part was still arriving at the holder (cut-through
