@@ -1640,6 +1640,20 @@ mod tests {
         std::iter::from_fn(|| m.poll_action()).collect()
     }
 
+    /// The `Have`s of segment `number` among `actions`: (partner, parts).
+    fn haves_of(actions: &[Action], number: u64) -> Vec<(NodeId, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Have { number: n, parts },
+                } if *n == number => Some((*peer, *parts)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn requests(actions: &[Action]) -> Vec<(NodeId, u64)> {
         actions
             .iter()
@@ -1877,24 +1891,13 @@ mod tests {
         v.handle_control(t0, id(30), have(9, 0b11));
         drain(&mut v);
         v.handle_receiving(t0, id(20), 9, 0);
-        let haves = |acts: Vec<Action>| -> Vec<(NodeId, u32)> {
-            acts.into_iter()
-                .filter_map(|a| match a {
-                    Action::Send {
-                        peer,
-                        msg: Control::Have { number: 9, parts },
-                    } => Some((peer, parts)),
-                    _ => None,
-                })
-                .collect()
-        };
         // Neither the sender nor 30, which has it, hears of it: only 40.
-        assert_eq!(haves(drain(&mut v)), vec![(id(40), 0b1)]);
+        assert_eq!(haves_of(&drain(&mut v), 9), vec![(id(40), 0b1)]);
         // Whole, the last part from 40: 30 hears of the parts it lacks, 20 of all those not
         // yet announced; 40, the sender, of none.
         v.handle_segment(t0, Some(id(40)), 9, 8000);
         assert_eq!(
-            haves(drain(&mut v)),
+            haves_of(&drain(&mut v), 9),
             vec![(id(20), ALL_PARTS & !0b1), (id(30), ALL_PARTS & !0b11)]
         );
     }
@@ -1953,16 +1956,7 @@ mod tests {
         // Each part arriving is announced to the others at once, only that part.
         let (p0, _, part0) = asked[0];
         v.handle_receiving(t0, p0, 9, part0);
-        let haves: Vec<(NodeId, u32)> = drain(&mut v)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Have { number: 9, parts },
-                } => Some((peer, parts)),
-                _ => None,
-            })
-            .collect();
+        let haves = haves_of(&drain(&mut v), 9);
         assert_eq!(haves.len(), 3, "{haves:?}");
         assert!(haves
             .iter()
@@ -1980,16 +1974,7 @@ mod tests {
             .count();
         assert_eq!(cancels, inflight);
         // Each partner hears of the parts it did not announce itself.
-        let whole: BTreeMap<NodeId, u32> = acts
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Have { number: 9, parts },
-                } => Some((*peer, *parts)),
-                _ => None,
-            })
-            .collect();
+        let whole: BTreeMap<NodeId, u32> = haves_of(&acts, 9).into_iter().collect();
         let rest = ALL_PARTS & !bit(usize::from(part0));
         assert_eq!(
             whole,
