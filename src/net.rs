@@ -6,7 +6,7 @@
 //! stream (a bidirectional one per request, a unidirectional one per push), so
 //! one slow segment never blocks another. Every segment is verified — header
 //! signature first, then each piece as it arrives — before it enters the
-//! [`Store`](crate::store::Store), the only place the HTTP server and peers read from.
+//! [`Store`], the only place the HTTP server and peers read from.
 
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
 use crate::rate::{upload_slots, Rate, TokenBucket};

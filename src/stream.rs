@@ -239,7 +239,8 @@ pub struct SegmentHeader {
 pub struct SignedHeader {
     /// The signed facts.
     pub header: SegmentHeader,
-    /// ed25519 signature over [`HEADER_CONTEXT`] + postcard(header).
+    /// ed25519 signature over the context string `starling segment header v1\0` followed
+    /// by postcard(header).
     pub signature: Signature,
 }
 

@@ -66,7 +66,8 @@ pub struct JoinToken {
     pub epoch: u32,
     /// Seconds since the Unix epoch after which it is refused.
     pub expires_unix_s: u64,
-    /// ed25519 signature by the stream key over [`TOKEN_CONTEXT`] + postcard(claims).
+    /// ed25519 signature by the stream key over the context string
+    /// `starling join token v1\0` followed by postcard(claims).
     pub signature: Signature,
 }
 
