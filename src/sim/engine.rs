@@ -14,7 +14,7 @@ use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -446,7 +446,8 @@ pub(super) struct Sim {
     nodes: Vec<Node>,
     /// Live viewers, for picking who leaves.
     live: Vec<u32>,
-    conns: BTreeMap<(u32, u32), Conn>,
+    /// Looked up on every message; never iterated, so a hash map keeps runs reproducible.
+    conns: HashMap<(u32, u32), Conn>,
     next_conn: u64,
     transfers: Slab,
     /// Uploads started so far (their order on a FIFO link).
@@ -528,7 +529,7 @@ impl Sim {
             seq: 0,
             nodes: Vec::with_capacity(cfg.peers + 1),
             live: Vec::with_capacity(cfg.peers),
-            conns: BTreeMap::new(),
+            conns: HashMap::new(),
             next_conn: 0,
             transfers: Slab::default(),
             uploads_started: 0,
