@@ -308,7 +308,8 @@ async fn spawn_node(
         mesh: MeshConfig::broadcaster(stream_id, config.segment_duration),
         store_capacity: 64,
         seed: rand::random(),
-        max_connections: 4096,
+        // 3072 partners (`MeshConfig::broadcaster`) and room to turn a flash crowd away.
+        max_connections: 8192,
         admission,
     };
     if let Some(addr) = config.listen {

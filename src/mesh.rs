@@ -150,10 +150,10 @@ impl MeshConfig {
         MeshConfig {
             role: Role::Broadcaster,
             seed_fanout: 1,
-            // Well below the 4096 connections `broadcaster.rs` gives `net.rs`, so the overflow
+            // Well below the 8192 connections `broadcaster.rs` gives `net.rs`, so the overflow
             // is turned away by the mesh, with a peer sample to join the swarm through, rather
             // than refused in the handshake. Each turned-away connection is held 300 ms (so the
-            // sample lands first): the 1024 left over take a crowd of about 3,400 a second.
+            // sample lands first): the 5120 left over take a crowd of about 17,000 a second.
             max_partners: 3072,
             ..MeshConfig::viewer(origin, segment, 3)
         }

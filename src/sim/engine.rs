@@ -40,7 +40,7 @@ const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
 /// The mesh's reason for turning a newcomer away.
 const FULL_SET: &str = "partner set full";
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
-const ORIGIN_MAX_CONNECTIONS: usize = 4096;
+const ORIGIN_MAX_CONNECTIONS: usize = 8192;
 const VIEWER_MAX_CONNECTIONS: usize = 64;
 /// Payload per packet, for the loss model.
 const PACKET_BYTES: u64 = 1200;

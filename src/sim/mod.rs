@@ -77,7 +77,7 @@
 //! - **Connections.** A dial to a live node completes after one RTT and both meshes get
 //!   `handle_connected` at that instant (the acceptor sees the dialer's address). A dial to a
 //!   departed node fails after `dial_timeout_ms` (10 s: `net.rs`'s hello timeout × 2). A node
-//!   with as many connections as its `net` cap (4096 broadcaster, 64 viewer) refuses: the
+//!   with as many connections as its `net` cap (8192 broadcaster, 64 viewer) refuses: the
 //!   dial fails after one RTT. On `Disconnect` the closer stops using the connection at
 //!   once; the close takes effect at once, or 300 ms later for "partner set full" (so the
 //!   peer sample queued just before lands first, as `net.rs` does). What was sent before
@@ -219,7 +219,7 @@ pub struct SimConfig {
 }
 
 /// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
-pub const ORIGIN_CONNECTION_HEADROOM: usize = 1024;
+pub const ORIGIN_CONNECTION_HEADROOM: usize = 5120;
 
 impl Default for SimConfig {
     fn default() -> SimConfig {
