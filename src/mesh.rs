@@ -23,7 +23,8 @@
 //! [`PARTS`] runs of pieces, and the part is the unit a viewer asks one supplier for.
 //! Every node announces what it holds (a buffer map on connect, then a `Have` with a
 //! mask of parts as each part *starts* arriving, so partners pull it piece by piece
-//! while it arrives: cut-through); a viewer asks partners for the parts it misses,
+//! while it arrives: cut-through; a partner is not told of parts it announced itself);
+//! a viewer asks partners for the parts it misses,
 //! most urgent first and otherwise rarest first, from the least-loaded, fastest
 //! supplier. The broadcaster announces every segment to every viewer (so everyone
 //! knows at once what exists and when it was published) but pushes each part to one
