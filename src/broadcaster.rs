@@ -24,6 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// Connections the broadcaster accepts: its mesh's partners
+/// ([`crate::mesh::BROADCASTER_MAX_PARTNERS`]) and room to turn a flash crowd away with a
+/// peer sample rather than refuse it in the handshake (see `MeshConfig::broadcaster`).
+pub const MAX_CONNECTIONS: usize = 8192;
+
 /// Everything the broadcaster needs, from its flags.
 #[derive(Debug, Clone)]
 pub struct BroadcasterConfig {
@@ -308,8 +313,7 @@ async fn spawn_node(
         mesh: MeshConfig::broadcaster(stream_id, config.segment_duration),
         store_capacity: 64,
         seed: rand::random(),
-        // 3072 partners (`MeshConfig::broadcaster`) and room to turn a flash crowd away.
-        max_connections: 8192,
+        max_connections: MAX_CONNECTIONS,
         admission,
     };
     if let Some(addr) = config.listen {

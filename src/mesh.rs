@@ -79,6 +79,9 @@ const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
 /// Re-dial period for the origin once this viewer has partners to pull from.
 const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
+/// The broadcaster's partner cap ([`MeshConfig::broadcaster`]).
+pub const BROADCASTER_MAX_PARTNERS: usize = 3072;
+
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -155,7 +158,7 @@ impl MeshConfig {
             // is turned away by the mesh, with a peer sample to join the swarm through, rather
             // than refused in the handshake. Each turned-away connection is held 300 ms (so the
             // sample lands first): the 5120 left over take a crowd of about 17,000 a second.
-            max_partners: 3072,
+            max_partners: BROADCASTER_MAX_PARTNERS,
             ..MeshConfig::viewer(origin, segment, 3)
         }
     }

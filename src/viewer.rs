@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Connections a viewer accepts (its partners are capped far lower by its mesh).
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Everything the viewer needs, from its flags.
 #[derive(Debug, Clone)]
 pub struct ViewerConfig {
@@ -94,7 +97,7 @@ pub async fn run(
         mesh,
         store_capacity: (config.window + config.delay as usize + 16).max(32),
         seed: rand::random(),
-        max_connections: 64,
+        max_connections: MAX_CONNECTIONS,
         admission: config.token.map_or(Admission::Open, Admission::Invited),
     })
     .await?;

@@ -40,8 +40,8 @@ const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
 /// The mesh's reason for turning a newcomer away.
 const FULL_SET: &str = "partner set full";
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
-const ORIGIN_MAX_CONNECTIONS: usize = 8192;
-const VIEWER_MAX_CONNECTIONS: usize = 64;
+const ORIGIN_MAX_CONNECTIONS: usize = crate::broadcaster::MAX_CONNECTIONS;
+const VIEWER_MAX_CONNECTIONS: usize = crate::viewer::MAX_CONNECTIONS;
 /// Payload per packet, for the loss model.
 const PACKET_BYTES: u64 = 1200;
 /// Size of a stop/reset frame, for the loss model.

@@ -219,7 +219,8 @@ pub struct SimConfig {
 }
 
 /// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
-pub const ORIGIN_CONNECTION_HEADROOM: usize = 5120;
+pub const ORIGIN_CONNECTION_HEADROOM: usize =
+    crate::broadcaster::MAX_CONNECTIONS - crate::mesh::BROADCASTER_MAX_PARTNERS;
 
 impl Default for SimConfig {
     fn default() -> SimConfig {
