@@ -4,6 +4,7 @@
 
 use super::link::Link;
 use super::metrics::{self, Histogram};
+use super::queue::EventQueue;
 use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
@@ -13,8 +14,7 @@ use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -439,7 +439,7 @@ pub(super) struct Sim {
     rng: ChaCha8Rng,
     /// Pending events by (time, sequence): the sequence makes equal times run in the
     /// order they were scheduled. Entries stay small; the events wait in `slots`.
-    queue: BinaryHeap<Reverse<(Ns, u64, u32)>>,
+    queue: EventQueue,
     slots: Vec<Option<Ev>>,
     free_slots: Vec<u32>,
     seq: u64,
@@ -523,7 +523,7 @@ impl Sim {
             now: 0,
             end: (segments + cfg.delay_segments) * seg_ns,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             seq: 0,
@@ -591,7 +591,7 @@ impl Sim {
 
     /// Runs every event due at or before `end`.
     fn run_until(&mut self, end: Ns) {
-        while let Some(&Reverse((at, _, slot))) = self.queue.peek() {
+        while let Some((at, _, slot)) = self.queue.peek() {
             if at > end {
                 break;
             }
@@ -622,7 +622,7 @@ impl Sim {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.push(at, self.seq, slot);
     }
 
     fn instant(&self, t: Ns) -> Instant {
@@ -2071,7 +2071,7 @@ mod tests {
     /// Runs to `until`, noting when each of `nodes` first had part `part` of segment 0.
     fn part_times(sim: &mut Sim, until: Ns, nodes: &[u32], part: u8) -> Vec<Option<Ns>> {
         let mut times = vec![None; nodes.len()];
-        while let Some(&Reverse((t, _, _))) = sim.queue.peek() {
+        while let Some((t, _, _)) = sim.queue.peek() {
             if t > until {
                 break;
             }

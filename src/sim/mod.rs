@@ -8,7 +8,8 @@
 //!
 //! ## Model
 //! - **Time.** Virtual nanoseconds from a base [`std::time::Instant`] captured once; events
-//!   run in (time, sequence) order from a binary heap.
+//!   run in (time, sequence) order from a calendar queue (buckets of about a millisecond,
+//!   the current one a heap; see `queue.rs`), which pops exactly as a binary heap would.
 //! - **Nodes.** Node 0 is the broadcaster ([`crate::mesh::MeshConfig::broadcaster`]); viewers
 //!   use [`crate::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
 //!   from the node's index; addresses serve only as dial hints.
@@ -124,6 +125,7 @@
 mod engine;
 mod link;
 mod metrics;
+mod queue;
 
 use serde::Serialize;
 use std::time::Duration;
