@@ -35,7 +35,9 @@
 //! segment, which the player is waiting for). A joiner asks for every part of that first
 //! segment at once, flagged `join`, and suppliers with spare upload serve it in a slot
 //! beyond their cap ([`crate::rate::upload_slots`]), so a flash crowd's first segments do
-//! not wait for the live relaying. The broadcaster is also the tracker: its peer samples
+//! not wait for the live relaying; a part the origin seeded to a viewer is served in a
+//! slot beyond its cap too, since that viewer holds the swarm's first copy (the drivers
+//! decide both). The broadcaster is also the tracker: its peer samples
 //! list its partners and, once it is full, the viewers it turned away lately, which still
 //! have room for each other.
 //!

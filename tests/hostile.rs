@@ -8,10 +8,11 @@ mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::evil::{connect_tight, part_bytes, part_frame, Answer, Evil, Liar, Source};
-use common::nodes::{broadcaster, publish, shutdown_all, viewer, wait_for};
+use common::nodes::{broadcaster, publish, shutdown_all, viewer, viewer_config, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
 use starling::net::Node;
+use starling::rate::Rate;
 use starling::store;
 use starling::stream::{node_id, sign_segment, NodeId, SignedHeader, PARTS};
 use starling::wire::{self, Reply, Request};
@@ -439,6 +440,64 @@ async fn ten_percent_hostile_peers_do_not_break_continuity() {
     assert!(continuity >= 0.995, "continuity {continuity:.4}");
     for l in &liars {
         l.kill();
+    }
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+
+/// A viewer whose upload gives it one slot serves a part the origin seeded to it even
+/// while that slot is held, and still turns a request for any other part away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_the_origin_seeded_is_served_beyond_the_upload_slot_cap() {
+    let key = SigningKey::from_bytes(&[191; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 9).await;
+    // 1 Mbit/s for a 0.8 Mbit/s stream: one upload slot once the bitrate is known.
+    let mut config = viewer_config(
+        SigningKey::from_bytes(&[192; 32]),
+        &origin,
+        MeshConfig::viewer(stream, SEGMENT, 2),
+        10,
+    );
+    config.upload_limit = Some(Rate(1_000_000));
+    let only = Node::spawn(config).await.unwrap();
+    let (target, addr) = (only.id(), addr_of(&only));
+    let viewers = [only];
+    // The only viewer is pushed every part; it remembers the last two segments' as seeded.
+    play(&origin, &key, 0..4, &viewers).await;
+
+    // A reader that never reads holds the one slot with a part of segment 0.
+    let holder = connect_tight(&SigningKey::from_bytes(&[193; 32]), target, addr, stream)
+        .await
+        .unwrap();
+    let _held = holder
+        .open_and_hold(&wire::encode(&Request {
+            number: 0,
+            part: PARTS as u8 - 1,
+            header: true,
+            join: false,
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asker = Evil::connect(&SigningKey::from_bytes(&[194; 32]), target, addr, stream)
+        .await
+        .unwrap();
+    assert!(
+        matches!(asker.request(1).await, Some((Reply::Busy, _))),
+        "a part it was not seeded with waits for the slot"
+    );
+    match asker.request(3).await {
+        Some((
+            Reply::Part {
+                header: Some(h),
+                part,
+                ..
+            },
+            data,
+        )) => {
+            assert_eq!(data, payload(3).slice(part_bytes(&h, part)));
+        }
+        other => panic!("the seeded part was not served: {:?}", other.map(|r| r.0)),
     }
     shutdown_all(viewers.into_iter().chain([origin])).await;
 }

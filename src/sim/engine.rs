@@ -25,6 +25,8 @@ const NS_PER_SEC: f64 = 1e9;
 const NS_PER_MS: u64 = 1_000_000;
 /// Segments each node keeps to serve (the broadcaster's store capacity).
 const STORE: u64 = 64;
+/// Parts pushed by the origin that a node remembers as seeded (as `net.rs` does).
+const MAX_SEEDED: usize = 2 * PARTS;
 /// `net.rs`'s `BUSY_BACKLOG`: above this much limiter debt a request is answered `Busy`.
 const BUSY_BACKLOG: Ns = 1_500_000_000;
 /// `net.rs`'s `KEEP_BEHIND`: a segment this far behind the newest held is unwanted.
@@ -284,6 +286,8 @@ struct Node {
     assembling: Vec<Assembly>,
     /// Position in the live-viewer list.
     live_pos: usize,
+    /// The parts the origin pushed here lately (newest last), served beyond the slot cap.
+    seeded: Vec<(u64, u8)>,
 }
 
 impl Node {
@@ -327,6 +331,17 @@ impl Node {
     /// The same for a request (a join request may get one more).
     fn slots_for(&self, join: bool) -> u64 {
         upload_slots(Some(self.cap_bps), self.stream_bps, join)
+    }
+
+    fn note_seeded(&mut self, number: u64, part: u8) {
+        if self.seeded.len() >= MAX_SEEDED {
+            self.seeded.remove(0);
+        }
+        self.seeded.push((number, part));
+    }
+
+    fn was_seeded(&self, number: u64, part: u8) -> bool {
+        self.seeded.contains(&(number, part))
     }
 
     fn assembly(&self, number: u64) -> Option<&Assembly> {
@@ -818,6 +833,7 @@ impl Sim {
             ups: Vec::new(),
             assembling: Vec::new(),
             live_pos: usize::MAX,
+            seeded: Vec::new(),
         });
         self.drain(i);
         i
@@ -1363,7 +1379,7 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        if n.slots_used >= n.slots_for(join) {
+        if n.slots_used >= n.slots_for(join) + u64::from(n.was_seeded(number, part)) {
             self.d.busy += 1;
             return self.refuse(tr, true);
         }
@@ -1843,6 +1859,11 @@ impl Sim {
             t.arriving = true;
             t.partial = follow;
         }
+        if kind == Kind::Push && s == ORIGIN {
+            if let Some(n) = self.node_mut(r) {
+                n.note_seeded(number, part);
+            }
+        }
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
         // the request is not counted as stalled.
         if let Some(m) = self.mesh(r) {
@@ -2270,6 +2291,30 @@ mod tests {
         assert_eq!(sim.d.busy, 1);
         assert!(has_part(&sim, 2, LAST) && has_part(&sim, 3, LAST));
         assert!(!has_part(&sim, 4, LAST));
+        assert!(all_freed(&sim));
+    }
+
+    #[test]
+    fn a_part_the_origin_seeded_is_served_beyond_the_slot_cap() {
+        // 3 Mbit/s for a 16 Mbit/s stream: one slot, and nothing spare for a joiner.
+        let mut sim = swarm_at(16_000_000, 5, 8_000_000, 3_000_000);
+        let b = 1;
+        let t0 = sim.now;
+        sim.push(ORIGIN, sim.id_of(b), 0, LAST);
+        sim.run_until(t0 + 2000 * MS);
+        assert!(has_part(&sim, b, LAST));
+        let now = one_slot_holder(&mut sim, b);
+        // B's one slot goes to a plain part; the part B is the swarm's first copy of gets a
+        // slot beyond it; another plain part is told Busy.
+        sim.request(2, sim.id_of(b), (0, 0), false);
+        sim.run_until(now + 20 * MS);
+        sim.request(3, sim.id_of(b), (0, LAST), false);
+        sim.run_until(now + 40 * MS);
+        sim.request(4, sim.id_of(b), (0, 1), false);
+        sim.run_until(now + 5000 * MS);
+        assert_eq!(sim.d.busy, 1);
+        assert!(has_part(&sim, 2, 0) && has_part(&sim, 3, LAST));
+        assert!(!has_part(&sim, 4, 1));
         assert!(all_freed(&sim));
     }
 
