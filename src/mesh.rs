@@ -951,9 +951,13 @@ impl Mesh {
         if number < self.floor() || self.cfg.role != Role::Viewer || j >= PARTS {
             return;
         }
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.stalls = 0;
-        }
+        // A report from a peer whose connection has ended is stale: its transfer died with
+        // the connection and will report nothing more, so marking the part as arriving
+        // would keep it from being asked elsewhere until the request timeout.
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        p.stalls = 0;
         let s = self.track(number);
         s.first_heard.get_or_insert(now);
         if let Some(ps) = s.parts.get_mut(j) {
@@ -1881,6 +1885,47 @@ mod tests {
         assert!(!asked.is_empty());
         // Only the join segment; the later ones wait for partners as usual.
         assert!(asked.iter().all(|r| *r == (id(ORIGIN), 17)), "{asked:?}");
+    }
+
+    #[test]
+    fn a_part_reported_arriving_from_a_partner_already_gone_is_asked_elsewhere() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        for p in [20, 30, 40] {
+            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
+        }
+        let have = |number, parts| Control::Have { number, parts };
+        v.handle_control(t0, id(ORIGIN), have(9, ALL_PARTS));
+        for p in [20, 30, 40] {
+            v.handle_control(t0, id(p), have(9, 0b1));
+        }
+        let asked_for_part_0 = |actions: &[Action]| {
+            actions.iter().find_map(|a| match a {
+                Action::Request {
+                    peer,
+                    number: 9,
+                    part: 0,
+                    ..
+                } => Some(*peer),
+                _ => None,
+            })
+        };
+        let first = asked_for_part_0(&drain(&mut v)).expect("part 0 asked for");
+        // Its connection ends (it sent forged bytes, say); the driver's report that its
+        // part had started arriving is handled after that.
+        v.handle_disconnected(t0, first);
+        let second = asked_for_part_0(&drain(&mut v)).expect("asked elsewhere");
+        assert_ne!(second, first);
+        v.handle_receiving(t0, first, 9, 0);
+        // The second supplier fails too: nothing is arriving, so the third is asked.
+        let t1 = t0 + Duration::from_millis(50);
+        v.handle_transfer_failed(t1, second, 9, 0, false);
+        let third = asked_for_part_0(&drain(&mut v));
+        assert!(
+            third.is_some_and(|p| p != first && p != second),
+            "{third:?}"
+        );
     }
 
     #[test]
