@@ -1641,6 +1641,25 @@ mod tests {
         Mesh::new(MeshConfig::viewer(id(ORIGIN), SEG, 3), id(me), 7, now)
     }
 
+    /// Viewer 10 with the origin and `partners` connected; the origin has announced all of
+    /// segment 9.
+    fn viewer_with_partners(t0: Instant, partners: &[u8]) -> Mesh {
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        for &p in partners {
+            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+        }
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 9,
+                parts: ALL_PARTS,
+            },
+        );
+        v
+    }
+
     /// A viewer that joins at the live edge (no hold-back), budget one segment.
     fn edge_viewer(me: u8, now: Instant) -> Mesh {
         Mesh::new(MeshConfig::viewer(id(ORIGIN), SEG, 0), id(me), 7, now)
@@ -1890,13 +1909,8 @@ mod tests {
     #[test]
     fn a_part_reported_arriving_from_a_partner_already_gone_is_asked_elsewhere() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        for p in [20, 30, 40] {
-            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
-        }
+        let mut v = viewer_with_partners(t0, &[20, 30, 40]);
         let have = |number, parts| Control::Have { number, parts };
-        v.handle_control(t0, id(ORIGIN), have(9, ALL_PARTS));
         for p in [20, 30, 40] {
             v.handle_control(t0, id(p), have(9, 0b1));
         }
@@ -1931,13 +1945,8 @@ mod tests {
     #[test]
     fn a_part_is_not_announced_to_a_partner_that_announced_it() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        for p in [20, 30, 40] {
-            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
-        }
+        let mut v = viewer_with_partners(t0, &[20, 30, 40]);
         let have = |number, parts| Control::Have { number, parts };
-        v.handle_control(t0, id(ORIGIN), have(9, ALL_PARTS));
         // 30 has parts 0 and 1 of segment 9; part 0 starts arriving from 20.
         v.handle_control(t0, id(30), have(9, 0b11));
         drain(&mut v);
@@ -1956,19 +1965,7 @@ mod tests {
     #[test]
     fn parts_come_from_several_suppliers_and_the_whole_is_announced() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        for p in [20, 30, 40, 50] {
-            v.handle_connected(t0, id(p), addr(p as u16), Role::Viewer, true);
-        }
-        v.handle_control(
-            t0,
-            id(ORIGIN),
-            Control::Have {
-                number: 9,
-                parts: ALL_PARTS,
-            },
-        );
+        let mut v = viewer_with_partners(t0, &[20, 30, 40, 50]);
         drain(&mut v);
         // Each partner has only some parts of segment 9.
         for (p, mask) in [
@@ -2506,16 +2503,7 @@ mod tests {
     #[test]
     fn wake_ups_are_never_in_the_past() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_control(
-            t0,
-            id(ORIGIN),
-            Control::Have {
-                number: 9,
-                parts: ALL_PARTS,
-            },
-        );
+        let mut v = viewer_with_partners(t0, &[]);
         // The origin goes away: segments wait with their fallback moment passing.
         v.handle_disconnected(t0, id(ORIGIN));
         for secs in [1, 4, 7, 30] {

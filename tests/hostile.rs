@@ -31,6 +31,28 @@ fn addr_of(node: &Node) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], node.local_addr().unwrap().port()))
 }
 
+/// Whether `reply` served a part of segment `n` (with its header); panics if its bytes
+/// are not the broadcaster's.
+fn genuine_part(reply: Option<(Reply, Bytes)>, n: u64) -> bool {
+    let Some((
+        Reply::Part {
+            header: Some(h),
+            part,
+            ..
+        },
+        data,
+    )) = reply
+    else {
+        return false;
+    };
+    assert_eq!(
+        data,
+        payload(n).slice(part_bytes(&h, part)),
+        "served bytes are genuine"
+    );
+    true
+}
+
 /// Every segment `node` holds is byte for byte the broadcaster's.
 fn assert_all_genuine(node: &Node, origin: &Node) {
     let shared = node.store();
@@ -288,23 +310,8 @@ async fn slowloris_readers_are_banned_and_flooders_are_told_busy() {
             let (mut served, mut busy) = (0u32, 0u32);
             for _ in 0..20 {
                 match flooder.request(1).await {
-                    Some((
-                        Reply::Part {
-                            header: Some(h),
-                            part,
-                            ..
-                        },
-                        data,
-                    )) => {
-                        assert_eq!(
-                            data,
-                            payload(1).slice(part_bytes(&h, part)),
-                            "served bytes are genuine"
-                        );
-                        served += 1;
-                    }
                     Some((Reply::Busy, _)) => busy += 1,
-                    _ => {}
+                    reply => served += u32::from(genuine_part(reply, 1)),
                 }
             }
             (served, busy)
@@ -486,18 +493,9 @@ async fn a_part_the_origin_seeded_is_served_beyond_the_upload_slot_cap() {
         matches!(asker.request(1).await, Some((Reply::Busy, _))),
         "a part it was not seeded with waits for the slot"
     );
-    match asker.request(3).await {
-        Some((
-            Reply::Part {
-                header: Some(h),
-                part,
-                ..
-            },
-            data,
-        )) => {
-            assert_eq!(data, payload(3).slice(part_bytes(&h, part)));
-        }
-        other => panic!("the seeded part was not served: {:?}", other.map(|r| r.0)),
-    }
+    assert!(
+        genuine_part(asker.request(3).await, 3),
+        "the seeded part was not served"
+    );
     shutdown_all(viewers.into_iter().chain([origin])).await;
 }
