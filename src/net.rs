@@ -9,7 +9,7 @@
 //! [`Store`], the only place the HTTP server and peers read from.
 
 use crate::mesh::{Action, Mesh, MeshConfig, MeshStats};
-use crate::rate::{upload_slots, Rate, TokenBucket};
+use crate::rate::{serving_slots, Rate, SeededParts, TokenBucket};
 use crate::store::{self, SharedStore, Store};
 use crate::stream::{
     node_id, part_pieces, piece_range, NodeId, SignedHeader, StreamId, VerifiedSegment, PARTS,
@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use quinn::{Connection, RecvStream, SendStream};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -424,9 +424,8 @@ struct Shared {
     partials: Mutex<HashMap<u64, Arc<Partial>>>,
     /// Uploads (serves and relays) in progress.
     uploads_active: AtomicUsize,
-    /// Parts the origin pushed here lately (newest last, at most [`MAX_SEEDED`]): this node
-    /// holds the swarm's first copy, so requests for them are served beyond the slot cap.
-    seeded: Mutex<VecDeque<(u64, u8)>>,
+    /// Parts the origin pushed here lately: requests for them get a slot more.
+    seeded: Mutex<SeededParts>,
     /// An address from the ticket answered with a key other than the stream's.
     origin_wrong_key: Mutex<Option<SocketAddr>>,
     /// Private streams: what this node shows and demands.
@@ -519,7 +518,7 @@ impl Node {
             mesh_stats: Mutex::new(MeshStats::default()),
             partials: Mutex::new(HashMap::new()),
             uploads_active: AtomicUsize::new(0),
-            seeded: Mutex::new(VecDeque::new()),
+            seeded: Mutex::new(SeededParts::default()),
             origin_wrong_key: Mutex::new(None),
             admission: config.admission,
             token_epoch: watch::Sender::new(config.admission.epoch()),
@@ -1549,7 +1548,7 @@ async fn receive_part(
         }
     };
     if expected.is_none() && from == shared.stream {
-        note_seeded(shared, number, part);
+        lock_seeded(shared).note(number, part);
     }
     if created {
         // The other empty parts are held as of now too: the mesh need not ask for them.
@@ -1768,7 +1767,8 @@ async fn serve(shared: &Shared, peer: NodeId, send: &mut SendStream, mut recv: R
         let _ = send.finish();
         return;
     }
-    let slot = UploadSlot::take(shared, req.join, was_seeded(shared, req.number, req.part));
+    let seeded = lock_seeded(shared).contains(req.number, req.part);
+    let slot = UploadSlot::take(shared, req.join, seeded);
     if slot.is_none() || shared.limiter.backlog() > BUSY_BACKLOG {
         add(&shared.counters.busy_replies, 1);
         let _ = send.write_all(&wire::encode(&Reply::Busy)).await;
@@ -1834,34 +1834,20 @@ async fn end_upload(
     }
 }
 
-/// Parts remembered as seeded here by the origin: two segments' worth.
-const MAX_SEEDED: usize = 2 * PARTS;
-
-/// Remembers that the origin pushed part `part` of `number` here.
-fn note_seeded(shared: &Shared, number: u64, part: u8) {
-    let mut seeded = shared.seeded.lock().unwrap_or_else(|e| e.into_inner());
-    if seeded.len() >= MAX_SEEDED {
-        seeded.pop_front();
-    }
-    seeded.push_back((number, part));
-}
-
-/// Whether the origin pushed part `part` of `number` here lately.
-fn was_seeded(shared: &Shared, number: u64, part: u8) -> bool {
-    let seeded = shared.seeded.lock().unwrap_or_else(|e| e.into_inner());
-    seeded.contains(&(number, part))
+/// The parts seeded here; a poisoned lock still yields them (each update is one push).
+fn lock_seeded(shared: &Shared) -> std::sync::MutexGuard<'_, SeededParts> {
+    shared.seeded.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One upload in progress; released on drop.
 struct UploadSlot<'a>(&'a Shared);
 
 impl<'a> UploadSlot<'a> {
-    /// A slot if fewer uploads run than [`upload_slots`] allows; otherwise better to say Busy
-    /// and let the requester ask someone else.
-    /// A part the origin seeded here gets one slot more (see [`Shared::seeded`]).
+    /// A slot if fewer uploads run than [`serving_slots`] allows; otherwise better to say
+    /// Busy and let the requester ask someone else.
     fn take(shared: &'a Shared, join: bool, seeded: bool) -> Option<UploadSlot<'a>> {
         let bps = shared.stream_bps.load(Ordering::Relaxed);
-        let slots = upload_slots(shared.limiter.rate().map(|r| r.0), bps, join) + u64::from(seeded);
+        let slots = serving_slots(shared.limiter.rate().map(|r| r.0), bps, join, seeded);
         let slots = usize::try_from(slots).unwrap_or(usize::MAX);
         let prev = shared.uploads_active.fetch_add(1, Ordering::AcqRel);
         if prev >= slots {

@@ -3,6 +3,8 @@
 //! Pure: the bucket is told the time; the async driver in [`crate::net`] sleeps on
 //! [`TokenBucket::wait_time`].
 
+use crate::stream::PARTS;
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -24,6 +26,36 @@ pub fn upload_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool) -> u64 {
     let slots = (cap / stream_bps).clamp(1, MAX_UPLOAD_SLOTS);
     let spare = cap.saturating_sub(slots.saturating_mul(stream_bps));
     slots + u64::from(join && spare.saturating_mul(4) >= stream_bps)
+}
+
+/// [`upload_slots`] for one request, with one slot more for a part the origin seeded to
+/// this node ([`SeededParts`]), whatever the spare: the seed holds the swarm's only viewer
+/// copy of it, and every other viewer waits on it. Both `net.rs` and the simulator admit
+/// requests with this.
+pub fn serving_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool, seeded: bool) -> u64 {
+    upload_slots(cap_bps, stream_bps, join) + u64::from(seeded)
+}
+
+/// The parts the origin pushed to this node lately, oldest first: two segments' worth.
+#[derive(Debug, Default)]
+pub struct SeededParts(VecDeque<(u64, u8)>);
+
+impl SeededParts {
+    /// Parts remembered; older ones are forgotten first.
+    pub const CAPACITY: usize = 2 * PARTS;
+
+    /// Part `part` of segment `number` was pushed here by the origin.
+    pub fn note(&mut self, number: u64, part: u8) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back((number, part));
+    }
+
+    /// Whether part `part` of segment `number` was pushed here by the origin lately.
+    pub fn contains(&self, number: u64, part: u8) -> bool {
+        self.0.contains(&(number, part))
+    }
 }
 
 /// A rate in bits per second, parsed from `3M`, `500k`, `1.5G` or a plain number.

@@ -9,7 +9,7 @@ use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
 use crate::mesh::{Action, Mesh, MeshConfig};
-use crate::rate::upload_slots;
+use crate::rate::{serving_slots, SeededParts};
 use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
@@ -25,8 +25,6 @@ const NS_PER_SEC: f64 = 1e9;
 const NS_PER_MS: u64 = 1_000_000;
 /// Segments each node keeps to serve (the broadcaster's store capacity).
 const STORE: u64 = 64;
-/// Parts pushed by the origin that a node remembers as seeded (as `net.rs` does).
-const MAX_SEEDED: usize = 2 * PARTS;
 /// `net.rs`'s `BUSY_BACKLOG`: above this much limiter debt a request is answered `Busy`.
 const BUSY_BACKLOG: Ns = 1_500_000_000;
 /// `net.rs`'s `KEEP_BEHIND`: a segment this far behind the newest held is unwanted.
@@ -286,8 +284,8 @@ struct Node {
     assembling: Vec<Assembly>,
     /// Position in the live-viewer list.
     live_pos: usize,
-    /// The parts the origin pushed here lately (newest last), served beyond the slot cap.
-    seeded: Vec<(u64, u8)>,
+    /// The parts the origin pushed here lately (requests for them get a slot more).
+    seeded: SeededParts,
 }
 
 impl Node {
@@ -325,23 +323,14 @@ impl Node {
     /// `net.rs`'s `UploadSlot` count: cap / bitrate in [1, 8]; 8 while the bitrate is unknown.
     #[cfg(test)]
     fn slots(&self) -> u64 {
-        self.slots_for(false)
+        self.slots_for(false, false)
     }
 
     /// The same for a request (a join request may get one more).
-    fn slots_for(&self, join: bool) -> u64 {
-        upload_slots(Some(self.cap_bps), self.stream_bps, join)
-    }
-
-    fn note_seeded(&mut self, number: u64, part: u8) {
-        if self.seeded.len() >= MAX_SEEDED {
-            self.seeded.remove(0);
-        }
-        self.seeded.push((number, part));
-    }
-
-    fn was_seeded(&self, number: u64, part: u8) -> bool {
-        self.seeded.contains(&(number, part))
+    /// The slots a request may take: one more for a `join` one with room, and one more
+    /// for a part the origin seeded here (as in `net.rs`).
+    fn slots_for(&self, join: bool, seeded: bool) -> u64 {
+        serving_slots(Some(self.cap_bps), self.stream_bps, join, seeded)
     }
 
     fn assembly(&self, number: u64) -> Option<&Assembly> {
@@ -833,7 +822,7 @@ impl Sim {
             ups: Vec::new(),
             assembling: Vec::new(),
             live_pos: usize::MAX,
-            seeded: Vec::new(),
+            seeded: SeededParts::default(),
         });
         self.drain(i);
         i
@@ -1379,7 +1368,7 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        if n.slots_used >= n.slots_for(join) + u64::from(n.was_seeded(number, part)) {
+        if n.slots_used >= n.slots_for(join, n.seeded.contains(number, part)) {
             self.d.busy += 1;
             return self.refuse(tr, true);
         }
@@ -1861,7 +1850,7 @@ impl Sim {
         }
         if kind == Kind::Push && s == ORIGIN {
             if let Some(n) = self.node_mut(r) {
-                n.note_seeded(number, part);
+                n.seeded.note(number, part);
             }
         }
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
