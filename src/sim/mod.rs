@@ -57,7 +57,7 @@
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
 //!   8 at the broadcaster, which receives none. A join request may take one slot more
 //!   (`rate::upload_slots`), and so may a request for a part the origin pushed to this node
-//!   (its last 16 such parts remembered), as in `net.rs`. A slot is held until the last piece
+//!   (its last 16 such parts remembered): `rate::serving_slots`, as in `net.rs`. A slot is held until the last piece
 //!   has left (or the upload stops). Busy backoff is the mesh's own (100 ms per peer).
 //! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
 //!   The origin's pushes go before the requests it serves (`net.rs`'s `UploadClass`): its
