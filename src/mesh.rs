@@ -31,7 +31,7 @@
 //! different viewer (`seed_fanout` copies in all, one by default), so the segment
 //! enters the swarm at several points at once and the origin's upload stays near one
 //! copy; a viewer asks the broadcaster itself only when no partner has a part by the
-//! time half of its playout budget is spent (400 ms for a joining viewer's first
+//! time half of its playout budget is spent (200 ms for a joining viewer's first
 //! segment, which the player is waiting for). A joiner asks for every part of that first
 //! segment at once, flagged `join`, and suppliers with spare upload serve it in a slot
 //! beyond their cap ([`crate::rate::upload_slots`]), so a flash crowd's first segments do
@@ -66,8 +66,9 @@ const STALL_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_STALLS: u32 = 3;
 /// How long a joining viewer waits for partners to announce its first segment before it
 /// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
-/// arrive, short next to the wait for the stream's later segments.
-const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(400);
+/// arrive, short next to the wait for the stream's later segments. 200 ms joined faster
+/// than 400 ms in the simulator and the swarm (docs/DESIGN.md, "Request order").
+const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
 /// Most parts the broadcaster owes as seeds (see [`Mesh::handle_publish`]).
 const MAX_SEED_DEBT: usize = 4 * PARTS;
 /// Broadcaster: turned-away viewers remembered for its peer samples.
