@@ -182,6 +182,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
     out.freeze()
 }
 
+/// The length of the frame [`encode`] makes of `msg`, without making it: the simulator
+/// counts the bytes of every message it models.
+pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
+    let size = postcard::ser_flavors::Size::default();
+    4 + postcard::serialize_with_flavor::<T, _, usize>(msg, size).unwrap_or(0)
+}
+
 /// Decodes one frame from the front of `buf`.
 ///
 /// `Ok(None)`: not enough bytes yet (nothing consumed). An oversize length prefix
@@ -269,6 +276,21 @@ mod tests {
             assert_eq!(got, m);
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn encoded_len_is_the_frame_length() {
+        for m in samples() {
+            assert_eq!(encoded_len(&m), encode(&m).len(), "{m:?}");
+        }
+        let req = Request {
+            number: 1 << 40,
+            part: 7,
+            header: true,
+            join: false,
+        };
+        assert_eq!(encoded_len(&req), encode(&req).len());
+        assert_eq!(encoded_len(&Reply::Busy), encode(&Reply::Busy).len());
     }
 
     #[test]
