@@ -424,6 +424,18 @@ pub struct Mesh {
     /// of a segment at the same moment do not all ask for part 0 first.
     part_offset: usize,
     stats: MeshStats,
+    scratch: Scratch,
+}
+
+/// [`Mesh::schedule`]'s work lists, kept between calls.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// (number, wanted parts, late, first, urgent) of each segment with parts to ask for.
+    candidates: Vec<(u64, u32, bool, bool, bool)>,
+    /// Partners holding or receiving each part of each candidate.
+    suppliers: Vec<[usize; PARTS]>,
+    /// (late, not first, suppliers, number, rotated part, urgent), sorted.
+    order: Vec<(bool, bool, usize, u64, usize, bool)>,
 }
 
 impl Mesh {
@@ -456,6 +468,7 @@ impl Mesh {
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
             stats: MeshStats::default(),
+            scratch: Scratch::default(),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
         mesh.maintain(now);
@@ -481,8 +494,10 @@ impl Mesh {
             }
         }
         for (_, s) in self.unsettled() {
+            let mut inflight = 0;
             for part in &s.parts {
                 let Some(inf) = part.inflight else { continue };
+                inflight += 1;
                 let expiry = inf.since + self.cfg.request_timeout;
                 if expiry > self.last_now {
                     t = t.min(expiry);
@@ -492,7 +507,7 @@ impl Mesh {
                     t = t.min(stall);
                 }
             }
-            if !s.held && s.inflight() == 0 {
+            if !s.held && inflight == 0 {
                 if let Some(h) = s.first_heard {
                     // Wake when a waiting segment becomes eligible for the origin, or misses.
                     let fallback = h + self.origin_wait();
@@ -1463,6 +1478,13 @@ impl Mesh {
 
     /// Decides what to request now, part by part. Most urgent first; otherwise rarest first.
     fn schedule(&mut self, now: Instant) {
+        // The work lists outlive the call, so the hottest path allocates nothing.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.schedule_with(now, &mut scratch);
+        self.scratch = scratch;
+    }
+
+    fn schedule_with(&mut self, now: Instant, scratch: &mut Scratch) {
         self.last_now = self.last_now.max(now);
         if self.cfg.role != Role::Viewer {
             return;
@@ -1499,7 +1521,8 @@ impl Mesh {
         // would make the next ones late too. Only urgent parts may go to the origin.
         let budget = self.cfg.playout_budget;
         // The segments with parts to ask for: (number, wanted parts, late, first, urgent).
-        let mut candidates: Vec<(u64, u32, bool, bool, bool)> = Vec::new();
+        let candidates = &mut scratch.candidates;
+        candidates.clear();
         for (&n, s) in self.unsettled() {
             if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
@@ -1539,7 +1562,9 @@ impl Mesh {
         }
         // Partners holding or receiving each wanted part, in one walk of the partners (a
         // partner's announcements of neighbouring segments share its cache lines).
-        let mut suppliers = vec![[0usize; PARTS]; candidates.len()];
+        let suppliers = &mut scratch.suppliers;
+        suppliers.clear();
+        suppliers.resize(candidates.len(), [0; PARTS]);
         // Whether any wanted part is held by a partner that could be asked now (a superset
         // of what `pick_supplier` accepts: it also skips partners that failed us).
         let mut reachable = false;
@@ -1566,8 +1591,9 @@ impl Mesh {
         if !reachable && !origin_may_serve {
             return;
         }
-        let mut order: Vec<(bool, bool, usize, u64, usize, bool)> = Vec::new();
-        for (&(n, wanted, late, first, urgent), counts) in candidates.iter().zip(&suppliers) {
+        let order = &mut scratch.order;
+        order.clear();
+        for (&(n, wanted, late, first, urgent), counts) in candidates.iter().zip(suppliers.iter()) {
             for k in 0..PARTS {
                 let j = (k + self.part_offset) % PARTS;
                 if wanted & bit(j) == 0 {
@@ -1578,7 +1604,7 @@ impl Mesh {
             }
         }
         order.sort_unstable();
-        for (_, _, _, n, k, urgent) in order {
+        for &(_, _, _, n, k, urgent) in order.iter() {
             if inflight >= self.cfg.max_inflight_total && join_segment != Some(n) {
                 continue;
             }

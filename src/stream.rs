@@ -73,8 +73,35 @@ pub enum StreamError {
 }
 
 /// A node's public identity: its ed25519 public key. The stream id is the broadcaster's.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 32]);
+
+impl NodeId {
+    /// The key as four big-endian words: ordering them is ordering the bytes.
+    fn words(&self) -> [u64; 4] {
+        let mut w = [0u64; 4];
+        for (word, chunk) in w.iter_mut().zip(self.0.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *word = u64::from_be_bytes(b);
+        }
+        w
+    }
+}
+
+/// Byte order, as a derived `Ord` would give, by words: ids are the keys of the mesh's
+/// maps, and the byte-wise `memcmp` was 4% of a simulation's instructions.
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.words().cmp(&other.words())
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// The stream's identity: the broadcaster's public key.
 pub type StreamId = NodeId;
@@ -386,6 +413,19 @@ mod tests {
 
     fn key(seed: u64) -> SigningKey {
         SigningKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn node_ids_order_as_their_bytes(a in proptest::prelude::any::<[u8; 32]>(),
+                                         b in proptest::prelude::any::<[u8; 32]>(),
+                                         k in 0usize..32) {
+            proptest::prop_assert_eq!(NodeId(a).cmp(&NodeId(b)), a.cmp(&b));
+            // Ids sharing a prefix differ only at byte k.
+            let mut c = a;
+            c[k] = c[k].wrapping_add(1);
+            proptest::prop_assert_eq!(NodeId(a).cmp(&NodeId(c)), a.cmp(&c));
+        }
     }
 
     #[test]
