@@ -119,10 +119,19 @@
 //! - `origin_bytes`: segment bytes the origin's link sent, pushes and requests alike;
 //!   `delivered_bytes`: segment bytes viewers accepted (first copies only: a second copy is
 //!   counted in [`SimDetails::wasted_bytes`]).
-//! - `control_overhead`: non-media bytes sent (control frames as `wire::encode` sizes them,
+//! - `control_overhead`: non-media bytes sent (control frames as `wire::encode` frames them,
 //!   hellos, requests, replies' first frames, busy/unavailable replies) / segment bytes sent.
 //! - `cpu_s`, `peak_rss_mb`: process figures; [`run`] leaves them zero for the caller
 //!   (`benches/sim.rs` reads `/proc`).
+//!
+//! ## Speed
+//! One thread, one event at a time. An event costs about 1.4 µs at 300 peers (29 MB
+//! resident) and 3.8 µs at 10,000 (1.3 GB): each event wakes a different node, whose
+//! mesh state is not in cache. Most of that state is the per-part bookkeeping of the
+//! segments in play (about 1.7 KB a segment). Cutting instructions by 41% (seventh
+//! session) cut the 10,000-peer wall time by only 8% for that reason. A 60 s
+//! 10,000-peer run needs fewer events per part (pushed sub-streams rather than a request
+//! per part) and more than one core; neither is built (BENCHMARKS.md).
 
 mod engine;
 mod link;
