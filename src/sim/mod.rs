@@ -128,7 +128,7 @@
 //! One thread, one event at a time. An event costs about 1.4 µs at 300 peers (29 MB
 //! resident) and 3.8 µs at 10,000 (1.3 GB): each event wakes a different node, whose
 //! mesh state is not in cache. Most of that state is the per-part bookkeeping of the
-//! segments in play (about 1.7 KB a segment). Cutting instructions by 41% (seventh
+//! segments in play (880 bytes a segment). Cutting instructions by 41% (seventh
 //! session) cut the 10,000-peer wall time by only 8% for that reason. A 60 s
 //! 10,000-peer run needs fewer events per part (pushed sub-streams rather than a request
 //! per part) and more than one core; neither is built (BENCHMARKS.md).
