@@ -295,6 +295,12 @@ impl SegState {
 }
 
 impl Peer {
+    /// The stream's origin: `handle_connected` gives the Broadcaster role to the stream's
+    /// key alone, and a flag is cheaper to test than a 32-byte key on the hot paths.
+    fn is_origin(&self) -> bool {
+        self.role == Role::Broadcaster
+    }
+
     /// Below its in-flight cap and not backed off after a `Busy`.
     fn askable(&self, max_inflight: usize, now: Instant) -> bool {
         self.inflight < max_inflight && self.busy_until.is_none_or(|t| now >= t)
@@ -1509,7 +1515,7 @@ impl Mesh {
             && !self
                 .peers
                 .values()
-                .any(|p| p.role != Role::Broadcaster && p.uploads && askable(p))
+                .any(|p| !p.is_origin() && p.uploads && askable(p))
         {
             return;
         }
@@ -1569,9 +1575,7 @@ impl Mesh {
         // of what `pick_supplier` accepts: it also skips partners that failed us).
         let mut reachable = false;
         for p in self.peers.values() {
-            // The role is Broadcaster exactly for the origin (`handle_connected`), and a
-            // flag is cheaper to test than a key.
-            if !p.uploads || p.role == Role::Broadcaster {
+            if !p.uploads || p.is_origin() {
                 continue;
             }
             let can_ask = p.askable(max, self.last_now);
@@ -1645,7 +1649,7 @@ impl Mesh {
         let max = self.cfg.max_inflight_per_partner;
         let mut best: Option<(usize, i64, u32, NodeId)> = None;
         for (id, p) in &self.peers {
-            if p.role == Role::Broadcaster
+            if p.is_origin()
                 || !p.uploads
                 || !p.askable(max, self.last_now)
                 || p.have.get(n) & bit(part) == 0

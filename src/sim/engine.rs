@@ -327,7 +327,6 @@ impl Node {
         self.slots_for(false, false)
     }
 
-    /// The same for a request (a join request may get one more).
     /// The slots a request may take: one more for a `join` one with room, and one more
     /// for a part the origin seeded here (as in `net.rs`).
     fn slots_for(&self, join: bool, seeded: bool) -> u64 {
