@@ -138,8 +138,9 @@ impl MeshConfig {
             // each other, and with 10 the last joiners found them full and partnered only
             // with fellow newcomers, where the one upload slot of each was a lottery some
             // lost for seconds (all of the 10,000-peer simulator's late pairs were such
-            // viewers). 12 cut those 740 late pairs to 279 (BENCHMARKS.md, eighth session).
-            max_partners: 12,
+            // viewers). 11 cut those 740 late pairs to 416; 12 to 279, but with 32 ms more
+            // latency p99 (BENCHMARKS.md, eighth session).
+            max_partners: 11,
             max_inflight_per_partner: 2,
             max_inflight_total: 6,
             delay_segments,
