@@ -317,26 +317,28 @@ fn bit(part: usize) -> u32 {
     1 << part
 }
 
-/// Slots in a partner's [`Announced`] ring: the segments in play at once fit many times.
+/// Segments a partner's [`Announced`] covers, ending at the newest it announced: the
+/// segments in play at once fit many times.
 const ANNOUNCED: usize = 64;
 
-/// What a partner announced, as a ring of the [`ANNOUNCED`] newest segment numbers with
-/// a mask of parts each, kept inline: the scheduler reads it for every partner and every
-/// segment in play, and at 10,000 simulated nodes a map per partner (a pointer to chase,
-/// a cache miss each) was most of the scheduler's time.
+// A part mask fits a byte.
+const _: () = assert!(PARTS <= 8);
+
+/// What a partner announced: a mask of parts for each of the [`ANNOUNCED`] segments up
+/// to the newest it announced, as a ring of bytes (slot `number % ANNOUNCED`), kept
+/// inline. The scheduler reads it for every partner and every segment in play, so it is
+/// one cache line: at 10,000 simulated nodes a map per partner (a pointer to chase, a
+/// cache miss each) was most of the scheduler's time, and a ring of (number, mask) pairs
+/// twelve lines.
 #[derive(Debug, Clone)]
 struct Announced {
-    /// The segment number in each slot (`number % ANNOUNCED`); meaningless where the
-    /// mask is empty.
-    numbers: [u64; ANNOUNCED],
-    masks: [u32; ANNOUNCED],
+    masks: [u8; ANNOUNCED],
     newest: Option<u64>,
 }
 
 impl Announced {
     fn new() -> Announced {
         Announced {
-            numbers: [0; ANNOUNCED],
             masks: [0; ANNOUNCED],
             newest: None,
         }
@@ -346,37 +348,49 @@ impl Announced {
         (n % ANNOUNCED as u64) as usize
     }
 
-    /// The parts of `n` announced (0: none, or `n` has left the ring).
-    fn get(&self, n: u64) -> u32 {
-        let i = Self::slot(n);
-        match (self.numbers.get(i), self.masks.get(i)) {
-            (Some(&k), Some(&m)) if k == n => m,
-            _ => 0,
-        }
+    /// Whether `n` is in the covered span.
+    fn covers(&self, n: u64) -> bool {
+        self.newest
+            .is_some_and(|k| n <= k && n.saturating_add(ANNOUNCED as u64) > k)
     }
 
-    /// Adds `parts` of `n`; an older segment in its slot makes room, a newer one wins.
-    fn add(&mut self, n: u64, parts: u32) {
-        let i = Self::slot(n);
-        let (Some(k), Some(m)) = (self.numbers.get_mut(i), self.masks.get_mut(i)) else {
-            return;
-        };
-        if *k == n {
-            *m |= parts;
-        } else if *m == 0 || *k < n {
-            (*k, *m) = (n, parts);
-        } else {
-            return;
+    /// The parts of `n` announced (0: none, or `n` is out of the span).
+    fn get(&self, n: u64) -> u32 {
+        if !self.covers(n) {
+            return 0;
         }
-        self.newest = self.newest.max(Some(n));
+        self.masks.get(Self::slot(n)).map_or(0, |&m| u32::from(m))
+    }
+
+    /// Adds `parts` of `n`. A newer `n` moves the span on, forgetting what falls out of it;
+    /// one older than the span is ignored.
+    fn add(&mut self, n: u64, parts: u32) {
+        match self.newest {
+            Some(k) if n > k => {
+                // Clear the slots of the numbers the span drops: those of k+1 ..= n
+                // (all of them when the span moves by a whole ring or more).
+                let step = (n - k).min(ANNOUNCED as u64);
+                for x in n + 1 - step..=n {
+                    if let Some(m) = self.masks.get_mut(Self::slot(x)) {
+                        *m = 0;
+                    }
+                }
+                self.newest = Some(n);
+            }
+            None => self.newest = Some(n),
+            Some(_) if !self.covers(n) => return,
+            Some(_) => {}
+        }
+        if let Some(m) = self.masks.get_mut(Self::slot(n)) {
+            *m |= (parts & ALL_PARTS) as u8;
+        }
     }
 
     /// Forgets `parts` of `n` (the partner said it does not have them after all).
     fn remove(&mut self, n: u64, parts: u32) {
-        let i = Self::slot(n);
-        if let (Some(&k), Some(m)) = (self.numbers.get(i), self.masks.get_mut(i)) {
-            if k == n {
-                *m &= !parts;
+        if self.covers(n) {
+            if let Some(m) = self.masks.get_mut(Self::slot(n)) {
+                *m &= !((parts & ALL_PARTS) as u8);
             }
         }
     }
@@ -1750,17 +1764,26 @@ mod tests {
         a.add(5, 0b01);
         a.add(5, 0b10);
         assert_eq!(a.get(5), 0b11);
-        // 5 + ANNOUNCED shares 5's slot: the newer takes it, and the older cannot come back.
+        a.add(7, 0b1);
+        assert_eq!(
+            (a.get(5), a.get(6), a.get(7), a.newest),
+            (0b11, 0, 0b1, Some(7))
+        );
+        // 5 + ANNOUNCED shares 5's slot: the span moves on past 5, which cannot come back.
         let later = 5 + ANNOUNCED as u64;
         a.add(later, 0b100);
         a.add(5, 0b1);
         assert_eq!((a.get(5), a.get(later), a.newest), (0, 0b100, Some(later)));
+        // 7 is still in the span, and kept; what falls out of it reads as nothing.
+        assert_eq!(a.get(7), 0b1);
         a.remove(later, 0b100);
         assert_eq!(a.get(later), 0);
-        // An emptied slot takes any number, even an older one.
-        a.add(5, 0b1);
-        assert_eq!(a.get(5), 0b1);
-        assert_eq!(a.newest, Some(later));
+        // A jump of more than the span forgets everything before it.
+        a.add(later + 3 * ANNOUNCED as u64, 0b1);
+        assert_eq!((a.get(7), a.get(later)), (0, 0));
+        // Bits beyond the parts are not kept.
+        a.add(later + 3 * ANNOUNCED as u64, u32::MAX);
+        assert_eq!(a.get(later + 3 * ANNOUNCED as u64), ALL_PARTS);
     }
 
     #[test]
