@@ -510,19 +510,25 @@ impl Mesh {
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_maintenance;
         let header_timeout = self.header_timeout();
-        // Only a viewer asks anyone for anything, so only its peers can have said Busy; the
-        // broadcaster's thousands of partners are not walked after each of its events.
-        if self.cfg.role == Role::Viewer {
-            for p in self.peers.values() {
-                if let Some(b) = p.busy_until.filter(|b| *b > self.last_now) {
-                    t = t.min(b);
-                }
-            }
-        }
-        for (_, s) in self.unsettled() {
+        // Parts a request could go out for once a partner's `Busy` backoff ends: neither
+        // held nor asked for (a part arriving unasked counts, since that can stall), of the
+        // segments `schedule` considers. Up to 16 segments; beyond, every partner counts.
+        let mut open = [(0u64, 0u32); 16];
+        let mut opens = 0usize;
+        let mut overflow = false;
+        let mut inflight_total = 0usize;
+        let lost_before = self.lost_before();
+        let origin = self.peers.contains_key(&self.cfg.origin);
+        for (&n, s) in self.segs.range(self.settled_start()..) {
             let mut inflight = 0;
-            for part in &s.parts {
-                let Some(inf) = part.inflight else { continue };
+            let mut unasked = 0u32;
+            for (j, part) in s.parts.iter().enumerate() {
+                let Some(inf) = part.inflight else {
+                    if !part.held {
+                        unasked |= bit(j);
+                    }
+                    continue;
+                };
                 inflight += 1;
                 let expiry = inf.since + self.cfg.request_timeout;
                 if expiry > self.last_now {
@@ -531,6 +537,37 @@ impl Mesh {
                 let stall = inf.since + header_timeout;
                 if part.receiving_since.is_none() && stall > self.last_now {
                     t = t.min(stall);
+                }
+            }
+            // Counted as `schedule` counts, less the settled segments it skips (held ones
+            // below its start may still have parts in flight): at most its count.
+            if !s.held {
+                inflight_total += inflight;
+            }
+            let wanted = !s.held
+                && self.want_from.is_some_and(|w| n >= w)
+                && n >= lost_before
+                && self.ended.is_none_or(|e| n <= e);
+            if wanted && unasked != 0 {
+                // When the origin may be asked for it (see `schedule`).
+                let wait = if !self.started && self.want_from == Some(n) {
+                    JOIN_ORIGIN_WAIT.min(self.origin_wait())
+                } else {
+                    self.origin_wait()
+                };
+                // Once urgent, its parts may go to the origin: wake then, also with some of
+                // its parts in flight (with none, the fallback below covers it).
+                if let Some(u) = s.first_heard.map(|h| h + wait) {
+                    if inflight > 0 && origin && u > self.last_now && u < t {
+                        t = u;
+                    }
+                }
+                match open.get_mut(opens) {
+                    Some(slot) => {
+                        *slot = (n, unasked);
+                        opens += 1;
+                    }
+                    None => overflow = true,
                 }
             }
             if !s.held && inflight == 0 {
@@ -550,6 +587,29 @@ impl Mesh {
                             t = x;
                         }
                     }
+                }
+            }
+        }
+        // Only a viewer asks anyone for anything, so only its peers can have said Busy; the
+        // broadcaster's thousands of partners are not walked after each of its events.
+        // A backoff's end matters only if that peer could then be asked for something:
+        // the tick it would cause does nothing otherwise (over half of a simulation's ticks
+        // were such). Whatever changes that (an announcement, a request ending) is an
+        // input, which schedules then. At the total in-flight cap nothing can be asked.
+        let joining = !self.started && self.want_from.is_some();
+        let capped = inflight_total >= self.cfg.max_inflight_total && !joining;
+        if self.cfg.role == Role::Viewer && opens + usize::from(overflow) > 0 && !capped {
+            let open = open.get(..opens).unwrap_or(&[]);
+            for p in self.peers.values() {
+                let Some(b) = p.busy_until.filter(|b| *b > self.last_now && *b < t) else {
+                    continue;
+                };
+                // The origin serves any part (once it is urgent).
+                let useful = overflow
+                    || p.is_origin()
+                    || (p.uploads && open.iter().any(|&(n, m)| p.have.get(n) & m != 0));
+                if useful {
+                    t = b;
                 }
             }
         }
@@ -630,6 +690,7 @@ impl Mesh {
         claimed_role: Role,
         uploads: bool,
     ) {
+        self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
         // The claim is informational: only the stream's key is ever treated as the origin.
         let _ = claimed_role;
@@ -719,6 +780,7 @@ impl Mesh {
 
     /// The connection to `peer` ended.
     pub fn handle_disconnected(&mut self, now: Instant, peer: NodeId) {
+        self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
         if self.peers.remove(&peer).is_none() {
             return;
@@ -747,6 +809,7 @@ impl Mesh {
 
     /// A dial to `peer` failed.
     pub fn handle_dial_failed(&mut self, now: Instant, peer: NodeId) {
+        self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
         if self.is_origin(&peer) {
             self.origin_failed(now, true);
@@ -764,6 +827,7 @@ impl Mesh {
 
     /// A control message from a connected peer (after [`Control::validate`]).
     pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
+        self.last_now = self.last_now.max(now);
         if !self.peers.contains_key(&from) {
             return;
         }
@@ -925,10 +989,15 @@ impl Mesh {
     /// Neither settles undone: a held segment stays held, and a given-up one is never
     /// asked for again (the live edge only moves on).
     fn advance_settled(&mut self) {
+        self.settled_below = self.settled_start();
+    }
+
+    /// Where [`Mesh::advance_settled`] would move [`Mesh::settled_below`] to now.
+    fn settled_start(&self) -> u64 {
         let lost_before = self.lost_before();
         let settled =
             |n: u64, s: &SegState| s.held || (n < lost_before && s.missed && s.inflight() == 0);
-        self.settled_below = match self
+        match self
             .segs
             .range(self.settled_below..)
             .find(|(n, s)| !settled(**n, s))
@@ -938,7 +1007,7 @@ impl Mesh {
                 .segs
                 .last_key_value()
                 .map_or(self.settled_below, |(&n, _)| n.saturating_add(1)),
-        };
+        }
     }
 
     /// The segments still being fetched or waited for (with a few settled ones among them).
@@ -989,6 +1058,7 @@ impl Mesh {
     /// Part `part` of segment `number` is arriving from `from` (its first frame checked out):
     /// announce it now, so partners can pull it piece by piece while it arrives (cut-through).
     pub fn handle_receiving(&mut self, now: Instant, from: NodeId, number: u64, part: u8) {
+        self.last_now = self.last_now.max(now);
         let j = usize::from(part);
         if number < self.floor() || self.cfg.role != Role::Viewer || j >= PARTS {
             return;
@@ -1035,6 +1105,7 @@ impl Mesh {
     /// Part `part` of segment `number` (`len` bytes) arrived whole and verified from `from`.
     /// When it completes the segment, the driver then reports [`Mesh::handle_segment`].
     pub fn handle_part(&mut self, now: Instant, from: NodeId, number: u64, part: u8, len: u64) {
+        self.last_now = self.last_now.max(now);
         let j = usize::from(part);
         let Some(ps) = self.segs.get_mut(&number).and_then(|s| s.parts.get_mut(j)) else {
             return;
@@ -1064,6 +1135,7 @@ impl Mesh {
     /// Segment `number` (`len` bytes) is now held verified; `from` is who sent its last
     /// part (None: ourselves).
     pub fn handle_segment(&mut self, now: Instant, from: Option<NodeId>, number: u64, len: u64) {
+        self.last_now = self.last_now.max(now);
         let _ = len;
         if self.want_from.is_none() && self.cfg.role == Role::Viewer {
             self.want_from = Some(number);
@@ -1111,6 +1183,7 @@ impl Mesh {
         part: u8,
         busy: bool,
     ) {
+        self.last_now = self.last_now.max(now);
         let j = usize::from(part);
         let mut was_ours = false;
         if let Some(s) = self.segs.get_mut(&number) {
@@ -1146,6 +1219,7 @@ impl Mesh {
 
     /// `peer` sent bytes or messages that failed verification: drop and ban it.
     pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
+        self.last_now = self.last_now.max(now);
         self.misbehaved(now, peer, reason);
         self.schedule(now);
     }
@@ -1184,6 +1258,7 @@ impl Mesh {
 
     /// Broadcaster: segment `number` was just cut and signed.
     pub fn handle_publish(&mut self, now: Instant, number: u64) {
+        self.last_now = self.last_now.max(now);
         self.advance_newest(number);
         let s = self.segs.entry(number).or_default();
         s.held = true;
@@ -2218,6 +2293,38 @@ mod tests {
             reason: "refused"
         }));
         assert!(!v.is_banned(&id(20), t0 + Duration::from_secs(301)));
+    }
+
+    /// A partner's `Busy` backoff wakes the viewer when it ends only if that partner could
+    /// then be asked for something: otherwise the tick would do nothing.
+    #[test]
+    fn a_busy_partner_is_woken_for_only_while_it_holds_a_part_still_wanted() {
+        let t0 = Instant::now();
+        for taken_elsewhere in [false, true] {
+            let mut v = viewer_with_partners(t0, &[20, 30]);
+            drain(&mut v);
+            // 20 holds part 0 of the join segment (6) and is asked for it.
+            let have = Control::Have {
+                number: 6,
+                parts: 1,
+            };
+            v.handle_control(t0, id(20), have.clone());
+            assert_eq!(requests(&drain(&mut v)), vec![(id(20), 6)]);
+            let t1 = t0 + Duration::from_millis(10);
+            v.handle_transfer_failed(t1, id(20), 6, 0, true);
+            drain(&mut v);
+            let busy_until = t1 + BUSY_BACKOFF;
+            if taken_elsewhere {
+                // 30 has it too and is asked instead: 20 holds nothing wanted now.
+                v.handle_control(t1, id(30), have);
+                assert_eq!(requests(&drain(&mut v)), vec![(id(30), 6)]);
+                assert!(v.poll_timeout() > busy_until);
+            } else {
+                assert_eq!(v.poll_timeout(), busy_until);
+                v.handle_tick(busy_until);
+                assert_eq!(requests(&drain(&mut v)), vec![(id(20), 6)]);
+            }
+        }
     }
 
     #[test]
