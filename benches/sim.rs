@@ -98,7 +98,8 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         d.multi_supplier_segments
     );
     eprintln!(
-        "  {} events, {} ticks ({} stale wake-ups); wall {:.2} s, cpu {:.2} s, peak rss {:.0} MB",
-        d.events, d.ticks, d.stale_wakeups, wall_s, r.cpu_s, r.peak_rss_mb
+        "  {} events, {} ticks ({} superseded, {} stale wake-ups); wall {:.2} s, cpu {:.2} s, \
+         peak rss {:.0} MB",
+        d.events, d.ticks, d.superseded_ticks, d.stale_wakeups, wall_s, r.cpu_s, r.peak_rss_mb
     );
 }

@@ -963,6 +963,11 @@ impl Sim {
         let now = self.now;
         match self.node_mut(i) {
             Some(n) if n.alive() && n.next_tick == now => n.next_tick = Ns::MAX,
+            Some(n) if n.alive() => {
+                // An earlier wake-up took its place; it stays queued until popped.
+                self.d.superseded_ticks += 1;
+                return;
+            }
             _ => return,
         }
         self.d.ticks += 1;

@@ -545,6 +545,8 @@ pub struct SimDetails {
     pub dial_failures: u64,
     /// Mesh ticks run.
     pub ticks: u64,
+    /// Tick events popped after an earlier wake-up had replaced them (nothing run).
+    pub superseded_ticks: u64,
     /// Ticks after which `poll_timeout` was not in the future (deferred by the tick floor;
     /// 0 unless the mesh breaks its contract).
     pub stale_wakeups: u64,
