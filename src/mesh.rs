@@ -285,7 +285,6 @@ struct PartState {
 struct SegState {
     /// When this node first learned the segment exists.
     first_heard: Option<Instant>,
-    held: bool,
     /// Parts already announced to partners (as each starts arriving, or when held).
     announced: u32,
     parts: [PartState; PARTS],
@@ -413,9 +412,14 @@ pub struct Mesh {
     known: BTreeMap<NodeId, Known>,
     pending_dials: BTreeSet<NodeId>,
     banned: BTreeMap<NodeId, Instant>,
+    /// Segments tracked and not yet held. Held ones move to `held`: their per-part state
+    /// is done with, and at 880 bytes a segment over a 64-segment window it was most of a
+    /// node's memory, which the scans of the segments in play had to skip over.
     segs: BTreeMap<u64, SegState>,
-    /// Every tracked segment below this is settled: held, or given up with nothing in
-    /// flight and its deadline counted. The per-event scans (scheduling, timeouts,
+    /// Segments held, within the window.
+    held: BTreeSet<u64>,
+    /// Every tracked segment below this is settled: given up with nothing in flight and
+    /// its deadline counted (held ones have left `segs`). The per-event scans (scheduling, timeouts,
     /// deadlines) start here instead of walking the whole window. Lowered when an older
     /// unheld segment is tracked, raised by [`Mesh::advance_settled`].
     settled_below: u64,
@@ -476,6 +480,7 @@ impl Mesh {
             pending_dials: BTreeSet::new(),
             banned: BTreeMap::new(),
             segs: BTreeMap::new(),
+            held: BTreeSet::new(),
             settled_below: 0,
             pruned_floor: 0,
             want_from: None,
@@ -539,13 +544,9 @@ impl Mesh {
                     t = t.min(stall);
                 }
             }
-            // Counted as `schedule` counts, less the settled segments it skips (held ones
-            // below its start may still have parts in flight): at most its count.
-            if !s.held {
-                inflight_total += inflight;
-            }
-            let wanted = !s.held
-                && self.want_from.is_some_and(|w| n >= w)
+            // Counted as `schedule` counts.
+            inflight_total += inflight;
+            let wanted = self.want_from.is_some_and(|w| n >= w)
                 && n >= lost_before
                 && self.ended.is_none_or(|e| n <= e);
             if wanted && unasked != 0 {
@@ -570,7 +571,7 @@ impl Mesh {
                     None => overflow = true,
                 }
             }
-            if !s.held && inflight == 0 {
+            if inflight == 0 {
                 if let Some(h) = s.first_heard {
                     // Wake when a waiting segment becomes eligible for the origin, or misses.
                     let fallback = h + self.origin_wait();
@@ -759,7 +760,7 @@ impl Mesh {
                 .newest
                 .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments));
             while let Some((number, part)) = self.seed_debt.pop_front() {
-                if number >= oldest && self.segs.get(&number).is_some_and(|s| s.held) {
+                if number >= oldest && self.held.contains(&number) {
                     self.actions.push_back(Action::Push { peer, number, part });
                     break;
                 }
@@ -865,7 +866,7 @@ impl Mesh {
                     if let Some(n) = self.newest {
                         if last < n {
                             // Forget announced segments past the end; they cannot exist.
-                            self.segs.retain(|k, s| *k <= last || s.held);
+                            self.segs.retain(|k, _| *k <= last);
                         }
                     }
                 }
@@ -941,14 +942,18 @@ impl Mesh {
         let exists = |n: u64| from_origin || !origin_says || newest.is_none_or(|k| n <= k);
         for &(n, _) in &learned {
             if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
-                self.track(n).first_heard.get_or_insert(now);
+                if let Some(s) = self.track(n) {
+                    s.first_heard.get_or_insert(now);
+                }
             }
         }
         if from_origin {
             // Numbers are consecutive: everything up to the origin's newest exists.
             if let (Some(w), Some(n)) = (self.want_from, self.newest) {
                 for k in w.max(self.floor())..=n {
-                    self.track(k).first_heard.get_or_insert(now);
+                    if let Some(s) = self.track(k) {
+                        s.first_heard.get_or_insert(now);
+                    }
                 }
             }
         }
@@ -957,11 +962,10 @@ impl Mesh {
         news || (uploads
             && learned.iter().any(|(n, parts)| {
                 self.segs.get(n).is_some_and(|s| {
-                    !s.held
-                        && s.parts
-                            .iter()
-                            .enumerate()
-                            .any(|(j, ps)| parts & bit(j) != 0 && !ps.held && ps.inflight.is_none())
+                    s.parts
+                        .iter()
+                        .enumerate()
+                        .any(|(j, ps)| parts & bit(j) != 0 && !ps.held && ps.inflight.is_none())
                 })
             }))
     }
@@ -976,18 +980,18 @@ impl Mesh {
         }
     }
 
-    /// The state of segment `n`, tracked from now on if it was not.
-    fn track(&mut self, n: u64) -> &mut SegState {
-        let s = self.segs.entry(n).or_default();
-        if !s.held {
-            self.settled_below = self.settled_below.min(n);
+    /// The state of segment `n`, tracked from now on if it was not; None if it is held.
+    fn track(&mut self, n: u64) -> Option<&mut SegState> {
+        if self.held.contains(&n) {
+            return None;
         }
-        s
+        self.settled_below = self.settled_below.min(n);
+        Some(self.segs.entry(n).or_default())
     }
 
     /// Raises [`Mesh::settled_below`] past the segments settled since it was last raised.
-    /// Neither settles undone: a held segment stays held, and a given-up one is never
-    /// asked for again (the live edge only moves on).
+    /// A given-up segment is never asked for again (the live edge only moves on), so this
+    /// only rises.
     fn advance_settled(&mut self) {
         self.settled_below = self.settled_start();
     }
@@ -995,8 +999,7 @@ impl Mesh {
     /// Where [`Mesh::advance_settled`] would move [`Mesh::settled_below`] to now.
     fn settled_start(&self) -> u64 {
         let lost_before = self.lost_before();
-        let settled =
-            |n: u64, s: &SegState| s.held || (n < lost_before && s.missed && s.inflight() == 0);
+        let settled = |n: u64, s: &SegState| n < lost_before && s.missed && s.inflight() == 0;
         match self
             .segs
             .range(self.settled_below..)
@@ -1037,6 +1040,9 @@ impl Mesh {
             return;
         }
         self.pruned_floor = floor;
+        while self.held.first().is_some_and(|&n| n < floor) {
+            self.held.pop_first();
+        }
         while let Some((&n, _)) = self.segs.first_key_value() {
             if n >= floor {
                 break;
@@ -1070,13 +1076,15 @@ impl Mesh {
             return;
         };
         p.stalls = 0;
-        let s = self.track(number);
+        let Some(s) = self.track(number) else {
+            return;
+        };
         s.first_heard.get_or_insert(now);
         if let Some(ps) = s.parts.get_mut(j) {
             ps.receiving_since = Some(now);
             ps.receiving_from = Some(from);
         }
-        if s.held || s.announced & bit(j) != 0 {
+        if s.announced & bit(j) != 0 {
             return;
         }
         s.announced |= bit(j);
@@ -1107,13 +1115,19 @@ impl Mesh {
     pub fn handle_part(&mut self, now: Instant, from: NodeId, number: u64, part: u8, len: u64) {
         self.last_now = self.last_now.max(now);
         let j = usize::from(part);
-        let Some(ps) = self.segs.get_mut(&number).and_then(|s| s.parts.get_mut(j)) else {
-            return;
+        // A part of a segment held already (a second copy) changes nothing of its state.
+        let ps = match self.segs.get_mut(&number).and_then(|s| s.parts.get_mut(j)) {
+            Some(ps) => Some(ps),
+            None if self.held.contains(&number) => None,
+            None => return,
         };
-        ps.held = true;
-        ps.receiving_since = None;
-        ps.receiving_from = None;
-        if let Some(inf) = ps.inflight.take() {
+        let inflight = ps.and_then(|ps| {
+            ps.held = true;
+            ps.receiving_since = None;
+            ps.receiving_from = None;
+            ps.inflight.take()
+        });
+        if let Some(inf) = inflight {
             self.release(inf.peer);
             if inf.peer == from {
                 let elapsed = now
@@ -1146,18 +1160,17 @@ impl Mesh {
             return;
         }
         self.advance_newest(number);
-        let s = self.segs.entry(number).or_default();
-        s.first_heard.get_or_insert(now);
-        let unannounced = if s.held { 0 } else { ALL_PARTS & !s.announced };
-        s.held = true;
-        s.announced = ALL_PARTS;
+        let was_held = !self.held.insert(number);
+        let s = self.segs.remove(&number).unwrap_or_default();
+        let unannounced = if was_held {
+            0
+        } else {
+            ALL_PARTS & !s.announced
+        };
         let mut abandoned = Vec::new();
-        for (j, ps) in s.parts.iter_mut().enumerate() {
-            ps.held = true;
-            ps.receiving_since = None;
-            ps.receiving_from = None;
+        for (j, ps) in s.parts.iter().enumerate() {
             // A second copy of a part still coming: the segment is whole without it.
-            if let Some(inf) = ps.inflight.take() {
+            if let Some(inf) = ps.inflight {
                 abandoned.push((inf.peer, j as u8));
             }
         }
@@ -1260,9 +1273,8 @@ impl Mesh {
     pub fn handle_publish(&mut self, now: Instant, number: u64) {
         self.last_now = self.last_now.max(now);
         self.advance_newest(number);
-        let s = self.segs.entry(number).or_default();
-        s.held = true;
-        s.first_heard = Some(now);
+        self.held.insert(number);
+        self.segs.remove(&number);
         let viewers: Vec<NodeId> = self.peers.keys().copied().collect();
         for v in &viewers {
             self.send(
@@ -1350,7 +1362,7 @@ impl Mesh {
         // Count deadlines passed without the segment.
         let budget = self.cfg.playout_budget;
         for s in self.segs.range_mut(self.settled_below..).map(|(_, s)| s) {
-            if !s.held && !s.missed && s.first_heard.is_some_and(|h| now >= h + budget) {
+            if !s.missed && s.first_heard.is_some_and(|h| now >= h + budget) {
                 s.missed = true;
                 self.stats.missed_deadlines += 1;
             }
@@ -1550,12 +1562,7 @@ impl Mesh {
     }
 
     fn buffer_map(&self) -> Control {
-        let held: Vec<u64> = self
-            .segs
-            .iter()
-            .filter(|(_, s)| s.held)
-            .map(|(n, _)| *n)
-            .collect();
+        let held: Vec<u64> = self.held.iter().copied().collect();
         let first = held.first().copied().unwrap_or(0);
         let mut bits = Vec::new();
         for n in held {
@@ -1625,7 +1632,7 @@ impl Mesh {
         let candidates = &mut scratch.candidates;
         candidates.clear();
         for (&n, s) in self.unsettled() {
-            if n < want_from || s.held || n < lost_before || self.ended.is_some_and(|e| n > e) {
+            if n < want_from || n < lost_before || self.ended.is_some_and(|e| n > e) {
                 continue;
             }
             // The parts to ask for: neither held, asked, nor already arriving (a push, or
