@@ -297,6 +297,15 @@ impl SegState {
     fn inflight(&self) -> usize {
         self.parts.iter().filter(|p| p.inflight.is_some()).count()
     }
+
+    /// The parts neither held nor asked for.
+    fn unasked(&self) -> u32 {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, ps)| !ps.held && ps.inflight.is_none())
+            .fold(0, |m, (j, _)| m | bit(j))
+    }
 }
 
 impl Peer {
@@ -419,9 +428,9 @@ pub struct Mesh {
     /// Segments held, within the window.
     held: BTreeSet<u64>,
     /// Every tracked segment below this is settled: given up with nothing in flight and
-    /// its deadline counted (held ones have left `segs`). The per-event scans (scheduling, timeouts,
-    /// deadlines) start here instead of walking the whole window. Lowered when an older
-    /// unheld segment is tracked, raised by [`Mesh::advance_settled`].
+    /// its deadline counted (held ones have left `segs`). The per-event scans (scheduling,
+    /// timeouts, deadlines) start here instead of walking the whole window. Lowered when an
+    /// older segment is tracked, raised by [`Mesh::advance_settled`].
     settled_below: u64,
     /// The floor at the last [`Mesh::prune`].
     pruned_floor: u64,
@@ -522,18 +531,11 @@ impl Mesh {
         let mut opens = 0usize;
         let mut overflow = false;
         let mut inflight_total = 0usize;
-        let lost_before = self.lost_before();
         let origin = self.peers.contains_key(&self.cfg.origin);
         for (&n, s) in self.segs.range(self.settled_start()..) {
             let mut inflight = 0;
-            let mut unasked = 0u32;
-            for (j, part) in s.parts.iter().enumerate() {
-                let Some(inf) = part.inflight else {
-                    if !part.held {
-                        unasked |= bit(j);
-                    }
-                    continue;
-                };
+            for part in &s.parts {
+                let Some(inf) = part.inflight else { continue };
                 inflight += 1;
                 let expiry = inf.since + self.cfg.request_timeout;
                 if expiry > self.last_now {
@@ -546,19 +548,11 @@ impl Mesh {
             }
             // Counted as `schedule` counts.
             inflight_total += inflight;
-            let wanted = self.want_from.is_some_and(|w| n >= w)
-                && n >= lost_before
-                && self.ended.is_none_or(|e| n <= e);
-            if wanted && unasked != 0 {
-                // When the origin may be asked for it (see `schedule`).
-                let wait = if !self.started && self.want_from == Some(n) {
-                    JOIN_ORIGIN_WAIT.min(self.origin_wait())
-                } else {
-                    self.origin_wait()
-                };
+            let unasked = s.unasked();
+            if self.in_play(n) && unasked != 0 {
                 // Once urgent, its parts may go to the origin: wake then, also with some of
                 // its parts in flight (with none, the fallback below covers it).
-                if let Some(u) = s.first_heard.map(|h| h + wait) {
+                if let Some(u) = s.first_heard.map(|h| h + self.origin_wait_for(n)) {
                     if inflight > 0 && origin && u > self.last_now && u < t {
                         t = u;
                     }
@@ -668,6 +662,24 @@ impl Mesh {
         let seg = 0.8 * old + 0.2 * d.as_secs_f64();
         self.cfg.playout_budget = Duration::from_secs_f64(seg * slots);
         self.cfg.request_timeout = Duration::from_secs_f64((seg * 2.0).max(3.0));
+    }
+
+    /// How long after first hearing of segment `n` its parts may go to the origin: less
+    /// for a joiner's join segment, which the player waits for.
+    fn origin_wait_for(&self, n: u64) -> Duration {
+        if !self.started && self.want_from == Some(n) {
+            JOIN_ORIGIN_WAIT.min(self.origin_wait())
+        } else {
+            self.origin_wait()
+        }
+    }
+
+    /// Whether segment `n` is one `schedule` asks for parts of: wanted, not given up, not
+    /// past the stream's end.
+    fn in_play(&self, n: u64) -> bool {
+        self.want_from.is_some_and(|w| n >= w)
+            && n >= self.lost_before()
+            && self.ended.is_none_or(|e| n <= e)
     }
 
     fn origin_wait(&self) -> Duration {
@@ -960,14 +972,9 @@ impl Mesh {
         self.prune();
         // A part we neither hold nor have asked for now has a supplier.
         news || (uploads
-            && learned.iter().any(|(n, parts)| {
-                self.segs.get(n).is_some_and(|s| {
-                    s.parts
-                        .iter()
-                        .enumerate()
-                        .any(|(j, ps)| parts & bit(j) != 0 && !ps.held && ps.inflight.is_none())
-                })
-            }))
+            && learned
+                .iter()
+                .any(|(n, parts)| self.segs.get(n).is_some_and(|s| s.unasked() & parts != 0)))
     }
 
     fn advance_newest(&mut self, n: u64) {
@@ -1621,8 +1628,6 @@ impl Mesh {
         {
             return;
         }
-        let fallback = self.origin_wait();
-        let lost_before = self.lost_before();
         // (late, not first, suppliers, number, rotated part, urgent): on-time segments first,
         // the urgent ones (origin wait over) and a joiner's join segment before the rest,
         // rarest first among equals. A segment past its deadline goes last: chasing it first
@@ -1632,18 +1637,18 @@ impl Mesh {
         let candidates = &mut scratch.candidates;
         candidates.clear();
         for (&n, s) in self.unsettled() {
-            if n < want_from || n < lost_before || self.ended.is_some_and(|e| n > e) {
+            if !self.in_play(n) {
                 continue;
             }
             // The parts to ask for: neither held, asked, nor already arriving (a push, or
             // a second copy: wait for it unless it stalls). Mostly none.
-            let mut wanted = 0u32;
+            let mut wanted = s.unasked();
             for (j, ps) in s.parts.iter().enumerate() {
                 let arriving = ps
                     .receiving_since
                     .is_some_and(|t| now < t + self.cfg.request_timeout);
-                if !ps.held && ps.inflight.is_none() && !arriving {
-                    wanted |= bit(j);
+                if arriving {
+                    wanted &= !bit(j);
                 }
             }
             if wanted == 0 {
@@ -1652,12 +1657,9 @@ impl Mesh {
             // The join segment is what the player waits for: if no partner has announced it
             // shortly after joining, the origin is asked at once rather than after the wait.
             let joining = join_segment == Some(n);
-            let wait = if joining {
-                JOIN_ORIGIN_WAIT.min(fallback)
-            } else {
-                fallback
-            };
-            let urgent = s.first_heard.is_some_and(|h| now >= h + wait);
+            let urgent = s
+                .first_heard
+                .is_some_and(|h| now >= h + self.origin_wait_for(n));
             // It also goes first from the start: a joiner hears of its join segment and the
             // few after it at once, and rarest-first would fetch the live one (the rarest)
             // before the one the player starts with.
