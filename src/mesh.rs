@@ -264,6 +264,78 @@ struct Peer {
     next_buffer_map: Instant,
 }
 
+/// The connected peers in id order: their ids and their entries in two vectors, found by
+/// bisection. A node has a dozen partners, and nearly every input scans all of them
+/// (scheduling, wake-ups, announcements): contiguous entries are read in a few streamed
+/// cache lines where a `BTreeMap`'s nodes were pointer hops, and a lookup reads only the
+/// ids. The broadcaster's thousands of partners make its inserts a move of the tail,
+/// which is rare next to the scans (once per partner joining).
+#[derive(Debug, Default)]
+struct PeerMap {
+    ids: Vec<NodeId>,
+    entries: Vec<Peer>,
+}
+
+impl PeerMap {
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        self.ids.binary_search(id).ok()
+    }
+
+    fn contains_key(&self, id: &NodeId) -> bool {
+        self.position(id).is_some()
+    }
+
+    fn get(&self, id: &NodeId) -> Option<&Peer> {
+        self.position(id).and_then(|i| self.entries.get(i))
+    }
+
+    fn get_mut(&mut self, id: &NodeId) -> Option<&mut Peer> {
+        self.position(id).and_then(|i| self.entries.get_mut(i))
+    }
+
+    /// Adds or replaces `id`'s entry.
+    fn insert(&mut self, id: NodeId, peer: Peer) {
+        match self.ids.binary_search(&id) {
+            Ok(i) => {
+                if let Some(e) = self.entries.get_mut(i) {
+                    *e = peer;
+                }
+            }
+            Err(i) => {
+                self.ids.insert(i, id);
+                self.entries.insert(i, peer);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &NodeId) -> Option<Peer> {
+        let i = self.position(id)?;
+        self.ids.remove(i);
+        Some(self.entries.remove(i))
+    }
+
+    fn keys(&self) -> std::slice::Iter<'_, NodeId> {
+        self.ids.iter()
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, Peer> {
+        self.entries.iter()
+    }
+
+    fn iter(&self) -> std::iter::Zip<std::slice::Iter<'_, NodeId>, std::slice::Iter<'_, Peer>> {
+        self.ids.iter().zip(self.entries.iter())
+    }
+}
+
+impl<'a> IntoIterator for &'a PeerMap {
+    type Item = (&'a NodeId, &'a Peer);
+    type IntoIter = std::iter::Zip<std::slice::Iter<'a, NodeId>, std::slice::Iter<'a, Peer>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Inflight {
     peer: NodeId,
@@ -417,7 +489,7 @@ pub struct Mesh {
     cfg: MeshConfig,
     me: NodeId,
     rng: ChaCha8Rng,
-    peers: BTreeMap<NodeId, Peer>,
+    peers: PeerMap,
     known: BTreeMap<NodeId, Known>,
     pending_dials: BTreeSet<NodeId>,
     banned: BTreeMap<NodeId, Instant>,
@@ -484,7 +556,7 @@ impl Mesh {
             cfg,
             me,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            peers: BTreeMap::new(),
+            peers: PeerMap::default(),
             known: BTreeMap::new(),
             pending_dials: BTreeSet::new(),
             banned: BTreeMap::new(),
