@@ -894,6 +894,13 @@ impl Sim {
                 n.live_pos = pos;
             }
         }
+        self.vanish(x);
+        // Churn keeps the audience size: a newcomer replaces the leaver.
+        self.join();
+    }
+
+    /// Viewer `x` leaves abruptly (it crashed, or lost its network).
+    fn vanish(&mut self, x: u32) {
         self.d.viewers_left += 1;
         let Some(n) = self.nodes.get_mut(x as usize) else {
             return;
@@ -904,8 +911,15 @@ impl Sim {
         let ups = std::mem::take(&mut n.ups);
         let downs = std::mem::take(&mut n.downs);
         // It vanishes: nothing more leaves it. Its senders do not know and go on sending
-        // (their limiters are charged, as net.rs's are) until they notice.
+        // (their limiters are charged, as net.rs's are) until they notice. Its receivers
+        // give up on a part once it has been silent for `PIECE_SILENCE`, as net.rs's do
+        // (honest gaps here are far shorter, so only a vanished sender's are modelled).
+        let silence = crate::net::PIECE_SILENCE.as_nanos() as Ns;
         for tr in ups {
+            if let Some(t) = self.transfers.get(tr).filter(|t| !t.receiver_done) {
+                let at = self.now.max(t.landed()) + silence;
+                self.at(at, Ev::Fail { tr, busy: false });
+            }
             self.end_upload(tr);
         }
         for tr in downs {
@@ -929,8 +943,6 @@ impl Sim {
                 );
             }
         }
-        // Churn keeps the audience size: a newcomer replaces the leaver.
-        self.join();
     }
 
     fn publish(&mut self) {
@@ -2210,6 +2222,37 @@ mod tests {
         assert_eq!(sim.node(b).unwrap().partial(0, LAST), None);
         assert!(all_freed(&sim));
         assert!(sim.d.wasted_bytes > 0);
+    }
+
+    #[test]
+    fn a_part_from_a_supplier_that_vanished_is_given_up_once_silent() {
+        // C pulls a part from B, which uploads it slowly; B vanishes midway. C's partners
+        // notice only after `leave_detect_ms`, but C gives the part up `PIECE_SILENCE` after
+        // its last piece landed, long before the mesh's request timeout.
+        let mut sim = swarm_at(16_000_000, 2, 8_000_000, 3_000_000);
+        let (b, c) = (1, 2);
+        let now = sim.now;
+        sim.node_mut(b).unwrap().store(0, now);
+        sim.request(c, sim.id_of(b), (0, LAST), false);
+        sim.run_until(now + sim.rtt(b, c) + 100 * MS);
+        let tr = sim.node(c).unwrap().partial(0, LAST).expect("arriving");
+        sim.vanish(b);
+        let last = sim.transfers.get(tr).unwrap().landed();
+        let silence = crate::net::PIECE_SILENCE.as_nanos() as Ns;
+        assert!(
+            last + silence < now + 3000 * MS,
+            "before the request timeout"
+        );
+        sim.run_until(last + silence - MS);
+        assert!(
+            !sim.transfers.get(tr).unwrap().receiver_done,
+            "not yet silent"
+        );
+        sim.run_until(last + silence);
+        assert!(sim.transfers.get(tr).is_none_or(|t| t.receiver_done));
+        assert_eq!(sim.node(c).unwrap().partial(0, LAST), None);
+        assert!(!has_part(&sim, c, LAST));
+        assert!(sim.node(c).unwrap().downs.is_empty());
     }
 
     #[test]
