@@ -2588,14 +2588,21 @@ mod tests {
         }
     }
 
+    /// Viewer 10, which the origin never admitted, with `partners` connected.
+    fn turned_away_viewer(t0: Instant, partners: &[u8]) -> Mesh {
+        let mut v = viewer(10, t0);
+        drain(&mut v);
+        for &p in partners {
+            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+        }
+        v
+    }
+
     #[test]
     fn turned_away_by_a_full_origin_it_starts_from_partners() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        drain(&mut v);
         // The origin never admitted us; two partners did. One lies about the future.
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        let mut v = turned_away_viewer(t0, &[20, 30]);
         v.handle_control(
             t0,
             id(30),
@@ -2640,11 +2647,7 @@ mod tests {
     #[test]
     fn turned_away_it_catches_up_only_on_segments_most_partners_hold_whole() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        drain(&mut v);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
-        v.handle_connected(t0, id(40), addr(40), Role::Viewer, true);
+        let mut v = turned_away_viewer(t0, &[20, 30, 40]);
         // Partners 30 and 40 hold 48 to 50 whole and one part of 47; partner 20 is at 50.
         for p in [30, 40] {
             v.handle_control(
