@@ -132,6 +132,7 @@ async fn crowd(a: Args, port: u16) -> bool {
         stream: target,
         role: Role::Viewer,
         uploads: true,
+        upload_bps: None,
         token: None,
         token_epoch: 0,
     });

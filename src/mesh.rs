@@ -84,6 +84,18 @@ const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
 /// The broadcaster's partner cap ([`MeshConfig::broadcaster`]).
 pub const BROADCASTER_MAX_PARTNERS: usize = 3072;
+/// How recently a viewer must have connected to count as joining in [`Control::Swarm`].
+pub const JOINING_WINDOW: Duration = Duration::from_secs(10);
+/// Fewest viewers with a declared upload before the broadcaster sends [`Control::Swarm`]:
+/// below that the sample says little, and the broadcaster's own upload covers a few
+/// viewers' catch-up anyway.
+const MIN_DECLARED: usize = 8;
+/// Longest the swarm's spare upload may need to serve the joiners' catch-up, in segment
+/// durations, for a joiner to catch up at all ([`Mesh::catch_up`]). A crowd joining a
+/// running stream at once needs 5.6 of them at 1.54× the bitrate, and continuity held
+/// there; at 1.3× it needs 10, and latency p99 reached 2.0 s with 1 s segments
+/// (BENCHMARKS.md, eleventh session).
+const CATCH_UP_ABSORB_SEGMENTS: u64 = 8;
 
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
@@ -541,6 +553,14 @@ pub struct Mesh {
     push_cursor: usize,
     /// `want_from` was taken from partners (the origin is full) and no data has come yet.
     start_from_partners: bool,
+    /// Viewer: the broadcaster's last [`Control::Swarm`] (upload %, joining %).
+    swarm: Option<(u32, u32)>,
+    /// Broadcaster: the upload each viewer declared in its Hello (bits/s, 0 for a
+    /// leech-only one) and when it connected; viewers without a cap are not in it.
+    declared: BTreeMap<NodeId, (u64, Instant)>,
+    /// Broadcaster: the stream's bitrate and its own upload cap, from
+    /// [`Mesh::observe_capacity`].
+    capacity: (u64, Option<u64>),
     /// Broadcaster: parts not yet seeded (published while few viewers were there).
     seed_debt: VecDeque<(u64, u8)>,
     /// Broadcaster: uploading viewers it turned away lately (newest last). They are still
@@ -592,6 +612,9 @@ impl Mesh {
             origin_since: None,
             push_cursor: 0,
             start_from_partners: false,
+            swarm: None,
+            declared: BTreeMap::new(),
+            capacity: (0, None),
             part_offset: 0,
             started: false,
             seed_debt: VecDeque::new(),
@@ -783,7 +806,8 @@ impl Mesh {
         self.peers.keys().filter(|id| !self.is_origin(id)).count()
     }
 
-    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address.
+    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address;
+    /// `uploads` and `upload_bps` are what its Hello said.
     pub fn handle_connected(
         &mut self,
         now: Instant,
@@ -791,6 +815,7 @@ impl Mesh {
         addr: SocketAddr,
         claimed_role: Role,
         uploads: bool,
+        upload_bps: Option<u64>,
     ) {
         self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
@@ -851,6 +876,16 @@ impl Mesh {
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
         );
+        if self.cfg.role == Role::Broadcaster {
+            // Before the buffer map: the viewer picks its join point on reading that.
+            let declared = if uploads { upload_bps } else { Some(0) };
+            if let Some(bps) = declared {
+                self.declared.insert(peer, (bps, now));
+            }
+            if let Some(msg) = self.swarm_estimate(now) {
+                self.send(peer, msg);
+            }
+        }
         if self.cfg.uploads || self.cfg.role == Role::Broadcaster {
             let map = self.buffer_map();
             self.send(peer, map);
@@ -887,6 +922,7 @@ impl Mesh {
         if self.peers.remove(&peer).is_none() {
             return;
         }
+        self.declared.remove(&peer);
         for part in self.segs.values_mut().flat_map(|s| s.parts.iter_mut()) {
             if part.inflight.is_some_and(|i| i.peer == peer) {
                 part.inflight = None;
@@ -960,6 +996,15 @@ impl Mesh {
                 // A joining viewer dials the tracker's sample at once rather than at the
                 // next maintenance: half a second of a join is spent otherwise.
                 self.dial_more_if_viewer(now);
+            }
+            Control::Swarm {
+                upload_pct,
+                joining_pct,
+            } => {
+                if self.is_origin(&from) {
+                    self.swarm = Some((upload_pct, joining_pct.min(100)));
+                }
+                return;
             }
             Control::End { last } => {
                 if self.is_origin(&from) {
@@ -1101,9 +1146,65 @@ impl Mesh {
             self.newest = Some(n);
         }
         if self.want_from.is_none() && self.cfg.role == Role::Viewer {
-            // Join a little behind live: enough to fill the playlist's hold-back.
-            self.want_from = Some(n.saturating_sub(self.cfg.delay_segments));
+            self.want_from = Some(n.saturating_sub(self.catch_up()));
         }
+    }
+
+    /// How many segments behind live a joiner starts. `delay` fills the playlist's
+    /// hold-back at once, so the player starts about as soon as those arrive. But they
+    /// come out of the swarm's spare upload: each joiner wants `delay` segments beyond
+    /// the live ones, and each viewer's spare serves (upload share − 1) of a segment per
+    /// segment duration, so a crowd needs (joining share × `delay`) / (spare share)
+    /// segment durations for them all. When the broadcaster's [`Control::Swarm`] puts that
+    /// above [`CATCH_UP_ABSORB_SEGMENTS`], the joiner starts at live instead, and its
+    /// playlist fills as the stream goes on (a start about `delay` segments later). 1,000
+    /// viewers joining a running stream at 1.05× the bitrate: continuity 0.944 with
+    /// catch-up, 1.0 without (BENCHMARKS.md). Counted in segments, not seconds: a viewer
+    /// learns the segment duration only from the first header, after this choice.
+    fn catch_up(&self) -> u64 {
+        let delay = self.cfg.delay_segments;
+        let Some((upload_pct, joining_pct)) = self.swarm else {
+            return delay;
+        };
+        let spare = u64::from(upload_pct.saturating_sub(100));
+        let need = delay.saturating_mul(u64::from(joining_pct));
+        if need > CATCH_UP_ABSORB_SEGMENTS.saturating_mul(spare) {
+            0
+        } else {
+            delay
+        }
+    }
+
+    /// Broadcaster: the stream's bitrate (bits/s) and its own upload cap, as the driver
+    /// last measured them; they size [`Control::Swarm`].
+    pub fn observe_capacity(&mut self, stream_bps: u64, upload_bps: Option<u64>) {
+        self.capacity = (stream_bps, upload_bps);
+    }
+
+    /// Broadcaster: the swarm's upload for a viewer connecting now, or None while it is
+    /// not known (too few declared, the bitrate unknown, or its own upload unlimited, in
+    /// which case it covers any catch-up).
+    fn swarm_estimate(&self, now: Instant) -> Option<Control> {
+        let (stream_bps, own) = self.capacity;
+        let own = own?;
+        let n = self.declared.len();
+        if stream_bps == 0 || n < MIN_DECLARED {
+            return None;
+        }
+        let total = self
+            .declared
+            .values()
+            .fold(u128::from(own), |t, (bps, _)| t + u128::from(*bps));
+        let per = total * 100 / (n as u128 * u128::from(stream_bps));
+        let joining = self
+            .declared
+            .values()
+            .filter(|(_, since)| now.saturating_duration_since(*since) < JOINING_WINDOW)
+            .count();
+        Some(Control::Swarm {
+            upload_pct: u32::try_from(per).unwrap_or(u32::MAX),
+            joining_pct: u32::try_from(joining * 100 / n).unwrap_or(100),
+        })
     }
 
     /// The state of segment `n`, tracked from now on if it was not; None if it is held.
@@ -1911,20 +2012,27 @@ mod tests {
     /// Viewer 10 with the origin and `partners` connected; the origin has announced all of
     /// segment 9.
     fn viewer_with_partners(t0: Instant, partners: &[u8]) -> Mesh {
-        let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        for &p in partners {
-            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
-        }
-        v.handle_control(
-            t0,
-            id(ORIGIN),
-            Control::Have {
-                number: 9,
-                parts: ALL_PARTS,
-            },
-        );
+        let mut v = viewer_connected(t0, partners);
+        origin_announces_nine(&mut v, t0);
         v
+    }
+
+    /// Viewer 10 with the origin and `partners` connected, told nothing yet.
+    fn viewer_connected(t0: Instant, partners: &[u8]) -> Mesh {
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        for &p in partners {
+            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
+        }
+        v
+    }
+
+    fn origin_announces_nine(v: &mut Mesh, t0: Instant) {
+        let have = Control::Have {
+            number: 9,
+            parts: ALL_PARTS,
+        };
+        v.handle_control(t0, id(ORIGIN), have);
     }
 
     /// A viewer that joins at the live edge (no hold-back), budget one segment.
@@ -2020,8 +2128,8 @@ mod tests {
         assert_eq!(viewer(10, t0).want_from(), None);
         let mut v = edge_viewer(10, t0);
         drain(&mut v);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
         drain(&mut v);
         v.handle_control(
             t0,
@@ -2075,7 +2183,7 @@ mod tests {
     /// A viewer connected to the origin, which announces segment 20: it joins at 17.
     fn joined_at_20(t0: Instant) -> Mesh {
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -2090,7 +2198,7 @@ mod tests {
 
     /// Partner `p` connects to `v` and announces the segments `bits` marks from 17 up.
     fn partner_holding(v: &mut Mesh, t0: Instant, p: u8, bits: u8) {
-        v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+        v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(p),
@@ -2320,9 +2428,9 @@ mod tests {
     fn timed_out_parts_are_cancelled_and_asked_elsewhere() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -2378,8 +2486,8 @@ mod tests {
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -2398,7 +2506,7 @@ mod tests {
         );
         assert_eq!(v.newest(), Some(50));
         // A viewer claiming to be the broadcaster is still a viewer.
-        v.handle_connected(t0, id(30), addr(30), Role::Broadcaster, true);
+        v.handle_connected(t0, id(30), addr(30), Role::Broadcaster, true, None);
         v.handle_control(
             t0,
             id(30),
@@ -2415,7 +2523,7 @@ mod tests {
             reason: "bad digest"
         }));
         assert!(v.is_banned(&id(20), t0));
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
             reason: "refused"
@@ -2459,9 +2567,9 @@ mod tests {
     fn a_supplier_that_leaves_requests_unanswered_is_avoided_then_banned() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
+        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -2593,7 +2701,7 @@ mod tests {
         let mut v = viewer(10, t0);
         drain(&mut v);
         for &p in partners {
-            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true);
+            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
         }
         v
     }
@@ -2625,7 +2733,7 @@ mod tests {
         // catch up (a crowd turned away by the origin has no spare upload for catch-up).
         assert_eq!(v.want_from(), Some(50));
         // With partners, the full origin is re-dialled only now and then.
-        v.handle_connected(t0, id(40), addr(40), Role::Viewer, true);
+        v.handle_connected(t0, id(40), addr(40), Role::Viewer, true, None);
         let dials_origin = |v: &mut Mesh| {
             drain(v)
                 .iter()
@@ -2678,7 +2786,7 @@ mod tests {
         drain(&mut v);
         assert_eq!(v.want_from(), Some(48), "two of three hold 48 whole");
         // A fourth partner at 50 alone: half is not most, so it waits at live.
-        v.handle_connected(t0, id(50), addr(50), Role::Viewer, true);
+        v.handle_connected(t0, id(50), addr(50), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(50),
@@ -2719,7 +2827,7 @@ mod tests {
         );
         // A connection that lasted resets it: the next loss is retried at once (the first
         // wait, plus a maintenance period).
-        v.handle_connected(t, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
         t += ORIGIN_SHORT_LIVED * 2;
         v.handle_disconnected(t, id(ORIGIN));
         drain(&mut v);
@@ -2744,7 +2852,7 @@ mod tests {
         let fanout = cfg.seed_fanout;
         let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
         for v in 10..90 {
-            b.handle_connected(t0, id(v), addr(v as u16), Role::Viewer, true);
+            b.handle_connected(t0, id(v), addr(v as u16), Role::Viewer, true, None);
         }
         drain(&mut b);
         let pushes = |b: &mut Mesh, number: u64| -> (usize, Vec<(NodeId, u8)>) {
@@ -2798,7 +2906,7 @@ mod tests {
             .any(|a| matches!(a, Action::Push { .. })));
         let mut parts = BTreeSet::new();
         for v in 10..10 + PARTS as u8 {
-            b.handle_connected(t0, id(v), addr(v.into()), Role::Viewer, true);
+            b.handle_connected(t0, id(v), addr(v.into()), Role::Viewer, true, None);
             let pushed: Vec<u8> = drain(&mut b)
                 .into_iter()
                 .filter_map(|a| match a {
@@ -2815,7 +2923,7 @@ mod tests {
         }
         assert_eq!(parts.len(), PARTS, "every part seeded once");
         // Nothing more is owed.
-        b.handle_connected(t0, id(99), addr(99), Role::Viewer, true);
+        b.handle_connected(t0, id(99), addr(99), Role::Viewer, true, None);
         assert!(!drain(&mut b)
             .iter()
             .any(|a| matches!(a, Action::Push { .. })));
@@ -2825,7 +2933,7 @@ mod tests {
     fn tracker_sample_leads_to_dials_and_full_sets_turn_peers_away() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
         drain(&mut v);
         let peers: Vec<PeerInfo> = (20..40)
             .map(|i| PeerInfo {
@@ -2858,11 +2966,11 @@ mod tests {
         // Fill the partner set to its cap; the next one is turned away.
         let cap = MeshConfig::viewer(id(ORIGIN), SEG, 3).max_partners as u8;
         for i in 40..40 + cap {
-            v.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true);
+            v.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
         }
         drain(&mut v);
         assert_eq!(v.stats().partners, usize::from(cap));
-        v.handle_connected(t0, id(60), addr(60), Role::Viewer, true);
+        v.handle_connected(t0, id(60), addr(60), Role::Viewer, true, None);
         let acts = drain(&mut v);
         assert!(acts.contains(&Action::Disconnect {
             peer: id(60),
@@ -2880,15 +2988,15 @@ mod tests {
         cfg.max_partners = 4;
         let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
         for i in 20..24 {
-            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true);
+            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
         }
         // Full: 30..40 are turned away (a leech-only one is not worth handing out).
         for i in 30..40 {
-            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, i != 39);
+            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, i != 39, None);
         }
         drain(&mut b);
         let sample_for = |b: &mut Mesh, who: u8| -> Vec<NodeId> {
-            b.handle_connected(t0, id(who), addr(u16::from(who)), Role::Viewer, true);
+            b.handle_connected(t0, id(who), addr(u16::from(who)), Role::Viewer, true, None);
             drain(b)
                 .into_iter()
                 .find_map(|a| match a {
@@ -2915,7 +3023,7 @@ mod tests {
         assert_eq!(unique.len(), got.len());
         // One that later becomes a partner leaves the turned-away list.
         b.handle_disconnected(t0, id(20));
-        b.handle_connected(t0, id(30), addr(30), Role::Viewer, true);
+        b.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
         assert!(b.overflow.iter().all(|p| p.id != id(30)));
     }
 
@@ -2937,7 +3045,7 @@ mod tests {
     fn missed_deadlines_are_counted_once() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -2961,5 +3069,108 @@ mod tests {
         }
         // 0..=3 were all wanted (join point 0, numbers are consecutive) and none arrived.
         assert_eq!(v.stats().missed_deadlines, 4);
+    }
+
+    /// What the broadcaster sent `who` when it connected: its Swarm, and whether that came
+    /// before the buffer map.
+    fn swarm_sent(b: &mut Mesh, who: u8) -> Option<(u32, u32, bool)> {
+        let acts = drain(b);
+        let at = |want: fn(&Control) -> bool| {
+            acts.iter().position(
+                |a| matches!(a, Action::Send { peer, msg } if *peer == id(who) && want(msg)),
+            )
+        };
+        let map = at(|m| matches!(m, Control::BufferMap { .. }));
+        let swarm = at(|m| matches!(m, Control::Swarm { .. }))?;
+        match acts.get(swarm) {
+            Some(Action::Send {
+                msg:
+                    Control::Swarm {
+                        upload_pct,
+                        joining_pct,
+                    },
+                ..
+            }) => Some((*upload_pct, *joining_pct, map.is_some_and(|m| swarm < m))),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_broadcaster_tells_each_joiner_the_swarms_upload() {
+        let t0 = Instant::now();
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        b.observe_capacity(2_000_000, Some(8_000_000));
+        let join = |b: &mut Mesh, who: u8, at: Instant, uploads: bool, bps: Option<u64>| {
+            b.handle_connected(
+                at,
+                id(who),
+                addr(u16::from(who)),
+                Role::Viewer,
+                uploads,
+                bps,
+            );
+            swarm_sent(b, who)
+        };
+        // Too few declared to say anything.
+        for i in 20..27 {
+            assert_eq!(join(&mut b, i, t0, true, Some(2_100_000)), None);
+        }
+        // One with no cap declares nothing and is left out.
+        assert_eq!(join(&mut b, 27, t0, true, None), None);
+        // The eighth: (8 + 8 × 2.1) / (8 × 2) = 155%, all of them just joined; sent
+        // before the buffer map the joiner picks its start from.
+        assert_eq!(
+            join(&mut b, 28, t0, true, Some(2_100_000)),
+            Some((155, 100, true))
+        );
+        // A leech-only viewer counts as no upload, whatever it claims: 24.8 / 18.
+        assert_eq!(
+            join(&mut b, 29, t0, false, Some(9_000_000)),
+            Some((137, 100, true))
+        );
+        // Later, the first nine are no longer joining: 26.9 / 20, one in ten joining.
+        let later = t0 + JOINING_WINDOW;
+        assert_eq!(
+            join(&mut b, 30, later, true, Some(2_100_000)),
+            Some((134, 10, true))
+        );
+        // A viewer that leaves is no longer counted: 29 / 20, two in ten joining.
+        b.handle_disconnected(later, id(29));
+        assert_eq!(
+            join(&mut b, 31, later, true, Some(2_100_000)),
+            Some((145, 20, true))
+        );
+        // Without its own cap the broadcaster covers any catch-up: nothing to say.
+        b.observe_capacity(2_000_000, None);
+        assert_eq!(join(&mut b, 32, later, true, Some(2_100_000)), None);
+    }
+
+    #[test]
+    fn a_joiner_starts_at_live_when_the_swarm_cannot_afford_its_catch_up() {
+        let t0 = Instant::now();
+        // (who says what in a Swarm; the join point for a live edge at 9). Delay 3:
+        // 3 × joining / spare segment durations of catch-up against the 8 allowed.
+        let cases = [
+            (Some((ORIGIN, 105, 100)), 9), // 60: start at live
+            (Some((ORIGIN, 100, 100)), 9), // no spare at all
+            (Some((ORIGIN, 300, 100)), 6), // 1.5: catch up
+            (Some((ORIGIN, 130, 100)), 9), // 10
+            (Some((ORIGIN, 130, 50)), 6),  // 5
+            (Some((ORIGIN, 130, 10)), 6),  // a few joining a steady swarm: 1
+            (Some((20, 105, 100)), 6),     // only the broadcaster is believed
+            (None, 6),                     // nothing said: catch up as always
+        ];
+        for (said, start) in cases {
+            let mut v = viewer_connected(t0, &[20]);
+            if let Some((who, upload_pct, joining_pct)) = said {
+                let msg = Control::Swarm {
+                    upload_pct,
+                    joining_pct,
+                };
+                v.handle_control(t0, id(who), msg);
+            }
+            origin_announces_nine(&mut v, t0);
+            assert_eq!(v.want_from(), Some(start), "{said:?}");
+        }
     }
 }

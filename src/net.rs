@@ -370,6 +370,7 @@ enum Event {
         control: mpsc::Sender<Control>,
         role: Role,
         uploads: bool,
+        upload_bps: Option<u64>,
         dialed_by_me: bool,
     },
     Disconnected {
@@ -781,6 +782,7 @@ impl Driver {
                 control,
                 role,
                 uploads,
+                upload_bps,
                 dialed_by_me,
             } => {
                 if let Some(existing) = self.conns.get(&peer) {
@@ -814,7 +816,11 @@ impl Driver {
                         dialed_by_me,
                     },
                 );
-                self.mesh.handle_connected(t, peer, addr, role, uploads);
+                let bps = self.shared.stream_bps.load(Ordering::Relaxed);
+                let cap = self.shared.limiter.rate().map(|r| r.0);
+                self.mesh.observe_capacity(bps, cap);
+                self.mesh
+                    .handle_connected(t, peer, addr, role, uploads, upload_bps);
             }
             Event::Disconnected { peer, conn_id } => {
                 if self
@@ -1046,6 +1052,7 @@ fn our_hello(shared: &Shared) -> Control {
         stream: shared.stream,
         role: shared.role,
         uploads: shared.uploads,
+        upload_bps: shared.limiter.rate().map(|r| r.0),
         token: shared.admission.token(),
         token_epoch: *shared.token_epoch.borrow(),
     }
@@ -1055,6 +1062,8 @@ fn our_hello(shared: &Shared) -> Control {
 struct PeerHello {
     role: Role,
     uploads: bool,
+    /// The upload cap it declared (bits/s).
+    upload_bps: Option<u64>,
     /// Its join token (private streams; the broadcaster shows none).
     token: Option<JoinToken>,
 }
@@ -1076,6 +1085,7 @@ fn check_hello(
             stream,
             role,
             uploads,
+            upload_bps,
             token,
             token_epoch,
         } => {
@@ -1112,6 +1122,7 @@ fn check_hello(
             Some(PeerHello {
                 role: *role,
                 uploads: *uploads,
+                upload_bps: *upload_bps,
                 token: if shared.admission.is_private() {
                     *token
                 } else {
@@ -1265,6 +1276,7 @@ async fn run_connection(
     let PeerHello {
         role,
         uploads,
+        upload_bps,
         token,
     } = hello;
     shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -1277,6 +1289,7 @@ async fn run_connection(
             control: control_tx,
             role,
             uploads,
+            upload_bps,
             dialed_by_me,
         })
         .await

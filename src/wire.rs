@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -77,6 +77,9 @@ pub enum Control {
         role: Role,
         /// The sender relays to others (false for leech-only viewers).
         uploads: bool,
+        /// The sender's upload cap in bits/s, if it has one: the broadcaster sums what its
+        /// viewers declare to tell joiners whether the swarm can afford their catch-up.
+        upload_bps: Option<u64>,
         /// Private streams: the sender's join token (a fixed-size, signed value).
         token: Option<JoinToken>,
         /// Private streams: the newest token epoch the sender knows. Believed only from
@@ -108,6 +111,16 @@ pub enum Control {
         /// Number of the last segment.
         last: u64,
     },
+    /// Broadcaster to a viewer as it connects: the swarm's upload, so the viewer can tell
+    /// whether catching up behind live would take upload the live segments need.
+    Swarm {
+        /// The upload the broadcaster and the viewers that declared one have, per such
+        /// viewer, as a percentage of the stream's bitrate (a leech-only viewer counts 0).
+        upload_pct: u32,
+        /// The share of those viewers that connected within the last
+        /// [`crate::mesh::JOINING_WINDOW`], in percent (at most 100).
+        joining_pct: u32,
+    },
 }
 
 impl Control {
@@ -122,6 +135,9 @@ impl Control {
             }
             Control::Have { parts, .. } if *parts == 0 || *parts & !ALL_PARTS != 0 => {
                 Err(WireError::Violation("announced parts out of range"))
+            }
+            Control::Swarm { joining_pct, .. } if *joining_pct > 100 => {
+                Err(WireError::Violation("joining share above 100%"))
             }
             _ => Ok(()),
         }
@@ -244,8 +260,13 @@ mod tests {
                 stream: id(1),
                 role: Role::Viewer,
                 uploads: true,
+                upload_bps: Some(3_000_000),
                 token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
                 token_epoch: 2,
+            },
+            Control::Swarm {
+                upload_pct: 130,
+                joining_pct: 100,
             },
             Control::Have {
                 number: u64::MAX,
@@ -384,6 +405,11 @@ mod tests {
         for parts in [0, ALL_PARTS + 1, u32::MAX] {
             assert!(Control::Have { number: 1, parts }.validate().is_err());
         }
+        let over = Control::Swarm {
+            upload_pct: 100,
+            joining_pct: 101,
+        };
+        assert!(over.validate().is_err());
         for m in samples() {
             assert!(m.validate().is_ok());
         }

@@ -45,6 +45,7 @@ fn wire_seeds() -> Seeds {
                 stream,
                 role: Role::Broadcaster,
                 uploads: true,
+                upload_bps: Some(8_000_000),
                 token: None,
                 token_epoch: 0,
             },
@@ -56,6 +57,7 @@ fn wire_seeds() -> Seeds {
                 stream,
                 role: Role::Viewer,
                 uploads: false,
+                upload_bps: None,
                 token: Some(JoinToken::issue(&key, 3, 1_800_000_000)),
                 token_epoch: 3,
             },
@@ -81,6 +83,13 @@ fn wire_seeds() -> Seeds {
             },
         ),
         ("end", Control::End { last: 99 }),
+        (
+            "swarm",
+            Control::Swarm {
+                upload_pct: 105,
+                joining_pct: 40,
+            },
+        ),
     ];
     let mut out: Seeds = controls
         .iter()

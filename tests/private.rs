@@ -74,6 +74,7 @@ async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answe
         stream,
         role: Role::Viewer,
         uploads: true,
+        upload_bps: None,
         token,
         token_epoch: 0,
     };

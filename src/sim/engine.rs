@@ -542,6 +542,7 @@ impl Sim {
             stream: origin_id,
             role: Role::Viewer,
             uploads: true,
+            upload_bps: Some(cfg.viewer_upload_bps),
             token: None,
             token_epoch: 0,
         })
@@ -1107,8 +1108,9 @@ impl Sim {
                 Role::Viewer
             }
         };
-        let info = |n: &Node| (n.id, n.addr, n.uploads);
-        let (Some((ida, addra, upa)), Some((idb, addrb, upb))) =
+        // Every simulated node has a cap, and declares it as net.rs's do.
+        let info = |n: &Node| (n.id, n.addr, n.uploads, Some(n.cap_bps), n.stream_bps);
+        let (Some((ida, addra, upa, capa, bpsa)), Some((idb, addrb, upb, capb, bpsb))) =
             (self.node(a).map(info), self.node(b).map(info))
         else {
             return;
@@ -1119,10 +1121,12 @@ impl Sim {
             }
         }
         if let Some(m) = self.mesh(a) {
-            m.handle_connected(now, idb, addrb, role(b), upb);
+            m.observe_capacity(bpsa, capa);
+            m.handle_connected(now, idb, addrb, role(b), upb, capb);
         }
         if let Some(m) = self.mesh(b) {
-            m.handle_connected(now, ida, addra, role(a), upa);
+            m.observe_capacity(bpsb, capb);
+            m.handle_connected(now, ida, addra, role(a), upa, capa);
         }
         self.drain(a);
         self.drain(b);

@@ -62,6 +62,7 @@ pub fn hello(stream: NodeId) -> Control {
         stream,
         role: Role::Viewer,
         uploads: true,
+        upload_bps: None,
         token: None,
         token_epoch: 0,
     }
