@@ -4,12 +4,15 @@
 mod common;
 
 use bytes::Bytes;
+use common::evil::Listener;
 use common::nodes::{broadcaster, publish, shutdown_all, viewer, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
 use starling::rate::Rate;
 use starling::store;
 use starling::stream::node_id;
+use starling::wire::Control;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const SEGMENTS: u64 = 16;
@@ -133,4 +136,60 @@ async fn leech_only_viewer_downloads_and_never_uploads() {
     assert_eq!(leech.bytes_uploaded, 0, "the leech uploaded");
     assert!(leech.bytes_from_peers + leech.bytes_from_origin > 0);
     shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+
+/// What a connecting viewer reads before the broadcaster's buffer map: its `Swarm`, if any.
+async fn swarm_before_map(l: &mut Listener) -> Option<(u32, u32)> {
+    let mut swarm = None;
+    while let Some(msg) = l.next(Duration::from_secs(10)).await {
+        match msg {
+            Control::Swarm {
+                upload_pct,
+                joining_pct,
+            } => swarm = Some((upload_pct, joining_pct)),
+            Control::BufferMap { .. } => return swarm,
+            _ => {}
+        }
+    }
+    panic!("no buffer map from the broadcaster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broadcaster_tells_joiners_the_upload_its_viewers_declared() {
+    let key = SigningKey::from_bytes(&[43; 32]);
+    let origin = broadcaster(&key, SEGMENT, Some(Rate(8_000_000)), 1).await;
+    // 2 Mbit/s: the bitrate the shares are of.
+    let second = Duration::from_secs(1);
+    publish(
+        &origin,
+        &key,
+        0,
+        second,
+        common::payload::payload(0, 250_000),
+    )
+    .await;
+    let port = origin.local_addr().unwrap().port();
+    let (target, addr) = (origin.id(), SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut held = Vec::new();
+    for i in 0..9u8 {
+        let k = SigningKey::from_bytes(&[150 + i; 32]);
+        let mut l = Listener::connect(&k, target, addr, Some(2_100_000))
+            .await
+            .unwrap();
+        let got = swarm_before_map(&mut l).await;
+        match i {
+            // Fewer than eight declared: nothing said.
+            0..=6 => assert_eq!(got, None, "viewer {i}"),
+            // (8 + 8 × 2.1) / (8 × 2), every one of them just joined.
+            7 => assert_eq!(got, Some((155, 100))),
+            // (8 + 9 × 2.1) / (9 × 2).
+            _ => assert_eq!(got, Some((149, 100))),
+        }
+        held.push(l);
+    }
+    // One that declares no cap is told the same and counts neither way.
+    let k = SigningKey::from_bytes(&[170; 32]);
+    let mut l = Listener::connect(&k, target, addr, None).await.unwrap();
+    assert_eq!(swarm_before_map(&mut l).await, Some((149, 100)));
+    shutdown_all([origin]).await;
 }

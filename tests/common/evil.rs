@@ -57,12 +57,17 @@ async fn dial(
 
 /// A viewer's Hello for `stream`.
 pub fn hello(stream: NodeId) -> Control {
+    hello_declaring(stream, None)
+}
+
+/// A viewer's Hello for `stream` that declares an upload cap.
+pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
     Control::Hello {
         version: wire::PROTOCOL_VERSION,
         stream,
         role: Role::Viewer,
         uploads: true,
-        upload_bps: None,
+        upload_bps,
         token: None,
         token_epoch: 0,
     }
@@ -86,13 +91,58 @@ async fn greet(
     conn: &quinn::Connection,
     stream: NodeId,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    greet_with(conn, &hello(stream)).await
+}
+
+/// Opens the control stream, sends `hello` and reads theirs.
+async fn greet_with(
+    conn: &quinn::Connection,
+    hello: &Control,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&wire::encode(&hello(stream)))
+    send.write_all(&wire::encode(hello))
         .await
         .map_err(|e| e.to_string())?;
     match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
         Some(Control::Hello { .. }) => Ok((send, recv)),
         _ => Err(format!("no hello back: {:?}", conn.close_reason())),
+    }
+}
+
+/// A connection that declares an upload cap in its Hello and reads what the honest side
+/// sends on the control stream.
+pub struct Listener {
+    /// Kept so the endpoint lives as long as the connection.
+    pub endpoint: quinn::Endpoint,
+    /// The connection itself.
+    pub conn: quinn::Connection,
+    _control: quinn::SendStream,
+    control_in: quinn::RecvStream,
+}
+
+impl Listener {
+    /// Connects with `key` to the node `target` at `addr`, declaring `upload_bps`.
+    pub async fn connect(
+        key: &SigningKey,
+        target: NodeId,
+        addr: SocketAddr,
+        upload_bps: Option<u64>,
+    ) -> Result<Listener, String> {
+        let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
+        let conn = handshake(&endpoint, key, target, addr).await?;
+        let (control, control_in) = greet_with(&conn, &hello_declaring(target, upload_bps)).await?;
+        Ok(Listener {
+            endpoint,
+            conn,
+            _control: control,
+            control_in,
+        })
+    }
+
+    /// The next control message, if one comes within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<Control> {
+        let read = read_frame::<Control>(&mut self.control_in, wire::MAX_CONTROL_FRAME);
+        tokio::time::timeout(limit, read).await.ok().flatten()
     }
 }
 
