@@ -41,6 +41,11 @@
 //! list its partners and, once it is full, the viewers it turned away lately, which still
 //! have room for each other.
 //!
+//! A joiner starts `delay` segments behind live, so its player starts at once, unless
+//! the broadcaster's [`Control::Swarm`] says the swarm's spare upload cannot serve the
+//! joining crowd's catch-up soon enough (`Mesh::catch_up`): then it starts at live,
+//! since that catch-up would come out of the upload the live segments need.
+//!
 //! Why parts: with whole-segment requests a viewer whose upload is below twice the
 //! bitrate serves one downstream at a time for a whole segment, so a segment spreads
 //! one relay chain at a time and the tree branches only every 0.7 s (BENCHMARKS.md).
