@@ -1196,16 +1196,15 @@ impl Mesh {
         if stream_bps == 0 || n < MIN_DECLARED {
             return None;
         }
-        let total = self
-            .declared
-            .values()
-            .fold(u128::from(own), |t, (bps, _)| t + u128::from(*bps));
+        // One walk: the upload in all, and how many connected within the window.
+        let (total, joining) =
+            self.declared
+                .values()
+                .fold((u128::from(own), 0usize), |(t, j), (bps, since)| {
+                    let recent = now.saturating_duration_since(*since) < JOINING_WINDOW;
+                    (t + u128::from(*bps), j + usize::from(recent))
+                });
         let per = total * 100 / (n as u128 * u128::from(stream_bps));
-        let joining = self
-            .declared
-            .values()
-            .filter(|(_, since)| now.saturating_duration_since(*since) < JOINING_WINDOW)
-            .count();
         Some(Control::Swarm {
             upload_pct: u32::try_from(per).unwrap_or(u32::MAX),
             joining_pct: u32::try_from(joining * 100 / n).unwrap_or(100),
@@ -2033,11 +2032,12 @@ mod tests {
     }
 
     fn origin_announces_nine(v: &mut Mesh, t0: Instant) {
-        let have = Control::Have {
-            number: 9,
-            parts: ALL_PARTS,
-        };
-        v.handle_control(t0, id(ORIGIN), have);
+        announce(v, t0, ORIGIN, 9, ALL_PARTS);
+    }
+
+    /// `from` announces `parts` of segment `number` to `v`.
+    fn announce(v: &mut Mesh, t0: Instant, from: u8, number: u64, parts: u32) {
+        v.handle_control(t0, id(from), Control::Have { number, parts });
     }
 
     /// A viewer that joins at the live edge (no hold-back), budget one segment.
@@ -2716,22 +2716,8 @@ mod tests {
         let t0 = Instant::now();
         // The origin never admitted us; two partners did. One lies about the future.
         let mut v = turned_away_viewer(t0, &[20, 30]);
-        v.handle_control(
-            t0,
-            id(30),
-            Control::Have {
-                number: 1_000_000,
-                parts: ALL_PARTS,
-            },
-        );
-        v.handle_control(
-            t0,
-            id(20),
-            Control::Have {
-                number: 50,
-                parts: ALL_PARTS,
-            },
-        );
+        announce(&mut v, t0, 30, 1_000_000, ALL_PARTS);
+        announce(&mut v, t0, 20, 50, ALL_PARTS);
         let asked = requests(&drain(&mut v));
         assert!(asked.contains(&(id(20), 50)), "{asked:?}");
         // No partner holds an older segment whole: it waits at their live edge rather than
@@ -2771,35 +2757,14 @@ mod tests {
                     bits: vec![0b111],
                 },
             );
-            v.handle_control(
-                t0,
-                id(p),
-                Control::Have {
-                    number: 47,
-                    parts: 0b1,
-                },
-            );
+            announce(&mut v, t0, p, 47, 0b1);
         }
-        v.handle_control(
-            t0,
-            id(20),
-            Control::Have {
-                number: 50,
-                parts: ALL_PARTS,
-            },
-        );
+        announce(&mut v, t0, 20, 50, ALL_PARTS);
         drain(&mut v);
         assert_eq!(v.want_from(), Some(48), "two of three hold 48 whole");
         // A fourth partner at 50 alone: half is not most, so it waits at live.
         v.handle_connected(t0, id(50), addr(50), Role::Viewer, true, None);
-        v.handle_control(
-            t0,
-            id(50),
-            Control::Have {
-                number: 50,
-                parts: ALL_PARTS,
-            },
-        );
+        announce(&mut v, t0, 50, 50, ALL_PARTS);
         drain(&mut v);
         assert_eq!(v.want_from(), Some(50), "two of four is not most");
     }
