@@ -88,13 +88,14 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         r.control_overhead
     );
     eprintln!(
-        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}, \
+        "  relayed {} (reset {}), unwanted {}, busy for backlog {}, pushes skipped {}, seeds unconfirmed {}, \
          segments from several suppliers {}",
         d.relayed,
         d.relay_resets,
         d.unwanted,
         d.busy_backlog,
         d.pushes_skipped,
+        d.seeds_unconfirmed,
         d.multi_supplier_segments
     );
     eprintln!(

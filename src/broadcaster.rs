@@ -421,6 +421,7 @@ impl Catalog for BroadcasterCatalog {
             "bitrate_bps": self.stats.bitrate_bps.load(Ordering::Relaxed),
             "upload_limit_bps": self.stats.upload_limit_bps.load(Ordering::Relaxed),
             "busy_replies": n.busy_replies,
+            "seeds_unconfirmed": n.seeds_unconfirmed,
             "control_bytes": n.control_bytes,
         })
         .to_string()

@@ -30,7 +30,9 @@
 //! knows at once what exists and when it was published) but pushes each part to one
 //! different viewer (`seed_fanout` copies in all, one by default), so the segment
 //! enters the swarm at several points at once and the origin's upload stays near one
-//! copy; a viewer asks the broadcaster itself only when no partner has a part by the
+//! copy (a seed its receiver does not acknowledge is pushed to another viewer:
+//! [`Mesh::handle_push_unconfirmed`]); a viewer asks the broadcaster itself only when no
+//! partner has a part by the
 //! time half of its playout budget is spent (200 ms for a joining viewer's first
 //! segment, which the player is waiting for). A joiner asks for every part of that first
 //! segment at once, flagged `join`, and suppliers with spare upload serve it in a slot
@@ -277,6 +279,9 @@ struct Peer {
     busy_until: Option<Instant>,
     /// Requests it left unanswered in a row.
     stalls: u32,
+    /// Broadcaster: a seed pushed to it went unacknowledged, so it may have vanished; it
+    /// is not seeded again until it is heard from.
+    seed_suspect: bool,
     next_pex: Instant,
     next_buffer_map: Instant,
 }
@@ -877,6 +882,7 @@ impl Mesh {
                 throughput: None,
                 busy_until: None,
                 stalls: 0,
+                seed_suspect: false,
                 next_pex: now + self.cfg.pex_interval,
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
@@ -971,9 +977,11 @@ impl Mesh {
     /// A control message from a connected peer (after [`Control::validate`]).
     pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
         self.last_now = self.last_now.max(now);
-        if !self.peers.contains_key(&from) {
+        let Some(p) = self.peers.get_mut(&from) else {
             return;
-        }
+        };
+        // It is alive after all.
+        p.seed_suspect = false;
         match msg {
             Control::Hello { .. } => {
                 self.misbehaved(now, from, "second hello");
@@ -1517,12 +1525,7 @@ impl Mesh {
             );
         }
         // Seed a few uploaders, rotating so the relaying load spreads over the swarm.
-        let uploaders: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.uploads)
-            .map(|(id, _)| *id)
-            .collect();
+        let uploaders = self.seed_targets(None, true);
         // Each part goes to different viewers: the origin sends `seed_fanout` copies of the
         // segment in all, spread over up to `seed_fanout × PARTS` relays that then trade parts.
         // With no uploader yet (the stream has just started), the seeds are owed: each
@@ -1544,6 +1547,53 @@ impl Mesh {
         }
         self.push_cursor = self.push_cursor.wrapping_add(seeds.max(1));
         self.prune();
+    }
+
+    /// Uploaders to seed, `except` left out: those not suspected of having vanished, or
+    /// (`fall_back`) every one if all are.
+    fn seed_targets(&self, except: Option<NodeId>, fall_back: bool) -> Vec<NodeId> {
+        let pick = |trusted: bool| -> Vec<NodeId> {
+            self.peers
+                .iter()
+                .filter(|(id, p)| p.uploads && Some(**id) != except && !(trusted && p.seed_suspect))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let trusted = pick(true);
+        if trusted.is_empty() && fall_back {
+            pick(false)
+        } else {
+            trusted
+        }
+    }
+
+    /// Broadcaster: the seed of part `part` of segment `number` pushed to `peer` was not
+    /// acknowledged in time (or its connection ended). `peer` may have vanished with the
+    /// swarm's only viewer copy, and every viewer would then wait until it asks the origin
+    /// itself at half its playout budget; so the part is seeded to another uploader while
+    /// the segment is still among the newest two, and `peer` is not seeded until heard from.
+    pub fn handle_push_unconfirmed(&mut self, now: Instant, peer: NodeId, number: u64, part: u8) {
+        self.last_now = self.last_now.max(now);
+        if self.cfg.role != Role::Broadcaster || usize::from(part) >= PARTS {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.seed_suspect = true;
+        }
+        let fresh = self.newest.is_some_and(|n| number.saturating_add(1) >= n);
+        if !fresh || !self.held.contains(&number) {
+            return;
+        }
+        // Only to the unsuspected: each miss makes one more suspect, so this ends.
+        let targets = self.seed_targets(Some(peer), false);
+        if let Some(to) = targets.get(self.push_cursor % targets.len().max(1)) {
+            self.actions.push_back(Action::Push {
+                peer: *to,
+                number,
+                part,
+            });
+            self.push_cursor = self.push_cursor.wrapping_add(1);
+        }
     }
 
     /// Broadcaster: the input ended after segment `last`.
@@ -2659,6 +2709,7 @@ mod tests {
             throughput: None,
             busy_until: None,
             stalls,
+            seed_suspect: false,
             next_pex: Instant::now(),
             next_buffer_map: Instant::now(),
         }
@@ -2864,6 +2915,98 @@ mod tests {
         // The next segment seeds other viewers.
         let (_, next) = pushes(&mut b, 1);
         assert!(next.iter().all(|(v, _)| !seeds.contains(v)));
+    }
+
+    /// The pushes among `actions`: (to whom, segment, part).
+    fn pushes_of(actions: &[Action]) -> Vec<(NodeId, u64, u8)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Push { peer, number, part } => Some((*peer, *number, *part)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A broadcaster with uploading viewers `ids`.
+    fn broadcaster_with(t0: Instant, ids: std::ops::Range<u8>) -> Mesh {
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        for v in ids {
+            b.handle_connected(t0, id(v), addr(u16::from(v)), Role::Viewer, true, None);
+        }
+        drain(&mut b);
+        b
+    }
+
+    #[test]
+    fn an_unacknowledged_seed_goes_to_another_uploader_and_its_receiver_is_not_seeded_again() {
+        let t0 = Instant::now();
+        let mut b = broadcaster_with(t0, 10..13);
+        b.handle_publish(t0, 0);
+        let first = pushes_of(&drain(&mut b));
+        let &(lost, _, part) = first.first().expect("a seed");
+        // Its receiver vanished without a word: the same part goes to someone else.
+        b.handle_push_unconfirmed(t0, lost, 0, part);
+        let again = pushes_of(&drain(&mut b));
+        assert_eq!(again.len(), 1);
+        let (to, number, p) = again[0];
+        assert_eq!((number, p), (0, part));
+        assert_ne!(to, lost);
+        // Later segments are seeded to the others only...
+        for n in 1..4 {
+            b.handle_publish(t0, n);
+            let seeds = pushes_of(&drain(&mut b));
+            assert_eq!(seeds.len(), PARTS);
+            assert!(seeds.iter().all(|(v, _, _)| *v != lost), "{seeds:?}");
+        }
+        // ...until it is heard from: it is alive after all.
+        b.handle_control(
+            t0,
+            lost,
+            Control::Have {
+                number: 3,
+                parts: 1,
+            },
+        );
+        b.handle_publish(t0, 4);
+        assert!(pushes_of(&drain(&mut b)).iter().any(|(v, _, _)| *v == lost));
+    }
+
+    #[test]
+    fn a_stale_or_unknown_seed_is_not_seeded_again_and_misses_end() {
+        let t0 = Instant::now();
+        let mut b = broadcaster_with(t0, 10..12);
+        for n in 0..3 {
+            b.handle_publish(t0, n);
+        }
+        drain(&mut b);
+        // Segment 0 is two behind the newest: viewers missing it ask the origin anyway.
+        b.handle_push_unconfirmed(t0, id(10), 0, 0);
+        assert!(pushes_of(&drain(&mut b)).is_empty());
+        // A part that does not exist, or a segment never published.
+        b.handle_push_unconfirmed(t0, id(10), 2, PARTS as u8);
+        b.handle_push_unconfirmed(t0, id(10), 9, 0);
+        assert!(pushes_of(&drain(&mut b)).is_empty());
+        // Every uploader missing in turn: once all are suspect, nobody is left to re-seed
+        // to (no ping-pong between two vanished viewers).
+        b.handle_push_unconfirmed(t0, id(10), 2, 1);
+        let again = pushes_of(&drain(&mut b));
+        assert_eq!(again, vec![(id(11), 2, 1)]);
+        b.handle_push_unconfirmed(t0, id(11), 2, 1);
+        assert!(pushes_of(&drain(&mut b)).is_empty());
+        // With everyone suspect, seeding still goes on (to the suspects).
+        b.handle_publish(t0, 3);
+        assert_eq!(pushes_of(&drain(&mut b)).len(), PARTS);
+    }
+
+    /// A viewer never re-seeds: seeding is the broadcaster's.
+    #[test]
+    fn a_viewer_ignores_unconfirmed_seeds() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[10, 11]);
+        drain(&mut v);
+        v.handle_push_unconfirmed(t0, id(10), 0, 0);
+        assert!(pushes_of(&drain(&mut v)).is_empty());
     }
 
     #[test]

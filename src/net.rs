@@ -146,6 +146,9 @@ pub struct Counters {
     pub control_bytes: AtomicU64,
     /// Requests answered `Busy` because the upload cap was saturated.
     pub busy_replies: AtomicU64,
+    /// Broadcaster: seeding pushes the receiver did not acknowledge in time (each seeded
+    /// again elsewhere while fresh).
+    pub seeds_unconfirmed: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -403,6 +406,12 @@ enum Event {
         number: u64,
         part: u8,
     },
+    /// A seeding push `peer` did not acknowledge in time.
+    PushUnconfirmed {
+        peer: NodeId,
+        number: u64,
+        part: u8,
+    },
     Misbehaved {
         peer: NodeId,
         reason: &'static str,
@@ -502,6 +511,8 @@ pub struct NodeStats {
     pub control_bytes: u64,
     /// Requests turned away because upload was saturated.
     pub busy_replies: u64,
+    /// Seeding pushes not acknowledged in time (broadcaster).
+    pub seeds_unconfirmed: u64,
     /// Peers banned for misbehaviour.
     pub bans: u64,
 }
@@ -669,6 +680,7 @@ impl NodeView {
             rejected_segments: get(&c.rejected_segments),
             control_bytes: get(&c.control_bytes),
             busy_replies: get(&c.busy_replies),
+            seeds_unconfirmed: get(&c.seeds_unconfirmed),
             bans: m.bans,
         }
     }
@@ -877,6 +889,9 @@ impl Driver {
             Event::Receiving { from, number, part } => {
                 self.mesh.handle_receiving(t, from, number, part)
             }
+            Event::PushUnconfirmed { peer, number, part } => {
+                self.mesh.handle_push_unconfirmed(t, peer, number, part)
+            }
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), reason, "dropping misbehaving peer");
                 self.mesh.handle_misbehaviour(t, peer, reason);
@@ -922,9 +937,12 @@ impl Driver {
                     }
                 }
                 Action::Push { peer, number, part } => {
-                    if let Some(c) = self.conns.get(&peer) {
-                        // Seeding is optional: skip it when the uplink is already queued up.
-                        if self.shared.limiter.backlog() < BUSY_BACKLOG {
+                    // Seeding is optional: skip it when the uplink is already queued up.
+                    if self.shared.limiter.backlog() >= BUSY_BACKLOG {
+                        continue;
+                    }
+                    match self.conns.get(&peer) {
+                        Some(c) => {
                             tokio::spawn(push(
                                 self.shared.clone(),
                                 c.conn.clone(),
@@ -933,6 +951,8 @@ impl Driver {
                                 part,
                             ));
                         }
+                        // Gone already: the part goes to someone else.
+                        None => self.mesh.handle_push_unconfirmed(now(), peer, number, part),
                     }
                 }
                 Action::Dial { peer, addr } => {
@@ -1968,24 +1988,58 @@ async fn send_part(
 async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, part: u8) {
     let seg = store::lock(&shared.store).get(number).cloned();
     let Some(seg) = seg else { return };
+    if !seed(&shared, &conn, peer, &seg, part).await {
+        add(&shared.counters.seeds_unconfirmed, 1);
+        let _ = shared
+            .events
+            .send(Event::PushUnconfirmed { peer, number, part })
+            .await;
+    }
+}
+
+/// Pushes one part of `seg` to `peer`; true if `peer` answered within
+/// [`seed_confirm_wait`] of the last byte written: it acknowledged every byte, or
+/// stopped the stream (it had the part already). A vanished receiver does neither.
+async fn seed(
+    shared: &Shared,
+    conn: &Connection,
+    peer: NodeId,
+    seg: &VerifiedSegment,
+    part: u8,
+) -> bool {
     let Ok(mut send) = conn.open_uni().await else {
-        return;
+        return false;
     };
-    let _seeding = shared.limiter.seeding();
+    let seeding = shared.limiter.seeding();
     let req = Request {
-        number,
+        number: seg.header.header.number,
         part,
         header: true,
         join: false,
     };
     let sent = tokio::time::timeout(
         UPLOAD_TIMEOUT,
-        send_part(&shared, &mut send, &seg, req, UploadClass::Seed),
+        send_part(shared, &mut send, seg, req, UploadClass::Seed),
     )
     .await
     .unwrap_or(Err(UploadError::Closed));
-    end_upload(&shared, peer, &mut send, sent).await;
+    end_upload(shared, peer, &mut send, sent).await;
+    drop(seeding);
+    // `stopped` yields once the stream is stopped by the receiver or its every byte (or
+    // its reset) is acknowledged, and fails if the connection is lost.
+    let wait = seed_confirm_wait(conn.rtt());
+    matches!(tokio::time::timeout(wait, send.stopped()).await, Ok(Ok(_)))
 }
+
+/// How long after its last byte is written a seeding push may go unacknowledged: four
+/// round trips, and at least [`SEED_CONFIRM_MIN`]. The simulator waits the same.
+pub fn seed_confirm_wait(rtt: Duration) -> Duration {
+    (rtt * 4).max(SEED_CONFIRM_MIN)
+}
+
+/// The least [`seed_confirm_wait`]: above an ack delay and scheduling noise, and well
+/// inside half a playout budget, when viewers would ask the origin themselves.
+pub const SEED_CONFIRM_MIN: Duration = Duration::from_millis(250);
 
 /// Folds a signed header's length/duration into the node's smoothed stream bitrate.
 fn note_bitrate(shared: &Shared, header: &SignedHeader) {

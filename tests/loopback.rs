@@ -4,13 +4,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::evil::Listener;
+use common::evil::{Blackhole, Listener};
 use common::nodes::{broadcaster, publish, shutdown_all, viewer, wait_for};
 use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
 use starling::rate::Rate;
 use starling::store;
-use starling::stream::node_id;
+use starling::stream::{node_id, PARTS};
 use starling::wire::Control;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -191,5 +191,40 @@ async fn the_broadcaster_tells_joiners_the_upload_its_viewers_declared() {
     let k = SigningKey::from_bytes(&[170; 32]);
     let mut l = Listener::connect(&k, target, addr, None).await.unwrap();
     assert_eq!(swarm_before_map(&mut l).await, Some((149, 100)));
+    shutdown_all([origin]).await;
+}
+
+/// A viewer that goes silent (no close frame, no acknowledgements: a crash, a dropped
+/// link) while it is being seeded leaves its parts nowhere; the broadcaster notices the
+/// missing acknowledgement and pushes them to another viewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_to_a_viewer_gone_silent_is_pushed_to_another() {
+    let key = SigningKey::from_bytes(&[44; 32]);
+    let origin = broadcaster(&key, SEGMENT, Some(Rate(8_000_000)), 1).await;
+    let port = origin.local_addr().unwrap().port();
+    let (target, addr) = (origin.id(), SocketAddr::from(([127, 0, 0, 1], port)));
+    let hole = Blackhole::start(addr).await;
+    let k = |b: u8| SigningKey::from_bytes(&[b; 32]);
+    let _silent = Listener::connect(&k(180), target, hole.addr, None)
+        .await
+        .unwrap();
+    let alive = Listener::connect(&k(181), target, addr, None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.stats().peers < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.stats().peers, 2);
+    hole.cut();
+    publish(&origin, &key, 0, SEGMENT, payload(0)).await;
+    // The seeds are split between the two; the silent one's come here once they go
+    // unacknowledged (long before the 10 s QUIC idle timeout would end its connection).
+    let mut got = alive.pushes(PARTS, Duration::from_secs(8)).await;
+    got.sort_unstable();
+    let every: Vec<(u64, u8)> = (0..PARTS as u8).map(|p| (0, p)).collect();
+    assert_eq!(got, every);
+    let unconfirmed = origin.stats().seeds_unconfirmed;
+    assert!((1..PARTS as u64).contains(&unconfirmed), "{unconfirmed}");
     shutdown_all([origin]).await;
 }

@@ -122,6 +122,24 @@ enum Ev {
     Deliver {
         tr: TRef,
     },
+    /// The origin's seed of (`number`, `part`) to `to`, sent whole, landing at `landed`:
+    /// acknowledged if `acked` (the ack is back by `deadline`, now) and `to` took it on
+    /// `conn`; otherwise reported at `deadline`, as `net.rs`'s `push` waits.
+    SeedCheck {
+        to: u32,
+        conn: u64,
+        number: u64,
+        part: u8,
+        landed: Ns,
+        acked: bool,
+        deadline: Ns,
+    },
+    /// The origin's driver reports the seed to `to` unacknowledged.
+    SeedUnconfirmed {
+        to: u32,
+        number: u64,
+        part: u8,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -795,6 +813,28 @@ impl Sim {
                 }
             }
             Ev::Deliver { tr } => self.deliver(tr),
+            Ev::SeedCheck {
+                to,
+                conn,
+                number,
+                part,
+                landed,
+                acked,
+                deadline,
+            } => {
+                if !(acked && self.deliverable(ORIGIN, to, conn, landed)) {
+                    let at = deadline.max(self.now);
+                    self.at(at, Ev::SeedUnconfirmed { to, number, part });
+                }
+            }
+            Ev::SeedUnconfirmed { to, number, part } => {
+                self.d.seeds_unconfirmed += 1;
+                let (now, id) = (self.instant(self.now), self.id_of(to));
+                if let Some(m) = self.mesh(ORIGIN) {
+                    m.handle_push_unconfirmed(now, id, number, part);
+                }
+                self.drain(ORIGIN);
+            }
         }
     }
 
@@ -1638,6 +1678,8 @@ impl Sim {
             return self.maybe_free(tr);
         }
         t.sender_done = true;
+        let seed = (t.kind == Kind::Push && t.from == ORIGIN)
+            .then(|| (t.to, t.conn, t.number, t.part, t.next >= t.hi, t.landed()));
         let (s, slot, source, started) = (t.from, t.slot, t.source.take(), t.started);
         t.slot = false;
         if let Some(u) = source {
@@ -1654,7 +1696,43 @@ impl Sim {
             }
             self.yield_link(s, tr);
         }
+        if let Some((to, conn, number, part, whole, landed)) = seed {
+            self.check_seed(to, conn, (number, part), whole, landed);
+        }
         self.maybe_free(tr);
+    }
+
+    /// The origin's push to `to` ended (`whole`: every piece sent): as `net.rs`'s `push`,
+    /// it waits up to `seed_confirm_wait` for the acknowledgement. One cut short was
+    /// stopped by its live receiver (confirmed), or its connection ended (reported now).
+    fn check_seed(
+        &mut self,
+        to: u32,
+        conn: u64,
+        (number, part): (u64, u8),
+        whole: bool,
+        landed: Ns,
+    ) {
+        if !whole {
+            if !self.deliverable(ORIGIN, to, conn, self.now) {
+                self.at(self.now, Ev::SeedUnconfirmed { to, number, part });
+            }
+            return;
+        }
+        let rtt = Duration::from_nanos(self.rtt(ORIGIN, to));
+        let wait = u64::try_from(crate::net::seed_confirm_wait(rtt).as_nanos()).unwrap_or(Ns::MAX);
+        let deadline = self.now.saturating_add(wait);
+        let back = landed.max(self.now) + self.one_way(to, ORIGIN);
+        let ev = Ev::SeedCheck {
+            to,
+            conn,
+            number,
+            part,
+            landed,
+            acked: back <= deadline,
+            deadline,
+        };
+        self.at(back.min(deadline), ev);
     }
 
     /// The receiver is done with `tr` (`ok`: its part landed). If relays followed it: on
@@ -2149,6 +2227,42 @@ mod tests {
 
     fn all_freed(sim: &Sim) -> bool {
         sim.transfers.items.iter().all(|t| !t.live)
+    }
+
+    #[test]
+    fn a_seed_whose_receiver_vanished_is_seeded_again_before_anyone_asks_the_origin() {
+        let mut sim = swarm(3, 8_000_000, 3_000_000);
+        // Two segments: the first starts the viewers (joiners ask the origin early for it),
+        // the second is published to a running swarm.
+        sim.segments = 2;
+        sim.publish();
+        let published = sim.now + sim.seg_ns;
+        sim.run_until(published);
+        let asked_before = sim.d.origin_requests;
+        let seeded: Vec<u32> = sim
+            .transfers
+            .items
+            .iter()
+            .filter(|t| t.live && t.kind == Kind::Push && t.number == 1)
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(seeded.len(), PARTS, "{seeded:?}");
+        let gone = seeded[0];
+        let lost = seeded.iter().filter(|to| **to == gone).count() as u64;
+        sim.vanish(gone);
+        // Viewers missing a part ask the origin only at half their playout budget.
+        let half_budget = sim.cfg.delay_segments * sim.seg_ns / 2;
+        sim.run_until(published + half_budget);
+        assert_eq!(sim.d.seeds_unconfirmed, lost);
+        assert_eq!(sim.d.pushes, 2 * PARTS as u64 + lost);
+        assert_eq!(sim.d.origin_requests, asked_before);
+        for v in (1..=3).filter(|v| *v != gone) {
+            let at = sim.node(v).and_then(|n| n.held.get(1)).copied();
+            assert!(
+                matches!(at, Some((1, t)) if t < published + half_budget),
+                "{v}: {at:?}"
+            );
+        }
     }
 
     #[test]

@@ -522,6 +522,9 @@ pub struct SimDetails {
     pub busy: u64,
     /// Of those, for the limiter backlog (a slot was free).
     pub busy_backlog: u64,
+    /// Seeds the origin pushed that went unacknowledged (each seeded again elsewhere
+    /// while fresh).
+    pub seeds_unconfirmed: u64,
     /// Part pushes the origin skipped because its limiter backlog was 1.5 s or more.
     pub pushes_skipped: u64,
     /// Part requests served while that part was still arriving at the holder (cut-through

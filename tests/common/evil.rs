@@ -144,6 +144,79 @@ impl Listener {
         let read = read_frame::<Control>(&mut self.control_in, wire::MAX_CONTROL_FRAME);
         tokio::time::timeout(limit, read).await.ok().flatten()
     }
+
+    /// The parts pushed to it (segment, part) until `want` of them came or `limit` ran
+    /// out. It asks for nothing, so every stream opened to it is a push; each is read to
+    /// its end.
+    pub async fn pushes(&self, want: usize, limit: Duration) -> Vec<(u64, u8)> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while got.len() < want {
+            let Ok(Ok(mut uni)) = tokio::time::timeout_at(deadline, self.conn.accept_uni()).await
+            else {
+                break;
+            };
+            if let Some(Reply::Part { number, part, .. }) =
+                read_frame::<Reply>(&mut uni, wire::MAX_REPLY_FRAME).await
+            {
+                let _ = uni.read_to_end(1 << 20).await;
+                got.push((number, part));
+            }
+        }
+        got
+    }
+}
+
+/// A UDP relay between one client and `target` that can go silent at once: a peer that
+/// vanished without a close frame (no acknowledgements, nothing), as a crashed host or a
+/// dropped link looks from the other side.
+pub struct Blackhole {
+    /// Where the client should send: the relay's client-side address.
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    /// Relays datagrams between the first client to send to [`Blackhole::addr`] and `target`.
+    pub async fn start(target: SocketAddr) -> Blackhole {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = Arc::new(tokio::net::UdpSocket::bind(loopback()).await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind(loopback()).await.unwrap());
+        back.connect(target).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (client_tx, mut client_rx) = watch::channel(None::<SocketAddr>);
+        {
+            let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    client_tx.send_replace(Some(from));
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send(&buf[..n]).await;
+                    }
+                }
+            });
+        }
+        {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = back.recv(&mut buf).await {
+                    let client = *client_rx.borrow_and_update();
+                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&buf[..n], c).await;
+                    }
+                }
+            });
+        }
+        Blackhole { addr, cut }
+    }
+
+    /// From now on every datagram, either way, is dropped.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Evil {
