@@ -2869,13 +2869,8 @@ mod tests {
     #[test]
     fn broadcaster_announces_to_all_and_seeds_each_part_to_different_viewers() {
         let t0 = Instant::now();
-        let cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
-        let fanout = cfg.seed_fanout;
-        let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
-        for v in 10..90 {
-            b.handle_connected(t0, id(v), addr(v as u16), Role::Viewer, true, None);
-        }
-        drain(&mut b);
+        let fanout = MeshConfig::broadcaster(id(ORIGIN), SEG).seed_fanout;
+        let mut b = broadcaster_with(t0, 10..90);
         let pushes = |b: &mut Mesh, number: u64| -> (usize, Vec<(NodeId, u8)>) {
             b.handle_publish(t0, number);
             let acts = drain(b);
@@ -2894,12 +2889,9 @@ mod tests {
                     )
                 })
                 .count();
-            let pushes = acts
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Push { peer, part, .. } => Some((*peer, *part)),
-                    _ => None,
-                })
+            let pushes = pushes_of(&acts)
+                .into_iter()
+                .map(|(peer, _, part)| (peer, part))
                 .collect();
             (haves, pushes)
         };

@@ -890,7 +890,7 @@ impl Driver {
                 self.mesh.handle_receiving(t, from, number, part)
             }
             Event::PushUnconfirmed { peer, number, part } => {
-                self.mesh.handle_push_unconfirmed(t, peer, number, part)
+                self.push_unconfirmed(t, peer, number, part)
             }
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), reason, "dropping misbehaving peer");
@@ -899,6 +899,13 @@ impl Driver {
             Event::Publish { number } => self.mesh.handle_publish(t, number),
             Event::End { last } => self.mesh.handle_end(t, last),
         }
+    }
+
+    /// A seed `peer` did not acknowledge, or could not be sent: counted, and the mesh
+    /// seeds it elsewhere.
+    fn push_unconfirmed(&mut self, t: Instant, peer: NodeId, number: u64, part: u8) {
+        add(&self.shared.counters.seeds_unconfirmed, 1);
+        self.mesh.handle_push_unconfirmed(t, peer, number, part);
     }
 
     fn run_actions(&mut self) {
@@ -952,7 +959,7 @@ impl Driver {
                             ));
                         }
                         // Gone already: the part goes to someone else.
-                        None => self.mesh.handle_push_unconfirmed(now(), peer, number, part),
+                        None => self.push_unconfirmed(now(), peer, number, part),
                     }
                 }
                 Action::Dial { peer, addr } => {
@@ -1989,7 +1996,6 @@ async fn push(shared: Arc<Shared>, conn: Connection, peer: NodeId, number: u64, 
     let seg = store::lock(&shared.store).get(number).cloned();
     let Some(seg) = seg else { return };
     if !seed(&shared, &conn, peer, &seg, part).await {
-        add(&shared.counters.seeds_unconfirmed, 1);
         let _ = shared
             .events
             .send(Event::PushUnconfirmed { peer, number, part })
