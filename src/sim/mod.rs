@@ -125,13 +125,14 @@
 //!   (`benches/sim.rs` reads `/proc`).
 //!
 //! ## Speed
-//! One thread, one event at a time. An event costs about 1.4 µs at 300 peers (29 MB
-//! resident) and 3.8 µs at 10,000 (1.3 GB): each event wakes a different node, whose
-//! mesh state is not in cache. Most of that state is the per-part bookkeeping of the
-//! segments in play (880 bytes a segment). Cutting instructions by 41% (seventh
-//! session) cut the 10,000-peer wall time by only 8% for that reason. A 60 s
-//! 10,000-peer run needs fewer events per part (pushed sub-streams rather than a request
-//! per part) and more than one core; neither is built (BENCHMARKS.md).
+//! One thread, one event at a time. An event costs about 2.2 µs at 1,000 peers (52 MB
+//! resident) and 2.5–3.2 µs at 10,000 (441 MB): instructions spread over the mesh's
+//! scheduling and wake-up scans, memory adding about a third at scale. A 10,000-peer run
+//! is about 16.6 events per part received (announcements, requests and their `Busy`
+//! answers, ticks), so a 60 s run needs fewer events per part and more than one core;
+//! neither is built. A prototype of sub-streams pushed to subscribed partners cut events by
+//! only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
+//! fourteenth session).
 
 mod engine;
 mod link;
