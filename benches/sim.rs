@@ -103,4 +103,17 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
          peak rss {:.0} MB",
         d.events, d.ticks, d.superseded_ticks, d.stale_wakeups, wall_s, r.cpu_s, r.peak_rss_mb
     );
+    let kinds: Vec<String> = d
+        .by_kind
+        .named()
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    eprintln!("  events: {}", kinds.join(", "));
+    if c.threads > 1 {
+        eprintln!(
+            "  worker: {} mesh calls handed off, {} events run beside them",
+            d.handed_off, d.overlapped
+        );
+    }
 }

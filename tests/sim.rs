@@ -29,6 +29,11 @@ fn same_seed_same_report() {
         serde_json::to_string(&b).unwrap()
     );
     assert!(a.details.events > 0);
+    // Every event is counted once, under the kind it was.
+    let k = &a.details.by_kind;
+    let total: u64 = k.named().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, a.details.events);
+    assert!(k.have > 0 && k.request > 0 && k.first_frame > 0 && k.last_piece > 0);
     // The seed is really used: another one changes the run.
     let other = sim::run(&SimConfig { seed: 6, ..c });
     assert_ne!(a.details, other.details);
@@ -103,4 +108,24 @@ fn viewers_a_full_origin_turns_away_still_play_through_partners() {
     let r = sim::run(&c);
     assert_eq!(r.details.viewers_playable, 40, "{:?}", r.details);
     assert!(r.continuity > 0.9, "{r:?}");
+}
+
+#[test]
+fn two_threads_give_the_one_thread_figures() {
+    // Enough viewers that many are not each other's partners, with loss and churn, so
+    // the worker's jobs overlap other events and departures interrupt them.
+    let c = SimConfig {
+        seed: 3,
+        loss_pct: 1.0,
+        churn_pct_per_min: 20.0,
+        ..small(300, 8.0)
+    };
+    let one = sim::run(&c);
+    let mut two = sim::run(&SimConfig { threads: 2, ..c });
+    assert_eq!(one.details.handed_off, 0);
+    assert!(two.details.handed_off > 0, "the worker ran mesh calls");
+    assert!(two.details.overlapped > 0, "events ran beside them");
+    two.details.handed_off = 0;
+    two.details.overlapped = 0;
+    assert_eq!(one, two);
 }

@@ -15,8 +15,10 @@ use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// Virtual time: nanoseconds since the run's base instant.
@@ -49,6 +51,147 @@ const PACKET_BYTES: u64 = 1200;
 const STOP_BYTES: u64 = 16;
 /// The broadcaster's index.
 const ORIGIN: u32 = 0;
+/// The source of events scheduled by joins, departures and judging (no node's own).
+const COORDINATOR: u32 = u32::MAX;
+/// The owner of an event that does nothing (its transfer is gone): it touches no state.
+const NOBODY_NODE: u32 = u32::MAX - 1;
+/// Mesh calls the worker thread may have in hand at once.
+const MAX_PENDING: usize = 8;
+/// Events the loop may pass over, waiting for the worker, to run later ones meanwhile.
+const MAX_HELD: usize = 8;
+
+/// What the loop does next.
+enum Pick {
+    /// Run the event in this slot, due at this time.
+    Run(Ns, u32),
+    /// Wait for the worker.
+    Wait,
+    /// Nothing is left before the end.
+    Done,
+}
+/// Bits of an event's ordering key given to the scheduling node's own counter; the node's
+/// index (plus one) takes the bits above.
+const KEY_COUNT_BITS: u32 = 38;
+
+/// One event's calls on one viewer's mesh (run on the worker thread, or here).
+#[derive(Debug)]
+enum Call {
+    Control(Instant, NodeId, Control),
+    Tick(Instant),
+    DialFailed(Instant, NodeId),
+    Disconnected(Instant, NodeId),
+    /// (now, from, number, part, busy)
+    Failed(Instant, NodeId, u64, u8, bool),
+    /// A part's first frame: (now, from, number, part, the segment's empty parts now held).
+    Receiving(Instant, NodeId, u64, u8, u32),
+    /// A part's last piece: (now, from, number, part, bytes, the segment whole as
+    /// (segment duration, segment bytes)).
+    Delivered(Instant, NodeId, u64, u8, u64, Option<(Duration, u64)>),
+}
+
+impl Call {
+    fn apply(self, m: &mut Mesh) {
+        match self {
+            Call::Control(now, from, msg) => m.handle_control(now, from, msg),
+            Call::Tick(now) => m.handle_tick(now),
+            Call::DialFailed(now, peer) => m.handle_dial_failed(now, peer),
+            Call::Disconnected(now, peer) => m.handle_disconnected(now, peer),
+            Call::Failed(now, from, number, part, busy) => {
+                m.handle_transfer_failed(now, from, number, part, busy)
+            }
+            Call::Receiving(now, from, number, part, empties) => {
+                for k in (0..PARTS as u8).filter(|k| empties & 1 << k != 0) {
+                    m.handle_part(now, from, number, k, 0);
+                }
+                m.handle_receiving(now, from, number, part);
+            }
+            Call::Delivered(now, from, number, part, bytes, whole) => {
+                m.handle_part(now, from, number, part, bytes);
+                if let Some((seg, seg_bytes)) = whole {
+                    m.observe_segment_duration(seg);
+                    m.handle_segment(now, Some(from), number, seg_bytes);
+                }
+            }
+        }
+    }
+}
+
+/// A mesh handed to the worker with the calls to make on it.
+struct Job {
+    node: u32,
+    mesh: Box<Mesh>,
+    call: Call,
+    /// Filled with the mesh's actions (a spare vector, reused).
+    actions: Vec<Action>,
+}
+
+/// The worker's answer: the mesh back, its actions and its next timeout.
+struct Done {
+    node: u32,
+    mesh: Box<Mesh>,
+    actions: Vec<Action>,
+    wake: Instant,
+}
+
+/// A job in the worker's hands, in the order handed over.
+#[derive(Debug)]
+struct Pending {
+    node: u32,
+    /// The event's time: its actions run as of then.
+    at: Ns,
+    ticked: bool,
+    /// Its number, which marks the nodes it may touch (see [`Sim::near_pending`]).
+    seq: u64,
+}
+
+/// The event loop's ends of the channels to the worker.
+#[derive(Debug)]
+struct Pipe {
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+}
+
+/// The worker thread: runs each job's mesh calls, drains the mesh's actions, and sends
+/// the lot back, until the event loop hangs up. It spins between jobs rather than sleep:
+/// a job is a few microseconds, and waking a sleeping thread takes longer.
+fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
+    let mut idle = 0u32;
+    loop {
+        match jobs.try_recv() {
+            Ok(Job {
+                node,
+                mut mesh,
+                call,
+                mut actions,
+            }) => {
+                idle = 0;
+                call.apply(&mut mesh);
+                while let Some(a) = mesh.poll_action() {
+                    actions.push(a);
+                }
+                let wake = mesh.poll_timeout();
+                let answer = Done {
+                    node,
+                    mesh,
+                    actions,
+                    wake,
+                };
+                if done.send(answer).is_err() {
+                    return;
+                }
+            }
+            Err(TryRecvError::Empty) => {
+                idle = idle.saturating_add(1);
+                if idle < 256 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        }
+    }
+}
 
 /// A transfer's slot in the slab; `gen` makes references to a reused slot go stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,8 +414,10 @@ impl Slab {
 struct Node {
     id: NodeId,
     addr: SocketAddr,
-    /// None once the viewer has left.
-    mesh: Option<Mesh>,
+    /// None once the viewer has left, or while the worker thread runs its calls.
+    mesh: Option<Box<Mesh>>,
+    /// Still in the swarm (false once it has left).
+    present: bool,
     uploads: bool,
     /// This node's access RTT; the RTT between two nodes is the mean of theirs.
     access: Ns,
@@ -305,6 +450,12 @@ struct Node {
     live_pos: usize,
     /// The parts the origin pushed here lately (requests for them get a slot more).
     seeded: SeededParts,
+    /// Events this node scheduled (the low bits of their ordering key).
+    seq: u64,
+    /// Uploads it started (their order on its FIFO link).
+    uploads_started: u64,
+    /// Its draws of the loss model, apart from every other node's.
+    rng: ChaCha8Rng,
 }
 
 impl Node {
@@ -336,7 +487,7 @@ impl Node {
     }
 
     fn alive(&self) -> bool {
-        self.mesh.is_some()
+        self.present
     }
 
     /// `net.rs`'s `UploadSlot` count: cap / bitrate in [1, 8]; 8 while the bitrate is unknown.
@@ -496,8 +647,29 @@ pub(super) struct Sim {
     conns: PairMap<Conn>,
     next_conn: u64,
     transfers: Slab,
-    /// Uploads started so far (their order on a FIFO link).
-    uploads_started: u64,
+    /// The node whose event is running: events scheduled now are its (see [`Sim::at`]).
+    cur: u32,
+    /// With `--threads 2`: the channels to the worker.
+    pipe: Option<Pipe>,
+    /// Jobs in the worker's hands, oldest first (it answers in order).
+    pending: VecDeque<Pending>,
+    /// Per node, the number of the latest job for it, and of the latest job for one of its
+    /// partners (see [`Sim::near_pending`]).
+    marks: Vec<(u64, u64)>,
+    jobs_handed: u64,
+    /// The running event may hand its mesh calls to the worker (not a coordinator's or the
+    /// origin's, nor one touching two meshes).
+    may_hand_off: bool,
+    /// The least one-way latency between any two nodes: nothing one node does reaches
+    /// another sooner.
+    lookahead: Ns,
+    spare_actions: Vec<Vec<Action>>,
+    /// Events passed over while the worker had jobs that they did not commute with, in
+    /// (time, key) order: (time, key, slot, owner). An owner only ever turns into
+    /// [`NOBODY_NODE`] (its transfer ends), so the one noted is safe to judge by.
+    held: Vec<(Ns, u64, u32, u32)>,
+    /// [`Sim::pick`]'s list of the events it passed over: (owner, time).
+    blockers: Vec<(u32, Ns)>,
     publish_at: Vec<Ns>,
     segments: u64,
     seg_ns: Ns,
@@ -579,7 +751,16 @@ impl Sim {
             conns: PairMap::default(),
             next_conn: 0,
             transfers: Slab::default(),
-            uploads_started: 0,
+            cur: COORDINATOR,
+            pipe: None,
+            pending: VecDeque::new(),
+            marks: Vec::new(),
+            jobs_handed: 0,
+            may_hand_off: false,
+            lookahead: Ns::MAX,
+            spare_actions: Vec::new(),
+            held: Vec::new(),
+            blockers: Vec::new(),
             publish_at: Vec::with_capacity(segments as usize),
             segments,
             seg_ns,
@@ -610,8 +791,21 @@ impl Sim {
     }
 
     pub(super) fn run(mut self) -> SimReport {
-        self.start();
-        self.run_until(self.end);
+        if self.cfg.threads < 2 {
+            self.start();
+            self.run_until(self.end);
+            return self.report();
+        }
+        let (jobs, inbox) = mpsc::channel();
+        let (outbox, done) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(move || worker(inbox, outbox));
+            self.pipe = Some(Pipe { jobs, done });
+            self.start();
+            self.run_until(self.end);
+            // Hanging up ends the worker.
+            self.pipe = None;
+        });
         self.report()
     }
 
@@ -637,26 +831,120 @@ impl Sim {
     }
 
     /// Runs every event due at or before `end`.
+    ///
+    /// With a worker, an event whose mesh calls go to it goes on at once with the events
+    /// after it, its actions run when the worker answers; the events run meanwhile are
+    /// ones that commute with it, so the figures are the one-thread figures (see
+    /// [`Sim::must_wait`]).
     fn run_until(&mut self, end: Ns) {
-        while let Some((at, _, slot)) = self.queue.peek() {
-            if at > end {
-                break;
+        loop {
+            if !self.pending.is_empty() {
+                self.collect_done();
+            }
+            match self.pick(end) {
+                Pick::Run(at, slot) => {
+                    let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+                        continue;
+                    };
+                    self.free_slots.push(slot);
+                    if !self.pending.is_empty() {
+                        self.d.overlapped += 1;
+                    }
+                    let owner = self.owner(&ev);
+                    let barrier = self.is_barrier(&ev, owner);
+                    self.now = at;
+                    self.cur = owner;
+                    self.may_hand_off = self.pipe.is_some() && !barrier && owner != NOBODY_NODE;
+                    self.d.events += 1;
+                    self.count(&ev);
+                    self.dispatch(ev);
+                }
+                Pick::Wait => self.wait_one(),
+                Pick::Done => break,
+            }
+        }
+    }
+
+    /// The next event to run: the first, in (time, key) order over the held events and the
+    /// queue, that may run now (see [`Sim::runnable`]). Events passed over are held, up to
+    /// [`MAX_HELD`]; with nothing in the worker's hands the very first always runs.
+    fn pick(&mut self, end: Ns) -> Pick {
+        let mut blockers = std::mem::take(&mut self.blockers);
+        blockers.clear();
+        // The earliest time in the worker's hands or passed over.
+        let mut first = self.pending.iter().map(|p| p.at).min().unwrap_or(Ns::MAX);
+        let mut i = 0;
+        let pick = loop {
+            let held = self.held.get(i).map(|h| (h.0, h.1));
+            let queued = self.queue.peek().filter(|e| e.0 <= end);
+            let from_held = match (held, queued) {
+                (Some(h), Some(q)) => h <= (q.0, q.1),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) if self.pending.is_empty() => break Pick::Done,
+                (None, None) => break Pick::Wait,
+            };
+            if from_held {
+                let Some(&(at, _, slot, owner)) = self.held.get(i) else {
+                    break Pick::Wait;
+                };
+                // Held events are never barriers (those wait where they are).
+                if self.runnable(at, owner, false, first, &blockers) {
+                    self.held.remove(i);
+                    break Pick::Run(at, slot);
+                }
+                blockers.push((owner, at));
+                first = first.min(at);
+                i += 1;
+                continue;
+            }
+            let Some((at, key, slot)) = queued else {
+                break Pick::Wait;
+            };
+            let (owner, barrier) = match self.slots.get(slot as usize).and_then(Option::as_ref) {
+                Some(ev) => {
+                    let o = self.owner(ev);
+                    (o, self.is_barrier(ev, o))
+                }
+                None => (NOBODY_NODE, false),
+            };
+            let run = self.runnable(at, owner, barrier, first, &blockers);
+            if !run && (barrier || self.held.len() >= MAX_HELD) {
+                break Pick::Wait;
             }
             self.queue.pop();
-            let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
-                continue;
-            };
-            self.free_slots.push(slot);
-            self.now = at;
-            self.d.events += 1;
-            self.dispatch(ev);
-        }
+            if run {
+                break Pick::Run(at, slot);
+            }
+            // Everything held past `i` is later than this one.
+            self.held.insert(i, (at, key, slot, owner));
+            blockers.push((owner, at));
+            first = first.min(at);
+            i += 1;
+        };
+        self.blockers = blockers;
+        pick
     }
 
     // ---- scheduling ----
 
+    /// Schedules `ev`. Equal times run in the order of a key made of the scheduling node
+    /// and that node's own count of events scheduled, not one global count: the order of
+    /// two nodes' events then does not depend on how the run interleaved the nodes'
+    /// unrelated work, which a run on two cores needs to give the same figures.
     fn at(&mut self, at: Ns, ev: Ev) {
-        self.seq += 1;
+        let key = match self.nodes.get_mut(self.cur as usize) {
+            Some(n) => {
+                n.seq += 1;
+                let src = u64::from(self.cur) + 1;
+                (src << KEY_COUNT_BITS) | (n.seq & ((1 << KEY_COUNT_BITS) - 1))
+            }
+            None => {
+                // The coordinator's events go first among equal times.
+                self.seq += 1;
+                self.seq & ((1 << KEY_COUNT_BITS) - 1)
+            }
+        };
         let slot = match self.free_slots.pop() {
             Some(i) => {
                 if let Some(s) = self.slots.get_mut(i as usize) {
@@ -669,7 +957,242 @@ impl Sim {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.queue.push(at, self.seq, slot);
+        self.queue.push(at, key, slot);
+    }
+
+    fn count(&mut self, ev: &Ev) {
+        let k = &mut self.d.by_kind;
+        let c = match ev {
+            Ev::Control { msg, .. } => match msg {
+                Control::Have { .. } => &mut k.have,
+                Control::BufferMap { .. } => &mut k.buffer_map,
+                _ => &mut k.other_control,
+            },
+            Ev::RequestArrive { .. } => &mut k.request,
+            Ev::Fail { busy: true, .. } => &mut k.busy,
+            Ev::Fail { .. } => &mut k.failed,
+            Ev::HeaderArrive { .. } => &mut k.first_frame,
+            Ev::Deliver { .. } => &mut k.last_piece,
+            Ev::Pump { .. } => &mut k.pump,
+            Ev::StopArrive { .. } => &mut k.stop,
+            Ev::Tick { .. } => &mut k.tick,
+            Ev::DialDone { .. } | Ev::DialFailed { .. } | Ev::Notice { .. } | Ev::Close { .. } => {
+                &mut k.connection
+            }
+            Ev::Publish
+            | Ev::Join
+            | Ev::Leave
+            | Ev::Deadline { .. }
+            | Ev::SeedCheck { .. }
+            | Ev::SeedUnconfirmed { .. } => &mut k.other,
+        };
+        *c += 1;
+    }
+
+    /// Events that run with nothing in the worker's hands: the coordinator's (joins,
+    /// departures, judging, publishing) and the origin's (thousands of partners: near
+    /// everyone), and dials completing (two meshes at once).
+    fn is_barrier(&self, ev: &Ev, owner: u32) -> bool {
+        owner == COORDINATOR || owner == ORIGIN || matches!(ev, Ev::DialDone { .. })
+    }
+
+    /// Whether the event at `at` owned by `owner` may run now, before the actions of the
+    /// worker's jobs (which run as of their own, earlier times) and before `blockers`, the
+    /// earlier events passed over: only if it commutes with each of them:
+    /// - it is earlier than one least latency after the earliest job's time: whatever a
+    ///   job's actions (or a passed-over event) schedule at another node comes at least
+    ///   that late, so after it in any case;
+    /// - it touches none of what a job's actions touch. A viewer's event touches that node,
+    ///   its connections and the transfers it sends or receives, so two viewers' events
+    ///   touch nothing in common unless one is the other's partner. (Pushes, which reach
+    ///   into the receiver's node, come from the origin alone, whose events are barriers.)
+    ///   The one reach further is a sender's pump waking the relays that follow its
+    ///   transfer at the receiver: it clears their `waiting` and schedules their pump, and
+    ///   what their own receivers do to them (finish or cancel their end) neither reads nor
+    ///   writes that, so the two commute.
+    ///
+    /// Equal times are ordered per node (see [`Sim::at`]), so the order does not move.
+    /// `first` is the earliest time among the jobs and `blockers`.
+    fn runnable(
+        &self,
+        at: Ns,
+        owner: u32,
+        barrier: bool,
+        first: Ns,
+        blockers: &[(u32, Ns)],
+    ) -> bool {
+        if self.pending.is_empty() && blockers.is_empty() {
+            return true;
+        }
+        if barrier {
+            return false;
+        }
+        if owner == NOBODY_NODE {
+            return true;
+        }
+        if at >= first.saturating_add(self.lookahead) || self.near_pending(owner) {
+            return false;
+        }
+        !blockers.iter().any(|&(b, _)| self.adjacent(owner, b))
+    }
+
+    /// The same node, or partners (in either's list).
+    fn adjacent(&self, x: u32, y: u32) -> bool {
+        let lists = |a: u32, b: u32| self.node(a).is_some_and(|n| n.partners.contains(&b));
+        x == y || lists(x, y) || lists(y, x)
+    }
+
+    /// Whether a job in the worker's hands is for node `y`, or for one of its partners, or
+    /// for a node that has `y` among its partners (the lists differ while a close is on its
+    /// way).
+    fn near_pending(&self, y: u32) -> bool {
+        let Some(lo) = self.pending.front().map(|p| p.seq) else {
+            return false;
+        };
+        let mark = |z: u32| self.marks.get(z as usize).copied().unwrap_or((0, 0));
+        let Some(n) = self.node(y) else {
+            return false;
+        };
+        let (own, partner) = mark(y);
+        own >= lo || partner >= lo || n.partners.iter().any(|&z| mark(z).0 >= lo)
+    }
+
+    /// Runs `work` on node `i`'s mesh, then its actions and its next wake-up: on the
+    /// worker when the running event allows it and the worker has room, here otherwise.
+    fn mesh_job(&mut self, i: u32, ticked: bool, call: Call) {
+        if self.may_hand_off && i != ORIGIN && self.pending.len() < MAX_PENDING {
+            if let (Some(pipe), Some(n)) = (&self.pipe, self.nodes.get_mut(i as usize)) {
+                if let Some(mesh) = n.mesh.take() {
+                    let job = Job {
+                        node: i,
+                        mesh,
+                        call,
+                        actions: self.spare_actions.pop().unwrap_or_default(),
+                    };
+                    if let Err(mpsc::SendError(job)) = pipe.jobs.send(job) {
+                        // The worker is gone (it panicked; the scope re-raises that): go on here.
+                        n.mesh = Some(job.mesh);
+                        self.pipe = None;
+                        self.pending.clear();
+                    } else {
+                        self.jobs_handed += 1;
+                        let seq = self.jobs_handed;
+                        self.mark(i, seq);
+                        self.pending.push_back(Pending {
+                            node: i,
+                            at: self.now,
+                            ticked,
+                            seq,
+                        });
+                        self.d.handed_off += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(m) = self.mesh(i) {
+            call.apply(m);
+        }
+        self.drain_after(i, ticked);
+    }
+
+    /// Marks node `i` and its partners with job `seq`.
+    fn mark(&mut self, i: u32, seq: u64) {
+        let Some(n) = self.nodes.get(i as usize) else {
+            return;
+        };
+        if let Some(m) = self.marks.get_mut(i as usize) {
+            m.0 = seq;
+        }
+        for &z in &n.partners {
+            if let Some(m) = self.marks.get_mut(z as usize) {
+                m.1 = seq;
+            }
+        }
+    }
+
+    /// Takes in whatever the worker has finished.
+    fn collect_done(&mut self) {
+        loop {
+            let answer = match &self.pipe {
+                Some(p) => p.done.try_recv(),
+                None => return self.pending.clear(),
+            };
+            match answer {
+                Ok(d) => self.finish_job(d),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.pipe = None;
+                    return self.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// Waits for the worker's oldest job and takes it in.
+    fn wait_one(&mut self) {
+        // Nothing to wait for (`pick` never asks then: with nothing in the worker's hands
+        // the first event runs).
+        if self.pending.is_empty() {
+            return;
+        }
+        loop {
+            let answer = match &self.pipe {
+                Some(p) => p.done.try_recv(),
+                None => return self.pending.clear(),
+            };
+            match answer {
+                Ok(d) => return self.finish_job(d),
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(TryRecvError::Disconnected) => {
+                    self.pipe = None;
+                    return self.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// A job is back: its mesh goes home, and its actions run as of its event's time.
+    fn finish_job(&mut self, d: Done) {
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        debug_assert_eq!(p.node, d.node, "the worker answers in order");
+        if let Some(n) = self.nodes.get_mut(d.node as usize) {
+            n.mesh = Some(d.mesh);
+        }
+        let saved = (self.now, self.cur, self.may_hand_off);
+        (self.now, self.cur, self.may_hand_off) = (p.at, d.node, false);
+        let mut actions = d.actions;
+        for a in actions.drain(..) {
+            self.act(d.node, a);
+        }
+        self.spare_actions.push(actions);
+        self.wake_at(d.node, d.wake, p.ticked);
+        (self.now, self.cur, self.may_hand_off) = saved;
+    }
+
+    /// The node an event runs at (whose events it schedules); the coordinator for joins,
+    /// departures and judging.
+    fn owner(&self, ev: &Ev) -> u32 {
+        let tr = |t: &TRef, sender: bool| {
+            self.transfers
+                .get(*t)
+                .map_or(NOBODY_NODE, |t| if sender { t.from } else { t.to })
+        };
+        match ev {
+            Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
+            Ev::Join | Ev::Leave | Ev::Deadline { .. } => COORDINATOR,
+            Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
+            Ev::DialDone { from, .. } | Ev::DialFailed { from, .. } => *from,
+            Ev::Control { to, .. } => *to,
+            Ev::RequestArrive { tr: t } | Ev::StopArrive { tr: t } | Ev::Pump { tr: t, .. } => {
+                tr(t, true)
+            }
+            Ev::Fail { tr: t, .. } | Ev::HeaderArrive { tr: t } | Ev::Deliver { tr: t } => {
+                tr(t, false)
+            }
+        }
     }
 
     fn instant(&self, t: Ns) -> Instant {
@@ -702,7 +1225,11 @@ impl Sim {
         if self.loss > 0.0 {
             let packets = bytes.div_ceil(PACKET_BYTES).max(1);
             let p = 1.0 - (1.0 - self.loss).powf(packets as f64);
-            if self.rng.gen::<f64>() < p {
+            let lost = self
+                .nodes
+                .get_mut(a as usize)
+                .is_some_and(|n| n.rng.gen::<f64>() < p);
+            if lost {
                 t += self.rtt(a, b);
             }
         }
@@ -720,7 +1247,9 @@ impl Sim {
     }
 
     fn mesh(&mut self, i: u32) -> Option<&mut Mesh> {
-        self.nodes.get_mut(i as usize).and_then(|n| n.mesh.as_mut())
+        self.nodes
+            .get_mut(i as usize)
+            .and_then(|n| n.mesh.as_deref_mut())
     }
 
     fn node(&self, i: u32) -> Option<&Node> {
@@ -751,6 +1280,11 @@ impl Sim {
         let Some(wake) = self.mesh(i).map(|m| m.poll_timeout()) else {
             return;
         };
+        self.wake_at(i, wake, ticked);
+    }
+
+    /// Makes sure node `i` is ticked by `wake`, its mesh's next timeout.
+    fn wake_at(&mut self, i: u32, wake: Instant, ticked: bool) {
         let mut t = self.ns_of(wake);
         if t <= self.now {
             // The mesh never returns a past wake-up; a due one between ticks means a tick
@@ -793,10 +1327,7 @@ impl Sim {
             } => {
                 if self.deliverable(from, to, conn, sent) {
                     let (now, id) = (self.instant(self.now), self.id_of(from));
-                    if let Some(m) = self.mesh(to) {
-                        m.handle_control(now, id, msg);
-                    }
-                    self.drain(to);
+                    self.mesh_job(to, false, Call::Control(now, id, msg));
                 }
             }
             Ev::RequestArrive { tr } => self.request_arrive(tr),
@@ -851,16 +1382,22 @@ impl Sim {
     fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64) -> u32 {
         let i = self.nodes.len() as u32;
         let access = (self.cfg.rtt_ms * self.rng.gen_range(0.5..1.5) * 1e6) as Ns;
+        // The one-way latency between two nodes is a quarter of their two access RTTs.
+        self.lookahead = self.lookahead.min(access / 2);
+        self.marks.push((0, 0));
         let uploads = i == ORIGIN || bps > 0;
         cfg.uploads = uploads;
         let id = node_id(i);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
+        rng.set_stream(u64::from(i));
         let mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
         // The limiter works in whole bytes per second and reports the cap back in bits.
         let rate = bps / 8;
         self.nodes.push(Node {
             id,
             addr: node_addr(i),
-            mesh: Some(mesh),
+            mesh: Some(Box::new(mesh)),
+            present: true,
             uploads,
             access,
             joined: self.now,
@@ -888,6 +1425,9 @@ impl Sim {
             assembling: Vec::new(),
             live_pos: usize::MAX,
             seeded: SeededParts::default(),
+            seq: 0,
+            uploads_started: 0,
+            rng,
         });
         self.drain(i);
         i
@@ -947,6 +1487,7 @@ impl Sim {
             return;
         };
         n.mesh = None;
+        n.present = false;
         n.next_tick = Ns::MAX;
         let partners = n.partners.clone();
         let ups = std::mem::take(&mut n.ups);
@@ -1025,10 +1566,7 @@ impl Sim {
         }
         self.d.ticks += 1;
         let t = self.instant(now);
-        if let Some(m) = self.mesh(i) {
-            m.handle_tick(t);
-        }
-        self.drain_after(i, true);
+        self.mesh_job(i, true, Call::Tick(t));
     }
 
     /// Continuity for segment `number`, at its deadline.
@@ -1179,10 +1717,7 @@ impl Sim {
         self.d.dial_failures += 1;
         let peer = self.id_of(b);
         let now = self.instant(self.now);
-        if let Some(m) = self.mesh(a) {
-            m.handle_dial_failed(now, peer);
-        }
-        self.drain(a);
+        self.mesh_job(a, false, Call::DialFailed(now, peer));
     }
 
     fn disconnect(&mut self, i: u32, peer: NodeId, reason: &str) {
@@ -1270,10 +1805,7 @@ impl Sim {
             x.partners.retain(|p| *p != peer);
         }
         let (now, id) = (self.instant(self.now), self.id_of(peer));
-        if let Some(m) = self.mesh(n) {
-            m.handle_disconnected(now, id);
-        }
-        self.drain(n);
+        self.mesh_job(n, false, Call::Disconnected(now, id));
     }
 
     // ---- the driver: mesh actions ----
@@ -1512,8 +2044,13 @@ impl Sim {
             self.reply_part_bytes
         };
         self.d.control_bytes += reply_bytes;
-        let mut order = self.uploads_started;
-        self.uploads_started += 1;
+        let Some(from) = self.transfers.get(tr).map(|t| t.from) else {
+            return;
+        };
+        let mut order = self.node_mut(from).map_or(0, |n| {
+            n.uploads_started += 1;
+            n.uploads_started
+        });
         let Some(t) = self.transfers.get_mut(tr) else {
             return;
         };
@@ -1894,10 +2431,7 @@ impl Sim {
         let (s, r, number, part) = (t.from, t.to, t.number, t.part);
         self.finish_download(tr, false);
         let (now, id) = (self.instant(self.now), self.id_of(s));
-        if let Some(m) = self.mesh(r) {
-            m.handle_transfer_failed(now, id, number, part, busy);
-        }
-        self.drain(r);
+        self.mesh_job(r, false, Call::Failed(now, id, number, part, busy));
     }
 
     /// A part's first frame lands: the receiver learns the bitrate (from a header), refuses
@@ -1960,10 +2494,7 @@ impl Sim {
             let at = self.now + self.flight(r, s, STOP_BYTES);
             self.at(at, Ev::StopArrive { tr });
             if kind == Kind::Request {
-                if let Some(m) = self.mesh(r) {
-                    m.handle_transfer_failed(now, sid, number, part, false);
-                }
-                self.drain(r);
+                self.mesh_job(r, false, Call::Failed(now, sid, number, part, false));
             }
             return;
         };
@@ -1978,13 +2509,7 @@ impl Sim {
         }
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
         // the request is not counted as stalled.
-        if let Some(m) = self.mesh(r) {
-            for k in (0..PARTS as u8).filter(|k| empties & 1 << k != 0) {
-                m.handle_part(now, sid, number, k, 0);
-            }
-            m.handle_receiving(now, sid, number, part);
-        }
-        self.drain(r);
+        self.mesh_job(r, false, Call::Receiving(now, sid, number, part, empties));
     }
 
     /// A part's last piece lands: the part is kept unless it is here already, and the
@@ -2043,14 +2568,12 @@ impl Sim {
         // net.rs reports every verified part, a second copy too, then the whole.
         let (now, sid) = (self.instant(self.now), self.id_of(s));
         let (seg, seg_bytes) = (self.cfg.segment(), self.seg_bytes);
-        if let Some(m) = self.mesh(r) {
-            m.handle_part(now, sid, number, part, bytes);
-            if whole {
-                m.observe_segment_duration(seg);
-                m.handle_segment(now, Some(sid), number, seg_bytes);
-            }
-        }
-        self.drain(r);
+        let whole = whole.then_some((seg, seg_bytes));
+        self.mesh_job(
+            r,
+            false,
+            Call::Delivered(now, sid, number, part, bytes, whole),
+        );
     }
 
     /// Viewer `r` now holds `number`: store it and take the measurements.
@@ -2075,7 +2598,7 @@ impl Sim {
         }
         // `Store::playlist_at` lists something once a held segment is at or before the live
         // edge, `delay` behind the newest known to exist (segment 0 while fewer exist).
-        let live = n.mesh.as_ref().and_then(Mesh::newest);
+        let live = n.mesh.as_deref().and_then(Mesh::newest);
         let edge = n.newest.max(live).map_or(0, |k| k.saturating_sub(delay));
         if n.lowest.is_some_and(|l| l <= edge) {
             n.playable = true;
@@ -2091,7 +2614,7 @@ impl Sim {
             .nodes
             .iter()
             .skip(1)
-            .filter_map(|n| n.mesh.as_ref())
+            .filter_map(|n| n.mesh.as_deref())
             .map(Mesh::stats)
             .collect();
         self.d.mesh_missed = live.iter().map(|s| s.missed_deadlines).sum();
@@ -2172,6 +2695,31 @@ mod tests {
         let now = sim.now;
         sim.node_mut(ORIGIN).unwrap().store(0, now);
         sim
+    }
+
+    #[test]
+    fn equal_times_run_by_scheduling_node_then_in_its_order() {
+        let mut sim = swarm(3, 8_000_000, 8_000_000);
+        let t = sim.now + 50 * MS;
+        // Node 2 schedules first, then node 1, then node 2 again, all for the same moment.
+        for (src, mark) in [(2, 20), (1, 10), (2, 21)] {
+            sim.cur = src;
+            sim.at(t, Ev::Tick { node: mark });
+        }
+        sim.cur = COORDINATOR;
+        let mut order = Vec::new();
+        while let Some((at, _, slot)) = sim.queue.pop() {
+            if at != t {
+                continue;
+            }
+            if let Some(Some(Ev::Tick { node })) = sim.slots.get(slot as usize) {
+                if *node >= 10 {
+                    order.push(*node);
+                }
+            }
+        }
+        // Node 1's first, as it would be had node 2's work run later; node 2's in its order.
+        assert_eq!(order, vec![10, 20, 21]);
     }
 
     /// The last part: never empty.

@@ -3,13 +3,17 @@
 //! product's own state machine, a result here is a result of the product's scheduling.
 //!
 //! The driver mirrors [`crate::net`]; everything below [`crate::mesh`] (QUIC, TLS, bytes,
-//! signatures) is replaced by the model described here. One seeded RNG makes every run
-//! reproducible: same [`SimConfig`] → same [`SimReport`].
+//! signatures) is replaced by the model described here. Seeded RNGs (one for joins and
+//! departures, one per node for its loss draws) make every run reproducible: same
+//! [`SimConfig`] → same [`SimReport`].
 //!
 //! ## Model
 //! - **Time.** Virtual nanoseconds from a base [`std::time::Instant`] captured once; events
-//!   run in (time, sequence) order from a calendar queue (buckets of about a millisecond,
+//!   run in (time, key) order from a calendar queue (buckets of about a millisecond,
 //!   the current one a heap; see `queue.rs`), which pops exactly as a binary heap would.
+//!   The key is the scheduling node and its own count of events scheduled (joins,
+//!   departures and judging first), so equal times run in an order that does not depend on
+//!   how unrelated nodes' work interleaved: the groundwork for running it on two cores.
 //! - **Nodes.** Node 0 is the broadcaster ([`crate::mesh::MeshConfig::broadcaster`]); viewers
 //!   use [`crate::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
 //!   from the node's index; addresses serve only as dial hints.
@@ -132,7 +136,13 @@
 //! answers, ticks), so a 60 s run needs fewer events per part and more than one core;
 //! neither is built. A prototype of sub-streams pushed to subscribed partners cut events by
 //! only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
-//! fourteenth session).
+//! fourteenth session). [`SimDetails::by_kind`] says where a run's events go.
+//!
+//! The second core is planned, not built (BENCHMARKS.md, sixteenth session): a worker runs
+//! one viewer's mesh calls while the event loop goes on with events at viewers two hops or
+//! more from it and earlier than one minimum latency after it. Those touch none of the same
+//! state, and the per-node keys make their order irrelevant, so the figures would be the
+//! one-thread figures exactly.
 
 mod engine;
 mod link;
@@ -230,6 +240,9 @@ pub struct SimConfig {
     /// overflow path (turned away with a peer sample) can be exercised at small scale. Its
     /// connection cap stays [`ORIGIN_CONNECTION_HEADROOM`] above.
     pub origin_partners: Option<usize>,
+    /// Threads (`--threads 1|2`): with 2, a worker runs viewers' mesh calls beside the event
+    /// loop (see the module docs, "Speed"). The figures are the same either way.
+    pub threads: usize,
 }
 
 /// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
@@ -258,6 +271,7 @@ impl Default for SimConfig {
             tick_floor_ms: 1,
             link: LinkModel::Shared,
             origin_partners: None,
+            threads: 1,
         }
     }
 }
@@ -303,6 +317,7 @@ impl SimConfig {
                 "--tick-floor-ms",
                 "--link",
                 "--origin-partners",
+                "--threads",
             ];
             if !known.contains(&flag.as_str()) {
                 return Err(SimError::UnknownFlag(flag));
@@ -333,6 +348,7 @@ impl SimConfig {
                 "--dial-timeout-ms" => c.dial_timeout_ms = value.parse().map_err(|_| bad())?,
                 "--tick-floor-ms" => c.tick_floor_ms = value.parse().map_err(|_| bad())?,
                 "--origin-partners" => c.origin_partners = Some(value.parse().map_err(|_| bad())?),
+                "--threads" => c.threads = value.parse().map_err(|_| bad())?,
                 _ => {
                     c.link = match value.as_str() {
                         "fifo" => LinkModel::Fifo,
@@ -351,6 +367,9 @@ impl SimConfig {
         let err = |m| Err(SimError::Invalid(m));
         if self.peers > MAX_PEERS {
             return err("too many peers");
+        }
+        if !(1..=2).contains(&self.threads) {
+            return err("threads must be 1 or 2");
         }
         if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
             return err("seconds must be in (0, 86400]");
@@ -489,6 +508,59 @@ pub struct JoinMs {
     pub p99: f64,
 }
 
+/// Events processed, by what they were: where a run's time goes, since an event costs
+/// about the same whatever it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// `Have` messages reaching a partner.
+    pub have: u64,
+    /// Buffer maps reaching a partner.
+    pub buffer_map: u64,
+    /// Other control messages (peer samples, swarm estimates) reaching a partner.
+    pub other_control: u64,
+    /// Part requests reaching the holder.
+    pub request: u64,
+    /// `Busy` answers reaching the requester.
+    pub busy: u64,
+    /// `Unavailable` answers and resets reaching the requester.
+    pub failed: u64,
+    /// A part's first frame reaching the receiver.
+    pub first_frame: u64,
+    /// A part's last piece reaching the receiver.
+    pub last_piece: u64,
+    /// Upload pumps (a piece leaves, or the next is here to send).
+    pub pump: u64,
+    /// A receiver's stop reaching the sender.
+    pub stop: u64,
+    /// Mesh ticks, superseded ones included.
+    pub tick: u64,
+    /// Dials completing or failing, closes and their notices.
+    pub connection: u64,
+    /// Publishing, joins, departures, deadlines judged, seed checks.
+    pub other: u64,
+}
+
+impl EventCounts {
+    /// Each kind with its name, for the bench's summary.
+    pub fn named(&self) -> [(&'static str, u64); 13] {
+        [
+            ("have", self.have),
+            ("buffer map", self.buffer_map),
+            ("other control", self.other_control),
+            ("request", self.request),
+            ("busy", self.busy),
+            ("failed", self.failed),
+            ("first frame", self.first_frame),
+            ("last piece", self.last_piece),
+            ("pump", self.pump),
+            ("stop", self.stop),
+            ("tick", self.tick),
+            ("connection", self.connection),
+            ("other", self.other),
+        ]
+    }
+}
+
 /// Figures beyond the report's JSON, for the human summary and for tests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SimDetails {
@@ -556,6 +628,13 @@ pub struct SimDetails {
     pub stale_wakeups: u64,
     /// Events processed.
     pub events: u64,
+    /// Events processed, by kind.
+    pub by_kind: EventCounts,
+    /// Mesh calls run on the worker thread (`--threads 2`; the only figures that differ
+    /// from a one-thread run, with [`SimDetails::overlapped`]).
+    pub handed_off: u64,
+    /// Events the loop ran while the worker had mesh calls of other viewers in hand.
+    pub overlapped: u64,
     /// Segments the meshes counted as missed (sum of `MeshStats::missed_deadlines`, live nodes).
     pub mesh_missed: u64,
     /// Viewer partners per live viewer at the end (`MeshStats::partners`).
@@ -620,6 +699,7 @@ fn clamped(c: &SimConfig) -> SimConfig {
         u64::from(crate::stream::MAX_SEGMENT_LEN) * 8000 / c.segment_ms,
     );
     c.delay_segments = c.delay_segments.min(MAX_DELAY_SEGMENTS);
+    c.threads = c.threads.clamp(1, 2);
     let fin = |v: f64, hi: f64| if v.is_finite() { v.clamp(0.0, hi) } else { 0.0 };
     c.rtt_ms = fin(c.rtt_ms, 60_000.0);
     c.loss_pct = fin(c.loss_pct, 99.0);
