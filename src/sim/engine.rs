@@ -57,6 +57,8 @@ const COORDINATOR: u32 = u32::MAX;
 const NOBODY_NODE: u32 = u32::MAX - 1;
 /// Mesh calls the worker thread may have in hand at once.
 const MAX_PENDING: usize = 8;
+/// Turns of the event loop between looks for the worker's answers.
+const COLLECT_EVERY: u32 = 4;
 /// Events the loop may pass over, waiting for the worker, to run later ones meanwhile.
 const MAX_HELD: usize = 8;
 
@@ -439,6 +441,10 @@ struct Node {
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
     partners: Vec<u32>,
+    /// Nodes it shares a connection entry with: its partners and those that still list it
+    /// (a close not yet noticed), the same list at both ends. What one node's event may
+    /// touch of another's is within these (see [`Sim::runnable`]).
+    links: Vec<u32>,
     /// Transfers it receives (asked for, or arriving) and has not finished with.
     downs: Vec<TRef>,
     /// Transfers it sends and has not finished.
@@ -837,8 +843,14 @@ impl Sim {
     /// ones that commute with it, so the figures are the one-thread figures (see
     /// [`Sim::must_wait`]).
     fn run_until(&mut self, end: Ns) {
+        let mut turn = 0u32;
         loop {
-            if !self.pending.is_empty() {
+            // Answers are taken in every few turns, and whenever the worker is full: each
+            // look at the channel is a cache line the worker writes.
+            turn = turn.wrapping_add(1);
+            if !self.pending.is_empty()
+                && (turn % COLLECT_EVERY == 0 || self.pending.len() >= MAX_PENDING)
+            {
                 self.collect_done();
             }
             match self.pick(end) {
@@ -1004,7 +1016,8 @@ impl Sim {
     ///   that late, so after it in any case;
     /// - it touches none of what a job's actions touch. A viewer's event touches that node,
     ///   its connections and the transfers it sends or receives, so two viewers' events
-    ///   touch nothing in common unless one is the other's partner. (Pushes, which reach
+    ///   touch nothing in common unless they are linked (one is the other's partner, or was
+    ///   until a close not yet noticed). (Pushes, which reach
     ///   into the receiver's node, come from the origin alone, whose events are barriers.)
     ///   The one reach further is a sender's pump waking the relays that follow its
     ///   transfer at the receiver: it clears their `waiting` and schedules their pump, and
@@ -1036,25 +1049,21 @@ impl Sim {
         !blockers.iter().any(|&(b, _)| self.adjacent(owner, b))
     }
 
-    /// The same node, or partners (in either's list).
+    /// The same node, or linked.
     fn adjacent(&self, x: u32, y: u32) -> bool {
-        let lists = |a: u32, b: u32| self.node(a).is_some_and(|n| n.partners.contains(&b));
-        x == y || lists(x, y) || lists(y, x)
+        x == y || self.node(x).is_some_and(|n| n.links.contains(&y))
     }
 
-    /// Whether a job in the worker's hands is for node `y`, or for one of its partners, or
-    /// for a node that has `y` among its partners (the lists differ while a close is on its
-    /// way).
+    /// Whether a job in the worker's hands is for node `y` or for one of its links.
     fn near_pending(&self, y: u32) -> bool {
         let Some(lo) = self.pending.front().map(|p| p.seq) else {
             return false;
         };
-        let mark = |z: u32| self.marks.get(z as usize).copied().unwrap_or((0, 0));
-        let Some(n) = self.node(y) else {
-            return false;
-        };
-        let (own, partner) = mark(y);
-        own >= lo || partner >= lo || n.partners.iter().any(|&z| mark(z).0 >= lo)
+        // Links are the same list at both ends: `y` links to a job's node if and only if it
+        // is among that node's links, which the job marked.
+        self.marks
+            .get(y as usize)
+            .is_some_and(|&(own, linked)| own >= lo || linked >= lo)
     }
 
     /// Runs `work` on node `i`'s mesh, then its actions and its next wake-up: on the
@@ -1096,7 +1105,7 @@ impl Sim {
         self.drain_after(i, ticked);
     }
 
-    /// Marks node `i` and its partners with job `seq`.
+    /// Marks node `i` and its links with job `seq`.
     fn mark(&mut self, i: u32, seq: u64) {
         let Some(n) = self.nodes.get(i as usize) else {
             return;
@@ -1104,7 +1113,7 @@ impl Sim {
         if let Some(m) = self.marks.get_mut(i as usize) {
             m.0 = seq;
         }
-        for &z in &n.partners {
+        for &z in &n.links {
             if let Some(m) = self.marks.get_mut(z as usize) {
                 m.1 = seq;
             }
@@ -1420,6 +1429,7 @@ impl Sim {
             slots_used: 0,
             next_tick: Ns::MAX,
             partners: Vec::new(),
+            links: Vec::new(),
             downs: Vec::new(),
             ups: Vec::new(),
             assembling: Vec::new(),
@@ -1696,6 +1706,7 @@ impl Sim {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(n) = self.node_mut(me) {
                 n.partners.push(other);
+                n.links.push(other);
             }
         }
         if let Some(m) = self.mesh(a) {
@@ -1791,6 +1802,11 @@ impl Sim {
     fn notice(&mut self, n: u32, peer: u32, conn: u64) {
         if self.conns.get(&pair(n, peer)).is_some_and(|c| c.id == conn) {
             self.conns.remove(&pair(n, peer));
+            for (me, other) in [(n, peer), (peer, n)] {
+                if let Some(x) = self.node_mut(me) {
+                    x.links.retain(|z| *z != other);
+                }
+            }
         }
         if !self.alive(n) {
             return;
