@@ -129,20 +129,27 @@
 //!   (`benches/sim.rs` reads `/proc`).
 //!
 //! ## Speed
-//! One thread, one event at a time. An event costs about 2.2 µs at 1,000 peers (52 MB
-//! resident) and 2.5–3.2 µs at 10,000 (441 MB): instructions spread over the mesh's
-//! scheduling and wake-up scans, memory adding about a third at scale. A 10,000-peer run
-//! is about 16.6 events per part received (announcements, requests and their `Busy`
-//! answers, ticks), so a 60 s run needs fewer events per part and more than one core;
-//! neither is built. A prototype of sub-streams pushed to subscribed partners cut events by
-//! only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
-//! fourteenth session). [`SimDetails::by_kind`] says where a run's events go.
+//! An event costs about 2.2 µs at 1,000 peers (52 MB resident) and 2.5–3.2 µs at 10,000
+//! (441 MB): instructions spread over the mesh's scheduling and wake-up scans, memory
+//! adding about a third at scale. A 10,000-peer run is about 16.6 events per part received
+//! (announcements, requests and their `Busy` answers, ticks); [`SimDetails::by_kind`] says
+//! where a run's events go. A prototype of sub-streams pushed to subscribed partners cut
+//! events by only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
+//! fourteenth session).
 //!
-//! The second core is planned, not built (BENCHMARKS.md, sixteenth session): a worker runs
-//! one viewer's mesh calls while the event loop goes on with events at viewers two hops or
-//! more from it and earlier than one minimum latency after it. Those touch none of the same
-//! state, and the per-node keys make their order irrelevant, so the figures would be the
-//! one-thread figures exactly.
+//! `--threads 2` puts the meshes' half of the work on a second core. The event loop hands
+//! an event's mesh calls for a viewer to a worker thread (up to 8 at a time) and goes on
+//! with the events after it that commute with it, running the handed-off event's actions
+//! when the worker answers, as of that event's time. An event commutes with it when it
+//! is at a viewer not linked to the other (not partners, nor until lately), so the two
+//! touch no common state, and earlier than one least one-way latency after it, so nothing
+//! the actions send can be due before it; events that do not commute wait, passed over
+//! (up to 8) while later ones run. The origin's events, dials completing, joins,
+//! departures and judging wait for the worker to be idle. Equal times run in the order of
+//! per-node keys, so none of this moves the order of anything that does not commute: the
+//! figures are the one-thread figures exactly (`tests/sim.rs` checks it). It scales by
+//! about 1.5×, not 2×: the loop keeps the engine's half and the hand-over's cost, and the
+//! worker waits on it.
 
 mod engine;
 mod link;
