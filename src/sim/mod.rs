@@ -218,7 +218,7 @@ pub struct SimConfig {
     pub origin_upload_bps: u64,
     /// Viewers leaving (and as many joining) per minute, in % of `peers` (`--churn`).
     pub churn_pct_per_min: f64,
-    /// Seed of the one RNG behind every random choice (`--seed`).
+    /// Seed of every random choice (`--seed`): the coordinator's and each node's generators.
     pub seed: u64,
     /// Mean RTT between two nodes, ms (`--rtt-ms`).
     pub rtt_ms: f64,
