@@ -767,6 +767,17 @@ mod tests {
             SimConfig::from_args(["--join-after", "-2"]),
             Err(SimError::Invalid(_))
         ));
+        assert_eq!(c.threads, 1);
+        assert_eq!(
+            SimConfig::from_args(["--threads", "2"]).map(|c| c.threads),
+            Ok(2)
+        );
+        for bad in ["0", "3"] {
+            assert!(matches!(
+                SimConfig::from_args(["--threads", bad]),
+                Err(SimError::Invalid(_))
+            ));
+        }
     }
 
     #[test]
