@@ -1145,6 +1145,7 @@ impl Sim {
         if self.pending.is_empty() {
             return;
         }
+        let mut spins = 0u32;
         loop {
             let answer = match &self.pipe {
                 Some(p) => p.done.try_recv(),
@@ -1152,7 +1153,12 @@ impl Sim {
             };
             match answer {
                 Ok(d) => return self.finish_job(d),
-                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                // Spin a while, then let the worker have the core should it share one.
+                Err(TryRecvError::Empty) if spins < 256 => {
+                    spins += 1;
+                    std::hint::spin_loop();
+                }
+                Err(TryRecvError::Empty) => std::thread::yield_now(),
                 Err(TryRecvError::Disconnected) => {
                     self.pipe = None;
                     return self.pending.clear();
