@@ -61,19 +61,19 @@ const MAX_PENDING: usize = 8;
 const COLLECT_EVERY: u32 = 4;
 /// Events the loop may pass over, waiting for the worker, to run later ones meanwhile.
 const MAX_HELD: usize = 8;
+/// Bits of an event's ordering key given to the scheduling node's own counter; the node's
+/// index (plus one) takes the bits above.
+const KEY_COUNT_BITS: u32 = 38;
 
 /// What the loop does next.
 enum Pick {
-    /// Run the event in this slot, due at this time.
-    Run(Ns, u32),
+    /// Run the event in this slot, due at this time, at this owner; whether it is a barrier.
+    Run(Ns, u32, u32, bool),
     /// Wait for the worker.
     Wait,
     /// Nothing is left before the end.
     Done,
 }
-/// Bits of an event's ordering key given to the scheduling node's own counter; the node's
-/// index (plus one) takes the bits above.
-const KEY_COUNT_BITS: u32 = 38;
 
 /// One event's calls on one viewer's mesh (run on the worker thread, or here).
 #[derive(Debug)]
@@ -662,7 +662,6 @@ pub(super) struct Sim {
     /// Per node, the number of the latest job for it, and of the latest job for one of its
     /// partners (see [`Sim::near_pending`]).
     marks: Vec<(u64, u64)>,
-    jobs_handed: u64,
     /// The running event may hand its mesh calls to the worker (not a coordinator's or the
     /// origin's, nor one touching two meshes).
     may_hand_off: bool,
@@ -672,7 +671,8 @@ pub(super) struct Sim {
     spare_actions: Vec<Vec<Action>>,
     /// Events passed over while the worker had jobs that they did not commute with, in
     /// (time, key) order: (time, key, slot, owner). An owner only ever turns into
-    /// [`NOBODY_NODE`] (its transfer ends), so the one noted is safe to judge by.
+    /// [`NOBODY_NODE`] (its transfer ends, and the event does nothing), so the one noted is
+    /// safe to judge and run it by.
     held: Vec<(Ns, u64, u32, u32)>,
     /// [`Sim::pick`]'s list of the events it passed over: (owner, time).
     blockers: Vec<(u32, Ns)>,
@@ -761,7 +761,6 @@ impl Sim {
             pipe: None,
             pending: VecDeque::new(),
             marks: Vec::new(),
-            jobs_handed: 0,
             may_hand_off: false,
             lookahead: Ns::MAX,
             spare_actions: Vec::new(),
@@ -841,7 +840,7 @@ impl Sim {
     /// With a worker, an event whose mesh calls go to it goes on at once with the events
     /// after it, its actions run when the worker answers; the events run meanwhile are
     /// ones that commute with it, so the figures are the one-thread figures (see
-    /// [`Sim::must_wait`]).
+    /// [`Sim::runnable`]).
     fn run_until(&mut self, end: Ns) {
         let mut turn = 0u32;
         loop {
@@ -854,7 +853,7 @@ impl Sim {
                 self.collect_done();
             }
             match self.pick(end) {
-                Pick::Run(at, slot) => {
+                Pick::Run(at, slot, owner, barrier) => {
                     let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
                         continue;
                     };
@@ -862,8 +861,6 @@ impl Sim {
                     if !self.pending.is_empty() {
                         self.d.overlapped += 1;
                     }
-                    let owner = self.owner(&ev);
-                    let barrier = self.is_barrier(&ev, owner);
                     self.now = at;
                     self.cur = owner;
                     self.may_hand_off = self.pipe.is_some() && !barrier && owner != NOBODY_NODE;
@@ -903,7 +900,7 @@ impl Sim {
                 // Held events are never barriers (those wait where they are).
                 if self.runnable(at, owner, false, first, &blockers) {
                     self.held.remove(i);
-                    break Pick::Run(at, slot);
+                    break Pick::Run(at, slot, owner, false);
                 }
                 blockers.push((owner, at));
                 first = first.min(at);
@@ -926,7 +923,7 @@ impl Sim {
             }
             self.queue.pop();
             if run {
-                break Pick::Run(at, slot);
+                break Pick::Run(at, slot, owner, barrier);
             }
             // Everything held past `i` is later than this one.
             self.held.insert(i, (at, key, slot, owner));
@@ -1066,7 +1063,7 @@ impl Sim {
             .is_some_and(|&(own, linked)| own >= lo || linked >= lo)
     }
 
-    /// Runs `work` on node `i`'s mesh, then its actions and its next wake-up: on the
+    /// Makes `call` on node `i`'s mesh, then runs its actions and its next wake-up: on the
     /// worker when the running event allows it and the worker has room, here otherwise.
     fn mesh_job(&mut self, i: u32, ticked: bool, call: Call) {
         if self.may_hand_off && i != ORIGIN && self.pending.len() < MAX_PENDING {
@@ -1084,8 +1081,9 @@ impl Sim {
                         self.pipe = None;
                         self.pending.clear();
                     } else {
-                        self.jobs_handed += 1;
-                        let seq = self.jobs_handed;
+                        // Jobs are numbered by the count of hand-offs.
+                        self.d.handed_off += 1;
+                        let seq = self.d.handed_off;
                         self.mark(i, seq);
                         self.pending.push_back(Pending {
                             node: i,
@@ -1093,7 +1091,6 @@ impl Sim {
                             ticked,
                             seq,
                         });
-                        self.d.handed_off += 1;
                     }
                     return;
                 }
@@ -1122,49 +1119,42 @@ impl Sim {
 
     /// Takes in whatever the worker has finished.
     fn collect_done(&mut self) {
-        loop {
-            let answer = match &self.pipe {
-                Some(p) => p.done.try_recv(),
-                None => return self.pending.clear(),
-            };
-            match answer {
-                Ok(d) => self.finish_job(d),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.pipe = None;
-                    return self.pending.clear();
-                }
-            }
-        }
+        while self.take_answer(false) {}
     }
 
     /// Waits for the worker's oldest job and takes it in.
     fn wait_one(&mut self) {
         // Nothing to wait for (`pick` never asks then: with nothing in the worker's hands
         // the first event runs).
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.take_answer(true);
         }
+    }
+
+    /// Takes in one answer from the worker, waiting for it if `wait`; false if none was
+    /// there to take.
+    fn take_answer(&mut self, wait: bool) -> bool {
         let mut spins = 0u32;
-        loop {
-            let answer = match &self.pipe {
-                Some(p) => p.done.try_recv(),
-                None => return self.pending.clear(),
-            };
+        while let Some(answer) = self.pipe.as_ref().map(|p| p.done.try_recv()) {
             match answer {
-                Ok(d) => return self.finish_job(d),
+                Ok(d) => {
+                    self.finish_job(d);
+                    return true;
+                }
+                Err(TryRecvError::Empty) if !wait => return false,
                 // Spin a while, then let the worker have the core should it share one.
                 Err(TryRecvError::Empty) if spins < 256 => {
                     spins += 1;
                     std::hint::spin_loop();
                 }
                 Err(TryRecvError::Empty) => std::thread::yield_now(),
-                Err(TryRecvError::Disconnected) => {
-                    self.pipe = None;
-                    return self.pending.clear();
-                }
+                Err(TryRecvError::Disconnected) => break,
             }
         }
+        // The worker is gone (it panicked; the scope re-raises that): go on here.
+        self.pipe = None;
+        self.pending.clear();
+        false
     }
 
     /// A job is back: its mesh goes home, and its actions run as of its event's time.
