@@ -29,7 +29,8 @@
 //! - [`broadcaster`] — source → signed segments → seeding node, ticket, `/stats`.
 //! - [`viewer`] — ticket → mesh node → local HLS, status line.
 //! - [`cli`] — logging, signals and defaults both programs share.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `prefetch` holds the one exception, a cache hint.
+#![deny(unsafe_code)]
 
 pub mod broadcaster;
 pub mod cli;
@@ -37,6 +38,7 @@ pub mod http;
 pub mod mesh;
 pub mod net;
 pub mod playlist;
+mod prefetch;
 pub mod rate;
 pub mod sim;
 pub mod source;

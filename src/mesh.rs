@@ -597,6 +597,21 @@ struct Scratch {
 }
 
 impl Mesh {
+    /// Asks the cache for what the next call on this mesh reads first: the partner list
+    /// and its entries, the action queue, the scheduler's work lists.
+    pub(crate) fn prefetch(&self) {
+        use crate::prefetch::prefetch;
+        use std::mem::size_of_val;
+        let p = &self.peers;
+        prefetch(p.ids.as_ptr(), size_of_val(p.ids.as_slice()));
+        prefetch(p.prefixes.as_ptr(), size_of_val(p.prefixes.as_slice()));
+        prefetch(p.entries.as_ptr(), size_of_val(p.entries.as_slice()));
+        prefetch(self.actions.as_slices().0.as_ptr(), 64);
+        prefetch(self.scratch.candidates.as_ptr(), 64);
+        prefetch(self.scratch.suppliers.as_ptr(), 64);
+        prefetch(self.scratch.order.as_ptr(), 64);
+    }
+
     /// A node with id `me`; `seed` makes every random choice reproducible.
     pub fn new(cfg: MeshConfig, me: NodeId, seed: u64, now: Instant) -> Mesh {
         let mut mesh = Mesh {

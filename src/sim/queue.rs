@@ -7,9 +7,12 @@
 //! ring; only the current bucket is a heap (a thousand entries or so, cache-resident),
 //! filled when the clock reaches it. Events beyond the ring's horizon wait in a heap of
 //! their own and join the current bucket when it reaches theirs.
+//!
+//! The first few pending events are also kept apart, in order, so the engine can see what
+//! comes next and have its memory fetched while the current event runs.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// log2 of a bucket's width in nanoseconds (about 1 ms).
 const BUCKET_SHIFT: u32 = 20;
@@ -22,9 +25,14 @@ type Ns = u64;
 /// One pending event: (time, sequence, payload).
 type Entry = (Ns, u64, u32);
 
+/// Events kept in order at the front, for the engine to look ahead at (and prefetch).
+const AHEAD: usize = 8;
+
 /// Pending events, popped in (time, sequence) order.
 #[derive(Debug)]
 pub(super) struct EventQueue {
+    /// The earliest pending events, in order: each is before every event elsewhere.
+    ahead: VecDeque<Entry>,
     /// The current bucket's events, and any scheduled before it (never, in practice).
     current: BinaryHeap<Reverse<Entry>>,
     /// Absolute bucket number of `current`.
@@ -43,6 +51,7 @@ pub(super) struct EventQueue {
 impl EventQueue {
     pub(super) fn new() -> EventQueue {
         EventQueue {
+            ahead: VecDeque::with_capacity(AHEAD + 1),
             current: BinaryHeap::new(),
             bucket: 0,
             ring: (0..RING).map(|_| Vec::new()).collect(),
@@ -53,6 +62,41 @@ impl EventQueue {
     }
 
     pub(super) fn push(&mut self, at: Ns, seq: u64, payload: u32) {
+        let e = (at, seq, payload);
+        if self.ahead.back().is_some_and(|last| e < *last) {
+            let i = self.ahead.partition_point(|x| *x < e);
+            self.ahead.insert(i, e);
+            if self.ahead.len() > AHEAD {
+                if let Some((at, seq, payload)) = self.ahead.pop_back() {
+                    self.file(at, seq, payload);
+                }
+            }
+            return;
+        }
+        self.file(at, seq, payload);
+    }
+
+    /// The next few events, in order (the first is what [`EventQueue::pop`] returns).
+    pub(super) fn upcoming(&self) -> &VecDeque<Entry> {
+        &self.ahead
+    }
+
+    /// Tops `ahead` up from the rest, earliest first.
+    fn fill(&mut self) {
+        while self.ahead.len() < AHEAD {
+            if self.current.is_empty() {
+                self.advance();
+            }
+            match self.current.pop() {
+                Some(Reverse(e)) => self.ahead.push_back(e),
+                None => break,
+            }
+        }
+    }
+
+    /// Files an entry no earlier than any in `ahead`: in the current bucket's heap, on the
+    /// ring, or beyond it.
+    fn file(&mut self, at: Ns, seq: u64, payload: u32) {
         let b = at >> BUCKET_SHIFT;
         if b <= self.bucket {
             self.current.push(Reverse((at, seq, payload)));
@@ -71,18 +115,14 @@ impl EventQueue {
 
     /// The earliest pending entry, without removing it.
     pub(super) fn peek(&mut self) -> Option<Entry> {
-        if self.current.is_empty() {
-            self.advance();
-        }
-        self.current.peek().map(|Reverse(e)| *e)
+        self.fill();
+        self.ahead.front().copied()
     }
 
     /// Removes and returns the earliest pending entry.
     pub(super) fn pop(&mut self) -> Option<Entry> {
-        if self.current.is_empty() {
-            self.advance();
-        }
-        self.current.pop().map(|Reverse(e)| e)
+        self.fill();
+        self.ahead.pop_front()
     }
 
     /// Moves the clock's bucket on to the next that has entries, and fills `current`.
@@ -141,6 +181,12 @@ mod tests {
                 heap.push(Reverse((now + ahead, seq, step)));
             } else {
                 let want = heap.pop().map(|Reverse(e)| e);
+                // What it shows of the upcoming ones are exactly the heap's next ones.
+                let shown: Vec<Entry> = q.upcoming().iter().skip(1).copied().collect();
+                let mut next = heap.clone();
+                for e in shown {
+                    assert_eq!(next.pop().map(|Reverse(x)| x), Some(e));
+                }
                 assert_eq!(q.peek(), want);
                 assert_eq!(q.pop(), want);
                 if let Some((at, _, _)) = want {
