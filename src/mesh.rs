@@ -436,6 +436,9 @@ fn bit(part: usize) -> u32 {
     1 << part
 }
 
+/// Partners whose entries [`Mesh::prefetch`] asks for: a viewer's most.
+const MAX_PREFETCH_PEERS: usize = 16;
+
 /// Segments a partner's [`Announced`] covers, ending at the newest it announced: the
 /// segments in play at once fit many times.
 const ANNOUNCED: usize = 64;
@@ -601,11 +604,13 @@ impl Mesh {
     /// and its entries, the action queue, the scheduler's work lists.
     pub(crate) fn prefetch(&self) {
         use crate::prefetch::prefetch;
-        use std::mem::size_of_val;
+        use std::mem::size_of;
+        // A viewer's dozen partners; not the broadcaster's thousands.
         let p = &self.peers;
-        prefetch(p.ids.as_ptr(), size_of_val(p.ids.as_slice()));
-        prefetch(p.prefixes.as_ptr(), size_of_val(p.prefixes.as_slice()));
-        prefetch(p.entries.as_ptr(), size_of_val(p.entries.as_slice()));
+        let n = p.entries.len().min(MAX_PREFETCH_PEERS);
+        prefetch(p.ids.as_ptr(), n * size_of::<NodeId>());
+        prefetch(p.prefixes.as_ptr(), n * size_of::<u64>());
+        prefetch(p.entries.as_ptr(), n * size_of::<Peer>());
         prefetch(self.actions.as_slices().0.as_ptr(), 64);
         prefetch(self.scratch.candidates.as_ptr(), 64);
         prefetch(self.scratch.suppliers.as_ptr(), 64);

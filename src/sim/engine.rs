@@ -158,30 +158,11 @@ struct Pipe {
 /// a job is a few microseconds, and waking a sleeping thread takes longer.
 fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
     let mut idle = 0u32;
+    // The job after the one running, taken early so that its mesh is fetched meanwhile.
+    let mut next: Option<Job> = None;
     loop {
-        match jobs.try_recv() {
-            Ok(Job {
-                node,
-                mut mesh,
-                call,
-                mut actions,
-            }) => {
-                idle = 0;
-                call.apply(&mut mesh);
-                while let Some(a) = mesh.poll_action() {
-                    actions.push(a);
-                }
-                let wake = mesh.poll_timeout();
-                let answer = Done {
-                    node,
-                    mesh,
-                    actions,
-                    wake,
-                };
-                if done.send(answer).is_err() {
-                    return;
-                }
-            }
+        let job = match next.take().map_or_else(|| jobs.try_recv(), Ok) {
+            Ok(job) => job,
             Err(TryRecvError::Empty) => {
                 idle = idle.saturating_add(1);
                 if idle < 256 {
@@ -189,8 +170,38 @@ fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
                 } else {
                     std::thread::yield_now();
                 }
+                continue;
             }
             Err(TryRecvError::Disconnected) => return,
+        };
+        idle = 0;
+        next = jobs.try_recv().ok();
+        if let Some(n) = &next {
+            crate::prefetch::prefetch(&*n.mesh, std::mem::size_of::<Mesh>());
+        }
+        let Job {
+            node,
+            mut mesh,
+            call,
+            mut actions,
+        } = job;
+        call.apply(&mut mesh);
+        // By now the next mesh's own fields are here, and point at the rest.
+        if let Some(n) = &next {
+            n.mesh.prefetch();
+        }
+        while let Some(a) = mesh.poll_action() {
+            actions.push(a);
+        }
+        let wake = mesh.poll_timeout();
+        let answer = Done {
+            node,
+            mesh,
+            actions,
+            wake,
+        };
+        if done.send(answer).is_err() {
+            return;
         }
     }
 }
@@ -854,6 +865,10 @@ impl Sim {
             };
             if i >= 4 {
                 prefetch(s, size_of::<Option<Ev>>());
+                continue;
+            }
+            // With a worker, meshes mostly run there, and it fetches its own.
+            if i < 2 && self.pipe.is_some() {
                 continue;
             }
             let Some(ev) = s else { continue };
