@@ -846,12 +846,6 @@ impl Sim {
         }
     }
 
-    /// Runs every event due at or before `end`.
-    ///
-    /// With a worker, an event whose mesh calls go to it goes on at once with the events
-    /// after it, its actions run when the worker answers; the events run meanwhile are
-    /// ones that commute with it, so the figures are the one-thread figures (see
-    /// [`Sim::runnable`]).
     /// Asks the cache for the memory of the next few events, each a step further along
     /// the chain it will follow (its slot, then its transfer, its node, its mesh, and what
     /// the mesh reads first), so that by its turn most of it is there. At 10,000 peers
@@ -898,6 +892,12 @@ impl Sim {
         }
     }
 
+    /// Runs every event due at or before `end`.
+    ///
+    /// With a worker, an event whose mesh calls go to it goes on at once with the events
+    /// after it, its actions run when the worker answers; the events run meanwhile are
+    /// ones that commute with it, so the figures are the one-thread figures (see
+    /// [`Sim::runnable`]).
     fn run_until(&mut self, end: Ns) {
         let mut turn = 0u32;
         loop {

@@ -150,6 +150,14 @@
 //! figures are the one-thread figures exactly (`tests/sim.rs` checks it). It scales by
 //! about 1.5×, not 2×: the loop keeps the engine's half and the hand-over's cost, and the
 //! worker waits on it.
+//!
+//! Most of an event's time at scale is waiting for memory: a Have costs 2.0 µs at 1,000
+//! peers and 3.9 µs at 10,000, the same code. So both threads prefetch. The event queue
+//! keeps its next eight events in order, and before each event the loop asks the cache
+//! for a step of each upcoming one's chain (the event's slot four ahead, its transfer
+//! three ahead, its node two ahead, then, on one thread, its mesh and the mesh's partner
+//! list); the worker takes its next job before running the current one and fetches that
+//! mesh meanwhile. About a tenth off the wall time (BENCHMARKS.md, seventeenth session).
 
 mod engine;
 mod link;
