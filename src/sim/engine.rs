@@ -164,12 +164,7 @@ fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
         let job = match next.take().map_or_else(|| jobs.try_recv(), Ok) {
             Ok(job) => job,
             Err(TryRecvError::Empty) => {
-                idle = idle.saturating_add(1);
-                if idle < 256 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
+                pause(&mut idle);
                 continue;
             }
             Err(TryRecvError::Disconnected) => return,
@@ -203,6 +198,17 @@ fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
         if done.send(answer).is_err() {
             return;
         }
+    }
+}
+
+/// One wait of a thread polling the other: a spin at first, then, after a while, the core
+/// given up, should the two threads share one.
+fn pause(spins: &mut u32) {
+    *spins = spins.saturating_add(1);
+    if *spins < 256 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -296,6 +302,21 @@ enum Ev {
         number: u64,
         part: u8,
     },
+}
+
+impl Ev {
+    /// The transfer a transfer's event is about, and whether it happens at the sender.
+    fn transfer(&self) -> Option<(TRef, bool)> {
+        match self {
+            Ev::RequestArrive { tr } | Ev::StopArrive { tr } | Ev::Pump { tr, .. } => {
+                Some((*tr, true))
+            }
+            Ev::Fail { tr, .. } | Ev::HeaderArrive { tr } | Ev::Deliver { tr } => {
+                Some((*tr, false))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -867,13 +888,7 @@ impl Sim {
             }
             let Some(ev) = s else { continue };
             if i == 3 {
-                if let Ev::RequestArrive { tr }
-                | Ev::StopArrive { tr }
-                | Ev::Pump { tr, .. }
-                | Ev::Fail { tr, .. }
-                | Ev::HeaderArrive { tr }
-                | Ev::Deliver { tr } = ev
-                {
+                if let Some((tr, _)) = ev.transfer() {
                     if let Some(t) = self.transfers.items.get(tr.idx as usize) {
                         prefetch(t, size_of::<Transfer>());
                     }
@@ -1200,12 +1215,7 @@ impl Sim {
                     return true;
                 }
                 Err(TryRecvError::Empty) if !wait => return false,
-                // Spin a while, then let the worker have the core should it share one.
-                Err(TryRecvError::Empty) if spins < 256 => {
-                    spins += 1;
-                    std::hint::spin_loop();
-                }
-                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                Err(TryRecvError::Empty) => pause(&mut spins),
                 Err(TryRecvError::Disconnected) => break,
             }
         }
@@ -1238,23 +1248,25 @@ impl Sim {
     /// The node an event runs at (whose events it schedules); the coordinator for joins,
     /// departures and judging.
     fn owner(&self, ev: &Ev) -> u32 {
-        let tr = |t: &TRef, sender: bool| {
-            self.transfers
-                .get(*t)
-                .map_or(NOBODY_NODE, |t| if sender { t.from } else { t.to })
-        };
+        if let Some((t, sender)) = ev.transfer() {
+            return self
+                .transfers
+                .get(t)
+                .map_or(NOBODY_NODE, |t| if sender { t.from } else { t.to });
+        }
         match ev {
             Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
             Ev::Join | Ev::Leave | Ev::Deadline { .. } => COORDINATOR,
             Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
             Ev::DialDone { from, .. } | Ev::DialFailed { from, .. } => *from,
             Ev::Control { to, .. } => *to,
-            Ev::RequestArrive { tr: t } | Ev::StopArrive { tr: t } | Ev::Pump { tr: t, .. } => {
-                tr(t, true)
-            }
-            Ev::Fail { tr: t, .. } | Ev::HeaderArrive { tr: t } | Ev::Deliver { tr: t } => {
-                tr(t, false)
-            }
+            // Transfers' events are answered above.
+            Ev::RequestArrive { .. }
+            | Ev::StopArrive { .. }
+            | Ev::Pump { .. }
+            | Ev::Fail { .. }
+            | Ev::HeaderArrive { .. }
+            | Ev::Deliver { .. } => NOBODY_NODE,
         }
     }
 

@@ -130,8 +130,8 @@
 //!
 //! ## Speed
 //! An event costs about 2.2 µs at 1,000 peers (52 MB resident) and 2.5–3.2 µs at 10,000
-//! (441 MB): instructions spread over the mesh's scheduling and wake-up scans, memory
-//! adding about a third at scale. A 10,000-peer run is about 16.6 events per part received
+//! (441 MB), spread over the mesh's scheduling and wake-up scans; at 10,000 about half of
+//! it is waiting for memory (below). A 10,000-peer run is about 16.6 events per part received
 //! (announcements, requests and their `Busy` answers, ticks); [`SimDetails::by_kind`] says
 //! where a run's events go. A prototype of sub-streams pushed to subscribed partners cut
 //! events by only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
