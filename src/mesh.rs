@@ -518,6 +518,17 @@ impl Announced {
     }
 }
 
+/// What [`Mesh::learn`] found in an announcement.
+struct Learned {
+    /// A part neither held nor asked for has a supplier now (or the join point or the
+    /// live edge moved): worth scheduling.
+    news: bool,
+    /// Anything [`Mesh::poll_timeout`] reads may have moved it earlier. Announcing parts
+    /// only adds to a partner's map, which matters to the timeout only through parts not
+    /// yet asked for, which is `news`.
+    moved: bool,
+}
+
 #[derive(Debug)]
 struct Known {
     addr: SocketAddr,
@@ -995,21 +1006,27 @@ impl Mesh {
     }
 
     /// A control message from a connected peer (after [`Control::validate`]).
-    pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
+    ///
+    /// Returns false when the message queued no action and cannot have brought
+    /// [`Mesh::poll_timeout`] earlier: a partner announcing parts already held or asked
+    /// for, the commonest message of all. The driver may then skip draining and polling,
+    /// since the wake-up it holds is still due no later than the new one.
+    pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) -> bool {
         self.last_now = self.last_now.max(now);
         let Some(p) = self.peers.get_mut(&from) else {
-            return;
+            return true;
         };
         // It is alive after all.
         p.seed_suspect = false;
         match msg {
             Control::Hello { .. } => {
                 self.misbehaved(now, from, "second hello");
-                return;
+                return true;
             }
             Control::Have { number, parts } => {
-                if !self.learn(now, from, &[(number, parts)]) {
-                    return;
+                let learned = self.learn(now, from, &[(number, parts)]);
+                if !learned.news {
+                    return learned.moved;
                 }
             }
             Control::BufferMap { first, bits } => {
@@ -1018,8 +1035,8 @@ impl Mesh {
                     .filter_map(|i| first.checked_add(i as u64))
                     .map(|n| (n, ALL_PARTS))
                     .collect();
-                if !self.learn(now, from, &numbers) {
-                    return;
+                if !self.learn(now, from, &numbers).news {
+                    return true;
                 }
             }
             Control::Peers { peers } => {
@@ -1037,7 +1054,7 @@ impl Mesh {
                 if self.is_origin(&from) {
                     self.swarm = Some((upload_pct, joining_pct.min(100)));
                 }
-                return;
+                return true;
             }
             Control::End { last } => {
                 if self.is_origin(&from) {
@@ -1052,15 +1069,18 @@ impl Mesh {
             }
         }
         self.schedule(now);
+        true
     }
 
     /// Records which parts of which segments `from` holds; only the origin (or verified
-    /// data) moves our notion of newest. False when the news cannot lead to a request (a
-    /// partner announcing parts held or asked for already, the common case), so the caller
-    /// need not schedule.
-    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) -> bool {
+    /// data) moves our notion of newest. See [`Learned`] for what it tells the caller.
+    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) -> Learned {
         let from_origin = self.is_origin(&from);
         let mut news = false;
+        // A segment newly heard of brings its deadlines into `poll_timeout`; so do the
+        // segments a lowered settled mark or a prune let it look at again or release.
+        let settled_before = self.settled_below;
+        let mut heard = false;
         if self.cfg.role == Role::Viewer
             && !from_origin
             && (self.start_from_partners
@@ -1134,14 +1154,14 @@ impl Mesh {
         }
         let lo = self.floor().saturating_sub(below);
         let Some(peer) = self.peers.get_mut(&from) else {
-            return news;
+            return Learned { news, moved: true };
         };
         let uploads = peer.uploads;
         for (n, parts) in learned.iter().copied().filter(|(n, _)| *n >= lo) {
             peer.have.add(n, parts);
         }
         if self.cfg.role == Role::Broadcaster {
-            return news;
+            return Learned { news, moved: true };
         }
         // With the origin connected, a partner's claim does not start a deadline for a
         // segment the origin has not announced: a liar announcing the future would make it
@@ -1152,6 +1172,7 @@ impl Mesh {
         for &(n, _) in &learned {
             if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
                 if let Some(s) = self.track(n) {
+                    heard |= s.first_heard.is_none();
                     s.first_heard.get_or_insert(now);
                 }
             }
@@ -1166,12 +1187,17 @@ impl Mesh {
                 }
             }
         }
-        self.prune();
+        let pruned = self.prune();
         // A part we neither hold nor have asked for now has a supplier.
-        news || (uploads
-            && learned
-                .iter()
-                .any(|(n, parts)| self.segs.get(n).is_some_and(|s| s.unasked() & parts != 0)))
+        let news = news
+            || (uploads
+                && learned
+                    .iter()
+                    .any(|(n, parts)| self.segs.get(n).is_some_and(|s| s.unasked() & parts != 0)));
+        Learned {
+            news,
+            moved: news || heard || pruned || self.settled_below < settled_before,
+        }
     }
 
     fn advance_newest(&mut self, n: u64) {
@@ -1291,12 +1317,13 @@ impl Mesh {
             .max(self.want_from.unwrap_or(0))
     }
 
-    fn prune(&mut self) {
+    /// Forgets what fell below the floor; true if the floor rose.
+    fn prune(&mut self) -> bool {
         let floor = self.floor();
         // Nothing below the floor is ever added, so a floor that has not risen has nothing
         // to prune (this runs on every announcement).
         if floor <= self.pruned_floor && self.pruned_floor != 0 {
-            return;
+            return false;
         }
         self.pruned_floor = floor;
         while self.held.first().is_some_and(|&n| n < floor) {
@@ -1312,6 +1339,7 @@ impl Mesh {
                 }
             }
         }
+        true
     }
 
     fn release(&mut self, peer: NodeId) {
@@ -2399,6 +2427,35 @@ mod tests {
             third.is_some_and(|p| p != first && p != second),
             "{third:?}"
         );
+    }
+
+    #[test]
+    fn an_announcement_of_parts_held_or_asked_for_leaves_the_wake_up_alone() {
+        let t0 = Instant::now();
+        let mut v = viewer_with_partners(t0, &[20, 30]);
+        let have = |number, parts| Control::Have { number, parts };
+        // 20 holds all of segment 9: news, and parts are asked of it.
+        assert!(v.handle_control(t0, id(20), have(9, ALL_PARTS)));
+        let asked = parts_asked(&drain(&mut v));
+        assert!(!asked.is_empty());
+        let wake = v.poll_timeout();
+        // 30 announcing the parts already asked for queues nothing and brings no wake-up
+        // earlier: the driver may skip polling.
+        let mask = asked
+            .iter()
+            .fold(0, |m, &(_, _, j)| m | bit(usize::from(j)));
+        let t1 = t0 + Duration::from_millis(10);
+        assert!(!v.handle_control(t1, id(30), have(9, mask)));
+        assert!(drain(&mut v).is_empty());
+        assert!(v.poll_timeout() >= wake);
+        // Nor does a partner's claim of a segment the origin has not announced.
+        assert!(!v.handle_control(t1, id(30), have(10, ALL_PARTS)));
+        // The origin announcing it does: it starts the segment's deadlines.
+        assert!(v.handle_control(t1, id(ORIGIN), have(10, ALL_PARTS)));
+        // So does a part not yet asked for, if the cap left one.
+        if mask != ALL_PARTS {
+            assert!(v.handle_control(t1, id(30), have(9, ALL_PARTS & !mask)));
+        }
     }
 
     #[test]

@@ -92,9 +92,11 @@ enum Call {
 }
 
 impl Call {
-    fn apply(self, m: &mut Mesh) {
+    /// Makes the calls; false when they queued nothing and left the mesh's next timeout
+    /// no earlier (see [`Mesh::handle_control`]), so it need not be asked again.
+    fn apply(self, m: &mut Mesh) -> bool {
         match self {
-            Call::Control(now, from, msg) => m.handle_control(now, from, msg),
+            Call::Control(now, from, msg) => return m.handle_control(now, from, msg),
             Call::Tick(now) => m.handle_tick(now),
             Call::DialFailed(now, peer) => m.handle_dial_failed(now, peer),
             Call::Disconnected(now, peer) => m.handle_disconnected(now, peer),
@@ -115,6 +117,7 @@ impl Call {
                 }
             }
         }
+        true
     }
 }
 
@@ -127,12 +130,13 @@ struct Job {
     actions: Vec<Action>,
 }
 
-/// The worker's answer: the mesh back, its actions and its next timeout.
+/// The worker's answer: the mesh back, its actions and its next timeout (None when the
+/// calls left it no earlier).
 struct Done {
     node: u32,
     mesh: Box<Mesh>,
     actions: Vec<Action>,
-    wake: Instant,
+    wake: Option<Instant>,
 }
 
 /// A job in the worker's hands, in the order handed over.
@@ -180,15 +184,17 @@ fn worker(jobs: Receiver<Job>, done: Sender<Done>) {
             call,
             mut actions,
         } = job;
-        call.apply(&mut mesh);
+        let moved = call.apply(&mut mesh);
         // By now the next mesh's own fields are here, and point at the rest.
         if let Some(n) = &next {
             n.mesh.prefetch();
         }
-        while let Some(a) = mesh.poll_action() {
-            actions.push(a);
-        }
-        let wake = mesh.poll_timeout();
+        let wake = moved.then(|| {
+            while let Some(a) = mesh.poll_action() {
+                actions.push(a);
+            }
+            mesh.poll_timeout()
+        });
         let answer = Done {
             node,
             mesh,
@@ -1169,10 +1175,9 @@ impl Sim {
                 }
             }
         }
-        if let Some(m) = self.mesh(i) {
-            call.apply(m);
+        if self.mesh(i).is_none_or(|m| call.apply(m)) {
+            self.drain_after(i, ticked);
         }
-        self.drain_after(i, ticked);
     }
 
     /// Marks node `i` and its links with job `seq`.
@@ -1241,7 +1246,9 @@ impl Sim {
             self.act(d.node, a);
         }
         self.spare_actions.push(actions);
-        self.wake_at(d.node, d.wake, p.ticked);
+        if let Some(wake) = d.wake {
+            self.wake_at(d.node, wake, p.ticked);
+        }
         (self.now, self.cur, self.may_hand_off) = saved;
     }
 
