@@ -127,7 +127,7 @@ async fn crowd(a: Args, port: u16) -> bool {
             }
         }
     }
-    let hello = wire::encode(&Control::Hello {
+    let hello = wire::encode(&Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
         stream: target,
         role: Role::Viewer,
@@ -135,7 +135,7 @@ async fn crowd(a: Args, port: u16) -> bool {
         upload_bps: None,
         token: None,
         token_epoch: 0,
-    });
+    })));
     let start = tokio::time::Instant::now();
     let hold = Duration::from_secs(a.hold_s);
     let mut dials = tokio::task::JoinSet::new();

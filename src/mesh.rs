@@ -1019,7 +1019,7 @@ impl Mesh {
         // It is alive after all.
         p.seed_suspect = false;
         match msg {
-            Control::Hello { .. } => {
+            Control::Hello(_) => {
                 self.misbehaved(now, from, "second hello");
                 return true;
             }

@@ -1076,7 +1076,7 @@ impl Drop for Handshake {
 }
 
 fn our_hello(shared: &Shared) -> Control {
-    Control::Hello {
+    Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
         stream: shared.stream,
         role: shared.role,
@@ -1084,7 +1084,7 @@ fn our_hello(shared: &Shared) -> Control {
         upload_bps: shared.limiter.rate().map(|r| r.0),
         token: shared.admission.token(),
         token_epoch: *shared.token_epoch.borrow(),
-    }
+    }))
 }
 
 /// What a peer's accepted Hello told us.
@@ -1109,15 +1109,16 @@ fn check_hello(
     msg: &Control,
 ) -> Option<PeerHello> {
     match msg {
-        Control::Hello {
-            version,
-            stream,
-            role,
-            uploads,
-            upload_bps,
-            token,
-            token_epoch,
-        } => {
+        Control::Hello(hello) => {
+            let wire::Hello {
+                version,
+                stream,
+                role,
+                uploads,
+                upload_bps,
+                token,
+                token_epoch,
+            } = &**hello;
             if *version != wire::PROTOCOL_VERSION {
                 let reason = format!(
                     "unsupported protocol version {version} (this node speaks {})",

@@ -64,28 +64,35 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
+/// The first message each way on a connection's control stream ([`Control::Hello`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The stream both sides must be in.
+    pub stream: StreamId,
+    /// What the sender is.
+    pub role: Role,
+    /// The sender relays to others (false for leech-only viewers).
+    pub uploads: bool,
+    /// The sender's upload cap in bits/s, if it has one: the broadcaster sums what its
+    /// viewers declare to tell joiners whether the swarm can afford their catch-up.
+    pub upload_bps: Option<u64>,
+    /// Private streams: the sender's join token (a fixed-size, signed value).
+    pub token: Option<JoinToken>,
+    /// Private streams: the newest token epoch the sender knows. Believed only from
+    /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
+    pub token_epoch: u32,
+}
+
 /// Messages on a connection's control stream (the first bidirectional stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// First message each way. A mismatched version or stream closes the connection.
-    Hello {
-        /// [`PROTOCOL_VERSION`].
-        version: u16,
-        /// The stream both sides must be in.
-        stream: StreamId,
-        /// What the sender is.
-        role: Role,
-        /// The sender relays to others (false for leech-only viewers).
-        uploads: bool,
-        /// The sender's upload cap in bits/s, if it has one: the broadcaster sums what its
-        /// viewers declare to tell joiners whether the swarm can afford their catch-up.
-        upload_bps: Option<u64>,
-        /// Private streams: the sender's join token (a fixed-size, signed value).
-        token: Option<JoinToken>,
-        /// Private streams: the newest token epoch the sender knows. Believed only from
-        /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
-        token_epoch: u32,
-    },
+    /// Boxed: it is sent once per connection, and inline it made every control message
+    /// (and every queued action and simulated event carrying one) four times the size of
+    /// the `Have`s that are nearly all of them. The bytes on the wire are the same.
+    Hello(Box<Hello>),
     /// The sender holds, or is receiving, these parts of segment `number` (verified
     /// piece by piece as they arrive, so they can be relayed at once).
     Have {
@@ -255,7 +262,7 @@ mod tests {
 
     fn samples() -> Vec<Control> {
         vec![
-            Control::Hello {
+            Control::Hello(Box::new(Hello {
                 version: PROTOCOL_VERSION,
                 stream: id(1),
                 role: Role::Viewer,
@@ -263,7 +270,7 @@ mod tests {
                 upload_bps: Some(3_000_000),
                 token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
                 token_epoch: 2,
-            },
+            })),
             Control::Swarm {
                 upload_pct: 130,
                 joining_pct: 100,

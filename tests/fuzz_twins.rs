@@ -17,7 +17,7 @@ use starling::stream::{
     node_id, part_pieces, piece_range, sign_segment, Ticket, MAX_TICKET_ADDRS, PARTS,
 };
 use starling::token::JoinToken;
-use starling::wire::{encode, Control, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
+use starling::wire::{encode, Control, Hello, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
 const TARGETS: [&str; 4] = ["wire_control", "ticket", "segmenter", "token"];
 const FIXTURES: [&str; 4] = ["h264", "hevc", "gop4s", "audio_only"];
@@ -40,7 +40,7 @@ fn wire_seeds() -> Seeds {
     let controls = [
         (
             "hello",
-            Control::Hello {
+            Control::Hello(Box::new(Hello {
                 version: PROTOCOL_VERSION,
                 stream,
                 role: Role::Broadcaster,
@@ -48,11 +48,11 @@ fn wire_seeds() -> Seeds {
                 upload_bps: Some(8_000_000),
                 token: None,
                 token_epoch: 0,
-            },
+            })),
         ),
         (
             "hello-private",
-            Control::Hello {
+            Control::Hello(Box::new(Hello {
                 version: PROTOCOL_VERSION,
                 stream,
                 role: Role::Viewer,
@@ -60,7 +60,7 @@ fn wire_seeds() -> Seeds {
                 upload_bps: None,
                 token: Some(JoinToken::issue(&key, 3, 1_800_000_000)),
                 token_epoch: 3,
-            },
+            })),
         ),
         (
             "have",

@@ -69,7 +69,7 @@ enum Answer {
 /// refused, also checks that no stream (no Have, no pushed segment) ever reached us.
 async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answer {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let hello = Control::Hello {
+    let hello = Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
         stream,
         role: Role::Viewer,
@@ -77,7 +77,7 @@ async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answe
         upload_bps: None,
         token,
         token_epoch: 0,
-    };
+    }));
     let Dialled {
         endpoint,
         conn,

@@ -771,7 +771,7 @@ impl Sim {
             header: None,
         })
         .len() as u64;
-        let hello_bytes = wire::encode(&Control::Hello {
+        let hello_bytes = wire::encode(&Control::Hello(Box::new(wire::Hello {
             version: wire::PROTOCOL_VERSION,
             stream: origin_id,
             role: Role::Viewer,
@@ -779,7 +779,7 @@ impl Sim {
             upload_bps: Some(cfg.viewer_upload_bps),
             token: None,
             token_epoch: 0,
-        })
+        })))
         .len() as u64;
         Sim {
             base: Instant::now(),

@@ -62,7 +62,7 @@ pub fn hello(stream: NodeId) -> Control {
 
 /// A viewer's Hello for `stream` that declares an upload cap.
 pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
-    Control::Hello {
+    Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
         stream,
         role: Role::Viewer,
@@ -70,7 +70,7 @@ pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
         upload_bps,
         token: None,
         token_epoch: 0,
-    }
+    }))
 }
 
 /// Reads one frame of at most `max` bytes (panics on anything unexpected: test code).
@@ -104,7 +104,7 @@ async fn greet_with(
         .await
         .map_err(|e| e.to_string())?;
     match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
-        Some(Control::Hello { .. }) => Ok((send, recv)),
+        Some(Control::Hello(_)) => Ok((send, recv)),
         _ => Err(format!("no hello back: {:?}", conn.close_reason())),
     }
 }
