@@ -452,15 +452,12 @@ impl Slab {
 
 #[derive(Debug)]
 struct Node {
-    id: NodeId,
     addr: SocketAddr,
     /// None once the viewer has left, or while the worker thread runs its calls.
     mesh: Option<Box<Mesh>>,
     /// Still in the swarm (false once it has left).
     present: bool,
     uploads: bool,
-    /// This node's access RTT; the RTT between two nodes is the mean of theirs.
-    access: Ns,
     joined: Ns,
     playable: bool,
     /// Ring of the last [`STORE`] segments held: (number, arrival); `u64::MAX` = empty.
@@ -725,6 +722,11 @@ pub(super) struct Sim {
     live: Vec<u32>,
     /// Each node's links, as a row (see [`LinkRow`]).
     link_rows: Vec<LinkRow>,
+    /// Each node's id and access RTT (the RTT between two nodes is the mean of theirs),
+    /// apart from the nodes: every message sent reads both for its receiver, whose node
+    /// is otherwise a cold line.
+    ids: Vec<NodeId>,
+    access: Vec<Ns>,
     /// Looked up on every message; never iterated, so a hash map keeps runs reproducible.
     conns: PairMap<Conn>,
     next_conn: u64,
@@ -831,6 +833,8 @@ impl Sim {
             nodes: Vec::with_capacity(cfg.peers + 1),
             live: Vec::with_capacity(cfg.peers),
             link_rows: Vec::with_capacity(cfg.peers + 1),
+            ids: Vec::with_capacity(cfg.peers + 1),
+            access: Vec::with_capacity(cfg.peers + 1),
             conns: PairMap::default(),
             next_conn: 0,
             transfers: Slab::default(),
@@ -1346,7 +1350,7 @@ impl Sim {
     }
 
     fn rtt(&self, a: u32, b: u32) -> Ns {
-        let acc = |i: u32| self.nodes.get(i as usize).map_or(0, |n| n.access);
+        let acc = |i: u32| self.access.get(i as usize).copied().unwrap_or(0);
         (acc(a) + acc(b)) / 2
     }
 
@@ -1375,10 +1379,7 @@ impl Sim {
         let mut idx = [0u8; 4];
         idx.copy_from_slice(&id.0[28..]);
         let i = u32::from_be_bytes(idx);
-        self.nodes
-            .get(i as usize)
-            .filter(|n| n.id == *id)
-            .map(|_| i)
+        self.ids.get(i as usize).filter(|x| *x == id).map(|_| i)
     }
 
     fn mesh(&mut self, i: u32) -> Option<&mut Mesh> {
@@ -1400,7 +1401,7 @@ impl Sim {
     }
 
     fn id_of(&self, i: u32) -> NodeId {
-        self.node(i).map_or(NodeId([0; 32]), |n| n.id)
+        self.ids.get(i as usize).copied().unwrap_or(NodeId([0; 32]))
     }
 
     /// Runs a node's pending actions, then makes sure it is ticked at its next timeout.
@@ -1524,18 +1525,18 @@ impl Sim {
         let uploads = i == ORIGIN || bps > 0;
         cfg.uploads = uploads;
         let id = node_id(i);
+        self.ids.push(id);
+        self.access.push(access);
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         rng.set_stream(u64::from(i));
         let mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
         // The limiter works in whole bytes per second and reports the cap back in bits.
         let rate = bps / 8;
         self.nodes.push(Node {
-            id,
             addr: node_addr(i),
             mesh: Some(Box::new(mesh)),
             present: true,
             uploads,
-            access,
             joined: self.now,
             playable: false,
             held: vec![(u64::MAX, 0); STORE as usize],
@@ -1824,12 +1825,13 @@ impl Sim {
             }
         };
         // Every simulated node has a cap, and declares it as net.rs's do.
-        let info = |n: &Node| (n.id, n.addr, n.uploads, Some(n.cap_bps), n.stream_bps);
-        let (Some((ida, addra, upa, capa, bpsa)), Some((idb, addrb, upb, capb, bpsb))) =
+        let info = |n: &Node| (n.addr, n.uploads, Some(n.cap_bps), n.stream_bps);
+        let (Some((addra, upa, capa, bpsa)), Some((addrb, upb, capb, bpsb))) =
             (self.node(a).map(info), self.node(b).map(info))
         else {
             return;
         };
+        let (ida, idb) = (self.id_of(a), self.id_of(b));
         for (me, other) in [(a, b), (b, a)] {
             if let Some(n) = self.node_mut(me) {
                 n.partners.push(other);
