@@ -476,10 +476,9 @@ struct Node {
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
     partners: Vec<u32>,
-    /// Nodes it shares a connection entry with: its partners and those that still list it
-    /// (a close not yet noticed), the same list at both ends. What one node's event may
-    /// touch of another's is within these (see [`Sim::runnable`]).
-    links: Vec<u32>,
+    /// Its links (see [`Sim::links`]) when there are more than a [`LinkRow`] holds;
+    /// empty otherwise.
+    spilled_links: Vec<u32>,
     /// Transfers it receives (asked for, or arriving) and has not finished with.
     downs: Vec<TRef>,
     /// Transfers it sends and has not finished.
@@ -586,13 +585,13 @@ impl Node {
     }
 }
 
-/// Links a [`LinkRow`] holds; a node with more (the origin) is looked up in its list.
+/// Links a [`LinkRow`] holds; a node with more (the origin) keeps them in its node.
 const LINK_ROW: usize = 15;
 
-/// A copy of a node's links in one cache line, in a table of its own: the loop asks
-/// whether two nodes are linked for every event it considers while the worker has jobs,
-/// and the node's own list was a cold line behind a cold pointer each time (a quarter of
-/// the loop's own time at 10,000 peers). The table is 64 bytes a node.
+/// A node's links in one cache line, in a table of their own: the loop asks whether two
+/// nodes are linked for every event it considers while the worker has jobs, and a list in
+/// the node was a cold line behind a cold pointer each time (a quarter of the loop's own
+/// time at 10,000 peers). The table is 64 bytes a node.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct LinkRow {
@@ -604,7 +603,7 @@ struct LinkRow {
 impl LinkRow {
     const SPILLED: u32 = u32::MAX;
 
-    fn of(links: &[u32]) -> LinkRow {
+    fn new(links: &[u32]) -> LinkRow {
         let mut row = LinkRow::default();
         match row.ids.get_mut(..links.len()) {
             Some(ids) => {
@@ -619,6 +618,29 @@ impl LinkRow {
     /// The links, unless there are more than a row holds.
     fn get(&self) -> Option<&[u32]> {
         self.ids.get(..self.len as usize)
+    }
+
+    /// Adds `y`; false (and nothing added) when the row is full or spilled.
+    fn push(&mut self, y: u32) -> bool {
+        match self.ids.get_mut(self.len as usize) {
+            Some(slot) => {
+                *slot = y;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `y` (the row not spilled).
+    fn remove(&mut self, y: u32) {
+        let len = self.len as usize;
+        if let Some(ids) = self.ids.get_mut(..len) {
+            if let Some(k) = ids.iter().position(|&z| z == y) {
+                ids.copy_within(k + 1.., k);
+                self.len -= 1;
+            }
+        }
     }
 }
 
@@ -720,7 +742,7 @@ pub(super) struct Sim {
     nodes: Vec<Node>,
     /// Live viewers, for picking who leaves.
     live: Vec<u32>,
-    /// Each node's links, as a row (see [`LinkRow`]).
+    /// Each node's links (see [`Sim::links`]), as a row unless spilled to the node.
     link_rows: Vec<LinkRow>,
     /// Each node's id and access RTT (the RTT between two nodes is the mean of theirs),
     /// apart from the nodes: every message sent reads both for its receiver, whose node
@@ -1176,11 +1198,51 @@ impl Sim {
 
     /// The same node, or linked.
     fn adjacent(&self, x: u32, y: u32) -> bool {
-        x == y
-            || match self.link_rows.get(x as usize).and_then(LinkRow::get) {
-                Some(links) => links.contains(&y),
-                None => self.node(x).is_some_and(|n| n.links.contains(&y)),
-            }
+        x == y || self.links(x).contains(&y)
+    }
+
+    /// The nodes `x` shares a connection entry with: its partners and those that still
+    /// list it (a close not yet noticed), the same list at both ends. What one node's event
+    /// may touch of another's is within these (see [`Sim::runnable`]).
+    fn links(&self, x: u32) -> &[u32] {
+        match self.link_rows.get(x as usize).and_then(LinkRow::get) {
+            Some(row) => row,
+            None => self.node(x).map_or(&[], |n| &n.spilled_links),
+        }
+    }
+
+    fn link(&mut self, x: u32, y: u32) {
+        let (Some(row), Some(n)) = (
+            self.link_rows.get_mut(x as usize),
+            self.nodes.get_mut(x as usize),
+        ) else {
+            return;
+        };
+        if row.len == LinkRow::SPILLED {
+            n.spilled_links.push(y);
+        } else if !row.push(y) {
+            n.spilled_links.extend_from_slice(&row.ids);
+            n.spilled_links.push(y);
+            row.len = LinkRow::SPILLED;
+        }
+    }
+
+    fn unlink(&mut self, x: u32, y: u32) {
+        let (Some(row), Some(n)) = (
+            self.link_rows.get_mut(x as usize),
+            self.nodes.get_mut(x as usize),
+        ) else {
+            return;
+        };
+        if row.len != LinkRow::SPILLED {
+            row.remove(y);
+            return;
+        }
+        n.spilled_links.retain(|&z| z != y);
+        if n.spilled_links.len() <= LINK_ROW {
+            *row = LinkRow::new(&n.spilled_links);
+            n.spilled_links.clear();
+        }
     }
 
     /// Whether a job in the worker's hands is for node `y` or for one of its links.
@@ -1235,21 +1297,16 @@ impl Sim {
 
     /// Marks node `i` and its links with job `seq`.
     fn mark(&mut self, i: u32, seq: u64) {
-        let links = match self.link_rows.get(i as usize).and_then(LinkRow::get) {
-            Some(row) => row,
-            None => match self.nodes.get(i as usize) {
-                Some(n) => &n.links,
-                None => return,
-            },
-        };
-        if let Some(m) = self.marks.get_mut(i as usize) {
+        let mut marks = std::mem::take(&mut self.marks);
+        if let Some(m) = marks.get_mut(i as usize) {
             m.0 = seq;
         }
-        for &z in links {
-            if let Some(m) = self.marks.get_mut(z as usize) {
+        for &z in self.links(i) {
+            if let Some(m) = marks.get_mut(z as usize) {
                 m.1 = seq;
             }
         }
+        self.marks = marks;
     }
 
     /// Takes in whatever the worker has finished.
@@ -1557,7 +1614,7 @@ impl Sim {
             slots_used: 0,
             next_tick: Ns::MAX,
             partners: Vec::new(),
-            links: Vec::new(),
+            spilled_links: Vec::new(),
             downs: Vec::new(),
             ups: Vec::new(),
             assembling: Vec::new(),
@@ -1835,9 +1892,8 @@ impl Sim {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(n) = self.node_mut(me) {
                 n.partners.push(other);
-                n.links.push(other);
             }
-            self.copy_links(me);
+            self.link(me, other);
         }
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
@@ -1929,22 +1985,11 @@ impl Sim {
         }
     }
 
-    /// Refreshes node `x`'s [`LinkRow`] from its list.
-    fn copy_links(&mut self, x: u32) {
-        let row = self.node(x).map(|n| LinkRow::of(&n.links));
-        if let (Some(row), Some(r)) = (row, self.link_rows.get_mut(x as usize)) {
-            *r = row;
-        }
-    }
-
     fn notice(&mut self, n: u32, peer: u32, conn: u64) {
         if self.conns.get(&pair(n, peer)).is_some_and(|c| c.id == conn) {
             self.conns.remove(&pair(n, peer));
             for (me, other) in [(n, peer), (peer, n)] {
-                if let Some(x) = self.node_mut(me) {
-                    x.links.retain(|z| *z != other);
-                }
-                self.copy_links(me);
+                self.unlink(me, other);
             }
         }
         if !self.alive(n) {
@@ -2850,6 +2895,41 @@ mod tests {
         let now = sim.now;
         sim.node_mut(ORIGIN).unwrap().store(0, now);
         sim
+    }
+
+    #[test]
+    fn links_spill_from_the_row_and_come_back() {
+        let mut sim = Sim::new(&SimConfig {
+            peers: 0,
+            ..SimConfig::default()
+        });
+        sim.spawn_origin();
+        for _ in 0..24 {
+            sim.join();
+        }
+        let sorted = |v: &[u32]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        let mut model: Vec<u32> = Vec::new();
+        // Up past a row's 15 and back down, then up again.
+        let steps = (1..=20)
+            .map(|y| (true, y))
+            .chain((3..=12).map(|y| (false, y)));
+        for (add, y) in steps.chain((3..=8).map(|y| (true, y))) {
+            if add {
+                sim.link(0, y);
+                model.push(y);
+            } else {
+                sim.unlink(0, y);
+                model.retain(|&z| z != y);
+            }
+            assert_eq!(sorted(sim.links(0)), sorted(&model), "after {y}");
+            let spilled = model.len() > LINK_ROW;
+            assert_eq!(sim.node(0).unwrap().spilled_links.is_empty(), !spilled);
+            assert!((1..=24).all(|z| sim.adjacent(0, z) == model.contains(&z)));
+        }
     }
 
     #[test]
