@@ -534,7 +534,9 @@ impl Announced {
 /// one short allocation. Every announcement asks whether its segment is held, and the
 /// `BTreeSet` this was cost a cold node per question (15% of the simulator's mesh calls
 /// at 10,000 peers). Members stay within the window of the newest known segment, and a
-/// verified one is at most a window ahead of it, so a span of two windows holds them all.
+/// verified one is at most a window ahead of it, so a span of two windows holds them all
+/// (up to a window of 32,767 segments, nine hours of 1 s segments; a larger one gets that
+/// span, and what falls out of it counts as not held).
 #[derive(Debug)]
 struct HeldSet {
     /// The newest member ever inserted; None before the first.
