@@ -1211,37 +1211,38 @@ impl Sim {
         }
     }
 
+    /// Node `x`'s row and its spilled list, the two places its links may be.
+    fn link_store(&mut self, x: u32) -> Option<(&mut LinkRow, &mut Vec<u32>)> {
+        let row = self.link_rows.get_mut(x as usize)?;
+        let n = self.nodes.get_mut(x as usize)?;
+        Some((row, &mut n.spilled_links))
+    }
+
     fn link(&mut self, x: u32, y: u32) {
-        let (Some(row), Some(n)) = (
-            self.link_rows.get_mut(x as usize),
-            self.nodes.get_mut(x as usize),
-        ) else {
+        let Some((row, spilled)) = self.link_store(x) else {
             return;
         };
         if row.len == LinkRow::SPILLED {
-            n.spilled_links.push(y);
+            spilled.push(y);
         } else if !row.push(y) {
-            n.spilled_links.extend_from_slice(&row.ids);
-            n.spilled_links.push(y);
+            spilled.extend_from_slice(&row.ids);
+            spilled.push(y);
             row.len = LinkRow::SPILLED;
         }
     }
 
     fn unlink(&mut self, x: u32, y: u32) {
-        let (Some(row), Some(n)) = (
-            self.link_rows.get_mut(x as usize),
-            self.nodes.get_mut(x as usize),
-        ) else {
+        let Some((row, spilled)) = self.link_store(x) else {
             return;
         };
         if row.len != LinkRow::SPILLED {
             row.remove(y);
             return;
         }
-        n.spilled_links.retain(|&z| z != y);
-        if n.spilled_links.len() <= LINK_ROW {
-            *row = LinkRow::new(&n.spilled_links);
-            n.spilled_links.clear();
+        spilled.retain(|&z| z != y);
+        if spilled.len() <= LINK_ROW {
+            *row = LinkRow::new(spilled);
+            spilled.clear();
         }
     }
 
