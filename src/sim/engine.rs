@@ -15,9 +15,7 @@ use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
-use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -482,9 +480,10 @@ struct Node {
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
     partners: Vec<u32>,
-    /// Its links (see [`Sim::links`]) when there are more than a [`LinkRow`] holds;
-    /// empty otherwise.
+    /// Its links (see [`Sim::links`]) when there are more than a [`LinkRow`] holds, and
+    /// each one's connection slot; empty otherwise.
     spilled_links: Vec<u32>,
+    spilled_conns: Vec<u32>,
     /// Transfers it receives (asked for, or arriving) and has not finished with.
     downs: Vec<TRef>,
     /// Transfers it sends and has not finished.
@@ -500,8 +499,10 @@ struct Node {
     seq: u64,
     /// Uploads it started (their order on its FIFO link).
     uploads_started: u64,
-    /// Its draws of the loss model, apart from every other node's.
-    rng: ChaCha8Rng,
+    /// Its draws of the loss model, apart from every other node's. Boxed: its 300-odd
+    /// bytes of block buffer would be most of the node's lines, which the loop prefetches
+    /// for every event, and a run without loss never reads it.
+    rng: Box<ChaCha8Rng>,
 }
 
 impl Node {
@@ -597,26 +598,35 @@ const LINK_ROW: usize = 15;
 /// A node's links in one cache line, in a table of their own: the loop asks whether two
 /// nodes are linked for every event it considers while the worker has jobs, and a list in
 /// the node was a cold line behind a cold pointer each time (a quarter of the loop's own
-/// time at 10,000 peers). The table is 64 bytes a node.
+/// time at 10,000 peers). Its second line holds each link's connection slot: every message
+/// sent and received looks its connection up, and a hash map's probe was two more cold
+/// lines (15% of the loop's own time). The table is 128 bytes a node.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct LinkRow {
     /// How many of `ids` are links; [`LinkRow::SPILLED`] when there are too many.
     len: u32,
     ids: [u32; LINK_ROW],
+    /// `ids[k]`'s connection slot in [`Conns`].
+    conns: [u32; LINK_ROW],
 }
 
 impl LinkRow {
     const SPILLED: u32 = u32::MAX;
 
-    fn new(links: &[u32]) -> LinkRow {
+    /// A row of `links` with connection slots `conns`, or a spilled one if they are too many.
+    fn new(links: &[u32], conns: &[u32]) -> LinkRow {
         let mut row = LinkRow::default();
-        match row.ids.get_mut(..links.len()) {
-            Some(ids) => {
+        match (
+            row.ids.get_mut(..links.len()),
+            row.conns.get_mut(..conns.len()),
+        ) {
+            (Some(ids), Some(slots)) if links.len() == conns.len() => {
                 ids.copy_from_slice(links);
+                slots.copy_from_slice(conns);
                 row.len = links.len() as u32;
             }
-            None => row.len = LinkRow::SPILLED,
+            _ => row.len = LinkRow::SPILLED,
         }
         row
     }
@@ -626,24 +636,38 @@ impl LinkRow {
         self.ids.get(..self.len as usize)
     }
 
-    /// Adds `y`; false (and nothing added) when the row is full or spilled.
-    fn push(&mut self, y: u32) -> bool {
-        match self.ids.get_mut(self.len as usize) {
-            Some(slot) => {
+    /// The connection slot of the link to `y` (None: not linked), unless spilled.
+    fn conn_to(&self, y: u32) -> Option<Option<u32>> {
+        let ids = self.get()?;
+        Some(
+            ids.iter()
+                .position(|&z| z == y)
+                .and_then(|k| self.conns.get(k).copied()),
+        )
+    }
+
+    /// Adds `y` on connection slot `conn`; false (and nothing added) when the row is full
+    /// or spilled.
+    fn push(&mut self, y: u32, conn: u32) -> bool {
+        let k = self.len as usize;
+        match (self.ids.get_mut(k), self.conns.get_mut(k)) {
+            (Some(slot), Some(c)) => {
                 *slot = y;
+                *c = conn;
                 self.len += 1;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// Removes `y` (the row not spilled).
     fn remove(&mut self, y: u32) {
         let len = self.len as usize;
-        if let Some(ids) = self.ids.get_mut(..len) {
+        if let (Some(ids), Some(conns)) = (self.ids.get_mut(..len), self.conns.get_mut(..len)) {
             if let Some(k) = ids.iter().position(|&z| z == y) {
                 ids.copy_within(k + 1.., k);
+                conns.copy_within(k + 1.., k);
                 self.len -= 1;
             }
         }
@@ -679,9 +703,14 @@ impl Assembly {
     }
 }
 
+/// A connection between two nodes.
 #[derive(Debug)]
+#[repr(align(64))]
 struct Conn {
+    /// Its slot (low 32 bits) and the slot's generation: unique over the run.
     id: u64,
+    /// Its two nodes, as [`pair`] orders them.
+    ends: (u32, u32),
     /// Closed by this side, taking effect at this time; the other side has not noticed yet.
     closed: Option<(u32, Ns)>,
     /// When the last control message each way lands (index: sender is the larger id).
@@ -692,29 +721,61 @@ fn pair(a: u32, b: u32) -> (u32, u32) {
     (a.min(b), a.max(b))
 }
 
-/// Hashes a connection's node pair: one multiply instead of SipHash, which was 4% of a
-/// run's instructions. The keys are the simulator's own indices, not anyone's input.
-#[derive(Default)]
-struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        // Fibonacci hashing: the high bits of the product are well mixed.
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(5);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = self.0 << 32 | u64::from(n);
-    }
+/// Connections by slot, reached from the link rows of their ends or, from an event that
+/// names one, by its id; a freed slot's generation moves on so old ids go stale.
+#[derive(Debug, Default)]
+struct Conns {
+    items: Vec<Conn>,
+    free: Vec<u32>,
 }
 
-type PairMap<V> = HashMap<(u32, u32), V, BuildHasherDefault<PairHasher>>;
+impl Conns {
+    /// A new open connection between `a` and `b`: its slot.
+    fn insert(&mut self, a: u32, b: u32) -> u32 {
+        let ends = pair(a, b);
+        if let Some(idx) = self.free.pop() {
+            if let Some(c) = self.items.get_mut(idx as usize) {
+                *c = Conn {
+                    id: c.id,
+                    ends,
+                    closed: None,
+                    ctl_free: [0, 0],
+                };
+                return idx;
+            }
+        }
+        let idx = self.items.len() as u32;
+        self.items.push(Conn {
+            id: u64::from(idx),
+            ends,
+            closed: None,
+            ctl_free: [0, 0],
+        });
+        idx
+    }
+
+    fn get(&self, slot: u32) -> Option<&Conn> {
+        self.items.get(slot as usize)
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.items.get_mut(slot as usize)
+    }
+
+    /// The open connection with id `id`, between `a` and `b`.
+    fn by_id(&self, id: u64, a: u32, b: u32) -> Option<&Conn> {
+        self.get(id as u32)
+            .filter(|c| c.id == id && c.ends == pair(a, b))
+    }
+
+    fn free(&mut self, slot: u32) {
+        if let Some(c) = self.items.get_mut(slot as usize) {
+            c.id = c.id.wrapping_add(1 << 32);
+            c.ends = (NOBODY, NOBODY);
+            self.free.push(slot);
+        }
+    }
+}
 
 fn node_id(i: u32) -> NodeId {
     let mut seed = b"starling-sim-node".to_vec();
@@ -755,9 +816,8 @@ pub(super) struct Sim {
     /// is otherwise a cold line.
     ids: Vec<NodeId>,
     access: Vec<Ns>,
-    /// Looked up on every message; never iterated, so a hash map keeps runs reproducible.
-    conns: PairMap<Conn>,
-    next_conn: u64,
+    /// Looked up on every message, by slot (see [`LinkRow`]).
+    conns: Conns,
     transfers: Slab,
     /// The node whose event is running: events scheduled now are its (see [`Sim::at`]).
     cur: u32,
@@ -863,8 +923,7 @@ impl Sim {
             link_rows: Vec::with_capacity(cfg.peers + 1),
             ids: Vec::with_capacity(cfg.peers + 1),
             access: Vec::with_capacity(cfg.peers + 1),
-            conns: PairMap::default(),
-            next_conn: 0,
+            conns: Conns::default(),
             transfers: Slab::default(),
             cur: COORDINATOR,
             pipe: None,
@@ -1217,39 +1276,72 @@ impl Sim {
         }
     }
 
-    /// Node `x`'s row and its spilled list, the two places its links may be.
-    fn link_store(&mut self, x: u32) -> Option<(&mut LinkRow, &mut Vec<u32>)> {
+    /// Node `x`'s row and its spilled lists, the two places its links may be.
+    fn link_store(&mut self, x: u32) -> Option<(&mut LinkRow, &mut Node)> {
         let row = self.link_rows.get_mut(x as usize)?;
         let n = self.nodes.get_mut(x as usize)?;
-        Some((row, &mut n.spilled_links))
+        Some((row, n))
     }
 
-    fn link(&mut self, x: u32, y: u32) {
-        let Some((row, spilled)) = self.link_store(x) else {
+    /// Links `x` to `y` over connection slot `conn`.
+    fn link(&mut self, x: u32, y: u32, conn: u32) {
+        let Some((row, n)) = self.link_store(x) else {
             return;
         };
         if row.len == LinkRow::SPILLED {
-            spilled.push(y);
-        } else if !row.push(y) {
-            spilled.extend_from_slice(&row.ids);
-            spilled.push(y);
+            n.spilled_links.push(y);
+            n.spilled_conns.push(conn);
+        } else if !row.push(y, conn) {
+            n.spilled_links.extend_from_slice(&row.ids);
+            n.spilled_links.push(y);
+            n.spilled_conns.extend_from_slice(&row.conns);
+            n.spilled_conns.push(conn);
             row.len = LinkRow::SPILLED;
         }
     }
 
     fn unlink(&mut self, x: u32, y: u32) {
-        let Some((row, spilled)) = self.link_store(x) else {
+        let Some((row, n)) = self.link_store(x) else {
             return;
         };
         if row.len != LinkRow::SPILLED {
             row.remove(y);
             return;
         }
-        spilled.retain(|&z| z != y);
-        if spilled.len() <= LINK_ROW {
-            *row = LinkRow::new(spilled);
-            spilled.clear();
+        if let Some(k) = n.spilled_links.iter().position(|&z| z == y) {
+            n.spilled_links.remove(k);
+            if k < n.spilled_conns.len() {
+                n.spilled_conns.remove(k);
+            }
         }
+        if n.spilled_links.len() <= LINK_ROW {
+            *row = LinkRow::new(&n.spilled_links, &n.spilled_conns);
+            n.spilled_links.clear();
+            n.spilled_conns.clear();
+        }
+    }
+
+    /// The slot of the connection between `a` and `b`, found in the row of an end whose
+    /// links fit one.
+    fn conn_slot(&self, a: u32, b: u32) -> Option<u32> {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(found) = self.link_rows.get(x as usize).and_then(|r| r.conn_to(y)) {
+                return found;
+            }
+        }
+        // Both ends spilled.
+        let n = self.node(a)?;
+        let k = n.spilled_links.iter().position(|&z| z == b)?;
+        n.spilled_conns.get(k).copied()
+    }
+
+    /// The connection between `a` and `b`.
+    fn conn(&self, a: u32, b: u32) -> Option<&Conn> {
+        self.conn_slot(a, b).and_then(|k| self.conns.get(k))
+    }
+
+    fn conn_mut(&mut self, a: u32, b: u32) -> Option<&mut Conn> {
+        self.conn_slot(a, b).and_then(|k| self.conns.get_mut(k))
     }
 
     /// Whether a job in the worker's hands is for node `y` or for one of its links.
@@ -1624,6 +1716,7 @@ impl Sim {
             next_tick: Ns::MAX,
             partners: Vec::new(),
             spilled_links: Vec::new(),
+            spilled_conns: Vec::new(),
             downs: Vec::new(),
             ups: Vec::new(),
             assembling: Vec::new(),
@@ -1631,7 +1724,7 @@ impl Sim {
             seeded: SeededParts::default(),
             seq: 0,
             uploads_started: 0,
-            rng,
+            rng: Box::new(rng),
         });
         self.drain(i);
         i
@@ -1712,12 +1805,13 @@ impl Sim {
             self.finish_download(tr, false);
         }
         let detect = self.cfg.leave_detect_ms * NS_PER_MS;
+        let now = self.now;
         for p in partners {
-            let Some(c) = self.conns.get_mut(&pair(x, p)) else {
+            let Some(c) = self.conn_mut(x, p) else {
                 continue;
             };
             if c.closed.is_none() {
-                c.closed = Some((x, self.now));
+                c.closed = Some((x, now));
                 let conn = c.id;
                 self.at(
                     self.now + detect,
@@ -1796,8 +1890,8 @@ impl Sim {
         if !self.alive(to) {
             return false;
         }
-        match self.conns.get(&pair(from, to)) {
-            Some(c) if c.id == conn => match c.closed {
+        match self.conns.by_id(conn, from, to) {
+            Some(c) => match c.closed {
                 None => true,
                 // Like quinn's close: what was sent before closing still lands; nothing after.
                 Some((closer, at)) if closer == from => sent < at,
@@ -1810,8 +1904,7 @@ impl Sim {
 
     /// The connection `from` may send on to `to`: open, or closed by `to` unnoticed.
     fn usable(&self, from: u32, to: u32) -> Option<u64> {
-        self.conns
-            .get(&pair(from, to))
+        self.conn(from, to)
             .filter(|c| c.closed.is_none_or(|(closer, _)| closer != from))
             .map(|c| c.id)
     }
@@ -1854,7 +1947,7 @@ impl Sim {
             self.at(t, Ev::DialFailed { from: a, to: b });
             return;
         }
-        match self.conns.get(&pair(a, b)) {
+        match self.conn(a, b) {
             // Both dialled at once; the other connection already told both meshes.
             Some(c) if c.closed.is_none() => return,
             Some(_) => return self.dial_failed(a, b),
@@ -1871,16 +1964,7 @@ impl Sim {
             // net.rs refuses incoming connections at its cap.
             return self.dial_failed(a, b);
         }
-        let id = self.next_conn;
-        self.next_conn += 1;
-        self.conns.insert(
-            pair(a, b),
-            Conn {
-                id,
-                closed: None,
-                ctl_free: [0, 0],
-            },
-        );
+        let slot = self.conns.insert(a, b);
         self.d.control_bytes += 2 * self.hello_bytes;
         let now = self.instant(self.now);
         let role = |i: u32| {
@@ -1902,7 +1986,7 @@ impl Sim {
             if let Some(n) = self.node_mut(me) {
                 n.partners.push(other);
             }
-            self.link(me, other);
+            self.link(me, other, slot);
         }
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
@@ -1929,7 +2013,7 @@ impl Sim {
     fn disconnect(&mut self, i: u32, peer: NodeId, reason: &str) {
         let Some(j) = self.resolve(&peer) else { return };
         let now = self.now;
-        let Some(c) = self.conns.get_mut(&pair(i, j)) else {
+        let Some(c) = self.conn_mut(i, j) else {
             return;
         };
         if c.closed.is_some() {
@@ -1961,7 +2045,7 @@ impl Sim {
     /// `i`'s close of its connection to `j` takes effect: what ran on it stops at `i`;
     /// `j` notices one latency later.
     fn close_conn(&mut self, i: u32, j: u32, conn: u64) {
-        if self.conns.get(&pair(i, j)).is_none_or(|c| c.id != conn) {
+        if self.conns.by_id(conn, i, j).is_none() {
             return;
         }
         self.end_transfers_on(i, conn);
@@ -1995,8 +2079,8 @@ impl Sim {
     }
 
     fn notice(&mut self, n: u32, peer: u32, conn: u64) {
-        if self.conns.get(&pair(n, peer)).is_some_and(|c| c.id == conn) {
-            self.conns.remove(&pair(n, peer));
+        if self.conns.by_id(conn, n, peer).is_some() {
+            self.conns.free(conn as u32);
             for (me, other) in [(n, peer), (peer, n)] {
                 self.unlink(me, other);
             }
@@ -2043,7 +2127,7 @@ impl Sim {
         let bytes = wire::encoded_len(&msg) as u64;
         self.d.control_bytes += bytes;
         let arrive = self.now + self.flight(i, j, bytes);
-        let Some(c) = self.conns.get_mut(&pair(i, j)) else {
+        let Some(c) = self.conn_mut(i, j) else {
             return;
         };
         // One ordered control stream each way: a delayed message holds back later ones.
@@ -2926,19 +3010,40 @@ mod tests {
         let steps = (1..=20)
             .map(|y| (true, y))
             .chain((3..=12).map(|y| (false, y)));
+        // Links are the same at both ends; each is given a made-up connection slot.
+        let slot = |y: u32| 100 + y;
         for (add, y) in steps.chain((3..=8).map(|y| (true, y))) {
             if add {
-                sim.link(0, y);
+                sim.link(0, y, slot(y));
+                sim.link(y, 0, slot(y));
                 model.push(y);
             } else {
                 sim.unlink(0, y);
+                sim.unlink(y, 0);
                 model.retain(|&z| z != y);
             }
             assert_eq!(sorted(sim.links(0)), sorted(&model), "after {y}");
             let spilled = model.len() > LINK_ROW;
             assert_eq!(sim.node(0).unwrap().spilled_links.is_empty(), !spilled);
-            assert!((1..=24).all(|z| sim.adjacent(0, z) == model.contains(&z)));
+            for z in 1..=24 {
+                let linked = model.contains(&z);
+                assert_eq!(sim.adjacent(0, z), linked);
+                let want = linked.then(|| slot(z));
+                assert_eq!(sim.conn_slot(0, z), want, "0 to {z} after {y}");
+                assert_eq!(sim.conn_slot(z, 0), want, "{z} to 0 after {y}");
+            }
         }
+        // Two spilled nodes find their connection in the spilled lists.
+        for z in 1..=LINK_ROW as u32 + 1 {
+            sim.link(24, z, 200 + z);
+            sim.link(z, 24, 200 + z);
+        }
+        sim.link(0, 24, 999);
+        sim.link(24, 0, 999);
+        assert!(!sim.node(24).unwrap().spilled_links.is_empty());
+        assert_eq!(sim.conn_slot(0, 24), Some(999));
+        assert_eq!(sim.conn_slot(24, 0), Some(999));
+        assert_eq!(sim.conn_slot(24, 2), Some(202));
     }
 
     #[test]
@@ -3325,15 +3430,15 @@ mod tests {
         assert_eq!(sim.usable(b, c), None);
         assert!(sim.usable(c, b).is_some());
         sim.run_until(t0 + FULL_SET_CLOSE_DELAY - 1);
-        assert!(sim.conns.contains_key(&pair(b, c)));
+        assert!(sim.conn(b, c).is_some());
         assert!(sim.node(c).unwrap().partners.contains(&b));
         sim.run_until(t0 + FULL_SET_CLOSE_DELAY + sim.one_way(b, c));
-        assert!(!sim.conns.contains_key(&pair(b, c)));
+        assert!(sim.conn(b, c).is_none());
         assert!(!sim.node(c).unwrap().partners.contains(&b));
         // Any other reason closes at once.
         let t1 = sim.now;
         sim.disconnect(ORIGIN, sim.id_of(c), "refused");
         sim.run_until(t1 + sim.one_way(ORIGIN, c));
-        assert!(!sim.conns.contains_key(&pair(ORIGIN, c)));
+        assert!(sim.conn(ORIGIN, c).is_none());
     }
 }
