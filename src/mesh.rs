@@ -59,6 +59,7 @@ use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_ME
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -408,6 +409,7 @@ struct PartState {
 /// a part's own state only where a bit is set. A segment's parts span 13 cache lines,
 /// and reading each part's fields was most of those scans' time at 10,000 peers.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct SegState {
     /// When this node first learned the segment exists.
     first_heard: Option<Instant>,
@@ -420,9 +422,9 @@ struct SegState {
     /// Parts whose `receiving_since` is set.
     arriving: u32,
     missed: bool,
-    parts: [PartState; PARTS],
     /// Peers that failed us for this segment (not asked again for it).
     failed: Vec<NodeId>,
+    parts: [PartState; PARTS],
 }
 
 impl SegState {
@@ -494,6 +496,8 @@ fn bit(part: usize) -> u32 {
 
 /// Partners whose entries [`Mesh::prefetch`] asks for: a viewer's most.
 const MAX_PREFETCH_PEERS: usize = 16;
+/// Segments whose key and header [`Mesh::prefetch`] asks for: those in play, about.
+const MAX_PREFETCH_SEGS: usize = 4;
 
 /// Segments a partner's [`Announced`] covers, ending at the newest it announced: the
 /// segments in play at once fit many times.
@@ -756,6 +760,11 @@ pub struct Mesh {
     part_offset: usize,
     stats: MeshStats,
     scratch: Scratch,
+    /// Where `segs`' first key and first value were at the last [`Mesh::poll_timeout`]:
+    /// addresses for [`Mesh::prefetch`] only, never read through (a stale one costs a
+    /// wasted hint). Every event looks a segment up, and the search's first read of the
+    /// map's keys was most of the lookup's time.
+    seg_hint: Cell<(usize, usize)>,
 }
 
 /// [`Mesh::schedule`]'s work lists, kept between calls.
@@ -788,6 +797,15 @@ impl Mesh {
         prefetch(self.scratch.candidates.as_ptr(), 64);
         prefetch(self.scratch.suppliers.as_ptr(), 64);
         prefetch(self.scratch.order.as_ptr(), 64);
+        let (keys, vals) = self.seg_hint.get();
+        if keys != 0 {
+            // The key array, with the node's length just before it.
+            prefetch((keys - 16) as *const u8, 16 + 8 * MAX_PREFETCH_SEGS);
+            // The headers (the masks) of the first few segments.
+            for k in 0..MAX_PREFETCH_SEGS {
+                prefetch((vals + k * size_of::<SegState>()) as *const u8, 64);
+            }
+        }
     }
 
     /// A node with id `me`; `seed` makes every random choice reproducible.
@@ -825,6 +843,7 @@ impl Mesh {
             overflow: VecDeque::new(),
             stats: MeshStats::default(),
             scratch: Scratch::default(),
+            seg_hint: Cell::new((0, 0)),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
         mesh.maintain(now);
@@ -838,6 +857,10 @@ impl Mesh {
 
     /// When [`Mesh::handle_tick`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
+        self.seg_hint
+            .set(self.segs.first_key_value().map_or((0, 0), |(k, v)| {
+                (k as *const u64 as usize, v as *const SegState as usize)
+            }));
         let mut t = self.next_maintenance;
         let header_timeout = self.header_timeout();
         // Parts a request could go out for once a partner's `Busy` backoff ends: neither
