@@ -407,7 +407,7 @@ struct PartState {
 /// A segment tracked and not yet held. Its parts' flags are also kept as masks next to
 /// the header: the scans after every event (`schedule`, `poll_timeout`) read those, and
 /// a part's own state only where a bit is set. A segment's parts span 13 cache lines,
-/// and reading each part's fields was most of those scans' time at 10,000 peers.
+/// and the two loads that read each part's state were a fifth of `schedule` at 10,000 peers.
 #[derive(Debug, Default)]
 #[repr(C)]
 struct SegState {

@@ -600,7 +600,7 @@ const LINK_ROW: usize = 15;
 /// the node was a cold line behind a cold pointer each time (a quarter of the loop's own
 /// time at 10,000 peers). Its second line holds each link's connection slot: every message
 /// sent and received looks its connection up, and a hash map's probe was two more cold
-/// lines (15% of the loop's own time). The table is 128 bytes a node.
+/// lines (14% of `run_until`, 47% of `act`). The table is 128 bytes a node.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct LinkRow {

@@ -165,6 +165,15 @@
 //! links from a one-line row of a table of their own, and a control message is 32 bytes
 //! (the rare `Hello` boxed), so the actions and events that carry one are too. The
 //! 10,000-peer run went from 83 to 74 s (BENCHMARKS.md, nineteenth session).
+//!
+//! Then: the loop and the worker pass jobs over two bounded single-producer rings, not
+//! std channels. A connection is a slab slot, reached from an event by its id and from a
+//! node pair through the link rows, with no hash probe. A tracked segment keeps masks of
+//! its parts, so the mesh's scans skip the parts with nothing set, and the worker
+//! prefetches the segment map's keys too. The bench binary allocates with mimalloc, which
+//! stopped glibc's trim-and-refault cycle and puts the heap on huge pages. The run went
+//! from 71–76 s to 56–61 s on the same machine in the same hour (BENCHMARKS.md, twentieth
+//! session).
 
 mod engine;
 mod link;
