@@ -170,10 +170,10 @@
 //! std channels. A connection is a slab slot, reached from an event by its id and from a
 //! node pair through the link rows, with no hash probe. A tracked segment keeps masks of
 //! its parts, so the mesh's scans skip the parts with nothing set, and the worker
-//! prefetches the segment map's keys too. The bench binary allocates with mimalloc, which
-//! stopped glibc's trim-and-refault cycle and puts the heap on huge pages. The run went
-//! from 71–76 s to 56–61 s on the same machine in the same hour (BENCHMARKS.md, twentieth
-//! session).
+//! prefetches the segment map's keys too. The event queue sorts each bucket once instead
+//! of popping a heap of it. The bench binary allocates with mimalloc, which stopped glibc's
+//! trim-and-refault cycle and puts the heap on huge pages. The run went from 69 s to
+//! 51–53 s on the same machine in the same hour (BENCHMARKS.md, twentieth session).
 
 mod engine;
 mod link;
