@@ -732,25 +732,20 @@ struct Conns {
 impl Conns {
     /// A new open connection between `a` and `b`: its slot.
     fn insert(&mut self, a: u32, b: u32) -> u32 {
-        let ends = pair(a, b);
+        let open = |id| Conn {
+            id,
+            ends: pair(a, b),
+            closed: None,
+            ctl_free: [0, 0],
+        };
         if let Some(idx) = self.free.pop() {
             if let Some(c) = self.items.get_mut(idx as usize) {
-                *c = Conn {
-                    id: c.id,
-                    ends,
-                    closed: None,
-                    ctl_free: [0, 0],
-                };
+                *c = open(c.id);
                 return idx;
             }
         }
         let idx = self.items.len() as u32;
-        self.items.push(Conn {
-            id: u64::from(idx),
-            ends,
-            closed: None,
-            ctl_free: [0, 0],
-        });
+        self.items.push(open(u64::from(idx)));
         idx
     }
 

@@ -92,12 +92,15 @@ impl EventQueue {
             if self.current.is_empty() && self.late.is_empty() {
                 self.advance();
             }
-            let late = self.late.peek().map(|r| r.0);
-            let next = match (self.current.last(), late) {
-                (Some(c), Some(l)) if l < *c => self.late.pop().map(|r| r.0),
-                (Some(_), _) => self.current.pop(),
-                (None, Some(_)) => self.late.pop().map(|r| r.0),
-                (None, None) => None,
+            let from_late = match (self.current.last(), self.late.peek()) {
+                (Some(c), Some(l)) => l.0 < *c,
+                (None, late) => late.is_some(),
+                (Some(_), None) => false,
+            };
+            let next = if from_late {
+                self.late.pop().map(|r| r.0)
+            } else {
+                self.current.pop()
             };
             match next {
                 Some(e) => self.ahead.push_back(e),
