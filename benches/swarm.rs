@@ -44,6 +44,8 @@ use tokio::task::JoinHandle;
 #[path = "../tests/common/payload.rs"]
 mod payload;
 use payload::payload;
+#[path = "../tests/common/usage.rs"]
+mod usage;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -308,7 +310,7 @@ fn report(
         .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
         .collect();
     joins.sort_by(|x, y| x.total_cmp(y));
-    let (cpu_s, peak_rss_mb) = starling::sim::process_usage();
+    let (cpu_s, peak_rss_mb) = usage::process_usage();
     json!({
         "viewers": a.viewers,
         "seconds": a.seconds,

@@ -16,7 +16,6 @@
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
 //! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
-//! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
 //! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
@@ -29,8 +28,7 @@
 //! - [`broadcaster`] — source → signed segments → seeding node, ticket, `/stats`.
 //! - [`viewer`] — ticket → mesh node → local HLS, status line.
 //! - [`cli`] — logging, signals and defaults both programs share.
-// Denied, not forbidden: `prefetch` holds the one exception, a cache hint.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod broadcaster;
 pub mod cli;
@@ -38,9 +36,7 @@ pub mod http;
 pub mod mesh;
 pub mod net;
 pub mod playlist;
-mod prefetch;
 pub mod rate;
-pub mod sim;
 pub mod source;
 pub mod store;
 pub mod stream;

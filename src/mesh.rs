@@ -59,7 +59,6 @@ use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_ME
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -99,10 +98,8 @@ pub const JOINING_WINDOW: Duration = Duration::from_secs(10);
 /// viewers' catch-up anyway.
 const MIN_DECLARED: usize = 8;
 /// Longest the swarm's spare upload may need to serve the joiners' catch-up, in segment
-/// durations, for a joiner to catch up at all ([`Mesh::catch_up`]). A crowd joining a
-/// running stream at once needs 5.6 of them at 1.54× the bitrate, and continuity held
-/// there; at 1.3× it needs 10, and latency p99 reached 2.0 s with 1 s segments
-/// (BENCHMARKS.md, eleventh session).
+/// durations, for a joiner to catch up at all ([`Mesh::catch_up`]); beyond it a crowd's
+/// catch-up would push everyone's latency up (BENCHMARKS.md).
 const CATCH_UP_ABSORB_SEGMENTS: u64 = 8;
 
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
@@ -154,12 +151,8 @@ impl MeshConfig {
             role: Role::Viewer,
             origin,
             target_partners: 6,
-            // Room above the target for newcomers. In a crowd, the first viewers fill up with
-            // each other, and with 10 the last joiners found them full and partnered only
-            // with fellow newcomers, where the one upload slot of each was a lottery some
-            // lost for seconds (all of the 10,000-peer simulator's late pairs were such
-            // viewers). 11 cut those 740 late pairs to 416; 12 to 279, but with 32 ms more
-            // latency p99 (BENCHMARKS.md, eighth session).
+            // Room above the target for newcomers, so the last joiners of a crowd still
+            // find established partners instead of only fellow newcomers.
             max_partners: 11,
             max_inflight_per_partner: 2,
             max_inflight_total: 6,
@@ -266,12 +259,8 @@ pub struct MeshStats {
     pub newest: Option<u64>,
 }
 
-/// A partner. Laid out for the scans over all partners (scheduling, wake-ups,
-/// announcements), which read the first two cache lines alone: the announcements, then
-/// the load and the flags; the third holds what only maintenance reads. Aligned to a
-/// line, so a dozen partners are 24 lines to fetch, not the 36 of all three.
+/// A partner: what it announced, how it answers, and when it is next told things.
 #[derive(Debug)]
-#[repr(C, align(64))]
 struct Peer {
     /// Parts (bit masks) of the segments it announced.
     have: Announced,
@@ -287,29 +276,18 @@ struct Peer {
     /// Broadcaster: a seed pushed to it went unacknowledged, so it may have vanished; it
     /// is not seeded again until it is heard from.
     seed_suspect: bool,
-    // Third line.
     addr: SocketAddr,
     next_pex: Instant,
     next_buffer_map: Instant,
 }
 
-/// Cache lines of a [`Peer`] that the scans read (see there).
-const PEER_HOT_BYTES: usize = 128;
-const _: () = assert!(std::mem::offset_of!(Peer, seed_suspect) < PEER_HOT_BYTES);
-const _: () = assert!(std::mem::size_of::<Peer>() == 192);
-
-/// The connected peers in id order: their ids and their entries in two vectors, found by
-/// bisection. A node has a dozen partners, and nearly every input scans all of them
-/// (scheduling, wake-ups, announcements): contiguous entries are read in a few streamed
-/// cache lines where a `BTreeMap`'s nodes were pointer hops, and a lookup reads only the
-/// ids. The broadcaster's thousands of partners make its inserts a move of the tail,
-/// which is rare next to the scans (once per partner joining).
+/// The connected peers in id order, ids and entries in two vectors found by bisection:
+/// nearly every input scans all partners, and contiguous entries scan fastest.
 #[derive(Debug, Default)]
 struct PeerMap {
     ids: Vec<NodeId>,
-    /// Each id's first eight bytes, big-endian: in the ids' order, and searched instead of
-    /// them (a dozen fit two cache lines; ids are keys or hashes, so prefixes all but never
-    /// repeat).
+    /// Each id's first eight bytes, big-endian, in the ids' order: searched first, since
+    /// ids are keys or hashes and prefixes all but never repeat.
     prefixes: Vec<u64>,
     entries: Vec<Peer>,
 }
@@ -404,12 +382,9 @@ struct PartState {
     inflight: Option<Inflight>,
 }
 
-/// A segment tracked and not yet held. Its parts' flags are also kept as masks next to
-/// the header: the scans after every event (`schedule`, `poll_timeout`) read those, and
-/// a part's own state only where a bit is set. A segment's parts span 13 cache lines,
-/// and the two loads that read each part's state were a fifth of `schedule` at 10,000 peers.
+/// A segment tracked and not yet held. Its parts' flags are also kept as masks, so the
+/// scans after every event read a part's own state only where a bit is set.
 #[derive(Debug, Default)]
-#[repr(C)]
 struct SegState {
     /// When this node first learned the segment exists.
     first_heard: Option<Instant>,
@@ -494,11 +469,6 @@ fn bit(part: usize) -> u32 {
     1 << part
 }
 
-/// Partners whose entries [`Mesh::prefetch`] asks for: a viewer's most.
-const MAX_PREFETCH_PEERS: usize = 16;
-/// Segments whose key and header [`Mesh::prefetch`] asks for: those in play, about.
-const MAX_PREFETCH_SEGS: usize = 4;
-
 /// Segments a partner's [`Announced`] covers, ending at the newest it announced: the
 /// segments in play at once fit many times.
 const ANNOUNCED: usize = 64;
@@ -508,12 +478,8 @@ const _: () = assert!(PARTS <= 8);
 
 /// What a partner announced: a mask of parts for each of the [`ANNOUNCED`] segments up
 /// to the newest it announced, as a ring of bytes (slot `number % ANNOUNCED`), kept
-/// inline. The scheduler reads it for every partner and every segment in play, so it is
-/// one cache line: at 10,000 simulated nodes a map per partner (a pointer to chase, a
-/// cache miss each) was most of the scheduler's time, and a ring of (number, mask) pairs
-/// twelve lines.
+/// inline because the scheduler reads it for every partner and segment in play.
 #[derive(Debug, Clone)]
-#[repr(C)]
 struct Announced {
     masks: [u8; ANNOUNCED],
     newest: Option<u64>,
@@ -681,17 +647,6 @@ impl HeldSet {
     }
 }
 
-/// What [`Mesh::learn`] found in an announcement.
-struct Learned {
-    /// A part neither held nor asked for has a supplier now (or the join point or the
-    /// live edge moved): worth scheduling.
-    news: bool,
-    /// Anything [`Mesh::poll_timeout`] reads may have moved it earlier. Announcing parts
-    /// only adds to a partner's map, which matters to the timeout only through parts not
-    /// yet asked for, which is `news`.
-    moved: bool,
-}
-
 #[derive(Debug)]
 struct Known {
     addr: SocketAddr,
@@ -760,11 +715,6 @@ pub struct Mesh {
     part_offset: usize,
     stats: MeshStats,
     scratch: Scratch,
-    /// Where `segs`' first key and first value were at the last [`Mesh::poll_timeout`]:
-    /// addresses for [`Mesh::prefetch`] only, never read through (a stale one costs a
-    /// wasted hint). Every event looks a segment up, and the search's first read of the
-    /// map's keys was most of the lookup's time.
-    seg_hint: Cell<(usize, usize)>,
 }
 
 /// [`Mesh::schedule`]'s work lists, kept between calls.
@@ -779,35 +729,6 @@ struct Scratch {
 }
 
 impl Mesh {
-    /// Asks the cache for what the next call on this mesh reads first: the partner list
-    /// and its entries, the action queue, the scheduler's work lists.
-    pub(crate) fn prefetch(&self) {
-        use crate::prefetch::prefetch;
-        use std::mem::size_of;
-        // A viewer's dozen partners; not the broadcaster's thousands.
-        let p = &self.peers;
-        let n = p.entries.len().min(MAX_PREFETCH_PEERS);
-        prefetch(p.ids.as_ptr(), n * size_of::<NodeId>());
-        prefetch(p.prefixes.as_ptr(), n * size_of::<u64>());
-        for e in p.entries.iter().take(n) {
-            prefetch(e, PEER_HOT_BYTES);
-        }
-        prefetch(self.actions.as_slices().0.as_ptr(), 64);
-        prefetch(self.held.words.as_ptr(), self.held.words.len() * 8);
-        prefetch(self.scratch.candidates.as_ptr(), 64);
-        prefetch(self.scratch.suppliers.as_ptr(), 64);
-        prefetch(self.scratch.order.as_ptr(), 64);
-        let (keys, vals) = self.seg_hint.get();
-        if keys != 0 {
-            // The key array, with the node's length just before it.
-            prefetch((keys - 16) as *const u8, 16 + 8 * MAX_PREFETCH_SEGS);
-            // The headers (the masks) of the first few segments.
-            for k in 0..MAX_PREFETCH_SEGS {
-                prefetch((vals + k * size_of::<SegState>()) as *const u8, 64);
-            }
-        }
-    }
-
     /// A node with id `me`; `seed` makes every random choice reproducible.
     pub fn new(cfg: MeshConfig, me: NodeId, seed: u64, now: Instant) -> Mesh {
         let held = HeldSet::new(cfg.window);
@@ -843,7 +764,6 @@ impl Mesh {
             overflow: VecDeque::new(),
             stats: MeshStats::default(),
             scratch: Scratch::default(),
-            seg_hint: Cell::new((0, 0)),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
         mesh.maintain(now);
@@ -857,10 +777,6 @@ impl Mesh {
 
     /// When [`Mesh::handle_tick`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        self.seg_hint
-            .set(self.segs.first_key_value().map_or((0, 0), |(k, v)| {
-                (k as *const u64 as usize, v as *const SegState as usize)
-            }));
         let mut t = self.next_maintenance;
         let header_timeout = self.header_timeout();
         // Parts a request could go out for once a partner's `Busy` backoff ends: neither
@@ -1199,27 +1115,22 @@ impl Mesh {
     }
 
     /// A control message from a connected peer (after [`Control::validate`]).
-    ///
-    /// Returns false when the message queued no action and cannot have brought
-    /// [`Mesh::poll_timeout`] earlier: a partner announcing parts already held or asked
-    /// for, the commonest message of all. The driver may then skip draining and polling,
-    /// since the wake-up it holds is still due no later than the new one.
-    pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) -> bool {
+    pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
         self.last_now = self.last_now.max(now);
         let Some(p) = self.peers.get_mut(&from) else {
-            return true;
+            return;
         };
         // It is alive after all.
         p.seed_suspect = false;
         match msg {
             Control::Hello(_) => {
                 self.misbehaved(now, from, "second hello");
-                return true;
+                return;
             }
             Control::Have { number, parts } => {
-                let learned = self.learn(now, from, &[(number, parts)]);
-                if !learned.news {
-                    return learned.moved;
+                // Parts already held or asked for change nothing worth scheduling.
+                if !self.learn(now, from, &[(number, parts)]) {
+                    return;
                 }
             }
             Control::BufferMap { first, bits } => {
@@ -1228,8 +1139,8 @@ impl Mesh {
                     .filter_map(|i| first.checked_add(i as u64))
                     .map(|n| (n, ALL_PARTS))
                     .collect();
-                if !self.learn(now, from, &numbers).news {
-                    return true;
+                if !self.learn(now, from, &numbers) {
+                    return;
                 }
             }
             Control::Peers { peers } => {
@@ -1247,7 +1158,7 @@ impl Mesh {
                 if self.is_origin(&from) {
                     self.swarm = Some((upload_pct, joining_pct.min(100)));
                 }
-                return true;
+                return;
             }
             Control::End { last } => {
                 if self.is_origin(&from) {
@@ -1262,18 +1173,14 @@ impl Mesh {
             }
         }
         self.schedule(now);
-        true
     }
 
     /// Records which parts of which segments `from` holds; only the origin (or verified
-    /// data) moves our notion of newest. See [`Learned`] for what it tells the caller.
-    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) -> Learned {
+    /// data) moves our notion of newest. True when it is worth scheduling: a part neither
+    /// held nor asked for has a supplier now, or the join point or the live edge moved.
+    fn learn(&mut self, now: Instant, from: NodeId, announced: &[(u64, u32)]) -> bool {
         let from_origin = self.is_origin(&from);
         let mut news = false;
-        // A segment newly heard of brings its deadlines into `poll_timeout`; so do the
-        // segments a lowered settled mark or a prune let it look at again or release.
-        let settled_before = self.settled_below;
-        let mut heard = false;
         if self.cfg.role == Role::Viewer
             && !from_origin
             && (self.start_from_partners
@@ -1352,14 +1259,14 @@ impl Mesh {
         }
         let lo = self.floor().saturating_sub(below);
         let Some(peer) = self.peers.get_mut(&from) else {
-            return Learned { news, moved: true };
+            return news;
         };
         let uploads = peer.uploads;
         for (n, parts) in learned().filter(|(n, _)| *n >= lo) {
             peer.have.add(n, parts);
         }
         if self.cfg.role == Role::Broadcaster {
-            return Learned { news, moved: true };
+            return news;
         }
         // With the origin connected, a partner's claim does not start a deadline for a
         // segment the origin has not announced: a liar announcing the future would make it
@@ -1370,7 +1277,6 @@ impl Mesh {
         for (n, _) in learned() {
             if n >= lo && self.want_from.is_some_and(|w| n >= w) && exists(n) {
                 if let Some(s) = self.track(n) {
-                    heard |= s.first_heard.is_none();
                     s.first_heard.get_or_insert(now);
                 }
             }
@@ -1385,16 +1291,11 @@ impl Mesh {
                 }
             }
         }
-        let pruned = self.prune();
+        self.prune();
         // A part we neither hold nor have asked for now has a supplier.
-        let news = news
-            || (uploads
-                && learned()
-                    .any(|(n, parts)| self.segs.get(&n).is_some_and(|s| s.unasked() & parts != 0)));
-        Learned {
-            news,
-            moved: news || heard || pruned || self.settled_below < settled_before,
-        }
+        news || (uploads
+            && learned()
+                .any(|(n, parts)| self.segs.get(&n).is_some_and(|s| s.unasked() & parts != 0)))
     }
 
     fn advance_newest(&mut self, n: u64) {
@@ -2187,8 +2088,7 @@ impl Mesh {
         if candidates.is_empty() {
             return;
         }
-        // Partners holding or receiving each wanted part, in one walk of the partners (a
-        // partner's announcements of neighbouring segments share its cache lines).
+        // Partners holding or receiving each wanted part, in one walk of the partners.
         let suppliers = &mut scratch.suppliers;
         suppliers.clear();
         suppliers.resize(candidates.len(), [0; PARTS]);
@@ -2629,28 +2529,27 @@ mod tests {
         let t0 = Instant::now();
         let mut v = viewer_with_partners(t0, &[20, 30]);
         let have = |number, parts| Control::Have { number, parts };
-        // 20 holds all of segment 9: news, and parts are asked of it.
-        assert!(v.handle_control(t0, id(20), have(9, ALL_PARTS)));
+        // 20 holds all of segment 9: parts are asked of it.
+        v.handle_control(t0, id(20), have(9, ALL_PARTS));
         let asked = parts_asked(&drain(&mut v));
         assert!(!asked.is_empty());
         let wake = v.poll_timeout();
         // 30 announcing the parts already asked for queues nothing and brings no wake-up
-        // earlier: the driver may skip polling.
+        // earlier.
         let mask = asked
             .iter()
             .fold(0, |m, &(_, _, j)| m | bit(usize::from(j)));
         let t1 = t0 + Duration::from_millis(10);
-        assert!(!v.handle_control(t1, id(30), have(9, mask)));
+        v.handle_control(t1, id(30), have(9, mask));
         assert!(drain(&mut v).is_empty());
         assert!(v.poll_timeout() >= wake);
         // Nor does a partner's claim of a segment the origin has not announced.
-        assert!(!v.handle_control(t1, id(30), have(10, ALL_PARTS)));
-        // The origin announcing it does: it starts the segment's deadlines.
-        assert!(v.handle_control(t1, id(ORIGIN), have(10, ALL_PARTS)));
-        // So does a part not yet asked for, if the cap left one.
-        if mask != ALL_PARTS {
-            assert!(v.handle_control(t1, id(30), have(9, ALL_PARTS & !mask)));
-        }
+        v.handle_control(t1, id(30), have(10, ALL_PARTS));
+        assert!(parts_asked(&drain(&mut v)).is_empty());
+        assert!(v.poll_timeout() >= wake);
+        // The origin announcing it does: its parts are asked for.
+        v.handle_control(t1, id(ORIGIN), have(10, ALL_PARTS));
+        assert!(parts_asked(&drain(&mut v)).iter().any(|&(_, n, _)| n == 10));
     }
 
     #[test]

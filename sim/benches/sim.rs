@@ -1,8 +1,10 @@
 //! The swarm simulator as a benchmark: many viewers running the real mesh in virtual time.
-//! Run: `cargo bench --bench sim -- --peers 1000 --seconds 60` (flags: see `starling::sim`).
+//! Run: `cargo bench -p starling-sim --bench sim -- --peers 1000 --seconds 60` (flags: see `starling_sim`).
 //! Prints a human summary on stderr and one JSON object as the last line of stdout.
 
-use starling::sim::{self, SimConfig, SimReport};
+use starling_sim::{self as sim, SimConfig, SimReport};
+#[path = "../../tests/common/usage.rs"]
+mod usage;
 use std::time::Instant;
 
 /// The simulator allocates and frees per-segment state in every mesh all the time, over
@@ -28,7 +30,7 @@ fn main() {
     let wall = Instant::now();
     let mut report = sim::run(&config);
     let wall = wall.elapsed();
-    let (cpu, rss) = starling::sim::process_usage();
+    let (cpu, rss) = usage::process_usage();
     report.cpu_s = cpu;
     report.peak_rss_mb = rss;
     summary(&config, &report, wall.as_secs_f64());

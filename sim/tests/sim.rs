@@ -1,7 +1,7 @@
 //! The simulator drives the real mesh: deterministic for a seed, able to succeed when
 //! capacity is ample and to fail when it is not.
 
-use starling::sim::{self, SimConfig};
+use starling_sim::{self as sim, SimConfig};
 
 fn small(peers: usize, seconds: f64) -> SimConfig {
     SimConfig {

@@ -8,13 +8,13 @@ use super::queue::EventQueue;
 use super::{
     JoinMs, LatencyMs, LinkModel, SimConfig, SimDetails, SimReport, ORIGIN_CONNECTION_HEADROOM,
 };
-use crate::mesh::{Action, Mesh, MeshConfig};
-use crate::rate::{serving_slots, SeededParts};
-use crate::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
-use crate::wire::{self, Control, Reply, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
+use starling::mesh::{Action, Mesh, MeshConfig};
+use starling::rate::{serving_slots, SeededParts};
+use starling::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
+use starling::wire::{self, Control, Reply, Role};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -41,8 +41,8 @@ const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
 /// The mesh's reason for turning a newcomer away.
 const FULL_SET: &str = "partner set full";
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
-const ORIGIN_MAX_CONNECTIONS: usize = crate::broadcaster::MAX_CONNECTIONS;
-const VIEWER_MAX_CONNECTIONS: usize = crate::viewer::MAX_CONNECTIONS;
+const ORIGIN_MAX_CONNECTIONS: usize = starling::broadcaster::MAX_CONNECTIONS;
+const VIEWER_MAX_CONNECTIONS: usize = starling::viewer::MAX_CONNECTIONS;
 /// Payload per packet, for the loss model.
 const PACKET_BYTES: u64 = 1200;
 /// Size of a stop/reset frame, for the loss model.
@@ -90,11 +90,10 @@ enum Call {
 }
 
 impl Call {
-    /// Makes the calls; false when they queued nothing and left the mesh's next timeout
-    /// no earlier (see [`Mesh::handle_control`]), so it need not be asked again.
-    fn apply(self, m: &mut Mesh) -> bool {
+    /// Makes the calls.
+    fn apply(self, m: &mut Mesh) {
         match self {
-            Call::Control(now, from, msg) => return m.handle_control(now, from, msg),
+            Call::Control(now, from, msg) => m.handle_control(now, from, msg),
             Call::Tick(now) => m.handle_tick(now),
             Call::DialFailed(now, peer) => m.handle_dial_failed(now, peer),
             Call::Disconnected(now, peer) => m.handle_disconnected(now, peer),
@@ -115,7 +114,6 @@ impl Call {
                 }
             }
         }
-        true
     }
 }
 
@@ -129,14 +127,13 @@ struct Job {
     actions: Vec<Action>,
 }
 
-/// The worker's answer: the mesh back, its actions and its next timeout (None when the
-/// calls left it no earlier).
+/// The worker's answer: the mesh back, its actions and its next timeout.
 #[derive(Debug)]
 struct Done {
     node: u32,
     mesh: Box<Mesh>,
     actions: Vec<Action>,
-    wake: Option<Instant>,
+    wake: Instant,
 }
 
 /// A job in the worker's hands, in the order handed over.
@@ -187,17 +184,11 @@ fn worker(mut jobs: Consumer<Job>, mut done: Producer<Done>) {
             call,
             mut actions,
         } = job;
-        let moved = call.apply(&mut mesh);
-        // By now the next mesh's own fields are here, and point at the rest.
-        if let Some(n) = &next {
-            n.mesh.prefetch();
+        call.apply(&mut mesh);
+        while let Some(a) = mesh.poll_action() {
+            actions.push(a);
         }
-        let wake = moved.then(|| {
-            while let Some(a) = mesh.poll_action() {
-                actions.push(a);
-            }
-            mesh.poll_timeout()
-        });
+        let wake = mesh.poll_timeout();
         let answer = Done {
             node,
             mesh,
@@ -867,12 +858,12 @@ impl Sim {
         let seg_ns = cfg.segment_ms * NS_PER_MS;
         let segments = (cfg.seconds * 1000.0 / cfg.segment_ms as f64).floor() as u64;
         let seg_bytes = cfg.segment_bytes();
-        let piece_bytes = u64::from(crate::stream::piece_size_for(seg_bytes as u32)).max(1);
+        let piece_bytes = u64::from(starling::stream::piece_size_for(seg_bytes as u32)).max(1);
         let origin_id = node_id(ORIGIN);
         // Size a real signed header once: every reply carries one.
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let body = vec![0u8; seg_bytes as usize];
-        let reply_header_bytes = crate::stream::sign_segment(
+        let reply_header_bytes = starling::stream::sign_segment(
             &key,
             segments,
             cfg.segment_ms as u32,
@@ -1037,8 +1028,7 @@ impl Sim {
                         prefetch(row, size_of::<LinkRow>());
                     }
                 }
-                (1, Some(m)) => prefetch(&**m, size_of::<Mesh>()),
-                (0, Some(m)) => m.prefetch(),
+                (0 | 1, Some(m)) => prefetch(&**m, size_of::<Mesh>()),
                 _ => {}
             }
         }
@@ -1386,9 +1376,10 @@ impl Sim {
                 }
             }
         }
-        if self.mesh(i).is_none_or(|m| call.apply(m)) {
-            self.drain_after(i, ticked);
+        if let Some(m) = self.mesh(i) {
+            call.apply(m);
         }
+        self.drain_after(i, ticked);
     }
 
     /// Marks node `i` and its links with job `seq`.
@@ -1456,9 +1447,7 @@ impl Sim {
             self.act(d.node, a);
         }
         self.spare_actions.push(actions);
-        if let Some(wake) = d.wake {
-            self.wake_at(d.node, wake, p.ticked);
-        }
+        self.wake_at(d.node, d.wake, p.ticked);
         (self.now, self.cur, self.may_hand_off) = saved;
     }
 
@@ -1788,7 +1777,7 @@ impl Sim {
         // (their limiters are charged, as net.rs's are) until they notice. Its receivers
         // give up on a part once it has been silent for `PIECE_SILENCE`, as net.rs's do
         // (honest gaps here are far shorter, so only a vanished sender's are modelled).
-        let silence = crate::net::PIECE_SILENCE.as_nanos() as Ns;
+        let silence = starling::net::PIECE_SILENCE.as_nanos() as Ns;
         for tr in ups {
             if let Some(t) = self.transfers.get(tr).filter(|t| !t.receiver_done) {
                 let at = self.now.max(t.landed()) + silence;
@@ -2545,7 +2534,8 @@ impl Sim {
             return;
         }
         let rtt = Duration::from_nanos(self.rtt(ORIGIN, to));
-        let wait = u64::try_from(crate::net::seed_confirm_wait(rtt).as_nanos()).unwrap_or(Ns::MAX);
+        let wait =
+            u64::try_from(starling::net::seed_confirm_wait(rtt).as_nanos()).unwrap_or(Ns::MAX);
         let deadline = self.now.saturating_add(wait);
         let back = landed.max(self.now) + self.one_way(to, ORIGIN);
         let ev = Ev::SeedCheck {
@@ -3248,7 +3238,7 @@ mod tests {
         let tr = sim.node(c).unwrap().partial(0, LAST).expect("arriving");
         sim.vanish(b);
         let last = sim.transfers.get(tr).unwrap().landed();
-        let silence = crate::net::PIECE_SILENCE.as_nanos() as Ns;
+        let silence = starling::net::PIECE_SILENCE.as_nanos() as Ns;
         assert!(
             last + silence < now + 3000 * MS,
             "before the request timeout"

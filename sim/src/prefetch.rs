@@ -1,4 +1,5 @@
-//! A cache hint for the simulator's event loop, the crate's one `unsafe` block.
+//! A cache hint for the simulator's event loop, the simulator's one `unsafe` block (the
+//! product crate forbids `unsafe`).
 //!
 //! At 10,000 simulated peers each event touches a node whose state left the cache long
 //! ago, and most of an event's time is spent waiting on those lines one after another
@@ -8,7 +9,6 @@
 //! fault, and is correct for any address, which is why it can be allowed here.
 
 /// Asks the cache for the lines holding the `len` bytes at `p`. A no-op off x86-64.
-#[allow(unsafe_code)]
 pub(crate) fn prefetch<T: ?Sized>(p: *const T, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {

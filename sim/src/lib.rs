@@ -1,8 +1,8 @@
 //! Discrete-event simulator: one broadcaster and many viewers, each running the real
-//! [`crate::mesh::Mesh`], over modelled links in virtual time. Because the nodes are the
+//! [`starling::mesh::Mesh`], over modelled links in virtual time. Because the nodes are the
 //! product's own state machine, a result here is a result of the product's scheduling.
 //!
-//! The driver mirrors [`crate::net`]; everything below [`crate::mesh`] (QUIC, TLS, bytes,
+//! The driver mirrors [`starling::net`]; everything below [`starling::mesh`] (QUIC, TLS, bytes,
 //! signatures) is replaced by the model described here. Seeded RNGs (one for joins and
 //! departures, one per node for its loss draws) make every run reproducible: same
 //! [`SimConfig`] → same [`SimReport`].
@@ -14,8 +14,8 @@
 //!   The key is the scheduling node and its own count of events scheduled (joins,
 //!   departures and judging first), so equal times run in an order that does not depend on
 //!   how unrelated nodes' work interleaved: the groundwork for running it on two cores.
-//! - **Nodes.** Node 0 is the broadcaster ([`crate::mesh::MeshConfig::broadcaster`]); viewers
-//!   use [`crate::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
+//! - **Nodes.** Node 0 is the broadcaster ([`starling::mesh::MeshConfig::broadcaster`]); viewers
+//!   use [`starling::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
 //!   from the node's index; addresses serve only as dial hints.
 //! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
 //!   between two nodes is the mean of their two draws, one-way latency half of that.
@@ -29,8 +29,8 @@
 //!   oldest upload with a piece ready first. A node's backlog is the bucket's debt in time.
 //!   Headers, requests, replies and control messages travel at latency alone (as in
 //!   `net.rs`, only pieces pass the limiter) but count as overhead. Download is unlimited.
-//! - **Parts.** A segment moves in [`crate::stream::PARTS`] parts (contiguous runs of
-//!   pieces, [`crate::stream::part_pieces`]); every request, push, cancel and transfer is
+//! - **Parts.** A segment moves in [`starling::stream::PARTS`] parts (contiguous runs of
+//!   pieces, [`starling::stream::part_pieces`]); every request, push, cancel and transfer is
 //!   for one part, so a segment can arrive from several suppliers at once. A receiver
 //!   keeps one *assembly* per segment (`net.rs`'s partial): made when the first frame
 //!   carrying the signed header lands, gone once the segment is whole or 64 behind the
@@ -178,6 +178,7 @@
 mod engine;
 mod link;
 mod metrics;
+mod prefetch;
 mod queue;
 
 use serde::Serialize;
@@ -278,7 +279,7 @@ pub struct SimConfig {
 
 /// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
 pub const ORIGIN_CONNECTION_HEADROOM: usize =
-    crate::broadcaster::MAX_CONNECTIONS - crate::mesh::BROADCASTER_MAX_PARTNERS;
+    starling::broadcaster::MAX_CONNECTIONS - starling::mesh::BROADCASTER_MAX_PARTNERS;
 
 impl Default for SimConfig {
     fn default() -> SimConfig {
@@ -411,7 +412,7 @@ impl SimConfig {
         if self.bitrate_bps == 0 {
             return err("bitrate must be positive");
         }
-        if self.segment_bytes() > u64::from(crate::stream::MAX_SEGMENT_LEN) {
+        if self.segment_bytes() > u64::from(starling::stream::MAX_SEGMENT_LEN) {
             return err("segments would exceed the 64 MiB segment limit");
         }
         if self.join_after < -1 {
@@ -468,38 +469,13 @@ fn parse_f64(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-/// `2M`, `500k`, `1.5G`, `64000` → bits/s: the programs' [`Rate`](crate::rate::Rate)
+/// `2M`, `500k`, `1.5G`, `64000` → bits/s: the programs' [`Rate`](starling::rate::Rate)
 /// syntax, plus `0` (a peer that uploads nothing), which the simulator allows.
 pub fn parse_rate(s: &str) -> Option<u64> {
     if parse_f64(s.trim()) == Some(0.0) {
         return Some(0);
     }
-    s.parse::<crate::rate::Rate>().ok().map(|r| r.0)
-}
-
-/// CPU seconds (utime + stime, in clock ticks of 1/100 s) and peak RSS in MB (VmHWM) of this
-/// process, from /proc; zeros where /proc cannot be read. Both benchmarks report these.
-pub fn process_usage() -> (f64, f64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb / 1024.0)
-        })
-        .unwrap_or(0.0);
-    (cpu, rss)
+    s.parse::<starling::rate::Rate>().ok().map(|r| r.0)
 }
 
 /// `0.5:0.5x,0.3:1.5x,0.2:3x` → upload classes (share : multiple of the bitrate).
@@ -616,7 +592,7 @@ pub struct SimDetails {
     /// Non-media bytes sent.
     pub control_bytes: u64,
     /// Part requests sent: each asks one supplier for one part, so a segment pulled whole
-    /// takes [`crate::stream::PARTS`] of them (this and the counters below count parts).
+    /// takes [`starling::stream::PARTS`] of them (this and the counters below count parts).
     pub requests: u64,
     /// Of those, sent to the origin.
     pub origin_requests: u64,
@@ -727,7 +703,7 @@ fn clamped(c: &SimConfig) -> SimConfig {
     c.segment_ms = c.segment_ms.clamp(1, 60_000);
     c.bitrate_bps = c.bitrate_bps.clamp(
         1,
-        u64::from(crate::stream::MAX_SEGMENT_LEN) * 8000 / c.segment_ms,
+        u64::from(starling::stream::MAX_SEGMENT_LEN) * 8000 / c.segment_ms,
     );
     c.delay_segments = c.delay_segments.min(MAX_DELAY_SEGMENTS);
     c.threads = c.threads.clamp(1, 2);
