@@ -16,6 +16,7 @@
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
 //! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
+//! - [`quantile`] — nearest-rank percentiles, the one convention every report uses.
 //! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
@@ -39,6 +40,7 @@ pub mod mesh;
 pub mod net;
 pub mod playlist;
 mod prefetch;
+pub mod quantile;
 pub mod rate;
 pub mod sim;
 pub mod source;
