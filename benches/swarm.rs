@@ -28,6 +28,7 @@ use serde_json::json;
 use starling::mesh::MeshConfig;
 use starling::net::{Node, NodeConfig};
 use starling::playlist::PlaylistConfig;
+use starling::quantile::percentile;
 use starling::rate::Rate;
 use starling::store;
 use starling::stream::{node_id, sign_segment, StreamId, VerifiedSegment};
@@ -259,14 +260,6 @@ fn spawn_join_sampler(viewers: Viewers, delay: u64) -> JoinHandle<()> {
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 struct Published {
     at: Instant,
     len: u64,
@@ -304,12 +297,10 @@ fn report(
             }
         }
     }
-    latencies.sort_by(|x, y| x.total_cmp(y));
     let mut joins: Vec<f64> = viewers
         .iter()
         .filter_map(|v| v.playable.map(|p| (p - v.joined).as_secs_f64() * 1000.0))
         .collect();
-    joins.sort_by(|x, y| x.total_cmp(y));
     let (cpu_s, peak_rss_mb) = usage::process_usage();
     json!({
         "viewers": a.viewers,
@@ -323,12 +314,12 @@ fn report(
         "offload": if delivered == 0 { 0.0 } else { 1.0 - origin_bytes as f64 / delivered as f64 },
         "continuity": if counted == 0 { 0.0 } else { on_time as f64 / counted as f64 },
         "latency_ms": {
-            "p50": percentile(&latencies, 0.50),
-            "p95": percentile(&latencies, 0.95),
-            "p99": percentile(&latencies, 0.99),
-            "max": latencies.last().copied().unwrap_or(0.0),
+            "p50": percentile(&mut latencies, 0.50),
+            "p95": percentile(&mut latencies, 0.95),
+            "p99": percentile(&mut latencies, 0.99),
+            "max": percentile(&mut latencies, 1.0),
         },
-        "join_ms": { "p50": percentile(&joins, 0.50), "p99": percentile(&joins, 0.99) },
+        "join_ms": { "p50": percentile(&mut joins, 0.50), "p99": percentile(&mut joins, 0.99) },
         "control_overhead": if delivered == 0 { 0.0 } else { control as f64 / delivered as f64 },
         "cpu_s": cpu_s,
         "peak_rss_mb": peak_rss_mb,

@@ -16,6 +16,7 @@
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
 //! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
+//! - [`quantile`] — nearest-rank percentiles, the one convention every report uses.
 //!
 //! I/O (thin drivers around the pure parts):
 //! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod mesh;
 pub mod net;
 pub mod playlist;
+pub mod quantile;
 pub mod rate;
 pub mod source;
 pub mod store;

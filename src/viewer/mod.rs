@@ -1,9 +1,14 @@
 //! The viewer program's body: join the mesh from a ticket, serve local HLS, show status.
+//!
+//! [`run`] drives the node and the HTTP server; the `/stats` arithmetic is in `stats` and
+//! the status line in `status`, both pure but for the status line's output.
 
-use crate::cli::human_bytes;
+mod stats;
+mod status;
+
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
-use crate::net::{self, Node, NodeConfig, NodeStats, NodeView};
+use crate::net::{self, Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
 use crate::store;
@@ -11,11 +16,11 @@ use crate::stream::Ticket;
 use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
+use status::StatusLine;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Connections a viewer accepts (its partners are capped far lower by its mesh).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -120,7 +125,7 @@ pub async fn run(
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
 
     tokio::pin!(shutdown);
-    let mut status = StatusLine::new(config.status_line);
+    let mut status = StatusLine::new(config.status_line, net::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ended_at: Option<tokio::time::Instant> = None;
     let mut ever_connected = false;
@@ -148,7 +153,7 @@ pub async fn run(
                     outcome = Err(ViewerError::Token(refusal));
                     break;
                 }
-                status.show(&stats, node.local_addr().ok());
+                status.show(&stats, net::now());
                 let ended = store::lock(&node.store()).ended();
                 let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
                 if complete && ended_at.is_none() {
@@ -169,6 +174,7 @@ pub async fn run(
     outcome
 }
 
+/// What the local HTTP server serves: the node's playlist, segments and `/stats`.
 struct ViewerCatalog {
     node: NodeView,
     playlist: PlaylistConfig,
@@ -186,143 +192,11 @@ impl Catalog for ViewerCatalog {
 
     fn stats_json(&self) -> String {
         let n = self.node.stats();
-        let mut v = serde_json::to_value(&n).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("role".into(), "viewer".into());
-            let received = n.bytes_from_peers + n.bytes_from_origin;
-            let share = if received == 0 {
-                0.0
-            } else {
-                n.bytes_from_peers as f64 / received as f64
-            };
-            obj.insert("share_from_peers".into(), share.into());
-            let on_time = n.segments_verified.saturating_sub(n.missed_deadlines);
-            let judged = n.segments_verified.max(on_time + n.missed_deadlines);
-            let continuity = if judged == 0 {
-                1.0
-            } else {
-                on_time as f64 / judged as f64
-            };
-            obj.insert("continuity".into(), continuity.into());
-            let lat = recent_latencies_ms(&self.node);
-            obj.insert(
-                "latency_ms".into(),
-                serde_json::json!({
-                    "p50": percentile(&lat, 0.5),
-                    "p99": percentile(&lat, 0.99),
-                    "max": lat.last().copied().unwrap_or(0.0),
-                    "segments": lat.len(),
-                }),
-            );
-        }
-        v.to_string()
-    }
-}
-
-/// For the segments held now: broadcaster publication (its wall clock, from the signed
-/// header) → held verified here. Across machines this includes their clock offset.
-fn recent_latencies_ms(node: &NodeView) -> Vec<f64> {
-    let now_wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0);
-    let now = crate::net::now();
-    let shared = node.store();
-    let store = store::lock(&shared);
-    let mut out: Vec<f64> = store
-        .numbers()
-        .filter_map(|n| {
-            let arrived = store.arrival(n)?;
-            let published = store.get(n)?.header.header.published_unix_ms as f64;
-            let arrived_wall =
-                now_wall - now.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
-            Some((arrived_wall - published).max(0.0))
-        })
-        .collect();
-    out.sort_by(|a, b| a.total_cmp(b));
-    out
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(idx).copied().unwrap_or(0.0)
-}
-
-/// The one-line status on a terminal, or an occasional log line otherwise.
-struct StatusLine {
-    terminal: bool,
-    last_log: Option<Instant>,
-    last_uploaded: (Instant, u64),
-    drawn: bool,
-    ever_connected: bool,
-}
-
-impl StatusLine {
-    fn new(terminal: bool) -> StatusLine {
-        StatusLine {
-            terminal,
-            last_log: None,
-            last_uploaded: (Instant::now(), 0),
-            drawn: false,
-            ever_connected: false,
-        }
-    }
-
-    fn show(&mut self, s: &NodeStats, _quic: Option<SocketAddr>) {
-        let now = Instant::now();
-        let (t0, up0) = self.last_uploaded;
-        let secs = now.duration_since(t0).as_secs_f64().max(0.001);
-        let up_rate = Rate(((s.bytes_uploaded.saturating_sub(up0)) as f64 * 8.0 / secs) as u64);
-        self.last_uploaded = (now, s.bytes_uploaded);
-        let received = s.bytes_from_peers + s.bytes_from_origin;
-        let share = if received == 0 {
-            0.0
-        } else {
-            100.0 * s.bytes_from_peers as f64 / received as f64
+        let mut latencies = {
+            let shared = self.node.store();
+            let store = store::lock(&shared);
+            stats::recent_latencies_ms(&store, net::now(), stats::wall_clock_ms())
         };
-        self.ever_connected |= s.origin_connected;
-        let origin = match (s.origin_connected, self.ever_connected) {
-            (true, _) => "",
-            (false, false) => " (connecting to the broadcaster)",
-            (false, true) => " (broadcaster unreachable, retrying)",
-        };
-        let line = format!(
-            "peers {}{} | buffered {} seg | from peers {:.0}% | up {} ({} total) | missed {}",
-            s.peers,
-            origin,
-            s.buffered_segments,
-            share,
-            if up_rate.0 == 0 {
-                "0 kbit/s".to_string()
-            } else {
-                up_rate.to_string()
-            },
-            human_bytes(s.bytes_uploaded),
-            s.missed_deadlines,
-        );
-        if self.terminal {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{line}");
-            let _ = err.flush();
-            self.drawn = true;
-        } else if self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
-        {
-            self.last_log = Some(now);
-            tracing::info!("{line}");
-        }
-    }
-
-    fn clear(&mut self) {
-        if self.drawn {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
-            self.drawn = false;
-        }
+        stats::json(&n, &mut latencies)
     }
 }
