@@ -13,6 +13,7 @@
 //! - [`stream`] — identities, tickets, signed segment headers and verification.
 //! - [`wire`] — the messages peers exchange and their bounded framing.
 //! - [`mesh`] — one node's state machine: partners, buffer maps, scheduling.
+//! - [`node`] — the rest of a node's rules: assembly, upload admission, Hello, reasons.
 //! - [`playlist`] — the playout window rendered as an HLS media playlist.
 //! - [`rate`] — the token bucket both programs use to cap upload.
 //! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod http;
 pub mod mesh;
 pub mod net;
+pub mod node;
 pub mod playlist;
 pub mod quantile;
 pub mod rate;

@@ -54,6 +54,7 @@
 //! A part turns a viewer's upload over in about a tenth of that, the tree branches
 //! eight times as often, and a segment arrives over several suppliers' uplinks at once.
 
+use crate::node::{DisconnectReason, Misbehaviour};
 use crate::stream::{NodeId, ALL_PARTS, PARTS};
 use crate::wire::{Control, PeerInfo, Role, MAX_BUFFER_MAP_BITS, MAX_PEERS_PER_MESSAGE};
 use rand::seq::SliceRandom;
@@ -238,7 +239,7 @@ pub enum Action {
         /// Whom.
         peer: NodeId,
         /// Why (for the close frame and the log).
-        reason: &'static str,
+        reason: DisconnectReason,
     },
 }
 
@@ -968,7 +969,7 @@ impl Mesh {
         if peer == self.me || self.is_banned(&peer, now) {
             self.actions.push_back(Action::Disconnect {
                 peer,
-                reason: "refused",
+                reason: DisconnectReason::Refused,
             });
             return;
         }
@@ -991,7 +992,7 @@ impl Mesh {
             self.send(peer, Control::Peers { peers: sample });
             self.actions.push_back(Action::Disconnect {
                 peer,
-                reason: "partner set full",
+                reason: DisconnectReason::PartnerSetFull,
             });
             return;
         }
@@ -1124,7 +1125,7 @@ impl Mesh {
         p.seed_suspect = false;
         match msg {
             Control::Hello(_) => {
-                self.misbehaved(now, from, "second hello");
+                self.misbehaved(now, from, Misbehaviour::SecondHello);
                 return;
             }
             Control::Have { number, parts } => {
@@ -1611,7 +1612,7 @@ impl Mesh {
     }
 
     /// `peer` sent bytes or messages that failed verification: drop and ban it.
-    pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
+    pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
         self.last_now = self.last_now.max(now);
         self.misbehaved(now, peer, reason);
         self.schedule(now);
@@ -1633,11 +1634,11 @@ impl Mesh {
         p.stalls += 1;
         p.busy_until = Some(now + STALL_BACKOFF);
         if p.stalls >= MAX_STALLS && !self.is_origin(&peer) {
-            self.misbehaved(now, peer, "leaves requests unanswered");
+            self.misbehaved(now, peer, Misbehaviour::LeavesRequestsUnanswered);
         }
     }
 
-    fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: &'static str) {
+    fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
         if self.is_origin(&peer) {
             // The origin's key signs the stream; it cannot be banned from its own stream.
             return;
@@ -1645,7 +1646,10 @@ impl Mesh {
         self.banned.insert(peer, now + self.cfg.ban);
         self.stats.bans += 1;
         self.known.remove(&peer);
-        self.actions.push_back(Action::Disconnect { peer, reason });
+        self.actions.push_back(Action::Disconnect {
+            peer,
+            reason: DisconnectReason::Misbehaved(reason),
+        });
         self.handle_disconnected(now, peer);
     }
 
@@ -2743,16 +2747,17 @@ mod tests {
         );
         assert_eq!(v.newest(), Some(50));
         drain(&mut v);
-        v.handle_misbehaviour(t0, id(20), "bad digest");
+        let bad_digest = Misbehaviour::Forged(crate::node::Forgery::SegmentDigest);
+        v.handle_misbehaviour(t0, id(20), bad_digest);
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
-            reason: "bad digest"
+            reason: DisconnectReason::Misbehaved(bad_digest)
         }));
         assert!(v.is_banned(&id(20), t0));
         v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
-            reason: "refused"
+            reason: DisconnectReason::Refused
         }));
         assert!(!v.is_banned(&id(20), t0 + Duration::from_secs(301)));
     }
@@ -3280,7 +3285,7 @@ mod tests {
         let acts = drain(&mut v);
         assert!(acts.contains(&Action::Disconnect {
             peer: id(60),
-            reason: "partner set full"
+            reason: DisconnectReason::PartnerSetFull
         }));
         assert!(acts
             .iter()

@@ -3,60 +3,9 @@
 //! Pure: the bucket is told the time; the async driver in [`crate::net`] sleeps on
 //! [`TokenBucket::wait_time`].
 
-use crate::stream::PARTS;
-use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-
-/// Most uploads a node runs at once, and how many while the cap or the bitrate is unknown.
-pub const MAX_UPLOAD_SLOTS: u64 = 8;
-
-/// How many uploads a node with upload cap `cap_bps` (None: uncapped) runs at once for a
-/// stream of `stream_bps` (0: not known yet). Each downstream must get at least the stream's
-/// bitrate or it falls behind live, so the cap is divided by the bitrate (at least one). A
-/// `join` request (a joiner's player waits for it) gets one more where a quarter of the
-/// bitrate is left over beyond the full slots: there it takes spare upload, while on a
-/// barely sufficient uplink it would slow the live relaying everyone else waits on. Both
-/// `net.rs` and the simulator count with this.
-pub fn upload_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool) -> u64 {
-    let Some(cap) = cap_bps.filter(|_| stream_bps > 0) else {
-        return MAX_UPLOAD_SLOTS + u64::from(join);
-    };
-    let slots = (cap / stream_bps).clamp(1, MAX_UPLOAD_SLOTS);
-    let spare = cap.saturating_sub(slots.saturating_mul(stream_bps));
-    slots + u64::from(join && spare.saturating_mul(4) >= stream_bps)
-}
-
-/// [`upload_slots`] for one request, with one slot more for a part the origin seeded to
-/// this node ([`SeededParts`]), whatever the spare: the seed holds the swarm's only viewer
-/// copy of it, and every other viewer waits on it. Both `net.rs` and the simulator admit
-/// requests with this.
-pub fn serving_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool, seeded: bool) -> u64 {
-    upload_slots(cap_bps, stream_bps, join) + u64::from(seeded)
-}
-
-/// The parts the origin pushed to this node lately, oldest first: two segments' worth.
-#[derive(Debug, Default)]
-pub struct SeededParts(VecDeque<(u64, u8)>);
-
-impl SeededParts {
-    /// Parts remembered; older ones are forgotten first.
-    pub const CAPACITY: usize = 2 * PARTS;
-
-    /// Part `part` of segment `number` was pushed here by the origin.
-    pub fn note(&mut self, number: u64, part: u8) {
-        if self.0.len() >= Self::CAPACITY {
-            self.0.pop_front();
-        }
-        self.0.push_back((number, part));
-    }
-
-    /// Whether part `part` of segment `number` was pushed here by the origin lately.
-    pub fn contains(&self, number: u64, part: u8) -> bool {
-        self.0.contains(&(number, part))
-    }
-}
 
 /// A rate in bits per second, parsed from `3M`, `500k`, `1.5G` or a plain number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -163,28 +112,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upload_slots_divide_the_cap_by_the_bitrate_and_add_a_join_slot_only_with_room() {
-        const M: u64 = 1_000_000;
-        // 3 Mbit/s for a 2 Mbit/s stream: one slot, and half the bitrate spare for a joiner.
-        assert_eq!(upload_slots(Some(3 * M), 2 * M, false), 1);
-        assert_eq!(upload_slots(Some(3 * M), 2 * M, true), 2);
-        // 2.1 Mbit/s: barely one stream's worth; a join slot would slow the live relaying.
-        assert_eq!(upload_slots(Some(21 * M / 10), 2 * M, true), 1);
-        // Below the bitrate: still one; exactly four streams: no spare, no join slot.
-        assert_eq!(upload_slots(Some(M), 2 * M, true), 1);
-        assert_eq!(upload_slots(Some(8 * M), 2 * M, true), 4);
-        // At most eight, and eight while the cap or the bitrate is unknown.
-        assert_eq!(upload_slots(Some(100 * M), 2 * M, false), MAX_UPLOAD_SLOTS);
-        assert_eq!(
-            upload_slots(Some(100 * M), 2 * M, true),
-            MAX_UPLOAD_SLOTS + 1
-        );
-        assert_eq!(upload_slots(None, 2 * M, false), MAX_UPLOAD_SLOTS);
-        assert_eq!(upload_slots(Some(3 * M), 0, false), MAX_UPLOAD_SLOTS);
-        assert_eq!(upload_slots(Some(u64::MAX), 1, true), MAX_UPLOAD_SLOTS + 1);
-    }
 
     #[test]
     fn parses_rates() {

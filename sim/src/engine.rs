@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
 use starling::mesh::{Action, Mesh, MeshConfig};
-use starling::rate::{serving_slots, SeededParts};
+use starling::node::{Answer, Assemblies, DisconnectReason, FirstFrame, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS, PARTS};
 use starling::wire::{self, Control, Reply, Role};
 use std::collections::VecDeque;
@@ -26,20 +26,10 @@ const NS_PER_SEC: f64 = 1e9;
 const NS_PER_MS: u64 = 1_000_000;
 /// Segments each node keeps to serve (the broadcaster's store capacity).
 const STORE: u64 = 64;
-/// `net.rs`'s `BUSY_BACKLOG`: above this much limiter debt a request is answered `Busy`.
-const BUSY_BACKLOG: Ns = 1_500_000_000;
-/// `net.rs`'s `KEEP_BEHIND`: a segment this far behind the newest held is unwanted.
-const KEEP_BEHIND: u64 = 64;
-/// `net.rs`'s `MAX_PARTIALS`: segments assembled at once; the oldest goes first beyond it.
-const MAX_PARTIALS: usize = 16;
 /// No supplier yet (an [`Assembly`]'s `first_from`).
 const NOBODY: u32 = u32::MAX;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
 const SERVE_AFTER_SEEDS: u64 = 1 << 48;
-/// `net.rs` delays the close of a "partner set full" connection so the peer sample lands first.
-const FULL_SET_CLOSE_DELAY: Ns = 300 * NS_PER_MS;
-/// The mesh's reason for turning a newcomer away.
-const FULL_SET: &str = "partner set full";
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
 const ORIGIN_MAX_CONNECTIONS: usize = starling::broadcaster::MAX_CONNECTIONS;
 const VIEWER_MAX_CONNECTIONS: usize = starling::viewer::MAX_CONNECTIONS;
@@ -463,10 +453,9 @@ struct Node {
     link: Link<TRef>,
     /// Upload cap in bits/s, as `net.rs`'s limiter reports it.
     cap_bps: u64,
-    /// The stream's bitrate as learned from headers (bits/s; 0 until known), for slots.
-    stream_bps: u64,
-    /// Uploads (serves and relays) holding a slot.
-    slots_used: u64,
+    /// Upload admission, as the product's node keeps it: slots in use, the stream's
+    /// bitrate from headers, the parts the origin seeded here.
+    upload: Uploads,
     /// When this node's pending tick is due (`Ns::MAX`: none pending).
     next_tick: Ns,
     /// Nodes it has a connection with (open, or closed by the other side unnoticed).
@@ -479,13 +468,10 @@ struct Node {
     downs: Vec<TRef>,
     /// Transfers it sends and has not finished.
     ups: Vec<TRef>,
-    /// Segments being assembled here, at most [`MAX_PARTIALS`] (a few in practice, so a
-    /// scan is cheaper than a map).
-    assembling: Vec<Assembly>,
+    /// Segments being assembled here, bounded as the product's node bounds them.
+    assembling: Assemblies<Assembly>,
     /// Position in the live-viewer list.
     live_pos: usize,
-    /// The parts the origin pushed here lately (requests for them get a slot more).
-    seeded: SeededParts,
     /// Events this node scheduled (the low bits of their ordering key).
     seq: u64,
     /// Uploads it started (their order on its FIFO link).
@@ -510,42 +496,32 @@ impl Node {
         self.newest = self.newest.max(Some(number));
         // Bounded by the window: what is too old to be wanted is given up.
         if let Some(k) = self.newest {
-            self.assembling
-                .retain(|a| a.number.saturating_add(KEEP_BEHIND) >= k);
+            self.assembling.keep_window(k);
         }
-    }
-
-    /// `net.rs`'s `note_bitrate`: a smoothed bitrate from each header (or publish).
-    fn note_bitrate(&mut self, bps: u64) {
-        self.stream_bps = if self.stream_bps == 0 {
-            bps
-        } else {
-            (self.stream_bps * 7 + bps) / 8
-        };
     }
 
     fn alive(&self) -> bool {
         self.present
     }
 
-    /// `net.rs`'s `UploadSlot` count: cap / bitrate in [1, 8]; 8 while the bitrate is unknown.
+    /// Upload slots for a plain request: cap / bitrate in [1, 8]; 8 while the bitrate is
+    /// unknown.
     #[cfg(test)]
     fn slots(&self) -> u64 {
-        self.slots_for(false, false)
-    }
-
-    /// The slots a request may take: one more for a `join` one with room, and one more
-    /// for a part the origin seeded here (as in `net.rs`).
-    fn slots_for(&self, join: bool, seeded: bool) -> u64 {
-        serving_slots(Some(self.cap_bps), self.stream_bps, join, seeded)
+        starling::node::upload::serving_slots(
+            Some(self.cap_bps),
+            self.upload.stream_bps(),
+            false,
+            false,
+        )
     }
 
     fn assembly(&self, number: u64) -> Option<&Assembly> {
-        self.assembling.iter().find(|a| a.number == number)
+        self.assembling.get(number)
     }
 
     fn assembly_mut(&mut self, number: u64) -> Option<&mut Assembly> {
-        self.assembling.iter_mut().find(|a| a.number == number)
+        self.assembling.get_mut(number)
     }
 
     /// The transfer bringing part `part` of `number` here, which a relay of it follows.
@@ -560,26 +536,6 @@ impl Node {
             return ALL_PARTS;
         }
         self.assembly(number).map_or(0, |a| a.got)
-    }
-
-    /// `net.rs`'s partial map on a first frame with the header: the segment's assembly,
-    /// made if new; beyond [`MAX_PARTIALS`] the oldest goes (possibly this one: `None`).
-    fn assemble(&mut self, number: u64) -> Option<&mut Assembly> {
-        if self.assembly(number).is_none() {
-            self.assembling.push(Assembly::new(number));
-            while self.assembling.len() > MAX_PARTIALS {
-                let oldest = self
-                    .assembling
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, a)| a.number)
-                    .map(|(i, _)| i);
-                if let Some(i) = oldest {
-                    self.assembling.swap_remove(i);
-                }
-            }
-        }
-        self.assembly_mut(number)
     }
 }
 
@@ -665,12 +621,11 @@ impl LinkRow {
     }
 }
 
-/// A segment whose header has landed here and whose parts are arriving: `net.rs`'s
-/// `Partial`, which lives from that first frame until the segment is whole or given up
-/// (so later requests for its other parts ask for no header).
+/// What the simulator keeps for a segment in the node's [`Assemblies`]: it lives from the
+/// first frame with the header until the segment is whole or given up (so later requests
+/// for its other parts ask for no header), as `net`'s assembly of verified pieces does.
 #[derive(Debug, Clone, Copy)]
 struct Assembly {
-    number: u64,
     /// Parts complete here.
     got: u32,
     /// Per part, the transfer bringing it that relays of it follow (`net.rs`'s relays read
@@ -683,9 +638,8 @@ struct Assembly {
 }
 
 impl Assembly {
-    fn new(number: u64) -> Assembly {
+    fn new() -> Assembly {
         Assembly {
-            number,
             got: 0,
             arriving: [None; PARTS],
             first_from: NOBODY,
@@ -1695,17 +1649,15 @@ impl Sim {
                 rate as f64,
             ),
             cap_bps: rate * 8,
-            stream_bps: 0,
-            slots_used: 0,
+            upload: Uploads::default(),
             next_tick: Ns::MAX,
             partners: Vec::new(),
             spilled_links: Vec::new(),
             spilled_conns: Vec::new(),
             downs: Vec::new(),
             ups: Vec::new(),
-            assembling: Vec::new(),
+            assembling: Assemblies::default(),
             live_pos: usize::MAX,
-            seeded: SeededParts::default(),
             seq: 0,
             uploads_started: 0,
             rng: Box::new(rng),
@@ -1777,7 +1729,7 @@ impl Sim {
         // (their limiters are charged, as net.rs's are) until they notice. Its receivers
         // give up on a part once it has been silent for `PIECE_SILENCE`, as net.rs's do
         // (honest gaps here are far shorter, so only a vanished sender's are modelled).
-        let silence = starling::net::PIECE_SILENCE.as_nanos() as Ns;
+        let silence = starling::node::PIECE_SILENCE.as_nanos() as Ns;
         for tr in ups {
             if let Some(t) = self.transfers.get(tr).filter(|t| !t.receiver_done) {
                 let at = self.now.max(t.landed()) + silence;
@@ -1819,7 +1771,7 @@ impl Sim {
         if let Some(o) = self.node_mut(ORIGIN) {
             o.store(number, now);
             // As `net.rs` does at publish: the origin sizes its upload slots by the bitrate.
-            o.note_bitrate(bps);
+            o.upload.note_bitrate(bps);
         }
         let t = self.instant(now);
         if let Some(m) = self.mesh(ORIGIN) {
@@ -1959,7 +1911,7 @@ impl Sim {
             }
         };
         // Every simulated node has a cap, and declares it as net.rs's do.
-        let info = |n: &Node| (n.addr, n.uploads, Some(n.cap_bps), n.stream_bps);
+        let info = |n: &Node| (n.addr, n.uploads, Some(n.cap_bps), n.upload.stream_bps());
         let (Some((addra, upa, capa, bpsa)), Some((addrb, upb, capb, bpsb))) =
             (self.node(a).map(info), self.node(b).map(info))
         else {
@@ -1994,7 +1946,7 @@ impl Sim {
         self.mesh_job(a, false, Call::DialFailed(now, peer));
     }
 
-    fn disconnect(&mut self, i: u32, peer: NodeId, reason: &str) {
+    fn disconnect(&mut self, i: u32, peer: NodeId, reason: DisconnectReason) {
         let Some(j) = self.resolve(&peer) else { return };
         let now = self.now;
         let Some(c) = self.conn_mut(i, j) else {
@@ -2003,13 +1955,8 @@ impl Sim {
         if c.closed.is_some() {
             return;
         }
-        // net.rs forgets the connection at once but, for a turned-away newcomer, closes it
-        // 300 ms later so the peer sample queued just before reaches it first.
-        let delay = if reason == FULL_SET {
-            FULL_SET_CLOSE_DELAY
-        } else {
-            0
-        };
+        // The connection is forgotten at once, and closed after the reason's delay.
+        let delay = u64::try_from(reason.close_delay().as_nanos()).unwrap_or(Ns::MAX);
         c.closed = Some((i, now + delay));
         let conn = c.id;
         if delay == 0 {
@@ -2222,7 +2169,7 @@ impl Sim {
             return;
         }
         // Seeding is optional: net.rs skips it when the uplink is already queued up.
-        if n.link.backlog(now) >= BUSY_BACKLOG {
+        if !Uploads::may_push(Duration::from_nanos(n.link.backlog(now))) {
             self.d.pushes_skipped += 1;
             return;
         }
@@ -2262,17 +2209,22 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        if n.slots_used >= n.slots_for(join, n.seeded.contains(number, part)) {
-            self.d.busy += 1;
-            return self.refuse(tr, true);
-        }
-        if n.link.backlog(now) > BUSY_BACKLOG {
-            self.d.busy += 1;
-            self.d.busy_backlog += 1;
-            return self.refuse(tr, true);
-        }
-        if let Some(n) = self.node_mut(s) {
-            n.slots_used += 1;
+        let (cap, backlog) = (Some(n.cap_bps), Duration::from_nanos(n.link.backlog(now)));
+        let answer = self
+            .node_mut(s)
+            .map(|n| n.upload.admit(true, (number, part), join, cap, backlog));
+        match answer {
+            Some(Answer::Serve) => {}
+            Some(Answer::BusySlots) => {
+                self.d.busy += 1;
+                return self.refuse(tr, true);
+            }
+            Some(Answer::BusyBacklog) => {
+                self.d.busy += 1;
+                self.d.busy_backlog += 1;
+                return self.refuse(tr, true);
+            }
+            Some(Answer::Unavailable) | None => return,
         }
         if let Some(t) = self.transfers.get_mut(tr) {
             t.slot = true;
@@ -2504,7 +2456,7 @@ impl Sim {
         if started {
             if let Some(n) = self.node_mut(s) {
                 if slot {
-                    n.slots_used = n.slots_used.saturating_sub(1);
+                    n.upload.release();
                 }
                 n.ups.retain(|x| *x != tr);
             }
@@ -2535,7 +2487,7 @@ impl Sim {
         }
         let rtt = Duration::from_nanos(self.rtt(ORIGIN, to));
         let wait =
-            u64::try_from(starling::net::seed_confirm_wait(rtt).as_nanos()).unwrap_or(Ns::MAX);
+            u64::try_from(starling::node::seed_confirm_wait(rtt).as_nanos()).unwrap_or(Ns::MAX);
         let deadline = self.now.saturating_add(wait);
         let back = landed.max(self.now) + self.one_way(to, ORIGIN);
         let ev = Ev::SeedCheck {
@@ -2729,29 +2681,26 @@ impl Sim {
         let (bit, empty) = (1u32 << part, self.empty_parts);
         let Some(n) = self.node_mut(r) else { return };
         if with_header {
-            n.note_bitrate(bps);
+            n.upload.note_bitrate(bps);
         }
-        let stale = n.holds(number)
-            || n.newest
-                .is_some_and(|k| number.saturating_add(KEEP_BEHIND) < k);
-        // The segment's other empty parts are held as of its header (net.rs reports them).
+        let wanted = Assemblies::<Assembly>::wanted(number, n.holds(number), n.newest);
+        let make = with_header.then_some(Assembly::new);
+        let first = n
+            .assembling
+            .first_frame(number, wanted, kind == Kind::Push, make);
+        // The segment's other empty parts are held as of its header (net reports them).
         let mut empties = 0;
-        // The segment's assembly: made from a header, else the one whose header we had
-        // (gone only if given up, when `net.rs` fails the transfer as lost).
-        let assembly = match (stale, with_header) {
-            (true, _) => None,
-            (false, true) => {
-                let created = n.assembly(number).is_none();
-                match n.assemble(number) {
-                    Some(a) if created => {
-                        empties = empty & !bit;
-                        a.got |= empties;
-                        Some(a)
-                    }
-                    a => a,
+        let assembly = match first {
+            FirstFrame::Take { created } => {
+                let a = n.assembly_mut(number);
+                if let Some(a) = a.filter(|_| created) {
+                    empties = empty & !bit;
+                    a.got |= empties;
                 }
+                n.assembly_mut(number)
             }
-            (false, false) => n.assembly_mut(number),
+            // Lost, given up or unwanted: the transfer stops (pushes always carry a header).
+            FirstFrame::Unwanted | FirstFrame::Lost | FirstFrame::PushWithoutHeader => None,
         };
         let accepted = match assembly {
             // An empty part is answered even when held: the mesh counts it as held.
@@ -2782,7 +2731,7 @@ impl Sim {
         }
         if kind == Kind::Push && s == ORIGIN {
             if let Some(n) = self.node_mut(r) {
-                n.seeded.note(number, part);
+                n.upload.note_seeded(number, part);
             }
         }
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
@@ -2838,7 +2787,7 @@ impl Sim {
         self.finish_download(tr, true);
         if whole {
             if let Some(n) = self.node_mut(r) {
-                n.assembling.retain(|a| a.number != number);
+                n.assembling.remove(number);
             }
             self.d.multi_supplier_segments += u64::from(several);
             self.accept(r, number);
@@ -3169,7 +3118,7 @@ mod tests {
         assert!(sim.d.relayed > 0);
         assert_eq!(tc, tb + sim.one_way(b, c));
         assert!(all_freed(&sim));
-        assert_eq!(sim.node(b).unwrap().slots_used, 0);
+        assert_eq!(sim.node(b).unwrap().upload.active(), 0);
         assert!(sim.node(b).unwrap().assembling.is_empty());
     }
 
@@ -3217,8 +3166,8 @@ mod tests {
         sim.run_until(t1 + 5000 * MS);
         assert_eq!(sim.d.relay_resets, 1);
         assert!(!has_part(&sim, b, LAST) && !has_part(&sim, c, LAST));
-        assert_eq!(sim.node(b).unwrap().slots_used, 0);
-        assert_eq!(sim.node(ORIGIN).unwrap().slots_used, 0);
+        assert_eq!(sim.node(b).unwrap().upload.active(), 0);
+        assert_eq!(sim.node(ORIGIN).unwrap().upload.active(), 0);
         assert_eq!(sim.node(b).unwrap().partial(0, LAST), None);
         assert!(all_freed(&sim));
         assert!(sim.d.wasted_bytes > 0);
@@ -3238,7 +3187,7 @@ mod tests {
         let tr = sim.node(c).unwrap().partial(0, LAST).expect("arriving");
         sim.vanish(b);
         let last = sim.transfers.get(tr).unwrap().landed();
-        let silence = starling::net::PIECE_SILENCE.as_nanos() as Ns;
+        let silence = starling::node::PIECE_SILENCE.as_nanos() as Ns;
         assert!(
             last + silence < now + 3000 * MS,
             "before the request timeout"
@@ -3280,7 +3229,7 @@ mod tests {
         sim.run_until(t1 + 5000 * MS);
         assert_eq!(sim.d.relay_resets, 0);
         assert!(has_part(&sim, b, LAST) && has_part(&sim, c, LAST));
-        assert_eq!(sim.node(b).unwrap().slots_used, 0);
+        assert_eq!(sim.node(b).unwrap().upload.active(), 0);
         assert!(all_freed(&sim));
     }
 
@@ -3313,7 +3262,7 @@ mod tests {
         let now = sim.now;
         let n = sim.node_mut(b).unwrap();
         n.store(0, now);
-        n.stream_bps = 16_000_000;
+        n.upload.note_bitrate(16_000_000);
         assert_eq!(n.slots(), 1);
         now
     }
@@ -3410,19 +3359,20 @@ mod tests {
         let mut sim = swarm(2, 8_000_000, 3_000_000);
         let (b, c) = (1, 2);
         let t0 = sim.now;
-        sim.disconnect(b, sim.id_of(c), FULL_SET);
+        sim.disconnect(b, sim.id_of(c), DisconnectReason::PartnerSetFull);
         // The closer stops using it at once; the other side may still send until the close.
         assert_eq!(sim.usable(b, c), None);
         assert!(sim.usable(c, b).is_some());
-        sim.run_until(t0 + FULL_SET_CLOSE_DELAY - 1);
+        let delay = DisconnectReason::PartnerSetFull.close_delay().as_nanos() as Ns;
+        sim.run_until(t0 + delay - 1);
         assert!(sim.conn(b, c).is_some());
         assert!(sim.node(c).unwrap().partners.contains(&b));
-        sim.run_until(t0 + FULL_SET_CLOSE_DELAY + sim.one_way(b, c));
+        sim.run_until(t0 + delay + sim.one_way(b, c));
         assert!(sim.conn(b, c).is_none());
         assert!(!sim.node(c).unwrap().partners.contains(&b));
         // Any other reason closes at once.
         let t1 = sim.now;
-        sim.disconnect(ORIGIN, sim.id_of(c), "refused");
+        sim.disconnect(ORIGIN, sim.id_of(c), DisconnectReason::Refused);
         sim.run_until(t1 + sim.one_way(ORIGIN, c));
         assert!(sim.conn(ORIGIN, c).is_none());
     }

@@ -1,0 +1,264 @@
+//! Uploads: answering requests (from the store, or relayed from an assembly while it
+//! fills) and seeding pushes, each through the node's upload cap. Whether a request is
+//! served is [`crate::node::Uploads`]' rule.
+
+use super::download::Assembly;
+use super::driver::Event;
+use super::framing::{read_frame, write_within, TransferError, UploadError};
+use super::{add, Shared, UploadClass};
+use crate::node::{seed_confirm_wait, Answer, Misbehaviour};
+use crate::store;
+use crate::stream::{part_pieces, piece_range, NodeId, SignedHeader, VerifiedSegment};
+use crate::wire::{self, Reply, Request};
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a peer has to send its request on a transfer stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a single upload (serve or push) may take before it is abandoned.
+pub(super) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers one request stream from `peer`.
+pub(super) async fn serve(
+    shared: &Shared,
+    peer: NodeId,
+    send: &mut SendStream,
+    mut recv: RecvStream,
+) {
+    let req = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<Request>(&mut recv, wire::MAX_REQUEST_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(Some(r))) if r.validate().is_ok() => r,
+        Ok(Err(TransferError::Io(_))) => {
+            // Never leave the reply finished empty: that reads as a truncated reply.
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            return;
+        }
+        // An honest requester writes its whole request at once, right after opening the
+        // stream: a stream left empty (slowloris), cut short, oversize or out of range is
+        // deliberate.
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            let _ = shared
+                .events
+                .send(Event::Misbehaved {
+                    peer,
+                    reason: Misbehaviour::BadOrStalledRequest,
+                })
+                .await;
+            return;
+        }
+    };
+    let seg = if shared.uploads {
+        store::lock(&shared.store).get(req.number).cloned()
+    } else {
+        None
+    };
+    let part = usize::from(req.part);
+    let partial = match (&seg, shared.uploads) {
+        (None, true) => shared
+            .assemblies()
+            .get(req.number)
+            .cloned()
+            // Only a part that is here or on its way: anything else would wait on nothing.
+            .filter(|p| p.servable(part)),
+        _ => None,
+    };
+    let servable = seg.is_some() || partial.is_some();
+    let cap = shared.limiter.rate().map(|r| r.0);
+    let backlog = shared.limiter.backlog();
+    let answer = shared
+        .upload()
+        .admit(servable, (req.number, req.part), req.join, cap, backlog);
+    let reply = match answer {
+        Answer::Serve => None,
+        Answer::Unavailable => Some(Reply::Unavailable),
+        Answer::BusySlots | Answer::BusyBacklog => {
+            add(&shared.counters.busy_replies, 1);
+            Some(Reply::Busy)
+        }
+    };
+    if let Some(reply) = reply {
+        let _ = send.write_all(&wire::encode(&reply)).await;
+        let _ = send.finish();
+        return;
+    }
+    let _slot = UploadSlot(shared);
+    let sent = match (seg, partial) {
+        (Some(seg), _) => send_part(shared, send, &seg, req, UploadClass::Serve).await,
+        (None, Some(partial)) => relay_part(shared, send, &partial, req).await,
+        (None, None) => Ok(()),
+    };
+    end_upload(shared, peer, send, sent).await;
+}
+
+/// Closes an upload's stream after `sent`: an unfinished one is reset (never finished
+/// mid-frame, which the receiver treats as a violation), and a receiver that stalled it
+/// is reported.
+async fn end_upload(
+    shared: &Shared,
+    peer: NodeId,
+    send: &mut SendStream,
+    sent: Result<(), UploadError>,
+) {
+    match sent {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            if matches!(e, UploadError::Stalled) {
+                let _ = shared
+                    .events
+                    .send(Event::Misbehaved {
+                        peer,
+                        reason: Misbehaviour::StoppedReadingUpload,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// An upload [`crate::node::Uploads::admit`] let in; its slot is given back on drop,
+/// however the upload ends.
+struct UploadSlot<'a>(&'a Shared);
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.upload().release();
+    }
+}
+
+/// How long a relay waits for the next piece of its part to land here.
+const RELAY_WAIT: Duration = Duration::from_secs(5);
+
+/// The first frame of a part transfer, with the signed header when it is wanted.
+fn part_reply(shared: &Shared, header: &SignedHeader, req: Request) -> Bytes {
+    let frame = wire::encode(&Reply::Part {
+        number: req.number,
+        part: req.part,
+        header: req.header.then(|| header.clone()),
+    });
+    add(&shared.counters.control_bytes, frame.len() as u64);
+    frame
+}
+
+/// Streams a part of a segment that is still arriving: each piece goes out once it is
+/// verified here. The caller finishes (or resets) the stream; see [`end_upload`].
+async fn relay_part(
+    shared: &Shared,
+    send: &mut SendStream,
+    partial: &Assembly,
+    req: Request,
+) -> Result<(), UploadError> {
+    write_within(send, &part_reply(shared, &partial.header, req)).await?;
+    let part = usize::from(req.part);
+    let mut progress = partial.progress.subscribe();
+    let range = part_pieces(partial.header.header.pieces.len(), part).unwrap_or(0..0);
+    for i in range {
+        let piece = loop {
+            {
+                let st = partial.lock();
+                if let Some(p) = st.pieces.get(i).cloned().flatten() {
+                    break p;
+                }
+                // Nothing brings this part here any more: stop, the requester asks elsewhere.
+                if st.arriving.get(part).is_none_or(|a| *a == 0) {
+                    return Err(UploadError::Upstream);
+                }
+            }
+            match tokio::time::timeout(RELAY_WAIT, progress.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(UploadError::Upstream),
+            }
+        };
+        shared
+            .limiter
+            .acquire_as(UploadClass::Serve, piece.len() as u64)
+            .await;
+        write_within(send, &piece).await?;
+        add(&shared.counters.bytes_uploaded, piece.len() as u64);
+    }
+    Ok(())
+}
+
+/// Sends part `req.part` of a held segment. The caller finishes (or resets) the stream;
+/// see [`end_upload`].
+async fn send_part(
+    shared: &Shared,
+    send: &mut SendStream,
+    seg: &VerifiedSegment,
+    req: Request,
+    class: UploadClass,
+) -> Result<(), UploadError> {
+    write_within(send, &part_reply(shared, &seg.header, req)).await?;
+    let h = &seg.header.header;
+    let range = part_pieces(h.pieces.len(), usize::from(req.part)).unwrap_or(0..0);
+    for i in range {
+        let Some(range) = piece_range(h.len, h.piece_size, i) else {
+            break;
+        };
+        let piece = seg.data.slice(range);
+        shared.limiter.acquire_as(class, piece.len() as u64).await;
+        write_within(send, &piece).await?;
+        add(&shared.counters.bytes_uploaded, piece.len() as u64);
+    }
+    Ok(())
+}
+
+pub(super) async fn push(
+    shared: Arc<Shared>,
+    conn: Connection,
+    peer: NodeId,
+    number: u64,
+    part: u8,
+) {
+    let seg = store::lock(&shared.store).get(number).cloned();
+    let Some(seg) = seg else { return };
+    if !seed(&shared, &conn, peer, &seg, part).await {
+        let _ = shared
+            .events
+            .send(Event::PushUnconfirmed { peer, number, part })
+            .await;
+    }
+}
+
+/// Pushes one part of `seg` to `peer`; true if `peer` answered within
+/// [`seed_confirm_wait`] of the last byte written: it acknowledged every byte, or
+/// stopped the stream (it had the part already). A vanished receiver does neither.
+async fn seed(
+    shared: &Shared,
+    conn: &Connection,
+    peer: NodeId,
+    seg: &VerifiedSegment,
+    part: u8,
+) -> bool {
+    let Ok(mut send) = conn.open_uni().await else {
+        return false;
+    };
+    let seeding = shared.limiter.seeding();
+    let req = Request {
+        number: seg.header.header.number,
+        part,
+        header: true,
+        join: false,
+    };
+    let sent = tokio::time::timeout(
+        UPLOAD_TIMEOUT,
+        send_part(shared, &mut send, seg, req, UploadClass::Seed),
+    )
+    .await
+    .unwrap_or(Err(UploadError::Closed));
+    end_upload(shared, peer, &mut send, sent).await;
+    drop(seeding);
+    // `stopped` yields once the stream is stopped by the receiver or its every byte (or
+    // its reset) is acknowledged, and fails if the connection is lost.
+    let wait = seed_confirm_wait(conn.rtt());
+    matches!(tokio::time::timeout(wait, send.stopped()).await, Ok(Ok(_)))
+}

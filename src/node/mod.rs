@@ -1,0 +1,33 @@
+//! Everything a node decides that is not a socket, beside the [`Mesh`](crate::mesh::Mesh)
+//! that schedules: whether a segment's parts are still wanted and where they assemble,
+//! whether a request is served or answered Busy, whether a peer's Hello is accepted, why a
+//! connection is closed. Pure: time, backlog and verification results are arguments.
+//!
+//! Two drivers ask these pieces and nothing else for those answers: [`crate::net`], over
+//! QUIC, and the simulator (the `starling-sim` crate), over modelled links. So a rule
+//! changed here changes both, and a simulated figure is a figure of the product.
+//!
+//! The pieces are separate values rather than one struct because the two drivers hold
+//! them differently: `net` consults assembly and upload admission from its transfer tasks
+//! (under a lock, as quinn's driver holds its connection state), while the simulator runs
+//! meshes on a worker thread and keeps these beside them on its event loop.
+//!
+//! Call order for a driver, per event:
+//! - a peer connects → [`hello::check`], then [`hello::keep_new`] if it already had one;
+//! - a part's first frame lands → [`Assemblies::wanted`] and [`Assemblies::first_frame`],
+//!   then `Mesh::handle_receiving`;
+//! - a request arrives → [`Uploads::admit`]; its upload ends → [`Uploads::release`];
+//! - the mesh says push → [`Uploads::may_push`];
+//! - a segment is stored → [`Assemblies::remove`] and [`Assemblies::keep_window`].
+
+pub mod assembly;
+pub mod hello;
+pub mod reason;
+pub mod upload;
+
+pub use assembly::{Assemblies, FirstFrame, KEEP_BEHIND, MAX_ASSEMBLIES, PIECE_SILENCE};
+pub use reason::{DisconnectReason, Forgery, Misbehaviour};
+pub use upload::{
+    seed_confirm_wait, Answer, Uploads, BUSY_BACKLOG, PUSHES_PER_CONNECTION, SEED_CONFIRM_MIN,
+    SERVES_PER_CONNECTION,
+};
