@@ -5,31 +5,32 @@
 //! segments they miss from their partners and serve the verified stream as HLS
 //! on localhost, so any standard player can play it.
 //!
-//! The crate keeps pure logic apart from I/O, the way quinn splits
-//! `quinn-proto` from `quinn`:
+//! ## A segment's path
 //!
-//! Pure (no sockets, no clock reads; time and randomness are arguments):
-//! - [`ts`] — MPEG-TS scanning and the keyframe segmenter: bytes in, segments out.
-//! - [`stream`] — identities, tickets, signed segment headers and verification.
-//! - [`wire`] — the messages peers exchange and their bounded framing.
-//! - [`mesh`] — one node's state machine: partners, buffer maps, scheduling.
-//! - [`node`] — the rest of a node's rules: assembly, upload admission, Hello, reasons.
-//! - [`playlist`] — the playout window rendered as an HLS media playlist.
-//! - [`rate`] — the token bucket both programs use to cap upload.
-//! - [`token`] — join tokens for private streams: signed, expiring, revocable by epoch.
-//! - [`quantile`] — nearest-rank percentiles, the one convention every report uses.
+//! ```text
+//! source → ts → stream → node (mesh) → net → store → playlist → http
+//! ```
 //!
-//! I/O (thin drivers around the pure parts):
-//! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
-//! - [`source`] — stdin, a paced file, an ffmpeg child, the built-in demo clip.
-//! - [`store`] — the verified segments a node holds, shared with HTTP.
-//! - [`net`] — the quinn endpoint and per-connection tasks that drive [`mesh`].
+//! - [`source`] — stdin, a paced file, an ffmpeg child, the built-in demo clip: bytes.
+//! - [`ts`] — MPEG-TS scanning and the keyframe segmenter: bytes in, numbered segments out.
+//! - [`stream`] — keys, tickets, the signed segment header and its verification.
+//! - [`node`] — what a node decides: [`mesh`] schedules (partners, buffer maps, whom to ask
+//!   for which part, seeding, whom to dial); [`node`] holds the rest (assembly bounds, upload
+//!   admission, Hello admission, disconnect reasons). The simulator drives both.
+//! - [`net`] — the QUIC driver: endpoint, connections, transfers, the upload [`net::Limiter`];
+//!   it moves bytes and asks [`node`] and [`mesh`] what to do. [`wire`] frames its messages.
+//! - [`store`] — the verified segments a node holds; only verified bytes enter it.
+//! - [`playlist`] — the playout window as an HLS media playlist.
 //! - [`http`] — the local hyper server: playlist, segments, stats.
 //!
-//! The programs (thin binaries around these):
-//! - [`broadcaster`] — source → signed segments → seeding node, ticket, `/stats`.
-//! - [`viewer`] — ticket → mesh node → local HLS, status line.
-//! - [`cli`] — logging, signals and defaults both programs share.
+//! Pure (no sockets, no clock reads; time and randomness are arguments): `ts`, `stream`,
+//! `wire`, `mesh`, `node`, `playlist`, [`rate`] (the token bucket), [`token`] (join tokens
+//! for private streams), [`quantile`] (the one percentile convention). I/O: `source`, `net`,
+//! [`tls`] (QUIC/TLS authenticating peers by ed25519 key), `store`, `http`.
+//!
+//! The programs are thin binaries around [`broadcaster`] (source → signed segments →
+//! seeding node, ticket, `/stats`) and [`viewer`] (ticket → node → local HLS, status
+//! line), with [`cli`] (logging, signals, defaults) shared.
 #![forbid(unsafe_code)]
 
 pub mod broadcaster;

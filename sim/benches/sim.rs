@@ -1,5 +1,6 @@
 //! The swarm simulator as a benchmark: many viewers running the real mesh in virtual time.
-//! Run: `cargo bench -p starling-sim --bench sim -- --peers 1000 --seconds 60` (flags: see `starling_sim`).
+//! Run: `cargo bench -p starling-sim --bench sim -- --peers 1000 --seconds 60`
+//! (flags: see `starling_sim`).
 //! Prints a human summary on stderr and one JSON object as the last line of stdout.
 
 use starling_sim::{self as sim, SimConfig, SimReport};
@@ -8,8 +9,8 @@ mod usage;
 use std::time::Instant;
 
 /// The simulator allocates and frees per-segment state in every mesh all the time, over
-/// two threads; glibc's allocator kept trimming its heap and faulting fresh pages back in
-/// (page zeroing alone was 4% of the worker thread's time at 10,000 peers).
+/// two threads; glibc's allocator kept trimming its heap and faulting fresh pages back in,
+/// and mimalloc keeps them.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

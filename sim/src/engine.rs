@@ -1,5 +1,5 @@
 //! The event loop: nodes, upload links, connections and transfers, and the driver that turns
-//! each mesh's actions into scheduled events the way `net.rs` turns them into QUIC traffic.
+//! each mesh's actions into scheduled events the way `net` turns them into QUIC traffic.
 //! The model is described in the parent module's docs.
 
 use super::link::Link;
@@ -30,7 +30,7 @@ const STORE: u64 = 64;
 const NOBODY: u32 = u32::MAX;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
 const SERVE_AFTER_SEEDS: u64 = 1 << 48;
-/// Connection caps `broadcaster.rs` and `viewer.rs` give `net.rs`.
+/// Connection caps `broadcaster.rs` and `viewer.rs` give `net`.
 const ORIGIN_MAX_CONNECTIONS: usize = starling::broadcaster::MAX_CONNECTIONS;
 const VIEWER_MAX_CONNECTIONS: usize = starling::viewer::MAX_CONNECTIONS;
 /// Payload per packet, for the loss model.
@@ -55,8 +55,17 @@ const KEY_COUNT_BITS: u32 = 38;
 
 /// What the loop does next.
 enum Pick {
-    /// Run the event in this slot, due at this time, at this owner; whether it is a barrier.
-    Run(Ns, u32, u32, bool),
+    /// Run an event.
+    Run {
+        /// When it is due.
+        at: Ns,
+        /// Its slot.
+        slot: u32,
+        /// The node it runs at.
+        owner: u32,
+        /// Nothing may overlap it (see [`Sim::is_barrier`]).
+        barrier: bool,
+    },
     /// Wait for the worker.
     Wait,
     /// Nothing is left before the end.
@@ -70,13 +79,38 @@ enum Call {
     Tick(Instant),
     DialFailed(Instant, NodeId),
     Disconnected(Instant, NodeId),
-    /// (now, from, number, part, busy)
-    Failed(Instant, NodeId, u64, u8, bool),
-    /// A part's first frame: (now, from, number, part, the segment's empty parts now held).
-    Receiving(Instant, NodeId, u64, u8, u32),
-    /// A part's last piece: (now, from, number, part, bytes, the segment whole as
-    /// (segment duration, segment bytes)).
-    Delivered(Instant, NodeId, u64, u8, u64, Option<(Duration, u64)>),
+    /// A transfer failed (`busy`: the supplier said Busy).
+    Failed {
+        now: Instant,
+        from: NodeId,
+        number: u64,
+        part: u8,
+        busy: bool,
+    },
+    /// A part's first frame landed; `empties` are the segment's empty parts, held as of now.
+    Receiving {
+        now: Instant,
+        from: NodeId,
+        number: u64,
+        part: u8,
+        empties: u32,
+    },
+    /// A part's last piece landed, of `bytes`; `whole` when it completed the segment.
+    Delivered {
+        now: Instant,
+        from: NodeId,
+        number: u64,
+        part: u8,
+        bytes: u64,
+        whole: Option<Whole>,
+    },
+}
+
+/// A segment a part completed.
+#[derive(Debug, Clone, Copy)]
+struct Whole {
+    duration: Duration,
+    bytes: u64,
 }
 
 impl Call {
@@ -87,20 +121,37 @@ impl Call {
             Call::Tick(now) => m.handle_tick(now),
             Call::DialFailed(now, peer) => m.handle_dial_failed(now, peer),
             Call::Disconnected(now, peer) => m.handle_disconnected(now, peer),
-            Call::Failed(now, from, number, part, busy) => {
-                m.handle_transfer_failed(now, from, number, part, busy)
-            }
-            Call::Receiving(now, from, number, part, empties) => {
+            Call::Failed {
+                now,
+                from,
+                number,
+                part,
+                busy,
+            } => m.handle_transfer_failed(now, from, number, part, busy),
+            Call::Receiving {
+                now,
+                from,
+                number,
+                part,
+                empties,
+            } => {
                 for k in (0..PARTS as u8).filter(|k| empties & 1 << k != 0) {
                     m.handle_part(now, from, number, k, 0);
                 }
                 m.handle_receiving(now, from, number, part);
             }
-            Call::Delivered(now, from, number, part, bytes, whole) => {
+            Call::Delivered {
+                now,
+                from,
+                number,
+                part,
+                bytes,
+                whole,
+            } => {
                 m.handle_part(now, from, number, part, bytes);
-                if let Some((seg, seg_bytes)) = whole {
-                    m.observe_segment_duration(seg);
-                    m.handle_segment(now, Some(from), number, seg_bytes);
+                if let Some(w) = whole {
+                    m.observe_segment_duration(w.duration);
+                    m.handle_segment(now, Some(from), number, w.bytes);
                 }
             }
         }
@@ -139,8 +190,7 @@ struct Pending {
 
 /// The event loop's ends of the rings to the worker. Each is single-producer,
 /// single-consumer and bounded by [`MAX_PENDING`] (no more jobs are ever in flight), so a
-/// hand-over is a slot write and an index store: the std channel it replaced allocated a
-/// block every 31 messages and was 17% of the loop thread's time.
+/// hand-over is a slot write and an index store, with no allocation.
 #[derive(Debug)]
 struct Pipe {
     jobs: Producer<Job>,
@@ -277,7 +327,7 @@ enum Ev {
     },
     /// The origin's seed of (`number`, `part`) to `to`, sent whole, landing at `landed`:
     /// acknowledged if `acked` (the ack is back by `deadline`, now) and `to` took it on
-    /// `conn`; otherwise reported at `deadline`, as `net.rs`'s `push` waits.
+    /// `conn`; otherwise reported at `deadline`, as `net`'s `push` waits.
     SeedCheck {
         to: u32,
         conn: u64,
@@ -334,7 +384,7 @@ struct Transfer {
     hi: u32,
     /// The reply carries the signed header (asked for, or a push).
     with_header: bool,
-    /// A joiner's request for its join segment: served beyond the slot cap, as in net.rs.
+    /// A joiner's request for its join segment: served beyond the slot cap, as in net.
     join: bool,
     conn: u64,
     /// Upload start order: the FIFO link serves older uploads first.
@@ -451,7 +501,7 @@ struct Node {
     /// Lowest segment it ever accepted (for the playlist's first listing).
     lowest: Option<u64>,
     link: Link<TRef>,
-    /// Upload cap in bits/s, as `net.rs`'s limiter reports it.
+    /// Upload cap in bits/s, as `net`'s limiter reports it.
     cap_bps: u64,
     /// Upload admission, as the product's node keeps it: slots in use, the stream's
     /// bitrate from headers, the parts the origin seeded here.
@@ -542,12 +592,9 @@ impl Node {
 /// Links a [`LinkRow`] holds; a node with more (the origin) keeps them in its node.
 const LINK_ROW: usize = 15;
 
-/// A node's links in one cache line, in a table of their own: the loop asks whether two
-/// nodes are linked for every event it considers while the worker has jobs, and a list in
-/// the node was a cold line behind a cold pointer each time (a quarter of the loop's own
-/// time at 10,000 peers). Its second line holds each link's connection slot: every message
-/// sent and received looks its connection up, and a hash map's probe was two more cold
-/// lines (14% of `run_until`, 47% of `act`). The table is 128 bytes a node.
+/// A node's links in one cache line, with each link's connection slot in a second, in a
+/// table of their own: the loop checks links for every event it considers and looks a
+/// connection up for every message.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct LinkRow {
@@ -628,7 +675,7 @@ impl LinkRow {
 struct Assembly {
     /// Parts complete here.
     got: u32,
-    /// Per part, the transfer bringing it that relays of it follow (`net.rs`'s relays read
+    /// Per part, the transfer bringing it that relays of it follow (`net`'s relays read
     /// the pieces whichever transfer lands them; the sim follows one, see `finish_download`).
     arriving: [Option<TRef>; PARTS],
     /// Who sent the first part kept; [`NOBODY`] before.
@@ -786,7 +833,7 @@ pub(super) struct Sim {
     segments: u64,
     seg_ns: Ns,
     seg_bytes: u64,
-    /// Piece size `net.rs` sends (and books upload tokens) in.
+    /// Piece size `net` sends (and books upload tokens) in.
     piece_bytes: u64,
     pieces: u32,
     /// Parts with no pieces (a segment of fewer pieces than parts): held with the header.
@@ -1006,7 +1053,12 @@ impl Sim {
                 self.collect_done();
             }
             match self.pick(end) {
-                Pick::Run(at, slot, owner, barrier) => {
+                Pick::Run {
+                    at,
+                    slot,
+                    owner,
+                    barrier,
+                } => {
                     let Some(ev) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
                         continue;
                     };
@@ -1054,7 +1106,12 @@ impl Sim {
                 // Held events are never barriers (those wait where they are).
                 if self.runnable(at, owner, false, first, &blockers) {
                     self.held.remove(i);
-                    break Pick::Run(at, slot, owner, false);
+                    break Pick::Run {
+                        at,
+                        slot,
+                        owner,
+                        barrier: false,
+                    };
                 }
                 blockers.push((owner, at));
                 first = first.min(at);
@@ -1077,7 +1134,12 @@ impl Sim {
             }
             self.queue.pop();
             if run {
-                break Pick::Run(at, slot, owner, barrier);
+                break Pick::Run {
+                    at,
+                    slot,
+                    owner,
+                    barrier,
+                };
             }
             // Everything held past `i` is later than this one.
             self.held.insert(i, (at, key, slot, owner));
@@ -1638,7 +1700,7 @@ impl Sim {
             held: vec![(u64::MAX, 0); STORE as usize],
             newest: None,
             lowest: None,
-            // The origin's seeding pushes go before the requests it serves (`net.rs`'s
+            // The origin's seeding pushes go before the requests it serves (`net`'s
             // `UploadClass`): its link takes turns, pushes first (see `start_upload`).
             link: Link::new(
                 if i == ORIGIN {
@@ -1726,8 +1788,8 @@ impl Sim {
         let ups = std::mem::take(&mut n.ups);
         let downs = std::mem::take(&mut n.downs);
         // It vanishes: nothing more leaves it. Its senders do not know and go on sending
-        // (their limiters are charged, as net.rs's are) until they notice. Its receivers
-        // give up on a part once it has been silent for `PIECE_SILENCE`, as net.rs's do
+        // (their limiters are charged, as net's are) until they notice. Its receivers
+        // give up on a part once it has been silent for `PIECE_SILENCE`, as net's do
         // (honest gaps here are far shorter, so only a vanished sender's are modelled).
         let silence = starling::node::PIECE_SILENCE.as_nanos() as Ns;
         for tr in ups {
@@ -1770,7 +1832,7 @@ impl Sim {
         let bps = self.seg_bytes * 8000 / self.cfg.segment_ms.max(1);
         if let Some(o) = self.node_mut(ORIGIN) {
             o.store(number, now);
-            // As `net.rs` does at publish: the origin sizes its upload slots by the bitrate.
+            // As `net` does at publish: the origin sizes its upload slots by the bitrate.
             o.upload.note_bitrate(bps);
         }
         let t = self.instant(now);
@@ -1897,7 +1959,7 @@ impl Sim {
             VIEWER_MAX_CONNECTIONS
         };
         if self.node(b).is_some_and(|n| n.partners.len() >= cap) {
-            // net.rs refuses incoming connections at its cap.
+            // net refuses incoming connections at its cap.
             return self.dial_failed(a, b);
         }
         let slot = self.conns.insert(a, b);
@@ -1910,7 +1972,7 @@ impl Sim {
                 Role::Viewer
             }
         };
-        // Every simulated node has a cap, and declares it as net.rs's do.
+        // Every simulated node has a cap, and declares it as net's do.
         let info = |n: &Node| (n.addr, n.uploads, Some(n.cap_bps), n.upload.stream_bps());
         let (Some((addra, upa, capa, bpsa)), Some((addrb, upb, capb, bpsb))) =
             (self.node(a).map(info), self.node(b).map(info))
@@ -2000,7 +2062,7 @@ impl Sim {
         let on = |tr: &TRef| self.transfers.get(*tr).is_some_and(|t| t.conn == conn);
         let downs: Vec<TRef> = x.downs.iter().copied().filter(on).collect();
         let ups: Vec<TRef> = x.ups.iter().copied().filter(on).collect();
-        // net.rs aborts the requests silently; the mesh hears of the disconnection instead.
+        // net aborts the requests silently; the mesh hears of the disconnection instead.
         for tr in downs {
             self.finish_download(tr, false);
         }
@@ -2114,7 +2176,7 @@ impl Sim {
         let Some(conn) = self.usable(i, j) else {
             return;
         };
-        // As net.rs: the header is asked for unless a transfer of this segment brought it.
+        // As net: the header is asked for unless a transfer of this segment brought it.
         let header = self.node(i).is_none_or(|n| n.assembly(number).is_none());
         let req = wire::Request {
             number,
@@ -2149,7 +2211,7 @@ impl Sim {
             return;
         };
         self.d.cancels += 1;
-        // net.rs aborts the request task: its partial (if it was one) dies with it, and the
+        // net aborts the request task: its partial (if it was one) dies with it, and the
         // dropped stream tells the holder to stop.
         self.finish_download(tr, false);
         if self.usable(i, j).is_some() {
@@ -2168,7 +2230,7 @@ impl Sim {
         if !n.holds(number) {
             return;
         }
-        // Seeding is optional: net.rs skips it when the uplink is already queued up.
+        // Seeding is optional: net skips it when the uplink is already queued up.
         if !Uploads::may_push(Duration::from_nanos(n.link.backlog(now))) {
             self.d.pushes_skipped += 1;
             return;
@@ -2198,7 +2260,7 @@ impl Sim {
         let now = self.now;
         let Some(n) = self.node(s) else { return };
         // Served from what is here (the whole segment, or this part complete), or relayed
-        // while this part arrives; anything else is Unavailable, as in net.rs.
+        // while this part arrives; anything else is Unavailable, as in net.
         let full = n.uploads && n.got(number) & (1 << part) != 0;
         let partial = if n.uploads && !full {
             n.partial(number, part)
@@ -2264,7 +2326,7 @@ impl Sim {
         self.at(at, Ev::Fail { tr, busy });
     }
 
-    /// The holder writes the reply (not rate-limited in net.rs) and starts on the pieces.
+    /// The holder writes the reply (not rate-limited in net) and starts on the pieces.
     fn start_upload(&mut self, tr: TRef) {
         let with_header = self.transfers.get(tr).is_some_and(|t| t.with_header);
         let reply_bytes = if with_header {
@@ -2468,7 +2530,7 @@ impl Sim {
         self.maybe_free(tr);
     }
 
-    /// The origin's push to `to` ended (`whole`: every piece sent): as `net.rs`'s `push`,
+    /// The origin's push to `to` ended (`whole`: every piece sent): as `net`'s `push`,
     /// it waits up to `seed_confirm_wait` for the acknowledgement. One cut short was
     /// stopped by its live receiver (confirmed), or its connection ended (reported now).
     fn check_seed(
@@ -2504,7 +2566,7 @@ impl Sim {
 
     /// The receiver is done with `tr` (`ok`: its part landed). If relays followed it: on
     /// success they have every piece; otherwise they follow another copy of the part still
-    /// arriving here, or, with none, are reset (`net.rs`'s `relay_part` stops once nothing
+    /// arriving here, or, with none, are reset (`net`'s `relay_part` stops once nothing
     /// brings its part, and the stream is reset). A new source may land the pieces the
     /// failed one had already brought later than they were here: the sim keeps no pieces
     /// of a part that is not complete.
@@ -2661,12 +2723,22 @@ impl Sim {
         let (s, r, number, part) = (t.from, t.to, t.number, t.part);
         self.finish_download(tr, false);
         let (now, id) = (self.instant(self.now), self.id_of(s));
-        self.mesh_job(r, false, Call::Failed(now, id, number, part, busy));
+        self.mesh_job(
+            r,
+            false,
+            Call::Failed {
+                now,
+                from: id,
+                number,
+                part,
+                busy,
+            },
+        );
     }
 
     /// A part's first frame lands: the receiver learns the bitrate (from a header), refuses
     /// an unwanted part, or takes it into the segment's assembly and tells the mesh it is
-    /// receiving, as `net.rs`'s `receive_part` does.
+    /// receiving, as `net`'s `receive_part` does.
     fn header_arrive(&mut self, tr: TRef) {
         let Some(t) = self.transfers.get(tr) else {
             return;
@@ -2721,7 +2793,17 @@ impl Sim {
             let at = self.now + self.flight(r, s, STOP_BYTES);
             self.at(at, Ev::StopArrive { tr });
             if kind == Kind::Request {
-                self.mesh_job(r, false, Call::Failed(now, sid, number, part, false));
+                self.mesh_job(
+                    r,
+                    false,
+                    Call::Failed {
+                        now,
+                        from: sid,
+                        number,
+                        part,
+                        busy: false,
+                    },
+                );
             }
             return;
         };
@@ -2736,7 +2818,17 @@ impl Sim {
         }
         // The mesh hears of a second copy too: its first frame is the supplier's answer, so
         // the request is not counted as stalled.
-        self.mesh_job(r, false, Call::Receiving(now, sid, number, part, empties));
+        self.mesh_job(
+            r,
+            false,
+            Call::Receiving {
+                now,
+                from: sid,
+                number,
+                part,
+                empties,
+            },
+        );
     }
 
     /// A part's last piece lands: the part is kept unless it is here already, and the
@@ -2792,14 +2884,23 @@ impl Sim {
             self.d.multi_supplier_segments += u64::from(several);
             self.accept(r, number);
         }
-        // net.rs reports every verified part, a second copy too, then the whole.
+        // Every verified part is reported, a second copy too, then the whole.
         let (now, sid) = (self.instant(self.now), self.id_of(s));
-        let (seg, seg_bytes) = (self.cfg.segment(), self.seg_bytes);
-        let whole = whole.then_some((seg, seg_bytes));
+        let whole = whole.then_some(Whole {
+            duration: self.cfg.segment(),
+            bytes: self.seg_bytes,
+        });
         self.mesh_job(
             r,
             false,
-            Call::Delivered(now, sid, number, part, bytes, whole),
+            Call::Delivered {
+                now,
+                from: sid,
+                number,
+                part,
+                bytes,
+                whole,
+            },
         );
     }
 
@@ -3208,7 +3309,7 @@ mod tests {
     fn a_second_copy_arriving_takes_over_the_relays() {
         // B gets part LAST from the origin and from D at once; C's relay follows whichever
         // landed first. When B drops that one, the relay follows the other copy instead of
-        // being reset, as `net.rs`'s relay reads the pieces whichever transfer lands them.
+        // being reset, as `net`'s relay reads the pieces whichever transfer lands them.
         let mut sim = swarm_at(16_000_000, 3, 8_000_000, 8_000_000);
         let (b, c, d) = (1, 2, 3);
         let now = sim.now;

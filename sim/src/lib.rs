@@ -1,9 +1,11 @@
-//! Discrete-event simulator: one broadcaster and many viewers, each running the real
-//! [`starling::mesh::Mesh`], over modelled links in virtual time. Because the nodes are the
-//! product's own state machine, a result here is a result of the product's scheduling.
+//! Discrete-event simulator: one broadcaster and many viewers, each running the product's
+//! own node rules (the [`starling::mesh::Mesh`] that schedules, and [`starling::node`]'s
+//! assembly, upload admission and disconnect reasons) over modelled links in virtual time.
+//! Because the simulator copies none of those rules, a result here is a result of the
+//! product's decisions.
 //!
-//! The driver mirrors [`starling::net`]; everything below [`starling::mesh`] (QUIC, TLS, bytes,
-//! signatures) is replaced by the model described here. Seeded RNGs (one for joins and
+//! The driver plays the part of [`starling::net`]; what `net` does with sockets (QUIC, TLS,
+//! bytes, signatures) is replaced by the model described here. Seeded RNGs (one for joins and
 //! departures, one per node for its loss draws) make every run reproducible: same
 //! [`SimConfig`] → same [`SimReport`].
 //!
@@ -19,7 +21,7 @@
 //!   from the node's index; addresses serve only as dial hints.
 //! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
 //!   between two nodes is the mean of their two draws, one-way latency half of that.
-//! - **Upload** is `net.rs`'s `Limiter`: one token bucket per node at its cap (bytes/s), a
+//! - **Upload** is `net`'s `Limiter`: one token bucket per node at its cap (bytes/s), a
 //!   burst of `max(cap / 20, 64 KiB)`, starting full, debt allowed. Segment bodies go out in
 //!   pieces of `stream::piece_size_for(len)` (16 KiB), and every piece books its bytes when
 //!   its upload is ready for it: booked at `t`, it leaves at `max(t, when the debt is paid)`
@@ -28,11 +30,11 @@
 //!   evenly (`--link shared`, the default). `--link fifo` is an ablation: the node sends the
 //!   oldest upload with a piece ready first. A node's backlog is the bucket's debt in time.
 //!   Headers, requests, replies and control messages travel at latency alone (as in
-//!   `net.rs`, only pieces pass the limiter) but count as overhead. Download is unlimited.
+//!   `net`, only pieces pass the limiter) but count as overhead. Download is unlimited.
 //! - **Parts.** A segment moves in [`starling::stream::PARTS`] parts (contiguous runs of
 //!   pieces, [`starling::stream::part_pieces`]); every request, push, cancel and transfer is
 //!   for one part, so a segment can arrive from several suppliers at once. A receiver
-//!   keeps one *assembly* per segment (`net.rs`'s partial): made when the first frame
+//!   keeps one *assembly* per segment (`net`'s partial): made when the first frame
 //!   carrying the signed header lands, gone once the segment is whole or 64 behind the
 //!   newest held (at most 16 at once, the oldest dropped first). It records which parts
 //!   are complete and, per part, the transfer bringing it. A part is kept when its last
@@ -53,21 +55,21 @@
 //!   connection ended), they follow another copy of the part still arriving there, or,
 //!   with none, are reset and their requester hears a transfer failure (not `Busy`) one
 //!   latency later, which may in turn reset the relays that requester was serving.
-//! - **Requests** (as `net.rs` serves them): the request reaches the holder after one-way
+//! - **Requests** (as `net` serves them): the request reaches the holder after one-way
 //!   latency. A holder that does not upload, or holds neither the segment whole nor the
 //!   part complete nor the part arriving, answers `Unavailable`; one with all its upload slots taken, or with more than
 //!   1.5 s of limiter debt, answers `Busy`; both land one latency later. Upload slots
 //!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
-//!   8 at the broadcaster, which receives none. A join request may take one slot more
-//!   (`rate::upload_slots`), and so may a request for a part the origin pushed to this node
-//!   (its last 16 such parts remembered): `rate::serving_slots`, as in `net.rs`. A slot is held until the last piece
-//!   has left (or the upload stops). Busy backoff is the mesh's own (100 ms per peer).
+//!   8 at the broadcaster, which receives none. A join request may take one slot more, and
+//!   so may a request for a part the origin pushed to this node (its last 16 such parts
+//!   remembered): the node's [`starling::node::Uploads::admit`] decides. A slot is held
+//!   until the last piece has left (or the upload stops). Busy backoff is the mesh's own.
 //! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
-//!   The origin's pushes go before the requests it serves (`net.rs`'s `UploadClass`): its
-//!   link takes turns, pushes first, then served uploads oldest first (`net.rs` shares the
+//!   The origin's pushes go before the requests it serves (`net`'s `UploadClass`): its
+//!   link takes turns, pushes first, then served uploads oldest first (`net` shares the
 //!   rate evenly among those; the difference is confined to the origin's fallback serving).
-//! - **Unwanted** (`net.rs`'s check at the first frame): a part of a segment the receiver
+//! - **Unwanted** ([`starling::node::Assemblies::first_frame`]): a part of a segment the receiver
 //!   holds, or holds 64 newer than, or a part already complete there, is refused when its
 //!   first frame lands; the sender stops when that stop reaches it. For a request the mesh
 //!   hears a transfer failure.
@@ -83,18 +85,18 @@
 //!   streams stay in order.
 //! - **Connections.** A dial to a live node completes after one RTT and both meshes get
 //!   `handle_connected` at that instant (the acceptor sees the dialer's address). A dial to a
-//!   departed node fails after `dial_timeout_ms` (10 s: `net.rs`'s hello timeout × 2). A node
+//!   departed node fails after `dial_timeout_ms` (10 s: `net`'s hello timeout × 2). A node
 //!   with as many connections as its `net` cap (8192 broadcaster, 64 viewer) refuses: the
 //!   dial fails after one RTT. On `Disconnect` the closer stops using the connection at
 //!   once; the close takes effect at once, or 300 ms later for "partner set full" (so the
-//!   peer sample queued just before lands first, as `net.rs` does). What was sent before
+//!   peer sample queued just before lands first, as `net` does). What was sent before
 //!   the close lands; the other side notices one latency after it. Transfers on a
 //!   connection end at each side when that side closes or notices.
 //! - **Churn.** Departures are a Poisson process of `churn_pct_per_min` % of the initial
 //!   audience per minute; each leaver vanishes abruptly (nothing more leaves it) and a fresh
 //!   viewer joins at the same instant. Partners notice after `leave_detect_ms` (10 s: the
 //!   QUIC idle timeout in `tls.rs`). Until then, uploads to the vanished viewer go on and
-//!   charge the sender's bucket, as in `net.rs`, where quinn buffers what the limiter lets
+//!   charge the sender's bucket, as in `net`, where quinn buffers what the limiter lets
 //!   through.
 //! - **Timers.** Each mesh is ticked at `poll_timeout()`, which is never in the past. A
 //!   wake-up not in the future right after a tick would be a mesh bug: it is deferred by
@@ -129,13 +131,8 @@
 //!   (`benches/sim.rs` reads `/proc`).
 //!
 //! ## Speed
-//! An event costs about 2.2 µs at 1,000 peers (52 MB resident) and 2.5–3.2 µs at 10,000
-//! (441 MB), spread over the mesh's scheduling and wake-up scans; at 10,000 about half of
-//! it is waiting for memory (below). A 10,000-peer run is about 16.6 events per part received
-//! (announcements, requests and their `Busy` answers, ticks); [`SimDetails::by_kind`] says
-//! where a run's events go. A prototype of sub-streams pushed to subscribed partners cut
-//! events by only 14% at 10,000 peers, with later parts and duplicate pushes (BENCHMARKS.md,
-//! fourteenth session).
+//! A 10,000-peer run is about 16.6 events per part received (announcements, requests and
+//! their `Busy` answers, ticks); [`SimDetails::by_kind`] says where a run's events go.
 //!
 //! `--threads 2` puts the meshes' half of the work on a second core. The event loop hands
 //! an event's mesh calls for a viewer to a worker thread (up to 8 at a time) and goes on
@@ -147,33 +144,12 @@
 //! (up to 8) while later ones run. The origin's events, dials completing, joins,
 //! departures and judging wait for the worker to be idle. Equal times run in the order of
 //! per-node keys, so none of this moves the order of anything that does not commute: the
-//! figures are the one-thread figures exactly (`tests/sim.rs` checks it). It scales by
-//! about 1.5×, not 2×: the loop keeps the engine's half and the hand-over's cost, and the
-//! worker waits on it.
+//! figures are the one-thread figures exactly (`tests/sim.rs` checks it).
 //!
-//! Most of an event's time at scale is waiting for memory: a Have costs 2.0 µs at 1,000
-//! peers and 3.9 µs at 10,000, the same code. So both threads prefetch. The event queue
-//! keeps its next eight events in order, and before each event the loop asks the cache
-//! for a step of each upcoming one's chain (the event's slot four ahead, its transfer
-//! three ahead, its node two ahead, then, on one thread, its mesh and the mesh's partner
-//! list); the worker takes its next job before running the current one and fetches that
-//! mesh meanwhile. About a tenth off the wall time (BENCHMARKS.md, seventeenth session).
-//!
-//! What is read most is laid out to be few lines: a mesh's held segments are a ring of
-//! bits in place of a `BTreeSet` (a cold node per announcement), a partner's entry keeps
-//! what the scans read in its first two lines, the loop's commute checks read a node's
-//! links from a one-line row of a table of their own, and a control message is 32 bytes
-//! (the rare `Hello` boxed), so the actions and events that carry one are too. The
-//! 10,000-peer run went from 83 to 74 s (BENCHMARKS.md, nineteenth session).
-//!
-//! Then: the loop and the worker pass jobs over two bounded single-producer rings, not
-//! std channels. A connection is a slab slot, reached from an event by its id and from a
-//! node pair through the link rows, with no hash probe. A tracked segment keeps masks of
-//! its parts, so the mesh's scans skip the parts with nothing set, and the worker
-//! prefetches the segment map's keys too. The event queue sorts each bucket once instead
-//! of popping a heap of it. The bench binary allocates with mimalloc, which stopped glibc's
-//! trim-and-refault cycle and puts the heap on huge pages. The run went from 69 s to
-//! 51–53 s on the same machine in the same hour (BENCHMARKS.md, twentieth session).
+//! Most of an event's time at scale is waiting for memory, so the loop asks the cache for
+//! the next few events' slots, transfers, nodes and meshes while the current one runs
+//! (`prefetch.rs`, this crate's only `unsafe`); the product carries no such hints. The
+//! measured history is in BENCHMARKS.md.
 
 mod engine;
 mod link;
@@ -216,13 +192,13 @@ pub struct UploadClass {
 }
 
 /// How a node's upload is shared between the transfers it has under way. Both book pieces
-/// on `net.rs`'s token bucket; they differ in whose piece goes next.
+/// on `net`'s token bucket; they differ in whose piece goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkModel {
-    /// The oldest upload with a piece ready goes first (an ablation: not what `net.rs` does).
+    /// The oldest upload with a piece ready goes first (an ablation: not what `net` does).
     Fifo,
     /// Every upload books its next piece as soon as the last has left, so they interleave
-    /// and split the rate evenly, as `net.rs`'s uploads behind its `Limiter` do (default).
+    /// and split the rate evenly, as `net`'s uploads behind its `Limiter` do (default).
     Shared,
 }
 
@@ -277,7 +253,7 @@ pub struct SimConfig {
     pub threads: usize,
 }
 
-/// How far the broadcaster's connection cap (`net.rs`) sits above its mesh's partner cap.
+/// How far the broadcaster's connection cap (`net`) sits above its mesh's partner cap.
 pub const ORIGIN_CONNECTION_HEADROOM: usize =
     starling::broadcaster::MAX_CONNECTIONS - starling::mesh::BROADCASTER_MAX_PARTNERS;
 

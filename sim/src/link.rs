@@ -1,4 +1,4 @@
-//! A node's upload in virtual time: `net.rs`'s token bucket (rate, a burst of
+//! A node's upload in virtual time: `net`'s token bucket (rate, a burst of
 //! `max(rate / 20, 64 KiB)`, debt allowed), which every upload of the node books its pieces
 //! on, one piece at a time. In the `fifo` model the link also decides whose turn it is: the
 //! oldest upload with a piece ready goes first. The link only does arithmetic; the engine
@@ -10,7 +10,7 @@ use super::LinkModel;
 type Ns = u64;
 
 const NS_PER_SEC: f64 = 1e9;
-/// `net.rs`'s `Limiter` banks at least this many bytes.
+/// `net`'s `Limiter` banks at least this many bytes.
 const MIN_BURST: f64 = 64.0 * 1024.0;
 
 /// One upload link; `T` names a transfer.
@@ -31,7 +31,7 @@ pub(super) struct Link<T> {
 }
 
 impl<T: Copy + PartialEq> Link<T> {
-    /// A link of `rate` bytes/s; its bucket starts full, as `net.rs`'s does.
+    /// A link of `rate` bytes/s; its bucket starts full, as `net`'s does.
     pub(super) fn new(model: LinkModel, rate: f64) -> Link<T> {
         let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
         let burst = (rate / 20.0).max(MIN_BURST);

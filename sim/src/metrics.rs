@@ -38,10 +38,10 @@ impl Histogram {
 
     /// Nearest-rank percentile `p` in [0, 1], ms (the bucket's lower edge); 0 when empty.
     pub(super) fn percentile(&self, p: f64) -> f64 {
-        if self.count == 0 {
+        let rank = starling::quantile::nearest_rank(p, self.count);
+        if rank == 0 {
             return 0.0;
         }
-        let rank = ((p * self.count as f64).ceil() as u64).clamp(1, self.count);
         let mut seen = 0u64;
         for (i, b) in self.buckets.iter().enumerate() {
             seen += u64::from(*b);
@@ -57,15 +57,8 @@ impl Histogram {
     }
 }
 
-/// Nearest-rank percentile of unsorted samples; 0 when empty.
-pub(super) fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_by(f64::total_cmp);
-    let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-    samples.get(rank - 1).copied().unwrap_or(0.0)
-}
+/// Nearest-rank percentile of unsorted samples ([`starling::quantile::percentile`]).
+pub(super) use starling::quantile::percentile;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,12 @@
 //! The simulator's pending events: a calendar queue that pops in exactly the order of a
 //! binary heap on (time, sequence), without one heap of every pending event.
 //!
-//! At 10,000 peers about a million events are pending, and a heap that size is a
-//! cache miss per level on every pop (13% of the run in a profile). Nearly every event
-//! is due within a few seconds, so events go into buckets of about a millisecond on a
-//! ring; the current bucket is sorted when the clock reaches it (a thousand entries or so,
-//! cache-resident) and taken from its end, and events scheduled into it meanwhile wait in
-//! a small heap beside it. The bucket's heap had been 6% of the loop's time at 10,000
-//! peers; sorting it once instead made that run about 7% faster. Events beyond the ring's horizon wait in a heap of
-//! their own and join the current bucket when it reaches theirs.
+//! A heap of a million pending events costs a cache miss per level on every pop, and
+//! nearly every event is due within a few seconds, so events go into buckets of about a
+//! millisecond on a ring; the current bucket is sorted once when the clock reaches it and
+//! taken from its end, and events scheduled into it meanwhile wait in a small heap beside
+//! it. Events beyond the ring's horizon wait in a heap of their own and join the current
+//! bucket when it reaches theirs.
 //!
 //! The first few pending events are also kept apart, in order, so the engine can see what
 //! comes next and have its memory fetched while the current event runs.

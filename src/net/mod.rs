@@ -1,5 +1,5 @@
 //! The QUIC driver: one quinn endpoint, one task per connection, and a main loop
-//! that feeds [`Mesh`] and carries out its [`Action`]s.
+//! that feeds [`Mesh`] and carries out its [`Action`](crate::mesh::Action)s.
 //!
 //! Each partner pair shares one connection: the dialler opens the control stream
 //! (Hello, then buffer maps, haves, peer lists); every transfer gets its own
