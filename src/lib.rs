@@ -19,6 +19,8 @@
 //! - [`sim`] — a discrete-event simulator driving many [`mesh`] nodes in virtual time.
 //!
 //! I/O (thin drivers around the pure parts):
+//! - [`clock`] — the two clocks the drivers read: tokio's monotonic one (paused tests pause
+//!   it) and the wall clock in Unix seconds.
 //! - [`tls`] — QUIC/TLS configuration that authenticates peers by ed25519 key.
 //! - [`source`] — stdin, a paced file, an ffmpeg child, the built-in demo clip.
 //! - [`store`] — the verified segments a node holds, shared with HTTP.
@@ -34,6 +36,7 @@
 
 pub mod broadcaster;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod mesh;
 pub mod net;

@@ -81,7 +81,7 @@ pub async fn run(
     let stream = config.ticket.stream;
     // A token for another stream or already expired is refused here, before any dialling.
     if let Some(token) = &config.token {
-        token.verify(&stream, 0, net::unix_now_s())?;
+        token.verify(&stream, 0, crate::clock::unix_now_s())?;
     }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s.
@@ -226,7 +226,7 @@ fn recent_latencies_ms(node: &NodeView) -> Vec<f64> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
-    let now = crate::net::now();
+    let now = crate::clock::now();
     let shared = node.store();
     let store = store::lock(&shared);
     let mut out: Vec<f64> = store
