@@ -5,6 +5,7 @@
 //! ([`TokenEpoch`]); bumping it revokes every token of an older epoch without changing
 //! the stream's identity. Pure apart from that file: checks take the time as an argument.
 
+use crate::stream::codec::{CodecError, TextCodec};
 use crate::stream::StreamId;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
@@ -118,36 +119,19 @@ impl JoinToken {
 
     /// The copy-pasteable form: `starlingtok1` + lowercase base32 of the postcard encoding.
     pub fn encode(&self) -> String {
-        // A Vec-backed postcard encoding of plain data cannot fail.
-        let bytes = postcard::to_allocvec(self).unwrap_or_default();
-        format!(
-            "{TOKEN_PREFIX}{}",
-            data_encoding::BASE32_NOPAD
-                .encode(&bytes)
-                .to_ascii_lowercase()
-        )
+        self.to_text()
     }
 
-    /// Parses a token string (surrounding whitespace is ignored). Says nothing about
-    /// whether it is valid: that is [`JoinToken::verify`].
+    /// Parses a token string: exactly what [`JoinToken::encode`] writes, with any whitespace
+    /// around it ignored. Says nothing about whether it is valid: that is
+    /// [`JoinToken::verify`].
     pub fn decode(text: &str) -> Result<JoinToken, TokenError> {
-        let text = text.trim();
-        if text.len() > MAX_TOKEN_TEXT {
-            return Err(TokenError::Malformed("too long"));
-        }
-        let body = text
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::Malformed(
-                "it does not start with 'starlingtok1'",
-            ))?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|_| TokenError::Malformed("not valid base32"))?;
-        let (token, rest): (JoinToken, &[u8]) = postcard::take_from_bytes(&bytes)
-            .map_err(|_| TokenError::Malformed("garbled contents"))?;
-        if !rest.is_empty() {
-            return Err(TokenError::Malformed("trailing bytes"));
-        }
+        let token = JoinToken::from_text(text).map_err(|e| {
+            TokenError::Malformed(match e {
+                CodecError::WrongPrefix => "it does not start with 'starlingtok1'",
+                other => other.reason(),
+            })
+        })?;
         if token.stream.verifying_key().is_none() {
             return Err(TokenError::Malformed(
                 "stream key is not a valid ed25519 key",
@@ -155,6 +139,11 @@ impl JoinToken {
         }
         Ok(token)
     }
+}
+
+impl TextCodec for JoinToken {
+    const PREFIX: &'static str = TOKEN_PREFIX;
+    const MAX_TEXT: usize = MAX_TOKEN_TEXT;
 }
 
 fn signed_bytes(claims: &TokenClaims) -> Vec<u8> {
@@ -396,6 +385,56 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// The text of arbitrary bytes, as a token would be written.
+    fn text_of(bytes: &[u8]) -> String {
+        let body = data_encoding::BASE32_NOPAD.encode(bytes);
+        format!("{TOKEN_PREFIX}{}", body.to_ascii_lowercase())
+    }
+
+    #[test]
+    fn a_token_has_one_text() {
+        let k = key(1);
+        let t = JoinToken::issue(&k, 3, NOW + 60);
+        let text = t.encode();
+        assert_eq!(
+            JoinToken::decode(&text).map(|b| b.encode()),
+            Ok(text.clone())
+        );
+        assert_eq!(
+            JoinToken::decode(&text.to_ascii_uppercase()),
+            Err(TokenError::Malformed(
+                "it does not start with 'starlingtok1'"
+            ))
+        );
+        let body_upper = format!(
+            "{TOKEN_PREFIX}{}",
+            text[TOKEN_PREFIX.len()..].to_ascii_uppercase()
+        );
+        assert_eq!(
+            JoinToken::decode(&body_upper),
+            Err(TokenError::Malformed(
+                "it has uppercase letters: paste it exactly as printed"
+            ))
+        );
+        let mut bytes = postcard::to_allocvec(&t).unwrap();
+        bytes.push(0);
+        assert_eq!(
+            JoinToken::decode(&text_of(&bytes)),
+            Err(TokenError::Malformed("trailing bytes"))
+        );
+        // The epoch (byte 32) as a two-byte varint: the same signed token, another text.
+        let mut bytes = postcard::to_allocvec(&t).unwrap();
+        bytes.splice(32..33, [0x83, 0x00]);
+        let same: JoinToken = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(same.verify(&node_id(&k), 3, NOW), Ok(()));
+        assert_eq!(
+            JoinToken::decode(&text_of(&bytes)),
+            Err(TokenError::Malformed(
+                "not in canonical form: paste it exactly as printed"
+            ))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub(crate) mod codec;
 mod header;
 mod key;
 mod ticket;
@@ -35,6 +36,9 @@ pub const ALL_PARTS: u32 = (1 << PARTS) - 1;
 pub const MAX_DURATION_MS: u32 = 60_000;
 /// Most addresses a ticket may carry.
 pub const MAX_TICKET_ADDRS: usize = 16;
+/// Longest ticket string accepted (one with [`MAX_TICKET_ADDRS`] IPv6 addresses is about
+/// 600 characters).
+pub const MAX_TICKET_TEXT: usize = 4096;
 /// Prefix of every ticket string; the digit is the ticket format version.
 pub const TICKET_PREFIX: &str = "starling1";
 
