@@ -7,7 +7,7 @@
 
 use crate::stream::codec::{CodecError, TextCodec};
 use crate::stream::StreamId;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,7 +105,8 @@ impl JoinToken {
             expires_unix_s: self.expires_unix_s,
         };
         let key = stream.verifying_key().ok_or(TokenError::BadSignature)?;
-        key.verify(&signed_bytes(&claims), &self.signature)
+        // Strict: a small-order key or R, which verify any message under the lax check, fail.
+        key.verify_strict(&signed_bytes(&claims), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
         // Signature first: an unsigned token must not learn whether its dates would pass.
         if now_unix_s >= self.expires_unix_s {
@@ -132,12 +133,16 @@ impl JoinToken {
                 other => other.reason(),
             })
         })?;
-        if token.stream.verifying_key().is_none() {
-            return Err(TokenError::Malformed(
+        match token.stream.verifying_key() {
+            None => Err(TokenError::Malformed(
                 "stream key is not a valid ed25519 key",
-            ));
+            )),
+            // A small-order key makes forgeries trivial under a lax check; no real key is one.
+            Some(k) if k.is_weak() => Err(TokenError::Malformed(
+                "stream key is a weak (small-order) ed25519 key",
+            )),
+            Some(_) => Ok(token),
         }
-        Ok(token)
     }
 }
 
@@ -303,6 +308,7 @@ impl TokenEpoch {
 mod tests {
     use super::*;
     use crate::stream::node_id;
+    use ed25519_dalek::Verifier;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -433,6 +439,34 @@ mod tests {
             JoinToken::decode(&text_of(&bytes)),
             Err(TokenError::Malformed(
                 "not in canonical form: paste it exactly as printed"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_small_order_stream_key_admits_nobody() {
+        let weak = crate::stream::weak::KEY;
+        let t = JoinToken {
+            stream: weak,
+            epoch: 0,
+            expires_unix_s: NOW + 60,
+            signature: crate::stream::weak::signature(),
+        };
+        let claims = TokenClaims {
+            stream: weak,
+            epoch: 0,
+            expires_unix_s: NOW + 60,
+        };
+        let lax = weak.verifying_key().unwrap();
+        assert!(
+            Verifier::verify(&lax, &signed_bytes(&claims), &t.signature).is_ok(),
+            "the lax check this replaced accepts it"
+        );
+        assert_eq!(t.verify(&weak, 0, NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            JoinToken::decode(&t.encode()),
+            Err(TokenError::Malformed(
+                "stream key is a weak (small-order) ed25519 key"
             ))
         );
     }

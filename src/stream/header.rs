@@ -5,7 +5,7 @@ use super::{
     StreamError, StreamId, MAX_DURATION_MS, MAX_PIECES, MAX_SEGMENT_LEN, MIN_PIECE_SIZE, PARTS,
 };
 use bytes::Bytes;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 /// Domain separation: a segment signature can never be mistaken for another signed message.
@@ -124,7 +124,8 @@ impl SignedHeader {
             return Err(StreamError::BadHeader("piece count does not match length"));
         }
         let key = stream.verifying_key().ok_or(StreamError::BadSignature)?;
-        key.verify(&signed_bytes(h), &self.signature)
+        // Strict: a small-order key or R, which verify any message under the lax check, fail.
+        key.verify_strict(&signed_bytes(h), &self.signature)
             .map_err(|_| StreamError::BadSignature)
     }
 
@@ -180,7 +181,7 @@ impl VerifiedSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::node_id;
+    use crate::stream::{node_id, weak};
     use rand::SeedableRng;
 
     fn key(seed: u64) -> SigningKey {
@@ -262,5 +263,19 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn a_small_order_key_signs_nothing() {
+        let mut h = sign_segment(&key(1), 7, 2000, 1234, false, &[5u8; 1000]).unwrap();
+        h.signature = weak::signature();
+        let weak = weak::KEY;
+        let lax = weak.verifying_key().unwrap();
+        assert!(lax.is_weak());
+        assert!(
+            ed25519_dalek::Verifier::verify(&lax, &signed_bytes(&h.header), &h.signature).is_ok(),
+            "the lax check this replaced accepts it"
+        );
+        assert!(matches!(h.verify(&weak), Err(StreamError::BadSignature)));
     }
 }

@@ -147,6 +147,28 @@ pub fn node_id(key: &SigningKey) -> NodeId {
     NodeId(key.verifying_key().to_bytes())
 }
 
+/// A public key with a signature that the lax ed25519 check accepts for every message: the
+/// identity point, and R = identity, S = 0. Tests show the strict checks refuse them.
+#[cfg(test)]
+pub(crate) mod weak {
+    use super::NodeId;
+    use ed25519_dalek::Signature;
+
+    /// The identity point, compressed: y = 1.
+    pub(crate) const KEY: NodeId = {
+        let mut k = [0u8; 32];
+        k[0] = 1;
+        NodeId(k)
+    };
+
+    /// R = the identity point, S = 0.
+    pub(crate) fn signature() -> Signature {
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        Signature::from_bytes(&sig)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

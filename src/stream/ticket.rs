@@ -37,12 +37,16 @@ impl Ticket {
         if ticket.addrs.is_empty() || ticket.addrs.len() > MAX_TICKET_ADDRS {
             return Err(StreamError::BadTicket("wrong number of addresses"));
         }
-        if ticket.stream.verifying_key().is_none() {
-            return Err(StreamError::BadTicket(
+        match ticket.stream.verifying_key() {
+            None => Err(StreamError::BadTicket(
                 "stream key is not a valid ed25519 key",
-            ));
+            )),
+            // A small-order key makes forgeries trivial under a lax check; no real key is one.
+            Some(k) if k.is_weak() => Err(StreamError::BadTicket(
+                "stream key is a weak (small-order) ed25519 key",
+            )),
+            Some(_) => Ok(ticket),
         }
-        Ok(ticket)
     }
 }
 
@@ -156,5 +160,38 @@ mod tests {
             let text = t.encode();
             proptest::prop_assert_eq!(Ticket::decode(&text).ok(), Some(t));
         }
+    }
+
+    #[test]
+    fn a_small_order_stream_key_is_refused() {
+        let t = Ticket {
+            stream: crate::stream::weak::KEY,
+            ..ticket()
+        };
+        assert!(matches!(
+            Ticket::decode(&t.encode()),
+            Err(StreamError::BadTicket(
+                "stream key is a weak (small-order) ed25519 key"
+            ))
+        ));
+        // About half of all y coordinates have no point on the curve.
+        let off_curve = (2..=u8::MAX)
+            .map(|y| {
+                let mut k = [0u8; 32];
+                k[0] = y;
+                crate::stream::NodeId(k)
+            })
+            .find(|id| id.verifying_key().is_none())
+            .unwrap();
+        let off_curve = Ticket {
+            stream: off_curve,
+            ..ticket()
+        };
+        assert!(matches!(
+            Ticket::decode(&off_curve.encode()),
+            Err(StreamError::BadTicket(
+                "stream key is not a valid ed25519 key"
+            ))
+        ));
     }
 }
