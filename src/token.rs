@@ -6,6 +6,7 @@
 //! the stream's identity. Pure apart from that file: checks take the time as an argument.
 
 use crate::stream::codec::{CodecError, TextCodec};
+use crate::stream::key::{create_private, read_small_file, SmallFileError};
 use crate::stream::StreamId;
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ pub const TOKEN_PREFIX: &str = "starlingtok1";
 pub const MAX_TOKEN_TEXT: usize = 512;
 /// Longest lifetime a token may be issued for.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Longest token epoch file read (it holds one `epoch=N` line).
+const MAX_EPOCH_FILE: u64 = 256;
 
 /// Domain separation: a token signature can never pass for a segment header's or any other.
 const TOKEN_CONTEXT: &[u8] = b"starling join token v1\0";
@@ -268,14 +272,12 @@ impl TokenEpoch {
             path: path.display().to_string(),
             why,
         };
-        let text = match std::fs::read(path) {
-            Ok(bytes) if bytes.len() <= 256 => {
-                String::from_utf8(bytes).map_err(|_| corrupt("not text".into()))?
-            }
-            Ok(_) => return Err(corrupt("too large".into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokenEpoch(0)),
+        let bytes = match read_small_file(path, MAX_EPOCH_FILE) {
+            Ok(file) => file.bytes,
+            Err(SmallFileError::Missing) => return Ok(TokenEpoch(0)),
             Err(e) => return Err(corrupt(e.to_string())),
         };
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("not text".into()))?;
         text.lines()
             .find_map(|l| l.trim().strip_prefix("epoch="))
             .and_then(|v| v.trim().parse().ok())
@@ -285,13 +287,24 @@ impl TokenEpoch {
 
     /// Writes the epoch atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), EpochFileError> {
+        use std::io::Write;
         let write = |source| EpochFileError::Write {
             path: path.display().to_string(),
             source,
         };
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        std::fs::write(&tmp, format!("epoch={}\n", self.0)).map_err(write)?;
+        let tmp = PathBuf::from(tmp);
+        // A leftover of a crash, or a link planted to redirect the write: removing it removes
+        // the link, not its target, and the exclusive create below then never follows one.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write(e)),
+            _ => {}
+        }
+        let mut file = create_private(&tmp).map_err(write)?;
+        file.write_all(format!("epoch={}\n", self.0).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(write)?;
         std::fs::rename(&tmp, path).map_err(write)
     }
 
@@ -510,6 +523,59 @@ mod tests {
             Err(EpochFileError::Corrupt { .. })
         ));
         assert!(TokenEpoch(u32::MAX).rotated().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn epoch_file_writes_follow_no_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("starling-epoch-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = TokenEpoch::path_for(&dir.join("key"));
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        TokenEpoch(4).save(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(TokenEpoch::load(&path).unwrap(), TokenEpoch(4));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // A leftover temp file of a crash does not block the next save.
+        std::fs::write(&tmp, "epoch=9\n").unwrap();
+        TokenEpoch(5).save(&path).unwrap();
+        assert_eq!(TokenEpoch::load(&path).unwrap(), TokenEpoch(5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_epoch_file_that_is_no_file_is_refused_not_read() {
+        let dir = std::env::temp_dir().join(format!("starling-epoch-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real");
+        std::fs::write(&real, "epoch=3\n").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let long = dir.join("long");
+        std::fs::write(&long, "epoch=3\n".repeat(100)).unwrap();
+        for (path, why) in [
+            (link.as_path(), "symbolic link"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (long.as_path(), "too large"),
+        ] {
+            match TokenEpoch::load(path) {
+                Err(e @ EpochFileError::Corrupt { .. }) => {
+                    assert!(e.to_string().contains(why), "{e}")
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,7 +10,7 @@ use std::fmt;
 
 pub(crate) mod codec;
 mod header;
-mod key;
+pub(crate) mod key;
 mod ticket;
 
 pub use header::{
@@ -58,6 +58,29 @@ pub enum StreamError {
     KeyCorrupt {
         /// The key file.
         path: String,
+    },
+    /// The key path is a symbolic link, which is never followed: a link planted there
+    /// could swap the stream's identity.
+    #[error("cannot read key file {path}: it is a symbolic link, which Starling does not follow; give the path of the file itself")]
+    KeySymlink {
+        /// The key file.
+        path: String,
+    },
+    /// The key path is a directory, a device (such as /dev/zero) or a pipe.
+    #[error("cannot read key file {path}: it is not a regular file (a directory, device or pipe)")]
+    KeyNotRegular {
+        /// The key file.
+        path: String,
+    },
+    /// Others than its owner may read or write the key file; it is not used until fixed.
+    #[error(
+        "key file {path} is open to group or others (mode {mode:03o}): run `chmod 600 {path}`"
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A new key could not be written.
     #[error("cannot write key file {path}: {source}")]
