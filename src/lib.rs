@@ -26,7 +26,8 @@
 //! Pure (no sockets, no clock reads; time and randomness are arguments): `ts`, `stream`,
 //! `wire`, `mesh`, `node`, `playlist`, [`rate`] (the token bucket), [`token`] (join tokens
 //! for private streams), [`quantile`] (the one percentile convention). I/O: `source`, `net`,
-//! [`tls`] (QUIC/TLS authenticating peers by ed25519 key), `store`, `http`.
+//! [`tls`] (QUIC/TLS authenticating peers by ed25519 key), `store`, `http`, and [`clock`]
+//! (the one place that reads the clocks: tokio's, so paused tests pause it, and the wall clock).
 //!
 //! The programs are thin binaries around [`broadcaster`] (source → signed segments →
 //! seeding node, ticket, `/stats`) and [`viewer`] (ticket → node → local HLS, status
@@ -35,6 +36,7 @@
 
 pub mod broadcaster;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod mesh;
 pub mod net;

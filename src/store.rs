@@ -40,7 +40,7 @@ impl Store {
 
     /// Adds a segment; false if it was already held or is older than the window.
     pub fn insert(&mut self, seg: VerifiedSegment) -> bool {
-        self.insert_at(seg, crate::net::now())
+        self.insert_at(seg, crate::clock::now())
     }
 
     /// Adds a segment that arrived at `now`; false if already held or older than the window.

@@ -5,8 +5,10 @@
 //! ([`TokenEpoch`]); bumping it revokes every token of an older epoch without changing
 //! the stream's identity. Pure apart from that file: checks take the time as an argument.
 
+use crate::stream::codec::{CodecError, TextCodec};
+use crate::stream::key::{create_private, read_small_file, SmallFileError};
 use crate::stream::StreamId;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,9 @@ pub const TOKEN_PREFIX: &str = "starlingtok1";
 pub const MAX_TOKEN_TEXT: usize = 512;
 /// Longest lifetime a token may be issued for.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Longest token epoch file read (it holds one `epoch=N` line).
+const MAX_EPOCH_FILE: u64 = 256;
 
 /// Domain separation: a token signature can never pass for a segment header's or any other.
 const TOKEN_CONTEXT: &[u8] = b"starling join token v1\0";
@@ -104,7 +109,8 @@ impl JoinToken {
             expires_unix_s: self.expires_unix_s,
         };
         let key = stream.verifying_key().ok_or(TokenError::BadSignature)?;
-        key.verify(&signed_bytes(&claims), &self.signature)
+        // Strict: a small-order key or R, which verify any message under the lax check, fail.
+        key.verify_strict(&signed_bytes(&claims), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
         // Signature first: an unsigned token must not learn whether its dates would pass.
         if now_unix_s >= self.expires_unix_s {
@@ -118,43 +124,35 @@ impl JoinToken {
 
     /// The copy-pasteable form: `starlingtok1` + lowercase base32 of the postcard encoding.
     pub fn encode(&self) -> String {
-        // A Vec-backed postcard encoding of plain data cannot fail.
-        let bytes = postcard::to_allocvec(self).unwrap_or_default();
-        format!(
-            "{TOKEN_PREFIX}{}",
-            data_encoding::BASE32_NOPAD
-                .encode(&bytes)
-                .to_ascii_lowercase()
-        )
+        self.to_text()
     }
 
-    /// Parses a token string (surrounding whitespace is ignored). Says nothing about
-    /// whether it is valid: that is [`JoinToken::verify`].
+    /// Parses a token string: exactly what [`JoinToken::encode`] writes, with any whitespace
+    /// around it ignored. Says nothing about whether it is valid: that is
+    /// [`JoinToken::verify`].
     pub fn decode(text: &str) -> Result<JoinToken, TokenError> {
-        let text = text.trim();
-        if text.len() > MAX_TOKEN_TEXT {
-            return Err(TokenError::Malformed("too long"));
-        }
-        let body = text
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::Malformed(
-                "it does not start with 'starlingtok1'",
-            ))?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|_| TokenError::Malformed("not valid base32"))?;
-        let (token, rest): (JoinToken, &[u8]) = postcard::take_from_bytes(&bytes)
-            .map_err(|_| TokenError::Malformed("garbled contents"))?;
-        if !rest.is_empty() {
-            return Err(TokenError::Malformed("trailing bytes"));
-        }
-        if token.stream.verifying_key().is_none() {
-            return Err(TokenError::Malformed(
+        let token = JoinToken::from_text(text).map_err(|e| {
+            TokenError::Malformed(match e {
+                CodecError::WrongPrefix => "it does not start with 'starlingtok1'",
+                other => other.reason(),
+            })
+        })?;
+        match token.stream.verifying_key() {
+            None => Err(TokenError::Malformed(
                 "stream key is not a valid ed25519 key",
-            ));
+            )),
+            // A small-order key makes forgeries trivial under a lax check; no real key is one.
+            Some(k) if k.is_weak() => Err(TokenError::Malformed(
+                "stream key is a weak (small-order) ed25519 key",
+            )),
+            Some(_) => Ok(token),
         }
-        Ok(token)
     }
+}
+
+impl TextCodec for JoinToken {
+    const PREFIX: &'static str = TOKEN_PREFIX;
+    const MAX_TEXT: usize = MAX_TOKEN_TEXT;
 }
 
 fn signed_bytes(claims: &TokenClaims) -> Vec<u8> {
@@ -274,14 +272,12 @@ impl TokenEpoch {
             path: path.display().to_string(),
             why,
         };
-        let text = match std::fs::read(path) {
-            Ok(bytes) if bytes.len() <= 256 => {
-                String::from_utf8(bytes).map_err(|_| corrupt("not text".into()))?
-            }
-            Ok(_) => return Err(corrupt("too large".into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokenEpoch(0)),
+        let bytes = match read_small_file(path, MAX_EPOCH_FILE) {
+            Ok(file) => file.bytes,
+            Err(SmallFileError::Missing) => return Ok(TokenEpoch(0)),
             Err(e) => return Err(corrupt(e.to_string())),
         };
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("not text".into()))?;
         text.lines()
             .find_map(|l| l.trim().strip_prefix("epoch="))
             .and_then(|v| v.trim().parse().ok())
@@ -291,13 +287,24 @@ impl TokenEpoch {
 
     /// Writes the epoch atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), EpochFileError> {
+        use std::io::Write;
         let write = |source| EpochFileError::Write {
             path: path.display().to_string(),
             source,
         };
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        std::fs::write(&tmp, format!("epoch={}\n", self.0)).map_err(write)?;
+        let tmp = PathBuf::from(tmp);
+        // A leftover of a crash, or a link planted to redirect the write: removing it removes
+        // the link, not its target, and the exclusive create below then never follows one.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write(e)),
+            _ => {}
+        }
+        let mut file = create_private(&tmp).map_err(write)?;
+        file.write_all(format!("epoch={}\n", self.0).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(write)?;
         std::fs::rename(&tmp, path).map_err(write)
     }
 
@@ -314,6 +321,7 @@ impl TokenEpoch {
 mod tests {
     use super::*;
     use crate::stream::node_id;
+    use ed25519_dalek::Verifier;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -398,6 +406,84 @@ mod tests {
         }
     }
 
+    /// The text of arbitrary bytes, as a token would be written.
+    fn text_of(bytes: &[u8]) -> String {
+        let body = data_encoding::BASE32_NOPAD.encode(bytes);
+        format!("{TOKEN_PREFIX}{}", body.to_ascii_lowercase())
+    }
+
+    #[test]
+    fn a_token_has_one_text() {
+        let k = key(1);
+        let t = JoinToken::issue(&k, 3, NOW + 60);
+        let text = t.encode();
+        assert_eq!(
+            JoinToken::decode(&text).map(|b| b.encode()),
+            Ok(text.clone())
+        );
+        assert_eq!(
+            JoinToken::decode(&text.to_ascii_uppercase()),
+            Err(TokenError::Malformed(
+                "it does not start with 'starlingtok1'"
+            ))
+        );
+        let body_upper = format!(
+            "{TOKEN_PREFIX}{}",
+            text[TOKEN_PREFIX.len()..].to_ascii_uppercase()
+        );
+        assert_eq!(
+            JoinToken::decode(&body_upper),
+            Err(TokenError::Malformed(
+                "it has uppercase letters: paste it exactly as printed"
+            ))
+        );
+        let mut bytes = postcard::to_allocvec(&t).unwrap();
+        bytes.push(0);
+        assert_eq!(
+            JoinToken::decode(&text_of(&bytes)),
+            Err(TokenError::Malformed("trailing bytes"))
+        );
+        // The epoch (byte 32) as a two-byte varint: the same signed token, another text.
+        let mut bytes = postcard::to_allocvec(&t).unwrap();
+        bytes.splice(32..33, [0x83, 0x00]);
+        let same: JoinToken = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(same.verify(&node_id(&k), 3, NOW), Ok(()));
+        assert_eq!(
+            JoinToken::decode(&text_of(&bytes)),
+            Err(TokenError::Malformed(
+                "not in canonical form: paste it exactly as printed"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_small_order_stream_key_admits_nobody() {
+        let weak = crate::stream::weak::KEY;
+        let t = JoinToken {
+            stream: weak,
+            epoch: 0,
+            expires_unix_s: NOW + 60,
+            signature: crate::stream::weak::signature(),
+        };
+        let claims = TokenClaims {
+            stream: weak,
+            epoch: 0,
+            expires_unix_s: NOW + 60,
+        };
+        let lax = weak.verifying_key().unwrap();
+        assert!(
+            Verifier::verify(&lax, &signed_bytes(&claims), &t.signature).is_ok(),
+            "the lax check this replaced accepts it"
+        );
+        assert_eq!(t.verify(&weak, 0, NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            JoinToken::decode(&t.encode()),
+            Err(TokenError::Malformed(
+                "stream key is a weak (small-order) ed25519 key"
+            ))
+        );
+    }
+
     #[test]
     fn lifetimes_parse_with_units_and_bounds() {
         assert_eq!(parse_lifetime("90s"), Ok(Duration::from_secs(90)));
@@ -437,6 +523,59 @@ mod tests {
             Err(EpochFileError::Corrupt { .. })
         ));
         assert!(TokenEpoch(u32::MAX).rotated().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn epoch_file_writes_follow_no_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("starling-epoch-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = TokenEpoch::path_for(&dir.join("key"));
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        TokenEpoch(4).save(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(TokenEpoch::load(&path).unwrap(), TokenEpoch(4));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // A leftover temp file of a crash does not block the next save.
+        std::fs::write(&tmp, "epoch=9\n").unwrap();
+        TokenEpoch(5).save(&path).unwrap();
+        assert_eq!(TokenEpoch::load(&path).unwrap(), TokenEpoch(5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_epoch_file_that_is_no_file_is_refused_not_read() {
+        let dir = std::env::temp_dir().join(format!("starling-epoch-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real");
+        std::fs::write(&real, "epoch=3\n").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let long = dir.join("long");
+        std::fs::write(&long, "epoch=3\n".repeat(100)).unwrap();
+        for (path, why) in [
+            (link.as_path(), "symbolic link"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (long.as_path(), "too large"),
+        ] {
+            match TokenEpoch::load(path) {
+                Err(e @ EpochFileError::Corrupt { .. }) => {
+                    assert!(e.to_string().contains(why), "{e}")
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -11,8 +11,9 @@ use common::nodes::{
     broadcaster_config, dial_with_hello, publish, shutdown_all, viewer_config, wait_for, Dialled,
 };
 use ed25519_dalek::SigningKey;
+use starling::clock::unix_now_s;
 use starling::mesh::MeshConfig;
-use starling::net::{unix_now_s, Node};
+use starling::net::Node;
 use starling::stream::{node_id, NodeId};
 use starling::token::{Admission, JoinToken, TokenError};
 use starling::wire::{self, Control, Role};

@@ -132,7 +132,7 @@ async fn run() -> bool {
 
 fn print_token(args: TokenArgs) -> bool {
     let key = args.key.unwrap_or_else(starling::cli::default_key_path);
-    let now = starling::net::unix_now_s();
+    let now = starling::clock::unix_now_s();
     match broadcaster::issue_token(&key, args.expires, args.rotate, now) {
         Ok(token) => {
             let mut out = std::io::stdout().lock();

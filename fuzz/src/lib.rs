@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use ed25519_dalek::SigningKey;
 use serde::{de::DeserializeOwned, Serialize};
 use starling::stream::{
-    node_id, piece_range, NodeId, SignedHeader, StreamId, Ticket, MAX_TICKET_ADDRS, TICKET_PREFIX,
+    node_id, piece_range, NodeId, SignedHeader, StreamId, Ticket, MAX_TICKET_ADDRS,
+    MAX_TICKET_TEXT, TICKET_PREFIX,
 };
 use starling::token::{JoinToken, TokenError, MAX_TOKEN_TEXT, TOKEN_PREFIX};
 use starling::ts::MAX_SEGMENT_DURATION;
@@ -136,14 +137,19 @@ fn check_header(h: &SignedHeader, rest: &[u8]) {
 /// `ticket`: parses the input (lossy UTF-8) as a ticket.
 ///
 /// Properties: parsing never panics; a ticket that parses has 1 to
-/// [`MAX_TICKET_ADDRS`] addresses, and encoding it gives a string that
-/// parses back to the same ticket.
+/// [`MAX_TICKET_ADDRS`] addresses and a stream key that is a valid point not
+/// of small order, came from at most [`MAX_TICKET_TEXT`] characters, and is
+/// canonical: encoding it gives exactly the trimmed input, which parses back
+/// to the same ticket.
 pub fn ticket(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Ok(t) = Ticket::decode(&text) else { return };
     assert!(!t.addrs.is_empty() && t.addrs.len() <= MAX_TICKET_ADDRS);
+    assert!(t.stream.verifying_key().is_some_and(|k| !k.is_weak()));
+    assert!(text.trim().len() <= MAX_TICKET_TEXT);
     let again = t.encode();
     assert!(again.starts_with(TICKET_PREFIX));
+    assert_eq!(again, text.trim(), "a ticket with two texts");
     match Ticket::decode(&again) {
         Ok(back) => assert_eq!(back, t),
         Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),
@@ -154,21 +160,23 @@ pub fn ticket(data: &[u8]) {
 
 /// `token`: join token strings a user pastes (lossy UTF-8 of the input).
 ///
-/// Properties: decoding never panics; a token that parses names a valid key,
-/// came from at most [`MAX_TOKEN_TEXT`] characters, and re-encodes to a string
-/// that parses back to itself; `verify` never panics and agrees with the
-/// dates: never valid at or after expiry, never valid below the minimum epoch,
-/// never valid for another stream; a token that verifies against the seed key
-/// still verifies once its text is re-encoded.
+/// Properties: decoding never panics; a token that parses names a valid key
+/// not of small order, came from at most [`MAX_TOKEN_TEXT`] characters, and
+/// is canonical: it re-encodes to exactly the trimmed input, which parses
+/// back to itself; `verify` never panics and agrees with the dates: never
+/// valid at or after expiry, never valid below the minimum epoch, never valid
+/// for another stream; a token that verifies against the seed key still
+/// verifies once its text is re-encoded.
 pub fn token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Ok(t) = JoinToken::decode(&text) else {
         return;
     };
     assert!(text.trim().len() <= MAX_TOKEN_TEXT);
-    assert!(t.stream.verifying_key().is_some());
+    assert!(t.stream.verifying_key().is_some_and(|k| !k.is_weak()));
     let again = t.encode();
     assert!(again.starts_with(TOKEN_PREFIX));
+    assert_eq!(again, text.trim(), "a token with two texts");
     match JoinToken::decode(&again) {
         Ok(back) => assert_eq!(back, t),
         Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),

@@ -4,7 +4,8 @@
 use super::connection::dial;
 use super::download::request;
 use super::upload::push;
-use super::{add, now, Shared};
+use super::{add, Shared};
+use crate::clock::now;
 use crate::mesh::{Action, Mesh};
 use crate::node::{hello, DisconnectReason, Misbehaviour, Uploads};
 use crate::store;

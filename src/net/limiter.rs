@@ -1,7 +1,7 @@
 //! The upload cap every upload of a node shares: one token bucket, async waiting, with
 //! seeding pushes let through first.
 
-use super::now;
+use crate::clock::now;
 use crate::rate::{Rate, TokenBucket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -25,6 +25,7 @@ mod upload;
 
 pub use limiter::{Limiter, SeedGuard, UploadClass, SEED_PRIORITY_WAIT};
 
+use crate::clock::now;
 use crate::mesh::{Mesh, MeshConfig, MeshStats};
 use crate::node::{Assemblies, Uploads};
 use crate::rate::Rate;
@@ -41,7 +42,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Errors starting or running a node.
@@ -108,11 +109,6 @@ fn add(c: &AtomicU64, n: u64) {
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
-}
-
-/// The clock every driver reads (tokio's, so paused-time tests work).
-pub fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// State shared by the main loop and the connection tasks.
@@ -427,11 +423,4 @@ pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     };
     addrs.push(SocketAddr::new(lo, local.port()));
     addrs
-}
-
-/// Seconds since the Unix epoch by the wall clock (token expiry is wall-clock time).
-pub fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -6,9 +6,10 @@
 mod stats;
 mod status;
 
+use crate::clock;
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
-use crate::net::{self, Node, NodeConfig, NodeView};
+use crate::net::{Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
 use crate::store;
@@ -55,7 +56,7 @@ pub struct ViewerConfig {
 pub enum ViewerError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
-    Net(#[from] net::NetError),
+    Net(#[from] crate::net::NetError),
     /// The ticket's address is held by a node with another key.
     #[error("the node at {addr} is not this ticket's broadcaster (it has a different key): the ticket is for another stream, or the broadcaster's key changed")]
     WrongStream {
@@ -86,7 +87,7 @@ pub async fn run(
     let stream = config.ticket.stream;
     // A token for another stream or already expired is refused here, before any dialling.
     if let Some(token) = &config.token {
-        token.verify(&stream, 0, net::unix_now_s())?;
+        token.verify(&stream, 0, clock::unix_now_s())?;
     }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s.
@@ -125,7 +126,7 @@ pub async fn run(
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
 
     tokio::pin!(shutdown);
-    let mut status = StatusLine::new(config.status_line, net::now());
+    let mut status = StatusLine::new(config.status_line, clock::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ended_at: Option<tokio::time::Instant> = None;
     let mut ever_connected = false;
@@ -153,7 +154,7 @@ pub async fn run(
                     outcome = Err(ViewerError::Token(refusal));
                     break;
                 }
-                status.show(&stats, net::now());
+                status.show(&stats, clock::now());
                 let ended = store::lock(&node.store()).ended();
                 let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
                 if complete && ended_at.is_none() {
@@ -195,7 +196,7 @@ impl Catalog for ViewerCatalog {
         let mut latencies = {
             let shared = self.node.store();
             let store = store::lock(&shared);
-            stats::recent_latencies_ms(&store, net::now(), stats::wall_clock_ms())
+            stats::recent_latencies_ms(&store, clock::now(), stats::wall_clock_ms())
         };
         stats::json(&n, &mut latencies)
     }
