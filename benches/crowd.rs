@@ -135,6 +135,9 @@ async fn crowd(a: Args, port: u16) -> bool {
         upload_bps: None,
         token: None,
         token_epoch: 0,
+        observed: addr,
+        local: None,
+        reach: wire::Reach::Unknown,
     })));
     let start = tokio::time::Instant::now();
     let hold = Duration::from_secs(a.hold_s);

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -55,6 +55,34 @@ pub enum Role {
     Viewer,
 }
 
+/// How a node can be reached, as it worked out from what its peers saw
+/// ([`crate::node::nat::Reachability`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reach {
+    /// Not known yet (no peer off its own networks has seen it).
+    #[default]
+    Unknown,
+    /// Reachable at its own address.
+    Public,
+    /// Behind a NAT that keeps one public address for every destination: reachable by a
+    /// simultaneous open.
+    Nat,
+    /// Behind a NAT that maps each destination apart: it can only dial out.
+    Symmetric,
+}
+
+impl Reach {
+    /// The name `/stats` shows.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reach::Unknown => "unknown",
+            Reach::Public => "public",
+            Reach::Nat => "nat",
+            Reach::Symmetric => "symmetric",
+        }
+    }
+}
+
 /// A peer as passed around by the tracker and peer exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -83,6 +111,12 @@ pub struct Hello {
     /// Private streams: the newest token epoch the sender knows. Believed only from
     /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
     pub token_epoch: u32,
+    /// The address the sender sees the receiver at: behind a NAT, its public one.
+    pub observed: SocketAddr,
+    /// The sender's address on its own LAN, for peers behind the same NAT.
+    pub local: Option<SocketAddr>,
+    /// How the sender can be reached, as far as it knows.
+    pub reach: Reach,
 }
 
 /// Messages on a connection's control stream (the first bidirectional stream).
@@ -270,6 +304,9 @@ mod tests {
                 upload_bps: Some(3_000_000),
                 token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
                 token_epoch: 2,
+                observed: "127.0.0.1:9".parse().unwrap(),
+                local: None,
+                reach: Reach::Unknown,
             })),
             Control::Swarm {
                 upload_pct: 130,

@@ -48,6 +48,9 @@ fn wire_seeds() -> Seeds {
                 upload_bps: Some(8_000_000),
                 token: None,
                 token_epoch: 0,
+                observed: "203.0.113.7:4433".parse().unwrap(),
+                local: None,
+                reach: starling::wire::Reach::Nat,
             })),
         ),
         (
@@ -60,6 +63,9 @@ fn wire_seeds() -> Seeds {
                 upload_bps: None,
                 token: Some(JoinToken::issue(&key, 3, 1_800_000_000)),
                 token_epoch: 3,
+                observed: "203.0.113.7:4433".parse().unwrap(),
+                local: None,
+                reach: starling::wire::Reach::Nat,
             })),
         ),
         (

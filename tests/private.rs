@@ -78,6 +78,9 @@ async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answe
         upload_bps: None,
         token,
         token_epoch: 0,
+        observed: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        local: None,
+        reach: wire::Reach::Unknown,
     }));
     let Dialled {
         endpoint,

@@ -894,6 +894,9 @@ impl Sim {
             upload_bps: Some(cfg.viewer_upload_bps),
             token: None,
             token_epoch: 0,
+            observed: node_addr(1),
+            local: Some(node_addr(1)),
+            reach: wire::Reach::Nat,
         })))
         .len() as u64;
         Sim {

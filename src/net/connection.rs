@@ -70,7 +70,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
                     .await
                     .ok()??;
                 let checked = check_hello(&shared, &conn, peer, &theirs)?;
-                send.write_all(&wire::encode(&our_hello(&shared)))
+                send.write_all(&wire::encode(&our_hello(&shared, &conn)))
                     .await
                     .ok()?;
                 Some((send, recv, checked))
@@ -126,7 +126,12 @@ impl Drop for Handshake {
     }
 }
 
-fn our_hello(shared: &Shared) -> Control {
+/// Our Hello to the peer at the other end of `conn`, telling it where we see it.
+fn our_hello(shared: &Shared, conn: &Connection) -> Control {
+    let (local, reach) = {
+        let r = shared.reachability();
+        (r.local_addr(), r.reach())
+    };
     Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
         stream: shared.stream,
@@ -135,6 +140,9 @@ fn our_hello(shared: &Shared) -> Control {
         upload_bps: shared.limiter.rate().map(|r| r.0),
         token: shared.admission.token(),
         token_epoch: *shared.token_epoch.borrow(),
+        observed: conn.remote_address(),
+        local,
+        reach,
     }))
 }
 
@@ -160,6 +168,9 @@ fn check_hello(
             if let Some(epoch) = checked.epoch_seen {
                 raise_epoch(shared, epoch);
             }
+            shared
+                .reachability()
+                .observe(conn.remote_address().ip(), checked.observed);
             Some(checked)
         }
         Err(refusal) => {
@@ -204,10 +215,12 @@ pub(super) async fn dial(shared: Arc<Shared>, peer: NodeId, addrs: Vec<SocketAdd
     while let Some(res) = attempts.join_next().await {
         if let Ok(Some((conn, send, recv, checked))) = res {
             attempts.abort_all();
+            add(&shared.counters.dials_ok, 1);
             run_connection(shared, conn, peer, send, recv, checked, true).await;
             return;
         }
     }
+    add(&shared.counters.dials_failed, 1);
     let _ = shared.events.send(Event::DialFailed { peer }).await;
 }
 
@@ -240,7 +253,7 @@ async fn connect(
             }
         };
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        send.write_all(&wire::encode(&our_hello(shared)))
+        send.write_all(&wire::encode(&our_hello(shared, &conn)))
             .await
             .ok()?;
         let theirs = match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {

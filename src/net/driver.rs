@@ -13,6 +13,7 @@ use crate::stream::NodeId;
 use crate::wire::{Control, Role};
 use quinn::Connection;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -133,6 +134,19 @@ impl Driver {
         *s = self.mesh.stats();
     }
 
+    /// Counts the partners reached over one of our own networks, for `/stats`.
+    fn count_lan_partners(&self) {
+        let r = self.shared.reachability();
+        let n = self
+            .conns
+            .iter()
+            .filter(|(id, c)| {
+                **id != self.shared.stream && r.on_our_networks(c.conn.remote_address().ip())
+            })
+            .count();
+        self.shared.lan_partners.store(n, Ordering::Relaxed);
+    }
+
     fn handle(&mut self, ev: Event) {
         let t = now();
         match ev {
@@ -179,6 +193,7 @@ impl Driver {
                 self.mesh.observe_capacity(bps, cap);
                 self.mesh
                     .handle_connected(t, peer, addr, role, uploads, upload_bps);
+                self.count_lan_partners();
             }
             Event::Disconnected { peer, conn_id } => {
                 if self
@@ -194,6 +209,7 @@ impl Driver {
                         *p != peer
                     });
                     self.mesh.handle_disconnected(t, peer);
+                    self.count_lan_partners();
                 }
             }
             Event::DialFailed { peer } => self.mesh.handle_dial_failed(t, peer),

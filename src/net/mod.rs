@@ -27,6 +27,7 @@ pub use limiter::{Limiter, SeedGuard, UploadClass, SEED_PRIORITY_WAIT};
 
 use crate::clock::now;
 use crate::mesh::{Mesh, MeshConfig, MeshStats};
+use crate::node::nat::{Interface, Reachability};
 use crate::node::{Assemblies, Uploads};
 use crate::rate::Rate;
 use crate::store::{self, SharedStore, Store};
@@ -100,6 +101,10 @@ pub struct Counters {
     /// Broadcaster: seeding pushes the receiver did not acknowledge in time (each seeded
     /// again elsewhere while fresh).
     pub seeds_unconfirmed: AtomicU64,
+    /// Dials that connected (to the broadcaster or a peer).
+    pub dials_ok: AtomicU64,
+    /// Dials that failed at every address tried.
+    pub dials_failed: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -128,6 +133,10 @@ struct Shared {
     assemblies: Mutex<Assemblies<Arc<Assembly>>>,
     /// Upload admission: slots in use, the stream's bitrate, parts seeded here.
     upload: Mutex<Uploads>,
+    /// Where peers see us, and so how we can be reached.
+    reachability: Mutex<Reachability>,
+    /// Partners connected over one of our own networks (kept by the driver).
+    lan_partners: AtomicUsize,
     /// An address from the ticket answered with a key other than the stream's.
     origin_wrong_key: Mutex<Option<SocketAddr>>,
     /// Private streams: what this node shows and demands.
@@ -152,6 +161,10 @@ impl Shared {
 
     fn upload(&self) -> MutexGuard<'_, Uploads> {
         self.upload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reachability(&self) -> MutexGuard<'_, Reachability> {
+        self.reachability.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -208,12 +221,25 @@ pub struct NodeStats {
     pub seeds_unconfirmed: u64,
     /// Peers banned for misbehaviour.
     pub bans: u64,
+    /// How peers reach this node: `public`, `nat`, `symmetric` or `unknown`.
+    pub reachability: &'static str,
+    /// The address peers off this node's networks see it at.
+    pub public_addr: Option<SocketAddr>,
+    /// Partners connected over one of this node's own networks (the same site).
+    pub lan_partners: usize,
+    /// Dials that connected.
+    pub dials_ok: u64,
+    /// Dials that failed at every address tried.
+    pub dials_failed: u64,
 }
 
 impl Node {
     /// Binds the endpoint and starts the node's tasks.
     pub async fn spawn(config: NodeConfig) -> Result<Node, NetError> {
         let endpoint = tls::endpoint(&config.key, config.listen)?;
+        let port = endpoint
+            .local_addr()
+            .map_or(config.listen.port(), |a| a.port());
         let (events_tx, events_rx) = mpsc::channel(4096);
         let me = node_id(&config.key);
         let shared = Arc::new(Shared {
@@ -230,6 +256,8 @@ impl Node {
             mesh_stats: Mutex::new(MeshStats::default()),
             assemblies: Mutex::new(Assemblies::default()),
             upload: Mutex::new(Uploads::default()),
+            reachability: Mutex::new(Reachability::new(interfaces(), port)),
+            lan_partners: AtomicUsize::new(0),
             origin_wrong_key: Mutex::new(None),
             admission: config.admission,
             token_epoch: watch::Sender::new(config.admission.epoch()),
@@ -362,6 +390,10 @@ impl NodeView {
             let s = store::lock(&self.shared.store);
             (s.len(), s.newest())
         };
+        let (reach, public_addr) = {
+            let r = self.shared.reachability();
+            (r.reach(), r.public_addr())
+        };
         NodeStats {
             peers: m.partners,
             origin_connected: m.origin_connected,
@@ -378,6 +410,11 @@ impl NodeView {
             busy_replies: get(&c.busy_replies),
             seeds_unconfirmed: get(&c.seeds_unconfirmed),
             bans: m.bans,
+            reachability: reach.as_str(),
+            public_addr,
+            lan_partners: self.shared.lan_partners.load(Ordering::Relaxed),
+            dials_ok: get(&c.dials_ok),
+            dials_failed: get(&c.dials_failed),
         }
     }
 
@@ -397,6 +434,25 @@ impl NodeView {
         store::lock(&self.shared.store).set_ended(last);
         let _ = self.shared.events.send(Event::End { last }).await;
     }
+}
+
+/// This host's interfaces with their prefix lengths (loopback left out by
+/// [`Reachability::new`]); none if they cannot be listed.
+fn interfaces() -> Vec<Interface> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| match i.addr {
+            if_addrs::IfAddr::V4(a) => Interface {
+                ip: IpAddr::V4(a.ip),
+                prefix: a.prefixlen,
+            },
+            if_addrs::IfAddr::V6(a) => Interface {
+                ip: IpAddr::V6(a.ip),
+                prefix: a.prefixlen,
+            },
+        })
+        .collect()
 }
 
 /// The addresses to put in a ticket for an endpoint bound to `local`.

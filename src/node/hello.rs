@@ -3,7 +3,8 @@
 
 use crate::stream::{NodeId, StreamId};
 use crate::token::{JoinToken, TokenError};
-use crate::wire::{self, Control, Role};
+use crate::wire::{self, Control, Reach, Role};
+use std::net::SocketAddr;
 
 /// What this node demands of a peer's Hello.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,12 @@ pub struct PeerHello {
     /// A token epoch the stream key vouches for (the broadcaster's Hello, or a valid
     /// token): older tokens are revoked from now on.
     pub epoch_seen: Option<u32>,
+    /// Where it sees us ([`crate::node::nat::Reachability::observe`]).
+    pub observed: SocketAddr,
+    /// Its LAN address, for peers of its site.
+    pub local: Option<SocketAddr>,
+    /// How it says it can be reached.
+    pub reach: Reach,
 }
 
 /// Why a Hello was refused.
@@ -107,6 +114,9 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         upload_bps,
         token,
         token_epoch,
+        observed,
+        local,
+        reach,
     } = &**hello;
     if *version != wire::PROTOCOL_VERSION {
         return Err(Refusal::Version {
@@ -133,6 +143,9 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         upload_bps: *upload_bps,
         token: if policy.private { *token } else { None },
         epoch_seen,
+        observed: *observed,
+        local: *local,
+        reach: *reach,
     })
 }
 
@@ -158,6 +171,9 @@ mod tests {
             upload_bps: Some(3_000_000),
             token,
             token_epoch: 0,
+            observed: "127.0.0.1:9".parse().unwrap(),
+            local: None,
+            reach: wire::Reach::Nat,
         }))
     }
 

@@ -14,6 +14,8 @@
 //!
 //! Call order for a driver, per event:
 //! - a peer connects → [`hello::check`], then [`hello::keep_new`] if it already had one;
+//!   its Hello's view of our address → [`nat::Reachability::observe`];
+//! - the mesh says dial → [`nat::Reachability::dial_addrs`];
 //! - a part's first frame lands → [`Assemblies::wanted`] and [`Assemblies::first_frame`],
 //!   then `Mesh::handle_receiving`;
 //! - a request arrives → [`Uploads::admit`]; its upload ends → [`Uploads::release`];
@@ -22,6 +24,7 @@
 
 pub mod assembly;
 pub mod hello;
+pub mod nat;
 pub mod reason;
 pub mod upload;
 

@@ -70,6 +70,9 @@ pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
         upload_bps,
         token: None,
         token_epoch: 0,
+        observed: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        local: None,
+        reach: wire::Reach::Nat,
     }))
 }
 
