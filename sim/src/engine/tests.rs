@@ -1,6 +1,8 @@
 //! Unit tests of the event loop: links, ordering, relays, seeding and upload slots.
 
+use super::links::LINK_ROW;
 use super::*;
+use starling::node::DisconnectReason;
 
 const MS: Ns = NS_PER_MS;
 
