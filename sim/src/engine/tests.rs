@@ -1,6 +1,7 @@
 //! Unit tests of the event loop: links, ordering, relays, seeding and upload slots.
 
 use super::links::LINK_ROW;
+use super::transfers::Kind;
 use super::*;
 use starling::node::DisconnectReason;
 
