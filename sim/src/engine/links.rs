@@ -3,8 +3,10 @@
 //! loss model, dialling and disconnecting, and control messages on each connection's
 //! ordered stream.
 
+use super::nodes::{Node, NOBODY};
+use super::transfers::TRef;
 use super::worker::Call;
-use super::{Ev, Node, Ns, Sim, TRef, NOBODY, NS_PER_MS, ORIGIN};
+use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
 use crate::ORIGIN_CONNECTION_HEADROOM;
 use rand::Rng;
 use starling::node::DisconnectReason;

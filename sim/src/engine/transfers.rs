@@ -2,8 +2,9 @@
 //! slab, each paced piece by piece over its sender's upload link, refused, reset or
 //! stopped, and taken into the receiver's assembly when its first frame and last piece land.
 
+use super::nodes::{Assembly, Node, NOBODY, STORE};
 use super::worker::{Call, Whole};
-use super::{Assembly, Ev, Node, Ns, Sim, NOBODY, ORIGIN, STORE};
+use super::{Ev, Ns, Sim, ORIGIN};
 use starling::node::{Answer, Assemblies, FirstFrame, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS};
 use starling::wire;
