@@ -119,7 +119,7 @@
 //! - `latency_ms`: publish → held, over the first copies viewers accept of the segments
 //!   continuity judges them on (1 ms resolution), so the catch-up at join does not count.
 //! - `join_ms`: viewer start → its playlist first lists a segment, as
-//!   [`crate::playlist::listed_range`] cuts it: a held segment at or before the live edge,
+//!   [`starling::playlist::listed_range`] cuts it: a held segment at or before the live edge,
 //!   `delay` behind the newest held (segment 0 while fewer exist). Viewers that never get
 //!   there are not sampled (see [`SimDetails`]).
 //! - `origin_bytes`: segment bytes the origin's link sent, pushes and requests alike;
