@@ -721,12 +721,46 @@ pub struct Mesh {
 /// [`Mesh::schedule`]'s work lists, kept between calls.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// (number, wanted parts, late, first, urgent) of each segment with parts to ask for.
-    candidates: Vec<(u64, u32, bool, bool, bool)>,
+    /// The segments with parts to ask for.
+    candidates: Vec<Candidate>,
     /// Partners holding or receiving each part of each candidate.
     suppliers: Vec<[usize; PARTS]>,
-    /// (late, not first, suppliers, number, rotated part, urgent), sorted.
-    order: Vec<(bool, bool, usize, u64, usize, bool)>,
+    /// Every wanted part of every candidate, sorted into the order they are asked for.
+    order: Vec<PartRank>,
+}
+
+/// A segment with parts to ask for, as [`Mesh::schedule`] found it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// The segment's number.
+    number: u64,
+    /// Its parts neither held, asked for, nor arriving.
+    wanted: u32,
+    /// Its playout deadline has passed.
+    late: bool,
+    /// Its parts go before the others': it is urgent, or a joiner's join segment.
+    first: bool,
+    /// Its origin wait is over: its parts may go to the origin.
+    urgent: bool,
+}
+
+/// One wanted part's place in the order parts are asked for. The derived order compares
+/// the fields top to bottom, so their order is the policy: on-time segments first, the
+/// urgent ones and a joiner's join segment before the rest, rarest first among equals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PartRank {
+    /// Past its deadline: last, since chasing it first would make the next ones late too.
+    late: bool,
+    /// Neither urgent nor the join segment (false sorts first).
+    not_first: bool,
+    /// Partners holding or receiving it: the rarest first.
+    suppliers: usize,
+    /// Its segment's number: the oldest first among equals.
+    number: u64,
+    /// Its place in this node's rotation of parts ([`Mesh::part_offset`]), not its index.
+    rotated: usize,
+    /// It may go to the origin when no partner can serve it.
+    urgent: bool,
 }
 
 impl Mesh {
@@ -2048,12 +2082,8 @@ impl Mesh {
         {
             return;
         }
-        // (late, not first, suppliers, number, rotated part, urgent): on-time segments first,
-        // the urgent ones (origin wait over) and a joiner's join segment before the rest,
-        // rarest first among equals. A segment past its deadline goes last: chasing it first
-        // would make the next ones late too. Only urgent parts may go to the origin.
+        // Parts are asked for in [`PartRank`]'s order; only urgent parts may go to the origin.
         let budget = self.cfg.playout_budget;
-        // The segments with parts to ask for: (number, wanted parts, late, first, urgent).
         let candidates = &mut scratch.candidates;
         candidates.clear();
         for (&n, s) in self.unsettled() {
@@ -2087,7 +2117,13 @@ impl Mesh {
             // before the one the player starts with.
             let first = urgent || joining;
             let late = s.first_heard.is_some_and(|h| now >= h + budget);
-            candidates.push((n, wanted, late, first, urgent));
+            candidates.push(Candidate {
+                number: n,
+                wanted,
+                late,
+                first,
+                urgent,
+            });
         }
         if candidates.is_empty() {
             return;
@@ -2104,36 +2140,48 @@ impl Mesh {
                 continue;
             }
             let can_ask = p.askable(max, self.last_now);
-            for (&(n, wanted, ..), counts) in candidates.iter().zip(suppliers.iter_mut()) {
-                let m = p.have.get(n) & wanted;
+            for (c, counts) in candidates.iter().zip(suppliers.iter_mut()) {
+                let m = p.have.get(c.number) & c.wanted;
                 if m != 0 {
                     reachable |= can_ask;
-                    for (j, c) in counts.iter_mut().enumerate() {
-                        *c += usize::from(m & bit(j) != 0);
+                    for (j, count) in counts.iter_mut().enumerate() {
+                        *count += usize::from(m & bit(j) != 0);
                     }
                 }
             }
         }
         // Nothing can be asked of a partner, nor of the origin: ordering is not worth it
         // (54% of the calls that get this far, in a 1,000-peer simulation).
-        let origin_may_serve = origin_askable && candidates.iter().any(|c| c.4);
+        let origin_may_serve = origin_askable && candidates.iter().any(|c| c.urgent);
         if !reachable && !origin_may_serve {
             return;
         }
         let order = &mut scratch.order;
         order.clear();
-        for (&(n, wanted, late, first, urgent), counts) in candidates.iter().zip(suppliers.iter()) {
+        for (c, counts) in candidates.iter().zip(suppliers.iter()) {
             for k in 0..PARTS {
                 let j = (k + self.part_offset) % PARTS;
-                if wanted & bit(j) == 0 {
+                if c.wanted & bit(j) == 0 {
                     continue;
                 }
-                let suppliers = counts.get(j).copied().unwrap_or(0);
-                order.push((late, !first, suppliers, n, k, urgent));
+                order.push(PartRank {
+                    late: c.late,
+                    not_first: !c.first,
+                    suppliers: counts.get(j).copied().unwrap_or(0),
+                    number: c.number,
+                    rotated: k,
+                    urgent: c.urgent,
+                });
             }
         }
         order.sort_unstable();
-        for &(_, _, _, n, k, urgent) in order.iter() {
+        for &PartRank {
+            number: n,
+            rotated: k,
+            urgent,
+            ..
+        } in order.iter()
+        {
             if inflight >= self.cfg.max_inflight_total && join_segment != Some(n) {
                 continue;
             }
