@@ -373,7 +373,7 @@ struct Inflight {
 }
 
 /// One part of a segment: the unit asked of one supplier. Written only through
-/// [`SegState`]'s setters, which keep its masks.
+/// [`Tracked`]'s setters, which keep its masks.
 #[derive(Debug, Default, Clone, Copy)]
 struct PartState {
     /// Bytes are arriving (pulled or pushed) since this moment.
@@ -383,10 +383,12 @@ struct PartState {
     inflight: Option<Inflight>,
 }
 
-/// A segment tracked and not yet held. Its parts' flags are also kept as masks, so the
-/// scans after every event read a part's own state only where a bit is set.
+/// A segment tracked and not yet held: the scheduler's view of each part (held, asked of
+/// whom, arriving from whom), with no bytes, while [`crate::node::Assemblies`] is where the
+/// driver keeps the segment's verified pieces. Its parts' flags are also kept as masks, so
+/// the scans after every event read a part's own state only where a bit is set.
 #[derive(Debug, Default)]
-struct SegState {
+struct Tracked {
     /// When this node first learned the segment exists.
     first_heard: Option<Instant>,
     /// Parts already announced to partners (as each starts arriving, or when held).
@@ -403,7 +405,7 @@ struct SegState {
     parts: [PartState; PARTS],
 }
 
-impl SegState {
+impl Tracked {
     fn inflight(&self) -> usize {
         self.asked.count_ones() as usize
     }
@@ -668,7 +670,7 @@ pub struct Mesh {
     /// Segments tracked and not yet held. Held ones move to `held`: their per-part state
     /// is done with, and at 880 bytes a segment over a 64-segment window it was most of a
     /// node's memory, which the scans of the segments in play had to skip over.
-    segs: BTreeMap<u64, SegState>,
+    segs: BTreeMap<u64, Tracked>,
     /// Segments held, within the window.
     held: HeldSet,
     /// Every tracked segment below this is settled: given up with nothing in flight and
@@ -911,7 +913,7 @@ impl Mesh {
             .filter(|(id, _)| **id != self.cfg.origin)
             .count();
         s.origin_connected = self.peers.contains_key(&self.cfg.origin);
-        s.inflight = self.segs.values().map(SegState::inflight).sum();
+        s.inflight = self.segs.values().map(Tracked::inflight).sum();
         s.newest = self.newest;
         s
     }
@@ -1399,7 +1401,7 @@ impl Mesh {
     }
 
     /// The state of segment `n`, tracked from now on if it was not; None if it is held.
-    fn track(&mut self, n: u64) -> Option<&mut SegState> {
+    fn track(&mut self, n: u64) -> Option<&mut Tracked> {
         if self.held.contains(n) {
             return None;
         }
@@ -1417,7 +1419,7 @@ impl Mesh {
     /// Where [`Mesh::advance_settled`] would move [`Mesh::settled_below`] to now.
     fn settled_start(&self) -> u64 {
         let lost_before = self.lost_before();
-        let settled = |n: u64, s: &SegState| n < lost_before && s.missed && s.inflight() == 0;
+        let settled = |n: u64, s: &Tracked| n < lost_before && s.missed && s.inflight() == 0;
         match self
             .segs
             .range(self.settled_below..)
@@ -1432,7 +1434,7 @@ impl Mesh {
     }
 
     /// The segments still being fetched or waited for (with a few settled ones among them).
-    fn unsettled(&self) -> impl Iterator<Item = (&u64, &SegState)> {
+    fn unsettled(&self) -> impl Iterator<Item = (&u64, &Tracked)> {
         self.segs.range(self.settled_below..)
     }
 
