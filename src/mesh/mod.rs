@@ -55,6 +55,7 @@
 //! eight times as often, and a segment arrives over several suppliers' uplinks at once.
 
 mod peers;
+mod scheduling;
 mod segments;
 
 use crate::node::{DisconnectReason, Misbehaviour};
@@ -64,19 +65,12 @@ use peers::{Announced, Peer, PeerMap};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use segments::{bit, bits, HeldSet, Inflight, Tracked};
+use scheduling::Scratch;
+use segments::{bits, HeldSet, Tracked};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// How long a peer that answered Busy is left alone.
-const BUSY_BACKOFF: Duration = Duration::from_millis(100);
-/// Shortest wait for a request's header before the supplier counts as stalled.
-const MIN_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a supplier that stalled a request is not asked.
-const STALL_BACKOFF: Duration = Duration::from_secs(2);
-/// Requests left unanswered in a row that get a peer dropped and banned.
-const MAX_STALLS: u32 = 3;
 /// How long a joining viewer waits for partners to announce its first segment before it
 /// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
 /// arrive, short next to the wait for the stream's later segments. 200 ms joined faster
@@ -329,51 +323,6 @@ pub struct Mesh {
     part_offset: usize,
     stats: MeshStats,
     scratch: Scratch,
-}
-
-/// [`Mesh::schedule`]'s work lists, kept between calls.
-#[derive(Debug, Default)]
-struct Scratch {
-    /// The segments with parts to ask for.
-    candidates: Vec<Candidate>,
-    /// Partners holding or receiving each part of each candidate.
-    suppliers: Vec<[usize; PARTS]>,
-    /// Every wanted part of every candidate, sorted into the order they are asked for.
-    order: Vec<PartRank>,
-}
-
-/// A segment with parts to ask for, as [`Mesh::schedule`] found it.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    /// The segment's number.
-    number: u64,
-    /// Its parts neither held, asked for, nor arriving.
-    wanted: u32,
-    /// Its playout deadline has passed.
-    late: bool,
-    /// Its parts go before the others': it is urgent, or a joiner's join segment.
-    first: bool,
-    /// Its origin wait is over: its parts may go to the origin.
-    urgent: bool,
-}
-
-/// One wanted part's place in the order parts are asked for. The derived order compares
-/// the fields top to bottom, so their order is the policy: on-time segments first, the
-/// urgent ones and a joiner's join segment before the rest, rarest first among equals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct PartRank {
-    /// Past its deadline: last, since chasing it first would make the next ones late too.
-    late: bool,
-    /// Neither urgent nor the join segment (false sorts first).
-    not_first: bool,
-    /// Partners holding or receiving it: the rarest first.
-    suppliers: usize,
-    /// Its segment's number: the oldest first among equals.
-    number: u64,
-    /// Its place in this node's rotation of parts ([`Mesh::part_offset`]), not its index.
-    rotated: usize,
-    /// It may go to the origin when no partner can serve it.
-    urgent: bool,
 }
 
 impl Mesh {
@@ -854,157 +803,11 @@ impl Mesh {
         })
     }
 
-    /// Part `part` of segment `number` is arriving from `from` (its first frame checked out):
-    /// announce it now, so partners can pull it piece by piece while it arrives (cut-through).
-    pub fn handle_receiving(&mut self, now: Instant, from: NodeId, number: u64, part: u8) {
-        self.last_now = self.last_now.max(now);
-        let j = usize::from(part);
-        if number < self.floor() || self.cfg.role != Role::Viewer || j >= PARTS {
-            return;
-        }
-        // A report from a peer whose connection has ended is stale: its transfer died with
-        // the connection and will report nothing more, so marking the part as arriving
-        // would keep it from being asked elsewhere until the request timeout.
-        let Some(p) = self.peers.get_mut(&from) else {
-            return;
-        };
-        p.stalls = 0;
-        let Some(s) = self.track(number) else {
-            return;
-        };
-        s.first_heard.get_or_insert(now);
-        s.set_arriving(j, Some((now, from)));
-        if s.announced & bit(j) != 0 {
-            return;
-        }
-        s.announced |= bit(j);
-        if self.cfg.uploads {
-            self.announce(number, bit(j), Some(from));
-        }
-    }
-
-    /// Tells partners about `parts` of `number`, leaving out what each announced itself: a
-    /// partner holding or receiving a part has no use for another supplier of it, and in a
-    /// mesh that relays a part as it arrives, about half of one's partners had it first.
-    fn announce(&mut self, number: u64, parts: u32, except: Option<NodeId>) {
-        let origin = self.cfg.origin;
-        let news: Vec<(NodeId, u32)> = self
-            .peers
-            .iter()
-            .filter(|(id, _)| **id != origin && Some(**id) != except)
-            .map(|(id, p)| (*id, parts & !p.have.get(number)))
-            .filter(|(_, m)| *m != 0)
-            .collect();
-        for (p, parts) in news {
-            self.send(p, Control::Have { number, parts });
-        }
-    }
-
-    /// Part `part` of segment `number` (`len` bytes) arrived whole and verified from `from`.
-    /// When it completes the segment, the driver then reports [`Mesh::handle_segment`].
-    pub fn handle_part(&mut self, now: Instant, from: NodeId, number: u64, part: u8, len: u64) {
-        self.last_now = self.last_now.max(now);
-        let j = usize::from(part);
-        // A part of a segment held already (a second copy) changes nothing of its state.
-        let s = match self.segs.get_mut(&number).filter(|_| j < PARTS) {
-            Some(s) => Some(s),
-            None if self.held.contains(number) => None,
-            None => return,
-        };
-        let inflight = s.and_then(|s| {
-            let inf = s.parts.get(j).and_then(|ps| ps.inflight);
-            s.held |= bit(j);
-            s.set_arriving(j, None);
-            s.set_inflight(j, None);
-            inf
-        });
-        if let Some(inf) = inflight {
-            self.release(inf.peer);
-            if inf.peer == from {
-                let elapsed = now
-                    .saturating_duration_since(inf.since)
-                    .as_secs_f64()
-                    .max(1e-3);
-                if let Some(p) = self.peers.get_mut(&from) {
-                    let sample = len as f64 / elapsed;
-                    p.throughput = Some(p.throughput.map_or(sample, |t| 0.7 * t + 0.3 * sample));
-                }
-            }
-        }
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.have.add(number, bit(j));
-        }
-        self.schedule(now);
-    }
-
-    /// A request or push of part `part` of `number` from `peer` failed (`busy`: it said it
-    /// was saturated).
-    pub fn handle_transfer_failed(
-        &mut self,
-        now: Instant,
-        peer: NodeId,
-        number: u64,
-        part: u8,
-        busy: bool,
-    ) {
-        self.last_now = self.last_now.max(now);
-        let j = usize::from(part);
-        let mut was_ours = false;
-        if let Some(s) = self.segs.get_mut(&number) {
-            if let Some(&ps) = s.parts.get(j) {
-                if ps.receiving_from.is_none_or(|f| f == peer) {
-                    s.set_arriving(j, None);
-                }
-                was_ours = ps.inflight.is_some_and(|i| i.peer == peer);
-                if was_ours {
-                    s.set_inflight(j, None);
-                }
-            }
-            if !busy && !s.failed.contains(&peer) && s.failed.len() < 16 {
-                s.failed.push(peer);
-            }
-        }
-        if was_ours {
-            self.release(peer);
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            // It answered: not a stall.
-            p.stalls = 0;
-            if busy {
-                // Back off briefly so the request goes to another supplier.
-                p.busy_until = Some(now + BUSY_BACKOFF);
-            } else {
-                p.have.remove(number, bit(j));
-            }
-        }
-        self.schedule(now);
-    }
-
     /// `peer` sent bytes or messages that failed verification: drop and ban it.
     pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
         self.last_now = self.last_now.max(now);
         self.misbehaved(now, peer, reason);
         self.schedule(now);
-    }
-
-    /// How long a request may go without its header before the supplier counts as stalled.
-    fn header_timeout(&self) -> Duration {
-        (self.cfg.playout_budget / 4)
-            .max(MIN_HEADER_TIMEOUT)
-            .min(self.cfg.request_timeout)
-    }
-
-    /// `peer` left a request unanswered: back off from it, and after
-    /// [`MAX_STALLS`] in a row (no answer in between) drop and ban it.
-    fn stalled(&mut self, now: Instant, peer: NodeId) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        p.stalls += 1;
-        p.busy_until = Some(now + STALL_BACKOFF);
-        if p.stalls >= MAX_STALLS && !self.is_origin(&peer) {
-            self.misbehaved(now, peer, Misbehaviour::LeavesRequestsUnanswered);
-        }
     }
 
     fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
@@ -1359,201 +1162,6 @@ impl Mesh {
 
     fn send(&mut self, peer: NodeId, msg: Control) {
         self.actions.push_back(Action::Send { peer, msg });
-    }
-
-    /// Decides what to request now, part by part. Most urgent first; otherwise rarest first.
-    fn schedule(&mut self, now: Instant) {
-        // The work lists outlive the call, so the hottest path allocates nothing.
-        let mut scratch = std::mem::take(&mut self.scratch);
-        self.schedule_with(now, &mut scratch);
-        self.scratch = scratch;
-    }
-
-    fn schedule_with(&mut self, now: Instant, scratch: &mut Scratch) {
-        self.last_now = self.last_now.max(now);
-        if self.cfg.role != Role::Viewer {
-            return;
-        }
-        let Some(want_from) = self.want_from else {
-            return;
-        };
-        self.advance_settled();
-        let mut inflight: usize = self.unsettled().map(|(_, s)| s.inflight()).sum();
-        // The join segment's parts are asked for all at once, beyond the total cap: the
-        // player waits for them, and each goes to a different supplier's join slot.
-        let join_segment = (!self.started).then_some(want_from);
-        if inflight >= self.cfg.max_inflight_total && join_segment.is_none() {
-            return;
-        }
-        // Most calls find every supplier busy or at its in-flight cap: then nothing can be
-        // asked, and the ordering below is not worth computing.
-        let max = self.cfg.max_inflight_per_partner;
-        let askable = |p: &Peer| p.askable(max, now);
-        let origin_askable = self.peers.get(&self.cfg.origin).is_some_and(askable);
-        if !origin_askable
-            && !self
-                .peers
-                .values()
-                .any(|p| !p.is_origin() && p.uploads && askable(p))
-        {
-            return;
-        }
-        // Parts are asked for in [`PartRank`]'s order; only urgent parts may go to the origin.
-        let budget = self.cfg.playout_budget;
-        let candidates = &mut scratch.candidates;
-        candidates.clear();
-        for (&n, s) in self.unsettled() {
-            if !self.in_play(n) {
-                continue;
-            }
-            // The parts to ask for: neither held, asked, nor already arriving (a push, or
-            // a second copy: wait for it unless it stalls). Mostly none.
-            let mut wanted = s.unasked();
-            for j in bits(wanted & s.arriving) {
-                let arriving = s
-                    .parts
-                    .get(j)
-                    .and_then(|ps| ps.receiving_since)
-                    .is_some_and(|t| now < t + self.cfg.request_timeout);
-                if arriving {
-                    wanted &= !bit(j);
-                }
-            }
-            if wanted == 0 {
-                continue;
-            }
-            // The join segment is what the player waits for: if no partner has announced it
-            // shortly after joining, the origin is asked at once rather than after the wait.
-            let joining = join_segment == Some(n);
-            let urgent = s
-                .first_heard
-                .is_some_and(|h| now >= h + self.origin_wait_for(n));
-            // It also goes first from the start: a joiner hears of its join segment and the
-            // few after it at once, and rarest-first would fetch the live one (the rarest)
-            // before the one the player starts with.
-            let first = urgent || joining;
-            let late = s.first_heard.is_some_and(|h| now >= h + budget);
-            candidates.push(Candidate {
-                number: n,
-                wanted,
-                late,
-                first,
-                urgent,
-            });
-        }
-        if candidates.is_empty() {
-            return;
-        }
-        // Partners holding or receiving each wanted part, in one walk of the partners.
-        let suppliers = &mut scratch.suppliers;
-        suppliers.clear();
-        suppliers.resize(candidates.len(), [0; PARTS]);
-        // Whether any wanted part is held by a partner that could be asked now (a superset
-        // of what `pick_supplier` accepts: it also skips partners that failed us).
-        let mut reachable = false;
-        for p in self.peers.values() {
-            if !p.uploads || p.is_origin() {
-                continue;
-            }
-            let can_ask = p.askable(max, self.last_now);
-            for (c, counts) in candidates.iter().zip(suppliers.iter_mut()) {
-                let m = p.have.get(c.number) & c.wanted;
-                if m != 0 {
-                    reachable |= can_ask;
-                    for (j, count) in counts.iter_mut().enumerate() {
-                        *count += usize::from(m & bit(j) != 0);
-                    }
-                }
-            }
-        }
-        // Nothing can be asked of a partner, nor of the origin: ordering is not worth it
-        // (54% of the calls that get this far, in a 1,000-peer simulation).
-        let origin_may_serve = origin_askable && candidates.iter().any(|c| c.urgent);
-        if !reachable && !origin_may_serve {
-            return;
-        }
-        let order = &mut scratch.order;
-        order.clear();
-        for (c, counts) in candidates.iter().zip(suppliers.iter()) {
-            for k in 0..PARTS {
-                let j = (k + self.part_offset) % PARTS;
-                if c.wanted & bit(j) == 0 {
-                    continue;
-                }
-                order.push(PartRank {
-                    late: c.late,
-                    not_first: !c.first,
-                    suppliers: counts.get(j).copied().unwrap_or(0),
-                    number: c.number,
-                    rotated: k,
-                    urgent: c.urgent,
-                });
-            }
-        }
-        order.sort_unstable();
-        for &PartRank {
-            number: n,
-            rotated: k,
-            urgent,
-            ..
-        } in order.iter()
-        {
-            if inflight >= self.cfg.max_inflight_total && join_segment != Some(n) {
-                continue;
-            }
-            let j = (k + self.part_offset) % PARTS;
-            let pick = self.pick_supplier(n, j);
-            let chosen = match pick {
-                Some(p) => Some(p),
-                // No partner can deliver: go to the origin once the wait is over.
-                None if urgent => {
-                    let origin = self.cfg.origin;
-                    self.peers
-                        .get(&origin)
-                        .filter(|p| askable(p))
-                        .map(|_| origin)
-                }
-                None => None,
-            };
-            if let Some(peer) = chosen {
-                if let Some(s) = self.segs.get_mut(&n) {
-                    s.set_inflight(j, Some(Inflight { peer, since: now }));
-                }
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.inflight += 1;
-                }
-                inflight += 1;
-                self.actions.push_back(Action::Request {
-                    peer,
-                    number: n,
-                    part: j as u8,
-                    join: join_segment == Some(n),
-                });
-            }
-        }
-    }
-
-    fn pick_supplier(&mut self, n: u64, part: usize) -> Option<NodeId> {
-        let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
-        let max = self.cfg.max_inflight_per_partner;
-        let mut best: Option<(usize, i64, u32, NodeId)> = None;
-        for (id, p) in &self.peers {
-            if p.is_origin()
-                || !p.uploads
-                || !p.askable(max, self.last_now)
-                || p.have.get(n) & bit(part) == 0
-                || failed.contains(id)
-            {
-                continue;
-            }
-            // Least loaded, then fastest, then a random tie-break.
-            let speed = -(p.throughput.unwrap_or(0.0) as i64);
-            let key = (p.inflight, speed, self.rng.gen::<u32>(), *id);
-            if best.is_none_or(|b| key < b) {
-                best = Some(key);
-            }
-        }
-        best.map(|b| b.3)
     }
 }
 
