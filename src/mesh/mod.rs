@@ -20,28 +20,26 @@
 //!
 //! ## Strategy
 //! Pull with a deadline, after CoolStreaming/DONet, in parts: a segment is cut into
-//! [`PARTS`] runs of pieces, and the part is the unit a viewer asks one supplier for.
-//! Every node announces what it holds (a buffer map on connect, then a `Have` with a
-//! mask of parts as each part *starts* arriving, so partners pull it piece by piece
-//! while it arrives: cut-through; a partner is not told of parts it announced itself);
-//! a viewer asks partners for the parts it misses,
-//! most urgent first and otherwise rarest first, from the least-loaded, fastest
-//! supplier. The broadcaster announces every segment to every viewer (so everyone
-//! knows at once what exists and when it was published) but pushes each part to one
-//! different viewer (`seed_fanout` copies in all, one by default), so the segment
-//! enters the swarm at several points at once and the origin's upload stays near one
-//! copy (a seed its receiver does not acknowledge is pushed to another viewer:
+//! [`PARTS`] runs of pieces, and the part is the unit a viewer asks one supplier for. Every
+//! node announces what it holds (a buffer map on connect, then a `Have` with a mask of
+//! parts as each part *starts* arriving, so partners pull it piece by piece while it
+//! arrives: cut-through; a partner is not told of parts it announced itself); a viewer asks
+//! partners for the parts it misses, most urgent first and otherwise rarest first, from the
+//! least-loaded, fastest supplier. The broadcaster announces every segment to every viewer
+//! (so everyone knows at once what exists and when it was published) but pushes each part
+//! to one different viewer (`seed_fanout` copies in all, one by default), so the segment
+//! enters the swarm at several points at once and the origin's upload stays near one copy
+//! (a seed its receiver does not acknowledge is pushed to another viewer:
 //! [`Mesh::handle_push_unconfirmed`]); a viewer asks the broadcaster itself only when no
-//! partner has a part by the
-//! time half of its playout budget is spent (200 ms for a joining viewer's first
-//! segment, which the player is waiting for). A joiner asks for every part of that first
-//! segment at once, flagged `join`, and suppliers with spare upload serve it in a slot
-//! beyond their cap ([`crate::rate::upload_slots`]), so a flash crowd's first segments do
-//! not wait for the live relaying; a part the origin seeded to a viewer is served in a
-//! slot beyond its cap too, since that viewer holds the swarm's first copy (the drivers
-//! decide both). The broadcaster is also the tracker: its peer samples
-//! list its partners and, once it is full, the viewers it turned away lately, which still
-//! have room for each other.
+//! partner has a part by the time half of its playout budget is spent (200 ms for a joining
+//! viewer's first segment, which the player is waiting for). A joiner asks for every part
+//! of that first segment at once, flagged `join`, and suppliers with spare upload serve it
+//! in a slot beyond their cap ([`crate::node::upload::upload_slots`]), so a flash crowd's
+//! first segments do not wait for the live relaying; a part the origin seeded to a viewer
+//! is served in a slot beyond its cap too, since that viewer holds the swarm's first copy
+//! (the drivers decide both). The broadcaster is also the tracker: its peer samples list
+//! its partners and, once it is full, the viewers it turned away lately, which still have
+//! room for each other.
 //!
 //! A joiner starts `delay` segments behind live, so its player starts at once, unless
 //! the broadcaster's [`Control::Swarm`] says the swarm's spare upload cannot serve the
@@ -53,16 +51,28 @@
 //! one relay chain at a time and the tree branches only every 0.7 s (BENCHMARKS.md).
 //! A part turns a viewer's upload over in about a tenth of that, the tree branches
 //! eight times as often, and a segment arrives over several suppliers' uplinks at once.
+//!
+//! ## Files
+//! One [`Mesh`], its `impl` spread over the files by job: here the call order's entry
+//! points (`poll_*`, `handle_control`, `handle_tick`) and accessors; `peers` (the connected
+//! peers and what each announced), `segments` (the segments tracked and held, the window,
+//! the join point), `scheduling` (what to ask of whom, and how requests went),
+//! `membership` (connections, dialling, peer exchange, bans) and `seeding` (the
+//! broadcaster's publishing and seeding).
 
+mod membership;
 mod peers;
 mod scheduling;
+mod seeding;
 mod segments;
+#[cfg(test)]
+mod tests;
 
 use crate::node::{DisconnectReason, Misbehaviour};
 use crate::stream::{NodeId, ALL_PARTS, PARTS};
 use crate::wire::{Control, PeerInfo, Role, MAX_PEERS_PER_MESSAGE};
-use peers::{Announced, Peer, PeerMap};
-use rand::seq::SliceRandom;
+use membership::Known;
+use peers::PeerMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scheduling::Scratch;
@@ -76,27 +86,11 @@ use std::time::{Duration, Instant};
 /// arrive, short next to the wait for the stream's later segments. 200 ms joined faster
 /// than 400 ms in the simulator and the swarm (docs/DESIGN.md, "Request order").
 const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
-/// Most parts the broadcaster owes as seeds (see [`Mesh::handle_publish`]).
-const MAX_SEED_DEBT: usize = 4 * PARTS;
-/// Broadcaster: turned-away viewers remembered for its peer samples.
-const MAX_OVERFLOW: usize = 64;
-/// Broadcaster: how many of a peer sample's 16 are turned-away viewers.
-const OVERFLOW_IN_SAMPLE: usize = 8;
-/// Re-dial period for the origin while this viewer has few partners.
-const ORIGIN_RETRY: Duration = Duration::from_secs(2);
-/// A connection to the origin that ends sooner than this was a refusal, not a loss.
-const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
-/// Re-dial period for the origin once this viewer has partners to pull from.
-const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
 /// The broadcaster's partner cap ([`MeshConfig::broadcaster`]).
 pub const BROADCASTER_MAX_PARTNERS: usize = 3072;
 /// How recently a viewer must have connected to count as joining in [`Control::Swarm`].
 pub const JOINING_WINDOW: Duration = Duration::from_secs(10);
-/// Fewest viewers with a declared upload before the broadcaster sends [`Control::Swarm`]:
-/// below that the sample says little, and the broadcaster's own upload covers a few
-/// viewers' catch-up anyway.
-const MIN_DECLARED: usize = 8;
 
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
@@ -255,13 +249,6 @@ pub struct MeshStats {
     pub newest: Option<u64>,
 }
 
-#[derive(Debug)]
-struct Known {
-    addr: SocketAddr,
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
 /// One node's view of the mesh. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Mesh {
@@ -295,7 +282,7 @@ pub struct Mesh {
     last_now: Instant,
     origin_retry_at: Instant,
     /// Dials to the origin that failed, and connections to it that ended within
-    /// [`ORIGIN_SHORT_LIVED`] (turned away: its partner set is full), since the last that
+    /// [`ORIGIN_SHORT_LIVED`](membership::ORIGIN_SHORT_LIVED) (turned away: its partner set is full), since the last that
     /// lasted; each doubles the wait before the next dial.
     origin_failures: u32,
     /// When the connection to the origin opened.
@@ -547,170 +534,6 @@ impl Mesh {
         self.peers.keys().filter(|id| !self.is_origin(id)).count()
     }
 
-    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address;
-    /// `uploads` and `upload_bps` are what its Hello said.
-    pub fn handle_connected(
-        &mut self,
-        now: Instant,
-        peer: NodeId,
-        addr: SocketAddr,
-        claimed_role: Role,
-        uploads: bool,
-        upload_bps: Option<u64>,
-    ) {
-        self.last_now = self.last_now.max(now);
-        self.pending_dials.remove(&peer);
-        // The claim is informational: only the stream's key is ever treated as the origin.
-        let _ = claimed_role;
-        if peer == self.me || self.is_banned(&peer, now) {
-            self.actions.push_back(Action::Disconnect {
-                peer,
-                reason: DisconnectReason::Refused,
-            });
-            return;
-        }
-        // Only the stream's key may claim to be the broadcaster.
-        let role = if self.is_origin(&peer) {
-            Role::Broadcaster
-        } else {
-            Role::Viewer
-        };
-        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
-            // Turn it away, but hand it some peers so it can find room elsewhere.
-            let sample = self.peer_sample(Some(peer));
-            if self.cfg.role == Role::Broadcaster && uploads {
-                self.overflow.retain(|p| p.id != peer);
-                if self.overflow.len() >= MAX_OVERFLOW {
-                    self.overflow.pop_front();
-                }
-                self.overflow.push_back(PeerInfo { id: peer, addr });
-            }
-            self.send(peer, Control::Peers { peers: sample });
-            self.actions.push_back(Action::Disconnect {
-                peer,
-                reason: DisconnectReason::PartnerSetFull,
-            });
-            return;
-        }
-        if role == Role::Broadcaster {
-            self.start_from_partners = false;
-            self.origin_since = Some(now);
-        }
-        // A partner now: no longer one of the broadcaster's turned-away.
-        self.overflow.retain(|p| p.id != peer);
-        if let Some(k) = self.known.get_mut(&peer) {
-            k.failures = 0;
-            k.retry_at = None;
-        }
-        self.peers.insert(
-            peer,
-            Peer {
-                role,
-                addr,
-                uploads,
-                have: Announced::new(),
-                inflight: 0,
-                throughput: None,
-                busy_until: None,
-                stalls: 0,
-                seed_suspect: false,
-                next_pex: now + self.cfg.pex_interval,
-                next_buffer_map: now + self.cfg.buffer_map_interval,
-            },
-        );
-        if self.cfg.role == Role::Broadcaster {
-            // Before the buffer map: the viewer picks its join point on reading that.
-            let declared = if uploads { upload_bps } else { Some(0) };
-            if let Some(bps) = declared {
-                self.declared.insert(peer, (bps, now));
-            }
-            if let Some(msg) = self.swarm_estimate(now) {
-                self.send(peer, msg);
-            }
-        }
-        if self.cfg.uploads || self.cfg.role == Role::Broadcaster {
-            let map = self.buffer_map();
-            self.send(peer, map);
-        }
-        if self.cfg.role == Role::Broadcaster && uploads {
-            // Owed seeds of segments still within a newcomer's join window.
-            let oldest = self
-                .newest
-                .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments));
-            while let Some((number, part)) = self.seed_debt.pop_front() {
-                if number >= oldest && self.held.contains(number) {
-                    self.actions.push_back(Action::Push { peer, number, part });
-                    break;
-                }
-            }
-        }
-        if self.cfg.role == Role::Broadcaster {
-            // The tracker's answer: a random sample of the swarm.
-            let sample = self.peer_sample(Some(peer));
-            if !sample.is_empty() {
-                self.send(peer, Control::Peers { peers: sample });
-            }
-            if let Some(last) = self.ended {
-                self.send(peer, Control::End { last });
-            }
-        }
-        self.schedule(now);
-    }
-
-    /// The connection to `peer` ended.
-    pub fn handle_disconnected(&mut self, now: Instant, peer: NodeId) {
-        self.last_now = self.last_now.max(now);
-        self.pending_dials.remove(&peer);
-        if self.peers.remove(&peer).is_none() {
-            return;
-        }
-        self.declared.remove(&peer);
-        for s in self.segs.values_mut() {
-            for j in 0..PARTS {
-                let Some(part) = s.parts.get(j) else { continue };
-                let (asked, sending) = (
-                    part.inflight.is_some_and(|i| i.peer == peer),
-                    part.receiving_from == Some(peer),
-                );
-                if asked {
-                    s.set_inflight(j, None);
-                }
-                // What it was sending dies with the connection: ask elsewhere at once rather
-                // than wait out the request timeout (by then the segment may be given up).
-                if sending {
-                    s.set_arriving(j, None);
-                }
-            }
-        }
-        if self.is_origin(&peer) {
-            let short = self
-                .origin_since
-                .take()
-                .is_none_or(|t| now.saturating_duration_since(t) < ORIGIN_SHORT_LIVED);
-            self.origin_failed(now, short);
-        }
-        self.dial_more_if_viewer(now);
-        self.schedule(now);
-    }
-
-    /// A dial to `peer` failed.
-    pub fn handle_dial_failed(&mut self, now: Instant, peer: NodeId) {
-        self.last_now = self.last_now.max(now);
-        self.pending_dials.remove(&peer);
-        if self.is_origin(&peer) {
-            self.origin_failed(now, true);
-        }
-        if let Some(k) = self.known.get_mut(&peer) {
-            k.failures += 1;
-            let backoff = Duration::from_secs(2u64.saturating_pow(k.failures.min(6)));
-            k.retry_at = Some(now + backoff);
-            if k.failures >= 5 {
-                self.known.remove(&peer);
-            }
-        }
-        self.dial_more_if_viewer(now);
-    }
-
     /// A control message from a connected peer (after [`Control::validate`]).
     pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
         self.last_now = self.last_now.max(now);
@@ -772,156 +595,6 @@ impl Mesh {
         self.schedule(now);
     }
 
-    /// Broadcaster: the stream's bitrate (bits/s) and its own upload cap, as the driver
-    /// last measured them; they size [`Control::Swarm`].
-    pub fn observe_capacity(&mut self, stream_bps: u64, upload_bps: Option<u64>) {
-        self.capacity = (stream_bps, upload_bps);
-    }
-
-    /// Broadcaster: the swarm's upload for a viewer connecting now, or None while it is
-    /// not known (too few declared, the bitrate unknown, or its own upload unlimited, in
-    /// which case it covers any catch-up).
-    fn swarm_estimate(&self, now: Instant) -> Option<Control> {
-        let (stream_bps, own) = self.capacity;
-        let own = own?;
-        let n = self.declared.len();
-        if stream_bps == 0 || n < MIN_DECLARED {
-            return None;
-        }
-        // One walk: the upload in all, and how many connected within the window.
-        let (total, joining) =
-            self.declared
-                .values()
-                .fold((u128::from(own), 0usize), |(t, j), (bps, since)| {
-                    let recent = now.saturating_duration_since(*since) < JOINING_WINDOW;
-                    (t + u128::from(*bps), j + usize::from(recent))
-                });
-        let per = total * 100 / (n as u128 * u128::from(stream_bps));
-        Some(Control::Swarm {
-            upload_pct: u32::try_from(per).unwrap_or(u32::MAX),
-            joining_pct: u32::try_from(joining * 100 / n).unwrap_or(100),
-        })
-    }
-
-    /// `peer` sent bytes or messages that failed verification: drop and ban it.
-    pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
-        self.last_now = self.last_now.max(now);
-        self.misbehaved(now, peer, reason);
-        self.schedule(now);
-    }
-
-    fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
-        if self.is_origin(&peer) {
-            // The origin's key signs the stream; it cannot be banned from its own stream.
-            return;
-        }
-        self.banned.insert(peer, now + self.cfg.ban);
-        self.stats.bans += 1;
-        self.known.remove(&peer);
-        self.actions.push_back(Action::Disconnect {
-            peer,
-            reason: DisconnectReason::Misbehaved(reason),
-        });
-        self.handle_disconnected(now, peer);
-    }
-
-    /// Broadcaster: segment `number` was just cut and signed.
-    pub fn handle_publish(&mut self, now: Instant, number: u64) {
-        self.last_now = self.last_now.max(now);
-        self.advance_newest(number);
-        self.held.insert(number);
-        self.segs.remove(&number);
-        let viewers: Vec<NodeId> = self.peers.keys().copied().collect();
-        for v in &viewers {
-            self.send(
-                *v,
-                Control::Have {
-                    number,
-                    parts: ALL_PARTS,
-                },
-            );
-        }
-        // Seed a few uploaders, rotating so the relaying load spreads over the swarm.
-        let uploaders = self.seed_targets(None, true);
-        // Each part goes to different viewers: the origin sends `seed_fanout` copies of the
-        // segment in all, spread over up to `seed_fanout × PARTS` relays that then trade parts.
-        // With no uploader yet (the stream has just started), the seeds are owed: each
-        // newcomer gets one owed part, so the first segments spread as later ones do.
-        let seeds = self.cfg.seed_fanout * PARTS;
-        for i in 0..seeds {
-            let part = (i % PARTS) as u8;
-            match uploaders.get((self.push_cursor + i) % uploaders.len().max(1)) {
-                Some(peer) => self.actions.push_back(Action::Push {
-                    peer: *peer,
-                    number,
-                    part,
-                }),
-                None if self.seed_debt.len() < MAX_SEED_DEBT => {
-                    self.seed_debt.push_back((number, part))
-                }
-                None => {}
-            }
-        }
-        self.push_cursor = self.push_cursor.wrapping_add(seeds.max(1));
-        self.prune();
-    }
-
-    /// Uploaders to seed, `except` left out: those not suspected of having vanished, or
-    /// (`fall_back`) every one if all are.
-    fn seed_targets(&self, except: Option<NodeId>, fall_back: bool) -> Vec<NodeId> {
-        let pick = |trusted: bool| -> Vec<NodeId> {
-            self.peers
-                .iter()
-                .filter(|(id, p)| p.uploads && Some(**id) != except && !(trusted && p.seed_suspect))
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        let trusted = pick(true);
-        if trusted.is_empty() && fall_back {
-            pick(false)
-        } else {
-            trusted
-        }
-    }
-
-    /// Broadcaster: the seed of part `part` of segment `number` pushed to `peer` was not
-    /// acknowledged in time (or its connection ended). `peer` may have vanished with the
-    /// swarm's only viewer copy, and every viewer would then wait until it asks the origin
-    /// itself at half its playout budget; so the part is seeded to another uploader while
-    /// the segment is still among the newest two, and `peer` is not seeded until heard from.
-    pub fn handle_push_unconfirmed(&mut self, now: Instant, peer: NodeId, number: u64, part: u8) {
-        self.last_now = self.last_now.max(now);
-        if self.cfg.role != Role::Broadcaster || usize::from(part) >= PARTS {
-            return;
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.seed_suspect = true;
-        }
-        let fresh = self.newest.is_some_and(|n| number.saturating_add(1) >= n);
-        if !fresh || !self.held.contains(number) {
-            return;
-        }
-        // Only to the unsuspected: each miss makes one more suspect, so this ends.
-        let targets = self.seed_targets(Some(peer), false);
-        if let Some(to) = targets.get(self.push_cursor % targets.len().max(1)) {
-            self.actions.push_back(Action::Push {
-                peer: *to,
-                number,
-                part,
-            });
-            self.push_cursor = self.push_cursor.wrapping_add(1);
-        }
-    }
-
-    /// Broadcaster: the input ended after segment `last`.
-    pub fn handle_end(&mut self, _now: Instant, last: u64) {
-        self.ended = Some(last);
-        let all: Vec<NodeId> = self.peers.keys().copied().collect();
-        for p in all {
-            self.send(p, Control::End { last });
-        }
-    }
-
     /// Timers: request timeouts, deadlines, maintenance, scheduling.
     pub fn handle_tick(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
@@ -972,198 +645,7 @@ impl Mesh {
         self.schedule(now);
     }
 
-    fn maintain(&mut self, now: Instant) {
-        self.next_maintenance = now + self.cfg.maintenance_interval;
-        self.banned.retain(|_, until| *until > now);
-        if self.cfg.role == Role::Viewer {
-            let origin = self.cfg.origin;
-            if !self.peers.contains_key(&origin)
-                && !self.pending_dials.contains(&origin)
-                && now >= self.origin_retry_at
-            {
-                self.pending_dials.insert(origin);
-                // With partners, the origin is only a fallback: a full origin is not asked
-                // again every 2 s by thousands of turned-away viewers.
-                let retry = if self.viewer_count() >= self.cfg.target_partners / 2 {
-                    ORIGIN_RETRY_WITH_PARTNERS
-                } else {
-                    ORIGIN_RETRY
-                };
-                self.origin_retry_at = now + retry;
-                self.actions.push_back(Action::Dial {
-                    peer: origin,
-                    addr: None,
-                });
-            }
-            self.dial_more(now);
-        }
-        // Periodic peer exchange and buffer-map resync.
-        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
-        for id in ids {
-            let (pex_due, map_due) = match self.peers.get(&id) {
-                Some(p) => (now >= p.next_pex, now >= p.next_buffer_map),
-                None => continue,
-            };
-            if pex_due {
-                let sample = self.peer_sample(Some(id));
-                if !sample.is_empty() {
-                    self.send(id, Control::Peers { peers: sample });
-                }
-            }
-            if map_due && (self.cfg.uploads || self.cfg.role == Role::Broadcaster) {
-                let map = self.buffer_map();
-                self.send(id, map);
-            }
-            let (pex, bm) = (self.cfg.pex_interval, self.cfg.buffer_map_interval);
-            if let Some(p) = self.peers.get_mut(&id) {
-                if pex_due {
-                    p.next_pex = now + pex;
-                }
-                if map_due {
-                    p.next_buffer_map = now + bm;
-                }
-            }
-        }
-    }
-
-    /// The origin was lost (`failed`: turned away or never reached): when to dial it again.
-    /// A flash crowd beyond the origin's partner cap is turned away (or, past its connection
-    /// cap, refused) every time; redialling all at a fixed period kept the cap full and left
-    /// thousands of viewers with no way in. Each failure doubles the wait, with jitter, so
-    /// the crowd spreads out and joins through the peers it is handed.
-    fn origin_failed(&mut self, now: Instant, failed: bool) {
-        if failed {
-            self.origin_failures = self.origin_failures.saturating_add(1);
-        } else {
-            self.origin_failures = 0;
-        }
-        let base = Duration::from_millis(500) * 2u32.saturating_pow(self.origin_failures.min(6));
-        let mut wait = base.min(ORIGIN_RETRY_WITH_PARTNERS);
-        if failed && self.viewer_count() >= self.cfg.target_partners / 2 {
-            // With partners, the origin is only a fallback.
-            wait = ORIGIN_RETRY_WITH_PARTNERS;
-        }
-        self.origin_retry_at = now + wait.mul_f64(self.rng.gen_range(1.0..1.5));
-    }
-
-    /// [`Mesh::dial_more`] for a viewer (the broadcaster dials nobody).
-    fn dial_more_if_viewer(&mut self, now: Instant) {
-        if self.cfg.role == Role::Viewer {
-            self.dial_more(now);
-        }
-    }
-
-    fn dial_more(&mut self, now: Instant) {
-        let have = self.viewer_count() + self.pending_dials.len();
-        if have >= self.cfg.target_partners {
-            return;
-        }
-        let mut candidates: Vec<(NodeId, SocketAddr)> = self
-            .known
-            .iter()
-            .filter(|(id, k)| {
-                !self.peers.contains_key(id)
-                    && !self.pending_dials.contains(id)
-                    && **id != self.me
-                    && !self.is_origin(id)
-                    && k.retry_at.is_none_or(|t| now >= t)
-            })
-            .map(|(id, k)| (*id, k.addr))
-            .collect();
-        candidates.shuffle(&mut self.rng);
-        let room = (self.cfg.target_partners - have).min(
-            self.cfg
-                .max_pending_dials
-                .saturating_sub(self.pending_dials.len()),
-        );
-        for (id, addr) in candidates.into_iter().take(room) {
-            self.pending_dials.insert(id);
-            if let Some(k) = self.known.get_mut(&id) {
-                // Until it answers, do not pick it again.
-                k.retry_at = Some(now + Duration::from_secs(10));
-            }
-            self.actions.push_back(Action::Dial {
-                peer: id,
-                addr: Some(addr),
-            });
-        }
-    }
-
-    fn add_known(&mut self, p: PeerInfo) {
-        if p.id == self.me
-            || self.is_origin(&p.id)
-            || self.banned.contains_key(&p.id)
-            || self.peers.contains_key(&p.id)
-        {
-            return;
-        }
-        if let Some(k) = self.known.get_mut(&p.id) {
-            k.addr = p.addr;
-            return;
-        }
-        if self.known.len() >= self.cfg.max_known {
-            // Forget a random candidate: a flood of fake peers cannot pin the table.
-            let idx = self.rng.gen_range(0..self.known.len());
-            if let Some(victim) = self.known.keys().nth(idx).copied() {
-                self.known.remove(&victim);
-            }
-        }
-        self.known.insert(
-            p.id,
-            Known {
-                addr: p.addr,
-                failures: 0,
-                retry_at: None,
-            },
-        );
-    }
-
-    /// A random sample of connected uploading viewers (never everyone: PPSPP's advice). The
-    /// broadcaster's (the tracker's) also lists the viewers it turned away last: with a
-    /// crowd beyond its partner cap, its partners' sets are full, and a sample of them alone
-    /// sends newcomers from one full viewer to the next (at 10,000 simulated viewers, join
-    /// p99 was 13 s), while the turned-away ones still have room for each other.
-    fn peer_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
-        let mut sample: Vec<PeerInfo> = Vec::new();
-        if self.cfg.role == Role::Broadcaster {
-            // Random ones among the last turned away, so a crowd is not herded onto the few
-            // newest.
-            let candidates: Vec<&PeerInfo> = self
-                .overflow
-                .iter()
-                .filter(|p| Some(p.id) != exclude)
-                .collect();
-            sample.extend(
-                candidates
-                    .choose_multiple(&mut self.rng, OVERFLOW_IN_SAMPLE)
-                    .map(|p| **p),
-            );
-        }
-        let mut all: Vec<PeerInfo> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
-            .filter(|(id, _)| sample.iter().all(|s| s.id != **id))
-            .map(|(id, p)| PeerInfo {
-                id: *id,
-                addr: p.addr,
-            })
-            .collect();
-        all.shuffle(&mut self.rng);
-        let cap = if self.cfg.role == Role::Broadcaster {
-            16
-        } else {
-            8
-        };
-        all.truncate(cap.min(MAX_PEERS_PER_MESSAGE).saturating_sub(sample.len()));
-        sample.extend(all);
-        sample
-    }
-
     fn send(&mut self, peer: NodeId, msg: Control) {
         self.actions.push_back(Action::Send { peer, msg });
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -513,11 +513,11 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::membership::{ORIGIN_RETRY, ORIGIN_RETRY_WITH_PARTNERS};
     use crate::mesh::tests::{
         addr, announce, drain, id, origin_announces_nine, requests, viewer, viewer_connected,
         ORIGIN,
     };
-    use crate::mesh::{ORIGIN_RETRY, ORIGIN_RETRY_WITH_PARTNERS};
     use crate::node::{DisconnectReason, Misbehaviour};
     use std::collections::BTreeSet;
     use std::time::Duration;
