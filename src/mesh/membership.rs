@@ -27,10 +27,14 @@ pub(super) const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
 /// Re-dial period for the origin once this viewer has partners to pull from.
 pub(super) const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 
+/// A peer heard of (in a peer sample) that this node may dial.
 #[derive(Debug)]
 pub(super) struct Known {
+    /// Where to dial it.
     addr: SocketAddr,
+    /// Dials to it that failed in a row; it is forgotten after five.
     failures: u32,
+    /// Not picked again before this moment (a dial in progress, or a backoff).
     retry_at: Option<Instant>,
 }
 

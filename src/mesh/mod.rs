@@ -282,8 +282,8 @@ pub struct Mesh {
     last_now: Instant,
     origin_retry_at: Instant,
     /// Dials to the origin that failed, and connections to it that ended within
-    /// [`ORIGIN_SHORT_LIVED`](membership::ORIGIN_SHORT_LIVED) (turned away: its partner set is full), since the last that
-    /// lasted; each doubles the wait before the next dial.
+    /// [`ORIGIN_SHORT_LIVED`](membership::ORIGIN_SHORT_LIVED) (turned away: its partner
+    /// set is full), since the last that lasted; each doubles the wait before the next dial.
     origin_failures: u32,
     /// When the connection to the origin opened.
     origin_since: Option<Instant>,
