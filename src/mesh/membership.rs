@@ -1,0 +1,579 @@
+//! Who this node is connected to: admitting or turning away connections, losing them,
+//! dialling more of the peers it has heard of, re-dialling the origin, peer exchange, and
+//! bans.
+
+use super::peers::{Announced, Peer};
+use super::{Action, Mesh};
+use crate::node::{DisconnectReason, Misbehaviour};
+use crate::stream::{NodeId, PARTS};
+use crate::wire::{Control, PeerInfo, Role, MAX_PEERS_PER_MESSAGE};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Broadcaster: turned-away viewers remembered for its peer samples.
+const MAX_OVERFLOW: usize = 64;
+
+/// Broadcaster: how many of a peer sample's 16 are turned-away viewers.
+const OVERFLOW_IN_SAMPLE: usize = 8;
+
+/// Re-dial period for the origin while this viewer has few partners.
+pub(super) const ORIGIN_RETRY: Duration = Duration::from_secs(2);
+
+/// A connection to the origin that ends sooner than this was a refusal, not a loss.
+pub(super) const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
+
+/// Re-dial period for the origin once this viewer has partners to pull from.
+pub(super) const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
+
+/// A peer heard of (in a peer sample) that this node may dial.
+#[derive(Debug)]
+pub(super) struct Known {
+    /// Where to dial it.
+    addr: SocketAddr,
+    /// Dials to it that failed in a row; it is forgotten after five.
+    failures: u32,
+    /// Not picked again before this moment (a dial in progress, or a backoff).
+    retry_at: Option<Instant>,
+}
+
+impl Mesh {
+    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address;
+    /// `uploads` and `upload_bps` are what its Hello said.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        addr: SocketAddr,
+        claimed_role: Role,
+        uploads: bool,
+        upload_bps: Option<u64>,
+    ) {
+        self.last_now = self.last_now.max(now);
+        self.pending_dials.remove(&peer);
+        // The claim is informational: only the stream's key is ever treated as the origin.
+        let _ = claimed_role;
+        if peer == self.me || self.is_banned(&peer, now) {
+            self.actions.push_back(Action::Disconnect {
+                peer,
+                reason: DisconnectReason::Refused,
+            });
+            return;
+        }
+        // Only the stream's key may claim to be the broadcaster.
+        let role = if self.is_origin(&peer) {
+            Role::Broadcaster
+        } else {
+            Role::Viewer
+        };
+        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
+            // Turn it away, but hand it some peers so it can find room elsewhere.
+            let sample = self.peer_sample(Some(peer));
+            if self.cfg.role == Role::Broadcaster && uploads {
+                self.overflow.retain(|p| p.id != peer);
+                if self.overflow.len() >= MAX_OVERFLOW {
+                    self.overflow.pop_front();
+                }
+                self.overflow.push_back(PeerInfo { id: peer, addr });
+            }
+            self.send(peer, Control::Peers { peers: sample });
+            self.actions.push_back(Action::Disconnect {
+                peer,
+                reason: DisconnectReason::PartnerSetFull,
+            });
+            return;
+        }
+        if role == Role::Broadcaster {
+            self.start_from_partners = false;
+            self.origin_since = Some(now);
+        }
+        // A partner now: no longer one of the broadcaster's turned-away.
+        self.overflow.retain(|p| p.id != peer);
+        if let Some(k) = self.known.get_mut(&peer) {
+            k.failures = 0;
+            k.retry_at = None;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                role,
+                addr,
+                uploads,
+                have: Announced::new(),
+                inflight: 0,
+                throughput: None,
+                busy_until: None,
+                stalls: 0,
+                seed_suspect: false,
+                next_pex: now + self.cfg.pex_interval,
+                next_buffer_map: now + self.cfg.buffer_map_interval,
+            },
+        );
+        if self.cfg.role == Role::Broadcaster {
+            // Before the buffer map: the viewer picks its join point on reading that.
+            let declared = if uploads { upload_bps } else { Some(0) };
+            if let Some(bps) = declared {
+                self.declared.insert(peer, (bps, now));
+            }
+            if let Some(msg) = self.swarm_estimate(now) {
+                self.send(peer, msg);
+            }
+        }
+        if self.cfg.uploads || self.cfg.role == Role::Broadcaster {
+            let map = self.buffer_map();
+            self.send(peer, map);
+        }
+        if self.cfg.role == Role::Broadcaster && uploads {
+            // Owed seeds of segments still within a newcomer's join window.
+            let oldest = self
+                .newest
+                .map_or(0, |n| n.saturating_sub(self.cfg.delay_segments));
+            while let Some((number, part)) = self.seed_debt.pop_front() {
+                if number >= oldest && self.held.contains(number) {
+                    self.actions.push_back(Action::Push { peer, number, part });
+                    break;
+                }
+            }
+        }
+        if self.cfg.role == Role::Broadcaster {
+            // The tracker's answer: a random sample of the swarm.
+            let sample = self.peer_sample(Some(peer));
+            if !sample.is_empty() {
+                self.send(peer, Control::Peers { peers: sample });
+            }
+            if let Some(last) = self.ended {
+                self.send(peer, Control::End { last });
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// The connection to `peer` ended.
+    pub fn handle_disconnected(&mut self, now: Instant, peer: NodeId) {
+        self.last_now = self.last_now.max(now);
+        self.pending_dials.remove(&peer);
+        if self.peers.remove(&peer).is_none() {
+            return;
+        }
+        self.declared.remove(&peer);
+        for s in self.segs.values_mut() {
+            for j in 0..PARTS {
+                let Some(part) = s.parts.get(j) else { continue };
+                let (asked, sending) = (
+                    part.inflight.is_some_and(|i| i.peer == peer),
+                    part.receiving_from == Some(peer),
+                );
+                if asked {
+                    s.set_inflight(j, None);
+                }
+                // What it was sending dies with the connection: ask elsewhere at once rather
+                // than wait out the request timeout (by then the segment may be given up).
+                if sending {
+                    s.set_arriving(j, None);
+                }
+            }
+        }
+        if self.is_origin(&peer) {
+            let short = self
+                .origin_since
+                .take()
+                .is_none_or(|t| now.saturating_duration_since(t) < ORIGIN_SHORT_LIVED);
+            self.origin_failed(now, short);
+        }
+        self.dial_more_if_viewer(now);
+        self.schedule(now);
+    }
+
+    /// A dial to `peer` failed.
+    pub fn handle_dial_failed(&mut self, now: Instant, peer: NodeId) {
+        self.last_now = self.last_now.max(now);
+        self.pending_dials.remove(&peer);
+        if self.is_origin(&peer) {
+            self.origin_failed(now, true);
+        }
+        if let Some(k) = self.known.get_mut(&peer) {
+            k.failures += 1;
+            let backoff = Duration::from_secs(2u64.saturating_pow(k.failures.min(6)));
+            k.retry_at = Some(now + backoff);
+            if k.failures >= 5 {
+                self.known.remove(&peer);
+            }
+        }
+        self.dial_more_if_viewer(now);
+    }
+
+    /// `peer` sent bytes or messages that failed verification: drop and ban it.
+    pub fn handle_misbehaviour(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
+        self.last_now = self.last_now.max(now);
+        self.misbehaved(now, peer, reason);
+        self.schedule(now);
+    }
+
+    pub(super) fn misbehaved(&mut self, now: Instant, peer: NodeId, reason: Misbehaviour) {
+        if self.is_origin(&peer) {
+            // The origin's key signs the stream; it cannot be banned from its own stream.
+            return;
+        }
+        self.banned.insert(peer, now + self.cfg.ban);
+        self.stats.bans += 1;
+        self.known.remove(&peer);
+        self.actions.push_back(Action::Disconnect {
+            peer,
+            reason: DisconnectReason::Misbehaved(reason),
+        });
+        self.handle_disconnected(now, peer);
+    }
+
+    pub(super) fn maintain(&mut self, now: Instant) {
+        self.next_maintenance = now + self.cfg.maintenance_interval;
+        self.banned.retain(|_, until| *until > now);
+        if self.cfg.role == Role::Viewer {
+            let origin = self.cfg.origin;
+            if !self.peers.contains_key(&origin)
+                && !self.pending_dials.contains(&origin)
+                && now >= self.origin_retry_at
+            {
+                self.pending_dials.insert(origin);
+                // With partners, the origin is only a fallback: a full origin is not asked
+                // again every 2 s by thousands of turned-away viewers.
+                let retry = if self.viewer_count() >= self.cfg.target_partners / 2 {
+                    ORIGIN_RETRY_WITH_PARTNERS
+                } else {
+                    ORIGIN_RETRY
+                };
+                self.origin_retry_at = now + retry;
+                self.actions.push_back(Action::Dial {
+                    peer: origin,
+                    addr: None,
+                });
+            }
+            self.dial_more(now);
+        }
+        // Periodic peer exchange and buffer-map resync.
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let (pex_due, map_due) = match self.peers.get(&id) {
+                Some(p) => (now >= p.next_pex, now >= p.next_buffer_map),
+                None => continue,
+            };
+            if pex_due {
+                let sample = self.peer_sample(Some(id));
+                if !sample.is_empty() {
+                    self.send(id, Control::Peers { peers: sample });
+                }
+            }
+            if map_due && (self.cfg.uploads || self.cfg.role == Role::Broadcaster) {
+                let map = self.buffer_map();
+                self.send(id, map);
+            }
+            let (pex, bm) = (self.cfg.pex_interval, self.cfg.buffer_map_interval);
+            if let Some(p) = self.peers.get_mut(&id) {
+                if pex_due {
+                    p.next_pex = now + pex;
+                }
+                if map_due {
+                    p.next_buffer_map = now + bm;
+                }
+            }
+        }
+    }
+
+    /// The origin was lost (`failed`: turned away or never reached): when to dial it again.
+    /// A flash crowd beyond the origin's partner cap is turned away (or, past its connection
+    /// cap, refused) every time; redialling all at a fixed period kept the cap full and left
+    /// thousands of viewers with no way in. Each failure doubles the wait, with jitter, so
+    /// the crowd spreads out and joins through the peers it is handed.
+    fn origin_failed(&mut self, now: Instant, failed: bool) {
+        if failed {
+            self.origin_failures = self.origin_failures.saturating_add(1);
+        } else {
+            self.origin_failures = 0;
+        }
+        let base = Duration::from_millis(500) * 2u32.saturating_pow(self.origin_failures.min(6));
+        let mut wait = base.min(ORIGIN_RETRY_WITH_PARTNERS);
+        if failed && self.viewer_count() >= self.cfg.target_partners / 2 {
+            // With partners, the origin is only a fallback.
+            wait = ORIGIN_RETRY_WITH_PARTNERS;
+        }
+        self.origin_retry_at = now + wait.mul_f64(self.rng.gen_range(1.0..1.5));
+    }
+
+    /// [`Mesh::dial_more`] for a viewer (the broadcaster dials nobody).
+    pub(super) fn dial_more_if_viewer(&mut self, now: Instant) {
+        if self.cfg.role == Role::Viewer {
+            self.dial_more(now);
+        }
+    }
+
+    fn dial_more(&mut self, now: Instant) {
+        let have = self.viewer_count() + self.pending_dials.len();
+        if have >= self.cfg.target_partners {
+            return;
+        }
+        let mut candidates: Vec<(NodeId, SocketAddr)> = self
+            .known
+            .iter()
+            .filter(|(id, k)| {
+                !self.peers.contains_key(id)
+                    && !self.pending_dials.contains(id)
+                    && **id != self.me
+                    && !self.is_origin(id)
+                    && k.retry_at.is_none_or(|t| now >= t)
+            })
+            .map(|(id, k)| (*id, k.addr))
+            .collect();
+        candidates.shuffle(&mut self.rng);
+        let room = (self.cfg.target_partners - have).min(
+            self.cfg
+                .max_pending_dials
+                .saturating_sub(self.pending_dials.len()),
+        );
+        for (id, addr) in candidates.into_iter().take(room) {
+            self.pending_dials.insert(id);
+            if let Some(k) = self.known.get_mut(&id) {
+                // Until it answers, do not pick it again.
+                k.retry_at = Some(now + Duration::from_secs(10));
+            }
+            self.actions.push_back(Action::Dial {
+                peer: id,
+                addr: Some(addr),
+            });
+        }
+    }
+
+    pub(super) fn add_known(&mut self, p: PeerInfo) {
+        if p.id == self.me
+            || self.is_origin(&p.id)
+            || self.banned.contains_key(&p.id)
+            || self.peers.contains_key(&p.id)
+        {
+            return;
+        }
+        if let Some(k) = self.known.get_mut(&p.id) {
+            k.addr = p.addr;
+            return;
+        }
+        if self.known.len() >= self.cfg.max_known {
+            // Forget a random candidate: a flood of fake peers cannot pin the table.
+            let idx = self.rng.gen_range(0..self.known.len());
+            if let Some(victim) = self.known.keys().nth(idx).copied() {
+                self.known.remove(&victim);
+            }
+        }
+        self.known.insert(
+            p.id,
+            Known {
+                addr: p.addr,
+                failures: 0,
+                retry_at: None,
+            },
+        );
+    }
+
+    /// A random sample of connected uploading viewers (never everyone: PPSPP's advice). The
+    /// broadcaster's (the tracker's) also lists the viewers it turned away last: with a
+    /// crowd beyond its partner cap, its partners' sets are full, and a sample of them alone
+    /// sends newcomers from one full viewer to the next (at 10,000 simulated viewers, join
+    /// p99 was 13 s), while the turned-away ones still have room for each other.
+    fn peer_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
+        let mut sample: Vec<PeerInfo> = Vec::new();
+        if self.cfg.role == Role::Broadcaster {
+            // Random ones among the last turned away, so a crowd is not herded onto the few
+            // newest.
+            let candidates: Vec<&PeerInfo> = self
+                .overflow
+                .iter()
+                .filter(|p| Some(p.id) != exclude)
+                .collect();
+            sample.extend(
+                candidates
+                    .choose_multiple(&mut self.rng, OVERFLOW_IN_SAMPLE)
+                    .map(|p| **p),
+            );
+        }
+        let mut all: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
+            .filter(|(id, _)| sample.iter().all(|s| s.id != **id))
+            .map(|(id, p)| PeerInfo {
+                id: *id,
+                addr: p.addr,
+            })
+            .collect();
+        all.shuffle(&mut self.rng);
+        let cap = if self.cfg.role == Role::Broadcaster {
+            16
+        } else {
+            8
+        };
+        all.truncate(cap.min(MAX_PEERS_PER_MESSAGE).saturating_sub(sample.len()));
+        sample.extend(all);
+        sample
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::tests::{addr, drain, id, viewer, ORIGIN, SEG};
+    use crate::mesh::MeshConfig;
+
+    #[test]
+    fn viewer_dials_origin_first() {
+        let now = Instant::now();
+        let mut v = viewer(10, now);
+        assert_eq!(
+            drain(&mut v),
+            vec![Action::Dial {
+                peer: id(ORIGIN),
+                addr: None
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_viewer_backs_off_the_origin_more_each_time() {
+        // A flash crowd past the origin's caps, all redialling at one fixed period, keeps
+        // the caps full: each refusal doubles the wait (jittered), up to the 30 s cap.
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        let mut dials = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(120) {
+            v.handle_tick(t);
+            if drain(&mut v)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(ORIGIN)))
+            {
+                dials.push(t);
+                v.handle_dial_failed(t, id(ORIGIN));
+            }
+            t += Duration::from_millis(50);
+        }
+        let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 5, "{gaps:?}");
+        assert!(gaps[4] >= gaps[0] * 8, "{gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= ORIGIN_RETRY_WITH_PARTNERS * 2),
+            "{gaps:?}"
+        );
+        // A connection that lasted resets it: the next loss is retried at once (the first
+        // wait, plus a maintenance period).
+        v.handle_connected(t, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        t += ORIGIN_SHORT_LIVED * 2;
+        v.handle_disconnected(t, id(ORIGIN));
+        drain(&mut v);
+        let lost = t;
+        while !v.peers.contains_key(&id(ORIGIN)) && t < lost + Duration::from_secs(5) {
+            t += Duration::from_millis(50);
+            v.handle_tick(t);
+            if drain(&mut v)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(ORIGIN)))
+            {
+                break;
+            }
+        }
+        assert!(t - lost <= Duration::from_millis(1500), "{:?}", t - lost);
+    }
+
+    #[test]
+    fn tracker_sample_leads_to_dials_and_full_sets_turn_peers_away() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        drain(&mut v);
+        let peers: Vec<PeerInfo> = (20..40)
+            .map(|i| PeerInfo {
+                id: id(i),
+                addr: addr(i as u16),
+            })
+            .collect();
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        // At once, not at the next maintenance tick: the join waits on these.
+        let dialled = |acts: Vec<Action>| -> Vec<NodeId> {
+            acts.into_iter()
+                .filter_map(|a| match a {
+                    Action::Dial {
+                        peer,
+                        addr: Some(_),
+                    } => Some(peer),
+                    _ => None,
+                })
+                .collect()
+        };
+        let dials = dialled(drain(&mut v));
+        assert_eq!(dials.len(), 4, "bounded by max_pending_dials");
+        // A failed dial is replaced at once by another candidate.
+        v.handle_dial_failed(t0, dials[0]);
+        let again = dialled(drain(&mut v));
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(!dials.contains(&again[0]));
+        v.handle_tick(t0 + Duration::from_secs(1));
+        assert!(dialled(drain(&mut v)).is_empty(), "still 4 pending");
+        // Fill the partner set to its cap; the next one is turned away.
+        let cap = MeshConfig::viewer(id(ORIGIN), SEG, 3).max_partners as u8;
+        for i in 40..40 + cap {
+            v.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
+        }
+        drain(&mut v);
+        assert_eq!(v.stats().partners, usize::from(cap));
+        v.handle_connected(t0, id(60), addr(60), Role::Viewer, true, None);
+        let acts = drain(&mut v);
+        assert!(acts.contains(&Action::Disconnect {
+            peer: id(60),
+            reason: DisconnectReason::PartnerSetFull
+        }));
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Send { peer, msg: Control::Peers { peers } } if *peer == id(60) && !peers.is_empty())));
+    }
+
+    #[test]
+    fn a_full_broadcaster_hands_out_the_viewers_it_turned_away() {
+        let t0 = Instant::now();
+        let mut cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
+        cfg.max_partners = 4;
+        let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
+        for i in 20..24 {
+            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
+        }
+        // Full: 30..40 are turned away (a leech-only one is not worth handing out).
+        for i in 30..40 {
+            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, i != 39, None);
+        }
+        drain(&mut b);
+        let sample_for = |b: &mut Mesh, who: u8| -> Vec<NodeId> {
+            b.handle_connected(t0, id(who), addr(u16::from(who)), Role::Viewer, true, None);
+            drain(b)
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::Send {
+                        peer,
+                        msg: Control::Peers { peers },
+                    } if peer == id(who) => Some(peers.iter().map(|p| p.id).collect()),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let got = sample_for(&mut b, 50);
+        let turned_away: Vec<&NodeId> = got
+            .iter()
+            .filter(|p| (30..40).any(|i| id(i) == **p))
+            .collect();
+        // Half the sample is turned-away viewers with room, the rest its full partners.
+        assert_eq!(turned_away.len(), OVERFLOW_IN_SAMPLE, "{got:?}");
+        assert!(!got.contains(&id(39)) && !got.contains(&id(50)), "{got:?}");
+        assert_eq!(got.len(), OVERFLOW_IN_SAMPLE + 4, "{got:?}");
+        let mut unique = got.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), got.len());
+        // One that later becomes a partner leaves the turned-away list.
+        b.handle_disconnected(t0, id(20));
+        b.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
+        assert!(b.overflow.iter().all(|p| p.id != id(30)));
+    }
+}
