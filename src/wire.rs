@@ -123,9 +123,8 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// First message each way. A mismatched version or stream closes the connection.
-    /// Boxed: it is sent once per connection, and inline it made every control message
-    /// (and every queued action and simulated event carrying one) four times the size of
-    /// the `Have`s that are nearly all of them. The bytes on the wire are the same.
+    /// Boxed: it is sent once per connection, and inline it would make every control
+    /// message its size; the bytes on the wire are the same.
     Hello(Box<Hello>),
     /// The sender holds, or is receiving, these parts of segment `number` (verified
     /// piece by piece as they arrive, so they can be relayed at once).

@@ -374,8 +374,8 @@ impl Mesh {
     /// A random sample of connected uploading viewers (never everyone: PPSPP's advice). The
     /// broadcaster's (the tracker's) also lists the viewers it turned away last: with a
     /// crowd beyond its partner cap, its partners' sets are full, and a sample of them alone
-    /// sends newcomers from one full viewer to the next (at 10,000 simulated viewers, join
-    /// p99 was 13 s), while the turned-away ones still have room for each other.
+    /// sends newcomers from one full viewer to the next, while the turned-away ones still
+    /// have room for each other.
     fn peer_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
         let mut sample: Vec<PeerInfo> = Vec::new();
         if self.cfg.role == Role::Broadcaster {

@@ -47,10 +47,9 @@
 //! since that catch-up would come out of the upload the live segments need.
 //!
 //! Why parts: with whole-segment requests a viewer whose upload is below twice the
-//! bitrate serves one downstream at a time for a whole segment, so a segment spreads
-//! one relay chain at a time and the tree branches only every 0.7 s (BENCHMARKS.md).
-//! A part turns a viewer's upload over in about a tenth of that, the tree branches
-//! eight times as often, and a segment arrives over several suppliers' uplinks at once.
+//! bitrate serves one downstream at a time for a whole segment, so the relay tree branches
+//! once per segment-time; a part turns that slot over eight times as often, and a segment
+//! arrives over several suppliers' uplinks at once (BENCHMARKS.md).
 //!
 //! ## Files
 //! One [`Mesh`], its `impl` spread over the files by job: here the call order's entry
@@ -83,8 +82,7 @@ use std::time::{Duration, Instant};
 
 /// How long a joining viewer waits for partners to announce its first segment before it
 /// asks the origin: long enough for the tracker's sample to be dialled and buffer maps to
-/// arrive, short next to the wait for the stream's later segments. 200 ms joined faster
-/// than 400 ms in the simulator and the swarm (docs/DESIGN.md, "Request order").
+/// arrive, short next to the wait for the stream's later segments (docs/DESIGN.md).
 const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
 
 /// The broadcaster's partner cap ([`MeshConfig::broadcaster`]).
@@ -259,9 +257,8 @@ pub struct Mesh {
     known: BTreeMap<NodeId, Known>,
     pending_dials: BTreeSet<NodeId>,
     banned: BTreeMap<NodeId, Instant>,
-    /// Segments tracked and not yet held. Held ones move to `held`: their per-part state
-    /// is done with, and at 880 bytes a segment over a 64-segment window it was most of a
-    /// node's memory, which the scans of the segments in play had to skip over.
+    /// Segments tracked and not yet held. Held ones move to `held`, since their per-part
+    /// state is done with.
     segs: BTreeMap<u64, Tracked>,
     /// Segments held, within the window.
     held: HeldSet,
@@ -428,8 +425,7 @@ impl Mesh {
         // Only a viewer asks anyone for anything, so only its peers can have said Busy; the
         // broadcaster's thousands of partners are not walked after each of its events.
         // A backoff's end matters only if that peer could then be asked for something:
-        // the tick it would cause does nothing otherwise (over half of a simulation's ticks
-        // were such). Whatever changes that (an announcement, a request ending) is an
+        // the tick it would cause does nothing otherwise. Whatever changes that (an announcement, a request ending) is an
         // input, which schedules then. At the total in-flight cap nothing can be asked.
         let joining = !self.started && self.want_from.is_some();
         let capped = inflight_total >= self.cfg.max_inflight_total && !joining;

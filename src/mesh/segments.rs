@@ -110,9 +110,8 @@ pub(super) fn bit(part: usize) -> u32 {
 }
 
 /// The segments a node holds: a ring of bits ending at the newest held, inline but for
-/// one short allocation. Every announcement asks whether its segment is held, and the
-/// `BTreeSet` this was cost a cold node per question (15% of the simulator's mesh calls
-/// at 10,000 peers). Members stay within the window of the newest known segment, and a
+/// one short allocation, because every announcement asks whether its segment is held.
+/// Members stay within the window of the newest known segment, and a
 /// verified one is at most a window ahead of it, so a span of two windows holds them all
 /// (up to a window of 32,767 segments, nine hours of 1 s segments; a larger one gets that
 /// span, and what falls out of it counts as not held).
@@ -238,8 +237,7 @@ impl Mesh {
                 // catch-up then comes from established viewers with upload to spare. A
                 // viewer the origin turned away whose partners lack them is in a crowd of
                 // joiners, where every joiner's catch-up comes out of the upload the live
-                // segments need (10,000 joining in 2 s: 0.08% of segments late, latency
-                // p99 2.0 s). It waits at their live edge instead: its playlist fills as
+                // segments need. It waits at their live edge instead: its playlist fills as
                 // the stream goes on, a start about 2 s later, with no late segments.
                 let whole = |k: u64| {
                     let theirs = announced
@@ -277,7 +275,7 @@ impl Mesh {
             .newest
             .map_or(u64::MAX, |n| n.saturating_add(self.cfg.window));
         // Walked again below rather than collected: nearly every call is one `Have`, and
-        // a vector for it was an allocation per announcement.
+        // collecting would allocate each time.
         let learned = move || {
             announced
                 .iter()
@@ -351,9 +349,8 @@ impl Mesh {
     /// segment duration, so a crowd needs (joining share × `delay`) / (spare share)
     /// segment durations for them all. When the broadcaster's [`Control::Swarm`] puts that
     /// above [`CATCH_UP_ABSORB_SEGMENTS`], the joiner starts at live instead, and its
-    /// playlist fills as the stream goes on (a start about `delay` segments later). 1,000
-    /// viewers joining a running stream at 1.05× the bitrate: continuity 0.944 with
-    /// catch-up, 1.0 without (BENCHMARKS.md). Counted in segments, not seconds: a viewer
+    /// playlist fills as the stream goes on (a start about `delay` segments later), so the
+    /// catch-up does not take the upload the live segments need (BENCHMARKS.md). Counted in segments, not seconds: a viewer
     /// learns the segment duration only from the first header, after this choice.
     fn catch_up(&self) -> u64 {
         let delay = self.cfg.delay_segments;
