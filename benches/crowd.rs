@@ -137,6 +137,7 @@ async fn crowd(a: Args, port: u16) -> bool {
         token_epoch: 0,
         observed: addr,
         local: None,
+        public: None,
         reach: wire::Reach::Unknown,
     })));
     let start = tokio::time::Instant::now();

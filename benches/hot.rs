@@ -158,12 +158,12 @@ impl Live {
         };
         let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
         live.mesh
-            .handle_connected(now, origin, addr(0), Role::Broadcaster, true, None);
+            .handle_connected(now, contact(origin, addr(0)), Role::Broadcaster, true, None);
         let all: Vec<u64> = (0..=live.newest).collect();
         live.mesh.handle_control(now, origin, buffer_map(&all));
         for (i, p) in live.partners.clone().into_iter().enumerate() {
             live.mesh
-                .handle_connected(now, p, addr(i + 1), Role::Viewer, true, None);
+                .handle_connected(now, contact(p, addr(i + 1)), Role::Viewer, true, None);
             let held: Vec<u64> = (0..=live.newest).filter(|n| live.holds(i, *n)).collect();
             live.mesh.handle_control(now, p, buffer_map(&held));
         }
@@ -359,3 +359,13 @@ mod group {
 use group::group;
 
 criterion_main!(group);
+
+/// A peer as a connection reports it, reachable at its address.
+fn contact(id: NodeId, addr: std::net::SocketAddr) -> starling::wire::PeerInfo {
+    starling::wire::PeerInfo {
+        id,
+        addr,
+        local: None,
+        reach: starling::wire::Reach::Public,
+    }
+}

@@ -88,8 +88,12 @@ impl Reach {
 pub struct PeerInfo {
     /// Its key (dialled by key; the address is only a hint).
     pub id: NodeId,
-    /// Where it was last seen listening.
+    /// Where the sender sees it: behind a NAT, its public address.
     pub addr: SocketAddr,
+    /// Its address on its own LAN, for peers behind the same public address.
+    pub local: Option<SocketAddr>,
+    /// How it can be reached, as it said.
+    pub reach: Reach,
 }
 
 /// The first message each way on a connection's control stream ([`Control::Hello`]).
@@ -115,6 +119,8 @@ pub struct Hello {
     pub observed: SocketAddr,
     /// The sender's address on its own LAN, for peers behind the same NAT.
     pub local: Option<SocketAddr>,
+    /// The address peers off the sender's networks see it at, once one has said.
+    pub public: Option<SocketAddr>,
     /// How the sender can be reached, as far as it knows.
     pub reach: Reach,
 }
@@ -150,6 +156,13 @@ pub enum Control {
     End {
         /// Number of the last segment.
         last: u64,
+    },
+    /// From a partner connected to both: `peer` is dialling the receiver right now, so the
+    /// receiver dials it back at once and both NATs see traffic go out first (a
+    /// simultaneous open).
+    Rendezvous {
+        /// Whom to dial.
+        peer: PeerInfo,
     },
     /// Broadcaster to a viewer as it connects: the swarm's upload, so the viewer can tell
     /// whether catching up behind live would take upload the live segments need.
@@ -305,6 +318,7 @@ mod tests {
                 token_epoch: 2,
                 observed: "127.0.0.1:9".parse().unwrap(),
                 local: None,
+                public: None,
                 reach: Reach::Unknown,
             })),
             Control::Swarm {
@@ -323,7 +337,17 @@ mod tests {
                 peers: vec![PeerInfo {
                     id: id(2),
                     addr: "127.0.0.1:9".parse().unwrap(),
+                    local: Some("192.168.1.2:9".parse().unwrap()),
+                    reach: Reach::Nat,
                 }],
+            },
+            Control::Rendezvous {
+                peer: PeerInfo {
+                    id: id(3),
+                    addr: "[2001:db8::1]:9".parse().unwrap(),
+                    local: None,
+                    reach: Reach::Unknown,
+                },
             },
             Control::End { last: 3 },
         ]
@@ -439,7 +463,9 @@ mod tests {
             peers: vec![
                 PeerInfo {
                     id: id(1),
-                    addr: "1.2.3.4:5".parse().unwrap()
+                    addr: "1.2.3.4:5".parse().unwrap(),
+                    local: None,
+                    reach: Reach::Unknown,
                 };
                 MAX_PEERS_PER_MESSAGE + 1
             ],

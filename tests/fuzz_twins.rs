@@ -36,6 +36,8 @@ fn wire_seeds() -> Seeds {
     let peer = |b: u8, addr: &str| PeerInfo {
         id: node_id(&SigningKey::from_bytes(&[b; 32])),
         addr: addr.parse().unwrap(),
+        local: Some("192.168.0.2:4433".parse().unwrap()),
+        reach: starling::wire::Reach::Nat,
     };
     let controls = [
         (
@@ -50,6 +52,7 @@ fn wire_seeds() -> Seeds {
                 token_epoch: 0,
                 observed: "203.0.113.7:4433".parse().unwrap(),
                 local: None,
+                public: None,
                 reach: starling::wire::Reach::Nat,
             })),
         ),
@@ -65,6 +68,7 @@ fn wire_seeds() -> Seeds {
                 token_epoch: 3,
                 observed: "203.0.113.7:4433".parse().unwrap(),
                 local: None,
+                public: None,
                 reach: starling::wire::Reach::Nat,
             })),
         ),

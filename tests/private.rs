@@ -80,6 +80,7 @@ async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answe
         token_epoch: 0,
         observed: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
         local: None,
+        public: None,
         reach: wire::Reach::Unknown,
     }));
     let Dialled {

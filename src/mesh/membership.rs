@@ -4,9 +4,10 @@
 
 use super::peers::{Announced, Peer};
 use super::{Action, Mesh};
+use crate::node::nat::needs_rendezvous;
 use crate::node::{DisconnectReason, Misbehaviour};
 use crate::stream::{NodeId, PARTS};
-use crate::wire::{Control, PeerInfo, Role, MAX_PEERS_PER_MESSAGE};
+use crate::wire::{Control, PeerInfo, Reach, Role, MAX_PEERS_PER_MESSAGE};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub(super) const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
 pub(super) struct Known {
     /// Where to dial it.
     addr: SocketAddr,
+    /// Its LAN address, dialled too when it shares our public address.
+    local: Option<SocketAddr>,
+    /// How it said it can be reached.
+    reach: Reach,
     /// Dials to it that failed in a row; it is forgotten after five.
     failures: u32,
     /// Not picked again before this moment (a dial in progress, or a backoff).
@@ -39,17 +44,23 @@ pub(super) struct Known {
 }
 
 impl Mesh {
-    /// A connection finished its Hello exchange. `addr` is the peer's endpoint address;
-    /// `uploads` and `upload_bps` are what its Hello said.
+    /// A connection finished its Hello exchange. `contact` is the peer's endpoint address
+    /// as we see it, with the LAN address and reachability its Hello gave; `uploads` and
+    /// `upload_bps` are what its Hello said.
     pub fn handle_connected(
         &mut self,
         now: Instant,
-        peer: NodeId,
-        addr: SocketAddr,
+        contact: PeerInfo,
         claimed_role: Role,
         uploads: bool,
         upload_bps: Option<u64>,
     ) {
+        let PeerInfo {
+            id: peer,
+            addr,
+            local,
+            reach,
+        } = contact;
         self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
         // The claim is informational: only the stream's key is ever treated as the origin.
@@ -70,14 +81,15 @@ impl Mesh {
         if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
             // Turn it away, but hand it some peers so it can find room elsewhere.
             let sample = self.peer_sample(Some(peer));
-            if self.cfg.role == Role::Broadcaster && uploads {
+            // A symmetric NAT's viewer cannot be dialled: it is not handed out.
+            if self.cfg.role == Role::Broadcaster && uploads && reach != Reach::Symmetric {
                 self.overflow.retain(|p| p.id != peer);
                 if self.overflow.len() >= MAX_OVERFLOW {
                     self.overflow.pop_front();
                 }
-                self.overflow.push_back(PeerInfo { id: peer, addr });
+                self.overflow.push_back(contact);
             }
-            self.send(peer, Control::Peers { peers: sample });
+            self.send_sample(contact, sample);
             self.actions.push_back(Action::Disconnect {
                 peer,
                 reason: DisconnectReason::PartnerSetFull,
@@ -99,6 +111,8 @@ impl Mesh {
             Peer {
                 role,
                 addr,
+                local,
+                reach,
                 uploads,
                 have: Announced::new(),
                 inflight: 0,
@@ -140,7 +154,7 @@ impl Mesh {
             // The tracker's answer: a random sample of the swarm.
             let sample = self.peer_sample(Some(peer));
             if !sample.is_empty() {
-                self.send(peer, Control::Peers { peers: sample });
+                self.send_sample(contact, sample);
             }
             if let Some(last) = self.ended {
                 self.send(peer, Control::End { last });
@@ -246,6 +260,7 @@ impl Mesh {
                 self.actions.push_back(Action::Dial {
                     peer: origin,
                     addr: None,
+                    local: None,
                 });
             }
             self.dial_more(now);
@@ -259,8 +274,8 @@ impl Mesh {
             };
             if pex_due {
                 let sample = self.peer_sample(Some(id));
-                if !sample.is_empty() {
-                    self.send(id, Control::Peers { peers: sample });
+                if let (false, Some(to)) = (sample.is_empty(), self.contact(&id)) {
+                    self.send_sample(to, sample);
                 }
             }
             if map_due && (self.cfg.uploads || self.cfg.role == Role::Broadcaster) {
@@ -311,7 +326,7 @@ impl Mesh {
         if have >= self.cfg.target_partners {
             return;
         }
-        let mut candidates: Vec<(NodeId, SocketAddr)> = self
+        let mut candidates: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = self
             .known
             .iter()
             .filter(|(id, k)| {
@@ -320,16 +335,22 @@ impl Mesh {
                     && **id != self.me
                     && !self.is_origin(id)
                     && k.retry_at.is_none_or(|t| now >= t)
+                    // Neither side could get through to the other's NAT.
+                    && (k.reach != Reach::Symmetric || self.reach != Reach::Symmetric)
             })
-            .map(|(id, k)| (*id, k.addr))
+            .map(|(id, k)| (*id, k.addr, k.local))
             .collect();
         candidates.shuffle(&mut self.rng);
+        // Peers of our own site first: they are a LAN away, and a site that pairs within
+        // itself pulls each part across its WAN about once.
+        let public = self.public.map(|a| a.ip());
+        candidates.sort_by_key(|(_, addr, _)| Some(addr.ip()) != public);
         let room = (self.cfg.target_partners - have).min(
             self.cfg
                 .max_pending_dials
                 .saturating_sub(self.pending_dials.len()),
         );
-        for (id, addr) in candidates.into_iter().take(room) {
+        for (id, addr, local) in candidates.into_iter().take(room) {
             self.pending_dials.insert(id);
             if let Some(k) = self.known.get_mut(&id) {
                 // Until it answers, do not pick it again.
@@ -338,8 +359,59 @@ impl Mesh {
             self.actions.push_back(Action::Dial {
                 peer: id,
                 addr: Some(addr),
+                local,
             });
         }
+    }
+
+    /// A partner connected to both it and us says `peer` is dialling us now: dial it back at
+    /// once, so both NATs see traffic go out first, if there is room for one more partner
+    /// and one more dial.
+    pub(super) fn rendezvous(&mut self, now: Instant, from: NodeId, peer: PeerInfo) {
+        let room = self.viewer_count() + self.pending_dials.len() < self.cfg.max_partners
+            && self.pending_dials.len() < self.cfg.max_pending_dials;
+        if self.cfg.role != Role::Viewer
+            || !room
+            || peer.id == from
+            || self.pending_dials.contains(&peer.id)
+        {
+            return;
+        }
+        self.add_known(peer);
+        if !self.known.contains_key(&peer.id) {
+            // Ourselves, the origin, banned or connected already.
+            return;
+        }
+        self.pending_dials.insert(peer.id);
+        if let Some(k) = self.known.get_mut(&peer.id) {
+            k.retry_at = Some(now + Duration::from_secs(10));
+        }
+        self.actions.push_back(Action::Dial {
+            peer: peer.id,
+            addr: Some(peer.addr),
+            local: peer.local,
+        });
+    }
+
+    /// Sends `to` a peer sample and tells each sampled partner behind a NAT that `to` will
+    /// dial it, so it dials back at the same moment (see [`crate::node::nat`]).
+    fn send_sample(&mut self, to: PeerInfo, sample: Vec<PeerInfo>) {
+        for p in &sample {
+            if self.peers.contains_key(&p.id) && needs_rendezvous(to.reach, p.reach) {
+                self.send(p.id, Control::Rendezvous { peer: to });
+            }
+        }
+        self.send(to.id, Control::Peers { peers: sample });
+    }
+
+    /// A connected peer as samples carry it.
+    pub(super) fn contact(&self, id: &NodeId) -> Option<PeerInfo> {
+        self.peers.get(id).map(|p| PeerInfo {
+            id: *id,
+            addr: p.addr,
+            local: p.local,
+            reach: p.reach,
+        })
     }
 
     pub(super) fn add_known(&mut self, p: PeerInfo) {
@@ -352,6 +424,8 @@ impl Mesh {
         }
         if let Some(k) = self.known.get_mut(&p.id) {
             k.addr = p.addr;
+            k.local = p.local;
+            k.reach = p.reach;
             return;
         }
         if self.known.len() >= self.cfg.max_known {
@@ -365,6 +439,8 @@ impl Mesh {
             p.id,
             Known {
                 addr: p.addr,
+                local: p.local,
+                reach: p.reach,
                 failures: 0,
                 retry_at: None,
             },
@@ -396,10 +472,14 @@ impl Mesh {
             .peers
             .iter()
             .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
+            // Nobody can dial into a NAT that maps each destination apart.
+            .filter(|(_, p)| p.reach != Reach::Symmetric)
             .filter(|(id, _)| sample.iter().all(|s| s.id != **id))
             .map(|(id, p)| PeerInfo {
                 id: *id,
                 addr: p.addr,
+                local: p.local,
+                reach: p.reach,
             })
             .collect();
         all.shuffle(&mut self.rng);
@@ -417,7 +497,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::tests::{addr, drain, id, viewer, ORIGIN, SEG};
+    use crate::mesh::tests::{addr, contact, drain, id, viewer, ORIGIN, SEG};
     use crate::mesh::MeshConfig;
 
     #[test]
@@ -428,7 +508,8 @@ mod tests {
             drain(&mut v),
             vec![Action::Dial {
                 peer: id(ORIGIN),
-                addr: None
+                addr: None,
+                local: None,
             }]
         );
     }
@@ -461,7 +542,13 @@ mod tests {
         );
         // A connection that lasted resets it: the next loss is retried at once (the first
         // wait, plus a maintenance period).
-        v.handle_connected(t, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(
+            t,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
         t += ORIGIN_SHORT_LIVED * 2;
         v.handle_disconnected(t, id(ORIGIN));
         drain(&mut v);
@@ -483,14 +570,15 @@ mod tests {
     fn tracker_sample_leads_to_dials_and_full_sets_turn_peers_away() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
         drain(&mut v);
-        let peers: Vec<PeerInfo> = (20..40)
-            .map(|i| PeerInfo {
-                id: id(i),
-                addr: addr(i as u16),
-            })
-            .collect();
+        let peers: Vec<PeerInfo> = (20..40).map(|i| contact(id(i), addr(i as u16))).collect();
         v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
         // At once, not at the next maintenance tick: the join waits on these.
         let dialled = |acts: Vec<Action>| -> Vec<NodeId> {
@@ -499,6 +587,7 @@ mod tests {
                     Action::Dial {
                         peer,
                         addr: Some(_),
+                        ..
                     } => Some(peer),
                     _ => None,
                 })
@@ -516,11 +605,17 @@ mod tests {
         // Fill the partner set to its cap; the next one is turned away.
         let cap = MeshConfig::viewer(id(ORIGIN), SEG, 3).max_partners as u8;
         for i in 40..40 + cap {
-            v.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
+            v.handle_connected(
+                t0,
+                contact(id(i), addr(u16::from(i))),
+                Role::Viewer,
+                true,
+                None,
+            );
         }
         drain(&mut v);
         assert_eq!(v.stats().partners, usize::from(cap));
-        v.handle_connected(t0, id(60), addr(60), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(60), addr(60)), Role::Viewer, true, None);
         let acts = drain(&mut v);
         assert!(acts.contains(&Action::Disconnect {
             peer: id(60),
@@ -538,15 +633,33 @@ mod tests {
         cfg.max_partners = 4;
         let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
         for i in 20..24 {
-            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, true, None);
+            b.handle_connected(
+                t0,
+                contact(id(i), addr(u16::from(i))),
+                Role::Viewer,
+                true,
+                None,
+            );
         }
         // Full: 30..40 are turned away (a leech-only one is not worth handing out).
         for i in 30..40 {
-            b.handle_connected(t0, id(i), addr(u16::from(i)), Role::Viewer, i != 39, None);
+            b.handle_connected(
+                t0,
+                contact(id(i), addr(u16::from(i))),
+                Role::Viewer,
+                i != 39,
+                None,
+            );
         }
         drain(&mut b);
         let sample_for = |b: &mut Mesh, who: u8| -> Vec<NodeId> {
-            b.handle_connected(t0, id(who), addr(u16::from(who)), Role::Viewer, true, None);
+            b.handle_connected(
+                t0,
+                contact(id(who), addr(u16::from(who))),
+                Role::Viewer,
+                true,
+                None,
+            );
             drain(b)
                 .into_iter()
                 .find_map(|a| match a {
@@ -573,7 +686,144 @@ mod tests {
         assert_eq!(unique.len(), got.len());
         // One that later becomes a partner leaves the turned-away list.
         b.handle_disconnected(t0, id(20));
-        b.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
+        b.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         assert!(b.overflow.iter().all(|p| p.id != id(30)));
+    }
+
+    /// A peer as a connection reports it, with its reachability and LAN address.
+    fn behind(i: u8, reach: Reach, local: Option<u16>) -> PeerInfo {
+        PeerInfo {
+            reach,
+            local: local.map(|port| SocketAddr::from(([192, 168, 0, i], port))),
+            ..contact(id(i), addr(u16::from(i)))
+        }
+    }
+
+    #[test]
+    fn the_tracker_arranges_a_rendezvous_with_each_sampled_viewer_behind_a_nat() {
+        let t0 = Instant::now();
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        b.handle_connected(
+            t0,
+            behind(20, Reach::Nat, Some(20)),
+            Role::Viewer,
+            true,
+            None,
+        );
+        b.handle_connected(
+            t0,
+            behind(21, Reach::Public, None),
+            Role::Viewer,
+            true,
+            None,
+        );
+        b.handle_connected(
+            t0,
+            behind(22, Reach::Symmetric, Some(22)),
+            Role::Viewer,
+            true,
+            None,
+        );
+        drain(&mut b);
+        let newcomer = behind(30, Reach::Nat, Some(30));
+        b.handle_connected(t0, newcomer, Role::Viewer, true, None);
+        let acts = drain(&mut b);
+        let sample: Vec<NodeId> = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Peers { peers },
+                } if *peer == id(30) => Some(peers.iter().map(|p| p.id).collect()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        // The symmetric one is not handed out: nobody can dial it.
+        assert!(
+            sample.contains(&id(20)) && sample.contains(&id(21)),
+            "{sample:?}"
+        );
+        assert!(!sample.contains(&id(22)), "{sample:?}");
+        let told: Vec<(NodeId, PeerInfo)> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Rendezvous { peer: p },
+                } => Some((*peer, *p)),
+                _ => None,
+            })
+            .collect();
+        // Only the one behind a NAT is told to dial back; the public one lets it in.
+        assert_eq!(told, vec![(id(20), newcomer)]);
+    }
+
+    #[test]
+    fn told_of_a_rendezvous_a_viewer_dials_back_at_once_if_it_has_room() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        drain(&mut v);
+        let caller = behind(30, Reach::Nat, Some(30));
+        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: caller });
+        assert!(drain(&mut v).contains(&Action::Dial {
+            peer: id(30),
+            addr: Some(caller.addr),
+            local: caller.local,
+        }));
+        // Told again while that dial is out: no second one.
+        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: caller });
+        assert!(!drain(&mut v)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })));
+        // Nor about itself.
+        let me = behind(10, Reach::Nat, None);
+        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: me });
+        assert!(drain(&mut v).is_empty());
+    }
+
+    #[test]
+    fn peers_of_its_own_site_are_dialled_first() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        let public = SocketAddr::from(([198, 51, 100, 1], 7000));
+        v.observe_self(Some(public), Reach::Nat);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        drain(&mut v);
+        // Twenty candidates, two of them behind our public address.
+        let at = |i: u8, ip: [u8; 4]| PeerInfo {
+            addr: SocketAddr::from((ip, 7000 + u16::from(i))),
+            ..behind(i, Reach::Nat, Some(7000))
+        };
+        let site = |i: u8| at(i, [198, 51, 100, 1]);
+        let mut peers: Vec<PeerInfo> = (20..38).map(|i| at(i, [203, 0, 113, i])).collect();
+        peers.push(site(40));
+        peers.push(site(41));
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        let dialled: Vec<NodeId> = drain(&mut v)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dial {
+                    peer,
+                    addr: Some(_),
+                    ..
+                } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert!(dialled.len() >= 2, "{dialled:?}");
+        assert_eq!(&dialled[..2], &[id(40), id(41)][..], "{dialled:?}");
     }
 }

@@ -69,7 +69,7 @@ mod tests;
 
 use crate::node::{DisconnectReason, Misbehaviour};
 use crate::stream::{NodeId, ALL_PARTS, PARTS};
-use crate::wire::{Control, PeerInfo, Role, MAX_PEERS_PER_MESSAGE};
+use crate::wire::{Control, PeerInfo, Reach, Role, MAX_PEERS_PER_MESSAGE};
 use membership::Known;
 use peers::PeerMap;
 use rand::{Rng, SeedableRng};
@@ -218,8 +218,11 @@ pub enum Action {
     Dial {
         /// The key to pin.
         peer: NodeId,
-        /// Where.
+        /// Where it was seen (behind a NAT, its public address).
         addr: Option<SocketAddr>,
+        /// Its LAN address, dialled too when it shares our public address
+        /// ([`crate::node::nat::Reachability::dial_addrs`]).
+        local: Option<SocketAddr>,
     },
     /// Close the connection.
     Disconnect {
@@ -306,6 +309,11 @@ pub struct Mesh {
     /// of a segment at the same moment do not all ask for part 0 first.
     part_offset: usize,
     stats: MeshStats,
+    /// Where peers off our networks see us ([`Mesh::observe_self`]): peers at the same
+    /// public address are of our site.
+    public: Option<SocketAddr>,
+    /// How we can be reached ([`Mesh::observe_self`]).
+    reach: Reach,
     scratch: Scratch,
 }
 
@@ -344,11 +352,20 @@ impl Mesh {
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
             stats: MeshStats::default(),
+            public: None,
+            reach: Reach::Unknown,
             scratch: Scratch::default(),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
         mesh.maintain(now);
         mesh
+    }
+
+    /// What the driver learned of our own address from peers' Hellos
+    /// ([`crate::node::nat::Reachability`]): where we are seen, and how we can be reached.
+    pub fn observe_self(&mut self, public: Option<SocketAddr>, reach: Reach) {
+        self.public = public;
+        self.reach = reach;
     }
 
     /// The next thing for the driver to do.
@@ -566,6 +583,10 @@ impl Mesh {
                 // A joining viewer dials the tracker's sample at once rather than at the
                 // next maintenance: half a second of a join is spent otherwise.
                 self.dial_more_if_viewer(now);
+            }
+            Control::Rendezvous { peer } => {
+                self.rendezvous(now, from, peer);
+                return;
             }
             Control::Swarm {
                 upload_pct,

@@ -2,7 +2,7 @@
 //! ([`Announced`]), kept in id order ([`PeerMap`]) for the scans nearly every input makes.
 
 use crate::stream::{NodeId, ALL_PARTS, PARTS};
-use crate::wire::Role;
+use crate::wire::{Reach, Role};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -26,8 +26,13 @@ pub(super) struct Peer {
     /// Broadcaster: a seed pushed to it went unacknowledged, so it may have vanished; it
     /// is not seeded again until it is heard from.
     pub(super) seed_suspect: bool,
-    /// Its endpoint address, handed out in peer samples.
+    /// Its endpoint address as we see it (behind a NAT, its public one), handed out in
+    /// peer samples.
     pub(super) addr: SocketAddr,
+    /// Its LAN address, handed to peers of its site.
+    pub(super) local: Option<SocketAddr>,
+    /// How it said it can be reached: symmetric ones are not handed out.
+    pub(super) reach: Reach,
     /// When it is next sent a peer sample.
     pub(super) next_pex: Instant,
     /// When it is next sent a full buffer map.
@@ -248,6 +253,8 @@ mod tests {
         Peer {
             role: Role::Viewer,
             addr: addr(1),
+            local: None,
+            reach: Reach::Unknown,
             uploads: true,
             have: Announced::new(),
             inflight: 0,

@@ -415,7 +415,7 @@ impl Mesh {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, drain, id, parts_asked, requests, viewer, viewer_with_partners, ORIGIN, SEG,
+        addr, contact, drain, id, parts_asked, requests, viewer, viewer_with_partners, ORIGIN, SEG,
     };
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
@@ -446,8 +446,14 @@ mod tests {
         assert_eq!(viewer(10, t0).want_from(), None);
         let mut v = edge_viewer(10, t0);
         drain(&mut v);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         drain(&mut v);
         v.handle_control(
             t0,
@@ -501,7 +507,13 @@ mod tests {
     /// A viewer connected to the origin, which announces segment 20: it joins at 17.
     fn joined_at_20(t0: Instant) -> Mesh {
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -516,7 +528,13 @@ mod tests {
 
     /// Partner `p` connects to `v` and announces the segments `bits` marks from 17 up.
     fn partner_holding(v: &mut Mesh, t0: Instant, p: u8, bits: u8) {
-        v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(p), addr(u16::from(p))),
+            Role::Viewer,
+            true,
+            None,
+        );
         v.handle_control(
             t0,
             id(p),
@@ -746,9 +764,15 @@ mod tests {
     fn timed_out_parts_are_cancelled_and_asked_elsewhere() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -804,9 +828,15 @@ mod tests {
     fn a_supplier_that_leaves_requests_unanswered_is_avoided_then_banned() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
-        v.handle_connected(t0, id(30), addr(30), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),

@@ -148,7 +148,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::tests::{addr, drain, id, viewer_connected, ORIGIN, SEG};
+    use crate::mesh::tests::{addr, contact, drain, id, viewer_connected, ORIGIN, SEG};
     use crate::mesh::MeshConfig;
     use std::collections::BTreeSet;
 
@@ -210,7 +210,13 @@ mod tests {
     fn broadcaster_with(t0: Instant, ids: std::ops::Range<u8>) -> Mesh {
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
         for v in ids {
-            b.handle_connected(t0, id(v), addr(u16::from(v)), Role::Viewer, true, None);
+            b.handle_connected(
+                t0,
+                contact(id(v), addr(u16::from(v))),
+                Role::Viewer,
+                true,
+                None,
+            );
         }
         drain(&mut b);
         b
@@ -297,7 +303,7 @@ mod tests {
             .any(|a| matches!(a, Action::Push { .. })));
         let mut parts = BTreeSet::new();
         for v in 10..10 + PARTS as u8 {
-            b.handle_connected(t0, id(v), addr(v.into()), Role::Viewer, true, None);
+            b.handle_connected(t0, contact(id(v), addr(v.into())), Role::Viewer, true, None);
             let pushed: Vec<u8> = drain(&mut b)
                 .into_iter()
                 .filter_map(|a| match a {
@@ -314,7 +320,7 @@ mod tests {
         }
         assert_eq!(parts.len(), PARTS, "every part seeded once");
         // Nothing more is owed.
-        b.handle_connected(t0, id(99), addr(99), Role::Viewer, true, None);
+        b.handle_connected(t0, contact(id(99), addr(99)), Role::Viewer, true, None);
         assert!(!drain(&mut b)
             .iter()
             .any(|a| matches!(a, Action::Push { .. })));
@@ -352,8 +358,7 @@ mod tests {
         let join = |b: &mut Mesh, who: u8, at: Instant, uploads: bool, bps: Option<u64>| {
             b.handle_connected(
                 at,
-                id(who),
-                addr(u16::from(who)),
+                contact(id(who), addr(u16::from(who))),
                 Role::Viewer,
                 uploads,
                 bps,

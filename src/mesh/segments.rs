@@ -512,8 +512,8 @@ mod tests {
     use super::*;
     use crate::mesh::membership::{ORIGIN_RETRY, ORIGIN_RETRY_WITH_PARTNERS};
     use crate::mesh::tests::{
-        addr, announce, drain, id, origin_announces_nine, requests, viewer, viewer_connected,
-        ORIGIN,
+        addr, announce, contact, drain, id, origin_announces_nine, requests, viewer,
+        viewer_connected, ORIGIN,
     };
     use crate::node::{DisconnectReason, Misbehaviour};
     use std::collections::BTreeSet;
@@ -523,8 +523,14 @@ mod tests {
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
-        v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -543,7 +549,7 @@ mod tests {
         );
         assert_eq!(v.newest(), Some(50));
         // A viewer claiming to be the broadcaster is still a viewer.
-        v.handle_connected(t0, id(30), addr(30), Role::Broadcaster, true, None);
+        v.handle_connected(t0, contact(id(30), addr(30)), Role::Broadcaster, true, None);
         v.handle_control(
             t0,
             id(30),
@@ -561,7 +567,7 @@ mod tests {
             reason: DisconnectReason::Misbehaved(bad_digest)
         }));
         assert!(v.is_banned(&id(20), t0));
-        v.handle_connected(t0, id(20), addr(20), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
             reason: DisconnectReason::Refused
@@ -604,7 +610,13 @@ mod tests {
         let mut v = viewer(10, t0);
         drain(&mut v);
         for &p in partners {
-            v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
+            v.handle_connected(
+                t0,
+                contact(id(p), addr(u16::from(p))),
+                Role::Viewer,
+                true,
+                None,
+            );
         }
         v
     }
@@ -622,7 +634,7 @@ mod tests {
         // catch up (a crowd turned away by the origin has no spare upload for catch-up).
         assert_eq!(v.want_from(), Some(50));
         // With partners, the full origin is re-dialled only now and then.
-        v.handle_connected(t0, id(40), addr(40), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(40), addr(40)), Role::Viewer, true, None);
         let dials_origin = |v: &mut Mesh| {
             drain(v)
                 .iter()
@@ -661,7 +673,7 @@ mod tests {
         drain(&mut v);
         assert_eq!(v.want_from(), Some(48), "two of three hold 48 whole");
         // A fourth partner at 50 alone: half is not most, so it waits at live.
-        v.handle_connected(t0, id(50), addr(50), Role::Viewer, true, None);
+        v.handle_connected(t0, contact(id(50), addr(50)), Role::Viewer, true, None);
         announce(&mut v, t0, 50, 50, ALL_PARTS);
         drain(&mut v);
         assert_eq!(v.want_from(), Some(50), "two of four is not most");

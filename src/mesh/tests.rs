@@ -8,6 +8,16 @@ use super::*;
 pub(super) fn id(b: u8) -> NodeId {
     NodeId([b; 32])
 }
+/// A peer as a connection reports it, with no LAN address and unknown reachability.
+pub(super) fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
+    PeerInfo {
+        id,
+        addr,
+        local: None,
+        reach: Reach::Unknown,
+    }
+}
+
 pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -29,9 +39,21 @@ pub(super) fn viewer_with_partners(t0: Instant, partners: &[u8]) -> Mesh {
 /// Viewer 10 with the origin and `partners` connected, told nothing yet.
 pub(super) fn viewer_connected(t0: Instant, partners: &[u8]) -> Mesh {
     let mut v = viewer(10, t0);
-    v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+    v.handle_connected(
+        t0,
+        contact(id(ORIGIN), addr(1)),
+        Role::Broadcaster,
+        true,
+        None,
+    );
     for &p in partners {
-        v.handle_connected(t0, id(p), addr(u16::from(p)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(p), addr(u16::from(p))),
+            Role::Viewer,
+            true,
+            None,
+        );
     }
     v
 }
@@ -149,7 +171,13 @@ fn wake_ups_are_never_in_the_past() {
 fn missed_deadlines_are_counted_once() {
     let t0 = Instant::now();
     let mut v = viewer(10, t0);
-    v.handle_connected(t0, id(ORIGIN), addr(1), Role::Broadcaster, true, None);
+    v.handle_connected(
+        t0,
+        contact(id(ORIGIN), addr(1)),
+        Role::Broadcaster,
+        true,
+        None,
+    );
     v.handle_control(
         t0,
         id(ORIGIN),

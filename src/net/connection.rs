@@ -128,9 +128,9 @@ impl Drop for Handshake {
 
 /// Our Hello to the peer at the other end of `conn`, telling it where we see it.
 fn our_hello(shared: &Shared, conn: &Connection) -> Control {
-    let (local, reach) = {
+    let (local, public, reach) = {
         let r = shared.reachability();
-        (r.local_addr(), r.reach())
+        (r.local_addr(), r.public_addr(), r.reach())
     };
     Control::Hello(Box::new(wire::Hello {
         version: wire::PROTOCOL_VERSION,
@@ -142,6 +142,7 @@ fn our_hello(shared: &Shared, conn: &Connection) -> Control {
         token_epoch: *shared.token_epoch.borrow(),
         observed: conn.remote_address(),
         local,
+        public,
         reach,
     }))
 }
@@ -298,14 +299,21 @@ async fn run_connection(
         uploads,
         upload_bps,
         token,
+        local,
+        public,
+        reach,
         ..
     } = hello;
+    let contact =
+        shared
+            .reachability()
+            .contact_of(peer, conn.remote_address(), public, local, reach);
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     if shared
         .events
         .send(Event::Connected {
-            peer,
+            contact,
             conn: conn.clone(),
             control: control_tx,
             role,

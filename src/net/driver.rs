@@ -10,7 +10,7 @@ use crate::mesh::{Action, Mesh};
 use crate::node::{hello, DisconnectReason, Misbehaviour, Uploads};
 use crate::store;
 use crate::stream::NodeId;
-use crate::wire::{Control, Role};
+use crate::wire::{Control, PeerInfo, Role};
 use quinn::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 /// What the tasks tell the main loop.
 pub(super) enum Event {
     Connected {
-        peer: NodeId,
+        contact: PeerInfo,
         conn: Connection,
         control: mpsc::Sender<Control>,
         role: Role,
@@ -151,7 +151,7 @@ impl Driver {
         let t = now();
         match ev {
             Event::Connected {
-                peer,
+                contact,
                 conn,
                 control,
                 role,
@@ -159,6 +159,7 @@ impl Driver {
                 upload_bps,
                 dialed_by_me,
             } => {
+                let peer = contact.id;
                 if let Some(existing) = self.conns.get(&peer) {
                     // Both sides dialled at once: both keep the connection dialled by the
                     // smaller id, so they agree without talking.
@@ -179,7 +180,6 @@ impl Driver {
                     }
                     return;
                 }
-                let addr = conn.remote_address();
                 self.conns.insert(
                     peer,
                     ConnEntry {
@@ -191,8 +191,13 @@ impl Driver {
                 let bps = self.shared.upload().stream_bps();
                 let cap = self.shared.limiter.rate().map(|r| r.0);
                 self.mesh.observe_capacity(bps, cap);
+                let (public, reach) = {
+                    let r = self.shared.reachability();
+                    (r.public_addr(), r.reach())
+                };
+                self.mesh.observe_self(public, reach);
                 self.mesh
-                    .handle_connected(t, peer, addr, role, uploads, upload_bps);
+                    .handle_connected(t, contact, role, uploads, upload_bps);
                 self.count_lan_partners();
             }
             Event::Disconnected { peer, conn_id } => {
@@ -324,9 +329,9 @@ impl Driver {
                         None => self.push_unconfirmed(now(), peer, number, part),
                     }
                 }
-                Action::Dial { peer, addr } => {
+                Action::Dial { peer, addr, local } => {
                     let addrs = match addr {
-                        Some(a) => vec![a],
+                        Some(a) => self.shared.reachability().dial_addrs(a, local),
                         None => self.shared.origin_addrs.clone(),
                     };
                     tokio::spawn(dial(self.shared.clone(), peer, addrs));

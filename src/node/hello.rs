@@ -37,6 +37,8 @@ pub struct PeerHello {
     pub observed: SocketAddr,
     /// Its LAN address, for peers of its site.
     pub local: Option<SocketAddr>,
+    /// Where peers off its networks see it, as it says.
+    pub public: Option<SocketAddr>,
     /// How it says it can be reached.
     pub reach: Reach,
 }
@@ -116,6 +118,7 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         token_epoch,
         observed,
         local,
+        public,
         reach,
     } = &**hello;
     if *version != wire::PROTOCOL_VERSION {
@@ -145,6 +148,7 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         epoch_seen,
         observed: *observed,
         local: *local,
+        public: *public,
         reach: *reach,
     })
 }
@@ -173,6 +177,7 @@ mod tests {
             token_epoch: 0,
             observed: "127.0.0.1:9".parse().unwrap(),
             local: None,
+            public: None,
             reach: wire::Reach::Nat,
         }))
     }

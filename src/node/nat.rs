@@ -9,7 +9,8 @@
 //! destination, so no address learned elsewhere reaches it: such a peer dials out to
 //! public peers only, and is not handed out.
 
-use crate::wire::Reach;
+use crate::stream::NodeId;
+use crate::wire::{PeerInfo, Reach};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -147,10 +148,45 @@ impl Reachability {
 }
 
 /// Whether a party connected to both `a` and `b` should tell `b` to dial `a` at the same
-/// time as `a` dials `b`: unless `b` is public (then `a`'s dial gets in alone), and never
-/// for a symmetric `b`, whose NAT would map the dial to a port `a` does not expect.
+/// time as `a` dials `b`: only when `b` is behind a NAT that a simultaneous open gets
+/// through (a public `b` lets `a`'s dial in alone), and not for a symmetric `a`, whose NAT
+/// would map its dial to a port `b` does not expect.
 pub fn needs_rendezvous(a: Reach, b: Reach) -> bool {
-    !matches!(b, Reach::Public | Reach::Symmetric) && a != Reach::Symmetric
+    b == Reach::Nat && a != Reach::Symmetric
+}
+
+impl Reachability {
+    /// A connected peer as this node hands it out, from the address we see it at and what
+    /// its Hello said: seen over one of our own networks (or this host), its LAN address
+    /// says nothing to others, so the public address it reported goes out instead; seen
+    /// at another address than its LAN one, from outside, it is behind a NAT even if it
+    /// does not know yet.
+    pub fn contact_of(
+        &self,
+        id: NodeId,
+        observed: SocketAddr,
+        hello_public: Option<SocketAddr>,
+        hello_local: Option<SocketAddr>,
+        hello_reach: Reach,
+    ) -> PeerInfo {
+        let nearby = observed.ip().is_loopback() || self.on_our_networks(observed.ip());
+        let addr = if nearby {
+            hello_public.unwrap_or(observed)
+        } else {
+            observed
+        };
+        let reach = match hello_reach {
+            Reach::Unknown if !nearby && hello_local.is_some_and(|l| l != observed) => Reach::Nat,
+            Reach::Unknown if !nearby && hello_local == Some(observed) => Reach::Public,
+            r => r,
+        };
+        PeerInfo {
+            id,
+            addr,
+            local: hello_local,
+            reach,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +250,7 @@ mod tests {
         assert!(!needs_rendezvous(Reach::Nat, Reach::Public));
         assert!(needs_rendezvous(Reach::Nat, Reach::Nat));
         assert!(needs_rendezvous(Reach::Public, Reach::Nat));
+        assert!(needs_rendezvous(Reach::Unknown, Reach::Nat));
     }
 
     #[test]
@@ -231,6 +268,41 @@ mod tests {
             r.dial_addrs(sa("198.51.100.99:7001"), local),
             vec![sa("198.51.100.99:7001")]
         );
+    }
+
+    #[test]
+    fn peers_are_handed_out_at_addresses_others_can_dial() {
+        let r = home();
+        let id = NodeId([3; 32]);
+        // From outside, at another address than its LAN one: behind a NAT.
+        let c = r.contact_of(
+            id,
+            sa("198.51.100.9:7002"),
+            None,
+            Some(sa("10.0.0.2:7002")),
+            Reach::Unknown,
+        );
+        assert_eq!((c.addr, c.reach), (sa("198.51.100.9:7002"), Reach::Nat));
+        // A neighbour on our LAN goes out at the public address it reported.
+        let c = r.contact_of(
+            id,
+            sa("192.168.1.11:7001"),
+            Some(sa("198.51.100.7:7001")),
+            Some(sa("192.168.1.11:7001")),
+            Reach::Nat,
+        );
+        assert_eq!((c.addr, c.reach), (sa("198.51.100.7:7001"), Reach::Nat));
+        assert_eq!(c.local, Some(sa("192.168.1.11:7001")));
+        // On loopback nothing is known, and nothing needs a rendezvous.
+        let c = r.contact_of(
+            id,
+            sa("127.0.0.1:9"),
+            None,
+            Some(sa("192.168.1.10:9")),
+            Reach::Unknown,
+        );
+        assert_eq!(c.reach, Reach::Unknown);
+        assert!(!needs_rendezvous(Reach::Unknown, c.reach));
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
         token_epoch: 0,
         observed: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
         local: None,
+        public: None,
         reach: wire::Reach::Nat,
     }))
 }

@@ -11,7 +11,7 @@ use crate::ORIGIN_CONNECTION_HEADROOM;
 use rand::Rng;
 use starling::node::DisconnectReason;
 use starling::stream::NodeId;
-use starling::wire::{self, Control, Role};
+use starling::wire::{self, Control, PeerInfo, Reach, Role};
 use std::net::SocketAddr;
 
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net`.
@@ -384,11 +384,11 @@ impl Sim {
         }
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
-            m.handle_connected(now, idb, addrb, role(b), upb, capb);
+            m.handle_connected(now, contact(idb, addrb), role(b), upb, capb);
         }
         if let Some(m) = self.mesh(b) {
             m.observe_capacity(bpsb, capb);
-            m.handle_connected(now, ida, addra, role(a), upa, capa);
+            m.handle_connected(now, contact(ida, addra), role(a), upa, capa);
         }
         self.drain(a);
         self.drain(b);
@@ -515,5 +515,15 @@ impl Sim {
                 msg,
             },
         );
+    }
+}
+
+/// A simulated peer as a connection reports it: every node is reachable at its address.
+fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
+    PeerInfo {
+        id,
+        addr,
+        local: None,
+        reach: Reach::Public,
     }
 }

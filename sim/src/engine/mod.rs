@@ -284,6 +284,7 @@ impl Sim {
             token_epoch: 0,
             observed: nodes::node_addr(1),
             local: Some(nodes::node_addr(1)),
+            public: None,
             reach: wire::Reach::Nat,
         })))
         .len() as u64;
@@ -816,7 +817,7 @@ impl Sim {
             } => self.request(i, peer, (number, part), join),
             Action::Cancel { peer, number, part } => self.cancel(i, peer, number, part),
             Action::Push { peer, number, part } => self.push(i, peer, number, part),
-            Action::Dial { peer, addr } => self.dial(i, peer, addr),
+            Action::Dial { peer, addr, .. } => self.dial(i, peer, addr),
             Action::Disconnect { peer, reason } => self.disconnect(i, peer, reason),
         }
     }
