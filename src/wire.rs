@@ -161,8 +161,9 @@ pub enum Control {
     /// receiver dials it back at once and both NATs see traffic go out first (a
     /// simultaneous open).
     Rendezvous {
-        /// Whom to dial.
-        peer: PeerInfo,
+        /// Whom to dial. Boxed, like the Hello, so it does not make every control message
+        /// its size.
+        peer: Box<PeerInfo>,
     },
     /// Broadcaster to a viewer as it connects: the swarm's upload, so the viewer can tell
     /// whether catching up behind live would take upload the live segments need.
@@ -342,12 +343,12 @@ mod tests {
                 }],
             },
             Control::Rendezvous {
-                peer: PeerInfo {
+                peer: Box::new(PeerInfo {
                     id: id(3),
                     addr: "[2001:db8::1]:9".parse().unwrap(),
                     local: None,
                     reach: Reach::Unknown,
-                },
+                }),
             },
             Control::End { last: 3 },
         ]

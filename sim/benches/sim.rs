@@ -22,7 +22,7 @@ fn main() {
             eprintln!(
                 "flags: --peers N --seconds S --bitrate BPS --segment-ms MS --viewer-upload BPS \
                  --origin-upload BPS --churn PCT_PER_MIN --seed K --rtt-ms MS --loss PCT \
-                 --delay SEGMENTS --upload-mix SHARE:MULTx,... --join-window-ms MS --join-after K \
+                 --delay SEGMENTS --upload-mix SHARE:MULTx,... --nat-mix KIND:SHARE,... --join-window-ms MS --join-after K \
                  --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo"
             );
             std::process::exit(2);

@@ -191,6 +191,27 @@ pub struct UploadClass {
     pub multiple: f64,
 }
 
+/// The NAT in front of a simulated viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// None: anyone may dial it.
+    Open,
+    /// One public address for every destination (Linux masquerade, most home routers):
+    /// dialled only once it has sent to the dialler, so two of them meet by a rendezvous.
+    Cone,
+    /// A public address per destination: it can only dial out, to open nodes.
+    Symmetric,
+}
+
+/// One class of viewers' NATs in a mix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NatClass {
+    /// Share of viewers behind this kind (shares are normalised to sum to 1).
+    pub share: f64,
+    /// The kind.
+    pub kind: NatKind,
+}
+
 /// How a node's upload is shared between the transfers it has under way. Both book pieces
 /// on `net`'s token bucket; they differ in whose piece goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +250,9 @@ pub struct SimConfig {
     pub delay_segments: u64,
     /// Viewer upload classes (`--upload-mix`); when non-empty, overrides `viewer_upload_bps`.
     pub upload_mix: Vec<UploadClass>,
+    /// Viewers' NATs (`--nat-mix open:0.2,cone:0.6,symmetric:0.2`); empty: every viewer
+    /// open, as on one flat network. The broadcaster is always open.
+    pub nat_mix: Vec<NatClass>,
     /// Initial viewers start uniformly within this many ms (`--join-window-ms`)…
     pub join_window_ms: u64,
     /// …from the moment segment `join_after` is published (`--join-after`), so they join a
@@ -272,6 +296,7 @@ impl Default for SimConfig {
             loss_pct: 0.0,
             delay_segments: 3,
             upload_mix: Vec::new(),
+            nat_mix: Vec::new(),
             join_window_ms: 5000,
             join_after: 0,
             leave_detect_ms: 10_000,
@@ -318,6 +343,7 @@ impl SimConfig {
                 "--loss",
                 "--delay",
                 "--upload-mix",
+                "--nat-mix",
                 "--join-window-ms",
                 "--join-after",
                 "--leave-detect-ms",
@@ -350,6 +376,7 @@ impl SimConfig {
                 "--loss" => c.loss_pct = parse_f64(&value).ok_or_else(bad)?,
                 "--delay" => c.delay_segments = value.parse().map_err(|_| bad())?,
                 "--upload-mix" => c.upload_mix = parse_mix(&value).ok_or_else(bad)?,
+                "--nat-mix" => c.nat_mix = parse_nat_mix(&value).ok_or_else(bad)?,
                 "--join-window-ms" => c.join_window_ms = value.parse().map_err(|_| bad())?,
                 "--join-after" => c.join_after = value.parse().map_err(|_| bad())?,
                 "--leave-detect-ms" => c.leave_detect_ms = value.parse().map_err(|_| bad())?,
@@ -412,6 +439,14 @@ impl SimConfig {
         {
             return err("upload-mix shares and multiples must be non-negative, shares not all 0");
         }
+        if self
+            .nat_mix
+            .iter()
+            .any(|c| !(c.share.is_finite() && c.share >= 0.0))
+            || (!self.nat_mix.is_empty() && self.nat_mix.iter().all(|c| c.share == 0.0))
+        {
+            return err("nat-mix shares must be non-negative and not all 0");
+        }
         Ok(())
     }
 
@@ -452,6 +487,25 @@ pub fn parse_rate(s: &str) -> Option<u64> {
         return Some(0);
     }
     s.parse::<starling::rate::Rate>().ok().map(|r| r.0)
+}
+
+/// `open:0.2,cone:0.6,symmetric:0.2` → NAT classes (kind : share).
+pub fn parse_nat_mix(s: &str) -> Option<Vec<NatClass>> {
+    let mut out = Vec::new();
+    for part in s.split(',').take(16) {
+        let (kind, share) = part.trim().split_once(':')?;
+        let kind = match kind.trim() {
+            "open" => NatKind::Open,
+            "cone" => NatKind::Cone,
+            "symmetric" => NatKind::Symmetric,
+            _ => return None,
+        };
+        out.push(NatClass {
+            share: parse_f64(share.trim())?,
+            kind,
+        });
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// `0.5:0.5x,0.3:1.5x,0.2:3x` → upload classes (share : multiple of the bitrate).
@@ -600,8 +654,13 @@ pub struct SimDetails {
     pub multi_supplier_segments: u64,
     /// Dials attempted.
     pub dials: u64,
-    /// Dials that failed (departed target, or refused at the connection cap).
+    /// Dials that failed (departed target, refused at the connection cap, or kept out by a
+    /// NAT).
     pub dial_failures: u64,
+    /// Of those, dials a NAT kept out until the dial timed out.
+    pub nat_failures: u64,
+    /// Dials that got through a NAT on a retry, after the other side had dialled back.
+    pub nat_retried: u64,
     /// Mesh ticks run.
     pub ticks: u64,
     /// Tick events popped after an earlier wake-up had replaced them (nothing run).

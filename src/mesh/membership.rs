@@ -37,6 +37,9 @@ pub(super) struct Known {
     local: Option<SocketAddr>,
     /// How it said it can be reached.
     reach: Reach,
+    /// The partner whose sample named it: behind a NAT, it is dialled through a
+    /// rendezvous this partner arranges (see [`Mesh::dial_more`]).
+    pub(super) via: Option<NodeId>,
     /// Dials to it that failed in a row; it is forgotten after five.
     failures: u32,
     /// Not picked again before this moment (a dial in progress, or a backoff).
@@ -81,8 +84,12 @@ impl Mesh {
         if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
             // Turn it away, but hand it some peers so it can find room elsewhere.
             let sample = self.peer_sample(Some(peer));
-            // A symmetric NAT's viewer cannot be dialled: it is not handed out.
-            if self.cfg.role == Role::Broadcaster && uploads && reach != Reach::Symmetric {
+            // Only viewers anyone can dial are handed out once turned away: a NAT's needs a
+            // rendezvous, which needs a partner of both.
+            if self.cfg.role == Role::Broadcaster
+                && uploads
+                && matches!(reach, Reach::Public | Reach::Unknown)
+            {
                 self.overflow.retain(|p| p.id != peer);
                 if self.overflow.len() >= MAX_OVERFLOW {
                     self.overflow.pop_front();
@@ -335,8 +342,7 @@ impl Mesh {
                     && **id != self.me
                     && !self.is_origin(id)
                     && k.retry_at.is_none_or(|t| now >= t)
-                    // Neither side could get through to the other's NAT.
-                    && (k.reach != Reach::Symmetric || self.reach != Reach::Symmetric)
+                    && self.can_dial(k)
             })
             .map(|(id, k)| (*id, k.addr, k.local))
             .collect();
@@ -352,9 +358,25 @@ impl Mesh {
         );
         for (id, addr, local) in candidates.into_iter().take(room) {
             self.pending_dials.insert(id);
+            let mut introducer = None;
             if let Some(k) = self.known.get_mut(&id) {
                 // Until it answers, do not pick it again.
                 k.retry_at = Some(now + Duration::from_secs(10));
+                if k.reach == Reach::Nat {
+                    introducer = k.via;
+                }
+            }
+            // Behind a NAT it lets in only whom it dialled: the partner that named it asks
+            // it to dial us back while we dial it (a simultaneous open).
+            if let Some(via) = introducer {
+                if let Some(target) = self.contact_of_known(id) {
+                    self.send(
+                        via,
+                        Control::Rendezvous {
+                            peer: Box::new(target),
+                        },
+                    );
+                }
             }
             self.actions.push_back(Action::Dial {
                 peer: id,
@@ -364,10 +386,47 @@ impl Mesh {
         }
     }
 
-    /// A partner connected to both it and us says `peer` is dialling us now: dial it back at
-    /// once, so both NATs see traffic go out first, if there is room for one more partner
-    /// and one more dial.
+    /// Whether a dial of ours can get into `k`'s NAT: a public (or unknown) one always; one
+    /// behind a NAT when the partner that named it is still there to arrange a rendezvous
+    /// and our own NAT does not map per destination; one behind a symmetric NAT never.
+    fn can_dial(&self, k: &Known) -> bool {
+        match k.reach {
+            Reach::Public | Reach::Unknown => true,
+            Reach::Nat => {
+                self.reach != Reach::Symmetric
+                    && k.via.is_some_and(|v| self.peers.contains_key(&v))
+                    && needs_rendezvous(self.reach, k.reach)
+            }
+            Reach::Symmetric => false,
+        }
+    }
+
+    /// A known peer as a rendezvous names it.
+    fn contact_of_known(&self, id: NodeId) -> Option<PeerInfo> {
+        self.known.get(&id).map(|k| PeerInfo {
+            id,
+            addr: k.addr,
+            local: k.local,
+            reach: k.reach,
+        })
+    }
+
+    /// A rendezvous from partner `from` naming `peer`. If `peer` is our partner too, `from`
+    /// is about to dial it: we pass `from` on to it. Otherwise `peer` is dialling us now,
+    /// having asked a partner of both to tell us: we dial it back at once, so both NATs see
+    /// traffic go out first, if there is room for one more partner and one more dial.
     pub(super) fn rendezvous(&mut self, now: Instant, from: NodeId, peer: PeerInfo) {
+        if peer.id != from && self.peers.contains_key(&peer.id) {
+            if let Some(caller) = self.contact(&from) {
+                self.send(
+                    peer.id,
+                    Control::Rendezvous {
+                        peer: Box::new(caller),
+                    },
+                );
+            }
+            return;
+        }
         let room = self.viewer_count() + self.pending_dials.len() < self.cfg.max_partners
             && self.pending_dials.len() < self.cfg.max_pending_dials;
         if self.cfg.role != Role::Viewer
@@ -393,14 +452,9 @@ impl Mesh {
         });
     }
 
-    /// Sends `to` a peer sample and tells each sampled partner behind a NAT that `to` will
-    /// dial it, so it dials back at the same moment (see [`crate::node::nat`]).
+    /// Sends `to` a peer sample. Those behind a NAT are reached through us: `to` asks us for
+    /// a rendezvous when it dials one (see [`Mesh::rendezvous`]).
     fn send_sample(&mut self, to: PeerInfo, sample: Vec<PeerInfo>) {
-        for p in &sample {
-            if self.peers.contains_key(&p.id) && needs_rendezvous(to.reach, p.reach) {
-                self.send(p.id, Control::Rendezvous { peer: to });
-            }
-        }
         self.send(to.id, Control::Peers { peers: sample });
     }
 
@@ -441,6 +495,7 @@ impl Mesh {
                 addr: p.addr,
                 local: p.local,
                 reach: p.reach,
+                via: None,
                 failures: 0,
                 retry_at: None,
             },
@@ -700,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tracker_arranges_a_rendezvous_with_each_sampled_viewer_behind_a_nat() {
+    fn a_partner_of_both_passes_a_rendezvous_on_and_symmetric_peers_are_not_handed_out() {
         let t0 = Instant::now();
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
         b.handle_connected(
@@ -727,8 +782,7 @@ mod tests {
         drain(&mut b);
         let newcomer = behind(30, Reach::Nat, Some(30));
         b.handle_connected(t0, newcomer, Role::Viewer, true, None);
-        let acts = drain(&mut b);
-        let sample: Vec<NodeId> = acts
+        let sample: Vec<NodeId> = drain(&mut b)
             .iter()
             .find_map(|a| match a {
                 Action::Send {
@@ -744,18 +798,80 @@ mod tests {
             "{sample:?}"
         );
         assert!(!sample.contains(&id(22)), "{sample:?}");
-        let told: Vec<(NodeId, PeerInfo)> = acts
+        // The newcomer dials 20 and asks for a rendezvous: 20 is told to dial it back.
+        let target = behind(20, Reach::Nat, Some(20));
+        b.handle_control(
+            t0,
+            id(30),
+            Control::Rendezvous {
+                peer: Box::new(target),
+            },
+        );
+        assert_eq!(
+            drain(&mut b),
+            vec![Action::Send {
+                peer: id(20),
+                msg: Control::Rendezvous {
+                    peer: Box::new(newcomer)
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn a_peer_behind_a_nat_is_dialled_with_a_rendezvous_through_the_partner_that_named_it() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.observe_self(None, Reach::Nat);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        drain(&mut v);
+        let target = behind(40, Reach::Nat, Some(40));
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Peers {
+                peers: vec![target],
+            },
+        );
+        let acts = drain(&mut v);
+        assert!(acts.contains(&Action::Dial {
+            peer: id(40),
+            addr: Some(target.addr),
+            local: target.local,
+        }));
+        assert!(acts.contains(&Action::Send {
+            peer: id(ORIGIN),
+            msg: Control::Rendezvous {
+                peer: Box::new(target)
+            },
+        }));
+        // Behind a symmetric NAT it would not try: the other NAT expects another port.
+        let mut s = viewer(11, t0);
+        s.observe_self(None, Reach::Symmetric);
+        s.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        drain(&mut s);
+        s.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Peers {
+                peers: vec![target],
+            },
+        );
+        assert!(!drain(&mut s)
             .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Rendezvous { peer: p },
-                } => Some((*peer, *p)),
-                _ => None,
-            })
-            .collect();
-        // Only the one behind a NAT is told to dial back; the public one lets it in.
-        assert_eq!(told, vec![(id(20), newcomer)]);
+            .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(40))));
     }
 
     #[test]
@@ -771,20 +887,32 @@ mod tests {
         );
         drain(&mut v);
         let caller = behind(30, Reach::Nat, Some(30));
-        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: caller });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Rendezvous {
+                peer: Box::new(caller),
+            },
+        );
         assert!(drain(&mut v).contains(&Action::Dial {
             peer: id(30),
             addr: Some(caller.addr),
             local: caller.local,
         }));
         // Told again while that dial is out: no second one.
-        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: caller });
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Rendezvous {
+                peer: Box::new(caller),
+            },
+        );
         assert!(!drain(&mut v)
             .iter()
             .any(|a| matches!(a, Action::Dial { .. })));
         // Nor about itself.
         let me = behind(10, Reach::Nat, None);
-        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: me });
+        v.handle_control(t0, id(ORIGIN), Control::Rendezvous { peer: Box::new(me) });
         assert!(drain(&mut v).is_empty());
     }
 

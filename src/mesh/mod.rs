@@ -579,13 +579,17 @@ impl Mesh {
             Control::Peers { peers } => {
                 for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
                     self.add_known(p);
+                    // Its sender can arrange a rendezvous with it.
+                    if let Some(k) = self.known.get_mut(&p.id) {
+                        k.via = Some(from);
+                    }
                 }
                 // A joining viewer dials the tracker's sample at once rather than at the
                 // next maintenance: half a second of a join is spent otherwise.
                 self.dial_more_if_viewer(now);
             }
             Control::Rendezvous { peer } => {
-                self.rendezvous(now, from, peer);
+                self.rendezvous(now, from, *peer);
                 return;
             }
             Control::Swarm {

@@ -3,15 +3,15 @@
 //! loss model, dialling and disconnecting, and control messages on each connection's
 //! ordered stream.
 
-use super::nodes::{Node, NOBODY};
+use super::nodes::{reach_of, Node, NOBODY};
 use super::transfers::TRef;
 use super::worker::Call;
 use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
-use crate::ORIGIN_CONNECTION_HEADROOM;
+use crate::{NatKind, ORIGIN_CONNECTION_HEADROOM};
 use rand::Rng;
 use starling::node::DisconnectReason;
 use starling::stream::NodeId;
-use starling::wire::{self, Control, PeerInfo, Reach, Role};
+use starling::wire::{self, Control, PeerInfo, Role};
 use std::net::SocketAddr;
 
 /// Connection caps `broadcaster.rs` and `viewer.rs` give `net`.
@@ -312,6 +312,12 @@ impl Sim {
         });
         match target {
             Some(j) if self.alive(j) && j != i => {
+                // Its NAT now lets `j` answer; whether `j`'s lets it in is decided when the
+                // dial lands (see `dial_done`).
+                let now = self.now;
+                if let Some(n) = self.node_mut(i) {
+                    n.open_pinhole(j, now);
+                }
                 let rtt = self.rtt(i, j);
                 self.at(
                     self.now + rtt,
@@ -332,6 +338,54 @@ impl Sim {
         }
     }
 
+    /// Schedules retransmission `attempt` of `a`'s dial to `b`: QUIC's probe timeout starts
+    /// at a second and doubles; past the dial timeout the dial fails.
+    fn schedule_retry(&mut self, a: u32, b: u32, started: Ns, attempt: u32) {
+        let pto = 1000 * NS_PER_MS;
+        let at = started + pto * ((1u64 << attempt.min(16)) * 2 - 1);
+        let timeout = started + self.cfg.dial_timeout_ms * NS_PER_MS;
+        if at >= timeout {
+            self.d.nat_failures += 1;
+            let t = timeout.max(self.now);
+            return self.at(t, Ev::DialFailed { from: a, to: b });
+        }
+        self.at(
+            at,
+            Ev::DialRetry {
+                from: a,
+                to: b,
+                started,
+                attempt,
+            },
+        );
+    }
+
+    /// A retransmission of `a`'s dial to `b`: through if `b`'s NAT lets it in now.
+    pub(super) fn dial_retry(&mut self, a: u32, b: u32, started: Ns, attempt: u32) {
+        if !self.alive(a) {
+            return;
+        }
+        let from_nat = self.node(a).map_or(NatKind::Open, |n| n.nat);
+        let through = self.alive(b)
+            && self
+                .node(b)
+                .is_some_and(|n| n.admits(a, from_nat, self.now));
+        if through {
+            self.d.nat_retried += 1;
+            let rtt = self.rtt(a, b);
+            self.at(
+                self.now + rtt,
+                Ev::DialDone {
+                    from: a,
+                    to: b,
+                    started,
+                },
+            );
+        } else {
+            self.schedule_retry(a, b, started, attempt + 1);
+        }
+    }
+
     pub(super) fn dial_done(&mut self, a: u32, b: u32, started: Ns) {
         if !self.alive(a) {
             return;
@@ -346,6 +400,15 @@ impl Sim {
             Some(c) if c.closed.is_none() => return,
             Some(_) => return self.dial_failed(a, b),
             None => {}
+        }
+        let from_nat = self.node(a).map_or(NatKind::Open, |n| n.nat);
+        if !self
+            .node(b)
+            .is_some_and(|n| n.admits(a, from_nat, self.now))
+        {
+            // Kept out: QUIC sends its Initial again after a probe timeout, and gets in
+            // if `b` has dialled `a` meanwhile (a rendezvous).
+            return self.schedule_retry(a, b, started, 0);
         }
         let cap = if b == ORIGIN {
             self.cfg
@@ -369,8 +432,11 @@ impl Sim {
             }
         };
         // Every simulated node has a cap, and declares it as net's do.
-        let info = |n: &Node| (n.addr, n.uploads, Some(n.cap_bps), n.upload.stream_bps());
-        let (Some((addra, upa, capa, bpsa)), Some((addrb, upb, capb, bpsb))) =
+        let info = |n: &Node| {
+            let at = (n.addr, n.nat);
+            (at, n.uploads, Some(n.cap_bps), n.upload.stream_bps())
+        };
+        let (Some((ata, upa, capa, bpsa)), Some((atb, upb, capb, bpsb))) =
             (self.node(a).map(info), self.node(b).map(info))
         else {
             return;
@@ -384,11 +450,11 @@ impl Sim {
         }
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
-            m.handle_connected(now, contact(idb, addrb), role(b), upb, capb);
+            m.handle_connected(now, contact(idb, atb.0, atb.1), role(b), upb, capb);
         }
         if let Some(m) = self.mesh(b) {
             m.observe_capacity(bpsb, capb);
-            m.handle_connected(now, contact(ida, addra), role(a), upa, capa);
+            m.handle_connected(now, contact(ida, ata.0, ata.1), role(a), upa, capa);
         }
         self.drain(a);
         self.drain(b);
@@ -518,12 +584,12 @@ impl Sim {
     }
 }
 
-/// A simulated peer as a connection reports it: every node is reachable at its address.
-fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
+/// A simulated peer as a connection reports it: at its address, reachable as its NAT allows.
+fn contact(id: NodeId, addr: SocketAddr, nat: NatKind) -> PeerInfo {
     PeerInfo {
         id,
         addr,
         local: None,
-        reach: Reach::Public,
+        reach: reach_of(nat),
     }
 }

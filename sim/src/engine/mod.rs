@@ -87,6 +87,13 @@ enum Ev {
         from: u32,
         to: u32,
     },
+    /// A dial `to`'s NAT kept out is retransmitted (QUIC's probe timeout, doubling).
+    DialRetry {
+        from: u32,
+        to: u32,
+        started: Ns,
+        attempt: u32,
+    },
     /// `node` learns that its connection `conn` to `peer` ended.
     Notice {
         node: u32,
@@ -593,9 +600,11 @@ impl Sim {
             Ev::Pump { .. } => &mut k.pump,
             Ev::StopArrive { .. } => &mut k.stop,
             Ev::Tick { .. } => &mut k.tick,
-            Ev::DialDone { .. } | Ev::DialFailed { .. } | Ev::Notice { .. } | Ev::Close { .. } => {
-                &mut k.connection
-            }
+            Ev::DialDone { .. }
+            | Ev::DialFailed { .. }
+            | Ev::DialRetry { .. }
+            | Ev::Notice { .. }
+            | Ev::Close { .. } => &mut k.connection,
             Ev::Publish
             | Ev::Join
             | Ev::Leave
@@ -610,7 +619,9 @@ impl Sim {
     /// departures, judging, publishing) and the origin's (thousands of partners: near
     /// everyone), and dials completing (two meshes at once).
     fn is_barrier(&self, ev: &Ev, owner: u32) -> bool {
-        owner == COORDINATOR || owner == ORIGIN || matches!(ev, Ev::DialDone { .. })
+        owner == COORDINATOR
+            || owner == ORIGIN
+            || matches!(ev, Ev::DialDone { .. } | Ev::DialRetry { .. })
     }
 
     /// Whether the event at `at` owned by `owner` may run now, before the actions of the
@@ -667,7 +678,9 @@ impl Sim {
             Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
             Ev::Join | Ev::Leave | Ev::Deadline { .. } => COORDINATOR,
             Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
-            Ev::DialDone { from, .. } | Ev::DialFailed { from, .. } => *from,
+            Ev::DialDone { from, .. }
+            | Ev::DialFailed { from, .. }
+            | Ev::DialRetry { from, .. } => *from,
             Ev::Control { to, .. } => *to,
             // Transfers' events are answered above.
             Ev::RequestArrive { .. }
@@ -735,6 +748,12 @@ impl Sim {
             Ev::Deadline { number } => self.judge(number),
             Ev::DialDone { from, to, started } => self.dial_done(from, to, started),
             Ev::DialFailed { from, to } => self.dial_failed(from, to),
+            Ev::DialRetry {
+                from,
+                to,
+                started,
+                attempt,
+            } => self.dial_retry(from, to, started, attempt),
             Ev::Notice { node, peer, conn } => self.notice(node, peer, conn),
             Ev::Close { node, peer, conn } => self.close_conn(node, peer, conn),
             Ev::Control {

@@ -6,12 +6,13 @@ use super::links::LinkRow;
 use super::transfers::TRef;
 use super::{Ev, Ns, Sim, NS_PER_MS, NS_PER_SEC, ORIGIN};
 use crate::link::Link;
-use crate::LinkModel;
+use crate::{LinkModel, NatKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use starling::mesh::{Mesh, MeshConfig};
 use starling::node::{Assemblies, Uploads};
 use starling::stream::{NodeId, ALL_PARTS, PARTS};
+use starling::wire::Reach;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 /// Segments each node keeps to serve (the broadcaster's store capacity).
@@ -65,9 +66,53 @@ pub(super) struct Node {
     /// bytes of block buffer would be most of the node's lines, which the loop prefetches
     /// for every event, and a run without loss never reads it.
     pub(super) rng: Box<ChaCha8Rng>,
+    /// The NAT in front of it.
+    pub(super) nat: NatKind,
+    /// Nodes its NAT has seen it send to lately, and until when that lets them in (a
+    /// connection tracker's unreplied entry); a cone NAT admits only these.
+    pub(super) pinholes: Vec<(u32, Ns)>,
+}
+
+/// Pinholes kept per node; the oldest goes first beyond it.
+const MAX_PINHOLES: usize = 64;
+/// How long a NAT keeps an outgoing mapping nobody answered (Linux conntrack's UDP default).
+const PINHOLE_NS: Ns = 30_000 * NS_PER_MS;
+
+/// What a node behind `nat` reports of itself in its Hello.
+pub(super) fn reach_of(nat: NatKind) -> Reach {
+    match nat {
+        NatKind::Open => Reach::Public,
+        NatKind::Cone => Reach::Nat,
+        NatKind::Symmetric => Reach::Symmetric,
+    }
 }
 
 impl Node {
+    /// Its NAT saw it send to `to` at `now`.
+    pub(super) fn open_pinhole(&mut self, to: u32, now: Ns) {
+        self.pinholes.retain(|(p, until)| *p != to && *until > now);
+        if self.pinholes.len() >= MAX_PINHOLES {
+            self.pinholes.remove(0);
+        }
+        self.pinholes.push((to, now + PINHOLE_NS));
+    }
+
+    /// Whether a dial from `from`, behind `from_nat`, gets in through this node's NAT now.
+    pub(super) fn admits(&self, from: u32, from_nat: NatKind, now: Ns) -> bool {
+        match self.nat {
+            NatKind::Open => true,
+            NatKind::Symmetric => false,
+            // A symmetric dialler comes from another port than the one this NAT expects.
+            NatKind::Cone => {
+                from_nat != NatKind::Symmetric
+                    && self
+                        .pinholes
+                        .iter()
+                        .any(|(p, until)| *p == from && *until > now)
+            }
+        }
+    }
+
     pub(super) fn holds(&self, number: u64) -> bool {
         self.held
             .get((number % STORE) as usize)
@@ -203,10 +248,10 @@ impl Sim {
         }
         let bps = self.cfg.origin_upload_bps;
         let seed = self.rng.gen();
-        self.spawn(cfg, bps, seed);
+        self.spawn(cfg, bps, seed, NatKind::Open);
     }
 
-    fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64) -> u32 {
+    fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64, nat: NatKind) -> u32 {
         let i = self.nodes.len() as u32;
         let access = (self.cfg.rtt_ms * self.rng.gen_range(0.5..1.5) * 1e6) as Ns;
         // The one-way latency between two nodes is a quarter of their two access RTTs.
@@ -220,7 +265,9 @@ impl Sim {
         self.access.push(access);
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         rng.set_stream(u64::from(i));
-        let mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
+        let mut mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
+        // It knows from the start where it is seen and how it can be reached.
+        mesh.observe_self(Some(node_addr(i)), reach_of(nat));
         // The limiter works in whole bytes per second and reports the cap back in bits.
         let rate = bps / 8;
         self.nodes.push(Node {
@@ -256,6 +303,8 @@ impl Sim {
             seq: 0,
             uploads_started: 0,
             rng: Box::new(rng),
+            nat,
+            pinholes: Vec::new(),
         });
         self.drain(i);
         i
@@ -263,6 +312,22 @@ impl Sim {
 
     pub(super) fn join(&mut self) {
         let bitrate = self.cfg.bitrate_bps as f64;
+        // Drawn only with a mix, so runs without one keep their random sequence.
+        let nat = if self.cfg.nat_mix.is_empty() {
+            NatKind::Open
+        } else {
+            let total: f64 = self.cfg.nat_mix.iter().map(|c| c.share).sum();
+            let mut pick = self.rng.gen::<f64>() * total;
+            let mut chosen = self.cfg.nat_mix.last().map_or(NatKind::Open, |c| c.kind);
+            for c in &self.cfg.nat_mix {
+                if pick < c.share {
+                    chosen = c.kind;
+                    break;
+                }
+                pick -= c.share;
+            }
+            chosen
+        };
         let bps = if self.cfg.upload_mix.is_empty() {
             self.cfg.viewer_upload_bps
         } else {
@@ -282,7 +347,7 @@ impl Sim {
             MeshConfig::viewer(self.origin_id, self.cfg.segment(), self.cfg.delay_segments);
         cfg.uploads = bps > 0;
         let seed = self.rng.gen();
-        let i = self.spawn(cfg, bps, seed);
+        let i = self.spawn(cfg, bps, seed, nat);
         if let Some(n) = self.nodes.get_mut(i as usize) {
             n.live_pos = self.live.len();
         }
