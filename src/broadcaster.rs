@@ -7,6 +7,7 @@
 
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
+use crate::metrics::{BroadcastFigures, Metrics, MetricsError};
 use crate::net::{self, Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
@@ -81,6 +82,9 @@ pub enum BroadcastError {
     /// The token epoch file is unusable.
     #[error(transparent)]
     Epoch(#[from] EpochFileError),
+    /// The `/metrics` figures could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A token was asked for a key that does not exist yet.
     #[error("no key file at {path}: run the broadcaster once to create the stream, or pass --key")]
     NoKey {
@@ -189,6 +193,7 @@ pub async fn run(
     let catalog = Arc::new(BroadcasterCatalog {
         node: node.view(),
         stats: stats.clone(),
+        metrics: Metrics::broadcaster()?,
     });
     let http = http::Server::start(config.http, catalog)
         .await
@@ -247,6 +252,8 @@ pub async fn run(
                 let len = seg.data.len() as u64;
                 node.publish(seg).await;
                 stats.segments_published.fetch_add(1, Ordering::Relaxed);
+                let viewers = node.stats().peers as u64;
+                stats.delivered_bytes.fetch_add(len.saturating_mul(viewers), Ordering::Relaxed);
                 last = Some(number);
                 state.next_number = number + 1;
                 if let Err(e) = state.save(&state_path) {
@@ -385,16 +392,32 @@ impl BitrateMeter {
     }
 }
 
+/// The broadcaster's own figures, beside its node's counters.
 #[derive(Debug, Default)]
 struct BroadcastStats {
     segments_published: AtomicU64,
     bitrate_bps: AtomicU64,
     upload_limit_bps: AtomicU64,
+    /// Each segment's size times the viewers connected when it was published: what viewers
+    /// received, as the broadcaster can tell without asking them.
+    delivered_bytes: AtomicU64,
+}
+
+impl BroadcastStats {
+    fn figures(&self) -> BroadcastFigures {
+        BroadcastFigures {
+            segments_published: self.segments_published.load(Ordering::Relaxed),
+            stream_bps: self.bitrate_bps.load(Ordering::Relaxed),
+            upload_limit_bps: self.upload_limit_bps.load(Ordering::Relaxed),
+            delivered_bytes: self.delivered_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct BroadcasterCatalog {
     node: NodeView,
     stats: Arc<BroadcastStats>,
+    metrics: Metrics,
 }
 
 impl Catalog for BroadcasterCatalog {
@@ -425,6 +448,13 @@ impl Catalog for BroadcasterCatalog {
             "control_bytes": n.control_bytes,
         })
         .to_string()
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .render(&self.node.stats(), Some(&self.stats.figures()))
+            .map_err(|e| tracing::warn!(error = %e, "cannot write /metrics"))
+            .ok()
     }
 }
 

@@ -60,6 +60,13 @@ impl Catalog for FakeCatalog {
     fn stats_json(&self) -> String {
         format!("{{\"segments\":{}}}", self.segments.lock().unwrap().len())
     }
+
+    fn metrics_text(&self) -> Option<String> {
+        Some(format!(
+            "segments {}\n",
+            self.segments.lock().unwrap().len()
+        ))
+    }
 }
 
 /// Distinct bytes per segment, larger than one read buffer.
@@ -390,6 +397,10 @@ impl Catalog for RecordedCatalog {
 
     fn stats_json(&self) -> String {
         "{}".to_owned()
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        None
     }
 }
 

@@ -9,6 +9,7 @@ mod status;
 use crate::clock;
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
+use crate::metrics::{Metrics, MetricsError};
 use crate::net::{Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
@@ -74,6 +75,9 @@ pub enum ViewerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `/metrics` figures could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs a viewer until the stream has ended (and the linger passed) or `shutdown` resolves.
@@ -84,6 +88,7 @@ pub async fn run(
     on_url: impl FnOnce(&str),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ViewerError> {
+    let started = clock::now();
     let stream = config.ticket.stream;
     // A token for another stream or already expired is refused here, before any dialling.
     if let Some(token) = &config.token {
@@ -108,12 +113,14 @@ pub async fn run(
     })
     .await?;
 
+    let metrics = Arc::new(Metrics::viewer()?);
     let catalog = Arc::new(ViewerCatalog {
         node: node.view(),
         playlist: PlaylistConfig {
             delay: config.delay,
             window: config.window,
         },
+        metrics: metrics.clone(),
     });
     let http = http::Server::start(config.http, catalog)
         .await
@@ -131,6 +138,7 @@ pub async fn run(
     let mut ended_at: Option<tokio::time::Instant> = None;
     let mut ever_connected = false;
     let mut wrong_key_ticks = 0u32;
+    let mut arrivals = stats::Arrivals::default();
     let mut outcome = Ok(());
     loop {
         tokio::select! {
@@ -154,6 +162,19 @@ pub async fn run(
                     outcome = Err(ViewerError::Token(refusal));
                     break;
                 }
+                let found = {
+                    let shared = node.store();
+                    let store = store::lock(&shared);
+                    arrivals.since_last(&store, started, clock::now(), stats::wall_clock_ms())
+                };
+                if let Some(join) = found.join {
+                    metrics.observe_join(join);
+                }
+                for ms in found.latencies_ms {
+                    // Latencies are finite and never negative; MAX only guards the conversion.
+                    let latency = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX);
+                    metrics.observe_delivery(latency);
+                }
                 status.show(&stats, clock::now());
                 let ended = store::lock(&node.store()).ended();
                 let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
@@ -175,10 +196,11 @@ pub async fn run(
     outcome
 }
 
-/// What the local HTTP server serves: the node's playlist, segments and `/stats`.
+/// What the local HTTP server serves: the node's playlist, segments, `/stats` and `/metrics`.
 struct ViewerCatalog {
     node: NodeView,
     playlist: PlaylistConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Catalog for ViewerCatalog {
@@ -199,5 +221,12 @@ impl Catalog for ViewerCatalog {
             stats::recent_latencies_ms(&store, clock::now(), stats::wall_clock_ms())
         };
         stats::json(&n, &mut latencies)
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .render(&self.node.stats(), None)
+            .map_err(|e| tracing::warn!(error = %e, "cannot write /metrics"))
+            .ok()
     }
 }

@@ -1,0 +1,166 @@
+//! What an operator and a new user see of the real programs: `/metrics` checked by
+//! promtool, the broadcaster's own output, its lock on the key, the end of a stream, the
+//! dashboard, and the README against `--help`.
+
+mod common;
+mod harness;
+
+use std::env;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::{
+    broadcaster_url, get, one_stream_at_a_time, poll_until, start_broadcaster, start_viewer,
+    wait_for_segments, TempDir,
+};
+
+/// How long a fresh mesh may take to list its first segments: start-up of debug builds, the
+/// first segments cut, the hold-back, on a busy shared machine.
+const FIRST_SEGMENTS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A test broadcaster's flags: its own key, HTTP on any free port, then `extra`.
+fn broadcaster_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--key", key, "--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Whether promtool is here. Outside CI (env `CI` unset) its absence is a loud skip; in CI
+/// it is a failure, since `.ci/run` installs it.
+fn require_promtool() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    assert!(
+        env::var_os("CI").is_none(),
+        "promtool is not installed, and CI must check /metrics with it: .ci/run installs the \
+         Debian package prometheus"
+    );
+    eprintln!("SKIP: promtool not installed (Debian package prometheus); /metrics unchecked");
+    false
+}
+
+/// Runs `promtool check metrics` on `text`; Err with what it said unless it found nothing.
+fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run promtool: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("cannot feed promtool: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool check metrics ({}): {said}", out.status))
+    }
+}
+
+/// The value of the sample line starting `series ` in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `/metrics` at `url`: 200, the Prometheus text content type, and the text.
+fn metrics_at(url: &str) -> String {
+    let response = get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status, 200, "{url}: {}", response.text());
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{url} content type: {:?}",
+        response.header("content-type")
+    );
+    response.text()
+}
+
+#[test]
+fn metrics_of_both_programs_pass_promtool() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-metrics");
+    let key = dir.file("key");
+    let broadcaster = start_broadcaster(
+        &broadcaster_args(&key, &["--segment-duration", "1"]),
+        Stdio::null(),
+    );
+    let viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    wait_for_segments(&viewer.url, 2, FIRST_SEGMENTS_TIMEOUT);
+
+    // The histograms are fed once a second; wait until the viewer's has its first segments.
+    let viewer_url = viewer.url_of("/metrics");
+    let viewer_text = poll_until(FIRST_SEGMENTS_TIMEOUT, || {
+        let text = metrics_at(&viewer_url);
+        (sample(&text, "starling_delivery_latency_seconds_count")? >= 2.0).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no latency observed: {}", metrics_at(&viewer_url)));
+    assert!(sample(&viewer_text, "starling_segments_verified_total").is_some_and(|v| v >= 2.0));
+    assert_eq!(
+        sample(&viewer_text, "starling_join_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&viewer_text, "starling_origin_connected"), Some(1.0));
+    let from_origin = "starling_received_bytes_total{from=\"origin\"}";
+    assert!(
+        sample(&viewer_text, from_origin).is_some_and(|v| v > 0.0),
+        "{viewer_text}"
+    );
+    for name in [
+        "starling_partners",
+        "starling_received_bytes_total{from=\"peers\"}",
+        "starling_uploaded_bytes_total",
+        "starling_segments_rejected_total",
+        "starling_deadlines_missed_total",
+        "starling_busy_replies_total",
+        "starling_bans_total",
+    ] {
+        assert!(
+            sample(&viewer_text, name).is_some(),
+            "no {name}:\n{viewer_text}"
+        );
+    }
+
+    let broadcaster_text = metrics_at(&broadcaster_url(&broadcaster, "/metrics"));
+    assert_eq!(sample(&broadcaster_text, "starling_viewers"), Some(1.0));
+    for name in [
+        "starling_segments_published_total",
+        "starling_uploaded_bytes_total",
+        "starling_stream_bytes_per_second",
+    ] {
+        assert!(
+            sample(&broadcaster_text, name).is_some_and(|v| v > 0.0),
+            "{name} is not positive:\n{broadcaster_text}"
+        );
+    }
+
+    if require_promtool() {
+        promtool_check(&viewer_text).unwrap_or_else(|e| panic!("viewer: {e}\n{viewer_text}"));
+        promtool_check(&broadcaster_text)
+            .unwrap_or_else(|e| panic!("broadcaster: {e}\n{broadcaster_text}"));
+        // The check itself must be able to fail: a counter without `_total` is reported.
+        let bad = "# HELP starling_x X.\n# TYPE starling_x counter\nstarling_x 1\n";
+        assert!(promtool_check(bad).is_err(), "promtool accepted a bad name");
+    }
+}
