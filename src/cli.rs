@@ -3,8 +3,10 @@
 //! Kept here so the two binaries stay a page of flag parsing each, and so
 //! there is one way to do each of these things.
 
-use std::io::IsTerminal;
+use crate::rate::Rate;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Runs a program's async body on a fresh runtime and exits with its result.
 ///
@@ -92,6 +94,87 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// How often a status is logged when stderr is not a terminal.
+pub const STATUS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A program's one-line status: redrawn in place on a terminal, else logged every
+/// [`STATUS_LOG_EVERY`]. Both programs show theirs through it.
+#[derive(Debug)]
+pub struct StatusLine {
+    /// Redraw in place on stderr rather than log.
+    terminal: bool,
+    /// When the status was last logged (not a terminal).
+    last_log: Option<Instant>,
+    /// A line is on the terminal, to be erased before other output.
+    drawn: bool,
+}
+
+impl StatusLine {
+    /// A status line, drawn on a terminal if `terminal`.
+    pub fn new(terminal: bool) -> StatusLine {
+        StatusLine {
+            terminal,
+            last_log: None,
+            drawn: false,
+        }
+    }
+
+    /// Shows `line` at `now`: redrawn on a terminal, else logged if due.
+    pub fn show(&mut self, line: &str, now: Instant) {
+        if self.terminal {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self.log_due(now) {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Erases the drawn line, if any, so the next output starts on a clean line.
+    pub fn clear(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+
+    /// Whether a log line is due at `now` (the first is at once); if so, starts the next wait.
+    fn log_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= STATUS_LOG_EVERY);
+        if due {
+            self.last_log = Some(now);
+        }
+        due
+    }
+}
+
+/// The rate of a growing byte total between two readings, for status lines.
+#[derive(Debug, Clone, Copy)]
+pub struct RateMeter {
+    /// The previous reading and when it was taken.
+    last: (Instant, u64),
+}
+
+impl RateMeter {
+    /// A meter starting from 0 bytes at `now`.
+    pub fn new(now: Instant) -> RateMeter {
+        RateMeter { last: (now, 0) }
+    }
+
+    /// The rate from the previous reading to `total` bytes at `now`.
+    pub fn update(&mut self, total: u64, now: Instant) -> Rate {
+        let (t0, b0) = self.last;
+        let secs = now.saturating_duration_since(t0).as_secs_f64().max(0.001);
+        self.last = (now, total);
+        Rate((total.saturating_sub(b0) as f64 * 8.0 / secs) as u64)
+    }
+}
+
 /// Bytes as a human-readable size.
 pub fn human_bytes(n: u64) -> String {
     let v = n as f64;
@@ -103,5 +186,32 @@ pub fn human_bytes(n: u64) -> String {
         format!("{:.0} kB", v / 1e3)
     } else {
         format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_log_is_due_at_once_then_every_ten_seconds() {
+        let t0 = Instant::now();
+        let mut status = StatusLine::new(false);
+        assert!(status.log_due(t0));
+        assert!(!status.log_due(t0 + Duration::from_secs(9)));
+        assert!(status.log_due(t0 + STATUS_LOG_EVERY));
+        assert!(!status.log_due(t0 + STATUS_LOG_EVERY + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn rate_meter_measures_between_readings() {
+        let t0 = Instant::now();
+        let mut meter = RateMeter::new(t0);
+        // 500 kB in 2 s is 2 Mbit/s; then nothing in the next second.
+        assert_eq!(
+            meter.update(500_000, t0 + Duration::from_secs(2)),
+            Rate(2_000_000)
+        );
+        assert_eq!(meter.update(500_000, t0 + Duration::from_secs(3)), Rate(0));
     }
 }

@@ -164,3 +164,76 @@ fn metrics_of_both_programs_pass_promtool() {
         assert!(promtool_check(bad).is_err(), "promtool accepted a bad name");
     }
 }
+
+/// Waits until the stderr of `proc` holds `needle` (ANSI colours aside); panics otherwise.
+fn wait_for_stderr(proc: &harness::Proc, needle: &str, timeout: Duration) {
+    let found = poll_until(timeout, || {
+        harness::strip_ansi(&proc.stderr_text())
+            .contains(needle)
+            .then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "no {needle:?} on stderr within {} s{}",
+        timeout.as_secs(),
+        proc.output_tail()
+    );
+}
+
+#[test]
+fn broadcaster_says_what_happens() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-talk");
+    let key = dir.file("key");
+    let mut broadcaster = start_broadcaster(
+        &broadcaster_args(&key, &["--segment-duration", "1", "--private"]),
+        Stdio::null(),
+    );
+    let quick = Duration::from_secs(10);
+    wait_for_stderr(
+        &broadcaster.proc,
+        &format!("created a new stream key at {key}"),
+        quick,
+    );
+    wait_for_stderr(
+        &broadcaster.proc,
+        "private stream: only viewers with a join token",
+        quick,
+    );
+    // Not a terminal: the status is logged at once, then every 10 s.
+    wait_for_stderr(&broadcaster.proc, "viewers 0 | offload - | up ", quick);
+
+    let token = Command::new(harness::program("starling-broadcaster"))
+        .args(["token", "--key", &key])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the token command");
+    assert!(token.status.success(), "token: {token:?}");
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let mut viewer = start_viewer(&broadcaster.ticket, &["--token", &token]);
+    wait_for_stderr(
+        &broadcaster.proc,
+        "a viewer joined (1 watching)",
+        FIRST_SEGMENTS_TIMEOUT,
+    );
+    wait_for_stderr(
+        &broadcaster.proc,
+        "viewers 1 | offload ",
+        Duration::from_secs(30),
+    );
+    viewer.proc.assert_clean_exit_on("TERM");
+    wait_for_stderr(
+        &broadcaster.proc,
+        "a viewer left (0 watching)",
+        FIRST_SEGMENTS_TIMEOUT,
+    );
+    broadcaster.proc.assert_clean_exit_on("INT");
+
+    // The same key again: nothing created, and a public stream says nothing of tokens.
+    let mut again = start_broadcaster(&broadcaster_args(&key, &[]), Stdio::null());
+    wait_for_stderr(&again.proc, "viewers 0 | offload", quick);
+    again.proc.assert_clean_exit_on("TERM");
+    let said = harness::strip_ansi(&again.proc.stderr_text());
+    assert!(!said.contains("created a new stream key"), "{said}");
+    assert!(!said.contains("private stream"), "{said}");
+}

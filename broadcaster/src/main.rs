@@ -115,6 +115,7 @@ async fn run() -> bool {
         ticket_file: args.ticket_file,
         max_upload: args.max_upload,
         private: args.private,
+        status_line: starling::cli::stderr_is_terminal(),
     };
     let print_ticket = |ticket: &starling::stream::Ticket| {
         let mut out = std::io::stdout().lock();

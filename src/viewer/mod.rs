@@ -18,7 +18,7 @@ use crate::stream::Ticket;
 use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
-use status::StatusLine;
+use status::ViewerStatus;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,7 +133,7 @@ pub async fn run(
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
 
     tokio::pin!(shutdown);
-    let mut status = StatusLine::new(config.status_line, clock::now());
+    let mut status = ViewerStatus::new(config.status_line, clock::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ended_at: Option<tokio::time::Instant> = None;
     let mut ever_connected = false;

@@ -1,10 +1,16 @@
 //! The broadcaster program's body: source → segmenter → signed segments → seeding node.
 //!
+//! Besides seeding, it tells its operator what happens: a status line (`status`), a log line
+//! per viewer joining or leaving, and `/stats` and `/metrics` over HTTP.
+//!
 //! The key file's sibling `<key>.state` remembers the next segment number and the
 //! last UDP port, so a restart with the same key continues the same stream: the
 //! numbering goes on, the first new segment carries the discontinuity flag, and
 //! viewers that hold the old ticket find the broadcaster at the same address.
 
+mod status;
+
+use crate::clock;
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
 use crate::metrics::{BroadcastFigures, Metrics, MetricsError};
@@ -17,6 +23,7 @@ use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSe
 use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
 use crate::wire::Role;
 use bytes::Bytes;
+use status::BroadcasterStatus;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +56,8 @@ pub struct BroadcasterConfig {
     pub max_upload: Option<Rate>,
     /// Only viewers with a join token may join (see [`issue_token`]).
     pub private: bool,
+    /// Redraw a status line on stderr (a terminal); otherwise log it now and then.
+    pub status_line: bool,
 }
 
 /// Why the broadcaster stopped with an error.
@@ -151,7 +160,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BroadcastError> {
     source::check_input(&config.input)?;
+    let key_existed = std::fs::symlink_metadata(&config.key_path).is_ok();
     let key = stream::load_or_create_key(&config.key_path)?;
+    if !key_existed {
+        tracing::info!(
+            "created a new stream key at {}: keep it to keep this stream's ticket",
+            config.key_path.display()
+        );
+    }
     let stream_id = node_id(&key);
     let state_path = BroadcastState::path_for(&config.key_path);
     let mut state = BroadcastState::load(&state_path);
@@ -206,10 +222,20 @@ pub async fn run(
     tracing::info!(
         stream = %stream_id,
         quic = %local,
+        dashboard = %format!("http://{http_addr}/"),
         stats = %format!("http://{http_addr}/stats"),
         first_segment = state.next_number,
         "broadcasting"
     );
+    if config.private {
+        tracing::info!(
+            "private stream: only viewers with a join token can join; make one with \
+             `starling-broadcaster token --key {}`",
+            config.key_path.display()
+        );
+    }
+    let mut status = BroadcasterStatus::new(config.status_line, clock::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     let (tx, mut rx) = mpsc::channel(4);
     let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
@@ -273,9 +299,21 @@ pub async fn run(
                 }
                 tracing::debug!(number, bytes = len, ms = duration_ms, "published");
             }
+            _ = tick.tick() => {
+                let n = node.stats();
+                let figures = status::Figures {
+                    viewers: n.peers,
+                    uploaded: n.bytes_uploaded,
+                    delivered: stats.delivered_bytes.load(Ordering::Relaxed),
+                    newest: last,
+                    stream_bps: stats.bitrate_bps.load(Ordering::Relaxed),
+                };
+                status.show(&figures, clock::now());
+            }
             _ = &mut shutdown => break Ok(false),
         }
     };
+    status.clear();
     source_task.abort();
 
     let ended_by_input =
