@@ -237,3 +237,53 @@ fn broadcaster_says_what_happens() {
     assert!(!said.contains("created a new stream key"), "{said}");
     assert!(!said.contains("private stream"), "{said}");
 }
+
+#[test]
+fn one_broadcaster_per_key() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-lock");
+    let key = dir.file("key");
+    let mut first = start_broadcaster(&broadcaster_args(&key, &[]), Stdio::null());
+
+    let mut cmd = Command::new(harness::program("starling-broadcaster"));
+    cmd.args(broadcaster_args(&key, &[])).stdin(Stdio::null());
+    let mut second = harness::Proc::spawn("second broadcaster", cmd);
+    harness::assert_clear_failure(
+        &mut second,
+        "a second broadcaster on one key",
+        "already running",
+    );
+    let said = harness::strip_ansi(&second.stderr_text());
+    assert!(
+        said.contains(&format!("(pid {})", first.proc.id())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&key),
+        "the refusal should name the key: {said}"
+    );
+    assert!(
+        !said.contains("starling1"),
+        "the refused broadcaster printed a ticket: {said}"
+    );
+    assert!(
+        first.proc.try_status().is_none(),
+        "the first broadcaster stopped{}",
+        first.proc.output_tail()
+    );
+
+    // A broadcaster killed outright leaves its lock file; the lock goes with the process.
+    let _ = Command::new("kill")
+        .args(["-KILL", &first.proc.id().to_string()])
+        .status();
+    first.proc.wait_exit(harness::EXIT_TIMEOUT).expect("killed");
+    assert!(std::path::Path::new(&format!("{key}.lock")).exists());
+    let mut after = start_broadcaster(&broadcaster_args(&key, &[]), Stdio::null());
+    let ticket = |t: &str| starling::stream::Ticket::decode(t).expect("ticket").stream;
+    assert_eq!(
+        ticket(&after.ticket),
+        ticket(&first.ticket),
+        "same key, same stream"
+    );
+    after.proc.assert_clean_exit_on("TERM");
+}

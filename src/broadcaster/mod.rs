@@ -3,12 +3,16 @@
 //! Besides seeding, it tells its operator what happens: a status line (`status`), a log line
 //! per viewer joining or leaving, and `/stats` and `/metrics` over HTTP.
 //!
-//! The key file's sibling `<key>.state` remembers the next segment number and the
-//! last UDP port, so a restart with the same key continues the same stream: the
-//! numbering goes on, the first new segment carries the discontinuity flag, and
-//! viewers that hold the old ticket find the broadcaster at the same address.
+//! The key file's sibling `<key>.lock` keeps a second broadcaster off the key (see `lock`);
+//! `<key>.state` remembers the next segment number and the last UDP port, so a restart with
+//! the same key continues the same stream: the numbering goes on, the first new segment
+//! carries the discontinuity flag, and viewers that hold the old ticket find the
+//! broadcaster at the same address.
 
+mod lock;
 mod status;
+
+pub use lock::{KeyLock, LockError};
 
 use crate::clock;
 use crate::http::{self, Catalog};
@@ -94,6 +98,9 @@ pub enum BroadcastError {
     /// The `/metrics` figures could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Another broadcaster runs with this key, or its lock file is unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A token was asked for a key that does not exist yet.
     #[error("no key file at {path}: run the broadcaster once to create the stream, or pass --key")]
     NoKey {
@@ -160,6 +167,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BroadcastError> {
     source::check_input(&config.input)?;
+    // Held until this function returns; before the key, so two first runs cannot both create one.
+    let _lock = KeyLock::acquire(&config.key_path)?;
     let key_existed = std::fs::symlink_metadata(&config.key_path).is_ok();
     let key = stream::load_or_create_key(&config.key_path)?;
     if !key_existed {
