@@ -38,17 +38,38 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A stop signal, as [`stop_signal`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Ctrl-C (SIGINT).
+    Interrupt,
+    /// SIGTERM, as service managers send.
+    Terminate,
+    /// SIGHUP, listened for only when asked (else it ends the process as usual).
+    Hangup,
+}
+
 /// A future that resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 ///
 /// The handlers are installed by this call, not on first poll, so a signal that
 /// arrives before the program starts waiting is still a clean stop. Call it
 /// inside the runtime, before anything is printed.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signal = stop_signal(false);
+    async move {
+        signal.await;
+    }
+}
+
+/// A future that resolves with the first stop signal: Ctrl-C, SIGTERM, and SIGHUP if
+/// `hangup`. Installed at once, as for [`shutdown_signal`].
+pub fn stop_signal(hangup: bool) -> impl std::future::Future<Output = StopSignal> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let interrupt = signal(SignalKind::interrupt()).ok();
         let terminate = signal(SignalKind::terminate()).ok();
+        let hangup = hangup.then(|| signal(SignalKind::hangup()).ok()).flatten();
         async move {
             let wait = |s: Option<tokio::signal::unix::Signal>| async move {
                 match s {
@@ -59,15 +80,18 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 }
             };
             tokio::select! {
-                _ = wait(interrupt) => {}
-                _ = wait(terminate) => {}
+                _ = wait(interrupt) => StopSignal::Interrupt,
+                _ = wait(terminate) => StopSignal::Terminate,
+                _ = wait(hangup) => StopSignal::Hangup,
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = hangup;
         async {
             let _ = tokio::signal::ctrl_c().await;
+            StopSignal::Interrupt
         }
     }
 }

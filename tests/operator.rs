@@ -287,3 +287,95 @@ fn one_broadcaster_per_key() {
     );
     after.proc.assert_clean_exit_on("TERM");
 }
+
+/// Stops a live broadcaster with `signal` while a viewer's player (this test, fetching what
+/// the playlist lists) watches: the viewer must list every segment it holds, end its
+/// playlist, say so, and exit 0 once the player fetched the last segment.
+fn stopped_broadcaster_ends_the_stream(signal: &str) {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-end");
+    let key = dir.file("key");
+    let mut broadcaster = start_broadcaster(
+        &broadcaster_args(&key, &["--segment-duration", "1"]),
+        Stdio::null(),
+    );
+    let mut viewer = start_viewer(&broadcaster.ticket, &["--delay", "3"]);
+    let (playing, _) = wait_for_segments(&viewer.url, 3, FIRST_SEGMENTS_TIMEOUT);
+    // The player has started: it fetched the first segment listed.
+    let first = harness::resolve(&viewer.url, &playing.entries[0].uri);
+    assert_eq!(get(&first).map(|r| r.status).ok(), Some(200), "{first}");
+    broadcaster.proc.assert_clean_exit_on(signal);
+    let said = harness::strip_ansi(&broadcaster.proc.stderr_text());
+    assert!(
+        said.contains("asked to stop: the stream ends after segment"),
+        "the broadcaster did not say it ends the stream{}",
+        broadcaster.proc.output_tail()
+    );
+
+    let mut last_text = String::new();
+    let ended = poll_until(Duration::from_secs(30), || {
+        let (playlist, text) = harness::fetch_playlist(&viewer.url)?;
+        last_text = text;
+        playlist.ended.then_some(playlist)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the playlist never ended:\n{last_text}{}",
+            viewer.proc.output_tail()
+        )
+    });
+    let stats = harness::stats_at(&viewer.url_of("/stats"));
+    let newest = stats["newest_segment"].as_u64().expect("newest_segment");
+    assert_eq!(
+        ended.max_number(),
+        Some(newest),
+        "the ended playlist does not list the newest segment held:\n{last_text}"
+    );
+    let listed: Vec<u64> = ended.entries.iter().map(|e| e.number).collect();
+    assert!(
+        listed.windows(2).all(|w| w[1] == w[0] + 1) && listed.len() >= 3,
+        "the ended playlist should be one run of the held segments: {listed:?}"
+    );
+    wait_for_stderr(
+        &viewer.proc,
+        "the broadcaster ended the stream",
+        Duration::from_secs(10),
+    );
+    assert!(
+        viewer.proc.try_status().is_none(),
+        "the viewer exited before its player fetched the last segment{}",
+        viewer.proc.output_tail()
+    );
+
+    // The player reads to the end; then the viewer has nothing left to do.
+    for entry in &ended.entries {
+        let url = harness::resolve(&viewer.url, &entry.uri);
+        let got = get(&url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(got.status, 200, "{url}");
+    }
+    let status = viewer
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the viewer did not exit{}", viewer.proc.output_tail()));
+    assert!(
+        status.success(),
+        "viewer exit {status}{}",
+        viewer.proc.output_tail()
+    );
+    let said = harness::strip_ansi(&viewer.proc.stderr_text());
+    assert!(
+        said.contains("the stream has ended and the player has every segment: exiting"),
+        "{said}"
+    );
+    assert!(!said.contains("unreachable"), "{said}");
+}
+
+#[test]
+fn sigterm_ends_the_stream_for_viewers() {
+    stopped_broadcaster_ends_the_stream("TERM");
+}
+
+#[test]
+fn ctrl_c_ends_the_stream_for_viewers() {
+    stopped_broadcaster_ends_the_stream("INT");
+}

@@ -3,7 +3,8 @@
 //! for a private stream instead.
 
 use clap::{Parser, Subcommand};
-use starling::broadcaster::{self, BroadcasterConfig};
+use starling::broadcaster::{self, BroadcasterConfig, Stop};
+use starling::cli::StopSignal;
 use starling::rate::Rate;
 use starling::source::Input;
 use std::io::Write;
@@ -14,7 +15,9 @@ use std::time::Duration;
 /// Broadcast a live stream to a peer-to-peer mesh of viewers.
 ///
 /// Prints a ticket on the first line of stdout; give it to viewers
-/// (`starling-viewer <TICKET>`).
+/// (`starling-viewer <TICKET>`). Ctrl-C or SIGTERM ends the stream: viewers play what they
+/// hold to the end. SIGHUP stops without ending it, so a restart with the same key continues
+/// the stream for the viewers still waiting.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -99,8 +102,15 @@ fn main() {
 }
 
 async fn run() -> bool {
-    // First: a stop signal from now on ends the program cleanly.
-    let stop = starling::cli::shutdown_signal();
+    // First: a stop signal from now on ends the program cleanly. SIGHUP stops it without
+    // ending the stream, for a restart.
+    let signal = starling::cli::stop_signal(true);
+    let stop = async move {
+        match signal.await {
+            StopSignal::Hangup => Stop::KeepStream,
+            StopSignal::Interrupt | StopSignal::Terminate => Stop::EndStream,
+        }
+    };
     let args = Args::parse();
     starling::cli::init_logging();
     if let Some(Command::Token(t)) = args.command {

@@ -158,13 +158,23 @@ impl BroadcastState {
     }
 }
 
+/// How the broadcaster is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// End the stream: viewers are told, list every segment they hold and finish.
+    EndStream,
+    /// Stop without ending the stream, for a restart: viewers keep waiting, and a
+    /// broadcaster started again with the same key continues the stream.
+    KeepStream,
+}
+
 /// Runs the broadcaster until the input ends or `shutdown` resolves.
 ///
 /// `on_ticket` is called once, as soon as the ticket is known (the program prints it).
 pub async fn run(
     config: BroadcasterConfig,
     on_ticket: impl FnOnce(&Ticket),
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> Result<(), BroadcastError> {
     source::check_input(&config.input)?;
     // Held until this function returns; before the key, so two first runs cannot both create one.
@@ -254,16 +264,17 @@ pub async fn run(
     let mut bitrate = BitrateMeter::default();
     tokio::pin!(shutdown);
 
-    let outcome: Result<bool, BroadcastError> = loop {
+    // Ok(None): the input ended; Ok(Some(stop)): asked to stop.
+    let outcome: Result<Option<Stop>, BroadcastError> = loop {
         tokio::select! {
             seg = rx.recv() => {
                 let Some(cut) = seg else {
                     // The source finished: its result says whether it ended well.
                     let res = (&mut source_task).await;
                     break match res {
-                        Ok(Ok(())) => Ok(true),
+                        Ok(Ok(())) => Ok(None),
                         Ok(Err(e)) => Err(BroadcastError::Source(e)),
-                        Err(_) => Ok(true),
+                        Err(_) => Ok(None),
                     };
                 };
                 let number = state.next_number;
@@ -319,29 +330,48 @@ pub async fn run(
                 };
                 status.show(&figures, clock::now());
             }
-            _ = &mut shutdown => break Ok(false),
+            stop = &mut shutdown => break Ok(Some(stop)),
         }
     };
     status.clear();
     source_task.abort();
 
-    let ended_by_input =
-        matches!(outcome, Ok(true)) || matches!(outcome, Err(BroadcastError::Source(_)));
-    if ended_by_input {
-        if let Some(last) = last {
-            // Tell viewers the stream is over and stay a little so they can fetch the tail.
-            // A failed input (ffmpeg dying mid-stream) ends the stream the same way, so
-            // viewers finish their playlists with what they hold; the error comes after.
-            node.end(last).await;
-            if outcome.is_ok() {
-                tracing::info!(last, "input ended; ending the stream");
-            } else {
-                tracing::warn!(last, "input failed; ending the stream");
-            }
-            let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
+    // However the stream stops (input ended, input failed, Ctrl-C or SIGTERM), viewers are
+    // told, so they list every segment they hold and end their playlists; the error, if
+    // any, comes after. Only a stop for a restart leaves the stream open.
+    let last = last.filter(|_| !matches!(outcome, Ok(Some(Stop::KeepStream))));
+    if matches!(outcome, Ok(Some(Stop::KeepStream))) {
+        tracing::info!(
+            "stopping without ending the stream: viewers wait, and a broadcaster started \
+             with the same key continues it"
+        );
+    }
+    if let Some(last) = last {
+        node.end(last).await;
+        let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
+        let why = match &outcome {
+            Ok(None) => "the input ended",
+            Ok(Some(_)) => "asked to stop",
+            Err(_) => "the input failed",
+        };
+        tracing::info!(
+            "{why}: the stream ends after segment {last}; staying up to {} s while viewers \
+             fetch the last segments",
+            linger.as_secs()
+        );
+        let signalled = matches!(outcome, Ok(Some(_)));
+        let until = tokio::time::Instant::now() + linger;
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(linger) => {}
-                _ = &mut shutdown => {}
+                _ = check.tick() => {
+                    // Once every viewer has left there is nobody to wait for.
+                    if node.stats().peers == 0 || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+                // A stop signal during the wait ends it (unless the signal began it).
+                _ = &mut shutdown, if !signalled => break,
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The viewer program's body: join the mesh from a ticket, serve local HLS, show status.
 //!
-//! [`run`] drives the node and the HTTP server; the `/stats` arithmetic is in `stats` and
-//! the status line in `status`, both pure but for the status line's output.
+//! [`run`] drives the node and the HTTP server; the `/stats` arithmetic is in `stats`, the
+//! status line in `status`, and how it finishes an ended stream in `ending`, all pure but for
+//! the status line's output.
 
+mod ending;
 mod stats;
 mod status;
 
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use status::ViewerStatus;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +51,8 @@ pub struct ViewerConfig {
     pub window: usize,
     /// Redraw a status line on stderr (a terminal); otherwise log now and then.
     pub status_line: bool,
-    /// How long to keep serving after the stream ended, so the player can finish.
+    /// Once the stream ended: how long at most to wait for the player to fetch the last
+    /// segment (or for the last segments to arrive) before exiting.
     pub linger_after_end: Duration,
 }
 
@@ -80,7 +84,8 @@ pub enum ViewerError {
     Metrics(#[from] MetricsError),
 }
 
-/// Runs a viewer until the stream has ended (and the linger passed) or `shutdown` resolves.
+/// Runs a viewer until the stream has ended and the player fetched its end (or
+/// `config.linger_after_end` passed), or `shutdown` resolves.
 ///
 /// `on_url` is called once with the playlist URL, as soon as the HTTP server listens.
 pub async fn run(
@@ -121,8 +126,9 @@ pub async fn run(
             window: config.window,
         },
         metrics: metrics.clone(),
+        served: AtomicU64::new(0),
     });
-    let http = http::Server::start(config.http, catalog)
+    let http = http::Server::start(config.http, catalog.clone())
         .await
         .map_err(|source| ViewerError::Http {
             addr: config.http,
@@ -135,7 +141,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut status = ViewerStatus::new(config.status_line, clock::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ended_at: Option<tokio::time::Instant> = None;
+    let mut ending: Option<ending::Ending> = None;
     let mut ever_connected = false;
     let mut wrong_key_ticks = 0u32;
     let mut arrivals = stats::Arrivals::default();
@@ -175,16 +181,37 @@ pub async fn run(
                     let latency = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX);
                     metrics.observe_delivery(latency);
                 }
-                status.show(&stats, clock::now());
-                let ended = store::lock(&node.store()).ended();
-                let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
-                if complete && ended_at.is_none() {
-                    status.clear();
-                    tracing::info!("the broadcaster ended the stream");
-                    ended_at = Some(tokio::time::Instant::now());
+                if ending.is_none() {
+                    ending = store::lock(&node.store())
+                        .ended()
+                        .map(|last| ending::Ending::new(last, clock::now()));
                 }
-                if ended_at.is_some_and(|t| t.elapsed() >= config.linger_after_end) {
-                    break;
+                let Some(end) = ending.as_mut() else {
+                    status.show(&stats, clock::now());
+                    continue;
+                };
+                // Past the end the broadcaster leaves: no status line saying it is unreachable.
+                let step = end.step(
+                    clock::now(),
+                    stats.newest_segment,
+                    catalog.served_through(),
+                    config.linger_after_end,
+                );
+                match step {
+                    ending::Step::Wait => {}
+                    ending::Step::Complete => {
+                        status.clear();
+                        tracing::info!(
+                            "the broadcaster ended the stream: the playlist now lists every \
+                             segment through {} and ends there",
+                            end.last()
+                        );
+                    }
+                    ending::Step::Exit(why) => {
+                        status.clear();
+                        tracing::info!("the stream has ended and {why}: exiting");
+                        break;
+                    }
                 }
             }
             _ = &mut shutdown => break,
@@ -201,6 +228,16 @@ struct ViewerCatalog {
     node: NodeView,
     playlist: PlaylistConfig,
     metrics: Arc<Metrics>,
+    /// One more than the highest segment number served to a player, 0 before any: how far
+    /// the player got, so an ended stream waits for it.
+    served: AtomicU64,
+}
+
+impl ViewerCatalog {
+    /// The highest segment number served to a player, if any.
+    fn served_through(&self) -> Option<u64> {
+        self.served.load(Ordering::Relaxed).checked_sub(1)
+    }
 }
 
 impl Catalog for ViewerCatalog {
@@ -210,7 +247,10 @@ impl Catalog for ViewerCatalog {
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
-        self.node.segment_data(number)
+        let data = self.node.segment_data(number)?;
+        self.served
+            .fetch_max(number.saturating_add(1), Ordering::Relaxed);
+        Some(data)
     }
 
     fn stats_json(&self) -> String {
