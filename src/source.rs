@@ -170,10 +170,19 @@ pub async fn run(config: SourceConfig, segments: Sender<CutSegment>) -> Result<(
 }
 
 /// Checks what can be known before broadcasting starts, so a mistyped path fails before a
-/// key, a port or a ticket exists: a `.ts` file must open. Other inputs are checked by
-/// reading them (ffmpeg says what is wrong with a file or URL it cannot open).
+/// key, a port or a ticket exists: a `.ts` file, or a plain file path for ffmpeg, must open.
+/// Other inputs are checked by reading them (ffmpeg says what is wrong with a URL or device
+/// it cannot open).
 pub fn check_input(input: &Input) -> Result<(), SourceError> {
-    if let Input::TsFile(path) = input {
+    let path = match input {
+        Input::TsFile(path) => Some(path.as_path()),
+        // A colon may name an ffmpeg protocol (`concat:a|b`), which is no path to check.
+        Input::Ffmpeg(arg) if classify(arg) == Origin::File && !arg.contains(':') => {
+            Some(Path::new(arg))
+        }
+        _ => None,
+    };
+    if let Some(path) = path {
         std::fs::File::open(path).map_err(|source| SourceError::Io {
             action: "open",
             input: input.to_string(),
@@ -747,6 +756,25 @@ mod tests {
         head[376] = 0x47;
         assert!(looks_like_ts(&head));
         assert!(!looks_like_ts(&head[..376]));
+    }
+
+    #[test]
+    fn check_input_opens_the_paths_it_can() {
+        let missing = |arg: &str| check_input(&Input::from_arg(Some(arg)));
+        assert!(matches!(
+            missing("/nonexistent/movie.mp4"),
+            Err(SourceError::Io { action: "open", .. })
+        ));
+        assert!(missing("/nonexistent/clip.ts").is_err());
+        // URLs, devices and ffmpeg protocols are left to ffmpeg.
+        for left in [
+            "srt://0.0.0.0:9000?mode=listener",
+            "/dev/video9",
+            "concat:/nonexistent/a.mp4|b.mp4",
+        ] {
+            assert!(missing(left).is_ok(), "{left}");
+        }
+        assert!(check_input(&Input::Demo).is_ok());
     }
 
     #[test]

@@ -379,3 +379,60 @@ fn sigterm_ends_the_stream_for_viewers() {
 fn ctrl_c_ends_the_stream_for_viewers() {
     stopped_broadcaster_ends_the_stream("INT");
 }
+
+/// Asserts `proc` failed with one clear line holding `needle`, having printed nothing on
+/// stdout (no ticket, no URL).
+fn assert_failed_silently(proc: &mut harness::Proc, what: &str, needle: &str) {
+    harness::assert_clear_failure(proc, what, needle);
+    assert!(
+        proc.stdout_text().trim().is_empty(),
+        "{what}: printed on stdout{}",
+        proc.output_tail()
+    );
+}
+
+#[test]
+fn an_input_that_fails_is_never_announced() {
+    if !common::players::require_tool("ffmpeg") {
+        return;
+    }
+    let dir = TempDir::new("op-announce");
+    let key = dir.file("key");
+    let missing = dir.file("missing.mp4");
+    let mut cmd = Command::new(harness::program("starling-broadcaster"));
+    cmd.args(broadcaster_args(&key, &["--input", &missing]))
+        .stdin(Stdio::null());
+    let mut broadcaster = harness::Proc::spawn("broadcaster", cmd);
+    assert_failed_silently(&mut broadcaster, "a missing input file", "cannot open");
+
+    // A file ffmpeg cannot read (an MP4 cut off after its first box): found out by reading
+    // it, still before any ticket.
+    let junk = dir.file("broken.mp4");
+    let mut mp4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2".to_vec();
+    mp4.resize(4096, 0);
+    std::fs::write(&junk, mp4).expect("write the broken file");
+    let mut cmd = Command::new(harness::program("starling-broadcaster"));
+    cmd.args(broadcaster_args(&key, &["--input", &junk]))
+        .stdin(Stdio::null());
+    let mut broadcaster = harness::Proc::spawn("broadcaster", cmd);
+    assert_failed_silently(
+        &mut broadcaster,
+        "an input ffmpeg cannot read",
+        "ffmpeg failed",
+    );
+}
+
+#[test]
+fn a_refused_viewer_prints_no_url() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-refused");
+    let key = dir.file("key");
+    let broadcaster = start_broadcaster(&broadcaster_args(&key, &["--private"]), Stdio::null());
+    let mut cmd = Command::new(harness::program("starling-viewer"));
+    cmd.arg(&broadcaster.ticket)
+        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .env_remove("STARLING_TOKEN")
+        .stdin(Stdio::null());
+    let mut viewer = harness::Proc::spawn("viewer", cmd);
+    assert_failed_silently(&mut viewer, "a viewer without a token", "private");
+}

@@ -25,6 +25,7 @@ use crate::source::{self, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
 use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
+use crate::ts::CutSegment;
 use crate::wire::Role;
 use bytes::Bytes;
 use status::BroadcasterStatus;
@@ -101,6 +102,12 @@ pub enum BroadcastError {
     /// Another broadcaster runs with this key, or its lock file is unusable.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The input ended without giving one segment.
+    #[error("{input} ended before giving a single segment: nothing to broadcast")]
+    NoSegment {
+        /// The input as the user named it.
+        input: String,
+    },
     /// A token was asked for a key that does not exist yet.
     #[error("no key file at {path}: run the broadcaster once to create the stream, or pass --key")]
     NoKey {
@@ -177,10 +184,12 @@ pub async fn run(
     shutdown: impl Future<Output = Stop>,
 ) -> Result<(), BroadcastError> {
     source::check_input(&config.input)?;
-    // Held until this function returns; before the key, so two first runs cannot both create one.
-    let _lock = KeyLock::acquire(&config.key_path)?;
     let key_existed = std::fs::symlink_metadata(&config.key_path).is_ok();
     let key = stream::load_or_create_key(&config.key_path)?;
+    // Held until this function returns. Taken once the key is known good, so a key's own
+    // problem is what the user is told; two first runs at once cannot both create a key
+    // anyway (it is created exclusively).
+    let _lock = KeyLock::acquire(&config.key_path)?;
     if !key_existed {
         tracing::info!(
             "created a new stream key at {}: keep it to keep this stream's ticket",
@@ -215,15 +224,6 @@ pub async fn run(
         stream: stream_id,
         addrs: net::advertised_addrs(local),
     };
-    if let Some(path) = &config.ticket_file {
-        std::fs::write(path, format!("{}\n", ticket.encode())).map_err(|source| {
-            BroadcastError::TicketFile {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-    }
-
     let stats = Arc::new(BroadcastStats::default());
     let catalog = Arc::new(BroadcasterCatalog {
         node: node.view(),
@@ -237,6 +237,52 @@ pub async fn run(
             source,
         })?;
     let http_addr = http.addr();
+
+    let (tx, mut rx) = mpsc::channel(4);
+    let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
+    let mut source_task = tokio::spawn(source::run(source_config, tx));
+    tokio::pin!(shutdown);
+    // Only an input that works is announced: the ticket waits for its first segment.
+    tracing::info!(
+        "reading {}: the ticket follows its first segment",
+        config.input
+    );
+    let first = tokio::select! {
+        seg = rx.recv() => Some(seg),
+        _ = &mut shutdown => None,
+    };
+    let first = match first {
+        Some(Some(cut)) => cut,
+        Some(None) => {
+            // The source finished without a segment: its result says why.
+            let res = (&mut source_task).await;
+            http.stop().await;
+            node.shutdown().await;
+            return Err(match res {
+                Ok(Err(e)) => BroadcastError::Source(e),
+                Ok(Ok(())) | Err(_) => BroadcastError::NoSegment {
+                    input: config.input.to_string(),
+                },
+            });
+        }
+        None => {
+            // Asked to stop before anything was announced.
+            source_task.abort();
+            http.stop().await;
+            node.shutdown().await;
+            return Ok(());
+        }
+    };
+    let mut first = Some(first);
+
+    if let Some(path) = &config.ticket_file {
+        std::fs::write(path, format!("{}\n", ticket.encode())).map_err(|source| {
+            BroadcastError::TicketFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
     on_ticket(&ticket);
     tracing::info!(
         stream = %stream_id,
@@ -256,18 +302,14 @@ pub async fn run(
     let mut status = BroadcasterStatus::new(config.status_line, clock::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
-    let (tx, mut rx) = mpsc::channel(4);
-    let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
-    let mut source_task = tokio::spawn(source::run(source_config, tx));
     let mut restarted = state.next_number > 0;
     let mut last: Option<u64> = None;
     let mut bitrate = BitrateMeter::default();
-    tokio::pin!(shutdown);
 
     // Ok(None): the input ended; Ok(Some(stop)): asked to stop.
     let outcome: Result<Option<Stop>, BroadcastError> = loop {
         tokio::select! {
-            seg = rx.recv() => {
+            seg = next_cut(&mut first, &mut rx) => {
                 let Some(cut) = seg else {
                     // The source finished: its result says whether it ended well.
                     let res = (&mut source_task).await;
@@ -378,6 +420,17 @@ pub async fn run(
     http.stop().await;
     node.shutdown().await;
     outcome.map(|_| ())
+}
+
+/// The segment held back from the announcement wait, else the next from the source.
+async fn next_cut(
+    held: &mut Option<CutSegment>,
+    source: &mut mpsc::Receiver<CutSegment>,
+) -> Option<CutSegment> {
+    match held.take() {
+        Some(cut) => Some(cut),
+        None => source.recv().await,
+    }
 }
 
 async fn spawn_node(

@@ -87,7 +87,8 @@ pub enum ViewerError {
 /// Runs a viewer until the stream has ended and the player fetched its end (or
 /// `config.linger_after_end` passed), or `shutdown` resolves.
 ///
-/// `on_url` is called once with the playlist URL, as soon as the HTTP server listens.
+/// `on_url` is called once with the playlist URL, once the HTTP server listens and the
+/// broadcaster (or a partner) accepted this viewer; a refused viewer never calls it.
 pub async fn run(
     config: ViewerConfig,
     on_url: impl FnOnce(&str),
@@ -134,9 +135,11 @@ pub async fn run(
             addr: config.http,
             source,
         })?;
-    let http_addr = http.addr();
-    on_url(&format!("http://{http_addr}/live.m3u8"));
+    let url = format!("http://{}/live.m3u8", http.addr());
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
+    // The URL is printed once the swarm let this viewer in, so a refused viewer prints none.
+    let mut on_url = Some(on_url);
+    let mut admission_check = tokio::time::interval(Duration::from_millis(100));
 
     tokio::pin!(shutdown);
     let mut status = ViewerStatus::new(config.status_line, clock::now());
@@ -211,6 +214,14 @@ pub async fn run(
                         status.clear();
                         tracing::info!("the stream has ended and {why}: exiting");
                         break;
+                    }
+                }
+            }
+            _ = admission_check.tick(), if on_url.is_some() => {
+                let stats = node.stats();
+                if stats.origin_connected || stats.peers > 0 {
+                    if let Some(announce) = on_url.take() {
+                        announce(&url);
                     }
                 }
             }

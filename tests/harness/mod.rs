@@ -337,6 +337,11 @@ impl Proc {
         join(&self.stderr)
     }
 
+    /// Everything kept of the child's stdout (when drained here), one string.
+    pub fn stdout_text(&self) -> String {
+        join(&self.stdout)
+    }
+
     /// The kept stdout and stderr of the child, framed for a failure message.
     pub fn output_tail(&self) -> String {
         format!(
