@@ -436,3 +436,157 @@ fn a_refused_viewer_prints_no_url() {
     let mut viewer = harness::Proc::spawn("viewer", cmd);
     assert_failed_silently(&mut viewer, "a viewer without a token", "private");
 }
+
+/// How many times `needle` appears in the stderr of `proc`.
+fn stderr_count(proc: &harness::Proc, needle: &str) -> usize {
+    harness::strip_ansi(&proc.stderr_text())
+        .matches(needle)
+        .count()
+}
+
+/// The words of the warning about segments longer than asked.
+const LONG_SEGMENTS: &str = "come out";
+
+/// Broadcasts `input` to its end with `extra` flags and no viewer; returns the finished
+/// broadcaster (exit 0 checked), its playlist at the last moment it was read, and the first
+/// segment it listed.
+fn broadcast_to_the_end(input: &str, extra: &[&str]) -> (harness::Proc, String, Vec<u8>) {
+    let dir = TempDir::new("op-segments");
+    let key = dir.file("key");
+    let mut args = broadcaster_args(&key, &["--input", input, "--segment-duration", "1"]);
+    args.extend_from_slice(extra);
+    let mut broadcaster = start_broadcaster(&args, Stdio::null());
+    let playlist_url = broadcaster_url(&broadcaster, "/live.m3u8");
+    let mut playlist = String::new();
+    let mut segment = Vec::new();
+    while broadcaster.proc.try_status().is_none() {
+        if let Some((listed, text)) = harness::fetch_playlist(&playlist_url) {
+            playlist = text;
+            if let (true, Some(first)) = (segment.is_empty(), listed.entries.first()) {
+                let url = harness::resolve(&playlist_url, &first.uri);
+                segment = get(&url).map(|r| r.body).unwrap_or_default();
+            }
+        }
+        std::thread::sleep(harness::POLL_INTERVAL);
+    }
+    let status = broadcaster
+        .proc
+        .wait_exit(harness::EXIT_TIMEOUT)
+        .expect("exited");
+    assert!(
+        status.success(),
+        "{status}{}",
+        broadcaster.proc.output_tail()
+    );
+    (broadcaster.proc, playlist, segment)
+}
+
+/// The EXTINF durations of a playlist, seconds.
+fn durations(playlist: &str) -> Vec<f64> {
+    playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|d| d.split(',').next()?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn keyframes_further_apart_than_the_target_are_warned_once() {
+    let _one = one_stream_at_a_time();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    // 12 s with a keyframe every 4 s, asked for 1 s segments.
+    let (proc, playlist, _) = broadcast_to_the_end(&format!("{fixtures}/gop4s.ts"), &[]);
+    let long = durations(&playlist);
+    assert!(long.iter().filter(|&&d| d > 3.5).count() >= 2, "{playlist}");
+    assert_eq!(
+        stderr_count(&proc, LONG_SEGMENTS),
+        1,
+        "one warning, however many long segments{}",
+        proc.output_tail()
+    );
+    assert!(
+        proc.stderr_text().contains("--encode"),
+        "{}",
+        proc.output_tail()
+    );
+    // A keyframe every second, as asked: no warning.
+    let (proc, playlist, _) = broadcast_to_the_end(&format!("{fixtures}/h264.ts"), &[]);
+    assert!(
+        durations(&playlist).iter().all(|&d| d <= 1.25),
+        "{playlist}"
+    );
+    assert_eq!(
+        stderr_count(&proc, LONG_SEGMENTS),
+        0,
+        "{}",
+        proc.output_tail()
+    );
+}
+
+#[test]
+fn encode_gives_segments_as_long_as_asked_at_the_asked_size() {
+    if !common::players::require_tool("ffmpeg") {
+        return;
+    }
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-encode");
+    // 8 s of H.264 with a keyframe every 4 s, which would be copied as it is.
+    let clip = dir.file("gop4s.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25",
+            "-t",
+            "8",
+        ])
+        .args(["-c:v", "libx264", "-preset", "veryfast"])
+        .args([
+            "-x264-params",
+            "keyint=100:min-keyint=100:scenecut=0",
+            &clip,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ffmpeg");
+    assert!(made.status.success(), "{made:?}");
+
+    let (proc, playlist, segment) = broadcast_to_the_end(
+        &clip,
+        &["--encode", "--size", "160x90", "--video-bitrate", "200k"],
+    );
+    let got = durations(&playlist);
+    assert!(got.len() >= 4, "{playlist}");
+    // The last segment is whatever was left of the input.
+    let whole = &got[..got.len() - 1];
+    assert!(
+        whole.iter().all(|&d| (0.9..=1.25).contains(&d)),
+        "segments not 1 s long: {got:?}\n{playlist}"
+    );
+    assert_eq!(
+        stderr_count(&proc, LONG_SEGMENTS),
+        0,
+        "{}",
+        proc.output_tail()
+    );
+
+    // The video has the size asked for.
+    let first = dir.file("first.ts");
+    std::fs::write(&first, &segment).expect("write the segment");
+    let size = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=width,height", "-of", "csv=p=0"])
+        .args(["-i", &first])
+        .output()
+        .expect("run ffprobe");
+    // MPEG-TS lists the stream under its program too: every line that names it says 160x90.
+    let said = String::from_utf8_lossy(&size.stdout).into_owned();
+    let sizes: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|l| l.trim() == "160,90"),
+        "{said}{}",
+        String::from_utf8_lossy(&size.stderr)
+    );
+}

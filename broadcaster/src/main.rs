@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use starling::broadcaster::{self, BroadcasterConfig, Stop};
 use starling::cli::StopSignal;
 use starling::rate::Rate;
-use starling::source::Input;
+use starling::source::{Encode, Input};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +60,22 @@ struct Args {
     /// The ticket stays the same and is not a secret; the tokens are.
     #[arg(long)]
     private: bool,
+
+    /// Re-encode the input to H.264 with a keyframe every segment duration, for inputs
+    /// whose keyframes are too far apart (segments come out longer than asked) or that
+    /// need a lower bitrate or size. Files, devices and URLs only (not stdin or the demo).
+    #[arg(long)]
+    encode: bool,
+
+    /// Video bitrate when re-encoding, bits/s with optional k/M/G suffix (e.g. 2500k);
+    /// implies --encode [default: x264's own quality-based choice]
+    #[arg(long, value_name = "RATE")]
+    video_bitrate: Option<Rate>,
+
+    /// Video size when re-encoding, WIDTHxHEIGHT with even numbers (e.g. 1280x720);
+    /// implies --encode [default: the input's size]
+    #[arg(long, value_name = "WxH", value_parser = starling::source::parse_size)]
+    size: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +142,12 @@ async fn run() -> bool {
         max_upload: args.max_upload,
         private: args.private,
         status_line: starling::cli::stderr_is_terminal(),
+        encode: (args.encode || args.video_bitrate.is_some() || args.size.is_some()).then_some(
+            Encode {
+                video_bitrate: args.video_bitrate,
+                size: args.size,
+            },
+        ),
     };
     let print_ticket = |ticket: &starling::stream::Ticket| {
         let mut out = std::io::stdout().lock();

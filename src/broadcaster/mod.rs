@@ -21,7 +21,7 @@ use crate::metrics::{BroadcastFigures, Metrics, MetricsError};
 use crate::net::{self, Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
-use crate::source::{self, Input, SourceConfig, SourceError};
+use crate::source::{self, Encode, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
 use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
@@ -63,6 +63,8 @@ pub struct BroadcasterConfig {
     pub private: bool,
     /// Redraw a status line on stderr (a terminal); otherwise log it now and then.
     pub status_line: bool,
+    /// Re-encode the input (through ffmpeg), with a keyframe every segment duration.
+    pub encode: Option<Encode>,
 }
 
 /// Why the broadcaster stopped with an error.
@@ -183,7 +185,11 @@ pub async fn run(
     on_ticket: impl FnOnce(&Ticket),
     shutdown: impl Future<Output = Stop>,
 ) -> Result<(), BroadcastError> {
-    source::check_input(&config.input)?;
+    let input = match config.encode {
+        Some(_) => config.input.clone().encoded()?,
+        None => config.input.clone(),
+    };
+    source::check_input(&input)?;
     let key_existed = std::fs::symlink_metadata(&config.key_path).is_ok();
     let key = stream::load_or_create_key(&config.key_path)?;
     // Held until this function returns. Taken once the key is known good, so a key's own
@@ -239,14 +245,12 @@ pub async fn run(
     let http_addr = http.addr();
 
     let (tx, mut rx) = mpsc::channel(4);
-    let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
+    let mut source_config = SourceConfig::new(input.clone(), config.segment_duration);
+    source_config.encode = config.encode;
     let mut source_task = tokio::spawn(source::run(source_config, tx));
     tokio::pin!(shutdown);
     // Only an input that works is announced: the ticket waits for its first segment.
-    tracing::info!(
-        "reading {}: the ticket follows its first segment",
-        config.input
-    );
+    tracing::info!("reading {input}: the ticket follows its first segment");
     let first = tokio::select! {
         seg = rx.recv() => Some(seg),
         _ = &mut shutdown => None,
@@ -261,7 +265,7 @@ pub async fn run(
             return Err(match res {
                 Ok(Err(e)) => BroadcastError::Source(e),
                 Ok(Ok(())) | Err(_) => BroadcastError::NoSegment {
-                    input: config.input.to_string(),
+                    input: input.to_string(),
                 },
             });
         }
