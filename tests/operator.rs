@@ -590,3 +590,106 @@ fn encode_gives_segments_as_long_as_asked_at_the_asked_size() {
         String::from_utf8_lossy(&size.stderr)
     );
 }
+
+/// Ends a process group (SIGTERM) when dropped: what a test started leaves with it.
+struct StopGroup(u32);
+
+impl Drop for StopGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The demo script with the programs of this build (a stand-in `cargo` that builds
+/// nothing): free ports, its logs kept where it says, a clean stop on Ctrl-C.
+#[test]
+fn demo_script_picks_free_ports_and_keeps_its_logs() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-demo");
+    let release = dir.path().join("target").join("release");
+    std::fs::create_dir_all(&release).expect("release dir");
+    for name in ["starling-broadcaster", "starling-viewer"] {
+        std::os::unix::fs::symlink(harness::program(name), release.join(name)).expect("link");
+    }
+    let fake_bin = dir.path().join("bin");
+    std::fs::create_dir_all(&fake_bin).expect("bin dir");
+    let cargo = fake_bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho \"   Compiling (stand-in cargo) $*\" >&2\n",
+    )
+    .expect("write the stand-in cargo");
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the stand-in cargo");
+    let logs = dir.path().join("logs");
+    // The usual first port is taken: the demo must not need it.
+    let _taken = std::net::TcpListener::bind("127.0.0.1:8080");
+
+    let path = format!(
+        "{}:{}",
+        fake_bin.display(),
+        env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    // Its own process group, so a failed test can stop the programs the script started.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .arg("1")
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .env("STARLING_DEMO_LOGS", &logs)
+        .stdin(Stdio::null());
+    let mut demo = harness::Proc::spawn("demo", cmd);
+    let _group = StopGroup(demo.id());
+    let ready = poll_until(FIRST_SEGMENTS_TIMEOUT, || {
+        demo.stdout_text().contains("Press Ctrl-C").then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the demo never got ready{}",
+        demo.output_tail()
+    );
+    let out = demo.stdout_text();
+    // cargo's progress is shown (on stderr, where cargo writes it).
+    assert!(
+        demo.stderr_text()
+            .contains("Compiling (stand-in cargo) build --release"),
+        "{}",
+        demo.output_tail()
+    );
+    assert!(
+        out.contains(&format!("Logs of this run: {}", logs.display())),
+        "{out}"
+    );
+    let url = out
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:") && w.ends_with("/live.m3u8"))
+        .unwrap_or_else(|| panic!("no viewer URL:\n{out}"));
+    assert!(!url.contains(":8080/"), "{url}");
+    assert!(
+        out.contains("Broadcaster dashboard: http://127.0.0.1:"),
+        "{out}"
+    );
+    wait_for_segments(url, 1, FIRST_SEGMENTS_TIMEOUT);
+
+    demo.interrupt();
+    let status = demo
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the demo did not stop{}", demo.output_tail()));
+    assert_eq!(status.code(), Some(130), "{}", demo.output_tail());
+    assert!(
+        demo.stdout_text().contains(&format!(
+            "the programs' logs are kept in {}",
+            logs.display()
+        )),
+        "{}",
+        demo.output_tail()
+    );
+    for log in ["broadcaster.log", "viewer0.log"] {
+        let text = std::fs::read_to_string(logs.join(log)).unwrap_or_default();
+        assert!(!text.is_empty(), "{log} was not kept{}", demo.output_tail());
+    }
+}
