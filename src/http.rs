@@ -26,6 +26,8 @@ use tokio::task::JoinSet;
 
 /// What the HTTP server serves; implemented by the viewer's and broadcaster's nodes.
 pub trait Catalog: Send + Sync + 'static {
+    /// The page at `/` (the viewer's [`VIEWER_INDEX_HTML`], the broadcaster's dashboard).
+    fn index_html(&self) -> &'static str;
     /// The current live playlist, or `None` (404) when nothing is playable.
     fn playlist(&self) -> Option<String>;
     /// The bytes of segment `number`, or `None` (404).
@@ -35,6 +37,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// The `/metrics` body in the Prometheus text format ([`crate::metrics::CONTENT_TYPE`]),
     /// or `None` (500) if it could not be written.
     fn metrics_text(&self) -> Option<String>;
+    /// The `/history` body (JSON, for the broadcaster's dashboard), or `None` (404).
+    fn history_json(&self) -> Option<String>;
 }
 
 /// Most connections served at once; later ones wait in the kernel's listen backlog.
@@ -90,7 +94,7 @@ impl Server {
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
 /// HTTP/1.1 with keep-alive. Routes: `/` (a short HTML page), `/live.m3u8`, `/seg/<n>.ts`,
-/// `/stats`, `/metrics`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
+/// `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
 /// other paths. Every response carries `Access-Control-Allow-Origin: *` so browser players
 /// (hls.js) on any origin can use it.
 ///
@@ -228,6 +232,8 @@ enum Resource {
     Stats,
     /// `/metrics`.
     Metrics,
+    /// `/history`.
+    History,
 }
 
 impl Resource {
@@ -237,6 +243,7 @@ impl Resource {
             "/live.m3u8" => Some(Self::Playlist),
             "/stats" => Some(Self::Stats),
             "/metrics" => Some(Self::Metrics),
+            "/history" => Some(Self::History),
             _ => {
                 let digits = path.strip_prefix("/seg/")?.strip_suffix(".ts")?;
                 // `u64::from_str` would also take a leading `+`; only plain digits name a segment.
@@ -249,12 +256,13 @@ impl Resource {
     }
 }
 
-const INDEX_HTML: &str = "<!doctype html>
+/// The viewer's page at `/`: where the playlist is and how to play it.
+pub const VIEWER_INDEX_HTML: &str = "<!doctype html>
 <html lang=\"en\">
 <head><meta charset=\"utf-8\"><title>Starling</title></head>
 <body>
 <h1>Starling</h1>
-<p>This port serves a live stream received over Starling's peer-to-peer mesh, as HLS.</p>
+<p>This viewer serves a live stream received over Starling's peer-to-peer mesh, as HLS.</p>
 <p>Playlist: <a href=\"live.m3u8\">live.m3u8</a> &mdash; open it in a player, for example
 <code>vlc &lt;url&gt;</code> or <code>ffplay &lt;url&gt;</code> with the link's address
 (browsers other than Safari need hls.js to play it).</p>
@@ -304,7 +312,7 @@ fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<
     // `Err` is a status other than 200 or 404, with its short text.
     let found: Result<Option<(Bytes, &'static str, &'static str)>, _> = match resource {
         Resource::Index => Ok(Some((
-            Bytes::from_static(INDEX_HTML.as_bytes()),
+            Bytes::from_static(catalog.index_html().as_bytes()),
             "text/html; charset=utf-8",
             "no-cache",
         ))),
@@ -323,6 +331,9 @@ fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<
             "application/json",
             "no-cache",
         ))),
+        Resource::History => Ok(catalog
+            .history_json()
+            .map(|json| (Bytes::from(json), "application/json", "no-cache"))),
         Resource::Metrics => match catalog.metrics_text() {
             Some(text) => Ok(Some((
                 Bytes::from(text),
@@ -390,6 +401,7 @@ mod tests {
         assert_eq!(Resource::from_path("/live.m3u8"), Some(Resource::Playlist));
         assert_eq!(Resource::from_path("/stats"), Some(Resource::Stats));
         assert_eq!(Resource::from_path("/metrics"), Some(Resource::Metrics));
+        assert_eq!(Resource::from_path("/history"), Some(Resource::History));
         assert_eq!(Resource::from_path("/seg/0.ts"), Some(Resource::Segment(0)));
         assert_eq!(
             Resource::from_path("/seg/18446744073709551615.ts"),
@@ -429,6 +441,12 @@ mod tests {
         fn metrics_text(&self) -> Option<String> {
             None
         }
+        fn index_html(&self) -> &'static str {
+            VIEWER_INDEX_HTML
+        }
+        fn history_json(&self) -> Option<String> {
+            None
+        }
     }
 
     #[test]
@@ -450,6 +468,7 @@ mod tests {
         assert_eq!(status(Method::GET, "/seg/4.ts"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/live.m3u8"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/stats"), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/history"), StatusCode::NOT_FOUND);
         assert_eq!(
             status(Method::GET, "/metrics"),
             StatusCode::INTERNAL_SERVER_ERROR

@@ -67,6 +67,14 @@ impl Catalog for FakeCatalog {
             self.segments.lock().unwrap().len()
         ))
     }
+
+    fn index_html(&self) -> &'static str {
+        starling::http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Distinct bytes per segment, larger than one read buffer.
@@ -400,6 +408,14 @@ impl Catalog for RecordedCatalog {
     }
 
     fn metrics_text(&self) -> Option<String> {
+        None
+    }
+
+    fn index_html(&self) -> &'static str {
+        starling::http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
         None
     }
 }

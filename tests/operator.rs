@@ -693,3 +693,107 @@ fn demo_script_picks_free_ports_and_keeps_its_logs() {
         assert!(!text.is_empty(), "{log} was not kept{}", demo.output_tail());
     }
 }
+
+#[test]
+fn broadcaster_dashboard_and_its_data() {
+    let _one = one_stream_at_a_time();
+    let dir = TempDir::new("op-dashboard");
+    let key = dir.file("key");
+    let broadcaster = start_broadcaster(
+        &broadcaster_args(&key, &["--segment-duration", "1"]),
+        Stdio::null(),
+    );
+    let viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    wait_for_segments(&viewer.url, 2, FIRST_SEGMENTS_TIMEOUT);
+
+    let page_url = broadcaster_url(&broadcaster, "/");
+    let page = get(&page_url).expect("GET the dashboard");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text();
+    for part in [
+        "Starling broadcaster",
+        "id=\"viewers\"",
+        "id=\"rates\"",
+        "fetch(\"history\"",
+    ] {
+        assert!(html.contains(part), "the dashboard lacks {part:?}");
+    }
+    assert!(
+        !html.contains("<script src"),
+        "the dashboard loads a script"
+    );
+
+    // The chart's data: a sample a second, with the viewer counted and bytes going out.
+    let history_url = broadcaster_url(&broadcaster, "/history");
+    let samples = poll_until(FIRST_SEGMENTS_TIMEOUT, || {
+        let v = harness::stats_at(&history_url);
+        let samples = v["samples"].as_array()?.clone();
+        let last = samples.last()?;
+        (samples.len() >= 3 && last["viewers"] == 1 && last["uploaded_bytes"].as_u64()? > 0)
+            .then_some(samples)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no history with the viewer: {}",
+            harness::stats_at(&history_url)
+        )
+    });
+    for field in [
+        "unix_ms",
+        "viewers",
+        "uploaded_bytes",
+        "delivered_bytes",
+        "segments_published",
+    ] {
+        assert!(
+            samples[0].get(field).is_some(),
+            "no {field}: {}",
+            samples[0]
+        );
+    }
+    let times: Vec<u64> = samples
+        .iter()
+        .filter_map(|s| s["unix_ms"].as_u64())
+        .collect();
+    assert!(times.windows(2).all(|t| t[0] < t[1]), "{times:?}");
+    let stats = harness::broadcaster_stats(&broadcaster);
+    assert!(
+        harness::count(&stats, "bytes_delivered_estimate") > 0,
+        "{stats}"
+    );
+    // A viewer has no history of its own.
+    assert_eq!(get(&viewer.url_of("/history")).expect("GET").status, 404);
+
+    // The page's own script, run by a real browser when one is installed.
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("SKIP: chromium not installed; the dashboard's script was not run in a browser");
+        return;
+    };
+    let dom = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
+        .args(["--dump-dom", &page_url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("<b id=\"viewers\">1</b>"),
+        "viewers not filled in:\n{dom}"
+    );
+    assert!(dom.contains("<polyline"), "no chart drawn:\n{dom}");
+    assert!(!dom.contains("cannot reach"), "{dom}");
+}

@@ -9,6 +9,7 @@
 //! carries the discontinuity flag, and viewers that hold the old ticket find the
 //! broadcaster at the same address.
 
+mod dashboard;
 mod lock;
 mod status;
 
@@ -375,6 +376,18 @@ pub async fn run(
                     stream_bps: stats.bitrate_bps.load(Ordering::Relaxed),
                 };
                 status.show(&figures, clock::now());
+                let sample = dashboard::Sample {
+                    unix_ms: unix_ms(),
+                    viewers: figures.viewers,
+                    uploaded_bytes: figures.uploaded,
+                    delivered_bytes: figures.delivered,
+                    segments_published: stats.segments_published.load(Ordering::Relaxed),
+                };
+                stats
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(sample);
             }
             stop = &mut shutdown => break Ok(Some(stop)),
         }
@@ -529,6 +542,8 @@ impl BitrateMeter {
 /// The broadcaster's own figures, beside its node's counters.
 #[derive(Debug, Default)]
 struct BroadcastStats {
+    /// The dashboard's chart data, a sample a second.
+    history: std::sync::Mutex<dashboard::History>,
     segments_published: AtomicU64,
     bitrate_bps: AtomicU64,
     upload_limit_bps: AtomicU64,
@@ -580,8 +595,22 @@ impl Catalog for BroadcasterCatalog {
             "busy_replies": n.busy_replies,
             "seeds_unconfirmed": n.seeds_unconfirmed,
             "control_bytes": n.control_bytes,
+            "bytes_delivered_estimate": self.stats.delivered_bytes.load(Ordering::Relaxed),
         })
         .to_string()
+    }
+
+    fn index_html(&self) -> &'static str {
+        dashboard::DASHBOARD_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        let history = self
+            .stats
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(history.json())
     }
 
     fn metrics_text(&self) -> Option<String> {

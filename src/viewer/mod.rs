@@ -274,6 +274,14 @@ impl Catalog for ViewerCatalog {
         stats::json(&n, &mut latencies)
     }
 
+    fn index_html(&self) -> &'static str {
+        http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        None
+    }
+
     fn metrics_text(&self) -> Option<String> {
         self.metrics
             .render(&self.node.stats(), None)
