@@ -797,3 +797,91 @@ fn broadcaster_dashboard_and_its_data() {
     assert!(dom.contains("<polyline"), "no chart drawn:\n{dom}");
     assert!(!dom.contains("cannot reach"), "{dom}");
 }
+
+/// Every `--flag` (and `-x` short flag) a `--help` text names.
+fn flags_in_help(help: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    for word in
+        help.split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '`' | '(' | ')'))
+    {
+        let name = word.trim_end_matches(['.', ';', ':']);
+        let long = name.strip_prefix("--").is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+        let short = name.len() == 2
+            && name.starts_with('-')
+            && name.chars().nth(1).is_some_and(|c| c.is_ascii_alphabetic());
+        if (long || short) && !flags.iter().any(|f| f == name) {
+            flags.push(name.to_string());
+        }
+    }
+    flags
+}
+
+#[test]
+fn readme_names_every_flag_and_stays_short() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let helps = [
+        ("starling-broadcaster", vec!["--help"]),
+        ("starling-broadcaster", vec!["token", "--help"]),
+        ("starling-viewer", vec!["--help"]),
+    ];
+    let mut missing = Vec::new();
+    for (program, args) in helps {
+        let out = Command::new(harness::program(program))
+            .args(&args)
+            .output()
+            .expect("run --help");
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let flags = flags_in_help(&help);
+        assert!(
+            flags.len() >= 5,
+            "{program} {args:?} names few flags: {flags:?}\n{help}"
+        );
+        for flag in flags {
+            // A flag is named as itself: `--key` must not be found inside `--key-file`.
+            let named = readme.match_indices(&flag).any(|(at, _)| {
+                let next = readme[at + flag.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+            if !named {
+                missing.push(format!("{program} {}: {flag}", args.join(" ")));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README.md does not name: {missing:?}");
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 260,
+        "README.md has {lines} lines; keep it for users, details in docs/"
+    );
+    assert!(readme.contains("cargo test --workspace"));
+    // Every document the README links to exists.
+    for link in readme
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+    {
+        if !link.starts_with("http") && !link.starts_with('#') {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(link);
+            assert!(
+                path.exists(),
+                "README.md links to {link}, which does not exist"
+            );
+        }
+    }
+}
+
+#[test]
+fn flags_in_help_finds_long_and_short_flags() {
+    let help = "Usage: x [OPTIONS]\n  -h, --help  Print help\n      --max-upload <RATE>  Cap [default: 4M]\n  \
+                implies --encode; see e.g. 1280x720 or -12\n";
+    assert_eq!(
+        flags_in_help(help),
+        ["-h", "--help", "--max-upload", "--encode"]
+    );
+}

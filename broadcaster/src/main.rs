@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
-    /// Address for the /stats HTTP server.
+    /// Address for the HTTP server: the dashboard at /, /stats, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8079")]
     http: SocketAddr,
 
@@ -52,7 +52,7 @@ struct Args {
     ticket_file: Option<PathBuf>,
 
     /// Cap on total upload in bits/s, with optional k/M/G suffix (e.g. 8M)
-    /// [default: 4x the stream's measured bitrate]
+    /// [default: 4x the stream's measured bitrate, at least 1M; 4M until the first segment]
     #[arg(long, value_name = "RATE")]
     max_upload: Option<Rate>,
 
