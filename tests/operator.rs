@@ -447,15 +447,27 @@ fn stderr_count(proc: &harness::Proc, needle: &str) -> usize {
 /// The words of the warning about segments longer than asked.
 const LONG_SEGMENTS: &str = "come out";
 
-/// Broadcasts `input` to its end with `extra` flags and no viewer; returns the finished
-/// broadcaster (exit 0 checked), its playlist at the last moment it was read, and the first
-/// segment it listed.
+/// Broadcasts `input` to its end with `extra` flags (1 s segments unless they say) and no
+/// viewer; returns the finished broadcaster (exit 0 checked), its playlist at the last moment
+/// it was read, and the first segment it listed.
 fn broadcast_to_the_end(input: &str, extra: &[&str]) -> (harness::Proc, String, Vec<u8>) {
+    broadcast_to_the_end_from(input, extra, Stdio::null())
+}
+
+/// [`broadcast_to_the_end`] with `stdin` for the broadcaster (for `--input -`).
+fn broadcast_to_the_end_from(
+    input: &str,
+    extra: &[&str],
+    stdin: Stdio,
+) -> (harness::Proc, String, Vec<u8>) {
     let dir = TempDir::new("op-segments");
     let key = dir.file("key");
-    let mut args = broadcaster_args(&key, &["--input", input, "--segment-duration", "1"]);
+    let mut args = broadcaster_args(&key, &["--input", input]);
     args.extend_from_slice(extra);
-    let mut broadcaster = start_broadcaster(&args, Stdio::null());
+    if !extra.contains(&"--segment-duration") {
+        args.extend(["--segment-duration", "1"]);
+    }
+    let mut broadcaster = start_broadcaster(&args, stdin);
     let playlist_url = broadcaster_url(&broadcaster, "/live.m3u8");
     let mut playlist = String::new();
     let mut segment = Vec::new();
@@ -883,5 +895,52 @@ fn flags_in_help_finds_long_and_short_flags() {
     assert_eq!(
         flags_in_help(help),
         ["-h", "--help", "--max-upload", "--encode"]
+    );
+}
+
+/// The README's stdin example forces a keyframe every 2 s, for 2 s segments: it gives them.
+#[test]
+fn readme_stdin_example_gives_the_segments_it_claims() {
+    if !common::players::require_tool("ffmpeg") {
+        return;
+    }
+    const KEYFRAMES: &str = "expr:gte(t,n_forced*2)";
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    assert!(
+        readme.contains(&format!("-force_key_frames \"{KEYFRAMES}\"")),
+        "the README's stdin example changed; change this test with it"
+    );
+    let _one = one_stream_at_a_time();
+    // 30 fps, where the `-g 50` the README once had gave 3.3 s segments.
+    let mut source = Command::new("ffmpeg");
+    source
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=30",
+            "-t",
+            "9",
+        ])
+        .args(["-c:v", "libx264", "-force_key_frames", KEYFRAMES])
+        .args(["-f", "mpegts", "-"])
+        .stdin(Stdio::null());
+    let (_source, ts) = harness::Proc::spawn_feeding("ffmpeg-source", source);
+    let (proc, playlist, _) =
+        broadcast_to_the_end_from("-", &["--segment-duration", "2"], Stdio::from(ts));
+    let got = durations(&playlist);
+    assert!(got.len() >= 3, "{playlist}");
+    let whole = &got[..got.len() - 1];
+    assert!(
+        whole.iter().all(|&d| (1.9..=2.1).contains(&d)),
+        "not 2 s segments: {got:?}\n{playlist}"
+    );
+    assert_eq!(
+        stderr_count(&proc, LONG_SEGMENTS),
+        0,
+        "{}",
+        proc.output_tail()
     );
 }
