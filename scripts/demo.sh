@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # A local Starling demo: one broadcaster playing the built-in clip and N viewers on this
-# machine, each serving the stream as HLS at http://127.0.0.1:808X/live.m3u8.
+# machine, each serving the stream as HLS on a free local port it prints.
 #
 # Usage: scripts/demo.sh [N_VIEWERS]    (default 3, at most 10)
 # Ctrl-C stops everything. The broadcaster's key lives in a temp dir for this run only, so
-# the demo never touches your real key in ~/.config/starling.
+# the demo never touches your real key in ~/.config/starling. The programs' logs are kept
+# after the demo, in the directory it names (STARLING_DEMO_LOGS chooses another).
 set -euo pipefail
 
-readonly FIRST_HTTP_PORT=8080
-readonly BROADCASTER_HTTP=127.0.0.1:8079
 readonly MAX_VIEWERS=10
 # Tenths of a second a program may take to print its first line.
 readonly STARTUP_TENTHS=300
@@ -22,11 +21,14 @@ fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 [[ $bin == /* ]] || bin=$root/$bin
-workdir=$(mktemp -d "${TMPDIR:-/tmp}/starling-demo.XXXXXX")
+# The key is for this run only; the logs stay for a look afterwards.
+keydir=$(mktemp -d "${TMPDIR:-/tmp}/starling-demo-key.XXXXXX")
+logs=${STARLING_DEMO_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/starling-demo-logs.XXXXXX")}
+mkdir -p "$logs"
 pids=()
 
-# Stops every program this script started (SIGTERM, their clean exit; SIGKILL after 5 s)
-# and removes the run's temp dir.
+# Stops every program this script started (SIGTERM, their clean exit; SIGKILL after 10 s),
+# removes the run's key and says where the logs are.
 # shellcheck disable=SC2317  # called by the EXIT trap, which shellcheck does not follow
 cleanup() {
     trap - EXIT INT TERM
@@ -35,7 +37,7 @@ cleanup() {
         echo
         echo "Stopping the demo..."
         kill -TERM "${pids[@]}" 2>/dev/null || true
-        for ((tick = 0; tick < 50; tick++)); do
+        for ((tick = 0; tick < 100; tick++)); do
             running=0
             for pid in "${pids[@]}"; do
                 if kill -0 "$pid" 2>/dev/null; then
@@ -48,7 +50,8 @@ cleanup() {
         kill -KILL "${pids[@]}" 2>/dev/null || true
         wait 2>/dev/null || true
     fi
-    rm -rf -- "$workdir"
+    rm -rf -- "$keydir"
+    echo "demo: the programs' logs are kept in $logs"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -78,22 +81,25 @@ first_line() {
 }
 
 echo "Building the release programs (the first build takes a few minutes)..."
-(cd "$root" && cargo build --release --quiet -p starling-broadcaster -p starling-viewer)
+# Not quiet: cargo's own progress shows what the minutes go to.
+(cd "$root" && cargo build --release -p starling-broadcaster -p starling-viewer)
+echo "Logs of this run: $logs"
 
-"$bin/starling-broadcaster" --key "$workdir/broadcaster.key" --http "$BROADCASTER_HTTP" \
-    >"$workdir/broadcaster.out" 2>"$workdir/broadcaster.log" </dev/null &
+# Port 0 everywhere: each server takes a free port and says which.
+"$bin/starling-broadcaster" --key "$keydir/broadcaster.key" --http 127.0.0.1:0 \
+    >"$logs/broadcaster.out" 2>"$logs/broadcaster.log" </dev/null &
 pid=$!
 pids+=("$pid")
-ticket=$(first_line "$workdir/broadcaster.out" "$pid" broadcaster "$workdir/broadcaster.log")
+ticket=$(first_line "$logs/broadcaster.out" "$pid" broadcaster "$logs/broadcaster.log")
+dashboard=$(grep -o 'dashboard=http://[^ ]*' "$logs/broadcaster.log" | head -n 1 | cut -d= -f2 || true)
 
 urls=()
 for ((i = 0; i < viewers; i++)); do
-    port=$((FIRST_HTTP_PORT + i))
-    "$bin/starling-viewer" "$ticket" --http "127.0.0.1:$port" \
-        >"$workdir/viewer$i.out" 2>"$workdir/viewer$i.log" </dev/null &
+    "$bin/starling-viewer" "$ticket" --http 127.0.0.1:0 \
+        >"$logs/viewer$i.out" 2>"$logs/viewer$i.log" </dev/null &
     pid=$!
     pids+=("$pid")
-    urls+=("$(first_line "$workdir/viewer$i.out" "$pid" "viewer $((i + 1))" "$workdir/viewer$i.log")")
+    urls+=("$(first_line "$logs/viewer$i.out" "$pid" "viewer $((i + 1))" "$logs/viewer$i.log")")
 done
 
 cat <<EOF
@@ -102,7 +108,7 @@ Starling demo: 1 broadcaster (built-in clip), $viewers viewer(s) on this machine
 
 Ticket (another machine joins with: starling-viewer <ticket>):
   $ticket
-Broadcaster stats: http://$BROADCASTER_HTTP/stats
+Broadcaster dashboard: ${dashboard:-(its address is in $logs/broadcaster.log)}
 EOF
 for ((i = 0; i < viewers; i++)); do
     url=${urls[$i]}
@@ -116,12 +122,12 @@ EOF
 done
 cat <<EOF
 
-The first segments take a few seconds to appear. Logs: $workdir/*.log
+Logs: $logs/*.log (kept after the demo)
 Press Ctrl-C to stop the demo.
 EOF
 
 # Returns when the broadcaster exits (it loops the clip forever) or on Ctrl-C.
 wait "${pids[0]}" || true
 echo "demo: the broadcaster exited; its log ends with:" >&2
-tail -n 20 "$workdir/broadcaster.log" >&2
+tail -n 20 "$logs/broadcaster.log" >&2
 exit 1

@@ -3,8 +3,10 @@
 //! Kept here so the two binaries stay a page of flag parsing each, and so
 //! there is one way to do each of these things.
 
-use std::io::IsTerminal;
+use crate::rate::Rate;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Runs a program's async body on a fresh runtime and exits with its result.
 ///
@@ -36,17 +38,38 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A stop signal, as [`stop_signal`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Ctrl-C (SIGINT).
+    Interrupt,
+    /// SIGTERM, as service managers send.
+    Terminate,
+    /// SIGHUP, listened for only when asked (else it ends the process as usual).
+    Hangup,
+}
+
 /// A future that resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 ///
 /// The handlers are installed by this call, not on first poll, so a signal that
 /// arrives before the program starts waiting is still a clean stop. Call it
 /// inside the runtime, before anything is printed.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signal = stop_signal(false);
+    async move {
+        signal.await;
+    }
+}
+
+/// A future that resolves with the first stop signal: Ctrl-C, SIGTERM, and SIGHUP if
+/// `hangup`. Installed at once, as for [`shutdown_signal`].
+pub fn stop_signal(hangup: bool) -> impl std::future::Future<Output = StopSignal> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let interrupt = signal(SignalKind::interrupt()).ok();
         let terminate = signal(SignalKind::terminate()).ok();
+        let hangup = hangup.then(|| signal(SignalKind::hangup()).ok()).flatten();
         async move {
             let wait = |s: Option<tokio::signal::unix::Signal>| async move {
                 match s {
@@ -57,15 +80,18 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 }
             };
             tokio::select! {
-                _ = wait(interrupt) => {}
-                _ = wait(terminate) => {}
+                _ = wait(interrupt) => StopSignal::Interrupt,
+                _ = wait(terminate) => StopSignal::Terminate,
+                _ = wait(hangup) => StopSignal::Hangup,
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = hangup;
         async {
             let _ = tokio::signal::ctrl_c().await;
+            StopSignal::Interrupt
         }
     }
 }
@@ -92,6 +118,87 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// How often a status is logged when stderr is not a terminal.
+pub const STATUS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A program's one-line status: redrawn in place on a terminal, else logged every
+/// [`STATUS_LOG_EVERY`]. Both programs show theirs through it.
+#[derive(Debug)]
+pub struct StatusLine {
+    /// Redraw in place on stderr rather than log.
+    terminal: bool,
+    /// When the status was last logged (not a terminal).
+    last_log: Option<Instant>,
+    /// A line is on the terminal, to be erased before other output.
+    drawn: bool,
+}
+
+impl StatusLine {
+    /// A status line, drawn on a terminal if `terminal`.
+    pub fn new(terminal: bool) -> StatusLine {
+        StatusLine {
+            terminal,
+            last_log: None,
+            drawn: false,
+        }
+    }
+
+    /// Shows `line` at `now`: redrawn on a terminal, else logged if due.
+    pub fn show(&mut self, line: &str, now: Instant) {
+        if self.terminal {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self.log_due(now) {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Erases the drawn line, if any, so the next output starts on a clean line.
+    pub fn clear(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+
+    /// Whether a log line is due at `now` (the first is at once); if so, starts the next wait.
+    fn log_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= STATUS_LOG_EVERY);
+        if due {
+            self.last_log = Some(now);
+        }
+        due
+    }
+}
+
+/// The rate of a growing byte total between two readings, for status lines.
+#[derive(Debug, Clone, Copy)]
+pub struct RateMeter {
+    /// The previous reading and when it was taken.
+    last: (Instant, u64),
+}
+
+impl RateMeter {
+    /// A meter starting from 0 bytes at `now`.
+    pub fn new(now: Instant) -> RateMeter {
+        RateMeter { last: (now, 0) }
+    }
+
+    /// The rate from the previous reading to `total` bytes at `now`.
+    pub fn update(&mut self, total: u64, now: Instant) -> Rate {
+        let (t0, b0) = self.last;
+        let secs = now.saturating_duration_since(t0).as_secs_f64().max(0.001);
+        self.last = (now, total);
+        Rate((total.saturating_sub(b0) as f64 * 8.0 / secs) as u64)
+    }
+}
+
 /// Bytes as a human-readable size.
 pub fn human_bytes(n: u64) -> String {
     let v = n as f64;
@@ -103,5 +210,32 @@ pub fn human_bytes(n: u64) -> String {
         format!("{:.0} kB", v / 1e3)
     } else {
         format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_log_is_due_at_once_then_every_ten_seconds() {
+        let t0 = Instant::now();
+        let mut status = StatusLine::new(false);
+        assert!(status.log_due(t0));
+        assert!(!status.log_due(t0 + Duration::from_secs(9)));
+        assert!(status.log_due(t0 + STATUS_LOG_EVERY));
+        assert!(!status.log_due(t0 + STATUS_LOG_EVERY + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn rate_meter_measures_between_readings() {
+        let t0 = Instant::now();
+        let mut meter = RateMeter::new(t0);
+        // 500 kB in 2 s is 2 Mbit/s; then nothing in the next second.
+        assert_eq!(
+            meter.update(500_000, t0 + Duration::from_secs(2)),
+            Rate(2_000_000)
+        );
+        assert_eq!(meter.update(500_000, t0 + Duration::from_secs(3)), Rate(0));
     }
 }

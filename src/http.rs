@@ -1,4 +1,5 @@
-//! The local HTTP server: `/live.m3u8`, `/seg/<n>.ts`, `/stats`, for players on this machine.
+//! The local HTTP server: `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, for players on
+//! this machine and for monitoring.
 //!
 //! A thin hyper 1 driver around a pure request → response mapping: the node decides what exists
 //! (through [`Catalog`]); this module only maps requests to it, with bounded connections and
@@ -25,12 +26,19 @@ use tokio::task::JoinSet;
 
 /// What the HTTP server serves; implemented by the viewer's and broadcaster's nodes.
 pub trait Catalog: Send + Sync + 'static {
+    /// The page at `/` (the viewer's [`VIEWER_INDEX_HTML`], the broadcaster's dashboard).
+    fn index_html(&self) -> &'static str;
     /// The current live playlist, or `None` (404) when nothing is playable.
     fn playlist(&self) -> Option<String>;
     /// The bytes of segment `number`, or `None` (404).
     fn segment(&self, number: u64) -> Option<Bytes>;
     /// The `/stats` body (a JSON object).
     fn stats_json(&self) -> String;
+    /// The `/metrics` body in the Prometheus text format ([`crate::metrics::CONTENT_TYPE`]),
+    /// or `None` (500) if it could not be written.
+    fn metrics_text(&self) -> Option<String>;
+    /// The `/history` body (JSON, for the broadcaster's dashboard), or `None` (404).
+    fn history_json(&self) -> Option<String>;
 }
 
 /// Most connections served at once; later ones wait in the kernel's listen backlog.
@@ -86,7 +94,7 @@ impl Server {
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
 /// HTTP/1.1 with keep-alive. Routes: `/` (a short HTML page), `/live.m3u8`, `/seg/<n>.ts`,
-/// `/stats`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
+/// `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
 /// other paths. Every response carries `Access-Control-Allow-Origin: *` so browser players
 /// (hls.js) on any origin can use it.
 ///
@@ -222,6 +230,10 @@ enum Resource {
     Segment(u64),
     /// `/stats`.
     Stats,
+    /// `/metrics`.
+    Metrics,
+    /// `/history`.
+    History,
 }
 
 impl Resource {
@@ -230,6 +242,8 @@ impl Resource {
             "/" => Some(Self::Index),
             "/live.m3u8" => Some(Self::Playlist),
             "/stats" => Some(Self::Stats),
+            "/metrics" => Some(Self::Metrics),
+            "/history" => Some(Self::History),
             _ => {
                 let digits = path.strip_prefix("/seg/")?.strip_suffix(".ts")?;
                 // `u64::from_str` would also take a leading `+`; only plain digits name a segment.
@@ -242,16 +256,18 @@ impl Resource {
     }
 }
 
-const INDEX_HTML: &str = "<!doctype html>
+/// The viewer's page at `/`: where the playlist is and how to play it.
+pub const VIEWER_INDEX_HTML: &str = "<!doctype html>
 <html lang=\"en\">
 <head><meta charset=\"utf-8\"><title>Starling</title></head>
 <body>
 <h1>Starling</h1>
-<p>This port serves a live stream received over Starling's peer-to-peer mesh, as HLS.</p>
+<p>This viewer serves a live stream received over Starling's peer-to-peer mesh, as HLS.</p>
 <p>Playlist: <a href=\"live.m3u8\">live.m3u8</a> &mdash; open it in a player, for example
 <code>vlc &lt;url&gt;</code> or <code>ffplay &lt;url&gt;</code> with the link's address
 (browsers other than Safari need hls.js to play it).</p>
-<p>Node statistics: <a href=\"stats\">stats</a>.</p>
+<p>Node statistics: <a href=\"stats\">stats</a> (JSON), <a href=\"metrics\">metrics</a>
+(Prometheus).</p>
 </body>
 </html>
 ";
@@ -293,30 +309,43 @@ fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<
         return response;
     }
 
-    let found = match resource {
-        Resource::Index => Some((
-            Bytes::from_static(INDEX_HTML.as_bytes()),
+    // `Err` is a status other than 200 or 404, with its short text.
+    let found: Result<Option<(Bytes, &'static str, &'static str)>, _> = match resource {
+        Resource::Index => Ok(Some((
+            Bytes::from_static(catalog.index_html().as_bytes()),
             "text/html; charset=utf-8",
             "no-cache",
-        )),
-        Resource::Playlist => catalog.playlist().map(|m3u8| {
+        ))),
+        Resource::Playlist => Ok(catalog.playlist().map(|m3u8| {
             (
                 Bytes::from(m3u8),
                 "application/vnd.apple.mpegurl",
                 "no-cache",
             )
-        }),
-        Resource::Segment(number) => catalog
+        })),
+        Resource::Segment(number) => Ok(catalog
             .segment(number)
-            .map(|bytes| (bytes, "video/mp2t", SEGMENT_CACHE_CONTROL)),
-        Resource::Stats => Some((
+            .map(|bytes| (bytes, "video/mp2t", SEGMENT_CACHE_CONTROL))),
+        Resource::Stats => Ok(Some((
             Bytes::from(catalog.stats_json()),
             "application/json",
             "no-cache",
-        )),
+        ))),
+        Resource::History => Ok(catalog
+            .history_json()
+            .map(|json| (Bytes::from(json), "application/json", "no-cache"))),
+        Resource::Metrics => match catalog.metrics_text() {
+            Some(text) => Ok(Some((
+                Bytes::from(text),
+                crate::metrics::CONTENT_TYPE,
+                "no-cache",
+            ))),
+            None => Err((StatusCode::INTERNAL_SERVER_ERROR, "cannot write metrics\n")),
+        },
     };
     let mut response = match found {
-        Some((body, content_type, cache_control)) => {
+        Err((status, why)) => text(status, why),
+        Ok(Some((body, content_type, cache_control))) => {
             let mut response = with_body(StatusCode::OK, body);
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -326,7 +355,7 @@ fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<
             );
             response
         }
-        None => text(StatusCode::NOT_FOUND, "not found\n"),
+        Ok(None) => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if head {
         // Same headers, Content-Length included, without the body.
@@ -371,6 +400,8 @@ mod tests {
         assert_eq!(Resource::from_path("/"), Some(Resource::Index));
         assert_eq!(Resource::from_path("/live.m3u8"), Some(Resource::Playlist));
         assert_eq!(Resource::from_path("/stats"), Some(Resource::Stats));
+        assert_eq!(Resource::from_path("/metrics"), Some(Resource::Metrics));
+        assert_eq!(Resource::from_path("/history"), Some(Resource::History));
         assert_eq!(Resource::from_path("/seg/0.ts"), Some(Resource::Segment(0)));
         assert_eq!(
             Resource::from_path("/seg/18446744073709551615.ts"),
@@ -407,6 +438,15 @@ mod tests {
         fn stats_json(&self) -> String {
             "{}".to_owned()
         }
+        fn metrics_text(&self) -> Option<String> {
+            None
+        }
+        fn index_html(&self) -> &'static str {
+            VIEWER_INDEX_HTML
+        }
+        fn history_json(&self) -> Option<String> {
+            None
+        }
     }
 
     #[test]
@@ -428,6 +468,11 @@ mod tests {
         assert_eq!(status(Method::GET, "/seg/4.ts"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/live.m3u8"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/stats"), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/history"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(Method::GET, "/metrics"),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
         assert_eq!(
             status(Method::POST, "/stats"),
             StatusCode::METHOD_NOT_ALLOWED

@@ -21,12 +21,12 @@
 //!   it moves bytes and asks [`node`] and [`mesh`] what to do. [`wire`] frames its messages.
 //! - [`store`] — the verified segments a node holds; only verified bytes enter it.
 //! - [`playlist`] — the playout window as an HLS media playlist.
-//! - [`http`] — the local hyper server: playlist, segments, stats.
+//! - [`http`] — the local hyper server: playlist, segments, stats, [`metrics`].
 //!
 //! Pure (no sockets, no clock reads; time and randomness are arguments): `ts`, `stream`,
 //! `wire`, `mesh`, `node`, `playlist`, [`rate`] (the token bucket), [`token`] (join tokens
 //! for private streams), [`quantile`] (the one percentile convention). I/O: `source`, `net`,
-//! [`tls`] (QUIC/TLS authenticating peers by ed25519 key), `store`, `http`, and [`clock`]
+//! [`tls`] (QUIC/TLS authenticating peers by ed25519 key), `store`, `http`, `metrics`, and [`clock`]
 //! (the one place that reads the clocks: tokio's, so paused tests pause it, and the wall clock).
 //!
 //! The programs are thin binaries around [`broadcaster`] (source → signed segments →
@@ -39,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod http;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod playlist;

@@ -55,6 +55,20 @@ impl Input {
     }
 }
 
+impl Input {
+    /// The input to read when re-encoding is asked for (`--encode`): files, devices and URLs
+    /// go through ffmpeg, a `.ts` file included; stdin and the demo cannot.
+    pub fn encoded(self) -> Result<Input, SourceError> {
+        match self {
+            Input::Ffmpeg(arg) => Ok(Input::Ffmpeg(arg)),
+            Input::TsFile(path) => Ok(Input::Ffmpeg(path.to_string_lossy().into_owned())),
+            Input::Stdin | Input::Demo => Err(SourceError::CannotEncode {
+                input: self.to_string(),
+            }),
+        }
+    }
+}
+
 impl fmt::Display for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -64,6 +78,33 @@ impl fmt::Display for Input {
             Input::Demo => f.write_str("built-in demo"),
         }
     }
+}
+
+/// Re-encoding asked for by the user (`--encode`, `--video-bitrate`, `--size`): H.264 with
+/// a keyframe every segment duration, whatever the input's codec and keyframe spacing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Encode {
+    /// Target video bitrate; None: x264's default quality.
+    pub video_bitrate: Option<crate::rate::Rate>,
+    /// Output width and height in pixels; None: the input's.
+    pub size: Option<(u32, u32)>,
+}
+
+/// Parses a video size `WIDTHxHEIGHT` such as `1280x720`: even numbers (4:2:0 video needs
+/// them) from 16 to 7680.
+pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not a size like 1280x720");
+    let (w, h) = text.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let w: u32 = w.parse().map_err(|_| bad())?;
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    for v in [w, h] {
+        if !(16..=7680).contains(&v) || v % 2 != 0 {
+            return Err(format!(
+                "{text:?}: width and height must be even numbers from 16 to 7680"
+            ));
+        }
+    }
+    Ok((w, h))
 }
 
 /// What [`run`] needs to know.
@@ -76,6 +117,8 @@ pub struct SourceConfig {
     /// The ffmpeg program to run for [`Input::Ffmpeg`]; `ffprobe` is looked up beside it.
     /// A field so tests (and unusual installs) can point elsewhere.
     pub ffmpeg: PathBuf,
+    /// Re-encode ffmpeg inputs even when their codecs could be copied.
+    pub encode: Option<Encode>,
 }
 
 impl SourceConfig {
@@ -85,6 +128,7 @@ impl SourceConfig {
             input,
             segment_duration,
             ffmpeg: PathBuf::from("ffmpeg"),
+            encode: None,
         }
     }
 }
@@ -118,6 +162,12 @@ pub enum SourceError {
         segments: u64,
         /// ffmpeg's last line on stderr, or a note that it printed none.
         message: String,
+    },
+    /// Re-encoding was asked for an input that does not go through ffmpeg.
+    #[error("--encode re-encodes files, devices and URLs through ffmpeg, not {input}: encode it where it is made")]
+    CannotEncode {
+        /// The input as the user named it.
+        input: String,
     },
     /// Reading the input (or starting the program that reads it) failed.
     #[error("cannot {action} {input}: {source}")]
@@ -170,10 +220,19 @@ pub async fn run(config: SourceConfig, segments: Sender<CutSegment>) -> Result<(
 }
 
 /// Checks what can be known before broadcasting starts, so a mistyped path fails before a
-/// key, a port or a ticket exists: a `.ts` file must open. Other inputs are checked by
-/// reading them (ffmpeg says what is wrong with a file or URL it cannot open).
+/// key, a port or a ticket exists: a `.ts` file, or a plain file path for ffmpeg, must open.
+/// Other inputs are checked by reading them (ffmpeg says what is wrong with a URL or device
+/// it cannot open).
 pub fn check_input(input: &Input) -> Result<(), SourceError> {
-    if let Input::TsFile(path) = input {
+    let path = match input {
+        Input::TsFile(path) => Some(path.as_path()),
+        // A colon may name an ffmpeg protocol (`concat:a|b`), which is no path to check.
+        Input::Ffmpeg(arg) if classify(arg) == Origin::File && !arg.contains(':') => {
+            Some(Path::new(arg))
+        }
+        _ => None,
+    };
+    if let Some(path) = path {
         std::fs::File::open(path).map_err(|source| SourceError::Io {
             action: "open",
             input: input.to_string(),
@@ -256,11 +315,17 @@ struct Cutter {
     released: u64,
     /// The input's name, for errors.
     input: String,
+    /// The segment duration asked for.
+    target: Duration,
+    /// A segment came out much longer than the target, and the user was told.
+    warned_long: bool,
 }
 
 impl Cutter {
     fn new(target: Duration, segments: Sender<CutSegment>, input: String) -> Self {
         Cutter {
+            target,
+            warned_long: false,
             segmenter: Segmenter::new(target),
             pacer: None,
             segments,
@@ -310,6 +375,18 @@ impl Cutter {
 
     /// Waits for the segment's release time, then sends it.
     async fn release(&mut self, segment: CutSegment) -> Flow {
+        if !self.warned_long && too_long(segment.duration, self.target) {
+            self.warned_long = true;
+            tracing::warn!(
+                "segments of {} come out {:.1} s long against the {:.1} s asked for: its \
+                 keyframes are further apart, so players start later and lag more. \
+                 Re-encode with --encode, or give the source a keyframe every {:.1} s",
+                self.input,
+                segment.duration.as_secs_f64(),
+                self.target.as_secs_f64(),
+                self.target.as_secs_f64(),
+            );
+        }
         let pacer = self.pacer.get_or_insert_with(|| Pacer::new(Instant::now()));
         tokio::time::sleep_until(pacer.release_at(segment.duration)).await;
         match self.segments.send(segment).await {
@@ -338,6 +415,12 @@ impl Cutter {
             input: self.input.clone(),
         }
     }
+}
+
+/// Whether a segment of `duration` is much longer than the `target`: a quarter over it
+/// is more than frame rounding can explain.
+fn too_long(duration: Duration, target: Duration) -> bool {
+    duration > target.saturating_add(target / 4)
 }
 
 /// Loops the embedded clip forever, shifting each pass's timestamps by the clip's length so
@@ -481,6 +564,7 @@ fn ffmpeg_args(
     origin: Origin,
     probe: Option<&Probe>,
     segment_duration: Duration,
+    encode: Option<&Encode>,
 ) -> Vec<String> {
     let mut args: Vec<String> = ["-hide_banner", "-loglevel", "error", "-nostdin"]
         .map(String::from)
@@ -495,7 +579,8 @@ fn ffmpeg_args(
     // The first video and audio stream only: subtitles or data tracks would upset the muxer.
     args.extend(["-map", "0:v:0?", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
 
-    let copy_video = probe.is_some_and(|p| p.video_codec.as_deref() == Some("h264"));
+    let copy_video =
+        encode.is_none() && probe.is_some_and(|p| p.video_codec.as_deref() == Some("h264"));
     let copy_audio = probe.is_some_and(|p| p.audio_codec.as_deref() == Some("aac"));
     if copy_video {
         args.extend(["-c:v", "copy"].map(String::from));
@@ -525,6 +610,15 @@ fn ffmpeg_args(
             // point that frame rounding put a frame early would be skipped.
             format!("expr:if(isnan(prev_forced_t),1,gte(t,prev_forced_t+{every:.3}))"),
         ]);
+        if let Some(rate) = encode.and_then(|e| e.video_bitrate) {
+            // A one-second buffer keeps each segment near the asked rate.
+            let bits = rate.0.to_string();
+            args.extend(["-b:v".into(), bits.clone(), "-maxrate".into(), bits.clone()]);
+            args.extend(["-bufsize".into(), bits]);
+        }
+        if let Some((w, h)) = encode.and_then(|e| e.size) {
+            args.extend(["-vf".into(), format!("scale={w}:{h}")]);
+        }
     }
     if copy_audio {
         args.extend(["-c:a", "copy"].map(String::from));
@@ -587,7 +681,13 @@ async fn run_ffmpeg(
         Origin::File | Origin::Url => probe(&ffprobe_for(&config.ffmpeg), arg).await,
         Origin::Camera | Origin::Device | Origin::Listener { .. } => None,
     };
-    let args = ffmpeg_args(arg, origin, probed.as_ref(), config.segment_duration);
+    let args = ffmpeg_args(
+        arg,
+        origin,
+        probed.as_ref(),
+        config.segment_duration,
+        config.encode.as_ref(),
+    );
     tracing::debug!(program = %config.ffmpeg.display(), ?args, "starting ffmpeg");
     if let Origin::Listener { .. } = origin {
         tracing::info!("waiting for a stream at {arg}");
@@ -750,6 +850,25 @@ mod tests {
     }
 
     #[test]
+    fn check_input_opens_the_paths_it_can() {
+        let missing = |arg: &str| check_input(&Input::from_arg(Some(arg)));
+        assert!(matches!(
+            missing("/nonexistent/movie.mp4"),
+            Err(SourceError::Io { action: "open", .. })
+        ));
+        assert!(missing("/nonexistent/clip.ts").is_err());
+        // URLs, devices and ffmpeg protocols are left to ffmpeg.
+        for left in [
+            "srt://0.0.0.0:9000?mode=listener",
+            "/dev/video9",
+            "concat:/nonexistent/a.mp4|b.mp4",
+        ] {
+            assert!(missing(left).is_ok(), "{left}");
+        }
+        assert!(check_input(&Input::Demo).is_ok());
+    }
+
+    #[test]
     fn classify_origins() {
         assert_eq!(classify("movie.mkv"), Origin::File);
         assert_eq!(classify("/dev/video2"), Origin::Camera);
@@ -799,7 +918,13 @@ mod tests {
             audio_codec: Some("aac".into()),
             fps: Some(25.0),
         };
-        let args = ffmpeg_args("a.mp4", Origin::File, Some(&probe), Duration::from_secs(1));
+        let args = ffmpeg_args(
+            "a.mp4",
+            Origin::File,
+            Some(&probe),
+            Duration::from_secs(1),
+            None,
+        );
         assert!(args.contains(&"-re".to_string()));
         assert!(has_pair(&args, "-c:v", "copy"));
         assert!(has_pair(&args, "-c:a", "copy"));
@@ -820,6 +945,7 @@ mod tests {
             Origin::File,
             Some(&probe),
             Duration::from_millis(500),
+            None,
         );
         assert!(has_pair(&args, "-c:v", "libx264"));
         assert!(has_pair(&args, "-tune", "zerolatency"));
@@ -834,7 +960,13 @@ mod tests {
 
     #[test]
     fn ffmpeg_live_inputs_are_not_slowed_and_use_their_demuxer() {
-        let cam = ffmpeg_args("/dev/video0", Origin::Camera, None, Duration::from_secs(1));
+        let cam = ffmpeg_args(
+            "/dev/video0",
+            Origin::Camera,
+            None,
+            Duration::from_secs(1),
+            None,
+        );
         assert!(!cam.contains(&"-re".to_string()));
         assert!(has_pair(&cam, "-f", "v4l2"));
         assert!(has_pair(&cam, "-g", "50"));
@@ -845,9 +977,86 @@ mod tests {
             Origin::Listener { rtmp: true },
             None,
             Duration::from_secs(1),
+            None,
         );
         assert!(has_pair(&obs, "-listen", "1"));
         assert!(!obs.contains(&"-re".to_string()));
+    }
+
+    #[test]
+    fn encode_transcodes_even_h264_at_the_asked_rate_and_size() {
+        let probe = Probe {
+            video_codec: Some("h264".into()),
+            audio_codec: Some("aac".into()),
+            fps: Some(25.0),
+        };
+        let encode = Encode {
+            video_bitrate: Some(crate::rate::Rate(1_500_000)),
+            size: Some((640, 360)),
+        };
+        let args = ffmpeg_args(
+            "a.mp4",
+            Origin::File,
+            Some(&probe),
+            Duration::from_secs(2),
+            Some(&encode),
+        );
+        assert!(has_pair(&args, "-c:v", "libx264"));
+        assert!(has_pair(&args, "-b:v", "1500000"));
+        assert!(has_pair(&args, "-maxrate", "1500000"));
+        assert!(has_pair(&args, "-vf", "scale=640:360"));
+        assert!(has_pair(
+            &args,
+            "-force_key_frames",
+            "expr:if(isnan(prev_forced_t),1,gte(t,prev_forced_t+2.000))"
+        ));
+        // Audio that can be copied still is.
+        assert!(has_pair(&args, "-c:a", "copy"));
+        let plain = ffmpeg_args(
+            "a.mp4",
+            Origin::File,
+            Some(&probe),
+            Duration::from_secs(2),
+            Some(&Encode::default()),
+        );
+        assert!(has_pair(&plain, "-c:v", "libx264"));
+        assert!(!plain.contains(&"-b:v".to_string()));
+        assert!(!plain.contains(&"-vf".to_string()));
+    }
+
+    #[test]
+    fn only_inputs_through_ffmpeg_can_be_encoded() {
+        assert_eq!(
+            Input::TsFile("/x/a.ts".into()).encoded().unwrap(),
+            Input::Ffmpeg("/x/a.ts".into())
+        );
+        assert_eq!(
+            Input::Ffmpeg("srt://h:1".into()).encoded().unwrap(),
+            Input::Ffmpeg("srt://h:1".into())
+        );
+        for input in [Input::Stdin, Input::Demo] {
+            assert!(matches!(
+                input.encoded(),
+                Err(SourceError::CannotEncode { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn sizes_are_even_width_by_height() {
+        assert_eq!(parse_size("1280x720"), Ok((1280, 720)));
+        assert_eq!(parse_size("640X360"), Ok((640, 360)));
+        for bad in ["1280", "x720", "1281x720", "8x8", "99999x2", "axb", ""] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_segment_a_quarter_over_the_target_is_too_long() {
+        let target = Duration::from_secs(2);
+        assert!(!too_long(Duration::from_millis(2040), target));
+        assert!(!too_long(Duration::from_millis(2500), target));
+        assert!(too_long(Duration::from_millis(3333), target));
     }
 
     #[test]

@@ -60,6 +60,21 @@ impl Catalog for FakeCatalog {
     fn stats_json(&self) -> String {
         format!("{{\"segments\":{}}}", self.segments.lock().unwrap().len())
     }
+
+    fn metrics_text(&self) -> Option<String> {
+        Some(format!(
+            "segments {}\n",
+            self.segments.lock().unwrap().len()
+        ))
+    }
+
+    fn index_html(&self) -> &'static str {
+        starling::http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Distinct bytes per segment, larger than one read buffer.
@@ -390,6 +405,18 @@ impl Catalog for RecordedCatalog {
 
     fn stats_json(&self) -> String {
         "{}".to_owned()
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        None
+    }
+
+    fn index_html(&self) -> &'static str {
+        starling::http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        None
     }
 }
 

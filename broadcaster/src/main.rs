@@ -3,9 +3,10 @@
 //! for a private stream instead.
 
 use clap::{Parser, Subcommand};
-use starling::broadcaster::{self, BroadcasterConfig};
+use starling::broadcaster::{self, BroadcasterConfig, Stop};
+use starling::cli::StopSignal;
 use starling::rate::Rate;
-use starling::source::Input;
+use starling::source::{Encode, Input};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,9 @@ use std::time::Duration;
 /// Broadcast a live stream to a peer-to-peer mesh of viewers.
 ///
 /// Prints a ticket on the first line of stdout; give it to viewers
-/// (`starling-viewer <TICKET>`).
+/// (`starling-viewer <TICKET>`). Ctrl-C or SIGTERM ends the stream: viewers play what they
+/// hold to the end. SIGHUP stops without ending it, so a restart with the same key continues
+/// the stream for the viewers still waiting.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -40,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
-    /// Address for the /stats HTTP server.
+    /// Address for the HTTP server: the dashboard at /, /stats, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8079")]
     http: SocketAddr,
 
@@ -49,7 +52,7 @@ struct Args {
     ticket_file: Option<PathBuf>,
 
     /// Cap on total upload in bits/s, with optional k/M/G suffix (e.g. 8M)
-    /// [default: 4x the stream's measured bitrate]
+    /// [default: 4x the stream's measured bitrate, at least 1M; 4M until the first segment]
     #[arg(long, value_name = "RATE")]
     max_upload: Option<Rate>,
 
@@ -57,6 +60,22 @@ struct Args {
     /// The ticket stays the same and is not a secret; the tokens are.
     #[arg(long)]
     private: bool,
+
+    /// Re-encode the input to H.264 with a keyframe every segment duration, for inputs
+    /// whose keyframes are too far apart (segments come out longer than asked) or that
+    /// need a lower bitrate or size. Files, devices and URLs only (not stdin or the demo).
+    #[arg(long)]
+    encode: bool,
+
+    /// Video bitrate when re-encoding, bits/s with optional k/M/G suffix (e.g. 2500k);
+    /// implies --encode [default: x264's own quality-based choice]
+    #[arg(long, value_name = "RATE")]
+    video_bitrate: Option<Rate>,
+
+    /// Video size when re-encoding, WIDTHxHEIGHT with even numbers (e.g. 1280x720);
+    /// implies --encode [default: the input's size]
+    #[arg(long, value_name = "WxH", value_parser = starling::source::parse_size)]
+    size: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,8 +118,15 @@ fn main() {
 }
 
 async fn run() -> bool {
-    // First: a stop signal from now on ends the program cleanly.
-    let stop = starling::cli::shutdown_signal();
+    // First: a stop signal from now on ends the program cleanly. SIGHUP stops it without
+    // ending the stream, for a restart.
+    let signal = starling::cli::stop_signal(true);
+    let stop = async move {
+        match signal.await {
+            StopSignal::Hangup => Stop::KeepStream,
+            StopSignal::Interrupt | StopSignal::Terminate => Stop::EndStream,
+        }
+    };
     let args = Args::parse();
     starling::cli::init_logging();
     if let Some(Command::Token(t)) = args.command {
@@ -115,6 +141,13 @@ async fn run() -> bool {
         ticket_file: args.ticket_file,
         max_upload: args.max_upload,
         private: args.private,
+        status_line: starling::cli::stderr_is_terminal(),
+        encode: (args.encode || args.video_bitrate.is_some() || args.size.is_some()).then_some(
+            Encode {
+                video_bitrate: args.video_bitrate,
+                size: args.size,
+            },
+        ),
     };
     let print_ticket = |ticket: &starling::stream::Ticket| {
         let mut out = std::io::stdout().lock();

@@ -1,14 +1,17 @@
 //! The viewer program's body: join the mesh from a ticket, serve local HLS, show status.
 //!
-//! [`run`] drives the node and the HTTP server; the `/stats` arithmetic is in `stats` and
-//! the status line in `status`, both pure but for the status line's output.
+//! [`run`] drives the node and the HTTP server; the `/stats` arithmetic is in `stats`, the
+//! status line in `status`, and how it finishes an ended stream in `ending`, all pure but for
+//! the status line's output.
 
+mod ending;
 mod stats;
 mod status;
 
 use crate::clock;
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
+use crate::metrics::{Metrics, MetricsError};
 use crate::net::{Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
@@ -17,9 +20,10 @@ use crate::stream::Ticket;
 use crate::token::{Admission, JoinToken, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
-use status::StatusLine;
+use status::ViewerStatus;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +51,8 @@ pub struct ViewerConfig {
     pub window: usize,
     /// Redraw a status line on stderr (a terminal); otherwise log now and then.
     pub status_line: bool,
-    /// How long to keep serving after the stream ended, so the player can finish.
+    /// Once the stream ended: how long at most to wait for the player to fetch the last
+    /// segment (or for the last segments to arrive) before exiting.
     pub linger_after_end: Duration,
 }
 
@@ -74,16 +79,22 @@ pub enum ViewerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `/metrics` figures could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
-/// Runs a viewer until the stream has ended (and the linger passed) or `shutdown` resolves.
+/// Runs a viewer until the stream has ended and the player fetched its end (or
+/// `config.linger_after_end` passed), or `shutdown` resolves.
 ///
-/// `on_url` is called once with the playlist URL, as soon as the HTTP server listens.
+/// `on_url` is called once with the playlist URL, once the HTTP server listens and the
+/// broadcaster (or a partner) accepted this viewer; a refused viewer never calls it.
 pub async fn run(
     config: ViewerConfig,
     on_url: impl FnOnce(&str),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ViewerError> {
+    let started = clock::now();
     let stream = config.ticket.stream;
     // A token for another stream or already expired is refused here, before any dialling.
     if let Some(token) = &config.token {
@@ -108,29 +119,35 @@ pub async fn run(
     })
     .await?;
 
+    let metrics = Arc::new(Metrics::viewer()?);
     let catalog = Arc::new(ViewerCatalog {
         node: node.view(),
         playlist: PlaylistConfig {
             delay: config.delay,
             window: config.window,
         },
+        metrics: metrics.clone(),
+        served: AtomicU64::new(0),
     });
-    let http = http::Server::start(config.http, catalog)
+    let http = http::Server::start(config.http, catalog.clone())
         .await
         .map_err(|source| ViewerError::Http {
             addr: config.http,
             source,
         })?;
-    let http_addr = http.addr();
-    on_url(&format!("http://{http_addr}/live.m3u8"));
+    let url = format!("http://{}/live.m3u8", http.addr());
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
+    // The URL is printed once the swarm let this viewer in, so a refused viewer prints none.
+    let mut on_url = Some(on_url);
+    let mut admission_check = tokio::time::interval(Duration::from_millis(100));
 
     tokio::pin!(shutdown);
-    let mut status = StatusLine::new(config.status_line, clock::now());
+    let mut status = ViewerStatus::new(config.status_line, clock::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ended_at: Option<tokio::time::Instant> = None;
+    let mut ending: Option<ending::Ending> = None;
     let mut ever_connected = false;
     let mut wrong_key_ticks = 0u32;
+    let mut arrivals = stats::Arrivals::default();
     let mut outcome = Ok(());
     loop {
         tokio::select! {
@@ -154,16 +171,58 @@ pub async fn run(
                     outcome = Err(ViewerError::Token(refusal));
                     break;
                 }
-                status.show(&stats, clock::now());
-                let ended = store::lock(&node.store()).ended();
-                let complete = ended.is_some_and(|last| stats.newest_segment >= Some(last));
-                if complete && ended_at.is_none() {
-                    status.clear();
-                    tracing::info!("the broadcaster ended the stream");
-                    ended_at = Some(tokio::time::Instant::now());
+                let found = {
+                    let shared = node.store();
+                    let store = store::lock(&shared);
+                    arrivals.since_last(&store, started, clock::now(), stats::wall_clock_ms())
+                };
+                if let Some(join) = found.join {
+                    metrics.observe_join(join);
                 }
-                if ended_at.is_some_and(|t| t.elapsed() >= config.linger_after_end) {
-                    break;
+                for ms in found.latencies_ms {
+                    // Latencies are finite and never negative; MAX only guards the conversion.
+                    let latency = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX);
+                    metrics.observe_delivery(latency);
+                }
+                if ending.is_none() {
+                    ending = store::lock(&node.store())
+                        .ended()
+                        .map(|last| ending::Ending::new(last, clock::now()));
+                }
+                let Some(end) = ending.as_mut() else {
+                    status.show(&stats, clock::now());
+                    continue;
+                };
+                // Past the end the broadcaster leaves: no status line saying it is unreachable.
+                let step = end.step(
+                    clock::now(),
+                    stats.newest_segment,
+                    catalog.served_through(),
+                    config.linger_after_end,
+                );
+                match step {
+                    ending::Step::Wait => {}
+                    ending::Step::Complete => {
+                        status.clear();
+                        tracing::info!(
+                            "the broadcaster ended the stream: the playlist now lists every \
+                             segment through {} and ends there",
+                            end.last()
+                        );
+                    }
+                    ending::Step::Exit(why) => {
+                        status.clear();
+                        tracing::info!("the stream has ended and {why}: exiting");
+                        break;
+                    }
+                }
+            }
+            _ = admission_check.tick(), if on_url.is_some() => {
+                let stats = node.stats();
+                if stats.origin_connected || stats.peers > 0 {
+                    if let Some(announce) = on_url.take() {
+                        announce(&url);
+                    }
                 }
             }
             _ = &mut shutdown => break,
@@ -175,10 +234,21 @@ pub async fn run(
     outcome
 }
 
-/// What the local HTTP server serves: the node's playlist, segments and `/stats`.
+/// What the local HTTP server serves: the node's playlist, segments, `/stats` and `/metrics`.
 struct ViewerCatalog {
     node: NodeView,
     playlist: PlaylistConfig,
+    metrics: Arc<Metrics>,
+    /// One more than the highest segment number served to a player, 0 before any: how far
+    /// the player got, so an ended stream waits for it.
+    served: AtomicU64,
+}
+
+impl ViewerCatalog {
+    /// The highest segment number served to a player, if any.
+    fn served_through(&self) -> Option<u64> {
+        self.served.load(Ordering::Relaxed).checked_sub(1)
+    }
 }
 
 impl Catalog for ViewerCatalog {
@@ -188,7 +258,10 @@ impl Catalog for ViewerCatalog {
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
-        self.node.segment_data(number)
+        let data = self.node.segment_data(number)?;
+        self.served
+            .fetch_max(number.saturating_add(1), Ordering::Relaxed);
+        Some(data)
     }
 
     fn stats_json(&self) -> String {
@@ -199,5 +272,20 @@ impl Catalog for ViewerCatalog {
             stats::recent_latencies_ms(&store, clock::now(), stats::wall_clock_ms())
         };
         stats::json(&n, &mut latencies)
+    }
+
+    fn index_html(&self) -> &'static str {
+        http::VIEWER_INDEX_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        None
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .render(&self.node.stats(), None)
+            .map_err(|e| tracing::warn!(error = %e, "cannot write /metrics"))
+            .ok()
     }
 }

@@ -5,7 +5,8 @@
 use crate::net::NodeStats;
 use crate::quantile::percentile;
 use crate::store::Store;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The `/stats` body: the node's counters plus `role`, `share_from_peers`, `continuity` and
 /// `latency_ms` over `latencies_ms` (the segments held now, in any order).
@@ -67,14 +68,66 @@ pub(super) fn wall_clock_ms() -> f64 {
 pub(super) fn recent_latencies_ms(store: &Store, now: Instant, now_wall_ms: f64) -> Vec<f64> {
     store
         .numbers()
-        .filter_map(|n| {
-            let arrived = store.arrival(n)?;
-            let published = store.get(n)?.header.header.published_unix_ms as f64;
-            let arrived_wall =
-                now_wall_ms - now.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
-            Some((arrived_wall - published).max(0.0))
-        })
+        .filter_map(|n| latency_ms(store, n, now, now_wall_ms))
         .collect()
+}
+
+/// Segment `n`'s latency as [`recent_latencies_ms`] counts it, if held.
+fn latency_ms(store: &Store, n: u64, now: Instant, now_wall_ms: f64) -> Option<f64> {
+    let arrived = store.arrival(n)?;
+    let published = store.get(n)?.header.header.published_unix_ms as f64;
+    let arrived_wall = now_wall_ms - now.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
+    Some((arrived_wall - published).max(0.0))
+}
+
+/// What the viewer's histograms are told about arrivals, each segment once.
+#[derive(Debug, Default)]
+pub(super) struct Arrivals {
+    /// Segments already reported, pruned to the store's window.
+    reported: BTreeSet<u64>,
+    /// The first segment's arrival was reported as the join time.
+    joined: bool,
+}
+
+/// What [`Arrivals::since_last`] found.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct NewArrivals {
+    /// From `started` to the first segment held, the first time one is.
+    pub(super) join: Option<Duration>,
+    /// Each newly held segment's latency, ms, in segment order.
+    pub(super) latencies_ms: Vec<f64>,
+}
+
+impl Arrivals {
+    /// The segments in `store` not reported before, and the join time once; `started` is
+    /// when the viewer started, `now` and `now_wall_ms` one moment on both clocks.
+    pub(super) fn since_last(
+        &mut self,
+        store: &Store,
+        started: Instant,
+        now: Instant,
+        now_wall_ms: f64,
+    ) -> NewArrivals {
+        let mut found = NewArrivals::default();
+        if !self.joined {
+            // The earliest arrival, not the lowest number: a join may fetch out of order.
+            if let Some(first) = store.numbers().filter_map(|n| store.arrival(n)).min() {
+                found.join = Some(first.saturating_duration_since(started));
+                self.joined = true;
+            }
+        }
+        for n in store.numbers() {
+            if self.reported.insert(n) {
+                found
+                    .latencies_ms
+                    .extend(latency_ms(store, n, now, now_wall_ms));
+            }
+        }
+        if let Some(oldest) = store.numbers().next() {
+            self.reported.retain(|&n| n >= oldest);
+        }
+        found
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +209,34 @@ mod tests {
             v["latency_ms"],
             serde_json::json!({"p50": 0.0, "p99": 0.0, "max": 0.0, "segments": 0})
         );
+    }
+
+    #[test]
+    fn arrivals_report_each_segment_once_and_the_join_once() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut store = Store::new(2);
+        let started = Instant::now();
+        let t0 = started + Duration::from_millis(1500);
+        let wall_at_t0 = 20_000.0;
+        let mut arrivals = Arrivals::default();
+        let none = arrivals.since_last(&store, started, t0, wall_at_t0);
+        assert_eq!(none, NewArrivals::default());
+        // Segment 6 arrives first (published 300 ms earlier), then 5 (published 1 s earlier).
+        store.insert_at(seg(&key, 6, 19_700), t0);
+        store.insert_at(seg(&key, 5, 19_000), t0);
+        let found = arrivals.since_last(&store, started, t0, wall_at_t0);
+        assert_eq!(found.join, Some(Duration::from_millis(1500)));
+        assert_eq!(found.latencies_ms, vec![1000.0, 300.0]);
+        // Nothing new: nothing reported, and no second join.
+        let again = arrivals.since_last(&store, started, t0, wall_at_t0);
+        assert_eq!(again, NewArrivals::default());
+        // 7 pushes 5 out of the window; only 7 is new.
+        store.insert_at(seg(&key, 7, 20_000), t0 + Duration::from_millis(400));
+        let later = t0 + Duration::from_secs(1);
+        let found = arrivals.since_last(&store, started, later, wall_at_t0 + 1000.0);
+        assert_eq!(found.join, None);
+        assert_eq!(found.latencies_ms.len(), 1, "{:?}", found.latencies_ms);
+        assert!((found.latencies_ms[0] - 400.0).abs() < 1e-6, "{found:?}");
     }
 
     #[test]

@@ -1,39 +1,28 @@
-//! The viewer's status: one line redrawn on a terminal, or a log line every
-//! [`LOG_EVERY`] otherwise. The text is worked out from the node's counters and the time
-//! given; only [`StatusLine::show`] and [`StatusLine::clear`] write.
+//! The viewer's status line: its text worked out from the node's counters and the time
+//! given; [`crate::cli::StatusLine`] draws or logs it.
 
 use super::stats::share_from_peers;
-use crate::cli::human_bytes;
+use crate::cli::{human_bytes, RateMeter, StatusLine};
 use crate::net::NodeStats;
 use crate::rate::Rate;
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// How often the status is logged when stderr is not a terminal.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// The one-line status on a terminal, or an occasional log line otherwise.
-pub(super) struct StatusLine {
-    /// Redraw in place on stderr rather than log.
-    terminal: bool,
-    /// When the status was last logged (not a terminal).
-    last_log: Option<Instant>,
-    /// Bytes uploaded at the last update, and when, for the upload rate since.
-    last_uploaded: (Instant, u64),
-    /// A line is on the terminal, to be erased before other output.
-    drawn: bool,
+/// The viewer's status, shown on a terminal or logged now and then.
+pub(super) struct ViewerStatus {
+    /// Where the line goes.
+    out: StatusLine,
+    /// Upload rate since the previous update.
+    upload: RateMeter,
     /// The broadcaster was reached once, so losing it now means "unreachable", not "connecting".
     ever_connected: bool,
 }
 
-impl StatusLine {
-    /// A status line starting at `now`, drawn on a terminal if `terminal`.
-    pub(super) fn new(terminal: bool, now: Instant) -> StatusLine {
-        StatusLine {
-            terminal,
-            last_log: None,
-            last_uploaded: (now, 0),
-            drawn: false,
+impl ViewerStatus {
+    /// A status starting at `now`, drawn on a terminal if `terminal`.
+    pub(super) fn new(terminal: bool, now: Instant) -> ViewerStatus {
+        ViewerStatus {
+            out: StatusLine::new(terminal),
+            upload: RateMeter::new(now),
             ever_connected: false,
         }
     }
@@ -41,45 +30,19 @@ impl StatusLine {
     /// Shows the status for `s` at `now`: redrawn on a terminal, else logged if due.
     pub(super) fn show(&mut self, s: &NodeStats, now: Instant) {
         let line = self.update(s, now);
-        if self.terminal {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{line}");
-            let _ = err.flush();
-            self.drawn = true;
-        } else if self.log_due(now) {
-            tracing::info!("{line}");
-        }
+        self.out.show(&line, now);
     }
 
     /// Erases the drawn line, if any, so the next output starts on a clean line.
     pub(super) fn clear(&mut self) {
-        if self.drawn {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
-            self.drawn = false;
-        }
+        self.out.clear();
     }
 
     /// The status text for `s` at `now`, with the upload rate since the previous update.
     fn update(&mut self, s: &NodeStats, now: Instant) -> String {
-        let (t0, up0) = self.last_uploaded;
-        let secs = now.duration_since(t0).as_secs_f64().max(0.001);
-        let up_rate = Rate((s.bytes_uploaded.saturating_sub(up0) as f64 * 8.0 / secs) as u64);
-        self.last_uploaded = (now, s.bytes_uploaded);
+        let up_rate = self.upload.update(s.bytes_uploaded, now);
         self.ever_connected |= s.origin_connected;
         text(s, up_rate, self.ever_connected)
-    }
-
-    /// Whether a log line is due at `now` (the first is at once); if so, starts the next wait.
-    fn log_due(&mut self, now: Instant) -> bool {
-        let due = self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
-        if due {
-            self.last_log = Some(now);
-        }
-        due
     }
 }
 
@@ -105,6 +68,7 @@ fn text(s: &NodeStats, up_rate: Rate, ever_connected: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn connected() -> NodeStats {
         NodeStats {
@@ -145,7 +109,7 @@ mod tests {
     #[test]
     fn update_reports_upload_rate_since_the_last_update() {
         let t0 = Instant::now();
-        let mut status = StatusLine::new(false, t0);
+        let mut status = ViewerStatus::new(false, t0);
         // 500 kB in 2 s is 2 Mbit/s.
         let s = NodeStats {
             bytes_uploaded: 500_000,
@@ -161,7 +125,7 @@ mod tests {
     #[test]
     fn update_remembers_the_broadcaster_was_reached() {
         let t0 = Instant::now();
-        let mut status = StatusLine::new(false, t0);
+        let mut status = ViewerStatus::new(false, t0);
         let mut s = NodeStats {
             origin_connected: false,
             ..connected()
@@ -175,15 +139,5 @@ mod tests {
         assert!(status
             .update(&s, t0)
             .contains("broadcaster unreachable, retrying"));
-    }
-
-    #[test]
-    fn log_is_due_at_once_then_every_ten_seconds() {
-        let t0 = Instant::now();
-        let mut status = StatusLine::new(false, t0);
-        assert!(status.log_due(t0));
-        assert!(!status.log_due(t0 + Duration::from_secs(9)));
-        assert!(status.log_due(t0 + LOG_EVERY));
-        assert!(!status.log_due(t0 + LOG_EVERY + Duration::from_secs(1)));
     }
 }

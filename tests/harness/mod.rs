@@ -337,6 +337,11 @@ impl Proc {
         join(&self.stderr)
     }
 
+    /// Everything kept of the child's stdout (when drained here), one string.
+    pub fn stdout_text(&self) -> String {
+        join(&self.stdout)
+    }
+
     /// The kept stdout and stderr of the child, framed for a failure message.
     pub fn output_tail(&self) -> String {
         format!(
@@ -627,6 +632,12 @@ pub fn stats_at(url: &str) -> serde_json::Value {
 
 /// The broadcaster's `/stats`, at the URL it logs on stderr (soon after the ticket).
 pub fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
+    stats_at(&broadcaster_url(broadcaster, "/stats"))
+}
+
+/// The URL of `path` (such as `/metrics`) on the broadcaster's HTTP server, found from the
+/// `/stats` URL it logs on stderr (soon after the ticket).
+pub fn broadcaster_url(broadcaster: &Broadcaster, path: &str) -> String {
     let find_url = || {
         let log = strip_ansi(&broadcaster.proc.stderr_text());
         log.split(|c: char| c.is_whitespace() || c == '"' || c == '=')
@@ -639,7 +650,11 @@ pub fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
             broadcaster.proc.output_tail()
         )
     });
-    stats_at(&url)
+    format!(
+        "{}/{}",
+        url.trim_end_matches("/stats"),
+        path.trim_start_matches('/')
+    )
 }
 
 /// A count in a stats object: a number, or the length of a list (peers may be listed).

@@ -30,11 +30,13 @@ struct Args {
     )]
     token: Option<String>,
 
-    /// Address for the local HLS server (use port 0 for any free port).
+    /// Address for the local HLS server, also serving /stats and /metrics (port 0: any
+    /// free port; the printed URL shows it).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
 
-    /// UDP address for QUIC.
+    /// UDP address for QUIC; fix the port (and open it) so viewers on other machines can
+    /// reach this one.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
     listen: SocketAddr,
 
@@ -48,7 +50,8 @@ struct Args {
     #[arg(long, conflicts_with = "upload_limit")]
     no_upload: bool,
 
-    /// Segments held back behind the newest: more is steadier, fewer is closer to live.
+    /// Segments held back behind the newest, 1 to 20: more is steadier, fewer is closer to
+    /// live.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     delay: u64,
 }

@@ -1,21 +1,35 @@
 //! The broadcaster program's body: source → segmenter → signed segments → seeding node.
 //!
-//! The key file's sibling `<key>.state` remembers the next segment number and the
-//! last UDP port, so a restart with the same key continues the same stream: the
-//! numbering goes on, the first new segment carries the discontinuity flag, and
-//! viewers that hold the old ticket find the broadcaster at the same address.
+//! Besides seeding, it tells its operator what happens: a status line (`status`), a log line
+//! per viewer joining or leaving, and `/stats` and `/metrics` over HTTP.
+//!
+//! The key file's sibling `<key>.lock` keeps a second broadcaster off the key (see `lock`);
+//! `<key>.state` remembers the next segment number and the last UDP port, so a restart with
+//! the same key continues the same stream: the numbering goes on, the first new segment
+//! carries the discontinuity flag, and viewers that hold the old ticket find the
+//! broadcaster at the same address.
 
+mod dashboard;
+mod lock;
+mod status;
+
+pub use lock::{KeyLock, LockError};
+
+use crate::clock;
 use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
+use crate::metrics::{BroadcastFigures, Metrics, MetricsError};
 use crate::net::{self, Node, NodeConfig, NodeView};
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
-use crate::source::{self, Input, SourceConfig, SourceError};
+use crate::source::{self, Encode, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
 use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
+use crate::ts::CutSegment;
 use crate::wire::Role;
 use bytes::Bytes;
+use status::BroadcasterStatus;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +62,10 @@ pub struct BroadcasterConfig {
     pub max_upload: Option<Rate>,
     /// Only viewers with a join token may join (see [`issue_token`]).
     pub private: bool,
+    /// Redraw a status line on stderr (a terminal); otherwise log it now and then.
+    pub status_line: bool,
+    /// Re-encode the input (through ffmpeg), with a keyframe every segment duration.
+    pub encode: Option<Encode>,
 }
 
 /// Why the broadcaster stopped with an error.
@@ -81,6 +99,18 @@ pub enum BroadcastError {
     /// The token epoch file is unusable.
     #[error(transparent)]
     Epoch(#[from] EpochFileError),
+    /// The `/metrics` figures could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Another broadcaster runs with this key, or its lock file is unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The input ended without giving one segment.
+    #[error("{input} ended before giving a single segment: nothing to broadcast")]
+    NoSegment {
+        /// The input as the user named it.
+        input: String,
+    },
     /// A token was asked for a key that does not exist yet.
     #[error("no key file at {path}: run the broadcaster once to create the stream, or pass --key")]
     NoKey {
@@ -138,16 +168,41 @@ impl BroadcastState {
     }
 }
 
+/// How the broadcaster is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// End the stream: viewers are told, list every segment they hold and finish.
+    EndStream,
+    /// Stop without ending the stream, for a restart: viewers keep waiting, and a
+    /// broadcaster started again with the same key continues the stream.
+    KeepStream,
+}
+
 /// Runs the broadcaster until the input ends or `shutdown` resolves.
 ///
 /// `on_ticket` is called once, as soon as the ticket is known (the program prints it).
 pub async fn run(
     config: BroadcasterConfig,
     on_ticket: impl FnOnce(&Ticket),
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> Result<(), BroadcastError> {
-    source::check_input(&config.input)?;
+    let input = match config.encode {
+        Some(_) => config.input.clone().encoded()?,
+        None => config.input.clone(),
+    };
+    source::check_input(&input)?;
+    let key_existed = std::fs::symlink_metadata(&config.key_path).is_ok();
     let key = stream::load_or_create_key(&config.key_path)?;
+    // Held until this function returns. Taken once the key is known good, so a key's own
+    // problem is what the user is told; two first runs at once cannot both create a key
+    // anyway (it is created exclusively).
+    let _lock = KeyLock::acquire(&config.key_path)?;
+    if !key_existed {
+        tracing::info!(
+            "created a new stream key at {}: keep it to keep this stream's ticket",
+            config.key_path.display()
+        );
+    }
     let stream_id = node_id(&key);
     let state_path = BroadcastState::path_for(&config.key_path);
     let mut state = BroadcastState::load(&state_path);
@@ -176,19 +231,11 @@ pub async fn run(
         stream: stream_id,
         addrs: net::advertised_addrs(local),
     };
-    if let Some(path) = &config.ticket_file {
-        std::fs::write(path, format!("{}\n", ticket.encode())).map_err(|source| {
-            BroadcastError::TicketFile {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-    }
-
     let stats = Arc::new(BroadcastStats::default());
     let catalog = Arc::new(BroadcasterCatalog {
         node: node.view(),
         stats: stats.clone(),
+        metrics: Metrics::broadcaster()?,
     });
     let http = http::Server::start(config.http, catalog)
         .await
@@ -197,33 +244,84 @@ pub async fn run(
             source,
         })?;
     let http_addr = http.addr();
+
+    let (tx, mut rx) = mpsc::channel(4);
+    let mut source_config = SourceConfig::new(input.clone(), config.segment_duration);
+    source_config.encode = config.encode;
+    let mut source_task = tokio::spawn(source::run(source_config, tx));
+    tokio::pin!(shutdown);
+    // Only an input that works is announced: the ticket waits for its first segment.
+    tracing::info!("reading {input}: the ticket follows its first segment");
+    let first = tokio::select! {
+        seg = rx.recv() => Some(seg),
+        _ = &mut shutdown => None,
+    };
+    let first = match first {
+        Some(Some(cut)) => cut,
+        Some(None) => {
+            // The source finished without a segment: its result says why.
+            let res = (&mut source_task).await;
+            http.stop().await;
+            node.shutdown().await;
+            return Err(match res {
+                Ok(Err(e)) => BroadcastError::Source(e),
+                Ok(Ok(())) | Err(_) => BroadcastError::NoSegment {
+                    input: input.to_string(),
+                },
+            });
+        }
+        None => {
+            // Asked to stop before anything was announced.
+            source_task.abort();
+            http.stop().await;
+            node.shutdown().await;
+            return Ok(());
+        }
+    };
+    let mut first = Some(first);
+
+    if let Some(path) = &config.ticket_file {
+        std::fs::write(path, format!("{}\n", ticket.encode())).map_err(|source| {
+            BroadcastError::TicketFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
     on_ticket(&ticket);
     tracing::info!(
         stream = %stream_id,
         quic = %local,
+        dashboard = %format!("http://{http_addr}/"),
         stats = %format!("http://{http_addr}/stats"),
         first_segment = state.next_number,
         "broadcasting"
     );
+    if config.private {
+        tracing::info!(
+            "private stream: only viewers with a join token can join; make one with \
+             `starling-broadcaster token --key {}`",
+            config.key_path.display()
+        );
+    }
+    let mut status = BroadcasterStatus::new(config.status_line, clock::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
 
-    let (tx, mut rx) = mpsc::channel(4);
-    let source_config = SourceConfig::new(config.input.clone(), config.segment_duration);
-    let mut source_task = tokio::spawn(source::run(source_config, tx));
     let mut restarted = state.next_number > 0;
     let mut last: Option<u64> = None;
     let mut bitrate = BitrateMeter::default();
-    tokio::pin!(shutdown);
 
-    let outcome: Result<bool, BroadcastError> = loop {
+    // Ok(None): the input ended; Ok(Some(stop)): asked to stop.
+    let outcome: Result<Option<Stop>, BroadcastError> = loop {
         tokio::select! {
-            seg = rx.recv() => {
+            seg = next_cut(&mut first, &mut rx) => {
                 let Some(cut) = seg else {
                     // The source finished: its result says whether it ended well.
                     let res = (&mut source_task).await;
                     break match res {
-                        Ok(Ok(())) => Ok(true),
+                        Ok(Ok(())) => Ok(None),
                         Ok(Err(e)) => Err(BroadcastError::Source(e)),
-                        Err(_) => Ok(true),
+                        Err(_) => Ok(None),
                     };
                 };
                 let number = state.next_number;
@@ -247,6 +345,8 @@ pub async fn run(
                 let len = seg.data.len() as u64;
                 node.publish(seg).await;
                 stats.segments_published.fetch_add(1, Ordering::Relaxed);
+                let viewers = node.stats().peers as u64;
+                stats.delivered_bytes.fetch_add(len.saturating_mul(viewers), Ordering::Relaxed);
                 last = Some(number);
                 state.next_number = number + 1;
                 if let Err(e) = state.save(&state_path) {
@@ -266,34 +366,88 @@ pub async fn run(
                 }
                 tracing::debug!(number, bytes = len, ms = duration_ms, "published");
             }
-            _ = &mut shutdown => break Ok(false),
+            _ = tick.tick() => {
+                let n = node.stats();
+                let figures = status::Figures {
+                    viewers: n.peers,
+                    uploaded: n.bytes_uploaded,
+                    delivered: stats.delivered_bytes.load(Ordering::Relaxed),
+                    newest: last,
+                    stream_bps: stats.bitrate_bps.load(Ordering::Relaxed),
+                };
+                status.show(&figures, clock::now());
+                let sample = dashboard::Sample {
+                    unix_ms: unix_ms(),
+                    viewers: figures.viewers,
+                    uploaded_bytes: figures.uploaded,
+                    delivered_bytes: figures.delivered,
+                    segments_published: stats.segments_published.load(Ordering::Relaxed),
+                };
+                stats
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(sample);
+            }
+            stop = &mut shutdown => break Ok(Some(stop)),
         }
     };
+    status.clear();
     source_task.abort();
 
-    let ended_by_input =
-        matches!(outcome, Ok(true)) || matches!(outcome, Err(BroadcastError::Source(_)));
-    if ended_by_input {
-        if let Some(last) = last {
-            // Tell viewers the stream is over and stay a little so they can fetch the tail.
-            // A failed input (ffmpeg dying mid-stream) ends the stream the same way, so
-            // viewers finish their playlists with what they hold; the error comes after.
-            node.end(last).await;
-            if outcome.is_ok() {
-                tracing::info!(last, "input ended; ending the stream");
-            } else {
-                tracing::warn!(last, "input failed; ending the stream");
-            }
-            let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
+    // However the stream stops (input ended, input failed, Ctrl-C or SIGTERM), viewers are
+    // told, so they list every segment they hold and end their playlists; the error, if
+    // any, comes after. Only a stop for a restart leaves the stream open.
+    let last = last.filter(|_| !matches!(outcome, Ok(Some(Stop::KeepStream))));
+    if matches!(outcome, Ok(Some(Stop::KeepStream))) {
+        tracing::info!(
+            "stopping without ending the stream: viewers wait, and a broadcaster started \
+             with the same key continues it"
+        );
+    }
+    if let Some(last) = last {
+        node.end(last).await;
+        let linger = (config.segment_duration * 3).max(Duration::from_secs(3));
+        let why = match &outcome {
+            Ok(None) => "the input ended",
+            Ok(Some(_)) => "asked to stop",
+            Err(_) => "the input failed",
+        };
+        tracing::info!(
+            "{why}: the stream ends after segment {last}; staying up to {} s while viewers \
+             fetch the last segments",
+            linger.as_secs()
+        );
+        let signalled = matches!(outcome, Ok(Some(_)));
+        let until = tokio::time::Instant::now() + linger;
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(linger) => {}
-                _ = &mut shutdown => {}
+                _ = check.tick() => {
+                    // Once every viewer has left there is nobody to wait for.
+                    if node.stats().peers == 0 || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+                // A stop signal during the wait ends it (unless the signal began it).
+                _ = &mut shutdown, if !signalled => break,
             }
         }
     }
     http.stop().await;
     node.shutdown().await;
     outcome.map(|_| ())
+}
+
+/// The segment held back from the announcement wait, else the next from the source.
+async fn next_cut(
+    held: &mut Option<CutSegment>,
+    source: &mut mpsc::Receiver<CutSegment>,
+) -> Option<CutSegment> {
+    match held.take() {
+        Some(cut) => Some(cut),
+        None => source.recv().await,
+    }
 }
 
 async fn spawn_node(
@@ -385,16 +539,34 @@ impl BitrateMeter {
     }
 }
 
+/// The broadcaster's own figures, beside its node's counters.
 #[derive(Debug, Default)]
 struct BroadcastStats {
+    /// The dashboard's chart data, a sample a second.
+    history: std::sync::Mutex<dashboard::History>,
     segments_published: AtomicU64,
     bitrate_bps: AtomicU64,
     upload_limit_bps: AtomicU64,
+    /// Each segment's size times the viewers connected when it was published: what viewers
+    /// received, as the broadcaster can tell without asking them.
+    delivered_bytes: AtomicU64,
+}
+
+impl BroadcastStats {
+    fn figures(&self) -> BroadcastFigures {
+        BroadcastFigures {
+            segments_published: self.segments_published.load(Ordering::Relaxed),
+            stream_bps: self.bitrate_bps.load(Ordering::Relaxed),
+            upload_limit_bps: self.upload_limit_bps.load(Ordering::Relaxed),
+            delivered_bytes: self.delivered_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct BroadcasterCatalog {
     node: NodeView,
     stats: Arc<BroadcastStats>,
+    metrics: Metrics,
 }
 
 impl Catalog for BroadcasterCatalog {
@@ -423,8 +595,29 @@ impl Catalog for BroadcasterCatalog {
             "busy_replies": n.busy_replies,
             "seeds_unconfirmed": n.seeds_unconfirmed,
             "control_bytes": n.control_bytes,
+            "bytes_delivered_estimate": self.stats.delivered_bytes.load(Ordering::Relaxed),
         })
         .to_string()
+    }
+
+    fn index_html(&self) -> &'static str {
+        dashboard::DASHBOARD_HTML
+    }
+
+    fn history_json(&self) -> Option<String> {
+        let history = self
+            .stats
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(history.json())
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .render(&self.node.stats(), Some(&self.stats.figures()))
+            .map_err(|e| tracing::warn!(error = %e, "cannot write /metrics"))
+            .ok()
     }
 }
 
