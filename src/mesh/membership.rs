@@ -414,7 +414,7 @@ impl Mesh {
     /// A rendezvous from partner `from` naming `peer`. If `peer` is our partner too, `from`
     /// is about to dial it: we pass `from` on to it. Otherwise `peer` is dialling us now,
     /// having asked a partner of both to tell us: we dial it back at once, so both NATs see
-    /// traffic go out first, if there is room for one more partner and one more dial.
+    /// traffic go out first.
     pub(super) fn rendezvous(&mut self, now: Instant, from: NodeId, peer: PeerInfo) {
         if peer.id != from && self.peers.contains_key(&peer.id) {
             if let Some(caller) = self.contact(&from) {
@@ -427,8 +427,10 @@ impl Mesh {
             }
             return;
         }
-        let room = self.viewer_count() + self.pending_dials.len() < self.cfg.max_partners
-            && self.pending_dials.len() < self.cfg.max_pending_dials;
+        // Dialled back even with no partner slot left, so the caller is turned away with a
+        // sample at once rather than wait out its dial's timeout at our shut NAT; dial-backs
+        // may take as many dials again as our own dialling.
+        let room = self.pending_dials.len() < 2 * self.cfg.max_pending_dials;
         if self.cfg.role != Role::Viewer
             || !room
             || peer.id == from
