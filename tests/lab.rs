@@ -192,20 +192,27 @@ fn start_viewers<'a>(sites: &'a [Site], ticket: &str) -> Vec<(&'a Host, Viewer)>
         .collect()
 }
 
-/// Waits until every viewer's `/stats` shows `field` ≥ 1; panics naming those that never do.
+/// Waits until every viewer's `/stats` shows `field` ≥ 1 (all within one deadline); panics
+/// naming those that never do.
 fn wait_for_each(viewers: &[(&Host, Viewer)], field: &str) {
-    let mut late = Vec::new();
-    for (host, viewer) in viewers {
-        let url = viewer.url_of("/stats");
-        let mut last = serde_json::Value::Null;
-        let found = poll_until(PARTNERS_TIMEOUT, || {
-            last = host.stats(&url);
-            (count(&last, field) >= 1).then_some(())
-        });
-        if found.is_none() {
-            late.push(format!("{}: {last}", host.ns));
+    let mut last = vec![serde_json::Value::Null; viewers.len()];
+    let mut done = vec![false; viewers.len()];
+    poll_until(PARTNERS_TIMEOUT, || {
+        for (i, (host, viewer)) in viewers.iter().enumerate() {
+            if !done[i] {
+                last[i] = host.stats(&viewer.url_of("/stats"));
+                done[i] = count(&last[i], field) >= 1;
+            }
         }
-    }
+        done.iter().all(|d| *d).then_some(())
+    });
+    let late: Vec<String> = viewers
+        .iter()
+        .zip(&last)
+        .zip(&done)
+        .filter(|(_, done)| !**done)
+        .map(|(((host, _), stats), _)| format!("{}: {stats}", host.ns))
+        .collect();
     assert!(
         late.is_empty(),
         "{} of {} viewers had no {field} within {} s:\n{}",

@@ -247,18 +247,24 @@ impl Lab {
         run(&all)
     }
 
-    /// The kernel's byte counter of interface `iface` in namespace `ns`, one way.
+    /// The kernel's byte counter of interface `iface` in namespace `ns`, one way: the
+    /// counter `/sys/class/net/IF/statistics/{tx,rx}_bytes` shows, read from
+    /// `/proc/thread-self/net/dev` on a thread inside the namespace (no process to start, so
+    /// counters of many namespaces are read within a millisecond of each other).
     pub fn bytes(ns: &str, iface: &str, dir: Dir) -> u64 {
-        let which = match dir {
-            Dir::Tx => "tx_bytes",
-            Dir::Rx => "rx_bytes",
+        let table = in_namespace(ns, || fs::read_to_string("/proc/thread-self/net/dev"))
+            .unwrap_or_else(|e| panic!("{ns}: /proc/thread-self/net/dev: {e}"));
+        // `iface: rx_bytes packets errs drop fifo frame compressed multicast tx_bytes ...`
+        let column = match dir {
+            Dir::Rx => 0,
+            Dir::Tx => 8,
         };
-        // /sys shows the namespace of whoever mounted it; `ip netns exec` mounts the right one.
-        let path = format!("/sys/class/net/{iface}/statistics/{which}");
-        let text = Self::exec(ns, &["cat", &path]).unwrap_or_else(|e| panic!("{ns}: {e}"));
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{ns}: {path} is not a count ({e}): {text:?}"))
+        table
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(name, _)| name.trim() == iface)
+            .and_then(|(_, counts)| counts.split_whitespace().nth(column)?.parse().ok())
+            .unwrap_or_else(|| panic!("{ns}: no counters for {iface}:\n{table}"))
     }
 
     /// A new namespace named after `role`, loopback up, IPv6 off (so the byte counters hold
@@ -322,8 +328,14 @@ impl Lab {
         addr
     }
 
-    /// The name of the internet bridge's port towards `addr`.
-    fn port_name(&self, addr: Ipv4Addr) -> String {
+    /// The internet's namespace, holding the bridge `br0`.
+    pub fn internet(&self) -> &str {
+        &self.internet
+    }
+
+    /// The name of the internet bridge's port towards public address `addr` (in
+    /// [`Lab::internet`]).
+    pub fn port_name(&self, addr: Ipv4Addr) -> String {
         format!("p{}", addr.octets()[3])
     }
 
