@@ -556,9 +556,31 @@ fn remove_namespace(ns: &str) {
 }
 
 /// A veth pair: `a_if` in namespace `a`, `b_if` in namespace `b`.
+///
+/// Each end takes one packet per send (`gso_max_segs 1`): the sender's stack cuts a UDP GSO
+/// batch (quinn sends them) into packets before the interface counts it, as a NIC cuts it
+/// for the wire. Otherwise a batch passes whole through veths and bridges, and the byte
+/// counters hold its IP and UDP headers once instead of once per packet (a few per cent).
 fn link_pair(a: &str, a_if: &str, b: &str, b_if: &str) {
     ok(&[
-        "ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+        "ip",
+        "-n",
+        a,
+        "link",
+        "add",
+        "name",
+        a_if,
+        "gso_max_segs",
+        "1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "gso_max_segs",
+        "1",
+        "netns",
+        b,
     ]);
 }
 
