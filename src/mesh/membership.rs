@@ -120,6 +120,8 @@ impl Mesh {
                 addr,
                 local,
                 reach,
+                same_site: role == Role::Viewer
+                    && self.public.is_some_and(|me| me.ip() == addr.ip()),
                 uploads,
                 have: Announced::new(),
                 inflight: 0,

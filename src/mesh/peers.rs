@@ -33,6 +33,8 @@ pub(super) struct Peer {
     pub(super) local: Option<SocketAddr>,
     /// How it said it can be reached: symmetric ones are not handed out.
     pub(super) reach: Reach,
+    /// It sits behind our public address (our site): asked first, a LAN away.
+    pub(super) same_site: bool,
     /// When it is next sent a peer sample.
     pub(super) next_pex: Instant,
     /// When it is next sent a full buffer map.
@@ -255,6 +257,7 @@ mod tests {
             addr: addr(1),
             local: None,
             reach: Reach::Unknown,
+            same_site: false,
             uploads: true,
             have: Announced::new(),
             inflight: 0,

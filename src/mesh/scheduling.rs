@@ -11,6 +11,10 @@ use crate::wire::{Control, Role};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+/// Longest a viewer waits for a neighbour of its own site to fetch a part across the WAN
+/// before it fetches the part itself (see `Mesh::pick_supplier`): a few LAN round trips and
+/// a piece's time, small next to a playout budget.
+pub(super) const SITE_WAIT: Duration = Duration::from_millis(300);
 /// How long a peer that answered Busy is left alone.
 pub(super) const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -356,7 +360,7 @@ impl Mesh {
                 continue;
             }
             let j = (k + self.part_offset) % PARTS;
-            let pick = self.pick_supplier(n, j);
+            let pick = self.pick_supplier(n, j, urgent);
             let chosen = match pick {
                 Some(p) => Some(p),
                 // No partner can deliver: go to the origin once the wait is over.
@@ -387,11 +391,18 @@ impl Mesh {
         }
     }
 
-    fn pick_supplier(&mut self, n: u64, part: usize) -> Option<NodeId> {
+    /// The partner to ask for part `part` of segment `n`: one of our own site first (a LAN
+    /// away), then the least loaded, the fastest, a random one. One of another site is asked
+    /// only once this node's share of [`SITE_WAIT`] has passed since the segment was heard of,
+    /// unless `urgent`: meanwhile a neighbour that waited less fetches it across the WAN and
+    /// relays it here, so a site pulls each part across its WAN about once.
+    fn pick_supplier(&mut self, n: u64, part: usize, urgent: bool) -> Option<NodeId> {
         let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
-        let mut best: Option<(usize, i64, u32, NodeId)> = None;
+        let mut best: Option<(bool, usize, i64, u32, NodeId)> = None;
+        let mut neighbours = false;
         for (id, p) in &self.peers {
+            neighbours |= p.same_site && p.uploads;
             if p.is_origin()
                 || !p.uploads
                 || !p.askable(max, self.last_now)
@@ -400,14 +411,26 @@ impl Mesh {
             {
                 continue;
             }
-            // Least loaded, then fastest, then a random tie-break.
             let speed = -(p.throughput.unwrap_or(0.0) as i64);
-            let key = (p.inflight, speed, self.rng.gen::<u32>(), *id);
+            let key = (!p.same_site, p.inflight, speed, self.rng.gen::<u32>(), *id);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
         }
-        best.map(|b| b.3)
+        let (cross_site, .., id) = best?;
+        if cross_site && neighbours && !urgent {
+            let heard = self.segs.get(&n).and_then(|s| s.first_heard);
+            if heard.is_some_and(|h| self.last_now < h + self.site_wait()) {
+                return None;
+            }
+        }
+        Some(id)
+    }
+
+    /// This node's wait before fetching across its site's WAN: spread over [`SITE_WAIT`] by
+    /// its id, so the neighbours of a site take turns rather than all fetch at once.
+    fn site_wait(&self) -> Duration {
+        SITE_WAIT.mul_f64(f64::from(self.me.0[0]) / 256.0)
     }
 }
 

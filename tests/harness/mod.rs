@@ -432,7 +432,13 @@ pub struct Broadcaster {
 
 /// Starts the broadcaster with `args` and `stdin`, and waits for its ticket.
 pub fn start_broadcaster(args: &[&str], stdin: Stdio) -> Broadcaster {
-    let mut cmd = Command::new(program("starling-broadcaster"));
+    start_broadcaster_via(&[], args, stdin)
+}
+
+/// As [`start_broadcaster`], with its command line behind `prefix`: a command that runs the
+/// program in another setting, such as `ip netns exec NS` (empty: run it directly).
+pub fn start_broadcaster_via(prefix: &[&str], args: &[&str], stdin: Stdio) -> Broadcaster {
+    let mut cmd = prefixed(prefix, &program("starling-broadcaster"));
     cmd.args(args).stdin(stdin);
     let mut proc = Proc::spawn("broadcaster", cmd);
     let ticket = proc
@@ -464,11 +470,17 @@ impl Viewer {
 /// Starts a viewer of `ticket` on a free local HTTP port, with `extra` flags, and waits for
 /// its playlist URL.
 pub fn start_viewer(ticket: &str, extra: &[&str]) -> Viewer {
-    let mut cmd = Command::new(program("starling-viewer"));
-    cmd.arg(ticket)
-        .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdin(Stdio::null());
+    let mut args = vec!["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    start_viewer_via(&[], ticket, &args)
+}
+
+/// Starts a viewer of `ticket` with exactly the flags `args` (no default addresses; its
+/// `--http` must be on 127.0.0.1), its command line behind `prefix` as in
+/// [`start_broadcaster_via`], and waits for its playlist URL.
+pub fn start_viewer_via(prefix: &[&str], ticket: &str, args: &[&str]) -> Viewer {
+    let mut cmd = prefixed(prefix, &program("starling-viewer"));
+    cmd.arg(ticket).args(args).stdin(Stdio::null());
     let mut proc = Proc::spawn("viewer", cmd);
     let url = proc
         .first_stdout_line(FIRST_LINE_TIMEOUT)
@@ -478,6 +490,19 @@ pub fn start_viewer(ticket: &str, extra: &[&str]) -> Viewer {
         "the viewer's first stdout line is not a local playlist URL: {url:?}"
     );
     Viewer { proc, url }
+}
+
+/// A command running `program` behind `prefix` (`prefix[0]` is the command run), or `program`
+/// itself when `prefix` is empty.
+fn prefixed(prefix: &[&str], program: &Path) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Calls `probe` every [`POLL_INTERVAL`] until it returns `Some`, for at most `timeout`.
@@ -633,6 +658,11 @@ pub fn stats_at(url: &str) -> serde_json::Value {
 /// The broadcaster's `/stats`, at the URL it logs on stderr (soon after the ticket).
 pub fn broadcaster_stats(broadcaster: &Broadcaster) -> serde_json::Value {
     stats_at(&broadcaster_url(broadcaster, "/stats"))
+}
+
+/// The URL of the broadcaster's `/stats`, as it logs it on stderr (soon after the ticket).
+pub fn broadcaster_stats_url(broadcaster: &Broadcaster) -> String {
+    broadcaster_url(broadcaster, "/stats")
 }
 
 /// The URL of `path` (such as `/metrics`) on the broadcaster's HTTP server, found from the
