@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::players::{ffmpeg_reads_hls, require_tool};
 use harness::{
     broadcaster_stats, count, fetch_playlist, poll_until, start_broadcaster, start_viewer,
-    wait_for_segments, Broadcaster, TempDir,
+    stats_at, wait_for_segments, Broadcaster, TempDir,
 };
 
 /// How long the first segments may take to reach a viewer's playlist.
@@ -181,4 +181,36 @@ fn restart_without_listen_reuses_the_port() {
         second.ticket, first.ticket,
         "a restart with the same key and the previous port free should print the same ticket"
     );
+}
+
+/// A viewer joining a broadcaster that restarted a moment ago (same key, so the numbering goes
+/// on) misses nothing and sends about what a fresh join sends: it does not start below the
+/// first segment the restarted broadcaster holds, which nobody can serve.
+#[test]
+fn joining_right_after_a_restart_misses_nothing() {
+    let dir = TempDir::new("rejoin");
+    let key = dir.file("key");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut first = start(&key, Some(&listen));
+    let early = start_viewer(&first.ticket, &[]);
+    wait_for_segments(&early.url, 4, FIRST_SEGMENTS_TIMEOUT);
+    drop(early);
+    first.proc.assert_clean_exit_on("HUP");
+
+    let restarted = start(&key, Some(&listen));
+    // About two segments after the restart, as the issue measured it.
+    let published = poll_until(RECONNECT_TIMEOUT, || {
+        (count(&broadcaster_stats(&restarted), "segments_published") >= 2).then_some(())
+    });
+    assert!(
+        published.is_some(),
+        "the restarted broadcaster published nothing"
+    );
+    let joiner = start_viewer(&restarted.ticket, &[]);
+    wait_for_segments(&joiner.url, 4, FIRST_SEGMENTS_TIMEOUT);
+    let stats = stats_at(&joiner.url_of("/stats"));
+    assert_eq!(count(&stats, "missed_deadlines"), 0, "{stats}");
+    // A fresh join sends a few kB of control bytes here; the bug sent about a megabyte.
+    let control = count(&stats, "control_bytes");
+    assert!(control < 64 * 1024, "control bytes {control}: {stats}");
 }

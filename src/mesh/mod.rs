@@ -572,7 +572,17 @@ impl Mesh {
                     .filter_map(|i| first.checked_add(i as u64))
                     .map(|n| (n, ALL_PARTS))
                     .collect();
-                if !self.learn(now, from, &numbers) {
+                let news = self.learn(now, from, &numbers);
+                // A restarted origin holds only what it published since: a joiner does not
+                // start below the oldest of those, which nobody may hold any more.
+                if let (true, false, Some(&(oldest, _))) =
+                    (self.is_origin(&from), self.started, numbers.first())
+                {
+                    if self.want_from.is_some_and(|w| w < oldest) {
+                        self.want_from = Some(oldest);
+                    }
+                }
+                if !news {
                     return;
                 }
             }

@@ -520,6 +520,48 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_joiner_does_not_start_below_what_a_restarted_origin_holds() {
+        let t0 = Instant::now();
+        let mut v = viewer(10, t0);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        drain(&mut v);
+        // The origin restarted two segments ago: it holds 40 and 41 only.
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::BufferMap {
+                first: 40,
+                bits: vec![0b11],
+            },
+        );
+        assert_eq!(v.want_from(), Some(40));
+        // With its window full, the joiner starts `delay` behind as always.
+        let mut w = viewer(11, t0);
+        w.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        w.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::BufferMap {
+                first: 30,
+                bits: vec![0xff, 0x0f],
+            },
+        );
+        assert_eq!(w.want_from(), Some(41 - 3));
+    }
+
+    #[test]
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
         let mut v = viewer(10, t0);
