@@ -117,7 +117,7 @@ def main():
         p0 = float(subprocess.run(
             ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
              "packet=pts_time", "-of", "csv=p=0", "-read_intervals", "%+#1", probe],
-            capture_output=True, text=True, check=True).stdout.split()[0])
+            capture_output=True, text=True, check=True).stdout.split()[0].strip(","))
 
         player = subprocess.Popen(
             ["ffmpeg", "-nostdin", "-hide_banner", "-re", "-copyts", "-i", playlist,
