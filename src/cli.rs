@@ -113,6 +113,48 @@ pub fn default_key_path() -> PathBuf {
     }
 }
 
+/// How close to live both programs aim: `--latency normal|low`, one preset for the segment
+/// length (broadcaster) and the hold-back (viewer), so the two stay matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Latency {
+    /// 2 s segments, 3 held back: steady on loaded machines and lossy links.
+    #[default]
+    Normal,
+    /// 1 s segments, 1 held back: about half the delay, with less slack for late segments.
+    Low,
+}
+
+impl Latency {
+    /// The broadcaster's target segment length under this preset.
+    pub fn segment_duration(self) -> Duration {
+        match self {
+            Latency::Normal => Duration::from_secs(2),
+            Latency::Low => Duration::from_secs(1),
+        }
+    }
+
+    /// The viewer's segments held back behind the newest under this preset.
+    pub fn delay(self) -> u64 {
+        match self {
+            Latency::Normal => 3,
+            Latency::Low => 1,
+        }
+    }
+
+    /// Parses `normal` or `low`, for the programs' `--latency` flag.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the two choices for anything else.
+    pub fn parse(s: &str) -> Result<Latency, String> {
+        match s {
+            "normal" => Ok(Latency::Normal),
+            "low" => Ok(Latency::Low),
+            _ => Err(format!("{s:?} is not a latency preset: normal or low")),
+        }
+    }
+}
+
 /// Whether stderr is a terminal (then a status line is redrawn in place).
 pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
@@ -225,6 +267,18 @@ mod tests {
         assert!(!status.log_due(t0 + Duration::from_secs(9)));
         assert!(status.log_due(t0 + STATUS_LOG_EVERY));
         assert!(!status.log_due(t0 + STATUS_LOG_EVERY + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn latency_presets_pair_segment_length_and_hold_back() {
+        assert_eq!(Latency::parse("normal"), Ok(Latency::Normal));
+        assert_eq!(Latency::parse("low"), Ok(Latency::Low));
+        assert!(Latency::parse("Low").is_err());
+        assert_eq!(Latency::default(), Latency::Normal);
+        assert_eq!(Latency::Normal.segment_duration(), Duration::from_secs(2));
+        assert_eq!(Latency::Normal.delay(), 3);
+        assert_eq!(Latency::Low.segment_duration(), Duration::from_secs(1));
+        assert_eq!(Latency::Low.delay(), 1);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The local HTTP server: `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, for players on
-//! this machine and for monitoring.
+//! this machine and for monitoring, and `/` with `/hls.min.js` for a browser.
 //!
 //! A thin hyper 1 driver around a pure request → response mapping: the node decides what exists
 //! (through [`Catalog`]); this module only maps requests to it, with bounded connections and
@@ -93,7 +93,7 @@ impl Server {
 
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
-/// HTTP/1.1 with keep-alive. Routes: `/` (a short HTML page), `/live.m3u8`, `/seg/<n>.ts`,
+/// HTTP/1.1 with keep-alive. Routes: `/` (an HTML page), `/hls.min.js` (the page's player), `/live.m3u8`, `/seg/<n>.ts`,
 /// `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
 /// other paths. Every response carries `Access-Control-Allow-Origin: *` so browser players
 /// (hls.js) on any origin can use it.
@@ -234,6 +234,8 @@ enum Resource {
     Metrics,
     /// `/history`.
     History,
+    /// `/hls.min.js`: the player the viewer's page loads.
+    HlsJs,
 }
 
 impl Resource {
@@ -244,6 +246,7 @@ impl Resource {
             "/stats" => Some(Self::Stats),
             "/metrics" => Some(Self::Metrics),
             "/history" => Some(Self::History),
+            "/hls.min.js" => Some(Self::HlsJs),
             _ => {
                 let digits = path.strip_prefix("/seg/")?.strip_suffix(".ts")?;
                 // `u64::from_str` would also take a leading `+`; only plain digits name a segment.
@@ -256,21 +259,17 @@ impl Resource {
     }
 }
 
-/// The viewer's page at `/`: where the playlist is and how to play it.
-pub const VIEWER_INDEX_HTML: &str = "<!doctype html>
-<html lang=\"en\">
-<head><meta charset=\"utf-8\"><title>Starling</title></head>
-<body>
-<h1>Starling</h1>
-<p>This viewer serves a live stream received over Starling's peer-to-peer mesh, as HLS.</p>
-<p>Playlist: <a href=\"live.m3u8\">live.m3u8</a> &mdash; open it in a player, for example
-<code>vlc &lt;url&gt;</code> or <code>ffplay &lt;url&gt;</code> with the link's address
-(browsers other than Safari need hls.js to play it).</p>
-<p>Node statistics: <a href=\"stats\">stats</a> (JSON), <a href=\"metrics\">metrics</a>
-(Prometheus).</p>
-</body>
-</html>
-";
+/// The viewer's watch page at `/`: plays the stream (hls.js, or Safari's own HLS), shows
+/// the viewer's `/stats` live and the commands for other players.
+pub const VIEWER_INDEX_HTML: &str = include_str!("../assets/watch.html");
+
+/// hls.js 1.5.20 (`dist/hls.light.min.js` from npm, Apache-2.0, see
+/// `assets/hls.js-LICENSE`), served at `/hls.min.js` from inside the binary so the page works
+/// offline and needs no CDN.
+pub const HLS_JS: &[u8] = include_bytes!("../assets/hls.light.min.js");
+
+/// The player script is fixed for a build, so a browser may keep it for a day.
+const HLS_JS_CACHE_CONTROL: &str = "public, max-age=86400";
 
 const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 
@@ -330,6 +329,11 @@ fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<
             Bytes::from(catalog.stats_json()),
             "application/json",
             "no-cache",
+        ))),
+        Resource::HlsJs => Ok(Some((
+            Bytes::from_static(HLS_JS),
+            "text/javascript; charset=utf-8",
+            HLS_JS_CACHE_CONTROL,
         ))),
         Resource::History => Ok(catalog
             .history_json()
@@ -402,6 +406,7 @@ mod tests {
         assert_eq!(Resource::from_path("/stats"), Some(Resource::Stats));
         assert_eq!(Resource::from_path("/metrics"), Some(Resource::Metrics));
         assert_eq!(Resource::from_path("/history"), Some(Resource::History));
+        assert_eq!(Resource::from_path("/hls.min.js"), Some(Resource::HlsJs));
         assert_eq!(Resource::from_path("/seg/0.ts"), Some(Resource::Segment(0)));
         assert_eq!(
             Resource::from_path("/seg/18446744073709551615.ts"),
@@ -460,6 +465,29 @@ mod tests {
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "5");
         assert_eq!(head.body().size_hint().exact(), Some(0));
         assert_eq!(get.body().size_hint().exact(), Some(5));
+    }
+
+    #[test]
+    fn the_page_loads_the_bundled_player() {
+        let page = respond(&OneSegment, &Method::GET, "/");
+        assert!(VIEWER_INDEX_HTML.contains("<script src=\"hls.min.js\">"));
+        assert!(page.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let script = respond(&OneSegment, &Method::GET, "/hls.min.js");
+        assert_eq!(script.status(), StatusCode::OK);
+        assert_eq!(
+            script.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            script.headers()[header::CONTENT_LENGTH],
+            HLS_JS.len().to_string().as_str()
+        );
+        // The bundled file is hls.js itself, the release the docs name.
+        let head = std::str::from_utf8(&HLS_JS[..HLS_JS.len().min(4096)]).unwrap_or("");
+        assert!(String::from_utf8_lossy(HLS_JS).contains("1.5.20"), "{head}");
     }
 
     #[test]

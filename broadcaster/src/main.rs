@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use starling::broadcaster::{self, BroadcasterConfig, Stop};
-use starling::cli::StopSignal;
+use starling::cli::{Latency, StopSignal};
 use starling::rate::Rate;
 use starling::source::{Encode, Input};
 use std::io::Write;
@@ -30,9 +30,15 @@ struct Args {
     #[arg(long, value_name = "INPUT")]
     input: Option<String>,
 
+    /// How close to live: `normal` (2 s segments) or `low` (1 s segments; viewers should
+    /// use `--latency low` too). --segment-duration overrides it.
+    #[arg(long, value_name = "PRESET", default_value = "normal", value_parser = Latency::parse)]
+    latency: Latency,
+
     /// Target segment length in seconds (0.5 to 10); cuts land on the next keyframe.
-    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_segment_duration)]
-    segment_duration: f64,
+    /// [default: 2, or 1 with --latency low]
+    #[arg(long, value_name = "SECS", value_parser = parse_segment_duration)]
+    segment_duration: Option<f64>,
 
     /// The stream's key file, created on first run. Same key, same stream.
     /// [default: ~/.config/starling/broadcaster.key]
@@ -134,7 +140,9 @@ async fn run() -> bool {
     }
     let config = BroadcasterConfig {
         input: Input::from_arg(args.input.as_deref()),
-        segment_duration: Duration::from_secs_f64(args.segment_duration),
+        segment_duration: args
+            .segment_duration
+            .map_or(args.latency.segment_duration(), Duration::from_secs_f64),
         key_path: args.key.unwrap_or_else(starling::cli::default_key_path),
         listen: args.listen,
         http: args.http,

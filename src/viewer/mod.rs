@@ -5,8 +5,11 @@
 //! the status line's output.
 
 mod ending;
+mod open;
 mod stats;
 mod status;
+
+pub use open::open_page;
 
 use crate::clock;
 use crate::http::{self, Catalog};

@@ -2,6 +2,7 @@
 //! Prints the playlist URL as the first line of stdout.
 
 use clap::Parser;
+use starling::cli::Latency;
 use starling::rate::Rate;
 use starling::stream::Ticket;
 use starling::token::JoinToken;
@@ -50,10 +51,20 @@ struct Args {
     #[arg(long, conflicts_with = "upload_limit")]
     no_upload: bool,
 
+    /// How close to live: `normal` (3 segments held back) or `low` (1, for a broadcaster
+    /// also on --latency low). --delay overrides it.
+    #[arg(long, value_name = "PRESET", default_value = "normal", value_parser = Latency::parse)]
+    latency: Latency,
+
     /// Segments held back behind the newest, 1 to 20: more is steadier, fewer is closer to
-    /// live.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
-    delay: u64,
+    /// live. [default: 3, or 1 with --latency low]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=20))]
+    delay: Option<u64>,
+
+    /// Open the watch page (the local server's `/`) in the default browser once the
+    /// stream is joined.
+    #[arg(long)]
+    open: bool,
 }
 
 fn main() {
@@ -86,15 +97,19 @@ async fn run() -> bool {
         listen: args.listen,
         upload_limit: args.upload_limit,
         no_upload: args.no_upload,
-        delay: args.delay,
+        delay: args.delay.unwrap_or(args.latency.delay()),
         window: 8,
         status_line: starling::cli::stderr_is_terminal(),
         linger_after_end: Duration::from_secs(30),
     };
-    let print_url = |url: &str| {
+    let open = args.open;
+    let print_url = move |url: &str| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{url}");
         let _ = out.flush();
+        if open {
+            viewer::open_page(url);
+        }
     };
     match viewer::run(config, print_url, stop).await {
         Ok(()) => true,
