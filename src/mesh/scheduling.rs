@@ -11,10 +11,6 @@ use crate::wire::{Control, Role};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
-/// Longest a viewer waits for a neighbour of its own site to fetch a part across the WAN
-/// before it fetches the part itself (see `Mesh::pick_supplier`): a few LAN round trips and
-/// a piece's time, small next to a playout budget.
-pub(super) const SITE_WAIT: Duration = Duration::from_millis(300);
 /// How long a peer that answered Busy is left alone.
 pub(super) const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -393,16 +389,14 @@ impl Mesh {
 
     /// The partner to ask for part `part` of segment `n`: one of our own site first (a LAN
     /// away), then the least loaded, the fastest, a random one. One of another site is asked
-    /// only once this node's share of [`SITE_WAIT`] has passed since the segment was heard of,
-    /// unless `urgent`: meanwhile a neighbour that waited less fetches it across the WAN and
-    /// relays it here, so a site pulls each part across its WAN about once.
+    /// only by the neighbour that fetches this part for the site
+    /// ([`Mesh::fetches_for_site`]), or by anyone once the part is `urgent`: the others get it
+    /// from that neighbour over the LAN, so a site pulls each part across its WAN about once.
     fn pick_supplier(&mut self, n: u64, part: usize, urgent: bool) -> Option<NodeId> {
         let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
         let mut best: Option<(bool, usize, i64, u32, NodeId)> = None;
-        let mut neighbours = false;
         for (id, p) in &self.peers {
-            neighbours |= p.same_site && p.uploads;
             if p.is_origin()
                 || !p.uploads
                 || !p.askable(max, self.last_now)
@@ -418,20 +412,36 @@ impl Mesh {
             }
         }
         let (cross_site, .., id) = best?;
-        if cross_site && neighbours && !urgent {
-            let heard = self.segs.get(&n).and_then(|s| s.first_heard);
-            if heard.is_some_and(|h| self.last_now < h + self.site_wait()) {
-                return None;
-            }
+        if cross_site && !urgent && !self.fetches_for_site(n, part) {
+            return None;
         }
         Some(id)
     }
 
-    /// This node's wait before fetching across its site's WAN: spread over [`SITE_WAIT`] by
-    /// its id, so the neighbours of a site take turns rather than all fetch at once.
-    fn site_wait(&self) -> Duration {
-        SITE_WAIT.mul_f64(f64::from(self.me.0[0]) / 256.0)
+    /// Whether this node is the one of its site that fetches part `part` of segment `n`
+    /// across the WAN: the one among it and its uploading neighbours (partners behind the
+    /// same public address) whose id ranks first for that part, so the neighbours split the
+    /// parts between them and each part crosses the WAN once. Alone on its site, always.
+    fn fetches_for_site(&self, n: u64, part: usize) -> bool {
+        let mine = site_rank(&self.me, n, part);
+        !self
+            .peers
+            .iter()
+            .any(|(id, p)| p.same_site && p.uploads && site_rank(id, n, part) < mine)
     }
+}
+
+/// A node's rank for fetching part `part` of segment `n` for its site: a hash of the three,
+/// so every part has one first node and each node is first for its share of parts.
+fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = id.0;
+    let mut x = u64::from_le_bytes([a, b, c, d, e, f, g, h])
+        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (part as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    // SplitMix64's finaliser: nearby inputs rank unrelated.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]
@@ -443,6 +453,79 @@ mod tests {
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
     use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn a_site_splits_the_parts_it_fetches_across_its_wan() {
+        let t0 = Instant::now();
+        let public = |port: u16| std::net::SocketAddr::from(([198, 51, 100, 1], port));
+        let mut v = viewer(10, t0);
+        v.observe_self(Some(public(7010)), crate::wire::Reach::Nat);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        // Two neighbours behind our public address, one partner elsewhere.
+        for n in [20u8, 30] {
+            v.handle_connected(
+                t0,
+                contact(id(n), public(7000 + u16::from(n))),
+                Role::Viewer,
+                true,
+                None,
+            );
+        }
+        let far = std::net::SocketAddr::from(([203, 0, 113, 4], 7040));
+        v.handle_connected(t0, contact(id(40), far), Role::Viewer, true, None);
+        drain(&mut v);
+        // Only the far partner holds segment 9: this node asks it for its own share alone.
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 9,
+                parts: ALL_PARTS,
+            },
+        );
+        v.handle_control(
+            t0,
+            id(40),
+            Control::Have {
+                number: 9,
+                parts: ALL_PARTS,
+            },
+        );
+        let asked: BTreeSet<u8> = parts_asked(&drain(&mut v))
+            .into_iter()
+            .filter(|(p, n, _)| *p == id(40) && *n == 9)
+            .map(|(_, _, j)| j)
+            .collect();
+        let mine: BTreeSet<u8> = (0..PARTS)
+            .filter(|&j| {
+                let me = site_rank(&id(10), 9, j);
+                me < site_rank(&id(20), 9, j) && me < site_rank(&id(30), 9, j)
+            })
+            .map(|j| j as u8)
+            .collect();
+        // (At most two at once from one partner, so a subset of its share.)
+        assert!(!asked.is_empty() && asked.is_subset(&mine), "{asked:?} of {mine:?}");
+        assert!(mine.len() < PARTS, "{mine:?}");
+        // A neighbour announcing a part it fetched: asked for it over the LAN.
+        let theirs = (0..PARTS as u8)
+            .find(|j| !mine.contains(j))
+            .expect("a neighbour's part");
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Have {
+                number: 9,
+                parts: 1 << theirs,
+            },
+        );
+        assert!(parts_asked(&drain(&mut v)).contains(&(id(20), 9, theirs)));
+    }
 
     /// A viewer that joins at the live edge (no hold-back), budget one segment.
     fn edge_viewer(me: u8, now: Instant) -> Mesh {
