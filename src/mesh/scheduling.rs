@@ -349,6 +349,7 @@ impl Mesh {
             number: n,
             rotated: k,
             urgent,
+            late,
             ..
         } in order.iter()
         {
@@ -359,8 +360,9 @@ impl Mesh {
             let pick = self.pick_supplier(n, j, urgent);
             let chosen = match pick {
                 Some(p) => Some(p),
-                // No partner can deliver: go to the origin once the wait is over.
-                None if urgent => {
+                // No partner can deliver: go to the origin once the wait is over; on a site,
+                // only the neighbour that fetches this part does, until it is late.
+                None if urgent && (late || self.fetches_for_site(n, j)) => {
                     let origin = self.cfg.origin;
                     self.peers
                         .get(&origin)
@@ -510,7 +512,10 @@ mod tests {
             .map(|j| j as u8)
             .collect();
         // (At most two at once from one partner, so a subset of its share.)
-        assert!(!asked.is_empty() && asked.is_subset(&mine), "{asked:?} of {mine:?}");
+        assert!(
+            !asked.is_empty() && asked.is_subset(&mine),
+            "{asked:?} of {mine:?}"
+        );
         assert!(mine.len() < PARTS, "{mine:?}");
         // A neighbour announcing a part it fetched: asked for it over the LAN.
         let theirs = (0..PARTS as u8)
