@@ -70,6 +70,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
                     .await
                     .ok()??;
                 let checked = check_hello(&shared, &conn, peer, &theirs)?;
+                tls::admit(&conn);
                 send.write_all(&wire::encode(&our_hello(&shared, &conn)))
                     .await
                     .ok()?;
@@ -276,6 +277,7 @@ async fn connect(
             }
         };
         let checked = check_hello(shared, &conn, peer, &theirs)?;
+        tls::admit(&conn);
         Some((conn, send, recv, checked))
     })
     .await
