@@ -265,6 +265,24 @@ impl Evil {
         self.control_raw(&wire::encode(msg)).await;
     }
 
+    /// Sends `msgs` round and round on the control stream, in batches, as fast as flow
+    /// control lets it, until the connection is closed; returns how many it wrote.
+    pub async fn flood(&mut self, msgs: &[Control]) -> u64 {
+        let mut batch = BytesMut::new();
+        let mut per_batch = 0u64;
+        while batch.len() < 64 * 1024 {
+            for m in msgs {
+                batch.extend_from_slice(&wire::encode(m));
+                per_batch += 1;
+            }
+        }
+        let mut sent = 0;
+        while self.control.write_all(&batch).await.is_ok() {
+            sent += per_batch;
+        }
+        sent
+    }
+
     /// Pushes a segment unasked, as the broadcaster seeds: each part on its own stream,
     /// the header, then that part's share of `data` as its bytes.
     pub async fn push(&self, header: &SignedHeader, data: &[u8]) {
