@@ -291,6 +291,24 @@ impl Evil {
         }
     }
 
+    /// Pushes the first frame of part `part` of `header`'s segment (the reply with the
+    /// signed header) and nothing more, keeping the stream open: a push-squatter. `None` if
+    /// the stream could not be opened or written.
+    pub async fn push_first_frame(
+        &self,
+        header: &SignedHeader,
+        part: u8,
+    ) -> Option<quinn::SendStream> {
+        let mut uni = self.conn.open_uni().await.ok()?;
+        let frame = wire::encode(&Reply::Part {
+            number: header.header.number,
+            part,
+            header: Some(header.clone()),
+        });
+        uni.write_all(&frame).await.ok()?;
+        Some(uni)
+    }
+
     /// Pushes `bytes` as they are on a new unidirectional stream, then finishes it.
     pub async fn push_raw(&self, bytes: &[u8]) {
         let Ok(mut uni) = self.conn.open_uni().await else {
