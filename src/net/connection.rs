@@ -194,7 +194,10 @@ pub(super) fn raise_epoch(shared: &Shared, epoch: u32) {
 
 /// Closes the connection when the peer's token expires or is revoked by a newer epoch.
 async fn expire_token(shared: &Shared, conn: &Connection, token: JoinToken) {
-    let left = Duration::from_secs(token.expires_unix_s.saturating_sub(unix_now_s()));
+    let expiry = token
+        .expires_unix_s
+        .saturating_add(hello::TOKEN_CLOCK_SKEW_S);
+    let left = Duration::from_secs(expiry.saturating_sub(unix_now_s()));
     let mut epoch = shared.token_epoch.subscribe();
     let e = tokio::select! {
         _ = tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)) => TokenError::Expired,
