@@ -108,7 +108,11 @@ async fn greet_with(
         .await
         .map_err(|e| e.to_string())?;
     match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
-        Some(Control::Hello(_)) => Ok((send, recv)),
+        Some(Control::Hello(_)) => {
+            // Both Hellos are out: from here on it takes streams as an admitted node does.
+            tls::admit(conn);
+            Ok((send, recv))
+        }
         _ => Err(format!("no hello back: {:?}", conn.close_reason())),
     }
 }
@@ -468,6 +472,9 @@ impl Liar {
                         {
                             return;
                         }
+                        // Admitted, as a real node admits after the Hello: viewers may now
+                        // open their requests.
+                        tls::admit(&conn);
                         if send
                             .write_all(&wire::encode(&hello(ctx.stream)))
                             .await
