@@ -108,11 +108,7 @@ async fn greet_with(
         .await
         .map_err(|e| e.to_string())?;
     match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
-        Some(Control::Hello(_)) => {
-            // Both Hellos are out: from here on it takes streams as an admitted node does.
-            tls::admit(conn);
-            Ok((send, recv))
-        }
+        Some(Control::Hello(_)) => Ok((send, recv)),
         _ => Err(format!("no hello back: {:?}", conn.close_reason())),
     }
 }
@@ -139,6 +135,8 @@ impl Listener {
         let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
         let conn = handshake(&endpoint, key, target, addr).await?;
         let (control, control_in) = greet_with(&conn, &hello_declaring(target, upload_bps)).await?;
+        // Both Hellos are out: it takes the pushes an admitted node takes.
+        tls::admit(&conn);
         Ok(Listener {
             endpoint,
             conn,
@@ -490,6 +488,7 @@ impl Liar {
         // And the broadcaster, which announces segments to us and lists us to viewers.
         let conn = handshake(&endpoint, key, origin, addr).await.unwrap();
         let (send, recv) = greet(&conn, origin).await.unwrap();
+        tls::admit(&conn);
         tokio::spawn(ctx.run(conn, send, recv));
         Liar { endpoint, requests }
     }
