@@ -96,7 +96,12 @@ pub fn server_config(key: &SigningKey) -> Result<quinn::ServerConfig, TlsError> 
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config()));
+    config
+        .transport_config(Arc::new(unadmitted_transport_config()))
+        // 0-RTT is off, so nothing worth buffering arrives before a connection is accepted.
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER * INCOMING_MAX as u64)
+        .max_incoming(INCOMING_MAX);
     Ok(config)
 }
 
@@ -120,7 +125,7 @@ pub fn client_config(
     tls.enable_early_data = false;
     let quic = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(unadmitted_transport_config()));
     Ok(config)
 }
 
@@ -158,8 +163,32 @@ pub fn transport_config() -> quinn::TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW));
+        .send_window(u64::from(CONNECTION_WINDOW))
+        // Starling sends no datagrams; unread ones would otherwise buffer 1.25 MB per peer.
+        .datagram_receive_buffer_size(None);
     transport
+}
+
+/// The transport settings of a connection whose peer has not yet passed the Hello: the
+/// same as [`transport_config`] but with a receive window of [`UNADMITTED_WINDOW`] for the
+/// whole connection, one bidirectional stream (the Hello's) and no unidirectional one, so
+/// a peer that never sends a Hello can make us buffer at most that window.
+/// [`admit`] opens the rest once the Hello is accepted.
+pub fn unadmitted_transport_config() -> quinn::TransportConfig {
+    let mut transport = transport_config();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .receive_window(VarInt::from_u32(UNADMITTED_WINDOW));
+    transport
+}
+
+/// Opens an admitted connection's flow control to the full [`transport_config`]:
+/// the connection receive window and the stream counts withheld before its Hello.
+pub fn admit(conn: &quinn::Connection) {
+    conn.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS));
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
 }
 
 /// Interval between keep-alive packets.
@@ -172,6 +201,14 @@ const MAX_STREAMS: u32 = 64;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Per-connection receive (and send) window in bytes.
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Receive window of a whole connection before its Hello is accepted: a Hello is at most
+/// [`crate::wire::MAX_CONTROL_FRAME`] (16 KiB), so this leaves room for one and little more.
+pub const UNADMITTED_WINDOW: u32 = 32 * 1024;
+/// Bytes quinn may buffer for one connection attempt not yet accepted.
+const INCOMING_BUFFER: u64 = 16 * 1024;
+/// Connection attempts quinn queues before the accept loop takes them (which refuses
+/// those over its own caps at once).
+const INCOMING_MAX: usize = 1024;
 
 /// A QUIC endpoint bound to `bind` that accepts peers (with [`server_config`])
 /// and can dial them (pass [`client_config`] to `connect_with`).

@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use starling::mesh::MeshConfig;
 use starling::stream::node_id;
 use starling::tls;
-use starling::wire::Reply;
+use starling::wire::{self, Control, Reply};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,4 +184,100 @@ async fn a_flood_from_one_address_leaves_memory_bounded_and_the_stream_playing()
     let stats = viewers[0].stats();
     assert_eq!(stats.rejected_segments, 0);
     shutdown_all(viewers.into_iter().chain([origin])).await;
+}
+
+/// One admitted peer floods the broadcaster's control stream with `Have`s, buffer maps
+/// and peer samples, as fast as QUIC carries them. It is disconnected and banned once
+/// past its budget (`node::budget`), refused when it comes back, and an honest viewer
+/// gets every segment published during and after the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_flooder_is_banned_and_an_honest_viewer_keeps_every_segment() {
+    let key = SigningKey::from_bytes(&[51; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 2).await;
+    let honest = viewer(
+        SigningKey::from_bytes(&[52; 32]),
+        &origin,
+        MeshConfig::viewer(stream, SEGMENT, 3),
+        12,
+    )
+    .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
+    for n in 0..2 {
+        publish(&origin, &key, n, SEGMENT, payload(n)).await;
+        tokio::time::sleep(SEGMENT).await;
+    }
+
+    let peer = wire::PeerInfo {
+        id: starling::stream::NodeId([9; 32]),
+        addr: "127.0.0.9:9".parse().unwrap(),
+        local: None,
+        reach: wire::Reach::Public,
+    };
+    let msgs = [
+        Control::Have {
+            number: 1,
+            parts: 1,
+        },
+        Control::BufferMap {
+            first: 0,
+            bits: vec![0xff; 8],
+        },
+        Control::Peers {
+            peers: vec![peer; wire::MAX_PEERS_PER_MESSAGE],
+        },
+    ];
+    let flood_key = SigningKey::from_bytes(&[53; 32]);
+    let mut flooder = Evil::connect(&flood_key, stream, addr, stream)
+        .await
+        .unwrap();
+    let conn = flooder.conn.clone();
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        let sent = flooder.flood(&msgs).await;
+        (sent, flooder)
+    });
+    // The stream goes on meanwhile.
+    let mut n = 2;
+    let closed = loop {
+        if tokio::time::timeout(SEGMENT, conn.closed()).await.is_ok() {
+            break true;
+        }
+        publish(&origin, &key, n, SEGMENT, payload(n)).await;
+        n += 1;
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+    };
+    let after = started.elapsed();
+    assert!(closed, "the control flooder was never disconnected");
+    let (sent, _flooder) = flood.await.unwrap();
+    eprintln!(
+        "control flooder closed after {} ms, {sent} messages written: {:?}",
+        after.as_millis(),
+        conn.close_reason()
+    );
+    // Banned: back under the same key it is let no further than the Hello.
+    if let Ok(again) = Evil::connect(&flood_key, stream, addr, stream).await {
+        assert!(
+            again.closed_within(Duration::from_secs(20)).await,
+            "a banned flooder was let back in"
+        );
+    }
+    for m in n..n + 3 {
+        publish(&origin, &key, m, SEGMENT, payload(m)).await;
+        tokio::time::sleep(SEGMENT).await;
+    }
+    let last = n + 2;
+    assert!(
+        wait_for(
+            std::slice::from_ref(&honest),
+            Duration::from_secs(20),
+            |s| { (0..=last).all(|m| s.contains(m)) }
+        )
+        .await,
+        "the honest viewer missed segments during the flood"
+    );
+    assert!(origin.stats().bans >= 1, "{:?}", origin.stats());
+    shutdown_all([honest, origin]).await;
 }

@@ -499,3 +499,66 @@ async fn a_part_the_origin_seeded_is_served_beyond_the_upload_slot_cap() {
     );
     shutdown_all(viewers.into_iter().chain([origin])).await;
 }
+
+/// A push-squatter: an admitted peer that pushes only the first frame (the signed header)
+/// of parts of each new segment and then goes silent, so the victim takes those parts for
+/// arriving. Each such part is given up after the piece silence and asked elsewhere, each
+/// counts as a stall, and the squatter is banned; the victim holds every segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_squatter_is_asked_around_and_banned() {
+    let key = SigningKey::from_bytes(&[91; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 9).await;
+    let mut viewers = Vec::new();
+    for i in 0..3u8 {
+        viewers.push(
+            viewer(
+                SigningKey::from_bytes(&[92 + i; 32]),
+                &origin,
+                MeshConfig::viewer(stream, SEGMENT, 2),
+                20 + u64::from(i),
+            )
+            .await,
+        );
+    }
+    play(&origin, &key, 0..2, &viewers).await;
+    let squatter_key = SigningKey::from_bytes(&[99; 32]);
+    let (target, addr) = (viewers[0].id(), addr_of(&viewers[0]));
+    let squatter = Evil::connect(&squatter_key, target, addr, stream)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    let mut squatted = 0;
+    let mut n = 2;
+    while n < 12 && squatter.conn.close_reason().is_none() {
+        // Ahead of the broadcaster: the victim takes the parts for arriving before any
+        // partner announces them.
+        let h = sign_segment(&key, n, SEGMENT.as_millis() as u32, 0, false, &payload(n)).unwrap();
+        for part in 0..4u8 {
+            if let Some(s) = squatter.push_first_frame(&h, part).await {
+                held.push(s);
+                squatted += 1;
+            }
+        }
+        play(&origin, &key, n..n + 1, &viewers).await;
+        n += 1;
+    }
+    assert!(squatted > 0, "no first frame was ever pushed");
+    assert!(
+        squatter.closed_within(WAIT).await,
+        "the squatter was kept after squatting {squatted} parts"
+    );
+    assert_refused(&squatter_key, target, addr, stream).await;
+    play(&origin, &key, n..n + 2, &viewers).await;
+    let stats = viewers[0].stats();
+    eprintln!(
+        "squatter pushed {squatted} first frames over {} segments before its ban; \
+         victim missed {} deadlines",
+        n - 2,
+        stats.missed_deadlines
+    );
+    assert!(stats.bans >= 1, "{stats:?}");
+    assert_all_genuine(&viewers[0], &origin);
+    drop(held);
+    shutdown_all(viewers.into_iter().chain([origin])).await;
+}

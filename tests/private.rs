@@ -146,7 +146,12 @@ async fn invited_viewers_play_and_everyone_else_is_refused_by_tracker_and_viewer
         ("no token", None, 6, "private"),
         (
             "an expired token",
-            Some(JoinToken::issue(&stream_key(), 1, unix_now_s() - 1)),
+            // Past its expiry by more than the clock-skew tolerance.
+            Some(JoinToken::issue(
+                &stream_key(),
+                1,
+                unix_now_s() - 1 - starling::node::hello::TOKEN_CLOCK_SKEW_S,
+            )),
             8,
             "expired",
         ),

@@ -152,7 +152,8 @@ impl BroadcastState {
         state
     }
 
-    /// Writes the state atomically (temp file + rename), so a crash never leaves half a file.
+    /// Writes the state atomically (temp file + rename), so a crash never leaves half a file;
+    /// the temp file is created exclusively, so a link planted at its path is never followed.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = {
             let mut p = path.as_os_str().to_owned();
@@ -163,7 +164,15 @@ impl BroadcastState {
         if let Some(port) = self.port {
             text.push_str(&format!("port={port}\n"));
         }
-        std::fs::write(&tmp, text)?;
+        // A leftover of a crash, or a link planted to redirect the write: removing it removes
+        // the link, not its target, and the exclusive create below then never follows one.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = crate::stream::key::create_private(&tmp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -624,6 +633,38 @@ impl Catalog for BroadcasterCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn state_writes_follow_no_planted_link() {
+        let dir = std::env::temp_dir().join(format!("starling-state-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = BroadcastState::path_for(&dir.join("key"));
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let state = BroadcastState {
+            next_number: 7,
+            port: Some(4433),
+        };
+        state.save(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(BroadcastState::load(&path).next_number, 7);
+        // A leftover temp file of a crash does not block the next save.
+        std::fs::write(&tmp, "next_number=1\n").unwrap();
+        BroadcastState {
+            next_number: 8,
+            port: None,
+        }
+        .save(&path)
+        .unwrap();
+        assert_eq!(BroadcastState::load(&path).next_number, 8);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn state_round_trips_and_tolerates_garbage() {

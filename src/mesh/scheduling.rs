@@ -80,10 +80,11 @@ impl Mesh {
         // A report from a peer whose connection has ended is stale: its transfer died with
         // the connection and will report nothing more, so marking the part as arriving
         // would keep it from being asked elsewhere until the request timeout.
-        let Some(p) = self.peers.get_mut(&from) else {
+        // Its stall count is reset when the part completes, not here: a first frame alone
+        // is how a squatter holds a part, and must not clear its record.
+        if !self.peers.contains_key(&from) {
             return;
-        };
-        p.stalls = 0;
+        }
         let Some(s) = self.track(number) else {
             return;
         };
@@ -148,6 +149,11 @@ impl Mesh {
         }
         if let Some(p) = self.peers.get_mut(&from) {
             p.have.add(number, bit(j));
+            // It delivered bytes: not a stall. An empty part (a segment with fewer pieces
+            // than parts) is whole with its first frame, so it proves nothing.
+            if len > 0 {
+                p.stalls = 0;
+            }
         }
         self.schedule(now);
     }
@@ -164,24 +170,7 @@ impl Mesh {
     ) {
         self.last_now = self.last_now.max(now);
         let j = usize::from(part);
-        let mut was_ours = false;
-        if let Some(s) = self.segs.get_mut(&number) {
-            if let Some(&ps) = s.parts.get(j) {
-                if ps.receiving_from.is_none_or(|f| f == peer) {
-                    s.set_arriving(j, None);
-                }
-                was_ours = ps.inflight.is_some_and(|i| i.peer == peer);
-                if was_ours {
-                    s.set_inflight(j, None);
-                }
-            }
-            if !busy && !s.failed.contains(&peer) && s.failed.len() < 16 {
-                s.failed.push(peer);
-            }
-        }
-        if was_ours {
-            self.release(peer);
-        }
+        self.give_up(peer, number, j, !busy);
         if let Some(p) = self.peers.get_mut(&peer) {
             // It answered: not a stall.
             p.stalls = 0;
@@ -193,6 +182,47 @@ impl Mesh {
             }
         }
         self.schedule(now);
+    }
+
+    /// Part `part` of `number` from `peer` (asked for or pushed) began and then went silent
+    /// ([`crate::node::PIECE_SILENCE`]): it is asked elsewhere at once, as an unanswered
+    /// request would be, and counts as a stall of `peer`'s, which gets it banned if repeated.
+    pub fn handle_part_stalled(&mut self, now: Instant, peer: NodeId, number: u64, part: u8) {
+        self.last_now = self.last_now.max(now);
+        let j = usize::from(part);
+        self.give_up(peer, number, j, true);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.have.remove(number, bit(j));
+        }
+        // The origin's pushes are re-asked too, but it is never backed off from: it is the
+        // fallback of every urgent part.
+        if !self.is_origin(&peer) {
+            self.stalled(now, peer);
+        }
+        self.schedule(now);
+    }
+
+    /// Forgets that part `j` of `number` is arriving from, or asked of, `peer`; `failed`: and
+    /// asks `peer` for nothing more of that segment.
+    fn give_up(&mut self, peer: NodeId, number: u64, j: usize, failed: bool) {
+        let mut was_ours = false;
+        if let Some(s) = self.segs.get_mut(&number) {
+            if let Some(&ps) = s.parts.get(j) {
+                if ps.receiving_from.is_none_or(|f| f == peer) {
+                    s.set_arriving(j, None);
+                }
+                was_ours = ps.inflight.is_some_and(|i| i.peer == peer);
+                if was_ours {
+                    s.set_inflight(j, None);
+                }
+            }
+            if failed && !s.failed.contains(&peer) && s.failed.len() < 16 {
+                s.failed.push(peer);
+            }
+        }
+        if was_ours {
+            self.release(peer);
+        }
     }
 
     /// How long a request may go without its header before the supplier counts as stalled.
@@ -450,7 +480,8 @@ fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, contact, drain, id, parts_asked, requests, viewer, viewer_with_partners, ORIGIN, SEG,
+        addr, announce, contact, drain, id, parts_asked, requests, viewer, viewer_with_partners,
+        ORIGIN, SEG,
     };
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
@@ -1020,5 +1051,51 @@ mod tests {
             v.stalled(t, id(30));
         }
         assert!(!v.is_banned(&id(30), t));
+    }
+
+    #[test]
+    fn a_part_that_stalls_after_its_first_frame_is_asked_elsewhere_and_counts_as_a_stall() {
+        let t0 = Instant::now();
+        let mut v = edge_viewer(10, t0);
+        v.handle_connected(
+            t0,
+            contact(id(ORIGIN), addr(1)),
+            Role::Broadcaster,
+            true,
+            None,
+        );
+        let partners = [20, 30, 40, 50, 60, 70];
+        for p in partners {
+            v.handle_connected(t0, contact(id(p), addr(p.into())), Role::Viewer, true, None);
+        }
+        // 20 pushes the first frame of part 1 of segment 9; then 9 is announced by all.
+        v.handle_receiving(t0, id(20), 9, 1);
+        for p in [ORIGIN].into_iter().chain(partners) {
+            announce(&mut v, t0, p, 9, ALL_PARTS);
+        }
+        let asked = parts_asked(&drain(&mut v));
+        assert!(!asked.is_empty());
+        assert!(
+            asked.iter().all(|&(_, n, j)| (n, j) != (9, 1)),
+            "an arriving part was asked for: {asked:?}"
+        );
+        // Silent past the piece silence: asked of another supplier at once.
+        let t = t0 + crate::node::PIECE_SILENCE;
+        v.handle_part_stalled(t, id(20), 9, 1);
+        let asked = parts_asked(&drain(&mut v));
+        assert!(
+            asked
+                .iter()
+                .any(|&(p, n, j)| (n, j) == (9, 1) && p != id(20)),
+            "{asked:?}"
+        );
+        // Neither a first frame nor an empty part clears the record: a third stall bans.
+        v.handle_receiving(t, id(20), 11, 1);
+        v.handle_part_stalled(t, id(20), 11, 1);
+        v.handle_part(t, id(20), 12, 0, 0);
+        assert!(!v.is_banned(&id(20), t));
+        v.handle_receiving(t, id(20), 12, 1);
+        v.handle_part_stalled(t, id(20), 12, 1);
+        assert!(v.is_banned(&id(20), t));
     }
 }

@@ -9,7 +9,7 @@ use super::upload::{serve, UPLOAD_TIMEOUT};
 use super::{add, Shared};
 use crate::clock::unix_now_s;
 use crate::node::hello::{self, PeerHello, Policy};
-use crate::node::{Misbehaviour, PUSHES_PER_CONNECTION, SERVES_PER_CONNECTION};
+use crate::node::{ControlBudget, Misbehaviour, PUSHES_PER_CONNECTION, SERVES_PER_CONNECTION};
 use crate::stream::NodeId;
 use crate::tls;
 use crate::token::{JoinToken, TokenError};
@@ -18,7 +18,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// How long a peer has to complete the Hello exchange.
@@ -70,6 +70,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
                     .await
                     .ok()??;
                 let checked = check_hello(&shared, &conn, peer, &theirs)?;
+                tls::admit(&conn);
                 send.write_all(&wire::encode(&our_hello(&shared, &conn)))
                     .await
                     .ok()?;
@@ -193,7 +194,10 @@ pub(super) fn raise_epoch(shared: &Shared, epoch: u32) {
 
 /// Closes the connection when the peer's token expires or is revoked by a newer epoch.
 async fn expire_token(shared: &Shared, conn: &Connection, token: JoinToken) {
-    let left = Duration::from_secs(token.expires_unix_s.saturating_sub(unix_now_s()));
+    let expiry = token
+        .expires_unix_s
+        .saturating_add(hello::TOKEN_CLOCK_SKEW_S);
+    let left = Duration::from_secs(expiry.saturating_sub(unix_now_s()));
     let mut epoch = shared.token_epoch.subscribe();
     let e = tokio::select! {
         _ = tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)) => TokenError::Expired,
@@ -276,6 +280,7 @@ async fn connect(
             }
         };
         let checked = check_hello(shared, &conn, peer, &theirs)?;
+        tls::admit(&conn);
         Some((conn, send, recv, checked))
     })
     .await
@@ -342,16 +347,18 @@ async fn run_connection(
     let reader_shared = shared.clone();
     let reader_conn = conn.clone();
     let reader = tokio::spawn(async move {
+        let mut budget = ControlBudget::new(Instant::now());
         loop {
             match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
                 Ok(Some(msg)) => {
-                    if msg.validate().is_err() {
+                    let verdict = match msg.validate() {
+                        Err(_) => Err(Misbehaviour::ControlOverLimits),
+                        Ok(()) => budget.charge(&msg, Instant::now()),
+                    };
+                    if let Err(reason) = verdict {
                         let _ = reader_shared
                             .events
-                            .send(Event::Misbehaved {
-                                peer,
-                                reason: Misbehaviour::ControlOverLimits,
-                            })
+                            .send(Event::Misbehaved { peer, reason })
                             .await;
                         break;
                     }

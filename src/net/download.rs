@@ -203,7 +203,13 @@ pub(super) async fn receive_part(
         let bytes =
             piece_range(h.len, h.piece_size, i).ok_or(TransferError::Forged(Forgery::Pieces))?;
         let mut piece = BytesMut::zeroed(bytes.len());
-        read_within(&mut recv, &mut piece, PIECE_SILENCE).await?;
+        read_within(&mut recv, &mut piece, PIECE_SILENCE)
+            .await
+            .map_err(|e| match e {
+                // Announced as arriving, so the mesh asks nobody else for it: it must hear.
+                TransferError::Timeout => TransferError::Stalled { number, part },
+                e => e,
+            })?;
         partial
             .header
             .check_piece(i, &piece)
@@ -301,6 +307,8 @@ pub(super) async fn report_transfer(
             peer,
             reason: Misbehaviour::MalformedTransferFrame,
         },
+        // Pushed or asked for alike: the part was held up and must be asked elsewhere.
+        Err(TransferError::Stalled { number, part }) => Event::PartStalled { peer, number, part },
         Err(e) => match requested {
             Some((number, part)) => Event::TransferFailed {
                 peer,

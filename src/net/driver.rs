@@ -60,6 +60,12 @@ pub(super) enum Event {
         number: u64,
         part: u8,
     },
+    /// A part from `peer` went silent after its first frame.
+    PartStalled {
+        peer: NodeId,
+        number: u64,
+        part: u8,
+    },
     /// A seeding push `peer` did not acknowledge in time.
     PushUnconfirmed {
         peer: NodeId,
@@ -255,6 +261,9 @@ impl Driver {
             }
             Event::Receiving { from, number, part } => {
                 self.mesh.handle_receiving(t, from, number, part)
+            }
+            Event::PartStalled { peer, number, part } => {
+                self.mesh.handle_part_stalled(t, peer, number, part)
             }
             Event::PushUnconfirmed { peer, number, part } => {
                 self.push_unconfirmed(t, peer, number, part)

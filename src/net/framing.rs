@@ -33,6 +33,15 @@ pub(super) enum TransferError {
     Io(String),
     #[error("timed out")]
     Timeout,
+    /// The part began (its first frame checked out) and then no piece came for
+    /// [`crate::node::PIECE_SILENCE`].
+    #[error("part {part} of segment {number} went silent after its first frame")]
+    Stalled {
+        /// Segment number.
+        number: u64,
+        /// Part index.
+        part: u8,
+    },
 }
 
 /// Reads one frame; `Ok(None)` if the stream ended cleanly before it.

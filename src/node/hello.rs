@@ -6,6 +6,11 @@ use crate::token::{JoinToken, TokenError};
 use crate::wire::{self, Control, Reach, Role};
 use std::net::SocketAddr;
 
+/// Seconds a token is still accepted past its expiry: the clocks of the node that checks
+/// it and of the broadcaster that set it are not the same clock, and a viewer refused for
+/// a few seconds of drift would see a private stream fail for no reason it can fix.
+pub const TOKEN_CLOCK_SKEW_S: u64 = 60;
+
 /// What this node demands of a peer's Hello.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -135,7 +140,8 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         epoch_seen = Some(*token_epoch);
     } else if policy.private {
         let t = token.ok_or(Refusal::Token(TokenError::Missing))?;
-        t.verify(&policy.stream, policy.min_epoch, policy.now_unix_s)
+        let now = policy.now_unix_s.saturating_sub(TOKEN_CLOCK_SKEW_S);
+        t.verify(&policy.stream, policy.min_epoch, now)
             .map_err(Refusal::Token)?;
         // Only the stream key signs tokens: a newer epoch means a rotation.
         epoch_seen = Some(t.epoch);
@@ -217,8 +223,19 @@ mod tests {
             &hello(stream, wire::PROTOCOL_VERSION, Some(token)),
         );
         assert!(good.is_ok_and(|h| h.token.is_some() && h.epoch_seen == Some(3)));
+        // Within the clock-skew tolerance past its expiry, still admitted.
+        let skewed = Policy {
+            now_unix_s: now + 59 + TOKEN_CLOCK_SKEW_S,
+            ..private
+        };
+        let drift = check(
+            &skewed,
+            peer,
+            &hello(stream, wire::PROTOCOL_VERSION, Some(token)),
+        );
+        assert!(drift.is_ok());
         let expired = Policy {
-            now_unix_s: now + 61,
+            now_unix_s: now + 61 + TOKEN_CLOCK_SKEW_S,
             ..private
         };
         let late = check(

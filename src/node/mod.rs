@@ -13,6 +13,7 @@
 //! meshes on a worker thread and keeps these beside them on its event loop.
 //!
 //! Call order for a driver, per event:
+//! - a control message arrives → [`ControlBudget::charge`] on its connection's budget;
 //! - a peer connects → [`hello::check`], then [`hello::keep_new`] if it already had one;
 //!   its Hello's view of our address → [`nat::Reachability::observe`];
 //! - the mesh says dial → [`nat::Reachability::dial_addrs`];
@@ -23,12 +24,14 @@
 //! - a segment is stored → [`Assemblies::remove`] and [`Assemblies::keep_window`].
 
 pub mod assembly;
+pub mod budget;
 pub mod hello;
 pub mod nat;
 pub mod reason;
 pub mod upload;
 
 pub use assembly::{Assemblies, FirstFrame, KEEP_BEHIND, MAX_ASSEMBLIES, PIECE_SILENCE};
+pub use budget::ControlBudget;
 pub use reason::{DisconnectReason, Forgery, Misbehaviour};
 pub use upload::{
     seed_confirm_wait, Answer, Uploads, BUSY_BACKLOG, PUSHES_PER_CONNECTION, SEED_CONFIRM_MIN,

@@ -57,6 +57,8 @@ pub enum Misbehaviour {
     BadOrStalledRequest,
     /// It stopped reading an upload and held the slot.
     StoppedReadingUpload,
+    /// It sent control messages, or peer candidates, past its [`crate::node::ControlBudget`].
+    ControlFlood,
     /// It sent data that fails verification.
     Forged(Forgery),
 }
@@ -72,6 +74,7 @@ impl Misbehaviour {
             Misbehaviour::MalformedTransferFrame => "malformed or truncated transfer frame",
             Misbehaviour::BadOrStalledRequest => "bad or stalled request",
             Misbehaviour::StoppedReadingUpload => "stopped reading an upload",
+            Misbehaviour::ControlFlood => "control flood",
             Misbehaviour::Forged(f) => f.as_str(),
         }
     }

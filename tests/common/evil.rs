@@ -135,6 +135,8 @@ impl Listener {
         let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
         let conn = handshake(&endpoint, key, target, addr).await?;
         let (control, control_in) = greet_with(&conn, &hello_declaring(target, upload_bps)).await?;
+        // Both Hellos are out: it takes the pushes an admitted node takes.
+        tls::admit(&conn);
         Ok(Listener {
             endpoint,
             conn,
@@ -265,12 +267,48 @@ impl Evil {
         self.control_raw(&wire::encode(msg)).await;
     }
 
+    /// Sends `msgs` round and round on the control stream, in batches, as fast as flow
+    /// control lets it, until the connection is closed; returns how many it wrote.
+    pub async fn flood(&mut self, msgs: &[Control]) -> u64 {
+        let mut batch = BytesMut::new();
+        let mut per_batch = 0u64;
+        while batch.len() < 64 * 1024 {
+            for m in msgs {
+                batch.extend_from_slice(&wire::encode(m));
+                per_batch += 1;
+            }
+        }
+        let mut sent = 0;
+        while self.control.write_all(&batch).await.is_ok() {
+            sent += per_batch;
+        }
+        sent
+    }
+
     /// Pushes a segment unasked, as the broadcaster seeds: each part on its own stream,
     /// the header, then that part's share of `data` as its bytes.
     pub async fn push(&self, header: &SignedHeader, data: &[u8]) {
         for part in 0..PARTS as u8 {
             self.push_raw(&part_frame(header, part, data, true)).await;
         }
+    }
+
+    /// Pushes the first frame of part `part` of `header`'s segment (the reply with the
+    /// signed header) and nothing more, keeping the stream open: a push-squatter. `None` if
+    /// the stream could not be opened or written.
+    pub async fn push_first_frame(
+        &self,
+        header: &SignedHeader,
+        part: u8,
+    ) -> Option<quinn::SendStream> {
+        let mut uni = self.conn.open_uni().await.ok()?;
+        let frame = wire::encode(&Reply::Part {
+            number: header.header.number,
+            part,
+            header: Some(header.clone()),
+        });
+        uni.write_all(&frame).await.ok()?;
+        Some(uni)
     }
 
     /// Pushes `bytes` as they are on a new unidirectional stream, then finishes it.
@@ -432,6 +470,9 @@ impl Liar {
                         {
                             return;
                         }
+                        // Admitted, as a real node admits after the Hello: viewers may now
+                        // open their requests.
+                        tls::admit(&conn);
                         if send
                             .write_all(&wire::encode(&hello(ctx.stream)))
                             .await
@@ -447,6 +488,7 @@ impl Liar {
         // And the broadcaster, which announces segments to us and lists us to viewers.
         let conn = handshake(&endpoint, key, origin, addr).await.unwrap();
         let (send, recv) = greet(&conn, origin).await.unwrap();
+        tls::admit(&conn);
         tokio::spawn(ctx.run(conn, send, recv));
         Liar { endpoint, requests }
     }
