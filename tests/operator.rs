@@ -734,9 +734,18 @@ fn broadcaster_dashboard_and_its_data() {
     ] {
         assert!(html.contains(part), "the dashboard lacks {part:?}");
     }
+    // Its only script from elsewhere is the player, from the broadcaster itself (no CDN).
+    let sources: Vec<&str> = html
+        .split("<script src=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(sources, ["hls.min.js"], "the dashboard's scripts");
+    let player = get(&broadcaster_url(&broadcaster, "/hls.min.js")).expect("GET /hls.min.js");
+    assert_eq!(player.status, 200);
     assert!(
-        !html.contains("<script src"),
-        "the dashboard loads a script"
+        html.contains("loadSource(\"live.m3u8\")"),
+        "the dashboard plays no live edge"
     );
 
     // The chart's data: a sample a second, with the viewer counted and bytes going out.

@@ -78,6 +78,24 @@ small { color: #666; }
 <svg id="rates" viewBox="0 0 600 200" preserveAspectRatio="none"></svg>
 <h2>Viewers</h2>
 <svg id="viewerchart" viewBox="0 0 600 200" preserveAspectRatio="none"></svg>
+<h2>Live edge</h2>
+<video id="live" muted autoplay playsinline controls style="width:100%;max-width:40em;background:#000"></video>
+<script src="hls.min.js"></script>
+<script>
+"use strict";
+// The broadcaster's own window, as its viewers' players get it (hls.js is served from the
+// binary; Safari plays HLS itself).
+(function () {
+  const video = document.getElementById("live");
+  if (window.Hls && Hls.isSupported()) {
+    const hls = new Hls({ liveSyncDurationCount: 2 });
+    hls.loadSource("live.m3u8");
+    hls.attachMedia(video);
+  } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = "live.m3u8";
+  }
+})();
+</script>
 <p><small>What viewers received is estimated here as each segment's size times the viewers
 connected when it was published; offload is the share of it the broadcaster did not send.
 Raw figures: <a href="stats">stats</a> (JSON), <a href="metrics">metrics</a> (Prometheus),
