@@ -6,7 +6,7 @@
 //! the stream's identity. Pure apart from that file: checks take the time as an argument.
 
 use crate::stream::codec::{CodecError, TextCodec};
-use crate::stream::key::{create_private, read_small_file, SmallFileError};
+use crate::stream::key::{read_small_file, write_private_atomically, SmallFileError};
 use crate::stream::StreamId;
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -287,25 +287,11 @@ impl TokenEpoch {
 
     /// Writes the epoch atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), EpochFileError> {
-        use std::io::Write;
-        let write = |source| EpochFileError::Write {
+        let text = format!("epoch={}\n", self.0);
+        write_private_atomically(path, text.as_bytes()).map_err(|source| EpochFileError::Write {
             path: path.display().to_string(),
             source,
-        };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        // A leftover of a crash, or a link planted to redirect the write: removing it removes
-        // the link, not its target, and the exclusive create below then never follows one.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write(e)),
-            _ => {}
-        }
-        let mut file = create_private(&tmp).map_err(write)?;
-        file.write_all(format!("epoch={}\n", self.0).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(write)?;
-        std::fs::rename(&tmp, path).map_err(write)
+        })
     }
 
     /// The next epoch: every token issued before it is revoked.

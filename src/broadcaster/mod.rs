@@ -155,25 +155,11 @@ impl BroadcastState {
     /// Writes the state atomically (temp file + rename), so a crash never leaves half a file;
     /// the temp file is created exclusively, so a link planted at its path is never followed.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = {
-            let mut p = path.as_os_str().to_owned();
-            p.push(".tmp");
-            PathBuf::from(p)
-        };
         let mut text = format!("next_number={}\n", self.next_number);
         if let Some(port) = self.port {
             text.push_str(&format!("port={port}\n"));
         }
-        // A leftover of a crash, or a link planted to redirect the write: removing it removes
-        // the link, not its target, and the exclusive create below then never follows one.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = crate::stream::key::create_private(&tmp)?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::stream::key::write_private_atomically(path, text.as_bytes())
     }
 }
 

@@ -132,6 +132,25 @@ pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
     opts.open(path)
 }
 
+/// Replaces the file at `path` with `bytes` atomically (a temp file beside it, then a
+/// rename), so a crash never leaves half a file. The temp file is created with
+/// [`create_private`] after any leftover at its path is removed (a link there: the link, not
+/// its target), so a link planted at it is never followed.
+pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = create_private(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn parse_key(bytes: &[u8]) -> Option<SigningKey> {
     let text = std::str::from_utf8(bytes).ok().map(str::trim);
     let raw: Vec<u8> = match text {
