@@ -556,7 +556,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::tests::{addr, contact, drain, id, viewer, ORIGIN, SEG};
+    use crate::mesh::tests::{addr, contact, drain, id, viewer, viewer_connected, ORIGIN, SEG};
     use crate::mesh::MeshConfig;
 
     #[test]
@@ -628,14 +628,7 @@ mod tests {
     #[test]
     fn tracker_sample_leads_to_dials_and_full_sets_turn_peers_away() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         drain(&mut v);
         let peers: Vec<PeerInfo> = (20..40).map(|i| contact(id(i), addr(i as u16))).collect();
         v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
@@ -881,14 +874,7 @@ mod tests {
     #[test]
     fn told_of_a_rendezvous_a_viewer_dials_back_at_once_if_it_has_room() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         drain(&mut v);
         let caller = behind(30, Reach::Nat, Some(30));
         v.handle_control(

@@ -480,8 +480,8 @@ fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, announce, contact, drain, id, parts_asked, requests, viewer, viewer_with_partners,
-        ORIGIN, SEG,
+        addr, announce, contact, drain, id, parts_asked, requests, viewer, viewer_connected,
+        viewer_with_partners, ORIGIN, SEG,
     };
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
@@ -648,14 +648,7 @@ mod tests {
 
     /// A viewer connected to the origin, which announces segment 20: it joins at 17.
     fn joined_at_20(t0: Instant) -> Mesh {
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -905,14 +898,7 @@ mod tests {
     #[test]
     fn timed_out_parts_are_cancelled_and_asked_elsewhere() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         v.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         v.handle_control(
@@ -969,14 +955,7 @@ mod tests {
     #[test]
     fn a_supplier_that_leaves_requests_unanswered_is_avoided_then_banned() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         v.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         v.handle_control(

@@ -522,14 +522,7 @@ mod tests {
     #[test]
     fn a_joiner_does_not_start_below_what_a_restarted_origin_holds() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         drain(&mut v);
         // The origin restarted two segments ago: it holds 40 and 41 only.
         v.handle_control(
@@ -564,14 +557,7 @@ mod tests {
     #[test]
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
+        let mut v = viewer_connected(t0, &[]);
         v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
         v.handle_control(
             t0,
