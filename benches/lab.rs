@@ -20,6 +20,9 @@
 //! 1.05. After the window ffmpeg reads 8 s of every viewer's playlist inside its namespace
 //! (all at once); a viewer whose read succeeds is playing.
 //!
+//! With `LAB_LOG_DIR=DIR` every program's stderr is kept in `DIR/<namespace>.log` too (with
+//! `RUST_LOG=starling::net::driver=debug`, each request, part, stall and disconnect).
+//!
 //! Prints a summary on stderr and one JSON object as the last stdout line. Without root,
 //! namespaces or nft it prints SKIP and exits 0 (on CI, with `CI` set, it fails).
 

@@ -22,8 +22,8 @@ const OVERFLOW_IN_SAMPLE: usize = 8;
 /// Re-dial period for the origin while this viewer has few partners.
 pub(super) const ORIGIN_RETRY: Duration = Duration::from_secs(2);
 
-/// A connection to the origin that ends sooner than this was a refusal, not a loss.
-pub(super) const ORIGIN_SHORT_LIVED: Duration = Duration::from_secs(5);
+/// A connection that ends sooner than this was a refusal, not a loss.
+pub(super) const SHORT_LIVED: Duration = Duration::from_secs(5);
 
 /// Re-dial period for the origin once this viewer has partners to pull from.
 pub(super) const ORIGIN_RETRY_WITH_PARTNERS: Duration = Duration::from_secs(30);
@@ -107,12 +107,9 @@ impl Mesh {
             self.start_from_partners = false;
             self.origin_since = Some(now);
         }
-        // A partner now: no longer one of the broadcaster's turned-away.
+        // A partner now: no longer one of the broadcaster's turned-away. Its dial record is
+        // settled when the connection ends ([`Mesh::handle_disconnected`]).
         self.overflow.retain(|p| p.id != peer);
-        if let Some(k) = self.known.get_mut(&peer) {
-            k.failures = 0;
-            k.retry_at = None;
-        }
         self.peers.insert(
             peer,
             Peer {
@@ -129,6 +126,7 @@ impl Mesh {
                 busy_until: None,
                 stalls: 0,
                 seed_suspect: false,
+                since: now,
                 next_pex: now + self.cfg.pex_interval,
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
@@ -176,8 +174,17 @@ impl Mesh {
     pub fn handle_disconnected(&mut self, now: Instant, peer: NodeId) {
         self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
-        if self.peers.remove(&peer).is_none() {
+        let Some(gone) = self.peers.remove(&peer) else {
             return;
+        };
+        // A connection that ended at once was a refusal (a ban, a full partner set, a
+        // duplicate): it backs off as a failed dial does, or two peers a LAN apart redial
+        // each other a thousand times a second.
+        if now.saturating_duration_since(gone.since) < SHORT_LIVED {
+            self.dial_failed(now, peer);
+        } else if let Some(k) = self.known.get_mut(&peer) {
+            k.failures = 0;
+            k.retry_at = None;
         }
         self.declared.remove(&peer);
         for s in self.segs.values_mut() {
@@ -201,7 +208,7 @@ impl Mesh {
             let short = self
                 .origin_since
                 .take()
-                .is_none_or(|t| now.saturating_duration_since(t) < ORIGIN_SHORT_LIVED);
+                .is_none_or(|t| now.saturating_duration_since(t) < SHORT_LIVED);
             self.origin_failed(now, short);
         }
         self.dial_more_if_viewer(now);
@@ -215,6 +222,13 @@ impl Mesh {
         if self.is_origin(&peer) {
             self.origin_failed(now, true);
         }
+        self.dial_failed(now, peer);
+        self.dial_more_if_viewer(now);
+    }
+
+    /// Backs off from dialling `peer` again, doubling with each failure in a row, and
+    /// forgets it after five.
+    fn dial_failed(&mut self, now: Instant, peer: NodeId) {
         if let Some(k) = self.known.get_mut(&peer) {
             k.failures += 1;
             let backoff = Duration::from_secs(2u64.saturating_pow(k.failures.min(6)));
@@ -223,7 +237,6 @@ impl Mesh {
                 self.known.remove(&peer);
             }
         }
-        self.dial_more_if_viewer(now);
     }
 
     /// `peer` sent bytes or messages that failed verification: drop and ban it.
@@ -608,7 +621,7 @@ mod tests {
             true,
             None,
         );
-        t += ORIGIN_SHORT_LIVED * 2;
+        t += SHORT_LIVED * 2;
         v.handle_disconnected(t, id(ORIGIN));
         drain(&mut v);
         let lost = t;
@@ -623,6 +636,40 @@ mod tests {
             }
         }
         assert!(t - lost <= Duration::from_millis(1500), "{:?}", t - lost);
+    }
+
+    #[test]
+    fn a_peer_that_drops_us_at_once_is_not_redialled_at_once() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[]);
+        drain(&mut v);
+        let dials_of_20 = |acts: Vec<Action>| {
+            acts.iter()
+                .filter(|a| matches!(a, Action::Dial { peer, .. } if *peer == id(20)))
+                .count()
+        };
+        let peers = vec![contact(id(20), addr(20))];
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        assert_eq!(dials_of_20(drain(&mut v)), 1);
+        // It connects and closes at once (it had banned us, or is full): a refusal.
+        let t = t0 + Duration::from_millis(5);
+        v.handle_connected(t, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_disconnected(t, id(20));
+        assert_eq!(dials_of_20(drain(&mut v)), 0, "redialled at once");
+        v.handle_tick(t + Duration::from_millis(500));
+        assert_eq!(
+            dials_of_20(drain(&mut v)),
+            0,
+            "redialled within the backoff"
+        );
+        v.handle_tick(t + Duration::from_secs(3));
+        assert_eq!(dials_of_20(drain(&mut v)), 1, "never redialled");
+        // A connection that lasted is a loss, not a refusal: redialled at once.
+        let t = t + Duration::from_secs(4);
+        v.handle_connected(t, contact(id(20), addr(20)), Role::Viewer, true, None);
+        let t = t + SHORT_LIVED;
+        v.handle_disconnected(t, id(20));
+        assert_eq!(dials_of_20(drain(&mut v)), 1);
     }
 
     #[test]

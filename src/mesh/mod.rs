@@ -280,9 +280,12 @@ pub struct Mesh {
     next_maintenance: Instant,
     /// The latest time any input carried; wake-ups at or before it are already due.
     last_now: Instant,
+    /// When a part last came whole with bytes, and from whom: the witness that our own link
+    /// works when another supplier stalls ([`Mesh::stalled`]).
+    last_delivery: Option<(Instant, NodeId)>,
     origin_retry_at: Instant,
     /// Dials to the origin that failed, and connections to it that ended within
-    /// [`ORIGIN_SHORT_LIVED`](membership::ORIGIN_SHORT_LIVED) (turned away: its partner
+    /// [`SHORT_LIVED`](membership::SHORT_LIVED) (turned away: its partner
     /// set is full), since the last that lasted; each doubles the wait before the next dial.
     origin_failures: u32,
     /// When the connection to the origin opened.
@@ -339,6 +342,7 @@ impl Mesh {
             actions: VecDeque::new(),
             next_maintenance: now,
             last_now: now,
+            last_delivery: None,
             origin_retry_at: now,
             origin_failures: 0,
             origin_since: None,

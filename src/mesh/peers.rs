@@ -35,6 +35,8 @@ pub(super) struct Peer {
     pub(super) reach: Reach,
     /// It sits behind our public address (our site): asked first, a LAN away.
     pub(super) same_site: bool,
+    /// When the connection opened: one that ends soon after was a refusal, not a loss.
+    pub(super) since: Instant,
     /// When it is next sent a peer sample.
     pub(super) next_pex: Instant,
     /// When it is next sent a full buffer map.
@@ -265,6 +267,7 @@ mod tests {
             busy_until: None,
             stalls,
             seed_suspect: false,
+            since: Instant::now(),
             next_pex: Instant::now(),
             next_buffer_map: Instant::now(),
         }

@@ -23,6 +23,14 @@ const STALL_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests left unanswered in a row that get a peer dropped and banned.
 const MAX_STALLS: u32 = 3;
 
+/// Requests a node keeps in flight across its site's WAN for parts a neighbour of its site
+/// fetches ([`Mesh::may_fetch_for_a_neighbour`]).
+const SITE_EXTRA_INFLIGHT: usize = 1;
+
+/// How recently another supplier must have delivered a part for a stall to count against
+/// the peer that stalled.
+const STALL_WITNESS: Duration = Duration::from_secs(2);
+
 /// [`Mesh::schedule`]'s work lists, kept between calls.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
@@ -155,6 +163,9 @@ impl Mesh {
                 p.stalls = 0;
             }
         }
+        if len > 0 {
+            self.last_delivery = Some((now, from));
+        }
         self.schedule(now);
     }
 
@@ -233,13 +244,23 @@ impl Mesh {
     }
 
     /// `peer` left a request unanswered: back off from it, and after
-    /// [`MAX_STALLS`] in a row (no answer in between) drop and ban it.
+    /// [`MAX_STALLS`] in a row (no answer in between) drop and ban it. A stall counts only
+    /// when another supplier delivered within [`STALL_WITNESS`]: when nothing arrives from
+    /// anyone, our own congested link is the likelier cause, and banning honest partners
+    /// for it would cut a congested site off for good. Nor does a partner of our own site's
+    /// stall count: it relays what crosses the WAN we share, so its silence is that link's.
     pub(super) fn stalled(&mut self, now: Instant, peer: NodeId) {
+        let witnessed = self.last_delivery.is_some_and(|(t, from)| {
+            from != peer && now.saturating_duration_since(t) <= STALL_WITNESS
+        });
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        p.stalls += 1;
         p.busy_until = Some(now + STALL_BACKOFF);
+        if !witnessed || p.same_site {
+            return;
+        }
+        p.stalls += 1;
         if p.stalls >= MAX_STALLS && !self.is_origin(&peer) {
             self.misbehaved(now, peer, Misbehaviour::LeavesRequestsUnanswered);
         }
@@ -391,8 +412,12 @@ impl Mesh {
             let chosen = match pick {
                 Some(p) => Some(p),
                 // No partner can deliver: go to the origin once the wait is over; on a site,
-                // only the neighbour that fetches this part does, until it is late.
-                None if urgent && (late || self.fetches_for_site(n, j)) => {
+                // only the neighbour that fetches this part does, until it is late (and then
+                // one such part at a time).
+                None if urgent
+                    && (self.fetches_for_site(n, j)
+                        || (late && self.may_fetch_for_a_neighbour())) =>
+                {
                     let origin = self.cfg.origin;
                     self.peers
                         .get(&origin)
@@ -422,8 +447,9 @@ impl Mesh {
     /// The partner to ask for part `part` of segment `n`: one of our own site first (a LAN
     /// away), then the least loaded, the fastest, a random one. One of another site is asked
     /// only by the neighbour that fetches this part for the site
-    /// ([`Mesh::fetches_for_site`]), or by anyone once the part is `urgent`: the others get it
-    /// from that neighbour over the LAN, so a site pulls each part across its WAN about once.
+    /// ([`Mesh::fetches_for_site`]), or by another once the part is `urgent`, one part at a
+    /// time ([`Mesh::may_fetch_for_a_neighbour`]): the others get it from that neighbour over
+    /// the LAN, so a site pulls each part across its WAN about once.
     fn pick_supplier(&mut self, n: u64, part: usize, urgent: bool) -> Option<NodeId> {
         let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
@@ -444,10 +470,34 @@ impl Mesh {
             }
         }
         let (cross_site, .., id) = best?;
-        if cross_site && !urgent && !self.fetches_for_site(n, part) {
+        if cross_site
+            && !self.fetches_for_site(n, part)
+            && !(urgent && self.may_fetch_for_a_neighbour())
+        {
             return None;
         }
         Some(id)
+    }
+
+    /// Whether this node may fetch, across the WAN, a part a neighbour of its site fetches
+    /// for it: once the part is urgent, and one at a time. Unbounded, a site that falls
+    /// behind has every node fetch every late part at once, its WAN carries a copy per node,
+    /// and everything stays late; one at a time, the site's nodes share its WAN again.
+    fn may_fetch_for_a_neighbour(&self) -> bool {
+        let mut extra = 0;
+        for (&n, s) in self.unsettled() {
+            for (j, ps) in s.parts.iter().enumerate() {
+                let Some(inf) = ps.inflight else { continue };
+                let across = self.peers.get(&inf.peer).is_some_and(|p| !p.same_site);
+                if across && !self.fetches_for_site(n, j) {
+                    extra += 1;
+                    if extra >= SITE_EXTRA_INFLIGHT {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Whether this node is the one of its site that fetches part `part` of segment `n`
@@ -487,9 +537,9 @@ mod tests {
     use crate::stream::ALL_PARTS;
     use std::collections::{BTreeMap, BTreeSet};
 
-    #[test]
-    fn a_site_splits_the_parts_it_fetches_across_its_wan() {
-        let t0 = Instant::now();
+    /// Viewer 10 behind public address 198.51.100.1 with neighbours 20 and 30 there, the
+    /// origin, and partners `far` elsewhere.
+    fn site_viewer(t0: Instant, far: &[u8]) -> Mesh {
         let public = |port: u16| std::net::SocketAddr::from(([198, 51, 100, 1], port));
         let mut v = viewer(10, t0);
         v.observe_self(Some(public(7010)), crate::wire::Reach::Nat);
@@ -500,7 +550,6 @@ mod tests {
             true,
             None,
         );
-        // Two neighbours behind our public address, one partner elsewhere.
         for n in [20u8, 30] {
             v.handle_connected(
                 t0,
@@ -510,9 +559,78 @@ mod tests {
                 None,
             );
         }
-        let far = std::net::SocketAddr::from(([203, 0, 113, 4], 7040));
-        v.handle_connected(t0, contact(id(40), far), Role::Viewer, true, None);
+        for &n in far {
+            let at = std::net::SocketAddr::from(([203, 0, 113, n], 7000));
+            v.handle_connected(t0, contact(id(n), at), Role::Viewer, true, None);
+        }
         drain(&mut v);
+        v
+    }
+
+    /// The parts of segment `n` node 10 fetches across the WAN for its site of 10, 20, 30.
+    fn my_share(n: u64) -> BTreeSet<u8> {
+        (0..PARTS)
+            .filter(|&j| {
+                let me = site_rank(&id(10), n, j);
+                me < site_rank(&id(20), n, j) && me < site_rank(&id(30), n, j)
+            })
+            .map(|j| j as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_neighbour_of_our_site_is_never_banned_for_stalls() {
+        let t0 = Instant::now();
+        let mut v = site_viewer(t0, &[40, 41]);
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
+        announce(&mut v, t0, 41, 9, ALL_PARTS);
+        // Others deliver meanwhile, so stalls are not our own link's.
+        v.handle_part(t0, id(41), 9, 0, 1000);
+        for _ in 0..MAX_STALLS {
+            v.stalled(t0, id(20));
+            v.stalled(t0, id(40));
+        }
+        assert!(!v.is_banned(&id(20), t0), "a neighbour relaying our WAN");
+        assert!(v.is_banned(&id(40), t0));
+    }
+
+    #[test]
+    fn a_site_behind_fetches_its_neighbours_parts_one_at_a_time() {
+        let t0 = Instant::now();
+        let far = [40, 41, 42, 43, 44, 45];
+        let mut v = site_viewer(t0, &far);
+        // Playing already: the segments before 9 are held.
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        for p in [ORIGIN].into_iter().chain(far) {
+            announce(&mut v, t0, p, 9, ALL_PARTS);
+        }
+        let mine = my_share(9);
+        let theirs = |acts: &[(NodeId, u64, u8)]| {
+            acts.iter()
+                .filter(|(_, n, j)| *n == 9 && !mine.contains(j))
+                .count()
+        };
+        assert_eq!(theirs(&parts_asked(&drain(&mut v))), 0);
+        // Late, and no neighbour has announced a part: still one of theirs at a time.
+        let late = t0 + v.cfg.playout_budget;
+        v.handle_tick(late);
+        let asked = parts_asked(&drain(&mut v));
+        assert_eq!(
+            theirs(&asked),
+            SITE_EXTRA_INFLIGHT,
+            "{asked:?} mine {mine:?}"
+        );
+    }
+
+    #[test]
+    fn a_site_splits_the_parts_it_fetches_across_its_wan() {
+        let t0 = Instant::now();
+        let mut v = site_viewer(t0, &[40]);
         // Only the far partner holds segment 9: this node asks it for its own share alone.
         v.handle_control(
             t0,
@@ -535,13 +653,7 @@ mod tests {
             .filter(|(p, n, _)| *p == id(40) && *n == 9)
             .map(|(_, _, j)| j)
             .collect();
-        let mine: BTreeSet<u8> = (0..PARTS)
-            .filter(|&j| {
-                let me = site_rank(&id(10), 9, j);
-                me < site_rank(&id(20), 9, j) && me < site_rank(&id(30), 9, j)
-            })
-            .map(|j| j as u8)
-            .collect();
+        let mine = my_share(9);
         // (At most two at once from one partner, so a subset of its share.)
         assert!(
             !asked.is_empty() && asked.is_subset(&mine),
@@ -1018,7 +1130,13 @@ mod tests {
             "{again:?}"
         );
         assert_eq!(v.stats().missed_deadlines, 0);
-        // Stalling again and again gets it dropped and banned.
+        // While nothing arrives from anyone, stalls are our own link's: nobody is banned.
+        for _ in 0..MAX_STALLS {
+            v.stalled(t, id(20));
+        }
+        assert!(!v.is_banned(&id(20), t));
+        // While others deliver, stalling again and again gets it dropped and banned.
+        v.handle_part(t, id(30), 100, 0, 1000);
         for _ in 0..MAX_STALLS {
             v.stalled(t, id(20));
         }
@@ -1058,8 +1176,10 @@ mod tests {
             asked.iter().all(|&(_, n, j)| (n, j) != (9, 1)),
             "an arriving part was asked for: {asked:?}"
         );
-        // Silent past the piece silence: asked of another supplier at once.
+        // Silent past the piece silence while another supplier delivers: asked of another
+        // supplier at once.
         let t = t0 + crate::node::PIECE_SILENCE;
+        v.handle_part(t, id(30), 9, 2, 1000);
         v.handle_part_stalled(t, id(20), 9, 1);
         let asked = parts_asked(&drain(&mut v));
         assert!(

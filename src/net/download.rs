@@ -4,7 +4,7 @@
 //! [`crate::node::Assemblies`]' rules.
 
 use super::driver::Event;
-use super::framing::{read_frame, read_within, TransferError};
+use super::framing::{read_frame, read_steadily, TransferError};
 use super::{add, Shared};
 use crate::node::{Assemblies, FirstFrame, Forgery, Misbehaviour, PIECE_SILENCE};
 use crate::store;
@@ -203,7 +203,7 @@ pub(super) async fn receive_part(
         let bytes =
             piece_range(h.len, h.piece_size, i).ok_or(TransferError::Forged(Forgery::Pieces))?;
         let mut piece = BytesMut::zeroed(bytes.len());
-        read_within(&mut recv, &mut piece, PIECE_SILENCE)
+        read_steadily(&mut recv, &mut piece, PIECE_SILENCE)
             .await
             .map_err(|e| match e {
                 // Announced as arriving, so the mesh asks nobody else for it: it must hear.

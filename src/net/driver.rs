@@ -166,6 +166,7 @@ impl Driver {
                 dialed_by_me,
             } => {
                 let peer = contact.id;
+                tracing::debug!(peer = %peer.short(), ?role, uploads, "connected");
                 if let Some(existing) = self.conns.get(&peer) {
                     // Both sides dialled at once: both keep the connection dialled by the
                     // smaller id, so they agree without talking.
@@ -219,6 +220,7 @@ impl Driver {
                         }
                         *p != peer
                     });
+                    tracing::debug!(peer = %peer.short(), "disconnected");
                     self.mesh.handle_disconnected(t, peer);
                     self.count_lan_partners();
                 }
@@ -240,6 +242,7 @@ impl Driver {
                 completed,
             } => {
                 self.transfers.remove(&(from, number, part));
+                tracing::debug!(peer = %from.short(), number, part, len, whole = completed.is_some(), "part");
                 self.mesh.handle_part(t, from, number, part, len);
                 if let Some(duration) = completed {
                     self.mesh.observe_segment_duration(duration);
@@ -256,6 +259,7 @@ impl Driver {
                 busy,
             } => {
                 self.transfers.remove(&(peer, number, part));
+                tracing::debug!(peer = %peer.short(), number, part, busy, "transfer failed");
                 self.mesh
                     .handle_transfer_failed(t, peer, number, part, busy);
             }
@@ -263,6 +267,7 @@ impl Driver {
                 self.mesh.handle_receiving(t, from, number, part)
             }
             Event::PartStalled { peer, number, part } => {
+                tracing::debug!(peer = %peer.short(), number, part, "part stalled");
                 self.mesh.handle_part_stalled(t, peer, number, part)
             }
             Event::PushUnconfirmed { peer, number, part } => {
@@ -302,6 +307,7 @@ impl Driver {
                     part,
                     join,
                 } => {
+                    tracing::debug!(peer = %peer.short(), number, part, join, "request");
                     if let Some(c) = self.conns.get(&peer) {
                         let h = tokio::spawn(request(
                             self.shared.clone(),
@@ -346,6 +352,7 @@ impl Driver {
                     tokio::spawn(dial(self.shared.clone(), peer, addrs));
                 }
                 Action::Disconnect { peer, reason } => {
+                    tracing::debug!(peer = %peer.short(), reason = reason.as_str(), "disconnecting");
                     if let Some(c) = self.conns.remove(&peer) {
                         close_after(c.conn, reason);
                     }

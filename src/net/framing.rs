@@ -33,7 +33,7 @@ pub(super) enum TransferError {
     Io(String),
     #[error("timed out")]
     Timeout,
-    /// The part began (its first frame checked out) and then no piece came for
+    /// The part began (its first frame checked out) and then no byte came for
     /// [`crate::node::PIECE_SILENCE`].
     #[error("part {part} of segment {number} went silent after its first frame")]
     Stalled {
@@ -79,6 +79,26 @@ pub(super) async fn read_within(
         Ok(Err(e)) => Err(TransferError::Io(e.to_string())),
         Err(_) => Err(TransferError::Timeout),
     }
+}
+
+/// Fills `buf`, failing with [`TransferError::Timeout`] only when no byte comes for
+/// `silence`: a piece crossing a congested link arrives slowly but steadily, and only silence
+/// marks a stalled sender (the mesh bounds a trickle by its request timeout).
+pub(super) async fn read_steadily(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    silence: Duration,
+) -> Result<(), TransferError> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match tokio::time::timeout(silence, recv.read(rest)).await {
+            Ok(Ok(Some(n))) => filled += n,
+            Ok(Ok(None)) => return Err(TransferError::Wire(WireError::Truncated)),
+            Ok(Err(e)) => return Err(TransferError::Io(e.to_string())),
+            Err(_) => return Err(TransferError::Timeout),
+        }
+    }
+    Ok(())
 }
 
 /// Why an upload stopped early.

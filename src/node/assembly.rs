@@ -9,8 +9,8 @@ pub const KEEP_BEHIND: u64 = 64;
 /// Most segments assembled at once; beyond it the oldest is given up first.
 pub const MAX_ASSEMBLIES: usize = 16;
 
-/// Longest a part's reply may go silent (its first piece after the header, or one piece
-/// after the last) before the part is given up and asked elsewhere: a supplier that
+/// Longest a part's reply may go silent (no byte after its header or after the last one)
+/// before the part is given up and asked elsewhere: a supplier that
 /// vanished is otherwise noticed only at the QUIC idle timeout, while an honest gap is one
 /// piece's time on the supplier's uplink (BENCHMARKS.md).
 pub const PIECE_SILENCE: Duration = Duration::from_secs(1);

@@ -403,6 +403,15 @@ impl Drop for Lab {
     }
 }
 
+/// `LAB_LOG_DIR`: a copy of every program's stderr goes to `DIR/<namespace>.log` too, with
+/// `RUST_LOG` passed through, to see what the programs did in a benchmark's run.
+static LOG_DIR: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
+    let dir = std::env::var("LAB_LOG_DIR").ok()?;
+    Some(format!(
+        "exec \"$@\" 2> >(tee -a \"{dir}/$(ip netns identify).log\" >&2)"
+    ))
+});
+
 impl Host {
     /// The command prefix that runs a program in this host's namespace; the program is killed
     /// when the thread that started it ends (so a killed test leaves no program running).
@@ -410,6 +419,9 @@ impl Host {
         let mut prefix = vec!["ip", "netns", "exec", self.ns.as_str()];
         if find_on_path("setpriv").is_some() {
             prefix.extend(["setpriv", "--pdeathsig", "KILL", "--"]);
+        }
+        if let Some(dir) = LOG_DIR.as_deref() {
+            prefix.extend(["bash", "-c", dir, "bash"]);
         }
         prefix
     }
