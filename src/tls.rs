@@ -142,6 +142,18 @@ pub fn peer_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
     }
 }
 
+/// This connection's TLS exporter bytes under [`crate::token::BINDING_LABEL`] (RFC 8446
+/// section 7.5): the same at both ends of this connection and at no other, which a token
+/// holder signs so that its proof is useless anywhere else.
+///
+/// `None` only before the handshake completes.
+pub fn token_binding(conn: &quinn::Connection) -> Option<[u8; crate::token::BINDING_LEN]> {
+    let mut out = [0u8; crate::token::BINDING_LEN];
+    conn.export_keying_material(&mut out, crate::token::BINDING_LABEL, b"")
+        .ok()?;
+    Some(out)
+}
+
 /// The transport settings both sides use.
 ///
 /// - Keep-alive every 2 s and a 10 s idle timeout: a vanished peer (or a

@@ -25,7 +25,7 @@ use crate::rate::Rate;
 use crate::source::{self, Encode, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
-use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
+use crate::token::{Admission, Credential, EpochFileError, TokenEpoch};
 use crate::ts::CutSegment;
 use crate::wire::Role;
 use bytes::Bytes;
@@ -463,7 +463,7 @@ async fn spawn_node(
         store_capacity: 64,
         seed: rand::random(),
         max_connections: MAX_CONNECTIONS,
-        admission,
+        admission: admission.clone(),
     };
     if let Some(addr) = config.listen {
         return Node::spawn(make(addr)).await;
@@ -477,15 +477,17 @@ async fn spawn_node(
     Node::spawn(make(SocketAddr::from(([0, 0, 0, 0], 0)))).await
 }
 
-/// Issues a join token for the stream of the key at `key_path`, valid for `lifetime` from
-/// `now_unix_s`. With `rotate`, first moves to a new token epoch, which revokes every token
-/// issued before; the stream (key, ticket) stays the same.
+/// Issues a join credential for the stream of the key at `key_path`, valid for `lifetime`
+/// from `starts_in` after `now_unix_s`, held by a fresh random key. With `rotate`, first
+/// moves to a new token epoch, which revokes every token issued before; the stream (key,
+/// ticket) stays the same.
 pub fn issue_token(
     key_path: &Path,
     lifetime: Duration,
+    starts_in: Duration,
     rotate: bool,
     now_unix_s: u64,
-) -> Result<JoinToken, BroadcastError> {
+) -> Result<Credential, BroadcastError> {
     // A mistyped path must not quietly create a new stream whose tokens fit nothing.
     if !key_path.exists() {
         return Err(BroadcastError::NoKey {
@@ -499,10 +501,15 @@ pub fn issue_token(
         epoch = epoch.rotated()?;
         epoch.save(&epoch_path)?;
     }
-    Ok(JoinToken::issue(
+    let not_before = now_unix_s.saturating_add(starts_in.as_secs());
+    // A holder key of its own: were it shared, any holder could prove a token collected from another.
+    let holder = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    Ok(Credential::issue(
         &key,
+        &holder,
         epoch.0,
-        now_unix_s.saturating_add(lifetime.as_secs()),
+        not_before,
+        not_before.saturating_add(lifetime.as_secs()),
     ))
 }
 

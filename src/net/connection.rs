@@ -12,7 +12,7 @@ use crate::node::hello::{self, PeerHello, Policy};
 use crate::node::{ControlBudget, Misbehaviour, PUSHES_PER_CONNECTION, SERVES_PER_CONNECTION};
 use crate::stream::NodeId;
 use crate::tls;
-use crate::token::{JoinToken, TokenError};
+use crate::token::{JoinToken, Side, TokenError};
 use crate::wire::{self, Control, Reply};
 use quinn::{Connection, RecvStream, SendStream};
 use std::net::{IpAddr, SocketAddr};
@@ -69,9 +69,9 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
                 let theirs = read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME)
                     .await
                     .ok()??;
-                let checked = check_hello(&shared, &conn, peer, &theirs)?;
+                let checked = check_hello(&shared, &conn, peer, &theirs, Side::Dialler)?;
                 tls::admit(&conn);
-                send.write_all(&wire::encode(&our_hello(&shared, &conn)))
+                send.write_all(&wire::encode(&our_hello(&shared, &conn, Side::Acceptor)))
                     .await
                     .ok()?;
                 Some((send, recv, checked))
@@ -127,8 +127,9 @@ impl Drop for Handshake {
     }
 }
 
-/// Our Hello to the peer at the other end of `conn`, telling it where we see it.
-fn our_hello(shared: &Shared, conn: &Connection) -> Control {
+/// Our Hello to the peer at the other end of `conn`, telling it where we see it; on a
+/// private stream, with our token proven on this connection as the `side` we are.
+fn our_hello(shared: &Shared, conn: &Connection, side: Side) -> Control {
     let (local, public, reach) = {
         let r = shared.reachability();
         (r.local_addr(), r.public_addr(), r.reach())
@@ -139,7 +140,11 @@ fn our_hello(shared: &Shared, conn: &Connection) -> Control {
         role: shared.role,
         uploads: shared.uploads,
         upload_bps: shared.limiter.rate().map(|r| r.0),
-        token: shared.admission.token(),
+        // No exporter (never after a completed handshake): no proof, and the peer says why.
+        token: shared
+            .admission
+            .credential()
+            .and_then(|c| Some(c.prove(&tls::token_binding(conn)?, side))),
         token_epoch: *shared.token_epoch.borrow(),
         observed: conn.remote_address(),
         local,
@@ -158,12 +163,16 @@ fn check_hello(
     conn: &Connection,
     peer: NodeId,
     msg: &Control,
+    peer_side: Side,
 ) -> Option<PeerHello> {
     let policy = Policy {
         stream: shared.stream,
         private: shared.admission.is_private(),
         min_epoch: *shared.token_epoch.borrow(),
         now_unix_s: unix_now_s(),
+        // Zeros when there is no exporter: no holder signed them, so a token is refused.
+        binding: tls::token_binding(conn).unwrap_or_default(),
+        peer_side,
     };
     match hello::check(&policy, peer, msg) {
         Ok(checked) => {
@@ -258,7 +267,7 @@ async fn connect(
             }
         };
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        send.write_all(&wire::encode(&our_hello(shared, &conn)))
+        send.write_all(&wire::encode(&our_hello(shared, &conn, Side::Dialler)))
             .await
             .ok()?;
         let theirs = match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
@@ -279,7 +288,7 @@ async fn connect(
                 return None;
             }
         };
-        let checked = check_hello(shared, &conn, peer, &theirs)?;
+        let checked = check_hello(shared, &conn, peer, &theirs, Side::Acceptor)?;
         tls::admit(&conn);
         Some((conn, send, recv, checked))
     })
