@@ -128,6 +128,9 @@ pub struct BroadcastState {
     pub port: Option<u16>,
 }
 
+/// Longest `.state` file read: two short `name=value` lines.
+const MAX_STATE_FILE: u64 = 1024;
+
 impl BroadcastState {
     /// The state file for a key file.
     pub fn path_for(key_path: &Path) -> PathBuf {
@@ -136,9 +139,14 @@ impl BroadcastState {
         PathBuf::from(p)
     }
 
-    /// Reads the state; a missing or unreadable file gives the initial state.
+    /// Reads the state; a missing or unreadable file gives the initial state. Read as the
+    /// key is: a link is not followed, and a pipe, device or file over 1 KiB is refused at
+    /// once (a FIFO there would hang the start, `/dev/zero` exhaust memory).
     pub fn load(path: &Path) -> BroadcastState {
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(file) = crate::stream::key::read_small_file(path, MAX_STATE_FILE) else {
+            return BroadcastState::default();
+        };
+        let Ok(text) = String::from_utf8(file.bytes) else {
             return BroadcastState::default();
         };
         let mut state = BroadcastState::default();
@@ -656,6 +664,39 @@ mod tests {
         .save(&path)
         .unwrap();
         assert_eq!(BroadcastState::load(&path).next_number, 8);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_state_file_that_is_no_small_file_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("starling-state-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real");
+        std::fs::write(&real, "next_number=9\n").unwrap();
+        assert_eq!(BroadcastState::load(&real).next_number, 9);
+        let link = dir.join("link.state");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let zero = dir.join("zero.state");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.join("fifo.state");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let long = dir.join("long.state");
+        std::fs::write(&long, "next_number=9\n".repeat(100)).unwrap();
+        // Each returns at once (a FIFO with no writer would block a plain read forever).
+        for path in [&link, &zero, &fifo, &long, &dir] {
+            assert_eq!(
+                BroadcastState::load(path),
+                BroadcastState::default(),
+                "{}",
+                path.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
