@@ -27,13 +27,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control messages queued per connection; a peer that lets it fill is not reading.
 const CONTROL_QUEUE: usize = 512;
 
-/// Connections still in their handshake or Hello, in all: each costs state before
-/// the peer has proved anything, so a flood of half-open attempts is refused beyond it.
-const MAX_HANDSHAKES: usize = 256;
-/// Connections in their handshake or Hello from one IP address. Established
-/// connections are not capped per address (many honest viewers can share one, behind
-/// NAT or on loopback); they are bounded by `max_connections` and the mesh's partner cap.
-const MAX_HANDSHAKES_PER_IP: usize = 32;
 /// Longest the accept loop waits to tell a peer over its serve cap that we are busy.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -95,15 +88,13 @@ struct Handshake {
 }
 
 impl Handshake {
-    /// Counts a new attempt from `ip`; `None` if that would pass a cap.
+    /// Counts a new attempt from `ip`; `None` if that would pass a cap
+    /// ([`crate::node::budget::HandshakeSlots`]).
     fn start(shared: &Arc<Shared>, ip: IpAddr) -> Option<Handshake> {
-        let mut map = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = map.values().sum();
-        let from_ip = map.get(&ip).copied().unwrap_or(0);
-        if total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
+        let mut slots = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        if !slots.take(ip) {
             return None;
         }
-        map.insert(ip, from_ip + 1);
         Some(Handshake {
             shared: shared.clone(),
             ip,
@@ -113,17 +104,11 @@ impl Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        let mut map = self
-            .shared
+        self.shared
             .handshakes
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(self.ip);
     }
 }
 
