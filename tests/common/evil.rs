@@ -401,6 +401,14 @@ impl Evil {
         Some(uni)
     }
 
+    /// Opens a unidirectional stream (a push), writes `bytes` and keeps it open: the
+    /// caller holds the stream. `None` if it could not be opened or written.
+    pub async fn push_and_hold(&self, bytes: &[u8]) -> Option<quinn::SendStream> {
+        let mut uni = self.conn.open_uni().await.ok()?;
+        uni.write_all(bytes).await.ok()?;
+        Some(uni)
+    }
+
     /// Pushes `bytes` as they are on a new unidirectional stream, then finishes it.
     pub async fn push_raw(&self, bytes: &[u8]) {
         let Ok(mut uni) = self.conn.open_uni().await else {
