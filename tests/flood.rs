@@ -474,3 +474,58 @@ async fn a_peer_that_reads_no_control_messages_is_let_go_when_its_queue_fills() 
     );
     shutdown_all([honest, origin]).await;
 }
+
+/// Bytes an admitted peer sends after a request are refused, not buffered: the request
+/// stream is stopped once the request is read, so a peer that makes its answers last
+/// cannot also pin a stream window (2 MiB) of junk per request it has served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_request_are_refused_not_buffered() {
+    use starling::stream::PARTS;
+    let key = SigningKey::from_bytes(&[70; 32]);
+    let stream = node_id(&key);
+    let origin = broadcaster(&key, SEGMENT, None, 6).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
+    publish(&origin, &key, 0, SEGMENT, payload(0)).await;
+    let hog = Evil::connect_with(
+        &SigningKey::from_bytes(&[71; 32]),
+        stream,
+        addr,
+        stream,
+        stalling_reader(),
+    )
+    .await
+    .unwrap();
+    let ask = wire::encode(&wire::Request {
+        number: 0,
+        part: PARTS as u8 - 1,
+        header: true,
+        join: false,
+    });
+    let (mut send, mut recv) = hog.open_and_hold(&ask).await.unwrap();
+    // The answer has begun: the request was read, and its serve is held open.
+    let mut first = [0u8; 1];
+    recv.read_exact(&mut first).await.unwrap();
+    // Junk until the node refuses it. Kept in the stream's window instead, it would be
+    // taken up to the full 2 MiB and then wait for the serve's own timeout.
+    let junk = vec![0xA5u8; 64 * 1024];
+    let mut taken = 0usize;
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match send.write(&junk).await {
+                Ok(n) => taken += n,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("junk after a request was neither refused nor taken");
+    assert!(
+        matches!(refused, quinn::WriteError::Stopped(_)),
+        "{refused:?}"
+    );
+    assert!(
+        taken < 2 * 1024 * 1024,
+        "{taken} bytes after the request were buffered before the stream was stopped"
+    );
+    shutdown_all([origin]).await;
+}
