@@ -307,3 +307,61 @@ async fn handshakes_past_the_per_address_cap_are_refused_and_slots_come_back() {
     );
     common::nodes::shutdown_all([node]).await;
 }
+
+/// The connection cap (`max_connections`: 64 for a viewer, 8192 for the broadcaster), at a
+/// small number: with it reached, a new attempt is refused in the handshake; once one
+/// connection leaves, a new one gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused() {
+    const CAP: usize = 3;
+    let key = SigningKey::from_bytes(&[122; 32]);
+    let stream = starling::stream::node_id(&key);
+    let mut config = common::nodes::broadcaster_config(&key, Duration::from_secs(1), None, 2);
+    config.max_connections = CAP;
+    let node = starling::net::Node::spawn(config).await.unwrap();
+    let addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        node.local_addr().unwrap().port(),
+    );
+    let mut members = Vec::new();
+    for i in 0..CAP {
+        let k = SigningKey::from_bytes(&[130 + i as u8; 32]);
+        members.push(
+            common::evil::Evil::connect(&k, stream, addr, stream)
+                .await
+                .unwrap(),
+        );
+    }
+    // Every one of them counted (its Hello answered, its connection running).
+    let mut counted = false;
+    for _ in 0..300 {
+        if node.stats().peers == CAP {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "{:?}", node.stats());
+    let endpoint =
+        quinn::Endpoint::client(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).unwrap();
+    let over = attempt(endpoint.clone(), stream, addr, 3_000).await;
+    assert!(
+        matches!(over, Attempt::Refused),
+        "a connection past the cap got in"
+    );
+    let left = members.pop().unwrap();
+    left.conn.close(0u32.into(), b"bye");
+    let mut back = false;
+    for seed in 0..50 {
+        if let Attempt::Held(_) = attempt(endpoint.clone(), stream, addr, 3_100 + seed).await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the place of a connection that left was not given back"
+    );
+    common::nodes::shutdown_all([node]).await;
+}
