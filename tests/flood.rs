@@ -390,7 +390,7 @@ async fn pushes_past_the_per_connection_cap_are_stopped() {
     for _ in 0..PUSHES_PER_CONNECTION {
         held.push(pusher.push_and_hold(&started).await.unwrap());
     }
-    let mut extra = pusher.push_and_hold(&started).await.unwrap();
+    let extra = pusher.push_and_hold(&started).await.unwrap();
     let code = tokio::time::timeout(Duration::from_secs(30), extra.stopped())
         .await
         .expect("the push past the cap was never stopped");
@@ -407,7 +407,7 @@ async fn pushes_past_the_per_connection_cap_are_stopped() {
     let _ = ended.reset(quinn::VarInt::from_u32(0));
     let mut replacement = None;
     for _ in 0..50 {
-        let mut next = pusher.push_and_hold(&started).await.unwrap();
+        let next = pusher.push_and_hold(&started).await.unwrap();
         let stopped = tokio::time::timeout(Duration::from_millis(300), next.stopped()).await;
         if stopped.is_err() {
             replacement = Some(next);
