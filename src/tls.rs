@@ -420,7 +420,16 @@ fn single_ed25519_key(
     if !intermediates.is_empty() {
         return Err(CertificateError::BadEncoding.into());
     }
-    key_from_spki(end_entity.as_ref()).ok_or_else(|| CertificateError::BadEncoding.into())
+    strong_key_from_spki(end_entity.as_ref()).ok_or_else(|| CertificateError::BadEncoding.into())
+}
+
+/// [`key_from_spki`], and only a valid ed25519 point not of small order: ring's handshake
+/// check accepts R = identity, S = 0 from a small-order key for any transcript, so anyone
+/// could "prove" such a key without a secret.
+fn strong_key_from_spki(spki: &[u8]) -> Option<[u8; 32]> {
+    let key = key_from_spki(spki)?;
+    let point = ed25519_dalek::VerifyingKey::from_bytes(&key).ok()?;
+    (!point.is_weak()).then_some(key)
 }
 
 /// Checks a TLS 1.3 handshake signature: scheme must be ed25519, the key an
@@ -434,7 +443,7 @@ fn verify_ed25519_signature(
     if dss.scheme != SignatureScheme::ED25519 {
         return Err(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
     }
-    if key_from_spki(cert.as_ref()).is_none() {
+    if strong_key_from_spki(cert.as_ref()).is_none() {
         return Err(CertificateError::BadEncoding.into());
     }
     let spki = SubjectPublicKeyInfoDer::from(cert.as_ref());
