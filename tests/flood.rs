@@ -294,22 +294,16 @@ fn stalling_reader() -> quinn::TransportConfig {
     transport
 }
 
-/// `SERVES_PER_CONNECTION` requests of one connection are served at once; the next is told
-/// Busy while they last, and another connection is still served (the cap is the
-/// connection's, not the node's). Once the held ones are given up, the connection is
-/// served again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_past_the_per_connection_serve_cap_are_told_busy() {
-    use starling::node::SERVES_PER_CONNECTION;
-    use starling::stream::PARTS;
-    let key = SigningKey::from_bytes(&[61; 32]);
+/// A broadcaster with segment 0 published (parts of some 6 KB), and an admitted peer with
+/// [`stalling_reader`] settings connected to it; `seed` picks the keys.
+async fn origin_and_stalling_reader(seed: u8) -> (starling::net::Node, Evil) {
+    let key = SigningKey::from_bytes(&[seed; 32]);
     let stream = node_id(&key);
-    let origin = broadcaster(&key, SEGMENT, None, 3).await;
+    let origin = broadcaster(&key, SEGMENT, None, u64::from(seed)).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
-    // Parts of 6 KB or so: each answer stalls in its 1 KiB window.
     publish(&origin, &key, 0, SEGMENT, payload(0)).await;
     let hog = Evil::connect_with(
-        &SigningKey::from_bytes(&[62; 32]),
+        &SigningKey::from_bytes(&[seed + 1; 32]),
         stream,
         addr,
         stream,
@@ -317,19 +311,37 @@ async fn requests_past_the_per_connection_serve_cap_are_told_busy() {
     )
     .await
     .unwrap();
+    (origin, hog)
+}
+
+/// Asks `hog`'s node for the last part of segment 0 and waits for the answer's first byte:
+/// the request is read and its serve is held open by the 1 KiB window.
+async fn held_request(hog: &Evil) -> (quinn::SendStream, quinn::RecvStream) {
     let ask = wire::encode(&wire::Request {
         number: 0,
-        part: PARTS as u8 - 1,
+        part: starling::stream::PARTS as u8 - 1,
         header: true,
         join: false,
     });
+    let (send, mut recv) = hog.open_and_hold(&ask).await.unwrap();
+    let mut first = [0u8; 1];
+    recv.read_exact(&mut first).await.unwrap();
+    (send, recv)
+}
+
+/// `SERVES_PER_CONNECTION` requests of one connection are served at once; the next is told
+/// Busy while they last, and another connection is still served (the cap is the
+/// connection's, not the node's). Once the held ones are given up, the connection is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_per_connection_serve_cap_are_told_busy() {
+    use starling::node::SERVES_PER_CONNECTION;
+    let (origin, hog) = origin_and_stalling_reader(61).await;
+    let stream = origin.id();
+    let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
     let mut held = Vec::new();
     for _ in 0..SERVES_PER_CONNECTION {
-        let (send, mut recv) = hog.open_and_hold(&ask).await.unwrap();
-        // The answer has begun: this request holds one of the connection's serves.
-        let mut first = [0u8; 1];
-        recv.read_exact(&mut first).await.unwrap();
-        held.push((send, recv));
+        held.push(held_request(&hog).await);
     }
     assert!(
         matches!(hog.request(0).await, Some((Reply::Busy, _))),
@@ -480,31 +492,8 @@ async fn a_peer_that_reads_no_control_messages_is_let_go_when_its_queue_fills() 
 /// cannot also pin a stream window (2 MiB) of junk per request it has served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_request_are_refused_not_buffered() {
-    use starling::stream::PARTS;
-    let key = SigningKey::from_bytes(&[70; 32]);
-    let stream = node_id(&key);
-    let origin = broadcaster(&key, SEGMENT, None, 6).await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
-    publish(&origin, &key, 0, SEGMENT, payload(0)).await;
-    let hog = Evil::connect_with(
-        &SigningKey::from_bytes(&[71; 32]),
-        stream,
-        addr,
-        stream,
-        stalling_reader(),
-    )
-    .await
-    .unwrap();
-    let ask = wire::encode(&wire::Request {
-        number: 0,
-        part: PARTS as u8 - 1,
-        header: true,
-        join: false,
-    });
-    let (mut send, mut recv) = hog.open_and_hold(&ask).await.unwrap();
-    // The answer has begun: the request was read, and its serve is held open.
-    let mut first = [0u8; 1];
-    recv.read_exact(&mut first).await.unwrap();
+    let (origin, hog) = origin_and_stalling_reader(70).await;
+    let (mut send, _recv) = held_request(&hog).await;
     // Junk until the node refuses it. Kept in the stream's window instead, it would be
     // taken up to the full 2 MiB and then wait for the serve's own timeout.
     let junk = vec![0xA5u8; 64 * 1024];
