@@ -5,8 +5,9 @@
 //! This process runs a real broadcaster node (its real connection cap,
 //! [`starling::broadcaster::MAX_CONNECTIONS`], and partner cap). A second process (this
 //! binary again, with `--crowd PORT`) dials it `--viewers` times at `--rate` dials a second,
-//! each with a fresh key: it finishes the handshake, sends a viewer's `Hello` and holds the
-//! connection for `--hold-s` seconds, reading nothing. The broadcaster keeps partners up to
+//! each with a fresh key: it finishes the handshake, sends a viewer's `Hello`, opens its
+//! flow control as an admitted viewer does (so the broadcaster may open streams to it) and
+//! holds the connection for `--hold-s` seconds, reading nothing. The broadcaster keeps partners up to
 //! its cap and turns the rest away with a peer sample, as it does for real viewers. The
 //! crowd runs in its own process so the broadcaster's resident memory is measured alone,
 //! every 20 ms.
@@ -160,6 +161,9 @@ async fn crowd(a: Args, port: u16) -> bool {
                 .ok()?;
             let (mut send, _recv) = conn.open_bi().await.ok()?;
             send.write_all(&hello).await.ok()?;
+            // Its Hello is out: open flow control as a real viewer does once admitted, so the
+            // broadcaster may open streams to it (pushes, requests) as it would to one.
+            tls::admit(&conn);
             // Held open (or until the broadcaster closes it), reading nothing.
             let _ = tokio::time::timeout(hold, conn.closed()).await;
             Some(())

@@ -142,6 +142,18 @@ pub fn peer_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
     }
 }
 
+/// This connection's TLS exporter bytes under [`crate::token::BINDING_LABEL`] (RFC 8446
+/// section 7.5): the same at both ends of this connection and at no other, which a token
+/// holder signs so that its proof is useless anywhere else.
+///
+/// `None` only before the handshake completes.
+pub fn token_binding(conn: &quinn::Connection) -> Option<[u8; crate::token::BINDING_LEN]> {
+    let mut out = [0u8; crate::token::BINDING_LEN];
+    conn.export_keying_material(&mut out, crate::token::BINDING_LABEL, b"")
+        .ok()?;
+    Some(out)
+}
+
 /// The transport settings both sides use.
 ///
 /// - Keep-alive every 2 s and a 10 s idle timeout: a vanished peer (or a
@@ -408,7 +420,16 @@ fn single_ed25519_key(
     if !intermediates.is_empty() {
         return Err(CertificateError::BadEncoding.into());
     }
-    key_from_spki(end_entity.as_ref()).ok_or_else(|| CertificateError::BadEncoding.into())
+    strong_key_from_spki(end_entity.as_ref()).ok_or_else(|| CertificateError::BadEncoding.into())
+}
+
+/// [`key_from_spki`], and only a valid ed25519 point not of small order: ring's handshake
+/// check accepts R = identity, S = 0 from a small-order key for any transcript, so anyone
+/// could "prove" such a key without a secret.
+fn strong_key_from_spki(spki: &[u8]) -> Option<[u8; 32]> {
+    let key = key_from_spki(spki)?;
+    let point = ed25519_dalek::VerifyingKey::from_bytes(&key).ok()?;
+    (!point.is_weak()).then_some(key)
 }
 
 /// Checks a TLS 1.3 handshake signature: scheme must be ed25519, the key an
@@ -422,7 +443,7 @@ fn verify_ed25519_signature(
     if dss.scheme != SignatureScheme::ED25519 {
         return Err(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
     }
-    if key_from_spki(cert.as_ref()).is_none() {
+    if strong_key_from_spki(cert.as_ref()).is_none() {
         return Err(CertificateError::BadEncoding.into());
     }
     let spki = SubjectPublicKeyInfoDer::from(cert.as_ref());

@@ -6,13 +6,13 @@
 //! decoder works on a byte buffer ("incomplete" means read more).
 
 use crate::stream::{NodeId, SignedHeader, StreamId, ALL_PARTS, PARTS};
-use crate::token::JoinToken;
+use crate::token::TokenProof;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -110,8 +110,10 @@ pub struct Hello {
     /// The sender's upload cap in bits/s, if it has one: the broadcaster sums what its
     /// viewers declare to tell joiners whether the swarm can afford their catch-up.
     pub upload_bps: Option<u64>,
-    /// Private streams: the sender's join token (a fixed-size, signed value).
-    pub token: Option<JoinToken>,
+    /// Private streams: the sender's join token with its holder's signature over this
+    /// connection's TLS exporter (a fixed-size, signed value, useless on any other
+    /// connection).
+    pub token: Option<TokenProof>,
     /// Private streams: the newest token epoch the sender knows. Believed only from
     /// the broadcaster (the TLS handshake proves who that is); older tokens are revoked.
     pub token_epoch: u32,
@@ -315,7 +317,16 @@ mod tests {
                 role: Role::Viewer,
                 uploads: true,
                 upload_bps: Some(3_000_000),
-                token: Some(JoinToken::issue(&SigningKey::from_bytes(&[3; 32]), 2, 99)),
+                token: Some(
+                    crate::token::Credential::issue(
+                        &SigningKey::from_bytes(&[3; 32]),
+                        &SigningKey::from_bytes(&[4; 32]),
+                        2,
+                        9,
+                        99,
+                    )
+                    .prove(&[5; crate::token::BINDING_LEN], crate::token::Side::Dialler),
+                ),
                 token_epoch: 2,
                 observed: "127.0.0.1:9".parse().unwrap(),
                 local: None,

@@ -11,7 +11,7 @@ mod common;
 mod harness;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -139,6 +139,61 @@ fn unusable_key_files_are_clear_errors_and_kept() {
     assert_eq!(fs::read(&file).expect("read"), b"keep me");
     let nowhere = format!("/proc/starling-no-such-dir-{}/key", std::process::id());
     assert_broadcaster_fails(&nowhere, &[], "cannot write key file");
+}
+
+/// Key paths that are a link, open to others, or no regular file: one clear line each, from
+/// the broadcaster and from `token`, at once (a FIFO would block a plain open, `/dev/zero`
+/// would fill memory), and nothing at the path changed.
+#[test]
+fn key_files_that_are_links_shared_or_not_files_are_one_clear_line() {
+    let dir = TempDir::new("key-kinds");
+    let real = dir.file("real.key");
+    fs::write(&real, VALID_KEY).expect("write key");
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.file("link.key");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let shared = dir.file("shared.key");
+    fs::write(&shared, VALID_KEY).expect("write key");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let fifo = dir.file("fifo.key");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let cases = [
+        (link.as_str(), "symbolic link"),
+        (shared.as_str(), "chmod 600"),
+        ("/dev/zero", "not a regular file"),
+        (fifo.as_str(), "not a regular file"),
+    ];
+    for (key, needle) in cases {
+        assert_broadcaster_fails(key, &[], needle);
+        assert_fails("starling-broadcaster", &["token", "--key", key], needle);
+    }
+    assert!(fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()));
+    let mode = fs::metadata(&shared).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o644, "the shared key's mode was changed");
+    assert_eq!(fs::read_to_string(&shared).expect("read"), VALID_KEY);
+    assert!(fs::symlink_metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo()));
+    for side in ["link.key", "shared.key", "fifo.key"] {
+        for suffix in [".state", ".tokens", ".lock"] {
+            let beside = dir.path().join(format!("{side}{suffix}"));
+            assert!(!beside.exists(), "{} was written", beside.display());
+        }
+    }
+}
+
+/// A ticket or a token naming a small-order stream key (which a lax signature check lets
+/// "sign" anything) is one clear line from the viewer, before any dialling.
+#[test]
+fn a_small_order_stream_key_is_one_clear_line() {
+    // The identity point: y = 1, compressed.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = starling::stream::Ticket {
+        stream: starling::stream::NodeId(identity),
+        addrs: vec!["127.0.0.1:9".parse().expect("addr")],
+    }
+    .encode();
+    assert_fails("starling-viewer", &[&weak], "small-order");
 }
 
 /// A key the broadcaster's user may not read, in a directory it may not enter, or a new key

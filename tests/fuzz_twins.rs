@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use starling::stream::{
     node_id, part_pieces, piece_range, sign_segment, Ticket, MAX_TICKET_ADDRS, PARTS,
 };
-use starling::token::JoinToken;
+use starling::token::{Credential, Side, BINDING_LEN, TOKEN_PREFIX};
 use starling::wire::{encode, Control, Hello, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
 const TARGETS: [&str; 4] = ["wire_control", "ticket", "segmenter", "token"];
@@ -64,7 +64,10 @@ fn wire_seeds() -> Seeds {
                 role: Role::Viewer,
                 uploads: false,
                 upload_bps: None,
-                token: Some(JoinToken::issue(&key, 3, 1_800_000_000)),
+                token: Some(
+                    seed_credential(3, 1_700_000_000, 1_800_000_000)
+                        .prove(&[9; BINDING_LEN], Side::Dialler),
+                ),
                 token_epoch: 3,
                 observed: "203.0.113.7:4433".parse().unwrap(),
                 local: None,
@@ -168,18 +171,31 @@ fn ticket_seeds() -> Seeds {
         .collect()
 }
 
-/// Valid tokens of the seed key: epoch 0, a later epoch, the largest values.
-fn token_seeds() -> Seeds {
+/// A credential of the seed key's stream, held by a fixed key (seeds must not change).
+fn seed_credential(epoch: u32, not_before: u64, expires: u64) -> Credential {
     let key = SigningKey::from_bytes(&props::SEED_KEY);
+    Credential::issue(
+        &key,
+        &SigningKey::from_bytes(&[8; 32]),
+        epoch,
+        not_before,
+        expires,
+    )
+}
+
+/// Valid credentials of the seed key: epoch 0, a later epoch, the widest window, the largest
+/// values.
+fn token_seeds() -> Seeds {
     [
-        ("epoch0", 0, 1_700_000_000),
-        ("epoch7", 7, 1_800_000_000),
-        ("max", u32::MAX, u64::MAX),
+        ("epoch0", 0, 1_699_000_000, 1_700_000_000),
+        ("epoch7", 7, 1_700_000_000, 1_800_000_000),
+        ("always", 1, 0, u64::MAX),
+        ("max", u32::MAX, u64::MAX - 1, u64::MAX),
     ]
     .into_iter()
-    .map(|(name, epoch, expires)| {
-        let t = JoinToken::issue(&key, epoch, expires);
-        (format!("token-{name}"), t.encode().into_bytes())
+    .map(|(name, epoch, not_before, expires)| {
+        let c = seed_credential(epoch, not_before, expires);
+        (format!("token-{name}"), c.encode().into_bytes())
     })
     .collect()
 }
@@ -307,10 +323,11 @@ fn seeds_reach_the_interesting_paths() {
         );
     }
     for (name, bytes) in token_seeds() {
-        let t = JoinToken::decode(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let c = Credential::decode(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let t = c.token();
         let before_expiry = t.expires_unix_s - 1;
         assert!(
-            t.verify(&props::seed_stream(), t.epoch, before_expiry)
+            t.verify(&props::seed_stream(), t.epoch, before_expiry, 0)
                 .is_ok(),
             "{name}"
         );
@@ -457,22 +474,36 @@ proptest! {
     }
 
     #[test]
-    fn token_twin_on_base32(body in "[a-z2-7A-Z]{0,200}") {
+    fn token_twin_on_base32(body in "[a-z2-7A-Z]{0,320}") {
+        props::token(format!("{TOKEN_PREFIX}{body}").as_bytes());
+    }
+
+    #[test]
+    fn old_tokens_are_refused_as_old(body in "[a-z2-7]{0,200}") {
         props::token(format!("starlingtok1{body}").as_bytes());
     }
 
     #[test]
     fn generated_tokens_round_trip_and_verify(
         epoch in any::<u32>(),
-        expires in 1..u64::MAX,
+        not_before in any::<u64>(),
+        life in 1..u64::MAX,
+        holder in any::<[u8; 32]>(),
+        binding in any::<[u8; BINDING_LEN]>(),
         pad in "[ \t\n]{0,3}",
     ) {
         let key = SigningKey::from_bytes(&props::SEED_KEY);
-        let t = JoinToken::issue(&key, epoch, expires);
-        let text = format!("{pad}{}{pad}", t.encode());
-        let back = JoinToken::decode(&text).unwrap();
-        prop_assert_eq!(back, t);
-        prop_assert!(back.verify(&props::seed_stream(), epoch, expires - 1).is_ok());
+        let expires = not_before.saturating_add(life);
+        prop_assume!(not_before < expires);
+        let c = Credential::issue(&key, &SigningKey::from_bytes(&holder), epoch, not_before, expires);
+        let text = format!("{pad}{}{pad}", c.encode());
+        let back = Credential::decode(&text).unwrap();
+        prop_assert_eq!(&back, &c);
+        let seed = props::seed_stream();
+        prop_assert!(back.token().verify(&seed, epoch, expires - 1, 0).is_ok());
+        prop_assert!(back.token().verify(&seed, epoch, not_before, 0).is_ok());
+        let proof = back.prove(&binding, Side::Acceptor);
+        prop_assert!(proof.verify(&seed, epoch, not_before, 0, &binding, Side::Acceptor).is_ok());
         props::token(text.as_bytes());
     }
 

@@ -2,7 +2,7 @@
 //! process: 256 of them from 8 loopback addresses (the caps `MAX_HANDSHAKES` and
 //! `MAX_HANDSHAKES_PER_IP`), each trying to make the real broadcaster buffer as much as
 //! it can on every stream it may open. The broadcaster's resident memory stays within the
-//! bound docs/SECURITY.md writes down.
+//! bound docs/SECURITY.md writes down. And the caps themselves, on a node in this process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -214,4 +214,154 @@ fn hello_less_handshakes_keep_the_broadcasters_memory_within_the_written_bound()
         per_connection <= u64::from(starling::tls::UNADMITTED_WINDOW),
         "{per_connection} bytes accepted per Hello-less connection"
     );
+}
+
+/// What became of one connection attempt.
+enum Attempt {
+    /// The handshake completed (the node took a slot for it); kept open, no Hello sent.
+    Held(quinn::Connection),
+    /// The node refused it at once (QUIC `CONNECTION_REFUSED`).
+    Refused,
+}
+
+/// Dials `target` at `addr` from `endpoint` and reports the outcome; anything but a
+/// completed handshake or a refusal fails the test.
+async fn attempt(
+    endpoint: quinn::Endpoint,
+    target: NodeId,
+    addr: SocketAddr,
+    seed: u64,
+) -> Attempt {
+    let mut bytes = [9u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let key = SigningKey::from_bytes(&bytes);
+    let config = starling::tls::client_config(&key, target.0).unwrap();
+    let connecting = endpoint
+        .connect_with(config, addr, starling::tls::SERVER_NAME)
+        .unwrap();
+    match connecting.await {
+        Ok(conn) => Attempt::Held(conn),
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Attempt::Refused
+        }
+        Err(e) => panic!("attempt {seed}: neither held nor refused: {e}"),
+    }
+}
+
+/// The per-address cap on a node over real QUIC: of 40 attempts at once from one
+/// address, `MAX_HANDSHAKES_PER_IP` are taken into the handshake and the rest refused at
+/// once, while another address still gets in. Once the node has closed the Hello-less
+/// ones (after its Hello timeout), their slots are free again. The total cap,
+/// `MAX_HANDSHAKES`, is checked on `HandshakeSlots` itself (`node::budget`): 256 attempts
+/// at once take this machine longer to finish than a slot is held, so counting them here
+/// would count the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_per_address_cap_are_refused_and_slots_come_back() {
+    use starling::node::budget::MAX_HANDSHAKES_PER_IP;
+    const ATTEMPTS: usize = 40;
+    let key = SigningKey::from_bytes(&[121; 32]);
+    let node = common::nodes::broadcaster(&key, Duration::from_secs(1), None, 1).await;
+    let addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        node.local_addr().unwrap().port(),
+    );
+    let target = node.id();
+    let from = |a: u8| {
+        quinn::Endpoint::client(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, a)), 0))
+            .unwrap()
+    };
+    let (crowd, other) = (from(2), from(3));
+    let tasks: Vec<_> = (0..ATTEMPTS as u64)
+        .map(|seed| tokio::spawn(attempt(crowd.clone(), target, addr, seed)))
+        .collect();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Attempt::Held(conn) => held.push(conn),
+            Attempt::Refused => refused += 1,
+        }
+    }
+    assert_eq!(
+        held.len(),
+        MAX_HANDSHAKES_PER_IP,
+        "slots taken from one address"
+    );
+    assert_eq!(refused, ATTEMPTS - MAX_HANDSHAKES_PER_IP);
+    let beside = attempt(other, target, addr, 1_000).await;
+    assert!(
+        matches!(beside, Attempt::Held(_)),
+        "another address was refused"
+    );
+
+    // The node closes each one that sends no Hello; then the address gets in again.
+    for conn in &held {
+        conn.closed().await;
+    }
+    let again = attempt(crowd, target, addr, 2_000).await;
+    assert!(
+        matches!(again, Attempt::Held(_)),
+        "a freed slot was not given back"
+    );
+    common::nodes::shutdown_all([node]).await;
+}
+
+/// The connection cap (`max_connections`: 64 for a viewer, 8192 for the broadcaster), at a
+/// small number: with it reached, a new attempt is refused in the handshake; once one
+/// connection leaves, a new one gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused() {
+    const CAP: usize = 3;
+    let key = SigningKey::from_bytes(&[122; 32]);
+    let stream = starling::stream::node_id(&key);
+    let mut config = common::nodes::broadcaster_config(&key, Duration::from_secs(1), None, 2);
+    config.max_connections = CAP;
+    let node = starling::net::Node::spawn(config).await.unwrap();
+    let addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        node.local_addr().unwrap().port(),
+    );
+    let mut members = Vec::new();
+    for i in 0..CAP {
+        let k = SigningKey::from_bytes(&[130 + i as u8; 32]);
+        members.push(
+            common::evil::Evil::connect(&k, stream, addr, stream)
+                .await
+                .unwrap(),
+        );
+    }
+    // Every one of them counted (its Hello answered, its connection running).
+    let mut counted = false;
+    for _ in 0..300 {
+        if node.stats().peers == CAP {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "{:?}", node.stats());
+    let endpoint =
+        quinn::Endpoint::client(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).unwrap();
+    let over = attempt(endpoint.clone(), stream, addr, 3_000).await;
+    assert!(
+        matches!(over, Attempt::Refused),
+        "a connection past the cap got in"
+    );
+    let left = members.pop().unwrap();
+    left.conn.close(0u32.into(), b"bye");
+    let mut back = false;
+    for seed in 0..50 {
+        if let Attempt::Held(_) = attempt(endpoint.clone(), stream, addr, 3_100 + seed).await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the place of a connection that left was not given back"
+    );
+    common::nodes::shutdown_all([node]).await;
 }

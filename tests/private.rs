@@ -7,6 +7,7 @@ mod common;
 mod harness;
 
 use bytes::Bytes;
+use common::evil;
 use common::nodes::{
     broadcaster_config, dial_with_hello, publish, shutdown_all, viewer_config, wait_for, Dialled,
 };
@@ -14,9 +15,10 @@ use ed25519_dalek::SigningKey;
 use starling::clock::unix_now_s;
 use starling::mesh::MeshConfig;
 use starling::net::Node;
+use starling::node::hello::TOKEN_CLOCK_SKEW_S;
 use starling::stream::{node_id, NodeId};
-use starling::token::{Admission, JoinToken, TokenError};
-use starling::wire::{self, Control, Role};
+use starling::token::{Admission, Credential, TokenError, TokenProof};
+use starling::wire::{Control, PeerInfo, Reach};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,9 +35,17 @@ fn stream_key() -> SigningKey {
     SigningKey::from_bytes(&[71; 32])
 }
 
-/// A token of `stream_key()`'s stream at `epoch`, valid for an hour.
-fn good_token(epoch: u32) -> JoinToken {
-    JoinToken::issue(&stream_key(), epoch, unix_now_s() + 3600)
+/// A credential of `stream_key()`'s stream at `epoch`, valid from `from` to `until`
+/// (Unix seconds), held by a fresh key.
+fn credential(key: &SigningKey, epoch: u32, from: u64, until: u64) -> Credential {
+    let holder = SigningKey::generate(&mut rand::rngs::OsRng);
+    Credential::issue(key, &holder, epoch, from, until)
+}
+
+/// A credential of `stream_key()`'s stream at `epoch`, valid for an hour from now.
+fn good_token(epoch: u32) -> Credential {
+    let now = unix_now_s();
+    credential(&stream_key(), epoch, now, now + 3600)
 }
 
 async fn private_broadcaster(epoch: u32) -> Node {
@@ -66,29 +76,35 @@ enum Answer {
     Refused(u64, String),
 }
 
-/// Dials `target` as a viewer of `stream` presenting `token`, and reports the answer. When
+/// What a knocking peer shows in its Hello.
+#[derive(Debug, Clone)]
+enum Shown {
+    /// No token.
+    Nothing,
+    /// The credential's token, proven on the connection it knocks on.
+    Proven(Credential),
+    /// A proof made elsewhere (copied).
+    Copied(TokenProof),
+}
+
+/// Dials `target` as a viewer of `stream` showing `shown`, and reports the answer. When
 /// refused, also checks that no stream (no Have, no pushed segment) ever reached us.
-async fn knock(target: &Node, stream: NodeId, token: Option<JoinToken>) -> Answer {
+async fn knock(target: &Node, stream: NodeId, shown: &Shown) -> Answer {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let hello = Control::Hello(Box::new(wire::Hello {
-        version: wire::PROTOCOL_VERSION,
-        stream,
-        role: Role::Viewer,
-        uploads: true,
-        upload_bps: None,
-        token,
-        token_epoch: 0,
-        observed: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-        local: None,
-        public: None,
-        reach: wire::Reach::Unknown,
-    }));
     let Dialled {
         endpoint,
         conn,
         send: _send,
         mut recv,
-    } = dial_with_hello(&key, target.id(), addr_of(target), &hello).await;
+    } = dial_with_hello(&key, target.id(), addr_of(target), |conn| {
+        let token = match shown {
+            Shown::Nothing => None,
+            Shown::Proven(cred) => Some(evil::proof_on(conn, cred)),
+            Shown::Copied(proof) => Some(*proof),
+        };
+        evil::hello_showing(stream, token)
+    })
+    .await;
     let mut prefix = [0u8; 4];
     let answer = match tokio::time::timeout(WAIT, recv.read_exact(&mut prefix)).await {
         Ok(Ok(())) => Answer::Admitted,
@@ -140,46 +156,149 @@ async fn invited_viewers_play_and_everyone_else_is_refused_by_tracker_and_viewer
     assert_eq!(viewer.segment_data(2), Some(payload(2)));
 
     let other_key = SigningKey::from_bytes(&[73; 32]);
-    let mut forged = good_token(1);
-    forged.expires_unix_s += 1;
+    let now = unix_now_s();
+    let mut forged = evil::proof_on(&origin_probe(&origin).await, &good_token(1));
+    forged.token.expires_unix_s += 1;
     let cases = [
-        ("no token", None, 6, "private"),
+        ("no token", Shown::Nothing, 6, "private"),
         (
             "an expired token",
             // Past its expiry by more than the clock-skew tolerance.
-            Some(JoinToken::issue(
+            Shown::Proven(credential(
                 &stream_key(),
                 1,
-                unix_now_s() - 1 - starling::node::hello::TOKEN_CLOCK_SKEW_S,
+                now - 7200,
+                now - 1 - TOKEN_CLOCK_SKEW_S,
             )),
             8,
             "expired",
         ),
         (
+            "a token not valid yet",
+            // Its start beyond the clock-skew tolerance.
+            Shown::Proven(credential(
+                &stream_key(),
+                1,
+                now + 10 + TOKEN_CLOCK_SKEW_S,
+                now + 7200,
+            )),
+            11,
+            "not valid yet",
+        ),
+        (
             "another stream's token",
-            Some(JoinToken::issue(&other_key, 1, unix_now_s() + 3600)),
+            Shown::Proven(credential(&other_key, 1, now, now + 3600)),
             10,
             "another stream",
         ),
-        ("a revoked token", Some(good_token(0)), 9, "revoked"),
-        ("an altered token", Some(forged), 7, "signature"),
+        (
+            "a revoked token",
+            Shown::Proven(good_token(0)),
+            9,
+            "revoked",
+        ),
+        ("an altered token", Shown::Copied(forged), 7, "signature"),
+        (
+            "a token proven on another connection",
+            Shown::Copied(evil::proof_on(&origin_probe(&origin).await, &good_token(1))),
+            12,
+            "copied",
+        ),
     ];
-    for (what, token, code, words) in cases {
-        let at_tracker = knock(&origin, stream, token).await;
-        assert_refused(at_tracker, code, words, &format!("tracker, {what}"));
-        let at_viewer = knock(&viewer, stream, token).await;
-        assert_refused(at_viewer, code, words, &format!("viewer, {what}"));
+    for (what, shown, code, words) in &cases {
+        let at_tracker = knock(&origin, stream, shown).await;
+        assert_refused(at_tracker, *code, words, &format!("tracker, {what}"));
+        let at_viewer = knock(&viewer, stream, shown).await;
+        assert_refused(at_viewer, *code, words, &format!("viewer, {what}"));
     }
-    // The same door opens for a valid token: the refusals above were about the tokens.
+    // The same door opens for a valid token: the refusals above were about the tokens. A
+    // token whose start is within the skew tolerance is valid already.
+    let soon = credential(&stream_key(), 1, now + TOKEN_CLOCK_SKEW_S / 2, now + 3600);
+    for shown in [Shown::Proven(good_token(1)), Shown::Proven(soon)] {
+        assert!(matches!(
+            knock(&viewer, stream, &shown).await,
+            Answer::Admitted
+        ));
+    }
     assert!(matches!(
-        knock(&viewer, stream, Some(good_token(1))).await,
-        Answer::Admitted
-    ));
-    assert!(matches!(
-        knock(&origin, stream, Some(good_token(2))).await,
+        knock(&origin, stream, &Shown::Proven(good_token(2))).await,
         Answer::Admitted
     ));
     shutdown_all([origin, viewer]).await;
+}
+
+/// A connection to the broadcaster that sends nothing: only its exporter is used, to make
+/// a proof that belongs to it and to no other connection.
+async fn origin_probe(origin: &Node) -> quinn::Connection {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let endpoint = starling::tls::endpoint(&key, common::nodes::loopback()).unwrap();
+    evil::handshake(&endpoint, &key, origin.id(), addr_of(origin))
+        .await
+        .unwrap()
+}
+
+/// The attack of issue 30: an admitted member collects the tokens of the viewers it meets
+/// (it connects to them, and it hands out in peer exchange a fake peer at an address it
+/// controls, which they dial), then shows them elsewhere. What it collects are real,
+/// longer-lived tokens than its own, each with a proof bound to the connection it came on:
+/// the broadcaster and the viewer refuse every one as a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_of_tokens_gets_nothing_usable() {
+    let stream = node_id(&stream_key());
+    let origin = private_broadcaster(1).await;
+    let now = unix_now_s();
+    let victim_cred = credential(&stream_key(), 1, now, now + 7 * 86_400);
+    let victim = invited_viewer(&origin, 80, Admission::Invited(victim_cred.clone())).await;
+    publish(&origin, &stream_key(), 0, SEGMENT, payload(0)).await;
+    let nodes = [victim];
+    assert!(wait_for(&nodes, WAIT, |s| s.contains(0)).await);
+    let [victim] = nodes;
+
+    // The collector: a member with a token of one minute, and a fake peer of its own.
+    let member_cred = credential(&stream_key(), 1, now, now + 60);
+    let member_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let fake_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let fake = evil::Collector::start(&fake_key);
+    let (mut member, victim_hello) = evil::Evil::connect_invited(
+        &member_key,
+        victim.id(),
+        addr_of(&victim),
+        stream,
+        &member_cred,
+    )
+    .await
+    .expect("the member is admitted");
+    let mut collected: Vec<TokenProof> = victim_hello.token.into_iter().collect();
+    member
+        .control(&Control::Peers {
+            peers: vec![PeerInfo {
+                id: node_id(&fake_key),
+                addr: SocketAddr::from(([127, 0, 0, 1], fake.local_addr().port())),
+                local: None,
+                reach: Reach::Public,
+            }],
+        })
+        .await;
+    let dialled = poll_for(|| fake.collected().first().cloned()).await;
+    let dialled = dialled.expect("the victim never dialled the fake peer");
+    collected.extend(dialled.token);
+    assert_eq!(collected.len(), 2, "the victim showed its token both ways");
+
+    for proof in collected {
+        // What was collected is the victim's real token, valid for days.
+        assert_eq!(proof.token, *victim_cred.token());
+        assert_eq!(proof.token.verify(&stream, 1, unix_now_s(), 0), Ok(()));
+        assert!(proof.token.expires_unix_s > member_cred.token().expires_unix_s);
+        let shown = Shown::Copied(proof);
+        for (who, target) in [("broadcaster", &origin), ("victim", &victim)] {
+            let answer = knock(target, stream, &shown).await;
+            assert_refused(answer, 12, "copied", &format!("{who}, a collected token"));
+        }
+    }
+    // The victim itself kept its place: the collector cost it nothing.
+    assert_eq!(victim.origin_refused(), None);
+    drop(member);
+    shutdown_all([origin, victim]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,17 +437,24 @@ fn programs_private_stream_token_invite_and_revoke() {
         "stdout is only the token: {token:?}"
     );
     let token = token.trim().to_string();
-    assert!(token.starts_with("starlingtok1"), "{token}");
+    assert!(token.starts_with("starlingtok2"), "{token}");
     let (ok, _, err) = token_command(&["--key", &key, "--expires", "2 weeks"]);
     assert!(!ok && err.contains("bad lifetime"), "{err}");
+    let (ok, later, err) = token_command(&["--key", &key, "--starts-in", "1h"]);
+    assert!(ok && err.contains("3600 s from now"), "{err}");
 
     let mut no_token = spawn_viewer(&ticket, &[]);
     assert_exits_saying(&mut no_token, "this stream is private");
-    let mut garbage = spawn_viewer(&ticket, &["--token", "starlingtok1zzzz"]);
+    let mut garbage = spawn_viewer(&ticket, &["--token", "starlingtok2zzzz"]);
     assert_exits_saying(&mut garbage, "malformed join token");
-    let other = JoinToken::issue(&SigningKey::from_bytes(&[9; 32]), 0, unix_now_s() + 60);
+    let mut old = spawn_viewer(&ticket, &["--token", "starlingtok1aebagbaf"]);
+    assert_exits_saying(&mut old, "older format");
+    let now = unix_now_s();
+    let other = credential(&SigningKey::from_bytes(&[9; 32]), 0, now, now + 60);
     let mut wrong = spawn_viewer(&ticket, &["--token", &other.encode()]);
     assert_exits_saying(&mut wrong, "another stream");
+    let mut early = spawn_viewer(&ticket, &["--token", later.trim()]);
+    assert_exits_saying(&mut early, "not valid yet");
 
     let mut good = harness::start_viewer(&ticket, &["--token", &token]);
     let (playlist, _) = harness::wait_for_segments(&good.url, 2, Duration::from_secs(60));
@@ -342,7 +468,7 @@ fn programs_private_stream_token_invite_and_revoke() {
     let renewed = harness::start_viewer(&ticket, &["--token", fresh.trim()]);
     harness::wait_for_segments(&renewed.url, 2, Duration::from_secs(60));
     // Same stream, new epoch: the key and ticket did not change.
-    let after = JoinToken::decode(fresh.trim()).unwrap();
+    let after = *Credential::decode(fresh.trim()).unwrap().token();
     let stream = starling::stream::Ticket::decode(&ticket).unwrap().stream;
     assert_eq!((after.stream, after.epoch), (stream, 1));
     drop(broadcaster);

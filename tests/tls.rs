@@ -314,3 +314,85 @@ async fn binding_a_used_port_names_the_address() {
         Ok(_) => panic!("bound a port that was already in use"),
     }
 }
+
+/// The identity point as an ed25519 public key (y = 1): of small order, so the lax check
+/// accepts R = identity, S = 0 as its signature of any message.
+const SMALL_ORDER_KEY: [u8; 32] = {
+    let mut k = [0u8; 32];
+    k[0] = 1;
+    k
+};
+
+/// Signs every message with R = identity, S = 0: a "signature" by [`SMALL_ORDER_KEY`]
+/// that needs no secret.
+#[derive(Debug)]
+struct SmallOrderSigner;
+
+impl rustls::sign::SigningKey for SmallOrderSigner {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&rustls::SignatureScheme::ED25519)
+            .then(|| Box::new(SmallOrderSigner) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ED25519
+    }
+}
+
+impl rustls::sign::Signer for SmallOrderSigner {
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let mut sig = vec![0u8; 64];
+        sig[0] = 1;
+        Ok(sig)
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        rustls::SignatureScheme::ED25519
+    }
+}
+
+/// A rustls key presenting [`SMALL_ORDER_KEY`], "signing" with [`SmallOrderSigner`].
+fn small_order_key() -> Arc<CertifiedKey> {
+    Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(
+            spki_from_key(&SMALL_ORDER_KEY).to_vec(),
+        )],
+        Arc::new(SmallOrderSigner),
+    ))
+}
+
+#[tokio::test]
+async fn a_small_order_key_proves_nothing_either_way() {
+    // A client claiming the small-order key: the acceptor refuses it.
+    let server_key = key(24);
+    let server = endpoint(&server_key, loopback()).unwrap();
+    let client = quinn::Endpoint::client(loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let config = client_config_presenting(Some(small_order_key()), public(&server_key));
+    let connecting = client.connect_with(config, addr, SERVER_NAME).unwrap();
+    let (dialled, accepted) = tokio::join!(connecting, accept_one(&server));
+    assert!(
+        accepted.is_err(),
+        "the acceptor took a small-order client key"
+    );
+    if let Ok(conn) = dialled {
+        assert!(conn.accept_uni().await.is_err());
+    }
+    // A server answering as the small-order key, which a hostile peer could hand out in
+    // peer exchange: the dialler that pins it refuses it.
+    let server =
+        quinn::Endpoint::server(server_config_presenting(small_order_key()), loopback()).unwrap();
+    let client = endpoint(&key(25), loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let config = client_config(&key(25), SMALL_ORDER_KEY).unwrap();
+    let connecting = client.connect_with(config, addr, SERVER_NAME).unwrap();
+    let (dialled, _accepted) = tokio::join!(connecting, accept_one(&server));
+    assert!(
+        dialled.is_err(),
+        "the dialler took a small-order server key"
+    );
+}

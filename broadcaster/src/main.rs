@@ -103,6 +103,11 @@ struct TokenArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = starling::token::parse_lifetime)]
     expires: Duration,
 
+    /// The token admits nobody until this long from now (same units as --expires); its
+    /// lifetime counts from then.
+    #[arg(long, value_name = "DURATION", value_parser = starling::token::parse_lifetime)]
+    starts_in: Option<Duration>,
+
     /// First revoke every token issued so far (a new token epoch); the stream's key and
     /// ticket stay the same. A running broadcaster applies it within a segment.
     #[arg(long)]
@@ -174,16 +179,23 @@ async fn run() -> bool {
 fn print_token(args: TokenArgs) -> bool {
     let key = args.key.unwrap_or_else(starling::cli::default_key_path);
     let now = starling::clock::unix_now_s();
-    match broadcaster::issue_token(&key, args.expires, args.rotate, now) {
-        Ok(token) => {
+    let starts_in = args.starts_in.unwrap_or_default();
+    match broadcaster::issue_token(&key, args.expires, starts_in, args.rotate, now) {
+        Ok(cred) => {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", token.encode());
+            let _ = writeln!(out, "{}", cred.encode());
             let _ = out.flush();
+            let token = cred.token();
             eprintln!(
-                "starling-broadcaster: join token for stream {}, epoch {}, valid for {} s{}",
+                "starling-broadcaster: join token for stream {}, epoch {}, valid for {} s from {}{}",
                 token.stream.short(),
                 token.epoch,
                 args.expires.as_secs(),
+                if starts_in.is_zero() {
+                    "now".to_string()
+                } else {
+                    format!("{} s from now", starts_in.as_secs())
+                },
                 if args.rotate {
                     "; every earlier token is now revoked"
                 } else {

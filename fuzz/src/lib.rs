@@ -15,7 +15,9 @@ use starling::stream::{
     node_id, piece_range, NodeId, SignedHeader, StreamId, Ticket, MAX_TICKET_ADDRS,
     MAX_TICKET_TEXT, TICKET_PREFIX,
 };
-use starling::token::{JoinToken, TokenError, MAX_TOKEN_TEXT, TOKEN_PREFIX};
+use starling::token::{
+    Credential, Side, TokenError, BINDING_LEN, MAX_TOKEN_TEXT, OLD_TOKEN_PREFIX, TOKEN_PREFIX,
+};
 use starling::ts::MAX_SEGMENT_DURATION;
 use starling::ts::{pts_span, CutSegment, Restamper, Segmenter, MAX_SEGMENT_BYTES};
 use starling::wire::{
@@ -158,43 +160,65 @@ pub fn ticket(data: &[u8]) {
 
 // ---------------------------------------------------------------- token
 
-/// `token`: join token strings a user pastes (lossy UTF-8 of the input).
+/// `token`: join credential strings a user pastes (lossy UTF-8 of the input).
 ///
-/// Properties: decoding never panics; a token that parses names a valid key
-/// not of small order, came from at most [`MAX_TOKEN_TEXT`] characters, and
-/// is canonical: it re-encodes to exactly the trimmed input, which parses
-/// back to itself; `verify` never panics and agrees with the dates: never
-/// valid at or after expiry, never valid below the minimum epoch, never valid
-/// for another stream; a token that verifies against the seed key still
-/// verifies once its text is re-encoded.
+/// Properties: decoding never panics; a version-1 token is refused as such;
+/// a credential that parses names a valid stream key not of small order,
+/// holds the secret of the holder its token names, came from at most
+/// [`MAX_TOKEN_TEXT`] characters, and is canonical: it re-encodes to exactly
+/// the trimmed input, which parses back to itself. `verify` never panics and
+/// agrees with the dates: never valid before the start or at or after expiry,
+/// never valid below the minimum epoch, never valid for another stream. A
+/// proof it makes holds on the connection and side it was made for (when the
+/// token is valid) and never on another exporter or the other side.
 pub fn token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let Ok(t) = JoinToken::decode(&text) else {
+    let decoded = Credential::decode(&text);
+    if text.trim().starts_with(OLD_TOKEN_PREFIX) {
+        assert_eq!(decoded, Err(TokenError::OldFormat));
+    }
+    let Ok(c) = decoded else {
         return;
     };
+    let t = *c.token();
     assert!(text.trim().len() <= MAX_TOKEN_TEXT);
     assert!(t.stream.verifying_key().is_some_and(|k| !k.is_weak()));
-    let again = t.encode();
+    let again = c.encode();
     assert!(again.starts_with(TOKEN_PREFIX));
     assert_eq!(again, text.trim(), "a token with two texts");
-    match JoinToken::decode(&again) {
-        Ok(back) => assert_eq!(back, t),
+    match Credential::decode(&again) {
+        Ok(back) => assert_eq!(back, c),
         Err(e) => panic!("{again:?} from {text:?} does not parse again: {e}"),
     }
     let seed = seed_stream();
     let now = t.expires_unix_s.saturating_sub(1);
-    let valid = t.verify(&seed, t.epoch, now);
+    let valid = t.verify(&seed, t.epoch, now, 0);
     if t.stream != seed {
         assert_eq!(valid, Err(TokenError::WrongStream));
     }
-    assert!(t.verify(&seed, 0, t.expires_unix_s).is_err());
-    if let Some(newer) = t.epoch.checked_add(1) {
-        assert!(t.verify(&seed, newer, now).is_err());
+    assert!(t.verify(&seed, 0, t.expires_unix_s, 0).is_err());
+    if let Some(before) = t.not_before_unix_s.checked_sub(1) {
+        assert!(t.verify(&seed, 0, before, 0).is_err());
     }
-    let _ = t.verify(&t.stream, 0, 0);
+    if let Some(newer) = t.epoch.checked_add(1) {
+        assert!(t.verify(&seed, newer, now, 0).is_err());
+    }
+    let _ = t.verify(&t.stream, 0, 0, u64::MAX);
+    let here = [data.len() as u8; BINDING_LEN];
+    let mut elsewhere = here;
+    elsewhere[0] ^= 1;
+    let proof = c.prove(&here, Side::Dialler);
+    assert!(proof
+        .verify(&seed, 0, now, 0, &elsewhere, Side::Dialler)
+        .is_err());
     if valid.is_ok() {
-        assert!(t.stream == seed && now < t.expires_unix_s);
-        let back = JoinToken::decode(&again).map(|b| b.verify(&seed, t.epoch, now));
+        assert!(t.stream == seed && t.not_before_unix_s <= now && now < t.expires_unix_s);
+        let shown =
+            |binding: &[u8; BINDING_LEN], side| proof.verify(&seed, t.epoch, now, 0, binding, side);
+        assert_eq!(shown(&here, Side::Dialler), Ok(()));
+        assert_eq!(shown(&elsewhere, Side::Dialler), Err(TokenError::Unbound));
+        assert_eq!(shown(&here, Side::Acceptor), Err(TokenError::Unbound));
+        let back = Credential::decode(&again).map(|b| b.token().verify(&seed, t.epoch, now, 0));
         assert_eq!(back, Ok(Ok(())));
     }
 }

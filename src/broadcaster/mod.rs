@@ -25,7 +25,7 @@ use crate::rate::Rate;
 use crate::source::{self, Encode, Input, SourceConfig, SourceError};
 use crate::store;
 use crate::stream::{self, node_id, sign_segment, StreamError, Ticket, VerifiedSegment};
-use crate::token::{Admission, EpochFileError, JoinToken, TokenEpoch};
+use crate::token::{Admission, Credential, EpochFileError, TokenEpoch};
 use crate::ts::CutSegment;
 use crate::wire::Role;
 use bytes::Bytes;
@@ -128,6 +128,9 @@ pub struct BroadcastState {
     pub port: Option<u16>,
 }
 
+/// Longest `.state` file read: two short `name=value` lines.
+const MAX_STATE_FILE: u64 = 1024;
+
 impl BroadcastState {
     /// The state file for a key file.
     pub fn path_for(key_path: &Path) -> PathBuf {
@@ -136,9 +139,14 @@ impl BroadcastState {
         PathBuf::from(p)
     }
 
-    /// Reads the state; a missing or unreadable file gives the initial state.
+    /// Reads the state; a missing or unreadable file gives the initial state. Read as the
+    /// key is: a link is not followed, and a pipe, device or file over 1 KiB is refused at
+    /// once (a FIFO there would hang the start, `/dev/zero` exhaust memory).
     pub fn load(path: &Path) -> BroadcastState {
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(file) = crate::stream::key::read_small_file(path, MAX_STATE_FILE) else {
+            return BroadcastState::default();
+        };
+        let Ok(text) = String::from_utf8(file.bytes) else {
             return BroadcastState::default();
         };
         let mut state = BroadcastState::default();
@@ -463,7 +471,7 @@ async fn spawn_node(
         store_capacity: 64,
         seed: rand::random(),
         max_connections: MAX_CONNECTIONS,
-        admission,
+        admission: admission.clone(),
     };
     if let Some(addr) = config.listen {
         return Node::spawn(make(addr)).await;
@@ -477,15 +485,17 @@ async fn spawn_node(
     Node::spawn(make(SocketAddr::from(([0, 0, 0, 0], 0)))).await
 }
 
-/// Issues a join token for the stream of the key at `key_path`, valid for `lifetime` from
-/// `now_unix_s`. With `rotate`, first moves to a new token epoch, which revokes every token
-/// issued before; the stream (key, ticket) stays the same.
+/// Issues a join credential for the stream of the key at `key_path`, valid for `lifetime`
+/// from `starts_in` after `now_unix_s`, held by a fresh random key. With `rotate`, first
+/// moves to a new token epoch, which revokes every token issued before; the stream (key,
+/// ticket) stays the same.
 pub fn issue_token(
     key_path: &Path,
     lifetime: Duration,
+    starts_in: Duration,
     rotate: bool,
     now_unix_s: u64,
-) -> Result<JoinToken, BroadcastError> {
+) -> Result<Credential, BroadcastError> {
     // A mistyped path must not quietly create a new stream whose tokens fit nothing.
     if !key_path.exists() {
         return Err(BroadcastError::NoKey {
@@ -499,10 +509,15 @@ pub fn issue_token(
         epoch = epoch.rotated()?;
         epoch.save(&epoch_path)?;
     }
-    Ok(JoinToken::issue(
+    let not_before = now_unix_s.saturating_add(starts_in.as_secs());
+    // A holder key of its own: were it shared, any holder could prove a token collected from another.
+    let holder = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    Ok(Credential::issue(
         &key,
+        &holder,
         epoch.0,
-        now_unix_s.saturating_add(lifetime.as_secs()),
+        not_before,
+        not_before.saturating_add(lifetime.as_secs()),
     ))
 }
 
@@ -649,6 +664,39 @@ mod tests {
         .save(&path)
         .unwrap();
         assert_eq!(BroadcastState::load(&path).next_number, 8);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_state_file_that_is_no_small_file_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("starling-state-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real");
+        std::fs::write(&real, "next_number=9\n").unwrap();
+        assert_eq!(BroadcastState::load(&real).next_number, 9);
+        let link = dir.join("link.state");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let zero = dir.join("zero.state");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.join("fifo.state");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let long = dir.join("long.state");
+        std::fs::write(&long, "next_number=9\n".repeat(100)).unwrap();
+        // Each returns at once (a FIFO with no writer would block a plain read forever).
+        for path in [&link, &zero, &fifo, &long, &dir] {
+            assert_eq!(
+                BroadcastState::load(path),
+                BroadcastState::default(),
+                "{}",
+                path.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

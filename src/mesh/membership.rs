@@ -991,4 +991,38 @@ mod tests {
         assert!(dialled.len() >= 2, "{dialled:?}");
         assert_eq!(&dialled[..2], &[id(40), id(41)][..], "{dialled:?}");
     }
+
+    #[test]
+    fn a_flood_of_candidates_stays_within_the_table() {
+        // 3,200 made-up peers from one partner, 32 a message (the budget in `node::budget`
+        // stops a real flood far earlier; this is what the table does with what gets in).
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[20]);
+        let cap = v.cfg.max_known;
+        assert_eq!(cap, 256);
+        let made_up = |i: u16| {
+            let mut b = [0xee; 32];
+            b[..2].copy_from_slice(&i.to_le_bytes());
+            NodeId(b)
+        };
+        for m in 0..100u16 {
+            let peers = (0..MAX_PEERS_PER_MESSAGE as u16)
+                .map(|k| contact(made_up(m * 32 + k), addr(9)))
+                .collect();
+            v.handle_control(t0, id(20), Control::Peers { peers });
+            drain(&mut v);
+            assert!(v.known.len() <= cap, "{} candidates", v.known.len());
+        }
+        assert_eq!(v.known.len(), cap);
+        // A real peer named after the flood is kept: a full table forgets one at random.
+        v.handle_control(
+            t0,
+            id(20),
+            Control::Peers {
+                peers: vec![contact(id(77), addr(77))],
+            },
+        );
+        assert!(v.known.contains_key(&id(77)));
+        assert!(v.known.len() <= cap);
+    }
 }

@@ -12,7 +12,7 @@ use crate::node::hello::{self, PeerHello, Policy};
 use crate::node::{ControlBudget, Misbehaviour, PUSHES_PER_CONNECTION, SERVES_PER_CONNECTION};
 use crate::stream::NodeId;
 use crate::tls;
-use crate::token::{JoinToken, TokenError};
+use crate::token::{JoinToken, Side, TokenError};
 use crate::wire::{self, Control, Reply};
 use quinn::{Connection, RecvStream, SendStream};
 use std::net::{IpAddr, SocketAddr};
@@ -27,13 +27,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control messages queued per connection; a peer that lets it fill is not reading.
 const CONTROL_QUEUE: usize = 512;
 
-/// Connections still in their handshake or Hello, in all: each costs state before
-/// the peer has proved anything, so a flood of half-open attempts is refused beyond it.
-const MAX_HANDSHAKES: usize = 256;
-/// Connections in their handshake or Hello from one IP address. Established
-/// connections are not capped per address (many honest viewers can share one, behind
-/// NAT or on loopback); they are bounded by `max_connections` and the mesh's partner cap.
-const MAX_HANDSHAKES_PER_IP: usize = 32;
 /// Longest the accept loop waits to tell a peer over its serve cap that we are busy.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -69,9 +62,9 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
                 let theirs = read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME)
                     .await
                     .ok()??;
-                let checked = check_hello(&shared, &conn, peer, &theirs)?;
+                let checked = check_hello(&shared, &conn, peer, &theirs, Side::Dialler)?;
                 tls::admit(&conn);
-                send.write_all(&wire::encode(&our_hello(&shared, &conn)))
+                send.write_all(&wire::encode(&our_hello(&shared, &conn, Side::Acceptor)))
                     .await
                     .ok()?;
                 Some((send, recv, checked))
@@ -95,15 +88,13 @@ struct Handshake {
 }
 
 impl Handshake {
-    /// Counts a new attempt from `ip`; `None` if that would pass a cap.
+    /// Counts a new attempt from `ip`; `None` if that would pass a cap
+    /// ([`crate::node::budget::HandshakeSlots`]).
     fn start(shared: &Arc<Shared>, ip: IpAddr) -> Option<Handshake> {
-        let mut map = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = map.values().sum();
-        let from_ip = map.get(&ip).copied().unwrap_or(0);
-        if total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
+        let mut slots = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        if !slots.take(ip) {
             return None;
         }
-        map.insert(ip, from_ip + 1);
         Some(Handshake {
             shared: shared.clone(),
             ip,
@@ -113,22 +104,17 @@ impl Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        let mut map = self
-            .shared
+        self.shared
             .handshakes
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(self.ip);
     }
 }
 
-/// Our Hello to the peer at the other end of `conn`, telling it where we see it.
-fn our_hello(shared: &Shared, conn: &Connection) -> Control {
+/// Our Hello to the peer at the other end of `conn`, telling it where we see it; on a
+/// private stream, with our token proven on this connection as the `side` we are.
+fn our_hello(shared: &Shared, conn: &Connection, side: Side) -> Control {
     let (local, public, reach) = {
         let r = shared.reachability();
         (r.local_addr(), r.public_addr(), r.reach())
@@ -139,7 +125,11 @@ fn our_hello(shared: &Shared, conn: &Connection) -> Control {
         role: shared.role,
         uploads: shared.uploads,
         upload_bps: shared.limiter.rate().map(|r| r.0),
-        token: shared.admission.token(),
+        // No exporter (never after a completed handshake): no proof, and the peer says why.
+        token: shared
+            .admission
+            .credential()
+            .and_then(|c| Some(c.prove(&tls::token_binding(conn)?, side))),
         token_epoch: *shared.token_epoch.borrow(),
         observed: conn.remote_address(),
         local,
@@ -158,12 +148,16 @@ fn check_hello(
     conn: &Connection,
     peer: NodeId,
     msg: &Control,
+    peer_side: Side,
 ) -> Option<PeerHello> {
     let policy = Policy {
         stream: shared.stream,
         private: shared.admission.is_private(),
         min_epoch: *shared.token_epoch.borrow(),
         now_unix_s: unix_now_s(),
+        // Zeros when there is no exporter: no holder signed them, so a token is refused.
+        binding: tls::token_binding(conn).unwrap_or_default(),
+        peer_side,
     };
     match hello::check(&policy, peer, msg) {
         Ok(checked) => {
@@ -258,7 +252,7 @@ async fn connect(
             }
         };
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        send.write_all(&wire::encode(&our_hello(shared, &conn)))
+        send.write_all(&wire::encode(&our_hello(shared, &conn, Side::Dialler)))
             .await
             .ok()?;
         let theirs = match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
@@ -279,7 +273,7 @@ async fn connect(
                 return None;
             }
         };
-        let checked = check_hello(shared, &conn, peer, &theirs)?;
+        let checked = check_hello(shared, &conn, peer, &theirs, Side::Acceptor)?;
         tls::admit(&conn);
         Some((conn, send, recv, checked))
     })

@@ -39,7 +39,6 @@ use bytes::Bytes;
 use download::Assembly;
 use driver::Event;
 use ed25519_dalek::SigningKey;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,8 +149,8 @@ struct Shared {
     connections: AtomicUsize,
     max_connections: usize,
     /// Connections in their handshake or Hello, per source address (capped; see
-    /// `connection::MAX_HANDSHAKES`).
-    handshakes: Mutex<HashMap<IpAddr, usize>>,
+    /// [`crate::node::budget::MAX_HANDSHAKES`]).
+    handshakes: Mutex<crate::node::budget::HandshakeSlots>,
 }
 
 impl Shared {
@@ -259,13 +258,13 @@ impl Node {
             reachability: Mutex::new(Reachability::new(interfaces(), port)),
             lan_partners: AtomicUsize::new(0),
             origin_wrong_key: Mutex::new(None),
-            admission: config.admission,
             token_epoch: watch::Sender::new(config.admission.epoch()),
+            admission: config.admission,
             origin_refused: Mutex::new(None),
             events: events_tx,
             connections: AtomicUsize::new(0),
             max_connections: config.max_connections,
-            handshakes: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new(Default::default()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mesh = Mesh::new(config.mesh.clone(), me, config.seed, now());

@@ -54,6 +54,9 @@ pub(super) async fn serve(
             return;
         }
     };
+    // Nothing follows a request: bytes sent after it are discarded rather than held in the
+    // stream's 2 MiB window for as long as the answer takes (a pinned-memory attack).
+    let _ = recv.stop(quinn::VarInt::from_u32(0));
     let seg = if shared.uploads {
         store::lock(&shared.store).get(req.number).cloned()
     } else {

@@ -1,11 +1,66 @@
 //! How many control messages, and how many peer candidates in them, one connection may
 //! send: a budget far above what an honest peer sends, so that only a flood exhausts it.
-//! Pure: the caller passes the time; the driver closes and bans on a refusal.
+//! And how many connections may be in their handshake or Hello at once, in all and from
+//! one address. Pure: the caller passes the time; the driver closes and bans on a refusal.
 
 use super::Misbehaviour;
 use crate::rate::{Rate, TokenBucket};
 use crate::wire::Control;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
+
+/// Connections still in their handshake or Hello, in all: each costs state before the
+/// peer has proved anything, so a flood of half-open attempts is refused beyond it.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Connections in their handshake or Hello from one IP address. Established connections
+/// are not capped per address (many honest viewers can share one, behind NAT or on
+/// loopback); they are bounded by the node's connection cap and the mesh's partner cap.
+pub const MAX_HANDSHAKES_PER_IP: usize = 32;
+
+/// The connections in their handshake or Hello, counted per address against
+/// [`MAX_HANDSHAKES`] and [`MAX_HANDSHAKES_PER_IP`]. Holds an entry only per address with
+/// one in progress, so it is bounded by [`MAX_HANDSHAKES`] entries.
+#[derive(Debug, Default)]
+pub struct HandshakeSlots {
+    per_ip: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+impl HandshakeSlots {
+    /// Takes a slot for a new attempt from `ip`; false (and nothing taken) if that would
+    /// pass either cap.
+    pub fn take(&mut self, ip: IpAddr) -> bool {
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
+            return false;
+        }
+        self.per_ip.insert(ip, from_ip + 1);
+        self.total += 1;
+        true
+    }
+
+    /// Gives back a slot [`HandshakeSlots::take`] gave for `ip`.
+    pub fn give_back(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            self.total = self.total.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Slots taken, in all.
+    pub fn in_use(&self) -> usize {
+        self.total
+    }
+
+    /// Addresses with a slot taken.
+    pub fn addresses(&self) -> usize {
+        self.per_ip.len()
+    }
+}
 
 /// Control messages per second a peer may sustain. An honest one sends a `Have` per part
 /// ([`crate::stream::PARTS`] per segment) and a buffer map every few seconds: at 100 ms
@@ -64,6 +119,50 @@ impl ControlBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(a: u8, b: u8) -> IpAddr {
+        IpAddr::from([10, 0, a, b])
+    }
+
+    #[test]
+    fn handshakes_are_capped_per_address_and_in_all() {
+        let mut slots = HandshakeSlots::default();
+        for _ in 0..MAX_HANDSHAKES_PER_IP {
+            assert!(slots.take(ip(0, 1)));
+        }
+        assert!(!slots.take(ip(0, 1)), "one past the per-address cap");
+        assert!(slots.take(ip(0, 2)), "another address is not held up by it");
+        slots.give_back(ip(0, 1));
+        assert!(slots.take(ip(0, 1)), "a slot given back is free again");
+        assert!(!slots.take(ip(0, 1)));
+        // Fill up to the total cap from addresses of one each, then nobody gets in.
+        let mut n = 0u16;
+        while slots.in_use() < MAX_HANDSHAKES {
+            n += 1;
+            assert!(slots.take(ip((n / 256) as u8 + 1, n as u8)));
+        }
+        assert_eq!(slots.in_use(), MAX_HANDSHAKES);
+        assert!(!slots.take(ip(200, 1)), "one past the total cap");
+        assert!(
+            !slots.take(ip(0, 2)),
+            "even from an address under its own cap"
+        );
+        slots.give_back(ip(1, 1));
+        assert!(slots.take(ip(200, 1)));
+        // Giving everything back leaves no entry behind: the table is bounded by the caps.
+        slots.give_back(ip(200, 1));
+        for i in 2..=n {
+            slots.give_back(ip((i / 256) as u8 + 1, i as u8));
+        }
+        slots.give_back(ip(0, 2));
+        for _ in 0..MAX_HANDSHAKES_PER_IP {
+            slots.give_back(ip(0, 1));
+        }
+        assert_eq!((slots.in_use(), slots.addresses()), (0, 0));
+        // A slot never taken is not given back (no underflow into another address's count).
+        slots.give_back(ip(9, 9));
+        assert_eq!(slots.in_use(), 0);
+    }
     use crate::wire::{PeerInfo, MAX_PEERS_PER_MESSAGE};
     use std::time::Duration;
 

@@ -16,11 +16,12 @@ use crate::http::{self, Catalog};
 use crate::mesh::MeshConfig;
 use crate::metrics::{Metrics, MetricsError};
 use crate::net::{Node, NodeConfig, NodeView};
+use crate::node::hello::TOKEN_CLOCK_SKEW_S;
 use crate::playlist::PlaylistConfig;
 use crate::rate::Rate;
 use crate::store;
 use crate::stream::Ticket;
-use crate::token::{Admission, JoinToken, TokenError};
+use crate::token::{Admission, Credential, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
 use status::ViewerStatus;
@@ -38,8 +39,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub struct ViewerConfig {
     /// The stream to join.
     pub ticket: Ticket,
-    /// Private streams: the join token from the broadcaster.
-    pub token: Option<JoinToken>,
+    /// Private streams: the join credential from the broadcaster.
+    pub token: Option<Credential>,
     /// Address of the local HLS server.
     pub http: SocketAddr,
     /// QUIC address.
@@ -99,9 +100,11 @@ pub async fn run(
 ) -> Result<(), ViewerError> {
     let started = clock::now();
     let stream = config.ticket.stream;
-    // A token for another stream or already expired is refused here, before any dialling.
-    if let Some(token) = &config.token {
-        token.verify(&stream, 0, clock::unix_now_s())?;
+    // A token for another stream, not yet valid or expired is refused here, before any
+    // dialling, with the tolerance peers give it.
+    if let Some(cred) = &config.token {
+        cred.token()
+            .verify(&stream, 0, clock::unix_now_s(), TOKEN_CLOCK_SKEW_S)?;
     }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s.

@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use starling::stream::{part_pieces, NodeId, SignedHeader, PARTS};
 use starling::tls;
+use starling::token::{Credential, Side, TokenProof};
 use starling::wire::{self, Control, Reply, Request, Role};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,20 @@ pub fn hello(stream: NodeId) -> Control {
     hello_declaring(stream, None)
 }
 
+/// A viewer's Hello for `stream` showing `token` (a proof made for some connection).
+pub fn hello_showing(stream: NodeId, token: Option<TokenProof>) -> Control {
+    let mut hello = hello(stream);
+    if let Control::Hello(h) = &mut hello {
+        h.token = token;
+    }
+    hello
+}
+
+/// The proof of `cred` on `conn`, made by the node that dialled it.
+pub fn proof_on(conn: &quinn::Connection, cred: &Credential) -> TokenProof {
+    cred.prove(&tls::token_binding(conn).unwrap(), Side::Dialler)
+}
+
 /// A viewer's Hello for `stream` that declares an upload cap.
 pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
     Control::Hello(Box::new(wire::Hello {
@@ -103,13 +118,65 @@ async fn greet_with(
     conn: &quinn::Connection,
     hello: &Control,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    greet_reading(conn, hello).await.map(|(s, r, _)| (s, r))
+}
+
+/// Opens the control stream, sends `hello` and reads theirs, which it returns too.
+async fn greet_reading(
+    conn: &quinn::Connection,
+    hello: &Control,
+) -> Result<(quinn::SendStream, quinn::RecvStream, wire::Hello), String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(&wire::encode(hello))
         .await
         .map_err(|e| e.to_string())?;
     match read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await {
-        Some(Control::Hello(_)) => Ok((send, recv)),
+        Some(Control::Hello(theirs)) => Ok((send, recv, *theirs)),
         _ => Err(format!("no hello back: {:?}", conn.close_reason())),
+    }
+}
+
+/// A fake peer that a hostile member hands out in peer exchange: an endpoint holding the
+/// key it advertised, which keeps the Hello of everyone who dials it and answers nothing.
+pub struct Collector {
+    /// Its endpoint (the key it was started with).
+    pub endpoint: quinn::Endpoint,
+    hellos: Arc<Mutex<Vec<wire::Hello>>>,
+}
+
+impl Collector {
+    /// Listens on loopback with `key`.
+    pub fn start(key: &SigningKey) -> Collector {
+        let endpoint = tls::endpoint(key, loopback()).unwrap();
+        let hellos = Arc::new(Mutex::new(Vec::new()));
+        let (accepting, kept) = (endpoint.clone(), hellos.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let Ok((_send, mut recv)) = conn.accept_bi().await else {
+                        return;
+                    };
+                    if let Some(Control::Hello(h)) =
+                        read_frame::<Control>(&mut recv, wire::MAX_CONTROL_FRAME).await
+                    {
+                        kept.lock().unwrap().push(*h);
+                    }
+                });
+            }
+        });
+        Collector { endpoint, hellos }
+    }
+
+    /// Its QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap()
+    }
+
+    /// The Hellos dialled into it so far.
+    pub fn collected(&self) -> Vec<wire::Hello> {
+        self.hellos.lock().unwrap().clone()
     }
 }
 
@@ -257,6 +324,29 @@ impl Evil {
         })
     }
 
+    /// Connects with `key` to the node `target` at `addr` of a private stream, proving
+    /// `cred` in its Hello; also returns the Hello the node answered with.
+    pub async fn connect_invited(
+        key: &SigningKey,
+        target: NodeId,
+        addr: SocketAddr,
+        stream: NodeId,
+        cred: &Credential,
+    ) -> Result<(Evil, wire::Hello), String> {
+        let endpoint = tls::endpoint(key, loopback()).map_err(|e| e.to_string())?;
+        let conn = handshake(&endpoint, key, target, addr).await?;
+        let hello = hello_showing(stream, Some(proof_on(&conn, cred)));
+        let (control, control_in, theirs) = greet_reading(&conn, &hello).await?;
+        tls::admit(&conn);
+        let evil = Evil {
+            endpoint,
+            conn,
+            control,
+            _control_in: control_in,
+        };
+        Ok((evil, theirs))
+    }
+
     /// Sends `bytes` as they are on the control stream.
     pub async fn control_raw(&mut self, bytes: &[u8]) {
         let _ = self.control.write_all(bytes).await;
@@ -308,6 +398,14 @@ impl Evil {
             header: Some(header.clone()),
         });
         uni.write_all(&frame).await.ok()?;
+        Some(uni)
+    }
+
+    /// Opens a unidirectional stream (a push), writes `bytes` and keeps it open: the
+    /// caller holds the stream. `None` if it could not be opened or written.
+    pub async fn push_and_hold(&self, bytes: &[u8]) -> Option<quinn::SendStream> {
+        let mut uni = self.conn.open_uni().await.ok()?;
+        uni.write_all(bytes).await.ok()?;
         Some(uni)
     }
 

@@ -126,20 +126,21 @@ pub struct Dialled {
     pub recv: quinn::RecvStream,
 }
 
-/// Dials `target` at `addr` as `key` (pinning the target's key) and sends `hello` first on
-/// the control stream, as a viewer does; what happens next is up to the test.
+/// Dials `target` at `addr` as `key` (pinning the target's key) and sends the Hello that
+/// `hello` makes for the connection first on the control stream, as a viewer does; what
+/// happens next is up to the test.
 pub async fn dial_with_hello(
     key: &SigningKey,
     target: NodeId,
     addr: SocketAddr,
-    hello: &Control,
+    hello: impl FnOnce(&quinn::Connection) -> Control,
 ) -> Dialled {
     let endpoint = tls::endpoint(key, loopback()).expect("endpoint");
     let conn = super::evil::handshake(&endpoint, key, target, addr)
         .await
         .expect("handshake");
     let (mut send, recv) = conn.open_bi().await.expect("control stream");
-    send.write_all(&wire::encode(hello))
+    send.write_all(&wire::encode(&hello(&conn)))
         .await
         .expect("send hello");
     Dialled {

@@ -5,7 +5,7 @@ use clap::Parser;
 use starling::cli::Latency;
 use starling::rate::Rate;
 use starling::stream::Ticket;
-use starling::token::JoinToken;
+use starling::token::Credential;
 use starling::viewer::{self, ViewerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -83,7 +83,7 @@ async fn run() -> bool {
             return false;
         }
     };
-    let token = match args.token.as_deref().map(JoinToken::decode).transpose() {
+    let token = match args.token.as_deref().map(Credential::decode).transpose() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("starling-viewer: {e}");
