@@ -52,6 +52,9 @@ pub struct ViewerConfig {
     pub delay: u64,
     /// Segments listed in the playlist.
     pub window: usize,
+    /// Web origins granted cross-origin reads of the local server; ignored for a private
+    /// stream (one joined with a token), whose video no other origin may read.
+    pub allow_origins: Vec<http::AllowedOrigin>,
     /// Redraw a status line on stderr (a terminal); otherwise log now and then.
     pub status_line: bool,
     /// Once the stream ended: how long at most to wait for the player to fetch the last
@@ -132,12 +135,21 @@ pub async fn run(
         metrics: metrics.clone(),
         served: AtomicU64::new(0),
     });
-    let http = http::Server::start(config.http, catalog.clone())
-        .await
-        .map_err(|source| ViewerError::Http {
-            addr: config.http,
-            source,
-        })?;
+    let cross_origin = if config.token.is_some() {
+        http::CrossOrigin::none()
+    } else {
+        http::CrossOrigin::granted(config.allow_origins.clone())
+    };
+    let http = http::Server::start(
+        config.http,
+        catalog.clone(),
+        http::ServeConfig::granting(cross_origin),
+    )
+    .await
+    .map_err(|source| ViewerError::Http {
+        addr: config.http,
+        source,
+    })?;
     let url = format!("http://{}/live.m3u8", http.addr());
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
     // The URL is printed once the swarm let this viewer in, so a refused viewer prints none.

@@ -554,6 +554,11 @@ pub fn get(url: &str) -> io::Result<Response> {
 /// One HTTP/1.1 request on a fresh connection with `Connection: close`, bounded in time and
 /// size. Only `http://host:port/path` URLs.
 pub fn request(method: &str, url: &str) -> io::Result<Response> {
+    request_with(method, url, &[])
+}
+
+/// [`request`] with extra headers (name, value).
+pub fn request_with(method: &str, url: &str, extra: &[(&str, &str)]) -> io::Result<Response> {
     let invalid =
         |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {url}"));
     let rest = url
@@ -568,9 +573,10 @@ pub fn request(method: &str, url: &str) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let deadline = Instant::now() + HTTP_TIMEOUT;
     let mut raw = Vec::new();

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use starling::cli::Latency;
+use starling::http::AllowedOrigin;
 use starling::rate::Rate;
 use starling::stream::Ticket;
 use starling::token::JoinToken;
@@ -61,6 +62,12 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=20))]
     delay: Option<u64>,
 
+    /// Let pages of this web origin (e.g. https://example.org) read the local server's
+    /// playlist, segments and /stats; repeat for more. By default only the viewer's own page
+    /// can. Never applies to a private stream.
+    #[arg(long, value_name = "ORIGIN", value_parser = clap::value_parser!(AllowedOrigin))]
+    allow_origin: Vec<AllowedOrigin>,
+
     /// Open the watch page (the local server's `/`) in the default browser once the
     /// stream is joined.
     #[arg(long)]
@@ -90,6 +97,12 @@ async fn run() -> bool {
             return false;
         }
     };
+    if token.is_some() && !args.allow_origin.is_empty() {
+        eprintln!(
+            "starling-viewer: --allow-origin ignored: a private stream is never readable from \
+             other web origins"
+        );
+    }
     let config = ViewerConfig {
         ticket,
         token,
@@ -99,6 +112,7 @@ async fn run() -> bool {
         no_upload: args.no_upload,
         delay: args.delay.unwrap_or(args.latency.delay()),
         window: 8,
+        allow_origins: args.allow_origin,
         status_line: starling::cli::stderr_is_terminal(),
         linger_after_end: Duration::from_secs(30),
     };
