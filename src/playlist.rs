@@ -53,8 +53,9 @@ pub struct PlaylistConfig {
 /// `segments` maps segment numbers (which are the HLS media sequence numbers) to what is known
 /// of each verified segment. Segments up to the live edge (newest − `config.delay`) are
 /// listed, at most `config.window` of them; see the module docs for how gaps are handled.
-/// `ended` adds `EXT-X-ENDLIST`, drops the hold-back and gives up every gap, since nothing
-/// more will come and a player does not reload an ended playlist.
+/// `ended` adds `EXT-X-ENDLIST`, drops the hold-back (listing up to `window + delay`
+/// segments, so the list starts where it did) and gives up every gap, since nothing more will
+/// come and a player does not reload an ended playlist.
 ///
 /// `EXT-X-DISCONTINUITY-SEQUENCE` counts the discontinuities (flags and given-up gaps) among
 /// the held segments before the first listed one. It is exact while `segments` still holds
@@ -106,7 +107,12 @@ pub fn listed_range(
         };
     }
     let (first, last) = run?;
-    let window = u64::try_from(config.window).unwrap_or(u64::MAX);
+    let mut window = u64::try_from(config.window).unwrap_or(u64::MAX);
+    if ended {
+        // The held-back segments join the list, which keeps its first entry: a player still
+        // plays through them to the last, instead of finding its next one gone.
+        window = window.saturating_add(config.delay);
+    }
     let first = first.max(last.saturating_sub(window - 1));
     Some(first..=last)
 }
@@ -382,14 +388,16 @@ mod tests {
 
     #[test]
     fn ended_lists_everything_with_endlist() {
-        let segments = held(0..6);
+        let segments = held(0..10);
+        // Live, the list was 3..=6; ended, it still starts at 3 and runs to the newest.
+        assert_eq!(listed_range(&segments, config(3, 4), false), Some(3..=6));
         let text = live_playlist(&segments, config(3, 4), true).unwrap();
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
         let playlist: MediaPlaylist<'_> = text.parse().unwrap();
         assert!(playlist.has_end_list);
         assert_eq!(
             uris(&playlist),
-            ["seg/2.ts", "seg/3.ts", "seg/4.ts", "seg/5.ts"]
+            ["seg/3.ts", "seg/4.ts", "seg/5.ts", "seg/6.ts", "seg/7.ts", "seg/8.ts", "seg/9.ts"]
         );
 
         // Nothing more will come, so even the gap right before the newest is given up.
@@ -503,7 +511,8 @@ mod tests {
             let playlist: MediaPlaylist<'_> = text.parse().unwrap();
             let newest = *numbers.last().unwrap();
             let edge = if ended { newest } else { newest.saturating_sub(delay) };
-            proptest::prop_assert!(playlist.segments.num_elements() <= window);
+            let most = if ended { window + usize::try_from(delay).unwrap() } else { window };
+            proptest::prop_assert!(playlist.segments.num_elements() <= most);
             proptest::prop_assert_eq!(playlist.has_end_list, ended);
             for segment in playlist.segments.values() {
                 let number: u64 = segment

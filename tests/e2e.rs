@@ -115,23 +115,30 @@ fn ffmpeg_reads_viewer_playlist() {
     );
 }
 
-#[test]
-fn vlc_plays_viewer_playlist() {
+/// VLC plays a viewer's two-segment live window under a preset given to both programs.
+fn vlc_plays_viewer_playlist_with(name: &str, preset: &[&str]) {
     if !require_tool("cvlc") {
         return;
     }
     let _one = one_stream_at_a_time();
-    let dir = TempDir::new("e2e-vlc");
+    let dir = TempDir::new(name);
     let key = dir.file("key");
-    let broadcaster = start_broadcaster(
-        &broadcaster_args(&key, &["--segment-duration", "1"]),
-        Stdio::null(),
-    );
-    let viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
-    let _other = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    let broadcaster = start_broadcaster(&broadcaster_args(&key, preset), Stdio::null());
+    let viewer = start_viewer(&broadcaster.ticket, preset);
+    let _other = start_viewer(&broadcaster.ticket, preset);
     wait_for_segments(&viewer.url, 3, FIRST_SEGMENTS_TIMEOUT);
     let report = vlc_plays_hls(&viewer.url, 8).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("VLC played the viewer: {report:?}");
+    eprintln!("VLC played the viewer ({preset:?}): {report:?}");
+}
+
+#[test]
+fn vlc_plays_viewer_playlist() {
+    vlc_plays_viewer_playlist_with("e2e-vlc", &[]);
+}
+
+#[test]
+fn vlc_plays_viewer_playlist_at_low_latency() {
+    vlc_plays_viewer_playlist_with("e2e-vlc-low", &["--latency", "low"]);
 }
 
 #[test]

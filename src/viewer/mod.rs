@@ -33,6 +33,15 @@ use std::time::Duration;
 /// Connections a viewer accepts (its partners are capped far lower by its mesh).
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Segments the live playlist lists.
+///
+/// Stock players (ffmpeg, ffplay, mpv) start a live playlist three entries from its end and
+/// read at real speed from there, so the entries they find set how far behind the newest
+/// segment they play. Two entries make them start at the older one: one segment of slack for
+/// the next to arrive, and about two segment durations behind the camera, where the eight
+/// listed until issue 28 (with three more held back) put them six behind.
+pub const PLAYER_WINDOW: usize = 2;
+
 /// Everything the viewer needs, from its flags.
 #[derive(Debug, Clone)]
 pub struct ViewerConfig {
@@ -48,7 +57,8 @@ pub struct ViewerConfig {
     pub upload_limit: Option<Rate>,
     /// Leech-only: never upload to other viewers (metered links).
     pub no_upload: bool,
-    /// Segments held back behind the newest.
+    /// Segments held back behind the newest; a player then has this many segments of slack
+    /// more than the one the short window gives it.
     pub delay: u64,
     /// Segments listed in the playlist.
     pub window: usize,
@@ -107,8 +117,14 @@ pub async fn run(
         token.verify(&stream, 0, clock::unix_now_s())?;
     }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    // Until headers tell us the real segment length, assume the default 2 s.
-    let mut mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
+    // Until headers tell us the real segment length, assume the default 2 s. A player
+    // starting at the older of the two listed segments needs the next one within one
+    // segment (plus any hold-back) of the newest: that is the mesh's playout budget.
+    let mut mesh = MeshConfig::viewer(
+        stream,
+        Duration::from_secs(2),
+        config.delay.saturating_add(1),
+    );
     mesh.uploads = !config.no_upload;
     let node = Node::spawn(NodeConfig {
         key,

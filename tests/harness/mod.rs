@@ -837,13 +837,21 @@ pub fn fetch_playlist(url: &str) -> Option<(Playlist, String)> {
     Some((Playlist::parse(&text), text))
 }
 
-/// Waits (at most `timeout`) until the playlist at `url` lists at least `segments` segments.
+/// Waits (at most `timeout`) until the playlist at `url` has listed at least `segments`
+/// segments, over its reloads: a viewer's live window lists only two at a time
+/// (`viewer::PLAYER_WINDOW`), so this counts from the first segment it saw listed.
 pub fn wait_for_segments(url: &str, segments: usize, timeout: Duration) -> (Playlist, String) {
     let mut last = String::from("(no 200 response)");
+    let mut first_seen: Option<u64> = None;
     poll_until(timeout, || {
         let (playlist, text) = fetch_playlist(url)?;
         last.clone_from(&text);
-        (playlist.entries.len() >= segments).then_some((playlist, text))
+        let first = playlist.entries.iter().map(|e| e.number).min()?;
+        let first = *first_seen.get_or_insert(first);
+        let newest = playlist.max_number()?;
+        let seen = usize::try_from(newest.saturating_sub(first).saturating_add(1)).ok()?;
+        let enough = seen >= segments || playlist.entries.len() >= segments;
+        enough.then_some((playlist, text))
     })
     .unwrap_or_else(|| {
         panic!(
