@@ -197,11 +197,15 @@ fn render(
     for (&number, info) in segments.range(listed) {
         let duration = round_to_millis(info.duration);
         longest = longest.max(duration);
+        // HLS dates a segment's first picture; the broadcaster publishes once the segment is
+        // cut, a segment duration later.
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let first_picture_unix_ms = info.published_unix_ms.saturating_sub(duration_ms);
         entries.push(
             MediaSegment::builder()
                 .has_discontinuity(starts_discontinuity(previous, number, info))
                 .program_date_time(ExtXProgramDateTime::new(rfc3339_millis(
-                    info.published_unix_ms,
+                    first_picture_unix_ms,
                 )))
                 .duration(ExtInf::new(duration))
                 .uri(format!("seg/{number}.ts"))
@@ -302,9 +306,10 @@ mod tests {
             assert_eq!(segment.number(), usize::try_from(number).unwrap());
             assert_eq!(segment.duration.duration(), Duration::from_secs(2));
             let pdt = segment.program_date_time.as_ref().unwrap();
+            // The first picture's date: published once cut, 2 s after it.
             assert_eq!(
                 pdt.date_time,
-                rfc3339_millis(segments[&number].published_unix_ms)
+                rfc3339_millis(segments[&number].published_unix_ms - 2000)
             );
         }
     }
@@ -457,7 +462,8 @@ mod tests {
             "2038-01-19T03:14:08.000Z"
         );
 
-        let segments = BTreeMap::from([(7, info(2000, 1_709_210_096_789))]);
+        // Published 2 s after its first picture.
+        let segments = BTreeMap::from([(7, info(2000, 1_709_210_098_789))]);
         let text = live_playlist(&segments, config(0, 3), false).unwrap();
         assert!(
             text.contains(
