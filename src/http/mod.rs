@@ -408,7 +408,9 @@ fn respond<B>(
         (None, _) => return text(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
         (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "more than one Host header\n"),
     };
-    if !host_allowed(host, local) {
+    // A request in absolute form names its host in the target too (RFC 9112 §3.2.2).
+    let target_host = request.uri().authority().map(|a| a.as_str());
+    if !host_allowed(host, local) || target_host.is_some_and(|t| !host_allowed(t, local)) {
         // DNS rebinding: a page on another name that resolves here.
         return text(
             StatusCode::MISDIRECTED_REQUEST,
@@ -698,6 +700,15 @@ mod tests {
         );
         assert_eq!(status(Some("")), StatusCode::MISDIRECTED_REQUEST);
         assert_eq!(status(None), StatusCode::BAD_REQUEST);
+        let absolute = |target: &str| {
+            let request = asked(Method::GET, target, Some("localhost"), None);
+            respond(&OneSegment, &request, local, &none).status()
+        };
+        assert_eq!(absolute("http://localhost:8080/seg/3.ts"), StatusCode::OK);
+        assert_eq!(
+            absolute("http://rebind.example:8080/seg/3.ts"),
+            StatusCode::MISDIRECTED_REQUEST
+        );
         let two = Request::builder()
             .uri("/seg/3.ts")
             .header(header::HOST, "localhost")
