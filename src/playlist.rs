@@ -66,7 +66,22 @@ pub fn live_playlist(
     config: PlaylistConfig,
     ended: bool,
 ) -> Option<String> {
-    let listed = listed_range(segments, config, ended)?;
+    live_playlist_keeping(segments, config, ended, None)
+}
+
+/// [`live_playlist`] whose list starts no later than segment `keep_from` (when it is held and
+/// in the listed run), however far the window would have slid.
+///
+/// The viewer passes the first segment it has not listed yet: when late segments arrive in a
+/// burst, a short window would otherwise slide past a player still waiting on the first of
+/// them, which then skips them all. The list shrinks back to the window on the next reload.
+pub fn live_playlist_keeping(
+    segments: &BTreeMap<u64, SegmentInfo>,
+    config: PlaylistConfig,
+    ended: bool,
+    keep_from: Option<u64>,
+) -> Option<String> {
+    let listed = listed_range_keeping(segments, config, ended, keep_from)?;
     match render(segments, listed, ended) {
         Ok(text) => Some(text),
         Err(error) => {
@@ -81,6 +96,16 @@ pub fn listed_range(
     segments: &BTreeMap<u64, SegmentInfo>,
     config: PlaylistConfig,
     ended: bool,
+) -> Option<RangeInclusive<u64>> {
+    listed_range_keeping(segments, config, ended, None)
+}
+
+/// The segment numbers [`live_playlist_keeping`] lists.
+pub fn listed_range_keeping(
+    segments: &BTreeMap<u64, SegmentInfo>,
+    config: PlaylistConfig,
+    ended: bool,
+    keep_from: Option<u64>,
 ) -> Option<RangeInclusive<u64>> {
     if config.window == 0 {
         return None;
@@ -106,14 +131,15 @@ pub fn listed_range(
             Some(_) => break,
         };
     }
-    let (first, last) = run?;
+    let (run_first, last) = run?;
     let mut window = u64::try_from(config.window).unwrap_or(u64::MAX);
     if ended {
         // The held-back segments join the list, which keeps its first entry: a player still
         // plays through them to the last, instead of finding its next one gone.
         window = window.saturating_add(config.delay);
     }
-    let first = first.max(last.saturating_sub(window - 1));
+    let first = run_first.max(last.saturating_sub(window - 1));
+    let first = keep_from.map_or(first, |keep| first.min(keep.max(run_first)));
     Some(first..=last)
 }
 
@@ -389,6 +415,25 @@ mod tests {
         assert_eq!(playlist.media_sequence, 8);
         assert_eq!(playlist.discontinuity_sequence, 2);
         assert!(discontinuities(&playlist).iter().all(|d| !d));
+    }
+
+    #[test]
+    fn a_burst_of_late_segments_stays_listed_from_the_first_not_yet_listed() {
+        // Listed 8..=9 last time; 10 was late, and 10..=14 came at once.
+        let segments = held(5..15);
+        let config = config(0, 2);
+        assert_eq!(listed_range(&segments, config, false), Some(13..=14));
+        let keeping = |keep| listed_range_keeping(&segments, config, false, Some(keep));
+        assert_eq!(keeping(10), Some(10..=14));
+        // Nothing new since the last list: the window as usual.
+        assert_eq!(keeping(15), Some(13..=14));
+        // Kept only within the listed run: not before a lost gap, not before what is held.
+        let gapped = held([5, 6, 7, 9, 10, 11, 12]);
+        assert_eq!(
+            listed_range_keeping(&gapped, config, false, Some(6)),
+            Some(9..=12)
+        );
+        assert_eq!(keeping(0), Some(5..=14));
     }
 
     #[test]

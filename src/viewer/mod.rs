@@ -152,6 +152,7 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         served: AtomicU64::new(0),
+        listed: AtomicU64::new(0),
     });
     let cross_origin = if config.token.is_some() {
         http::CrossOrigin::none()
@@ -275,6 +276,9 @@ struct ViewerCatalog {
     /// One more than the highest segment number served to a player, 0 before any: how far
     /// the player got, so an ended stream waits for it.
     served: AtomicU64,
+    /// One more than the newest segment number the playlist listed, 0 before any: the list
+    /// starts no later than this, so late segments arriving at once are all listed once.
+    listed: AtomicU64,
 }
 
 impl ViewerCatalog {
@@ -287,7 +291,14 @@ impl ViewerCatalog {
 impl Catalog for ViewerCatalog {
     fn playlist(&self) -> Option<String> {
         let live = self.node.live_newest();
-        store::lock(&self.node.store()).playlist_at(self.playlist, live)
+        // Nothing listed yet: the window as usual, so a player starts near the newest.
+        let listed = self.listed.load(Ordering::Relaxed);
+        let keep_from = (listed > 0).then_some(listed);
+        let (text, last) =
+            store::lock(&self.node.store()).playlist_keeping(self.playlist, live, keep_from)?;
+        self.listed
+            .fetch_max(last.saturating_add(1), Ordering::Relaxed);
+        Some(text)
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {
