@@ -469,7 +469,7 @@ async fn run_mesh(a: &Args) -> serde_json::Value {
 async fn http_get(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut resp = Vec::new();

@@ -105,7 +105,8 @@ def main():
         while True:
             try:
                 with urllib.request.urlopen(playlist, timeout=5) as r:
-                    if r.read().count(b"#EXTINF") >= 3:
+                    # The viewer's live window lists two segments.
+                    if r.read().count(b"#EXTINF") >= 2:
                         break
             except OSError:
                 pass

@@ -117,10 +117,10 @@ pub fn default_key_path() -> PathBuf {
 /// length (broadcaster) and the hold-back (viewer), so the two stay matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Latency {
-    /// 2 s segments, 3 held back: steady on loaded machines and lossy links.
+    /// 2 s segments: about 4.4 s behind the camera in a stock player.
     #[default]
     Normal,
-    /// 1 s segments, 1 held back: about half the delay, with less slack for late segments.
+    /// 1 s segments: about 2.4 s, with half the slack for a late segment.
     Low,
 }
 
@@ -133,11 +133,12 @@ impl Latency {
         }
     }
 
-    /// The viewer's segments held back behind the newest under this preset.
+    /// The viewer's segments held back behind the newest under this preset: none for
+    /// either, since the playlist's short window already keeps a stock player a segment
+    /// behind the newest (see `viewer::PLAYER_WINDOW`); the segment length sets the delay.
     pub fn delay(self) -> u64 {
         match self {
-            Latency::Normal => 3,
-            Latency::Low => 1,
+            Latency::Normal | Latency::Low => 0,
         }
     }
 
@@ -276,9 +277,9 @@ mod tests {
         assert!(Latency::parse("Low").is_err());
         assert_eq!(Latency::default(), Latency::Normal);
         assert_eq!(Latency::Normal.segment_duration(), Duration::from_secs(2));
-        assert_eq!(Latency::Normal.delay(), 3);
+        assert_eq!(Latency::Normal.delay(), 0);
         assert_eq!(Latency::Low.segment_duration(), Duration::from_secs(1));
-        assert_eq!(Latency::Low.delay(), 1);
+        assert_eq!(Latency::Low.delay(), 0);
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub struct PlaylistConfig {
 /// `segments` maps segment numbers (which are the HLS media sequence numbers) to what is known
 /// of each verified segment. Segments up to the live edge (newest − `config.delay`) are
 /// listed, at most `config.window` of them; see the module docs for how gaps are handled.
-/// `ended` adds `EXT-X-ENDLIST`, drops the hold-back and gives up every gap, since nothing
-/// more will come and a player does not reload an ended playlist.
+/// `ended` adds `EXT-X-ENDLIST`, drops the hold-back (listing up to `window + delay`
+/// segments, so the list starts where it did) and gives up every gap, since nothing more will
+/// come and a player does not reload an ended playlist.
 ///
 /// `EXT-X-DISCONTINUITY-SEQUENCE` counts the discontinuities (flags and given-up gaps) among
 /// the held segments before the first listed one. It is exact while `segments` still holds
@@ -65,7 +66,22 @@ pub fn live_playlist(
     config: PlaylistConfig,
     ended: bool,
 ) -> Option<String> {
-    let listed = listed_range(segments, config, ended)?;
+    live_playlist_keeping(segments, config, ended, None)
+}
+
+/// [`live_playlist`] whose list starts no later than segment `keep_from` (when it is held and
+/// in the listed run), however far the window would have slid.
+///
+/// The viewer passes the first segment it has not listed yet: when late segments arrive in a
+/// burst, a short window would otherwise slide past a player still waiting on the first of
+/// them, which then skips them all. The list shrinks back to the window on the next reload.
+pub fn live_playlist_keeping(
+    segments: &BTreeMap<u64, SegmentInfo>,
+    config: PlaylistConfig,
+    ended: bool,
+    keep_from: Option<u64>,
+) -> Option<String> {
+    let listed = listed_range_keeping(segments, config, ended, keep_from)?;
     match render(segments, listed, ended) {
         Ok(text) => Some(text),
         Err(error) => {
@@ -80,6 +96,16 @@ pub fn listed_range(
     segments: &BTreeMap<u64, SegmentInfo>,
     config: PlaylistConfig,
     ended: bool,
+) -> Option<RangeInclusive<u64>> {
+    listed_range_keeping(segments, config, ended, None)
+}
+
+/// The segment numbers [`live_playlist_keeping`] lists.
+pub fn listed_range_keeping(
+    segments: &BTreeMap<u64, SegmentInfo>,
+    config: PlaylistConfig,
+    ended: bool,
+    keep_from: Option<u64>,
 ) -> Option<RangeInclusive<u64>> {
     if config.window == 0 {
         return None;
@@ -105,9 +131,15 @@ pub fn listed_range(
             Some(_) => break,
         };
     }
-    let (first, last) = run?;
-    let window = u64::try_from(config.window).unwrap_or(u64::MAX);
-    let first = first.max(last.saturating_sub(window - 1));
+    let (run_first, last) = run?;
+    let mut window = u64::try_from(config.window).unwrap_or(u64::MAX);
+    if ended {
+        // The held-back segments join the list, which keeps its first entry: a player still
+        // plays through them to the last, instead of finding its next one gone.
+        window = window.saturating_add(config.delay);
+    }
+    let first = run_first.max(last.saturating_sub(window - 1));
+    let first = keep_from.map_or(first, |keep| first.min(keep.max(run_first)));
     Some(first..=last)
 }
 
@@ -191,11 +223,15 @@ fn render(
     for (&number, info) in segments.range(listed) {
         let duration = round_to_millis(info.duration);
         longest = longest.max(duration);
+        // HLS dates a segment's first picture; the broadcaster publishes once the segment is
+        // cut, a segment duration later.
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let first_picture_unix_ms = info.published_unix_ms.saturating_sub(duration_ms);
         entries.push(
             MediaSegment::builder()
                 .has_discontinuity(starts_discontinuity(previous, number, info))
                 .program_date_time(ExtXProgramDateTime::new(rfc3339_millis(
-                    info.published_unix_ms,
+                    first_picture_unix_ms,
                 )))
                 .duration(ExtInf::new(duration))
                 .uri(format!("seg/{number}.ts"))
@@ -296,9 +332,10 @@ mod tests {
             assert_eq!(segment.number(), usize::try_from(number).unwrap());
             assert_eq!(segment.duration.duration(), Duration::from_secs(2));
             let pdt = segment.program_date_time.as_ref().unwrap();
+            // The first picture's date: published once cut, 2 s after it.
             assert_eq!(
                 pdt.date_time,
-                rfc3339_millis(segments[&number].published_unix_ms)
+                rfc3339_millis(segments[&number].published_unix_ms - 2000)
             );
         }
     }
@@ -381,15 +418,36 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_late_segments_stays_listed_from_the_first_not_yet_listed() {
+        // Listed 8..=9 last time; 10 was late, and 10..=14 came at once.
+        let segments = held(5..15);
+        let config = config(0, 2);
+        assert_eq!(listed_range(&segments, config, false), Some(13..=14));
+        let keeping = |keep| listed_range_keeping(&segments, config, false, Some(keep));
+        assert_eq!(keeping(10), Some(10..=14));
+        // Nothing new since the last list: the window as usual.
+        assert_eq!(keeping(15), Some(13..=14));
+        // Kept only within the listed run: not before a lost gap, not before what is held.
+        let gapped = held([5, 6, 7, 9, 10, 11, 12]);
+        assert_eq!(
+            listed_range_keeping(&gapped, config, false, Some(6)),
+            Some(9..=12)
+        );
+        assert_eq!(keeping(0), Some(5..=14));
+    }
+
+    #[test]
     fn ended_lists_everything_with_endlist() {
-        let segments = held(0..6);
+        let segments = held(0..10);
+        // Live, the list was 3..=6; ended, it still starts at 3 and runs to the newest.
+        assert_eq!(listed_range(&segments, config(3, 4), false), Some(3..=6));
         let text = live_playlist(&segments, config(3, 4), true).unwrap();
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
         let playlist: MediaPlaylist<'_> = text.parse().unwrap();
         assert!(playlist.has_end_list);
         assert_eq!(
             uris(&playlist),
-            ["seg/2.ts", "seg/3.ts", "seg/4.ts", "seg/5.ts"]
+            ["seg/3.ts", "seg/4.ts", "seg/5.ts", "seg/6.ts", "seg/7.ts", "seg/8.ts", "seg/9.ts"]
         );
 
         // Nothing more will come, so even the gap right before the newest is given up.
@@ -449,7 +507,8 @@ mod tests {
             "2038-01-19T03:14:08.000Z"
         );
 
-        let segments = BTreeMap::from([(7, info(2000, 1_709_210_096_789))]);
+        // Published 2 s after its first picture.
+        let segments = BTreeMap::from([(7, info(2000, 1_709_210_098_789))]);
         let text = live_playlist(&segments, config(0, 3), false).unwrap();
         assert!(
             text.contains(
@@ -503,7 +562,8 @@ mod tests {
             let playlist: MediaPlaylist<'_> = text.parse().unwrap();
             let newest = *numbers.last().unwrap();
             let edge = if ended { newest } else { newest.saturating_sub(delay) };
-            proptest::prop_assert!(playlist.segments.num_elements() <= window);
+            let most = if ended { window + usize::try_from(delay).unwrap() } else { window };
+            proptest::prop_assert!(playlist.segments.num_elements() <= most);
             proptest::prop_assert_eq!(playlist.has_end_list, ended);
             for segment in playlist.segments.values() {
                 let number: u64 = segment

@@ -116,6 +116,18 @@ impl Store {
     /// just joined lists its first segment as soon as it holds it, instead of after
     /// fetching the whole hold-back.
     pub fn playlist_at(&self, config: PlaylistConfig, live_newest: Option<u64>) -> Option<String> {
+        self.playlist_keeping(config, live_newest, None)
+            .map(|(text, _)| text)
+    }
+
+    /// [`Store::playlist_at`] starting no later than segment `keep_from`
+    /// ([`playlist::live_playlist_keeping`]), with the last segment number it lists.
+    pub fn playlist_keeping(
+        &self,
+        config: PlaylistConfig,
+        live_newest: Option<u64>,
+        keep_from: Option<u64>,
+    ) -> Option<(String, u64)> {
         let config = match (live_newest, self.newest()) {
             (Some(live), Some(held)) if live > held => PlaylistConfig {
                 delay: config.delay.saturating_sub(live - held),
@@ -140,7 +152,9 @@ impl Store {
             .collect();
         // The stream counts as ended for the player once the last segment is here.
         let ended = self.ended.is_some_and(|last| self.newest() >= Some(last));
-        playlist::live_playlist(&infos, config, ended)
+        let listed = playlist::listed_range_keeping(&infos, config, ended, keep_from)?;
+        let text = playlist::live_playlist_keeping(&infos, config, ended, keep_from)?;
+        Some((text, *listed.end()))
     }
 }
 

@@ -79,7 +79,7 @@ fn viewer_flags_out_of_range_are_clear_errors() {
     }
     .encode();
     let cases: &[(&[&str], &str)] = &[
-        (&["--delay", "0"], "--delay"),
+        (&["--delay=-1"], "--delay"),
         (&["--delay", "21"], "--delay"),
         (&["--delay", "99999999999999999999999"], "--delay"),
         (&["--delay", "soon"], "--delay"),
@@ -89,6 +89,12 @@ fn viewer_flags_out_of_range_are_clear_errors() {
         (&["--upload-limit", "3M", "--no-upload"], "--no-upload"),
         (&["--http", "nonsense"], "--http"),
         (&["--listen", "127.0.0.1:-1"], "--listen"),
+        (&["--allow-origin", "*"], "--allow-origin"),
+        (&["--allow-origin", "example.org"], "--allow-origin"),
+        (
+            &["--allow-origin", "https://example.org/page"],
+            "--allow-origin",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec![ticket.as_str()];

@@ -115,23 +115,30 @@ fn ffmpeg_reads_viewer_playlist() {
     );
 }
 
-#[test]
-fn vlc_plays_viewer_playlist() {
+/// VLC plays a viewer's two-segment live window under a preset given to both programs.
+fn vlc_plays_viewer_playlist_with(name: &str, preset: &[&str]) {
     if !require_tool("cvlc") {
         return;
     }
     let _one = one_stream_at_a_time();
-    let dir = TempDir::new("e2e-vlc");
+    let dir = TempDir::new(name);
     let key = dir.file("key");
-    let broadcaster = start_broadcaster(
-        &broadcaster_args(&key, &["--segment-duration", "1"]),
-        Stdio::null(),
-    );
-    let viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
-    let _other = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    let broadcaster = start_broadcaster(&broadcaster_args(&key, preset), Stdio::null());
+    let viewer = start_viewer(&broadcaster.ticket, preset);
+    let _other = start_viewer(&broadcaster.ticket, preset);
     wait_for_segments(&viewer.url, 3, FIRST_SEGMENTS_TIMEOUT);
     let report = vlc_plays_hls(&viewer.url, 8).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("VLC played the viewer: {report:?}");
+    eprintln!("VLC played the viewer ({preset:?}): {report:?}");
+}
+
+#[test]
+fn vlc_plays_viewer_playlist() {
+    vlc_plays_viewer_playlist_with("e2e-vlc", &[]);
+}
+
+#[test]
+fn vlc_plays_viewer_playlist_at_low_latency() {
+    vlc_plays_viewer_playlist_with("e2e-vlc-low", &["--latency", "low"]);
 }
 
 #[test]
@@ -157,7 +164,10 @@ fn playlist_and_segments_are_served_correctly() {
         broadcaster.ticket,
         "--ticket-file differs from stdout"
     );
-    let mut viewer = start_viewer(&broadcaster.ticket, &["--delay", "2"]);
+    let mut viewer = start_viewer(
+        &broadcaster.ticket,
+        &["--delay", "2", "--allow-origin", "https://app.example"],
+    );
     let (playlist, text) = wait_for_segments(&viewer.url, 2, FIRST_SEGMENTS_TIMEOUT);
 
     let response = get(&viewer.url).expect("GET /live.m3u8");
@@ -169,7 +179,8 @@ fn playlist_and_segments_are_served_correctly() {
         "playlist content type: {:?}",
         response.header("content-type")
     );
-    assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+    // Only the viewer's own page reads it by default.
+    assert_eq!(response.header("access-control-allow-origin"), None);
     assert!(text.starts_with("#EXTM3U"), "not a playlist:\n{text}");
     // Players map the whole playlist to the broadcaster's clock from the first segment's tag.
     assert!(
@@ -209,7 +220,7 @@ fn playlist_and_segments_are_served_correctly() {
     let segment = get(&segment_url).expect("GET a listed segment");
     assert_eq!(segment.status, 200, "{segment_url}");
     assert_eq!(segment.header("content-type"), Some("video/mp2t"));
-    assert_eq!(segment.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(segment.header("access-control-allow-origin"), None);
     assert!(!segment.body.is_empty(), "{segment_url} is empty");
     assert_eq!(
         segment.body[0], 0x47,
@@ -237,9 +248,19 @@ fn playlist_and_segments_are_served_correctly() {
 
     let missing = get(&viewer.url_of(&format!("/seg/{}.ts", u64::MAX))).expect("GET unknown");
     assert_eq!(missing.status, 404);
-    assert_eq!(missing.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(missing.header("access-control-allow-origin"), None);
     let nonsense = get(&viewer.url_of("/seg/not-a-number.ts")).expect("GET nonsense");
     assert_eq!(nonsense.status, 404);
+    // The named origin may read; any other may not, and a foreign Host is refused.
+    let granted = harness::request_with("GET", &viewer.url, &[("Origin", "https://app.example")])
+        .expect("GET with a granted Origin");
+    assert_eq!(
+        granted.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let other = harness::request_with("GET", &viewer.url, &[("Origin", "https://evil.example")])
+        .expect("GET with another Origin");
+    assert_eq!(other.header("access-control-allow-origin"), None);
 
     viewer.proc.assert_clean_exit_on("TERM");
     broadcaster.proc.assert_clean_exit_on("INT");

@@ -19,7 +19,13 @@ use starling::stream::{
 use starling::token::{Credential, Side, BINDING_LEN, TOKEN_PREFIX};
 use starling::wire::{encode, Control, Hello, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
-const TARGETS: [&str; 4] = ["wire_control", "ticket", "segmenter", "token"];
+const TARGETS: [&str; 5] = [
+    "wire_control",
+    "ticket",
+    "segmenter",
+    "token",
+    "http_request",
+];
 const FIXTURES: [&str; 4] = ["h264", "hevc", "gop4s", "audio_only"];
 /// How much of each fixture a segmenter seed holds.
 const SEED_TS_BYTES: usize = 20_000;
@@ -214,12 +220,52 @@ fn segmenter_seeds() -> Seeds {
         .collect()
 }
 
+/// Requests a player, a page and an attacker send: one each, pipelined, a granted
+/// preflight, a foreign Host and a foreign Origin.
+fn http_seeds() -> Seeds {
+    let granted = props::HTTP_GRANTED_ORIGIN;
+    [
+        (
+            "playlist",
+            "GET /live.m3u8 HTTP/1.1\r\nHost: localhost:8080\r\n\r\n".to_owned(),
+        ),
+        (
+            "pipelined",
+            "HEAD /seg/1.ts HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n\
+             GET /seg/1.ts HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n\
+             GET /stats HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+        ),
+        (
+            "preflight",
+            format!(
+                "OPTIONS /seg/1.ts HTTP/1.1\r\nHost: localhost\r\nOrigin: {granted}\r\n\
+                 Access-Control-Request-Method: GET\r\n\r\n\
+                 GET /seg/1.ts HTTP/1.1\r\nHost: localhost\r\nOrigin: {granted}\r\n\r\n"
+            ),
+        ),
+        (
+            "foreign-host",
+            "GET /live.m3u8 HTTP/1.1\r\nHost: rebind.example:8080\r\n\r\n".to_owned(),
+        ),
+        (
+            "foreign-origin",
+            "GET /stats HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\r\n"
+                .to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, text)| (format!("http-{name}"), text.into_bytes()))
+    .collect()
+}
+
 fn seeds(target: &str) -> Seeds {
     match target {
         "wire_control" => wire_seeds(),
         "ticket" => ticket_seeds(),
         "segmenter" => segmenter_seeds(),
         "token" => token_seeds(),
+        "http_request" => http_seeds(),
         other => panic!("no target {other}"),
     }
 }
@@ -332,6 +378,19 @@ fn seeds_reach_the_interesting_paths() {
             "{name}"
         );
     }
+    // HTTP: the player's and the page's requests are answered, the attacker's refused.
+    for (name, bytes) in http_seeds() {
+        let out = String::from_utf8_lossy(&props::http_exchange(&bytes)).into_owned();
+        let want = match name.as_str() {
+            "http-foreign-host" => "HTTP/1.1 421",
+            "http-preflight" => "access-control-allow-origin: https://granted.example",
+            _ => "HTTP/1.1 200",
+        };
+        assert!(out.contains(want), "{name}: {out}");
+        if name == "http-pipelined" {
+            assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{name}: {out}");
+        }
+    }
     // Segmenter: each fixture's start yields a segment.
     for (name, bytes) in segmenter_seeds() {
         let mut s = starling::ts::Segmenter::new(std::time::Duration::from_millis(500));
@@ -357,6 +416,7 @@ fn fuzz_regressions_pass() {
                 "wire_control" => props::wire_control(&data),
                 "ticket" => props::ticket(&data),
                 "token" => props::token(&data),
+                "http_request" => props::http_request(&data),
                 _ => props::segmenter(&data),
             }
             found += 1;
@@ -427,7 +487,8 @@ fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
 /// Seeds built once per target (the segment seed signs, the TS seeds read files).
 fn seeds_cached(target: &'static str) -> &'static [(String, Vec<u8>)] {
     use std::sync::OnceLock;
-    static CACHE: [OnceLock<Seeds>; 4] = [
+    static CACHE: [OnceLock<Seeds>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -466,6 +527,30 @@ proptest! {
     #[test]
     fn ticket_twin_on_base32(body in "[a-z2-7A-Z]{0,120}") {
         props::ticket(format!("starling1{body}").as_bytes());
+    }
+
+    #[test]
+    fn http_request_twin(data in mutated("http_request")) {
+        props::http_request(&data);
+    }
+
+    #[test]
+    fn http_request_twin_on_noise(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        props::http_request(&data);
+    }
+
+    #[test]
+    fn http_request_twin_on_request_lines(
+        method in "(GET|HEAD|OPTIONS|POST|get|G\\x00T)",
+        path in "(/|/live\\.m3u8|/seg/[0-9+-]{0,22}\\.ts|/stats|/metrics|/hls\\.min\\.js|[ -~]{0,40})",
+        host in "(localhost|127\\.0\\.0\\.1|\\[::1\\]|rebind\\.example|[ -~]{0,30})(:[0-9]{0,6})?",
+        origin in proptest::option::of("(https://granted\\.example|https://evil\\.example|null|[ -~]{0,30})"),
+        version in "(HTTP/1\\.1|HTTP/1\\.0|HTTP/2\\.0|HTTP/1\\.1 )",
+        repeat in 1..4usize,
+    ) {
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        let one = format!("{method} {path} {version}\r\nHost: {host}\r\n{origin}\r\n");
+        props::http_request(one.repeat(repeat).as_bytes());
     }
 
     #[test]

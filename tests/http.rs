@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use starling::http::{serve, Catalog};
+use starling::http::{serve, Catalog, CrossOrigin, ServeConfig};
 use starling::playlist::{live_playlist, PlaylistConfig, SegmentInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,13 +92,17 @@ struct Server {
 }
 
 async fn start(catalog: Arc<FakeCatalog>) -> Server {
+    start_with(catalog, ServeConfig::default()).await
+}
+
+async fn start_with(catalog: Arc<FakeCatalog>, config: ServeConfig) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let task = tokio::spawn(serve(listener, catalog, shutdown));
+    let task = tokio::spawn(serve(listener, catalog, config, shutdown));
     Server { addr, stop, task }
 }
 
@@ -171,8 +175,13 @@ async fn read_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>, head: bool) ->
 /// One request on a fresh connection that asks to be closed afterwards; checks nothing
 /// trails the response.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    request_with(addr, method, path, "Host: localhost\r\n").await
+}
+
+/// [`request`] with `headers` (each line ending in CRLF) instead of the usual `Host`.
+async fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let raw = format!("{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(raw.as_bytes()).await.unwrap();
     let mut buffer = Vec::new();
     let reply = read_reply(&mut stream, &mut buffer, method == "HEAD").await;
@@ -198,7 +207,7 @@ async fn serves_playlist_segments_and_stats() {
         Some("application/vnd.apple.mpegurl")
     );
     assert_eq!(playlist.header("cache-control"), Some("no-cache"));
-    assert_eq!(playlist.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(playlist.header("access-control-allow-origin"), None);
     assert_eq!(
         String::from_utf8(playlist.body).unwrap(),
         catalog.playlist().unwrap()
@@ -207,7 +216,7 @@ async fn serves_playlist_segments_and_stats() {
     let segment = request(server.addr, "GET", "/seg/6.ts").await;
     assert_eq!(segment.status, 200);
     assert_eq!(segment.header("content-type"), Some("video/mp2t"));
-    assert_eq!(segment.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(segment.header("access-control-allow-origin"), None);
     assert!(segment
         .header("cache-control")
         .unwrap()
@@ -219,7 +228,7 @@ async fn serves_playlist_segments_and_stats() {
     let stats = request(server.addr, "GET", "/stats").await;
     assert_eq!(stats.status, 200);
     assert_eq!(stats.header("content-type"), Some("application/json"));
-    assert_eq!(stats.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(stats.header("access-control-allow-origin"), None);
     assert_eq!(stats.body, br#"{"segments":3}"#);
 
     let index = request(server.addr, "GET", "/").await;
@@ -252,7 +261,7 @@ async fn missing_malformed_and_unknown_are_404() {
     ] {
         let reply = request(server.addr, "GET", path).await;
         assert_eq!(reply.status, 404, "{path}");
-        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(reply.header("access-control-allow-origin"), None);
     }
 
     // A segment that arrives later is served: the 404 was not a verdict.
@@ -273,8 +282,8 @@ async fn head_sends_headers_only_on_a_kept_alive_connection() {
     // Pipelined: if HEAD leaked a body, the GET's response would not parse.
     stream
         .write_all(
-            b"HEAD /seg/9.ts HTTP/1.1\r\nHost: x\r\n\r\n\
-              GET /seg/9.ts HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /seg/9.ts HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /seg/9.ts HTTP/1.1\r\nHost: localhost\r\n\r\n",
         )
         .await
         .unwrap();
@@ -283,12 +292,12 @@ async fn head_sends_headers_only_on_a_kept_alive_connection() {
     assert_eq!(head.status, 200);
     assert_eq!(head.content_length(), segment_bytes(9).len());
     assert_eq!(head.header("content-type"), Some("video/mp2t"));
-    assert_eq!(head.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(head.header("access-control-allow-origin"), None);
     assert_eq!(get.status, 200);
     assert_eq!(get.body, segment_bytes(9));
 
     stream
-        .write_all(b"HEAD /live.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"HEAD /live.m3u8 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let head = read_reply(&mut stream, &mut buffer, true).await;
@@ -301,23 +310,20 @@ async fn head_sends_headers_only_on_a_kept_alive_connection() {
 }
 
 #[tokio::test]
-async fn options_is_a_cors_preflight_and_other_methods_are_405() {
+async fn options_is_answered_and_other_methods_are_405() {
     let server = start(Arc::new(FakeCatalog::with_segments([0]))).await;
 
+    // A preflight without a granted origin is answered, granting nothing.
     let options = request(server.addr, "OPTIONS", "/live.m3u8").await;
     assert_eq!(options.status, 204);
-    assert_eq!(options.header("access-control-allow-origin"), Some("*"));
-    let methods = options.header("access-control-allow-methods").unwrap();
-    assert!(
-        methods.contains("GET") && methods.contains("HEAD"),
-        "{methods}"
-    );
+    assert_eq!(options.header("access-control-allow-origin"), None);
+    assert_eq!(options.header("access-control-allow-methods"), None);
     assert!(options.body.is_empty());
 
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let reply = request(server.addr, method, "/seg/0.ts").await;
         assert_eq!(reply.status, 405, "{method}");
-        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(reply.header("access-control-allow-origin"), None);
         assert!(reply.header("allow").unwrap().contains("GET"));
     }
 
@@ -340,7 +346,7 @@ async fn garbage_gets_an_error_and_the_server_carries_on() {
     // An oversized request head is refused, not buffered without bound.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let huge = format!(
-        "GET /stats HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Filler: {}\r\n\r\n",
         "a".repeat(100_000)
     );
     // The server may close before reading it all; only its answer matters.
@@ -360,7 +366,7 @@ async fn shutdown_closes_idle_connections_and_stops_listening() {
 
     // A kept-alive connection, idle after one exchange.
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /stats HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buffer = Vec::new();
@@ -463,6 +469,7 @@ async fn ffprobe_reads_the_whole_stream() {
     let server = tokio::spawn(serve(
         listener,
         Arc::new(RecordedCatalog { segments }),
+        ServeConfig::default(),
         async move {
             let _ = stopped.await;
         },
@@ -492,4 +499,181 @@ async fn ffprobe_reads_the_whole_stream() {
 
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// A client that pipelines `requests` segment requests and then never reads: its receive
+/// buffer is kept small, so the server's writes stall within a few kilobytes.
+async fn slow_reader(addr: SocketAddr, requests: usize) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let pipelined: String = (0..requests)
+        .map(|i| format!("GET /seg/{}.ts HTTP/1.1\r\nHost: localhost\r\n\r\n", i % 3))
+        .collect();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The issue's attack: 300 clients that pipeline segment requests and never read held every
+/// one of the 256 slots, so the playlist stopped answering for as long as they stayed. The
+/// write-stall timeout is set out of reach, so only making room for newcomers can answer.
+#[tokio::test]
+async fn slow_readers_do_not_keep_the_playlist_from_answering() {
+    let config = ServeConfig {
+        write_stall_timeout: Duration::from_secs(3600),
+        ..ServeConfig::default()
+    };
+    let server = start_with(Arc::new(FakeCatalog::with_segments(0..3)), config).await;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(slow_reader(server.addr, 20).await);
+    }
+    // Let the server write into every one of them until their buffers are full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(server.addr, "GET", "/live.m3u8"),
+    )
+    .await
+    .expect("the playlist answers while 300 slow readers are connected");
+    assert_eq!(reply.status, 200);
+    // The figure goes to BENCHMARKS.md; the test only asks that it answers at all.
+    eprintln!(
+        "playlist answered in {:?} with 300 slow readers",
+        started.elapsed()
+    );
+    // And again, with the slow readers reconnected around it.
+    for stream in held.iter_mut().take(50) {
+        *stream = slow_reader(server.addr, 20).await;
+    }
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(server.addr, "GET", "/stats"),
+    )
+    .await
+    .expect("the server still answers");
+    assert_eq!(reply.status, 200);
+    drop(held);
+    stop(server).await;
+}
+
+/// A client that reads nothing is closed after the write-stall timeout instead of being
+/// served forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed() {
+    let stall = Duration::from_secs(1);
+    let config = ServeConfig {
+        write_stall_timeout: stall,
+        ..ServeConfig::default()
+    };
+    let server = start_with(Arc::new(FakeCatalog::with_segments(0..3)), config).await;
+    let requests = 20;
+    let mut stream = slow_reader(server.addr, requests).await;
+    tokio::time::sleep(stall * 4).await;
+    // Whatever was in flight drains, then the connection ends before all answers came.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closed the connection");
+    // A reset is as good as an end here.
+    drop(read);
+    let whole = requests * segment_bytes(0).len();
+    assert!(
+        received.len() < whole,
+        "{} of {whole} bytes: the stalled connection was served in full",
+        received.len()
+    );
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused() {
+    let server = start(Arc::new(FakeCatalog::with_segments([0]))).await;
+    let port = server.addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let reply = request_with(
+            server.addr,
+            "GET",
+            "/live.m3u8",
+            &format!("Host: {host}\r\n"),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{host}");
+    }
+    // A DNS-rebinding page: its own name resolves to this address.
+    for host in [
+        format!("rebind.example:{port}"),
+        "attacker.example".to_owned(),
+    ] {
+        for path in ["/live.m3u8", "/seg/0.ts", "/stats", "/"] {
+            let reply = request_with(server.addr, "GET", path, &format!("Host: {host}\r\n")).await;
+            assert_eq!(reply.status, 421, "{host}{path}");
+            assert!(!reply.body.is_empty() && reply.body.len() < 200);
+            assert_eq!(reply.header("access-control-allow-origin"), None);
+        }
+    }
+    let reply = request_with(server.addr, "GET", "/live.m3u8", "").await;
+    assert_eq!(reply.status, 400, "no Host at all");
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn cross_origin_reads_only_for_named_origins() {
+    let origin = |o: &str| format!("Host: localhost\r\nOrigin: {o}\r\n");
+    let server = start(Arc::new(FakeCatalog::with_segments([0]))).await;
+    for path in ["/live.m3u8", "/seg/0.ts", "/stats"] {
+        let reply = request_with(server.addr, "GET", path, &origin("https://evil.example")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("access-control-allow-origin"), None, "{path}");
+    }
+    let preflight = request_with(
+        server.addr,
+        "OPTIONS",
+        "/seg/0.ts",
+        &origin("https://evil.example"),
+    )
+    .await;
+    assert_eq!(preflight.header("access-control-allow-origin"), None);
+    stop(server).await;
+
+    let granted = CrossOrigin::granted(vec!["https://app.example".parse().unwrap()]);
+    let server = start_with(
+        Arc::new(FakeCatalog::with_segments([0])),
+        ServeConfig::granting(granted),
+    )
+    .await;
+    for path in ["/live.m3u8", "/seg/0.ts", "/stats"] {
+        let reply = request_with(server.addr, "GET", path, &origin("https://app.example")).await;
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://app.example"),
+            "{path}"
+        );
+        assert_eq!(reply.header("vary"), Some("Origin"));
+        let other = request_with(server.addr, "GET", path, &origin("https://evil.example")).await;
+        assert_eq!(other.header("access-control-allow-origin"), None, "{path}");
+    }
+    let preflight = request_with(
+        server.addr,
+        "OPTIONS",
+        "/seg/0.ts",
+        &origin("https://app.example"),
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("GET"));
+    stop(server).await;
 }

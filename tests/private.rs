@@ -465,8 +465,22 @@ fn programs_private_stream_token_invite_and_revoke() {
     let (ok, fresh, err) = token_command(&["--key", &key, "--rotate"]);
     assert!(ok && fresh.trim() != token, "{err}");
     assert_exits_saying(&mut good.proc, "revoked");
-    let renewed = harness::start_viewer(&ticket, &["--token", fresh.trim()]);
+    // A private stream's video is never granted to another web origin, even when asked.
+    let app = "https://app.example";
+    let renewed = harness::start_viewer(&ticket, &["--token", fresh.trim(), "--allow-origin", app]);
     harness::wait_for_segments(&renewed.url, 2, Duration::from_secs(60));
+    for path in ["/live.m3u8", "/stats"] {
+        let url = renewed.url.replace("/live.m3u8", path);
+        let reply = harness::request_with("GET", &url, &[("Origin", app)]).unwrap();
+        assert_eq!(reply.status, 200, "{url}");
+        assert_eq!(reply.header("access-control-allow-origin"), None, "{url}");
+    }
+    let stderr = renewed.proc.stderr_text();
+    assert!(
+        stderr.contains("--allow-origin ignored: a private stream"),
+        "{}",
+        renewed.proc.output_tail()
+    );
     // Same stream, new epoch: the key and ticket did not change.
     let after = *Credential::decode(fresh.trim()).unwrap().token();
     let stream = starling::stream::Ticket::decode(&ticket).unwrap().stream;

@@ -456,3 +456,135 @@ fn check_restamp(data: &[u8], offset: u64) -> Vec<u8> {
     );
     shifted
 }
+
+// ---------------------------------------------------------------- http
+
+/// The origin the `http_request` target's server grants; no other may appear in a response.
+pub const HTTP_GRANTED_ORIGIN: &str = "https://granted.example";
+
+/// Largest input the `http_request` target feeds the server (more only repeats the same
+/// paths through hyper's 32 KiB read buffer).
+const HTTP_MAX_INPUT: usize = 64 * 1024;
+
+/// A fixed catalog: segment 1 exists (bytes that cannot be mistaken for a response head).
+struct HttpCatalog;
+
+impl starling::http::Catalog for HttpCatalog {
+    fn index_html(&self) -> &'static str {
+        "<!doctype html><title>page</title>"
+    }
+    fn playlist(&self) -> Option<String> {
+        Some("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg/1.ts\n".to_owned())
+    }
+    fn segment(&self, number: u64) -> Option<bytes::Bytes> {
+        (number == 1).then(|| bytes::Bytes::from(vec![0x47; 188 * 20]))
+    }
+    fn stats_json(&self) -> String {
+        "{}".to_owned()
+    }
+    fn metrics_text(&self) -> Option<String> {
+        None
+    }
+    fn history_json(&self) -> Option<String> {
+        None
+    }
+}
+
+/// `http_request`: the input is what a client sends the local HTTP server on one
+/// connection (listening on 127.0.0.1:8080, granting [`HTTP_GRANTED_ORIGIN`]).
+///
+/// Properties: the server never panics and ends the connection in bounded (virtual) time;
+/// what it sends starts with an HTTP/1.x status line; every `Access-Control-Allow-Origin` it
+/// sends names the granted origin, and only when the input carries that origin; no 200 is
+/// sent unless the input names a loopback host (`localhost`, `127.`, or a bracketed address).
+pub fn http_request(data: &[u8]) {
+    let data = &data[..data.len().min(HTTP_MAX_INPUT)];
+    let output = http_exchange(data);
+    if output.is_empty() {
+        return;
+    }
+    assert!(
+        output.starts_with(b"HTTP/1.1 ") || output.starts_with(b"HTTP/1.0 "),
+        "not a status line: {:?}",
+        String::from_utf8_lossy(&output[..output.len().min(64)])
+    );
+    let input = String::from_utf8_lossy(data).to_ascii_lowercase();
+    let text = String::from_utf8_lossy(&output).to_ascii_lowercase();
+    let mut granted_seen = false;
+    for line in text.split("\r\n") {
+        if let Some(value) = line.strip_prefix("access-control-allow-origin:") {
+            assert_eq!(
+                value.trim(),
+                HTTP_GRANTED_ORIGIN,
+                "a grant to another origin"
+            );
+            granted_seen = true;
+        }
+    }
+    if granted_seen {
+        assert!(
+            input.contains(HTTP_GRANTED_ORIGIN),
+            "a grant nobody asked for"
+        );
+    }
+    let loopback_named =
+        input.contains("localhost") || input.contains("127.") || input.contains('[');
+    if !loopback_named {
+        assert!(
+            !text.contains("http/1.1 200") && !text.contains("http/1.0 200"),
+            "200 without a loopback Host: {input:?}"
+        );
+    }
+}
+
+/// Sends `data` to the `http_request` target's server on one connection and returns all it
+/// answered before closing. Panics if the server panics or keeps the connection open past
+/// 600 s of virtual time.
+pub fn http_exchange(data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Virtual time: the idle and stall timeouts pass at once when nothing else can run.
+        .start_paused(true)
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let granted = HTTP_GRANTED_ORIGIN.parse().expect("a valid origin");
+        let config =
+            starling::http::ServeConfig::granting(starling::http::CrossOrigin::granted(vec![
+                granted,
+            ]));
+        let local = "127.0.0.1:8080".parse().expect("an address");
+        let serving = tokio::spawn(starling::http::serve_stream(
+            server,
+            local,
+            std::sync::Arc::new(HttpCatalog),
+            config,
+        ));
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let write = async move {
+            // The server may close before reading it all.
+            let _ = writer.write_all(data).await;
+            writer
+        };
+        let read = async move {
+            let mut out = Vec::new();
+            let _ = reader.read_to_end(&mut out).await;
+            out
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(600), async {
+            let (_writer, out) = tokio::join!(write, read);
+            out
+        })
+        .await;
+        let out = ended.expect("the server ends the connection within 600 s of virtual time");
+        match serving.await {
+            Ok(()) => {}
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the connection task failed: {e}"),
+        }
+        out
+    })
+}

@@ -240,7 +240,8 @@ pub async fn run(
         stats: stats.clone(),
         metrics: Metrics::broadcaster()?,
     });
-    let http = http::Server::start(config.http, catalog)
+    // The dashboard is served by the same server, so it needs no cross-origin grant.
+    let http = http::Server::start(config.http, catalog, http::ServeConfig::default())
         .await
         .map_err(|source| BroadcastError::Http {
             addr: config.http,

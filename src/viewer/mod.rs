@@ -34,6 +34,15 @@ use std::time::Duration;
 /// Connections a viewer accepts (its partners are capped far lower by its mesh).
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Segments the live playlist lists.
+///
+/// Stock players (ffmpeg, ffplay, mpv) start a live playlist three entries from its end and
+/// read at real speed from there, so the entries they find set how far behind the newest
+/// segment they play. Two entries make them start at the older one: one segment of slack for
+/// the next to arrive, and about two segment durations behind the camera, where the eight
+/// listed until issue 28 (with three more held back) put them six behind.
+pub const PLAYER_WINDOW: usize = 2;
+
 /// Everything the viewer needs, from its flags.
 #[derive(Debug, Clone)]
 pub struct ViewerConfig {
@@ -49,10 +58,14 @@ pub struct ViewerConfig {
     pub upload_limit: Option<Rate>,
     /// Leech-only: never upload to other viewers (metered links).
     pub no_upload: bool,
-    /// Segments held back behind the newest.
+    /// Segments held back behind the newest; a player then has this many segments of slack
+    /// more than the one the short window gives it.
     pub delay: u64,
     /// Segments listed in the playlist.
     pub window: usize,
+    /// Web origins granted cross-origin reads of the local server; ignored for a private
+    /// stream (one joined with a token), whose video no other origin may read.
+    pub allow_origins: Vec<http::AllowedOrigin>,
     /// Redraw a status line on stderr (a terminal); otherwise log now and then.
     pub status_line: bool,
     /// Once the stream ended: how long at most to wait for the player to fetch the last
@@ -107,8 +120,16 @@ pub async fn run(
             .verify(&stream, 0, clock::unix_now_s(), TOKEN_CLOCK_SKEW_S)?;
     }
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    // Until headers tell us the real segment length, assume the default 2 s.
-    let mut mesh = MeshConfig::viewer(stream, Duration::from_secs(2), config.delay);
+    // Until headers tell us the real segment length, assume the default 2 s. A player
+    // starting at the older of the two listed segments needs the next one about a segment
+    // (plus any hold-back) after it is announced. The mesh asks the broadcaster once half its
+    // budget has passed, so a budget of two segments asks just as that slack runs out; one
+    // segment took 1.7-1.8 broadcaster copies instead of 1.1 at 20 viewers (BENCHMARKS.md).
+    let mut mesh = MeshConfig::viewer(
+        stream,
+        Duration::from_secs(2),
+        config.delay.saturating_add(2),
+    );
     mesh.uploads = !config.no_upload;
     let node = Node::spawn(NodeConfig {
         key,
@@ -134,13 +155,23 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         served: AtomicU64::new(0),
+        listed: AtomicU64::new(0),
     });
-    let http = http::Server::start(config.http, catalog.clone())
-        .await
-        .map_err(|source| ViewerError::Http {
-            addr: config.http,
-            source,
-        })?;
+    let cross_origin = if config.token.is_some() {
+        http::CrossOrigin::none()
+    } else {
+        http::CrossOrigin::granted(config.allow_origins.clone())
+    };
+    let http = http::Server::start(
+        config.http,
+        catalog.clone(),
+        http::ServeConfig::granting(cross_origin),
+    )
+    .await
+    .map_err(|source| ViewerError::Http {
+        addr: config.http,
+        source,
+    })?;
     let url = format!("http://{}/live.m3u8", http.addr());
     tracing::info!(stream = %stream.short(), quic = ?node.local_addr().ok(), "joining");
     // The URL is printed once the swarm let this viewer in, so a refused viewer prints none.
@@ -248,6 +279,9 @@ struct ViewerCatalog {
     /// One more than the highest segment number served to a player, 0 before any: how far
     /// the player got, so an ended stream waits for it.
     served: AtomicU64,
+    /// One more than the newest segment number the playlist listed, 0 before any: the list
+    /// starts no later than this, so late segments arriving at once are all listed once.
+    listed: AtomicU64,
 }
 
 impl ViewerCatalog {
@@ -260,7 +294,14 @@ impl ViewerCatalog {
 impl Catalog for ViewerCatalog {
     fn playlist(&self) -> Option<String> {
         let live = self.node.live_newest();
-        store::lock(&self.node.store()).playlist_at(self.playlist, live)
+        // Nothing listed yet: the window as usual, so a player starts near the newest.
+        let listed = self.listed.load(Ordering::Relaxed);
+        let keep_from = (listed > 0).then_some(listed);
+        let (text, last) =
+            store::lock(&self.node.store()).playlist_keeping(self.playlist, live, keep_from)?;
+        self.listed
+            .fetch_max(last.saturating_add(1), Ordering::Relaxed);
+        Some(text)
     }
 
     fn segment(&self, number: u64) -> Option<Bytes> {

@@ -554,6 +554,11 @@ pub fn get(url: &str) -> io::Result<Response> {
 /// One HTTP/1.1 request on a fresh connection with `Connection: close`, bounded in time and
 /// size. Only `http://host:port/path` URLs.
 pub fn request(method: &str, url: &str) -> io::Result<Response> {
+    request_with(method, url, &[])
+}
+
+/// [`request`] with extra headers (name, value).
+pub fn request_with(method: &str, url: &str, extra: &[(&str, &str)]) -> io::Result<Response> {
     let invalid =
         |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {url}"));
     let rest = url
@@ -568,9 +573,10 @@ pub fn request(method: &str, url: &str) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let deadline = Instant::now() + HTTP_TIMEOUT;
     let mut raw = Vec::new();
@@ -831,13 +837,21 @@ pub fn fetch_playlist(url: &str) -> Option<(Playlist, String)> {
     Some((Playlist::parse(&text), text))
 }
 
-/// Waits (at most `timeout`) until the playlist at `url` lists at least `segments` segments.
+/// Waits (at most `timeout`) until the playlist at `url` has listed at least `segments`
+/// segments, over its reloads: a viewer's live window lists only two at a time
+/// (`viewer::PLAYER_WINDOW`), so this counts from the first segment it saw listed.
 pub fn wait_for_segments(url: &str, segments: usize, timeout: Duration) -> (Playlist, String) {
     let mut last = String::from("(no 200 response)");
+    let mut first_seen: Option<u64> = None;
     poll_until(timeout, || {
         let (playlist, text) = fetch_playlist(url)?;
         last.clone_from(&text);
-        (playlist.entries.len() >= segments).then_some((playlist, text))
+        let first = playlist.entries.iter().map(|e| e.number).min()?;
+        let first = *first_seen.get_or_insert(first);
+        let newest = playlist.max_number()?;
+        let seen = usize::try_from(newest.saturating_sub(first).saturating_add(1)).ok()?;
+        let enough = seen >= segments || playlist.entries.len() >= segments;
+        enough.then_some((playlist, text))
     })
     .unwrap_or_else(|| {
         panic!(

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use starling::cli::Latency;
+use starling::http::AllowedOrigin;
 use starling::rate::Rate;
 use starling::stream::Ticket;
 use starling::token::Credential;
@@ -51,15 +52,21 @@ struct Args {
     #[arg(long, conflicts_with = "upload_limit")]
     no_upload: bool,
 
-    /// How close to live: `normal` (3 segments held back) or `low` (1, for a broadcaster
-    /// also on --latency low). --delay overrides it.
+    /// How close to live: `normal` or `low` (for a broadcaster also on --latency low; its
+    /// shorter segments are what bring the picture closer). --delay overrides it.
     #[arg(long, value_name = "PRESET", default_value = "normal", value_parser = Latency::parse)]
     latency: Latency,
 
-    /// Segments held back behind the newest, 1 to 20: more is steadier, fewer is closer to
-    /// live. [default: 3, or 1 with --latency low]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=20))]
+    /// Segments held back behind the newest, 0 to 20: each adds a segment of slack for late
+    /// segments and a segment of delay. [default: 0]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
     delay: Option<u64>,
+
+    /// Let pages of this web origin (e.g. https://example.org) read the local server's
+    /// playlist, segments and /stats; repeat for more. By default only the viewer's own page
+    /// can. Never applies to a private stream.
+    #[arg(long, value_name = "ORIGIN", value_parser = clap::value_parser!(AllowedOrigin))]
+    allow_origin: Vec<AllowedOrigin>,
 
     /// Open the watch page (the local server's `/`) in the default browser once the
     /// stream is joined.
@@ -90,6 +97,12 @@ async fn run() -> bool {
             return false;
         }
     };
+    if token.is_some() && !args.allow_origin.is_empty() {
+        eprintln!(
+            "starling-viewer: --allow-origin ignored: a private stream is never readable from \
+             other web origins"
+        );
+    }
     let config = ViewerConfig {
         ticket,
         token,
@@ -98,7 +111,8 @@ async fn run() -> bool {
         upload_limit: args.upload_limit,
         no_upload: args.no_upload,
         delay: args.delay.unwrap_or(args.latency.delay()),
-        window: 8,
+        window: viewer::PLAYER_WINDOW,
+        allow_origins: args.allow_origin,
         status_line: starling::cli::stderr_is_terminal(),
         linger_after_end: Duration::from_secs(30),
     };

@@ -3,8 +3,17 @@
 //!
 //! A thin hyper 1 driver around a pure request → response mapping: the node decides what exists
 //! (through [`Catalog`]); this module only maps requests to it, with bounded connections and
-//! timeouts.
+//! timeouts. Who may ask (the `Host` check against DNS rebinding, and the origins granted
+//! cross-origin reads) is in `access`; how slow clients are kept from holding the server is in
+//! `guard`.
 
+mod access;
+mod guard;
+
+pub use access::{host_allowed, AllowedOrigin, CrossOrigin, OriginError};
+pub use guard::WRITE_STALL_TIMEOUT;
+
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -20,9 +29,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+
+use guard::{Activity, Watched};
 
 /// What the HTTP server serves; implemented by the viewer's and broadcaster's nodes.
 pub trait Catalog: Send + Sync + 'static {
@@ -41,10 +53,12 @@ pub trait Catalog: Send + Sync + 'static {
     fn history_json(&self) -> Option<String>;
 }
 
-/// Most connections served at once; later ones wait in the kernel's listen backlog.
+/// Most connections served at once. A new connection beyond it is still accepted: the
+/// connection whose socket moved a byte least recently is closed to make room (see `guard`).
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// How long a client may take to send a request's headers, which also ends idle keep-alives.
+/// How long a client may take to send a request's headers, which also ends idle keep-alives
+/// (the idle timeout).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight connections get to finish once shutdown is asked; then they are dropped.
@@ -59,6 +73,35 @@ const MAX_BUF_BYTES: usize = 32 * 1024;
 /// Consecutive failed `accept` calls (with back-off) after which the listener is deemed broken.
 const MAX_ACCEPT_FAILURES: u32 = 50;
 
+/// How a server treats its clients beyond what it serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The web origins granted cross-origin reads.
+    pub cross_origin: CrossOrigin,
+    /// How long a response may go without writing a byte before its connection is closed.
+    pub write_stall_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    /// No cross-origin grant; [`WRITE_STALL_TIMEOUT`].
+    fn default() -> Self {
+        Self {
+            cross_origin: CrossOrigin::none(),
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The defaults, granting `cross_origin`.
+    pub fn granting(cross_origin: CrossOrigin) -> Self {
+        Self {
+            cross_origin,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running server started by [`Server::start`]; [`Server::stop`] ends it.
 #[derive(Debug)]
 pub struct Server {
@@ -69,11 +112,15 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` and serves `catalog` there in a task.
-    pub async fn start(addr: SocketAddr, catalog: Arc<dyn Catalog>) -> io::Result<Server> {
+    pub async fn start(
+        addr: SocketAddr,
+        catalog: Arc<dyn Catalog>,
+        config: ServeConfig,
+    ) -> io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, catalog, async move {
+        let task = tokio::spawn(serve(listener, catalog, config, async move {
             let _ = stopped.await;
         }));
         Ok(Server { addr, stop, task })
@@ -93,10 +140,17 @@ impl Server {
 
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
-/// HTTP/1.1 with keep-alive. Routes: `/` (an HTML page), `/hls.min.js` (the page's player), `/live.m3u8`, `/seg/<n>.ts`,
-/// `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS` for CORS preflights, 405 for other methods, 404 for
-/// other paths. Every response carries `Access-Control-Allow-Origin: *` so browser players
-/// (hls.js) on any origin can use it.
+/// HTTP/1.1 with keep-alive. Routes: `/` (an HTML page), `/hls.min.js` (the page's player),
+/// `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS`
+/// for CORS preflights, 405 for other methods, 404 for other paths. A request whose `Host` is
+/// not this server ([`host_allowed`]) gets 421, one without a `Host` 400. Only an `Origin`
+/// that `config.cross_origin` grants gets `Access-Control-Allow-Origin` (its own value).
+///
+/// At most [`MAX_CONNECTIONS`] are open: one more evicts the least recently active. A response
+/// that cannot write for `config.write_stall_timeout` and a connection idle for
+/// [`HEADER_READ_TIMEOUT`] are closed. Each connection holds one response at a time (pipelined
+/// requests wait unread in a read buffer of at most 32 KiB), and a response body is the
+/// store's own bytes, not a copy.
 ///
 /// On shutdown it stops accepting, lets open connections finish their current response for up
 /// to [`SHUTDOWN_GRACE`], then drops the rest, and returns once every connection task is gone.
@@ -110,24 +164,36 @@ impl Server {
 pub async fn serve(
     listener: TcpListener,
     catalog: Arc<dyn Catalog>,
+    config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let config = Arc::new(config);
+    let epoch = crate::clock::now();
     let mut connections = JoinSet::new();
+    // The open connections' activity, by task, to choose whom to evict when full.
+    let mut open: BTreeMap<tokio::task::Id, (AbortHandle, Arc<Activity>)> = BTreeMap::new();
     let mut failures = 0u32;
 
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            // Reap finished connections, so the set's length is the number still open.
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "HTTP connection task failed");
-                }
+            // Reap finished connections, so `open` holds only those still open.
+            Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match joined {
+                    Ok((id, ())) => id,
+                    Err(error) => {
+                        if !error.is_cancelled() {
+                            tracing::error!(%error, "HTTP connection task failed");
+                        }
+                        error.id()
+                    }
+                };
+                open.remove(&id);
             }
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
+            accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _peer)) => {
                         failures = 0;
@@ -135,8 +201,29 @@ pub async fn serve(
                         if let Err(error) = stream.set_nodelay(true) {
                             tracing::debug!(%error, "HTTP: could not set TCP_NODELAY");
                         }
-                        let connection = serve_connection(stream, catalog.clone(), stop_rx.clone());
-                        connections.spawn(connection);
+                        let Ok(local) = stream.local_addr() else {
+                            continue;
+                        };
+                        // Full: rather than leave the newcomer in the backlog behind clients
+                        // that read nothing, close the one that has been quiet longest.
+                        if open.len() >= MAX_CONNECTIONS {
+                            let quiet = open.iter().map(|(id, (_, a))| (*id, a.last_progress_ms()));
+                            if let Some((abort, _)) = guard::least_recent(quiet).and_then(|id| open.remove(&id)) {
+                                tracing::debug!("HTTP: all connections open; closing the quietest");
+                                abort.abort();
+                            }
+                        }
+                        let activity = Arc::new(Activity::new(epoch));
+                        let connection = serve_connection(
+                            Watched::new(stream, activity.clone()),
+                            local,
+                            catalog.clone(),
+                            config.clone(),
+                            activity.clone(),
+                            stop_rx.clone(),
+                        );
+                        let abort = connections.spawn(connection);
+                        open.insert(abort.id(), (abort, activity));
                     }
                     Err(error) if is_connection_error(&error) => {
                         tracing::debug!(%error, "HTTP accept: a connection failed early");
@@ -186,14 +273,40 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-/// Runs one HTTP/1 connection until the client leaves, a timeout hits, or `stop` turns true.
-async fn serve_connection(
-    stream: TcpStream,
+/// Serves one HTTP/1 connection over any byte stream until the client leaves or a timeout
+/// hits; `local` is the address the client reached (for the `Host` check). Shutdown is the
+/// caller's: drop the future.
+///
+/// [`serve`] runs this for each accepted socket; tests and the fuzz target drive it through an
+/// in-memory pipe.
+pub async fn serve_stream<S>(
+    stream: S,
+    local: SocketAddr,
     catalog: Arc<dyn Catalog>,
+    config: ServeConfig,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(crate::clock::now()));
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let stream = Watched::new(stream, activity.clone());
+    serve_connection(stream, local, catalog, Arc::new(config), activity, stop_rx).await;
+}
+
+/// Runs one HTTP/1 connection until the client leaves, a timeout hits, or `stop` turns true.
+async fn serve_connection<S>(
+    stream: Watched<S>,
+    local: SocketAddr,
+    catalog: Arc<dyn Catalog>,
+    config: Arc<ServeConfig>,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stall_timeout = config.write_stall_timeout;
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = respond(catalog.as_ref(), request.method(), request.uri().path());
+        let response = respond(catalog.as_ref(), &request, local, &config.cross_origin);
         async move { Ok::<_, Infallible>(response) }
     });
     let mut builder = http1::Builder::new();
@@ -206,6 +319,10 @@ async fn serve_connection(
 
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = activity.write_stalled(stall_timeout) => {
+            tracing::debug!("HTTP: the client read nothing for {stall_timeout:?}; closing");
+            return;
+        }
         // The guard `wait_for` returns is not `Send`: drop it inside the block. A dropped
         // sender means `serve` is gone, which is a stop as well.
         () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
@@ -261,12 +378,12 @@ impl Resource {
 
 /// The viewer's watch page at `/`: plays the stream (hls.js, or Safari's own HLS), shows
 /// the viewer's `/stats` live and the commands for other players.
-pub const VIEWER_INDEX_HTML: &str = include_str!("../assets/watch.html");
+pub const VIEWER_INDEX_HTML: &str = include_str!("../../assets/watch.html");
 
 /// hls.js 1.5.20 (`dist/hls.light.min.js` from npm, Apache-2.0, see
 /// `assets/hls.js-LICENSE`), served at `/hls.min.js` from inside the binary so the page works
 /// offline and needs no CDN.
-pub const HLS_JS: &[u8] = include_bytes!("../assets/hls.light.min.js");
+pub const HLS_JS: &[u8] = include_bytes!("../../assets/hls.light.min.js");
 
 /// The player script is fixed for a build, so a browser may keep it for a day.
 const HLS_JS_CACHE_CONTROL: &str = "public, max-age=86400";
@@ -276,27 +393,70 @@ const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 /// Segment bodies never change under their number, so players and proxies may keep them.
 const SEGMENT_CACHE_CONTROL: &str = "public, max-age=3600";
 
-/// Maps a request to its response; pure apart from asking the catalog.
-fn respond(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
+/// Maps a request to its response: refuses a foreign `Host`, answers, then grants the
+/// request's `Origin` cross-origin reads if `cross_origin` names it. Pure apart from asking the
+/// catalog; `local` is the address the connection reached.
+fn respond<B>(
+    catalog: &dyn Catalog,
+    request: &Request<B>,
+    local: SocketAddr,
+    cross_origin: &CrossOrigin,
+) -> Response<Full<Bytes>> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().unwrap_or(""),
+        (None, _) => return text(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
+        (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "more than one Host header\n"),
+    };
+    // A request in absolute form names its host in the target too (RFC 9112 §3.2.2).
+    let target_host = request.uri().authority().map(|a| a.as_str());
+    if !host_allowed(host, local) || target_host.is_some_and(|t| !host_allowed(t, local)) {
+        // DNS rebinding: a page on another name that resolves here.
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers only to localhost, a loopback address or its own address\n",
+        );
+    }
+    let mut response = answer(catalog, request.method(), request.uri().path());
+    if cross_origin.grants_any() {
+        // A cache must not give one origin's answer (with or without a grant) to another.
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    let origin = request.headers().get(header::ORIGIN);
+    if let Some(origin) = origin.filter(|o| cross_origin.grants(o.to_str().unwrap_or(""))) {
+        let preflight =
+            request.method() == Method::OPTIONS && response.status() == StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if preflight {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOWED_METHODS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("*"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+        }
+    }
+    response
+}
+
+/// The response to a request from this server's own `Host`, without any CORS grant.
+fn answer(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let Some(resource) = Resource::from_path(path) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     if method == Method::OPTIONS {
+        // A preflight: the grant, if any, is added by `respond`.
         let mut response = with_body(StatusCode::NO_CONTENT, Bytes::new());
-        let headers = response.headers_mut();
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(ALLOWED_METHODS),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("*"),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("86400"),
-        );
-        headers.remove(header::CONTENT_LENGTH);
+        response.headers_mut().remove(header::CONTENT_LENGTH);
         return response;
     }
     let head = method == Method::HEAD;
@@ -380,17 +540,14 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// A response with `body`, its Content-Length and the CORS header every response carries.
+/// A response with `body` and its Content-Length.
 fn with_body(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let length = HeaderValue::from(body.len());
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_LENGTH, length);
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, length);
     response
 }
 
@@ -458,8 +615,8 @@ mod tests {
     fn head_keeps_the_length_and_drops_the_body() {
         use hyper::body::Body as _;
 
-        let get = respond(&OneSegment, &Method::GET, "/seg/3.ts");
-        let head = respond(&OneSegment, &Method::HEAD, "/seg/3.ts");
+        let get = answer(&OneSegment, &Method::GET, "/seg/3.ts");
+        let head = answer(&OneSegment, &Method::HEAD, "/seg/3.ts");
         assert_eq!(get.status(), StatusCode::OK);
         assert_eq!(get.headers(), head.headers());
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "5");
@@ -469,13 +626,13 @@ mod tests {
 
     #[test]
     fn the_page_loads_the_bundled_player() {
-        let page = respond(&OneSegment, &Method::GET, "/");
+        let page = answer(&OneSegment, &Method::GET, "/");
         assert!(VIEWER_INDEX_HTML.contains("<script src=\"hls.min.js\">"));
         assert!(page.headers()[header::CONTENT_TYPE]
             .to_str()
             .unwrap()
             .starts_with("text/html"));
-        let script = respond(&OneSegment, &Method::GET, "/hls.min.js");
+        let script = answer(&OneSegment, &Method::GET, "/hls.min.js");
         assert_eq!(script.status(), StatusCode::OK);
         assert_eq!(
             script.headers()[header::CONTENT_TYPE],
@@ -492,7 +649,7 @@ mod tests {
 
     #[test]
     fn method_and_presence_decide_the_status() {
-        let status = |method: Method, path: &str| respond(&OneSegment, &method, path).status();
+        let status = |method: Method, path: &str| answer(&OneSegment, &method, path).status();
         assert_eq!(status(Method::GET, "/seg/4.ts"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/live.m3u8"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::GET, "/stats"), StatusCode::OK);
@@ -511,5 +668,103 @@ mod tests {
         );
         assert_eq!(status(Method::POST, "/nope"), StatusCode::NOT_FOUND);
         assert_eq!(status(Method::OPTIONS, "/seg/3.ts"), StatusCode::NO_CONTENT);
+    }
+
+    fn asked(method: Method, path: &str, host: Option<&str>, origin: Option<&str>) -> Request<()> {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        request.body(()).unwrap()
+    }
+
+    const LOCAL: &str = "127.0.0.1:8080";
+
+    #[test]
+    fn a_foreign_host_is_refused_before_anything_is_looked_up() {
+        let local = LOCAL.parse().unwrap();
+        let none = CrossOrigin::none();
+        let status = |host: Option<&str>| {
+            let request = asked(Method::GET, "/seg/3.ts", host, None);
+            respond(&OneSegment, &request, local, &none).status()
+        };
+        assert_eq!(status(Some("localhost:8080")), StatusCode::OK);
+        assert_eq!(status(Some("127.0.0.1:8080")), StatusCode::OK);
+        assert_eq!(status(Some("[::1]:8080")), StatusCode::OK);
+        assert_eq!(
+            status(Some("rebind.example:8080")),
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        assert_eq!(status(Some("")), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(status(None), StatusCode::BAD_REQUEST);
+        let absolute = |target: &str| {
+            let request = asked(Method::GET, target, Some("localhost"), None);
+            respond(&OneSegment, &request, local, &none).status()
+        };
+        assert_eq!(absolute("http://localhost:8080/seg/3.ts"), StatusCode::OK);
+        assert_eq!(
+            absolute("http://rebind.example:8080/seg/3.ts"),
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        let two = Request::builder()
+            .uri("/seg/3.ts")
+            .header(header::HOST, "localhost")
+            .header(header::HOST, "localhost")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            respond(&OneSegment, &two, local, &none).status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn only_a_granted_origin_gets_a_cors_header() {
+        let local = LOCAL.parse().unwrap();
+        let granted = CrossOrigin::granted(vec!["https://app.example".parse().unwrap()]);
+        let cors = |cross_origin: &CrossOrigin, method: Method, origin: Option<&str>| {
+            let request = asked(method, "/seg/3.ts", Some("localhost"), origin);
+            let response = respond(&OneSegment, &request, local, cross_origin);
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+            };
+            (
+                header(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+                header(header::ACCESS_CONTROL_ALLOW_METHODS),
+                header(header::VARY),
+            )
+        };
+        let none = CrossOrigin::none();
+        assert_eq!(cors(&none, Method::GET, None), (None, None, None));
+        assert_eq!(
+            cors(&none, Method::GET, Some("https://app.example")),
+            (None, None, None)
+        );
+        assert_eq!(
+            cors(&none, Method::OPTIONS, Some("https://app.example")),
+            (None, None, None)
+        );
+        let vary = Some("Origin".to_owned());
+        assert_eq!(
+            cors(&granted, Method::GET, Some("https://app.example")),
+            (Some("https://app.example".to_owned()), None, vary.clone())
+        );
+        let (allow, methods, _) = cors(&granted, Method::OPTIONS, Some("https://app.example"));
+        assert_eq!(allow.as_deref(), Some("https://app.example"));
+        assert_eq!(methods.as_deref(), Some(ALLOWED_METHODS));
+        assert_eq!(
+            cors(&granted, Method::GET, Some("https://evil.example")),
+            (None, None, vary.clone())
+        );
+        assert_eq!(
+            cors(&granted, Method::GET, Some("null")),
+            (None, None, vary)
+        );
     }
 }
