@@ -119,6 +119,8 @@ pub async fn run(
         cred.token()
             .verify(&stream, 0, clock::unix_now_s(), TOKEN_CLOCK_SKEW_S)?;
     }
+    // A private stream's video is for its invited viewers: no other web origin may read it.
+    let private = config.token.is_some();
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     // Until headers tell us the real segment length, assume the default 2 s. A player
     // starting at the older of the two listed segments needs the next one about a segment
@@ -157,7 +159,7 @@ pub async fn run(
         served: AtomicU64::new(0),
         listed: AtomicU64::new(0),
     });
-    let cross_origin = if config.token.is_some() {
+    let cross_origin = if private {
         http::CrossOrigin::none()
     } else {
         http::CrossOrigin::granted(config.allow_origins.clone())
