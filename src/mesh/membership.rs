@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// Broadcaster: turned-away viewers remembered for its peer samples.
 const MAX_OVERFLOW: usize = 64;
 
+/// Places a public viewer gives to peers behind symmetric NATs ([`Mesh::place_for`]).
+const SYMMETRIC_RESERVE: usize = 5;
+
 /// Broadcaster: how many of a peer sample's 16 are turned-away viewers.
 const OVERFLOW_IN_SAMPLE: usize = 8;
 
@@ -82,8 +85,17 @@ impl Mesh {
             Role::Viewer
         };
         if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
+            if let Some(out) = self.place_for(reach) {
+                self.actions.push_back(Action::Disconnect {
+                    peer: out,
+                    reason: DisconnectReason::PartnerSetFull,
+                });
+                self.handle_disconnected(now, out);
+            }
+        }
+        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
             // Turn it away, but hand it some peers so it can find room elsewhere.
-            let sample = self.peer_sample(Some(peer));
+            let sample = self.peer_sample(Some(peer), reach);
             // Only viewers anyone can dial are handed out once turned away: a NAT's needs a
             // rendezvous, which needs a partner of both.
             if self.cfg.role == Role::Broadcaster
@@ -159,7 +171,7 @@ impl Mesh {
         }
         if self.cfg.role == Role::Broadcaster {
             // The tracker's answer: a random sample of the swarm.
-            let sample = self.peer_sample(Some(peer));
+            let sample = self.peer_sample(Some(peer), reach);
             if !sample.is_empty() {
                 self.send_sample(contact, sample);
             }
@@ -213,6 +225,29 @@ impl Mesh {
         }
         self.dial_more_if_viewer(now);
         self.schedule(now);
+    }
+
+    /// A partner a full viewer lets go to take a newcomer reachable as `reach`: a public
+    /// viewer gives up to [`SYMMETRIC_RESERVE`] of its places to peers behind symmetric NATs,
+    /// each in place of a partner that can pair elsewhere. Those can reach public peers alone,
+    /// while the others also pair by rendezvous; once the others fill the public peers, the
+    /// symmetric ones fall back on the broadcaster (BENCHMARKS.md, 2026-12-07).
+    fn place_for(&self, reach: Reach) -> Option<NodeId> {
+        if self.cfg.role != Role::Viewer || self.reach != Reach::Public || reach != Reach::Symmetric
+        {
+            return None;
+        }
+        let viewers = || self.peers.iter().filter(|(_, p)| !p.is_origin());
+        let symmetric = viewers()
+            .filter(|(_, p)| p.reach == Reach::Symmetric)
+            .count();
+        if symmetric >= SYMMETRIC_RESERVE {
+            return None;
+        }
+        viewers()
+            .filter(|(_, p)| p.reach != Reach::Symmetric && !p.same_site)
+            .map(|(id, _)| *id)
+            .next()
     }
 
     /// A dial to `peer` failed.
@@ -295,7 +330,8 @@ impl Mesh {
                 None => continue,
             };
             if pex_due {
-                let sample = self.peer_sample(Some(id));
+                let reach = self.peers.get(&id).map_or(Reach::Unknown, |p| p.reach);
+                let sample = self.peer_sample(Some(id), reach);
                 if let (false, Some(to)) = (sample.is_empty(), self.contact(&id)) {
                     self.send_sample(to, sample);
                 }
@@ -524,7 +560,11 @@ impl Mesh {
     /// crowd beyond its partner cap, its partners' sets are full, and a sample of them alone
     /// sends newcomers from one full viewer to the next, while the turned-away ones still
     /// have room for each other.
-    fn peer_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
+    fn peer_sample(&mut self, exclude: Option<NodeId>, to: Reach) -> Vec<PeerInfo> {
+        // Behind a symmetric NAT the recipient can dial public peers alone: the others would
+        // fill its sample for nothing.
+        let dialable =
+            |r: Reach| to != Reach::Symmetric || matches!(r, Reach::Public | Reach::Unknown);
         let mut sample: Vec<PeerInfo> = Vec::new();
         if self.cfg.role == Role::Broadcaster {
             // Random ones among the last turned away, so a crowd is not herded onto the few
@@ -532,7 +572,7 @@ impl Mesh {
             let candidates: Vec<&PeerInfo> = self
                 .overflow
                 .iter()
-                .filter(|p| Some(p.id) != exclude)
+                .filter(|p| Some(p.id) != exclude && dialable(p.reach))
                 .collect();
             sample.extend(
                 candidates
@@ -545,7 +585,7 @@ impl Mesh {
             .iter()
             .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
             // Nobody can dial into a NAT that maps each destination apart.
-            .filter(|(_, p)| p.reach != Reach::Symmetric)
+            .filter(|(_, p)| p.reach != Reach::Symmetric && dialable(p.reach))
             .filter(|(id, _)| sample.iter().all(|s| s.id != **id))
             .map(|(id, p)| PeerInfo {
                 id: *id,
@@ -796,6 +836,111 @@ mod tests {
             local: local.map(|port| SocketAddr::from(([192, 168, 0, i], port))),
             ..contact(id(i), addr(u16::from(i)))
         }
+    }
+
+    #[test]
+    fn a_full_public_viewer_makes_room_for_peers_behind_symmetric_nats() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[]);
+        let public = SocketAddr::from(([198, 51, 100, 1], 7000));
+        v.observe_self(Some(public), Reach::Public);
+        let cap = v.cfg.max_partners as u8;
+        for i in 20..20 + cap {
+            v.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+        }
+        drain(&mut v);
+        let let_go = |acts: &[Action]| {
+            acts.iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Disconnect {
+                            reason: DisconnectReason::PartnerSetFull,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        // Another that can pair by rendezvous is turned away...
+        v.handle_connected(t0, behind(90, Reach::Nat, None), Role::Viewer, true, None);
+        assert!(!v.peers.contains_key(&id(90)));
+        drain(&mut v);
+        // ...one behind a symmetric NAT takes a place, up to the reserve, each in place of
+        // one of the others.
+        for i in 0..SYMMETRIC_RESERVE as u8 {
+            let who = 100 + i;
+            v.handle_connected(
+                t0,
+                behind(who, Reach::Symmetric, None),
+                Role::Viewer,
+                true,
+                None,
+            );
+            assert!(v.peers.contains_key(&id(who)));
+            assert_eq!(let_go(&drain(&mut v)), 1);
+            assert_eq!(v.viewer_count(), usize::from(cap));
+        }
+        v.handle_connected(
+            t0,
+            behind(120, Reach::Symmetric, None),
+            Role::Viewer,
+            true,
+            None,
+        );
+        assert!(!v.peers.contains_key(&id(120)));
+        // A viewer behind a NAT itself keeps no such places.
+        let mut n = viewer_connected(t0, &[]);
+        n.observe_self(Some(public), Reach::Nat);
+        for i in 20..20 + cap {
+            n.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+        }
+        n.handle_connected(
+            t0,
+            behind(100, Reach::Symmetric, None),
+            Role::Viewer,
+            true,
+            None,
+        );
+        assert!(!n.peers.contains_key(&id(100)));
+    }
+
+    #[test]
+    fn a_peer_behind_a_symmetric_nat_is_handed_only_public_peers() {
+        let t0 = Instant::now();
+        let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
+        for i in 20..26 {
+            let reach = if i % 2 == 0 {
+                Reach::Public
+            } else {
+                Reach::Nat
+            };
+            b.handle_connected(t0, behind(i, reach, None), Role::Viewer, true, None);
+        }
+        drain(&mut b);
+        b.handle_connected(
+            t0,
+            behind(40, Reach::Symmetric, None),
+            Role::Viewer,
+            true,
+            None,
+        );
+        let handed: Vec<PeerInfo> = drain(&mut b)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Peers { peers },
+                } if peer == id(40) => Some(peers),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(!handed.is_empty());
+        assert!(
+            handed.iter().all(|p| p.reach == Reach::Public),
+            "{handed:?}"
+        );
     }
 
     #[test]
