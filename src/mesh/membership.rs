@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// Broadcaster: turned-away viewers remembered for its peer samples.
 const MAX_OVERFLOW: usize = 64;
 
+/// Peers just turned away that may still ask for rendezvous ([`Mesh::introduce`]).
+const MAX_INTRODUCING: usize = 64;
+
+/// How long a peer turned away may still ask for a rendezvous: its connection closes
+/// [`DisconnectReason::close_delay`] after the turn-away, 300 ms.
+const INTRODUCE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Places a public viewer gives to peers behind symmetric NATs ([`Mesh::place_for`]).
 const SYMMETRIC_RESERVE: usize = 5;
 
@@ -109,6 +116,10 @@ impl Mesh {
                 self.overflow.push_back(contact);
             }
             self.send_sample(contact, sample);
+            if self.introducing.len() >= MAX_INTRODUCING {
+                self.introducing.pop_front();
+            }
+            self.introducing.push_back((contact, now));
             self.actions.push_back(Action::Disconnect {
                 peer,
                 reason: DisconnectReason::PartnerSetFull,
@@ -460,6 +471,30 @@ impl Mesh {
             local: k.local,
             reach: k.reach,
         })
+    }
+
+    /// A rendezvous asked by `from`, a peer we turned away within [`INTRODUCE_WINDOW`],
+    /// with `peer`, one of the partners we handed it: passed on as for a partner, so a crowd
+    /// the full ones turn away can still reach the partners behind NATs they name.
+    pub(super) fn introduce(&mut self, now: Instant, from: NodeId, peer: PeerInfo) {
+        self.introducing
+            .retain(|(_, t)| now.saturating_duration_since(*t) < INTRODUCE_WINDOW);
+        let Some(caller) = self
+            .introducing
+            .iter()
+            .find(|(c, _)| c.id == from)
+            .map(|(c, _)| *c)
+        else {
+            return;
+        };
+        if peer.id != from && self.peers.contains_key(&peer.id) {
+            self.send(
+                peer.id,
+                Control::Rendezvous {
+                    peer: Box::new(caller),
+                },
+            );
+        }
     }
 
     /// A rendezvous from partner `from` naming `peer`. If `peer` is our partner too, `from`
@@ -941,6 +976,56 @@ mod tests {
             handed.iter().all(|p| p.reach == Reach::Public),
             "{handed:?}"
         );
+    }
+
+    #[test]
+    fn a_full_peer_still_passes_on_rendezvous_for_those_it_turned_away() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[]);
+        let cap = v.cfg.max_partners as u8;
+        for i in 20..20 + cap {
+            v.handle_connected(
+                t0,
+                behind(i, Reach::Nat, Some(u16::from(i))),
+                Role::Viewer,
+                true,
+                None,
+            );
+        }
+        drain(&mut v);
+        // Turned away with a sample of its partners behind NATs...
+        let joiner = behind(90, Reach::Nat, Some(90));
+        v.handle_connected(t0, joiner, Role::Viewer, true, None);
+        assert!(!v.peers.contains_key(&id(90)));
+        drain(&mut v);
+        // ...it asks, before its connection closes, for a rendezvous with one of them.
+        let ask = |v: &mut Mesh, t: Instant| {
+            v.handle_control(
+                t,
+                id(90),
+                Control::Rendezvous {
+                    peer: Box::new(behind(20, Reach::Nat, Some(20))),
+                },
+            );
+            drain(v)
+        };
+        let passed = Action::Send {
+            peer: id(20),
+            msg: Control::Rendezvous {
+                peer: Box::new(joiner),
+            },
+        };
+        assert_eq!(ask(&mut v, t0 + Duration::from_millis(50)), vec![passed]);
+        // Not once the window is over, nor for a stranger.
+        assert!(ask(&mut v, t0 + INTRODUCE_WINDOW).is_empty());
+        v.handle_control(
+            t0,
+            id(91),
+            Control::Rendezvous {
+                peer: Box::new(behind(20, Reach::Nat, Some(20))),
+            },
+        );
+        assert!(drain(&mut v).is_empty());
     }
 
     #[test]

@@ -306,6 +306,9 @@ pub struct Mesh {
     /// Broadcaster: uploading viewers it turned away lately (newest last). They are still
     /// looking for partners, so they have room: the tracker's samples include them.
     overflow: VecDeque<PeerInfo>,
+    /// Peers just turned away for a full partner set, with when: until their connection
+    /// closes they may still ask us for a rendezvous with the partners we handed them.
+    introducing: VecDeque<(PeerInfo, Instant)>,
     /// A segment has been held: the join is over.
     started: bool,
     /// This node's rotation of part order among equally rare parts, so viewers that hear
@@ -355,6 +358,7 @@ impl Mesh {
             started: false,
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
+            introducing: VecDeque::new(),
             stats: MeshStats::default(),
             public: None,
             reach: Reach::Unknown,
@@ -555,6 +559,9 @@ impl Mesh {
     pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
         self.last_now = self.last_now.max(now);
         let Some(p) = self.peers.get_mut(&from) else {
+            if let Control::Rendezvous { peer } = msg {
+                self.introduce(now, from, *peer);
+            }
             return;
         };
         // It is alive after all.
