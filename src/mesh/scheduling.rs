@@ -541,15 +541,8 @@ mod tests {
     /// origin, and partners `far` elsewhere.
     fn site_viewer(t0: Instant, far: &[u8]) -> Mesh {
         let public = |port: u16| std::net::SocketAddr::from(([198, 51, 100, 1], port));
-        let mut v = viewer(10, t0);
+        let mut v = viewer_connected(t0, &[]);
         v.observe_self(Some(public(7010)), crate::wire::Reach::Nat);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
         for n in [20u8, 30] {
             v.handle_connected(
                 t0,
