@@ -181,7 +181,11 @@ impl Mesh {
     ) {
         self.last_now = self.last_now.max(now);
         let j = usize::from(part);
-        self.give_up(peer, number, j, !busy);
+        // A partner of our own site that fails a part was relaying it from across the WAN
+        // we share and lost it there: it is still our best supplier of the segment's other
+        // parts, so only this part is no longer asked of it.
+        let same_site = self.peers.get(&peer).is_some_and(|p| p.same_site);
+        self.give_up(peer, number, j, !busy && !same_site);
         if let Some(p) = self.peers.get_mut(&peer) {
             // It answered: not a stall.
             p.stalls = 0;
@@ -201,7 +205,8 @@ impl Mesh {
     pub fn handle_part_stalled(&mut self, now: Instant, peer: NodeId, number: u64, part: u8) {
         self.last_now = self.last_now.max(now);
         let j = usize::from(part);
-        self.give_up(peer, number, j, true);
+        let same_site = self.peers.get(&peer).is_some_and(|p| p.same_site);
+        self.give_up(peer, number, j, !same_site);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.have.remove(number, bit(j));
         }
@@ -221,6 +226,12 @@ impl Mesh {
             if let Some(&ps) = s.parts.get(j) {
                 if ps.receiving_from.is_none_or(|f| f == peer) {
                     s.set_arriving(j, None);
+                    // Announced as it began arriving, and now it is not: announce it again
+                    // when it next begins, for partners that asked and were refused
+                    // meanwhile forget it.
+                    if s.held & bit(j) == 0 {
+                        s.announced &= !bit(j);
+                    }
                 }
                 was_ours = ps.inflight.is_some_and(|i| i.peer == peer);
                 if was_ours {
@@ -243,7 +254,8 @@ impl Mesh {
             .min(self.cfg.request_timeout)
     }
 
-    /// `peer` left a request unanswered: back off from it, and after
+    /// `peer` left a request unanswered: back off from it (unless it is of our own site),
+    /// and after
     /// [`MAX_STALLS`] in a row (no answer in between) drop and ban it. A stall counts only
     /// when another supplier delivered within [`STALL_WITNESS`]: when nothing arrives from
     /// anyone, our own congested link is the likelier cause, and banning honest partners
@@ -256,8 +268,12 @@ impl Mesh {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        if p.same_site {
+            // Backing off would send our requests across the WAN whose slowness it shows.
+            return;
+        }
         p.busy_until = Some(now + STALL_BACKOFF);
-        if !witnessed || p.same_site {
+        if !witnessed {
             return;
         }
         p.stalls += 1;
@@ -588,6 +604,86 @@ mod tests {
         }
         assert!(!v.is_banned(&id(20), t0), "a neighbour relaying our WAN");
         assert!(v.is_banned(&id(40), t0));
+    }
+
+    #[test]
+    fn a_neighbour_that_loses_a_part_is_still_asked_for_the_others() {
+        let t0 = Instant::now();
+        let mut v = site_viewer(t0, &[40]);
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
+        announce(&mut v, t0, 20, 9, ALL_PARTS);
+        let of_20 = |acts: &[Action]| -> Vec<u8> {
+            parts_asked(acts)
+                .into_iter()
+                .filter(|(p, n, _)| *p == id(20) && *n == 9)
+                .map(|(_, _, j)| j)
+                .collect()
+        };
+        let first = of_20(&drain(&mut v));
+        let [stalled, failed, ..] = first[..] else {
+            panic!("two parts asked of the neighbour: {first:?}");
+        };
+        // Its relay goes silent, then it fails the other (it lost them across the WAN).
+        v.handle_receiving(t0, id(20), 9, stalled);
+        v.handle_part_stalled(t0, id(20), 9, stalled);
+        v.handle_transfer_failed(t0, id(20), 9, failed, false);
+        let again = of_20(&drain(&mut v));
+        assert_eq!(
+            again.len(),
+            2,
+            "not backed off from, nor dropped for the segment"
+        );
+        assert!(
+            !again.contains(&stalled) && !again.contains(&failed),
+            "{again:?}"
+        );
+        // A far partner is dropped for the segment after one failure, as before.
+        announce(&mut v, t0, 40, 10, ALL_PARTS);
+        announce(&mut v, t0, ORIGIN, 10, ALL_PARTS);
+        let asked_40: Vec<u8> = parts_asked(&drain(&mut v))
+            .into_iter()
+            .filter(|(p, n, _)| *p == id(40) && *n == 10)
+            .map(|(_, _, j)| j)
+            .collect();
+        if let Some(&j) = asked_40.first() {
+            v.handle_transfer_failed(t0, id(40), 10, j, false);
+            let later = parts_asked(&drain(&mut v));
+            assert!(
+                !later.iter().any(|(p, n, _)| *p == id(40) && *n == 10),
+                "{later:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_part_that_stops_arriving_is_announced_again_when_it_restarts() {
+        let t0 = Instant::now();
+        let mut v = site_viewer(t0, &[40, 41]);
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
+        drain(&mut v);
+        let haves_to_20 = |acts: &[Action]| {
+            acts.iter()
+                .filter(|a| {
+                    matches!(a, Action::Send { peer, msg: Control::Have { number: 9, parts } }
+                        if *peer == id(20) && *parts == bit(3))
+                })
+                .count()
+        };
+        v.handle_receiving(t0, id(40), 9, 3);
+        assert_eq!(haves_to_20(&drain(&mut v)), 1);
+        v.handle_part_stalled(t0, id(40), 9, 3);
+        drain(&mut v);
+        v.handle_receiving(t0, id(41), 9, 3);
+        assert_eq!(haves_to_20(&drain(&mut v)), 1, "announced again");
+        // While it keeps arriving, once is enough.
+        v.handle_receiving(t0, id(41), 9, 3);
+        assert_eq!(haves_to_20(&drain(&mut v)), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! exchange (decided by [`crate::node::hello`]), and one task set per established
 //! connection: control reader and writer, request and push acceptors, token expiry.
 
-use super::download::{receive_part, report_transfer};
+use super::download::{piece_silence, receive_part, report_transfer};
 use super::driver::Event;
 use super::framing::{read_frame, TransferError};
 use super::upload::{serve, UPLOAD_TIMEOUT};
@@ -435,10 +435,11 @@ async fn run_connection(
                     continue;
                 };
                 let shared = shared.clone();
+                let silence = piece_silence(&shared, &conn);
                 tokio::spawn(async move {
                     let res = tokio::time::timeout(
                         UPLOAD_TIMEOUT,
-                        receive_part(&shared, recv, peer, None),
+                        receive_part(&shared, recv, (peer, silence), None),
                     )
                     .await
                     .unwrap_or(Err(TransferError::Timeout));

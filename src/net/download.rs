@@ -6,7 +6,9 @@
 use super::driver::Event;
 use super::framing::{read_frame, read_steadily, TransferError};
 use super::{add, Shared};
-use crate::node::{Assemblies, FirstFrame, Forgery, Misbehaviour, PIECE_SILENCE};
+use crate::node::{
+    Assemblies, FirstFrame, Forgery, Misbehaviour, LAN_PIECE_SILENCE, PIECE_SILENCE,
+};
 use crate::store;
 use crate::stream::{part_pieces, piece_range, NodeId, SignedHeader, VerifiedSegment, PARTS};
 use crate::wire::{self, Reply, Request, WireError};
@@ -112,7 +114,7 @@ pub(super) struct PartDone {
 pub(super) async fn receive_part(
     shared: &Shared,
     mut recv: RecvStream,
-    from: NodeId,
+    (from, silence): (NodeId, Duration),
     expected: Option<(u64, u8)>,
 ) -> Result<PartDone, TransferError> {
     let reply = read_frame::<Reply>(&mut recv, wire::MAX_REPLY_FRAME)
@@ -203,7 +205,7 @@ pub(super) async fn receive_part(
         let bytes =
             piece_range(h.len, h.piece_size, i).ok_or(TransferError::Forged(Forgery::Pieces))?;
         let mut piece = BytesMut::zeroed(bytes.len());
-        read_steadily(&mut recv, &mut piece, PIECE_SILENCE)
+        read_steadily(&mut recv, &mut piece, silence)
             .await
             .map_err(|e| match e {
                 // Announced as arriving, so the mesh asks nobody else for it: it must hear.
@@ -322,6 +324,19 @@ pub(super) async fn report_transfer(
     let _ = shared.events.send(ev).await;
 }
 
+/// How long a part from `conn`'s peer may go silent: longer for a partner on our own
+/// networks ([`LAN_PIECE_SILENCE`]).
+pub(super) fn piece_silence(shared: &Shared, conn: &Connection) -> Duration {
+    if shared
+        .reachability()
+        .on_our_networks(conn.remote_address().ip())
+    {
+        LAN_PIECE_SILENCE
+    } else {
+        PIECE_SILENCE
+    }
+}
+
 pub(super) async fn request(
     shared: Arc<Shared>,
     conn: Connection,
@@ -347,7 +362,8 @@ pub(super) async fn request(
             .await
             .map_err(|e| TransferError::Io(e.to_string()))?;
         let _ = send.finish();
-        receive_part(&shared, recv, peer, Some((number, part))).await
+        let silence = piece_silence(&shared, &conn);
+        receive_part(&shared, recv, (peer, silence), Some((number, part))).await
     }
     .await;
     report_transfer(&shared, peer, Some((number, part)), res).await;

@@ -166,7 +166,14 @@ impl Driver {
                 dialed_by_me,
             } => {
                 let peer = contact.id;
-                tracing::debug!(peer = %peer.short(), ?role, uploads, "connected");
+                tracing::debug!(
+                    me = %self.shared.me.short(),
+                    peer = %peer.short(),
+                    addr = %conn.remote_address(),
+                    ?role,
+                    uploads,
+                    "connected"
+                );
                 if let Some(existing) = self.conns.get(&peer) {
                     // Both sides dialled at once: both keep the connection dialled by the
                     // smaller id, so they agree without talking.

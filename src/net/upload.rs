@@ -232,9 +232,10 @@ pub(super) async fn push(
     }
 }
 
-/// Pushes one part of `seg` to `peer`; true if `peer` answered within
-/// [`seed_confirm_wait`] of the last byte written: it acknowledged every byte, or
-/// stopped the stream (it had the part already). A vanished receiver does neither.
+/// Pushes one part of `seg` to `peer`; true if `peer` acknowledged every byte or stopped
+/// the stream (it had the part already) before its connection went a whole
+/// [`seed_confirm_wait`] acknowledging nothing (or [`UPLOAD_TIMEOUT`] passed). A vanished
+/// receiver does neither.
 async fn seed(
     shared: &Shared,
     conn: &Connection,
@@ -262,6 +263,31 @@ async fn seed(
     drop(seeding);
     // `stopped` yields once the stream is stopped by the receiver or its every byte (or
     // its reset) is acknowledged, and fails if the connection is lost.
-    let wait = seed_confirm_wait(conn.rtt());
-    matches!(tokio::time::timeout(wait, send.stopped()).await, Ok(Ok(_)))
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let give_up = tokio::time::Instant::now() + UPLOAD_TIMEOUT;
+    let mut acks = conn.stats().frame_rx.acks;
+    loop {
+        let wait = seed_confirm_wait(conn.rtt());
+        match tokio::time::timeout_at(
+            give_up.min(tokio::time::Instant::now() + wait),
+            &mut stopped,
+        )
+        .await
+        {
+            Ok(answer) => return answer.is_ok(),
+            Err(_) => {
+                // Written is not sent: on a congested path the part may still be queued
+                // here or in the network, and re-seeding it would only add to the queue
+                // (lab runs showed re-seeds feeding on themselves until every site's WAN
+                // was full). A receiver that still acknowledges packets is there; one that
+                // acknowledged nothing for the whole wait has vanished.
+                let now_acks = conn.stats().frame_rx.acks;
+                if now_acks == acks || tokio::time::Instant::now() >= give_up {
+                    return false;
+                }
+                acks = now_acks;
+            }
+        }
+    }
 }

@@ -15,6 +15,14 @@ pub const MAX_ASSEMBLIES: usize = 16;
 /// piece's time on the supplier's uplink (BENCHMARKS.md).
 pub const PIECE_SILENCE: Duration = Duration::from_secs(1);
 
+/// Longest a part's reply from a partner on one of our own networks (our site) may go
+/// silent. Such a partner relays a part it is itself fetching across the WAN our site
+/// shares, a piece at a time: on a congested WAN a piece takes longer than
+/// [`PIECE_SILENCE`] to reach it, and giving up on it would fetch a second copy across the
+/// same congested link (lab runs showed whole sites collapsing that way). A partner whose
+/// own upstream goes silent fails our transfer at once, so this waits only on slowness.
+pub const LAN_PIECE_SILENCE: Duration = Duration::from_secs(3);
+
 /// The segments a node is assembling, each with what its driver keeps for it (`net`: the
 /// verified pieces; the simulator: the transfers bringing them). At most
 /// [`MAX_ASSEMBLIES`], so a scan is cheaper than a map.

@@ -30,7 +30,9 @@ pub mod nat;
 pub mod reason;
 pub mod upload;
 
-pub use assembly::{Assemblies, FirstFrame, KEEP_BEHIND, MAX_ASSEMBLIES, PIECE_SILENCE};
+pub use assembly::{
+    Assemblies, FirstFrame, KEEP_BEHIND, LAN_PIECE_SILENCE, MAX_ASSEMBLIES, PIECE_SILENCE,
+};
 pub use budget::ControlBudget;
 pub use reason::{DisconnectReason, Forgery, Misbehaviour};
 pub use upload::{

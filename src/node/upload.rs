@@ -21,8 +21,9 @@ pub const PUSHES_PER_CONNECTION: usize = 2 * PARTS;
 /// half a playout budget, when viewers would ask the origin themselves.
 pub const SEED_CONFIRM_MIN: Duration = Duration::from_millis(250);
 
-/// How long after its last byte is written a seeding push may go unacknowledged before the
-/// part is seeded elsewhere: four round trips, and at least [`SEED_CONFIRM_MIN`].
+/// How long a seeding push may wait for its acknowledgement while its connection
+/// acknowledges nothing at all before the receiver counts as vanished and the part is
+/// seeded elsewhere: four round trips, and at least [`SEED_CONFIRM_MIN`].
 pub fn seed_confirm_wait(rtt: Duration) -> Duration {
     (rtt * 4).max(SEED_CONFIRM_MIN)
 }
