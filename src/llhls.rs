@@ -126,16 +126,23 @@ pub type Position = (u64, u64);
 impl View {
     /// The newest part listed, if any.
     pub fn newest_part(&self) -> Option<Position> {
-        self.entries.iter().rev().find_map(|e| match (e.complete, e.parts.len()) {
-            (true, 0) => Some((e.number, u64::MAX)),
-            (_, 0) => None,
-            (_, n) => Some((e.number, n as u64 - 1)),
-        })
+        self.entries
+            .iter()
+            .rev()
+            .find_map(|e| match (e.complete, e.parts.len()) {
+                (true, 0) => Some((e.number, u64::MAX)),
+                (_, 0) => None,
+                (_, n) => Some((e.number, n as u64 - 1)),
+            })
     }
 
     /// The newest complete segment listed.
     pub fn newest_complete(&self) -> Option<u64> {
-        self.entries.iter().rev().find(|e| e.complete).map(|e| e.number)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.complete)
+            .map(|e| e.number)
     }
 
     /// `EXT-X-TARGETDURATION`: the longest listed segment, rounded up to whole seconds.
@@ -266,7 +273,11 @@ pub fn render(view: &View) -> Option<String> {
                     seconds(part.duration),
                     part_uri(entry.number, index)
                 );
-                out.push_str(if index == 0 { ",INDEPENDENT=YES\n" } else { "\n" });
+                out.push_str(if index == 0 {
+                    ",INDEPENDENT=YES\n"
+                } else {
+                    "\n"
+                });
             }
         }
         if entry.complete {
@@ -563,7 +574,10 @@ mod tests {
         );
         assert_eq!(
             awaited(Some("_HLS_msn=12&_HLS_skip=YES")),
-            Ok(Some(Awaited { msn: 12, part: None }))
+            Ok(Some(Awaited {
+                msn: 12,
+                part: None
+            }))
         );
         for bad in [
             "_HLS_msn=",

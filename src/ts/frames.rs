@@ -1,7 +1,9 @@
 //! Where the frames of a segment start ([`frame_starts`]), so a segment can be split into
 //! LL-HLS parts that each end on a frame boundary.
 
-use super::packet::{payload, pes_layout_in, read_timestamp, Header, Packet, PACKET_LEN, SYNC_BYTE};
+use super::packet::{
+    payload, pes_layout_in, read_timestamp, Header, Packet, PACKET_LEN, SYNC_BYTE,
+};
 use super::psi::ProgramTable;
 
 /// A packet that starts a PES (one frame, or a few audio frames) of the segment's main track.
@@ -81,7 +83,9 @@ pub(crate) mod tests {
 
     /// A video PES start with PTS and DTS.
     fn video_start(pts: u64, dts: u64) -> Vec<u8> {
-        let mut pes = vec![0, 0, 1, 0xE0, 0, 0, 0x80, 0xC0, 10, 0x31, 0, 1, 0, 1, 0x11, 0, 1, 0, 1];
+        let mut pes = vec![
+            0, 0, 1, 0xE0, 0, 0, 0x80, 0xC0, 10, 0x31, 0, 1, 0, 1, 0x11, 0, 1, 0, 1,
+        ];
         write_timestamp(&mut pes[9..14], pts);
         write_timestamp(&mut pes[14..19], dts);
         packet(0x100, true, &pes)

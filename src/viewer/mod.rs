@@ -13,9 +13,9 @@ pub use open::open_page;
 
 use crate::clock;
 use crate::http::{self, Catalog};
+use crate::llhls;
 use crate::mesh::MeshConfig;
 use crate::metrics::{Metrics, MetricsError};
-use crate::llhls;
 use crate::net::{Arriving, Node, NodeConfig, NodeView};
 use crate::node::hello::TOKEN_CLOCK_SKEW_S;
 use crate::playlist::{self, PlaylistConfig, SegmentInfo};
@@ -314,7 +314,11 @@ impl ViewerCatalog {
             let parts = llhls::parts(&data, data.len(), self.duration_ms(number)?);
             return Some((data, parts, true));
         }
-        let arriving = self.node.arriving().into_iter().find(|a| a.number == number)?;
+        let arriving = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| a.number == number)?;
         let data = joined(&arriving.prefix);
         let parts = llhls::parts(&data, arriving.len as usize, arriving.duration_ms);
         Some((data, parts, false))
@@ -395,7 +399,9 @@ impl Catalog for ViewerCatalog {
             let shared = self.node.store();
             let store = store::lock(&shared);
             let infos: BTreeMap<u64, SegmentInfo> = store.infos().collect();
-            let ended = store.ended().is_some_and(|last| store.newest() >= Some(last));
+            let ended = store
+                .ended()
+                .is_some_and(|last| store.newest() >= Some(last));
             (infos, ended)
         };
         let config = PlaylistConfig {
@@ -420,7 +426,11 @@ impl Catalog for ViewerCatalog {
         }
         // The segment after the last listed, while it arrives: its parts so far.
         let next = previous.and_then(|n| n.checked_add(1));
-        let arriving = self.node.arriving().into_iter().find(|a| Some(a.number) == next);
+        let arriving = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| Some(a.number) == next);
         if let Some(a) = arriving.filter(|_| !ended) {
             let data = joined(&a.prefix);
             entries.push(llhls::Entry {
@@ -449,7 +459,11 @@ impl Catalog for ViewerCatalog {
     }
 
     fn arriving(&self, number: u64) -> Option<http::ArrivingSegment> {
-        let a = self.node.arriving().into_iter().find(|a| a.number == number)?;
+        let a = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| a.number == number)?;
         Some(http::ArrivingSegment {
             len: a.len as usize,
             duration: Duration::from_millis(u64::from(a.duration_ms)),
