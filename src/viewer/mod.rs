@@ -416,7 +416,8 @@ impl Catalog for ViewerCatalog {
             let mut info = info.clone();
             info.discontinuity = playlist::starts_discontinuity(previous, number, &info);
             previous = Some(number);
-            let (_, parts, _) = self.parts_of(number)?;
+            // Pruned since the look at the store: listed whole, without parts.
+            let parts = self.parts_of(number).map(|(_, p, _)| p).unwrap_or_default();
             entries.push(llhls::Entry {
                 number,
                 info,
