@@ -231,4 +231,37 @@ mod tests {
         // Known newest 12: the edge is 9, before anything held.
         assert!(s.playlist_at(cfg, Some(12)).is_none());
     }
+
+    #[test]
+    fn a_segment_still_arriving_is_listed_as_if_held() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut s = Store::new(16);
+        for n in [4, 5] {
+            s.insert(seg(&key, n));
+        }
+        let cfg = PlaylistConfig {
+            delay: 0,
+            window: 2,
+        };
+        let arriving = |n: u64| {
+            BTreeMap::from([(
+                n,
+                SegmentInfo {
+                    duration: std::time::Duration::from_millis(1500),
+                    published_unix_ms: 0,
+                    discontinuity: false,
+                },
+            )])
+        };
+        let (text, last) = s.playlist_listing(cfg, Some(6), None, arriving(6)).unwrap();
+        assert_eq!(last, 6);
+        assert!(
+            text.contains("seg/5.ts") && text.contains("#EXTINF:1.5,\nseg/6.ts"),
+            "{text}"
+        );
+        assert!(!text.contains("seg/4.ts"), "{text}");
+        // Not after a gap: 7 arriving while 6 is missing ends the list at 5.
+        let (text, last) = s.playlist_listing(cfg, Some(7), None, arriving(7)).unwrap();
+        assert_eq!(last, 5, "{text}");
+    }
 }
