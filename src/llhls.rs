@@ -11,7 +11,7 @@
 //! least [`PART_NOMINAL`] after the part's own first frame, so the cut depends only on the bytes
 //! before it: a part listed from a verified prefix is the same part once the segment is whole.
 //! The last part runs to the segment's end, its duration what the signed segment duration
-//! leaves. Audio is not looked at: an audio PES may straddle a part boundary.
+//! leaves. A frame start inside an audio PES is no boundary (see [`crate::ts::FrameStart`]).
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -72,8 +72,12 @@ pub fn parts(data: &[u8], len: usize, duration_ms: u32) -> Vec<Part> {
     let (mut start, mut elapsed_at_start) = (0usize, 0u64);
     for frame in starts.iter().skip(1) {
         let elapsed = frame.dts.wrapping_sub(first.dts) & ((1 << 33) - 1);
-        // Decode times only grow within a segment; a frame that goes back is not a boundary.
-        if elapsed <= elapsed_at_start || elapsed.saturating_sub(elapsed_at_start) < nominal {
+        // Decode times only grow within a segment; a frame that goes back is not a boundary,
+        // nor one inside an audio PES (hls.js would drop the rest of that PES).
+        if !frame.clean
+            || elapsed <= elapsed_at_start
+            || elapsed.saturating_sub(elapsed_at_start) < nominal
+        {
             continue;
         }
         parts.push(Part {

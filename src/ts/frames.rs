@@ -1,8 +1,10 @@
 //! Where the frames of a segment start ([`frame_starts`]), so a segment can be split into
 //! LL-HLS parts that each end on a frame boundary.
 
+use std::collections::BTreeMap;
+
 use super::packet::{
-    payload, pes_layout_in, read_timestamp, Header, Packet, PACKET_LEN, SYNC_BYTE,
+    payload, pes_layout_in, pes_remaining, read_timestamp, Header, Packet, PACKET_LEN, SYNC_BYTE,
 };
 use super::psi::ProgramTable;
 
@@ -13,6 +15,9 @@ pub struct FrameStart {
     pub offset: usize,
     /// The frame's decode time (its DTS, else its PTS), 90 kHz.
     pub dts: u64,
+    /// Every PES of the other streams (audio) that started before it has ended before it, as
+    /// far as their lengths tell: cutting here splits no audio frame.
+    pub clean: bool,
 }
 
 /// The PES starts of the main track (the first video stream, else the first audio one, as the
@@ -24,6 +29,9 @@ pub struct FrameStart {
 pub fn frame_starts(data: &[u8]) -> Vec<FrameStart> {
     let mut psi = ProgramTable::default();
     let mut starts = Vec::new();
+    // Bytes still to come of the PES in progress on each other stream with a bounded PES
+    // length (audio); at most one entry per PID seen.
+    let mut pending: BTreeMap<u16, usize> = BTreeMap::new();
     for (index, chunk) in data.chunks_exact(PACKET_LEN).enumerate() {
         let Ok(p) = <&Packet>::try_from(chunk) else {
             break;
@@ -39,7 +47,21 @@ pub fn frame_starts(data: &[u8]) -> Vec<FrameStart> {
             psi.push(p);
             continue;
         }
-        if !h.pusi || psi.main_track().is_none_or(|t| t.pid != h.pid) {
+        let main = psi.main_track().is_some_and(|t| t.pid == h.pid);
+        if !main {
+            let carried = payload(p).unwrap_or(&[]);
+            if h.pusi {
+                // Unbounded (or no PES at all): nothing to wait for.
+                match pes_remaining(carried) {
+                    Some(left) => pending.insert(h.pid, left),
+                    None => pending.remove(&h.pid),
+                };
+            } else if let Some(left) = pending.get_mut(&h.pid) {
+                *left = left.saturating_sub(carried.len());
+            }
+            continue;
+        }
+        if !h.pusi {
             continue;
         }
         let dts = payload(p).and_then(|pl| {
@@ -50,6 +72,7 @@ pub fn frame_starts(data: &[u8]) -> Vec<FrameStart> {
             starts.push(FrameStart {
                 offset: index * PACKET_LEN,
                 dts,
+                clean: pending.values().all(|left| *left == 0),
             });
         }
     }
@@ -119,6 +142,23 @@ pub(crate) mod tests {
         let cut = 6 * PACKET_LEN + 100;
         assert_eq!(frame_starts(&data[..cut]).len(), 2);
         assert_eq!(frame_starts(&data[..cut - 100 - PACKET_LEN + 1]).len(), 1);
+    }
+
+    #[test]
+    fn a_frame_inside_an_audio_pes_is_not_clean() {
+        let mut data = psi(0, &pat(&[(1, 0x1000)]));
+        data.extend(psi(0x1000, &pmt(1, 0, &[(0x1B, 0x100), (0x0F, 0x101)])));
+        data.extend(video_start(3000, 0));
+        // An audio PES of 300 bytes after its 6-byte head: its first packet carries 178.
+        let mut audio = vec![0, 0, 1, 0xC0, 0x01, 0x2C, 0x80, 0x80, 5, 0x21, 0, 1, 0, 1];
+        audio.resize(184, 0xAA);
+        data.extend(packet(0x101, true, &audio));
+        data.extend(video_start(6600, 3600));
+        data.extend(packet(0x101, false, &[0xAA; 184]));
+        data.extend(video_start(10_200, 7200));
+        let starts = frame_starts(&data);
+        let clean: Vec<bool> = starts.iter().map(|s| s.clean).collect();
+        assert_eq!(clean, [true, false, true]);
     }
 
     #[test]
