@@ -1,5 +1,10 @@
 //! The local HTTP server: `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, for players on
-//! this machine and for monitoring, and `/` with `/hls.min.js` for a browser.
+//! this machine and for monitoring, and `/` with `/hls.min.js`, `/ll.m3u8` and
+//! `/part/<n>.<i>.ts` (LL-HLS, [`crate::llhls`]) for a browser.
+//!
+//! A few requests wait for bytes not verified yet, bounded in time and number
+//! ([`MAX_WAITING`]): blocking playlist reloads, hinted parts, and a segment still arriving,
+//! whose body streams its verified bytes as they come (cut-through).
 //!
 //! A thin hyper 1 driver around a pure request → response mapping: the node decides what exists
 //! (through [`Catalog`]); this module only maps requests to it, with bounded connections and
@@ -208,7 +213,7 @@ impl Server {
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
 /// HTTP/1.1 with keep-alive. Routes: `/` (an HTML page), `/hls.min.js` (the page's player),
-/// `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS`
+/// `/live.m3u8`, `/ll.m3u8`, `/seg/<n>.ts`, `/part/<n>.<i>.ts`, `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS`
 /// for CORS preflights, 405 for other methods, 404 for other paths. A request whose `Host` is
 /// not this server ([`host_allowed`]) gets 421, one without a `Host` 400. Only an `Origin`
 /// that `config.cross_origin` grants gets `Access-Control-Allow-Origin` (its own value).
