@@ -38,6 +38,7 @@ pub mod broadcaster;
 pub mod cli;
 pub mod clock;
 pub mod http;
+pub mod llhls;
 pub mod mesh;
 pub mod metrics;
 pub mod net;

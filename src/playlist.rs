@@ -187,8 +187,22 @@ fn round_to_millis(duration: Duration) -> Duration {
 
 /// Whether a discontinuity precedes `number`: flagged by the broadcaster, or a gap after the
 /// held segment `previous`.
-fn starts_discontinuity(previous: Option<u64>, number: u64, info: &SegmentInfo) -> bool {
+pub fn starts_discontinuity(previous: Option<u64>, number: u64, info: &SegmentInfo) -> bool {
     info.discontinuity || previous.is_some_and(|p| p.checked_add(1) != Some(number))
+}
+
+/// `EXT-X-DISCONTINUITY-SEQUENCE` of a list starting at `first`: the discontinuities (flags
+/// and gaps) among the held segments before it.
+pub fn discontinuities_before(segments: &BTreeMap<u64, SegmentInfo>, first: u64) -> usize {
+    let mut count = 0usize;
+    let mut previous = None;
+    for (&number, info) in segments.range(..first) {
+        if starts_discontinuity(previous, number, info) {
+            count += 1;
+        }
+        previous = Some(number);
+    }
+    count
 }
 
 /// Why a playlist could not be rendered; only a bug here (or a 32-bit target) leads to one.
@@ -208,15 +222,8 @@ fn render(
     ended: bool,
 ) -> Result<String, RenderError> {
     let first = *listed.start();
-
-    let mut discontinuity_sequence = 0usize;
-    let mut previous = None;
-    for (&number, info) in segments.range(..first) {
-        if starts_discontinuity(previous, number, info) {
-            discontinuity_sequence += 1;
-        }
-        previous = Some(number);
-    }
+    let discontinuity_sequence = discontinuities_before(segments, first);
+    let mut previous = segments.range(..first).next_back().map(|(n, _)| *n);
 
     let mut entries = Vec::new();
     let mut longest = Duration::ZERO;

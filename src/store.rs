@@ -128,33 +128,50 @@ impl Store {
         live_newest: Option<u64>,
         keep_from: Option<u64>,
     ) -> Option<(String, u64)> {
-        let config = match (live_newest, self.newest()) {
+        self.playlist_listing(config, live_newest, keep_from, BTreeMap::new())
+    }
+
+    /// [`Store::playlist_keeping`] listing `arriving` too, as if held: segments not whole yet
+    /// whose first verified bytes a player can already be given (cut-through).
+    pub fn playlist_listing(
+        &self,
+        config: PlaylistConfig,
+        live_newest: Option<u64>,
+        keep_from: Option<u64>,
+        arriving: BTreeMap<u64, SegmentInfo>,
+    ) -> Option<(String, u64)> {
+        let mut infos = arriving;
+        let newest = self.newest().max(infos.last_key_value().map(|(n, _)| *n));
+        let config = match (live_newest, newest) {
             (Some(live), Some(held)) if live > held => PlaylistConfig {
                 delay: config.delay.saturating_sub(live - held),
                 ..config
             },
             _ => config,
         };
-        let infos: BTreeMap<u64, SegmentInfo> = self
-            .segments
-            .iter()
-            .map(|(n, (s, _))| {
-                let h = &s.header.header;
-                (
-                    *n,
-                    SegmentInfo {
-                        duration: std::time::Duration::from_millis(h.duration_ms as u64),
-                        published_unix_ms: h.published_unix_ms,
-                        discontinuity: h.discontinuity,
-                    },
-                )
-            })
-            .collect();
+        infos.extend(self.infos());
         // The stream counts as ended for the player once the last segment is here.
         let ended = self.ended.is_some_and(|last| self.newest() >= Some(last));
         let listed = playlist::listed_range_keeping(&infos, config, ended, keep_from)?;
         let text = playlist::live_playlist_keeping(&infos, config, ended, keep_from)?;
         Some((text, *listed.end()))
+    }
+}
+
+impl Store {
+    /// What the playlist needs of each held segment, by number.
+    pub fn infos(&self) -> impl Iterator<Item = (u64, SegmentInfo)> + '_ {
+        self.segments.iter().map(|(n, (s, _))| {
+            let h = &s.header.header;
+            (
+                *n,
+                SegmentInfo {
+                    duration: std::time::Duration::from_millis(h.duration_ms as u64),
+                    published_unix_ms: h.published_unix_ms,
+                    discontinuity: h.discontinuity,
+                },
+            )
+        })
     }
 }
 
@@ -213,5 +230,38 @@ mod tests {
         assert!(s.playlist_at(cfg, Some(14)).is_some());
         // Known newest 12: the edge is 9, before anything held.
         assert!(s.playlist_at(cfg, Some(12)).is_none());
+    }
+
+    #[test]
+    fn a_segment_still_arriving_is_listed_as_if_held() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut s = Store::new(16);
+        for n in [4, 5] {
+            s.insert(seg(&key, n));
+        }
+        let cfg = PlaylistConfig {
+            delay: 0,
+            window: 2,
+        };
+        let arriving = |n: u64| {
+            BTreeMap::from([(
+                n,
+                SegmentInfo {
+                    duration: std::time::Duration::from_millis(1500),
+                    published_unix_ms: 0,
+                    discontinuity: false,
+                },
+            )])
+        };
+        let (text, last) = s.playlist_listing(cfg, Some(6), None, arriving(6)).unwrap();
+        assert_eq!(last, 6);
+        assert!(
+            text.contains("seg/5.ts") && text.contains("#EXTINF:1.5,\nseg/6.ts"),
+            "{text}"
+        );
+        assert!(!text.contains("seg/4.ts"), "{text}");
+        // Not after a gap: 7 arriving while 6 is missing ends the list at 5.
+        let (text, last) = s.playlist_listing(cfg, Some(7), None, arriving(7)).unwrap();
+        assert_eq!(last, 5, "{text}");
     }
 }

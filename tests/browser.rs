@@ -1,6 +1,6 @@
 //! A real browser plays the viewer's watch page: headless Chromium opens `/`, and the test asks
-//! it over the DevTools protocol whether the `<video>` has a picture that moves and whether the
-//! viewer's figures appear on the page.
+//! it over the DevTools protocol whether the `<video>` has a picture that moves, whether hls.js
+//! plays the LL-HLS playlist with parts, and whether the viewer's figures appear on the page.
 //!
 //! Needs Debian's `chromium` (CI installs it); without it the test is skipped loudly, on CI it
 //! fails.
@@ -114,6 +114,14 @@ fn chromium_plays_the_watch_page_and_shows_the_figures() {
     });
     eprintln!("chromium played the watch page: {playing:?} then {later:?}");
 
+    // It plays LL-HLS: hls.js read parts from the playlist and fetched some of them.
+    let parts = poll_until(PROGRESS_TIMEOUT, || {
+        let parts = devtools.parts().ok()?;
+        (parts.listed > 0 && parts.fetched > 0).then_some(parts)
+    })
+    .unwrap_or_else(|| panic!("hls.js plays without parts: {:?}", devtools.parts()));
+    eprintln!("hls.js in low-latency mode: {parts:?}");
+
     let figures = poll_until(PROGRESS_TIMEOUT, || {
         let figures = devtools.figures().ok()?;
         figures.complete().then_some(figures)
@@ -147,6 +155,18 @@ struct Video {
     width: u64,
     height: u64,
     time: f64,
+}
+
+/// What hls.js made of the LL-HLS playlist.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug
+struct Parts {
+    /// Parts in the playlist it last loaded.
+    listed: u64,
+    /// Part requests the page made.
+    fetched: u64,
+    /// It saw `CAN-BLOCK-RELOAD=YES`.
+    can_block_reload: bool,
 }
 
 /// The figures the page shows, as text.
@@ -242,6 +262,22 @@ impl DevTools {
             width: v[0].as_u64().unwrap_or(0),
             height: v[1].as_u64().unwrap_or(0),
             time: v[2].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    fn parts(&mut self) -> io::Result<Parts> {
+        let v = self.evaluate(
+            "(() => { const h = window.starlingHls; \
+             const d = h && h.levels && h.levels[0] && h.levels[0].details; \
+             const fetched = performance.getEntriesByType('resource') \
+               .filter(e => e.name.includes('/part/')).length; \
+             return [d && d.partList ? d.partList.length : 0, fetched, \
+               d && d.canBlockReload ? 1 : 0]; })()",
+        )?;
+        Ok(Parts {
+            listed: v[0].as_u64().unwrap_or(0),
+            fetched: v[1].as_u64().unwrap_or(0),
+            can_block_reload: v[2].as_u64() == Some(1),
         })
     }
 

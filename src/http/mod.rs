@@ -1,5 +1,10 @@
 //! The local HTTP server: `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, for players on
-//! this machine and for monitoring, and `/` with `/hls.min.js` for a browser.
+//! this machine and for monitoring, and `/` with `/hls.min.js`, `/ll.m3u8` and
+//! `/part/<n>.<i>.ts` (LL-HLS, [`crate::llhls`]) for a browser.
+//!
+//! A few requests wait for bytes not verified yet, bounded in time and number
+//! ([`MAX_WAITING`]): blocking playlist reloads, hinted parts, and a segment still arriving,
+//! whose body streams its verified bytes as they come (cut-through).
 //!
 //! A thin hyper 1 driver around a pure request → response mapping: the node decides what exists
 //! (through [`Catalog`]); this module only maps requests to it, with bounded connections and
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -31,8 +36,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
+
+use crate::llhls::{self, Awaited};
 
 use guard::{Activity, Watched};
 
@@ -51,6 +58,71 @@ pub trait Catalog: Send + Sync + 'static {
     fn metrics_text(&self) -> Option<String>;
     /// The `/history` body (JSON, for the broadcaster's dashboard), or `None` (404).
     fn history_json(&self) -> Option<String>;
+    /// What `/ll.m3u8` lists (LL-HLS), or `None` (404): the viewer's; others have none.
+    fn ll_playlist(&self) -> Option<llhls::View> {
+        None
+    }
+    /// The verified bytes of part `index` of segment `number` (`/part/<n>.<i>.ts`), or `None`.
+    fn part(&self, _number: u64, _index: usize) -> Option<Bytes> {
+        None
+    }
+    /// Segment `number` while it is still arriving (not yet whole): what is verified of it,
+    /// which `/seg/<n>.ts` streams to a player as it grows (cut-through).
+    fn arriving(&self, _number: u64) -> Option<ArrivingSegment> {
+        None
+    }
+    /// Changes whenever more is verified; what waiting requests (blocking reloads, hinted
+    /// parts, cut-through) wake on. `None`: nothing here waits.
+    fn arrivals(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// A segment still arriving, as [`Catalog::arriving`] shows it.
+#[derive(Debug, Clone)]
+pub struct ArrivingSegment {
+    /// Its length in bytes, as signed.
+    pub len: usize,
+    /// Its duration, as signed.
+    pub duration: Duration,
+    /// Its verified bytes from the first on, in pieces.
+    pub prefix: Vec<Bytes>,
+}
+
+/// Most requests waiting at once (blocking reloads, hinted parts, cut-through bodies); one
+/// more is answered at once (a playlist as it is, a part or segment with 503).
+pub const MAX_WAITING: usize = 64;
+
+/// How often a waiting request looks again even if nothing was verified: a segment given up
+/// or the end of the stream does not wake it.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Bounds on how long a cut-through response waits for the next verified bytes before it
+/// ends (cleanly, with what it sent): [`llhls::BLOCK_TARGETS`] segment durations, within these.
+const CUT_THROUGH_SILENCE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// A response body: whole, or streamed as a segment's verified bytes arrive.
+pub type Body = Either<Full<Bytes>, Growing>;
+
+/// A body fed by a task as a segment's verified bytes arrive; it ends when the task drops
+/// its sender (the segment is whole, or its bytes stopped coming).
+#[derive(Debug)]
+pub struct Growing {
+    chunks: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for Growing {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
 }
 
 /// Most connections served at once. A new connection beyond it is still accepted: the
@@ -141,7 +213,7 @@ impl Server {
 /// Serves the catalog on `listener` until `shutdown` completes.
 ///
 /// HTTP/1.1 with keep-alive. Routes: `/` (an HTML page), `/hls.min.js` (the page's player),
-/// `/live.m3u8`, `/seg/<n>.ts`, `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS`
+/// `/live.m3u8`, `/ll.m3u8`, `/seg/<n>.ts`, `/part/<n>.<i>.ts`, `/stats`, `/metrics`, `/history`; `GET` and `HEAD`, `OPTIONS`
 /// for CORS preflights, 405 for other methods, 404 for other paths. A request whose `Host` is
 /// not this server ([`host_allowed`]) gets 421, one without a `Host` 400. Only an `Origin`
 /// that `config.cross_origin` grants gets `Access-Control-Allow-Origin` (its own value).
@@ -175,6 +247,7 @@ pub async fn serve(
     // The open connections' activity, by task, to choose whom to evict when full.
     let mut open: BTreeMap<tokio::task::Id, (AbortHandle, Arc<Activity>)> = BTreeMap::new();
     let mut failures = 0u32;
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
 
     loop {
         tokio::select! {
@@ -221,6 +294,7 @@ pub async fn serve(
                             config.clone(),
                             activity.clone(),
                             stop_rx.clone(),
+                            waiting.clone(),
                         );
                         let abort = connections.spawn(connection);
                         open.insert(abort.id(), (abort, activity));
@@ -290,7 +364,17 @@ pub async fn serve_stream<S>(
     let activity = Arc::new(Activity::new(crate::clock::now()));
     let (_stop_tx, stop_rx) = watch::channel(false);
     let stream = Watched::new(stream, activity.clone());
-    serve_connection(stream, local, catalog, Arc::new(config), activity, stop_rx).await;
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    serve_connection(
+        stream,
+        local,
+        catalog,
+        Arc::new(config),
+        activity,
+        stop_rx,
+        waiting,
+    )
+    .await;
 }
 
 /// Runs one HTTP/1 connection until the client leaves, a timeout hits, or `stop` turns true.
@@ -301,13 +385,17 @@ async fn serve_connection<S>(
     config: Arc<ServeConfig>,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
+    waiting: Arc<Semaphore>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stall_timeout = config.write_stall_timeout;
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = respond(catalog.as_ref(), &request, local, &config.cross_origin);
-        async move { Ok::<_, Infallible>(response) }
+        let (catalog, config, waiting) = (catalog.clone(), config.clone(), waiting.clone());
+        async move {
+            let response = respond_waiting(catalog, &request, local, &config, waiting).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -353,6 +441,18 @@ enum Resource {
     History,
     /// `/hls.min.js`: the player the viewer's page loads.
     HlsJs,
+    /// `/ll.m3u8`: the LL-HLS playlist.
+    LlPlaylist,
+    /// `/part/<n>.<i>.ts`: part `i` of segment `n`.
+    Part(u64, usize),
+}
+
+/// Plain decimal digits only (`u64::from_str` would also take a leading `+`).
+fn number<T: std::str::FromStr>(digits: &str) -> Option<T> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Resource {
@@ -364,13 +464,13 @@ impl Resource {
             "/metrics" => Some(Self::Metrics),
             "/history" => Some(Self::History),
             "/hls.min.js" => Some(Self::HlsJs),
+            "/ll.m3u8" => Some(Self::LlPlaylist),
             _ => {
-                let digits = path.strip_prefix("/seg/")?.strip_suffix(".ts")?;
-                // `u64::from_str` would also take a leading `+`; only plain digits name a segment.
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
+                if let Some(name) = path.strip_prefix("/part/") {
+                    let (segment, index) = name.strip_suffix(".ts")?.split_once('.')?;
+                    return Some(Self::Part(number(segment)?, number(index)?));
                 }
-                digits.parse().ok().map(Self::Segment)
+                number(path.strip_prefix("/seg/")?.strip_suffix(".ts")?).map(Self::Segment)
             }
         }
     }
@@ -395,29 +495,315 @@ const SEGMENT_CACHE_CONTROL: &str = "public, max-age=3600";
 
 /// Maps a request to its response: refuses a foreign `Host`, answers, then grants the
 /// request's `Origin` cross-origin reads if `cross_origin` names it. Pure apart from asking the
-/// catalog; `local` is the address the connection reached.
+/// catalog (it never waits: see [`respond_waiting`]); `local` is the address the connection
+/// reached.
+#[cfg(test)]
 fn respond<B>(
     catalog: &dyn Catalog,
     request: &Request<B>,
     local: SocketAddr,
     cross_origin: &CrossOrigin,
 ) -> Response<Full<Bytes>> {
+    if let Some(refused) = refuse_host(request, local) {
+        return refused;
+    }
+    let uri = request.uri();
+    let response = answer_query(catalog, request.method(), uri.path(), uri.query());
+    grant(response, request, cross_origin)
+}
+
+/// [`respond`], but a request for something about to be verified waits for it (bounded):
+/// a blocking playlist reload, a hinted part, a segment still arriving (whose body then
+/// streams its verified bytes as they come). At most [`MAX_WAITING`] wait at once.
+async fn respond_waiting<B>(
+    catalog: Arc<dyn Catalog>,
+    request: &Request<B>,
+    local: SocketAddr,
+    config: &ServeConfig,
+    waiting: Arc<Semaphore>,
+) -> Response<Body> {
+    if let Some(refused) = refuse_host(request, local) {
+        return refused.map(Either::Left);
+    }
+    let uri = request.uri();
+    let (method, path, query) = (request.method(), uri.path(), uri.query());
+    let response = match must_wait(catalog.as_ref(), method, path, query) {
+        None => answer_query(catalog.as_ref(), method, path, query).map(Either::Left),
+        Some(wait) => match waiting.try_acquire_owned() {
+            Ok(permit) => wait_for(catalog, wait, permit, method, path, query).await,
+            Err(_) => {
+                tracing::debug!("HTTP: {MAX_WAITING} requests waiting already; answering now");
+                match wait {
+                    Wait::Playlist(_) => {
+                        answer_query(catalog.as_ref(), method, path, query).map(Either::Left)
+                    }
+                    Wait::Part(..) | Wait::Segment(_) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests waiting\n",
+                    )
+                    .map(Either::Left),
+                }
+            }
+        },
+    };
+    grant(response, request, &config.cross_origin)
+}
+
+/// What a request waits for before it is answered.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// A blocking reload of `/ll.m3u8`.
+    Playlist(Awaited),
+    /// A part not verified yet: the hinted one, or one of the segment after.
+    Part(u64, usize),
+    /// A segment still arriving: its body streams.
+    Segment(u64),
+}
+
+/// Whether a `GET` must wait, and for what; `None` answers it at once.
+fn must_wait(
+    catalog: &dyn Catalog,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Wait> {
+    if method != Method::GET {
+        return None;
+    }
+    match Resource::from_path(path)? {
+        Resource::LlPlaylist => {
+            let awaited = llhls::awaited(query).ok()??;
+            match catalog.ll_playlist() {
+                Some(view) if awaited.met_by(&view) || awaited.too_far(&view) => None,
+                _ => Some(Wait::Playlist(awaited)),
+            }
+        }
+        Resource::Part(number, index) => {
+            if catalog.part(number, index).is_some() {
+                return None;
+            }
+            // Only the hinted part or later parts of its segment or the next one will come;
+            // anything else missing is answered 404 at once.
+            let (hinted, from) = catalog.ll_playlist()?.preload_hint()?;
+            let coming = (number == hinted && index >= from) || number == hinted.checked_add(1)?;
+            coming.then_some(Wait::Part(number, index))
+        }
+        Resource::Segment(number) => {
+            if catalog.segment(number).is_some() {
+                return None;
+            }
+            catalog.arriving(number).map(|_| Wait::Segment(number))
+        }
+        _ => None,
+    }
+}
+
+/// How long a blocking reload or a hinted part waits: [`llhls::BLOCK_TARGETS`] target
+/// durations of the playlist now (2 s segments assumed before there is one).
+fn block_bound(catalog: &dyn Catalog) -> Duration {
+    let target = catalog
+        .ll_playlist()
+        .map_or(Duration::from_secs(2), |v| v.target_duration());
+    target.saturating_mul(llhls::BLOCK_TARGETS)
+}
+
+/// Answers a request that waits, holding its slot in the waiting bound (`permit`) until done.
+async fn wait_for(
+    catalog: Arc<dyn Catalog>,
+    wait: Wait,
+    permit: OwnedSemaphorePermit,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    match wait {
+        Wait::Playlist(awaited) => {
+            let bound = block_bound(catalog.as_ref());
+            // Timed out: the playlist as it is; the player asks again.
+            wait_until(catalog.as_ref(), bound, |c| {
+                c.ll_playlist().filter(|v| awaited.met_by(v)).map(|_| ())
+            })
+            .await;
+            drop(permit);
+            answer_query(catalog.as_ref(), method, path, query).map(Either::Left)
+        }
+        Wait::Part(number, index) => {
+            let bound = block_bound(catalog.as_ref());
+            wait_until(catalog.as_ref(), bound, |c| c.part(number, index)).await;
+            drop(permit);
+            answer_query(catalog.as_ref(), method, path, query).map(Either::Left)
+        }
+        Wait::Segment(number) => cut_through(catalog, number, permit),
+    }
+}
+
+/// Waits until `ready` finds something, waking as bytes are verified (and every [`RECHECK`]),
+/// for at most `bound`; then what `ready` finds, if anything.
+async fn wait_until<T>(
+    catalog: &dyn Catalog,
+    bound: Duration,
+    mut ready: impl FnMut(&dyn Catalog) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut changes = catalog.arrivals();
+    loop {
+        // Marked seen before looking, so a change after the look wakes the wait below.
+        if let Some(changes) = changes.as_mut() {
+            changes.borrow_and_update();
+        }
+        if let Some(found) = ready(catalog) {
+            return Some(found);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let until = deadline.min(now + RECHECK);
+        match changes.as_mut() {
+            Some(rx) => {
+                if let Ok(Err(_)) = tokio::time::timeout_at(until, rx.changed()).await {
+                    // The node is gone: nothing more will come.
+                    changes = None;
+                }
+            }
+            None => tokio::time::sleep_until(until).await,
+        }
+    }
+}
+
+/// Streams segment `number` while it arrives: every verified byte as it comes (whole TS
+/// packets until the segment is whole), ending the body when the segment is whole, or cleanly
+/// with what was sent when its bytes stop coming ([`CUT_THROUGH_SILENCE`]) or it is given up.
+fn cut_through(
+    catalog: Arc<dyn Catalog>,
+    number: u64,
+    permit: OwnedSemaphorePermit,
+) -> Response<Body> {
+    let (tx, chunks) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut sent = 0usize;
+        let mut silence = CUT_THROUGH_SILENCE.0;
+        let mut changes = catalog.arrivals();
+        let mut last_progress = tokio::time::Instant::now();
+        loop {
+            if let Some(changes) = changes.as_mut() {
+                changes.borrow_and_update();
+            }
+            // What is verified now: the whole segment once stored, else the arriving prefix.
+            let (chunks, len) = match catalog.segment(number) {
+                Some(whole) => {
+                    let len = whole.len();
+                    (vec![whole], len)
+                }
+                None => match catalog.arriving(number) {
+                    Some(arriving) => {
+                        silence = arriving
+                            .duration
+                            .saturating_mul(llhls::BLOCK_TARGETS)
+                            .clamp(CUT_THROUGH_SILENCE.0, CUT_THROUGH_SILENCE.1);
+                        (arriving.prefix, arriving.len)
+                    }
+                    None => {
+                        tracing::debug!(number, sent, "cut-through: the segment was given up");
+                        return;
+                    }
+                },
+            };
+            let verified = chunks.iter().map(Bytes::len).sum::<usize>().min(len);
+            let upto = if verified >= len {
+                len
+            } else {
+                verified - verified % TS_PACKET
+            };
+            if upto > sent {
+                for chunk in slices(&chunks, sent..upto) {
+                    if tx.send(chunk).await.is_err() {
+                        // The player left.
+                        return;
+                    }
+                }
+                sent = upto;
+                last_progress = tokio::time::Instant::now();
+            }
+            if sent >= len {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            if now.duration_since(last_progress) >= silence {
+                tracing::debug!(number, sent, len, "cut-through: no more bytes came; ending");
+                return;
+            }
+            let until = (last_progress + silence).min(now + RECHECK);
+            match changes.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(_)) = tokio::time::timeout_at(until, rx.changed()).await {
+                        changes = None;
+                    }
+                }
+                None => tokio::time::sleep_until(until).await,
+            }
+        }
+    });
+    let mut response = Response::new(Either::Right(Growing { chunks }));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
+    // Cut short if its bytes stop coming: no cache may keep it as the segment.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// MPEG-TS packet length: a cut-through body ends on one until the segment is whole.
+const TS_PACKET: usize = 188;
+
+/// The bytes `range` of the concatenation of `chunks`, as slices of them (no copy).
+fn slices(chunks: &[Bytes], range: std::ops::Range<usize>) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for chunk in chunks {
+        let (start, end) = (at, at + chunk.len());
+        at = end;
+        let (from, to) = (range.start.max(start), range.end.min(end));
+        if from < to {
+            out.push(chunk.slice(from - start..to - start));
+        }
+    }
+    out
+}
+
+/// 400 or 421 for a request whose `Host` is missing, repeated or not this server's.
+fn refuse_host<B>(request: &Request<B>, local: SocketAddr) -> Option<Response<Full<Bytes>>> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (Some(host), None) => host.to_str().unwrap_or(""),
-        (None, _) => return text(StatusCode::BAD_REQUEST, "a request needs a Host header\n"),
-        (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "more than one Host header\n"),
+        (None, _) => {
+            return Some(text(
+                StatusCode::BAD_REQUEST,
+                "a request needs a Host header\n",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Some(text(StatusCode::BAD_REQUEST, "more than one Host header\n"))
+        }
     };
     // A request in absolute form names its host in the target too (RFC 9112 §3.2.2).
     let target_host = request.uri().authority().map(|a| a.as_str());
     if !host_allowed(host, local) || target_host.is_some_and(|t| !host_allowed(t, local)) {
         // DNS rebinding: a page on another name that resolves here.
-        return text(
+        return Some(text(
             StatusCode::MISDIRECTED_REQUEST,
             "this server answers only to localhost, a loopback address or its own address\n",
-        );
+        ));
     }
-    let mut response = answer(catalog, request.method(), request.uri().path());
+    None
+}
+
+/// Adds the CORS grant `cross_origin` gives the request's `Origin`, if any.
+fn grant<B, T>(
+    mut response: Response<T>,
+    request: &Request<B>,
+    cross_origin: &CrossOrigin,
+) -> Response<T> {
     if cross_origin.grants_any() {
         // A cache must not give one origin's answer (with or without a grant) to another.
         response
@@ -449,7 +835,18 @@ fn respond<B>(
 }
 
 /// The response to a request from this server's own `Host`, without any CORS grant.
+#[cfg(test)]
 fn answer(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    answer_query(catalog, method, path, None)
+}
+
+/// [`answer`] with the request's query (read by `/ll.m3u8` only). It never waits.
+fn answer_query(
+    catalog: &dyn Catalog,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
     let Some(resource) = Resource::from_path(path) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -485,6 +882,25 @@ fn answer(catalog: &dyn Catalog, method: &Method, path: &str) -> Response<Full<B
         Resource::Segment(number) => Ok(catalog
             .segment(number)
             .map(|bytes| (bytes, "video/mp2t", SEGMENT_CACHE_CONTROL))),
+        Resource::Part(number, index) => Ok(catalog
+            .part(number, index)
+            .map(|bytes| (bytes, "video/mp2t", SEGMENT_CACHE_CONTROL))),
+        Resource::LlPlaylist => match llhls::awaited(query) {
+            Err(_) => Err((StatusCode::BAD_REQUEST, "bad _HLS_msn or _HLS_part\n")),
+            Ok(awaited) => match catalog.ll_playlist() {
+                Some(view) if awaited.is_some_and(|a| a.too_far(&view)) => Err((
+                    StatusCode::BAD_REQUEST,
+                    "_HLS_msn is more than two segments ahead\n",
+                )),
+                view => Ok(view.as_ref().and_then(llhls::render).map(|m3u8| {
+                    (
+                        Bytes::from(m3u8),
+                        "application/vnd.apple.mpegurl",
+                        "no-cache",
+                    )
+                })),
+            },
+        },
         Resource::Stats => Ok(Some((
             Bytes::from(catalog.stats_json()),
             "application/json",

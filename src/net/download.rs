@@ -59,6 +59,12 @@ impl Assembly {
         self.progress.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// The verified pieces from the segment's first byte on, up to the first missing one
+    /// (what the local HTTP server may hand a player before the segment is whole).
+    pub(super) fn verified_prefix(&self) -> Vec<Bytes> {
+        self.lock().pieces.iter().map_while(Clone::clone).collect()
+    }
+
     /// Whether part `part` is here whole, or arriving: then a relay of it can be served.
     pub(super) fn servable(&self, part: usize) -> bool {
         let st = self.lock();
@@ -221,6 +227,7 @@ pub(super) async fn receive_part(
             slot.get_or_insert(piece.freeze());
         }
         partial.bump();
+        shared.note_arrival();
     }
     let counter = if from == shared.stream {
         &shared.counters.bytes_from_origin
@@ -275,6 +282,7 @@ fn assemble(
         }
         store.newest()
     };
+    shared.note_arrival();
     if let Some(newest) = newest {
         shared.assemblies().keep_window(newest);
     }

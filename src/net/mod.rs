@@ -130,6 +130,9 @@ struct Shared {
     mesh_stats: Mutex<MeshStats>,
     /// Segments arriving right now, servable piece by piece (cut-through relaying).
     assemblies: Mutex<Assemblies<Arc<Assembly>>>,
+    /// Bumped whenever a piece is verified into an assembly or a segment is stored: what
+    /// the local HTTP server's waiting requests (blocking reloads, cut-through) wake on.
+    arrivals: watch::Sender<u64>,
     /// Upload admission: slots in use, the stream's bitrate, parts seeded here.
     upload: Mutex<Uploads>,
     /// Where peers see us, and so how we can be reached.
@@ -158,6 +161,10 @@ impl Shared {
         self.assemblies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn note_arrival(&self) {
+        self.arrivals.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     fn upload(&self) -> MutexGuard<'_, Uploads> {
         self.upload.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -165,6 +172,26 @@ impl Shared {
     fn reachability(&self) -> MutexGuard<'_, Reachability> {
         self.reachability.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A segment a node is still assembling, as the local HTTP server may show it: facts from
+/// its verified signed header and the verified pieces from its first byte on.
+#[derive(Debug, Clone)]
+pub struct Arriving {
+    /// The segment number.
+    pub number: u64,
+    /// Its length in bytes, as signed.
+    pub len: u32,
+    /// How many pieces it has, as signed.
+    pub pieces: usize,
+    /// Its duration in milliseconds, as signed.
+    pub duration_ms: u32,
+    /// The broadcaster's wall clock at publication (ms since the Unix epoch).
+    pub published_unix_ms: u64,
+    /// A discontinuity precedes it.
+    pub discontinuity: bool,
+    /// The verified pieces from the first byte on, up to the first one missing.
+    pub prefix: Vec<Bytes>,
 }
 
 /// A running node (broadcaster or viewer). Dropping it does not stop it; call [`Node::shutdown`].
@@ -254,6 +281,7 @@ impl Node {
             limiter: Arc::new(Limiter::new(config.upload_limit)),
             mesh_stats: Mutex::new(MeshStats::default()),
             assemblies: Mutex::new(Assemblies::default()),
+            arrivals: watch::Sender::new(0),
             upload: Mutex::new(Uploads::default()),
             reachability: Mutex::new(Reachability::new(interfaces(), port)),
             lan_partners: AtomicUsize::new(0),
@@ -335,6 +363,39 @@ impl NodeView {
         store::lock(&self.shared.store)
             .get(n)
             .map(|s| s.data.clone())
+    }
+
+    /// The segments being assembled now, by number, with their verified prefixes: read
+    /// only, for the local HTTP server (cut-through and LL-HLS parts).
+    pub fn arriving(&self) -> Vec<Arriving> {
+        let assemblies: Vec<_> = self
+            .shared
+            .assemblies()
+            .iter()
+            .map(|(n, a)| (n, a.clone()))
+            .collect();
+        let mut arriving: Vec<Arriving> = assemblies
+            .into_iter()
+            .map(|(number, a)| {
+                let h = &a.header.header;
+                Arriving {
+                    number,
+                    len: h.len,
+                    pieces: h.pieces.len(),
+                    duration_ms: h.duration_ms,
+                    published_unix_ms: h.published_unix_ms,
+                    discontinuity: h.discontinuity,
+                    prefix: a.verified_prefix(),
+                }
+            })
+            .collect();
+        arriving.sort_by_key(|a| a.number);
+        arriving
+    }
+
+    /// Changes whenever a piece is verified or a segment stored (see [`NodeView::arriving`]).
+    pub fn arrivals(&self) -> watch::Receiver<u64> {
+        self.shared.arrivals.subscribe()
     }
 
     /// The newest segment known to exist, as the mesh last reported it.

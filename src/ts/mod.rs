@@ -5,12 +5,14 @@
 //! decodes alone. [`Restamper`] and [`pts_span`] let a clip loop as one
 //! continuous stream. No I/O and no clock here; all input is untrusted.
 
+pub(crate) mod frames;
 mod packet;
 mod psi;
 mod rap;
 mod restamp;
 mod segmenter;
 
+pub use frames::{frame_starts, FrameStart};
 pub use restamp::{pts_span, Restamper};
 pub use segmenter::{CutSegment, Segmenter, MAX_SEGMENT_BYTES, MAX_SEGMENT_DURATION};
 

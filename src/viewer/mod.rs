@@ -13,18 +13,20 @@ pub use open::open_page;
 
 use crate::clock;
 use crate::http::{self, Catalog};
+use crate::llhls;
 use crate::mesh::MeshConfig;
 use crate::metrics::{Metrics, MetricsError};
-use crate::net::{Node, NodeConfig, NodeView};
+use crate::net::{Arriving, Node, NodeConfig, NodeView};
 use crate::node::hello::TOKEN_CLOCK_SKEW_S;
-use crate::playlist::PlaylistConfig;
+use crate::playlist::{self, PlaylistConfig, SegmentInfo};
 use crate::rate::Rate;
 use crate::store;
-use crate::stream::Ticket;
+use crate::stream::{part_pieces, Ticket};
 use crate::token::{Admission, Credential, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
 use status::ViewerStatus;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -291,6 +293,60 @@ impl ViewerCatalog {
     fn served_through(&self) -> Option<u64> {
         self.served.load(Ordering::Relaxed).checked_sub(1)
     }
+
+    /// Segments arriving whose first part (of the mesh's [`crate::stream::PARTS`]) is verified: the stock
+    /// playlist lists them as if held, and `/seg/<n>.ts` streams the rest as it comes.
+    fn listable_arriving(&self) -> BTreeMap<u64, SegmentInfo> {
+        self.node
+            .arriving()
+            .into_iter()
+            .filter(|a| {
+                let first_part = part_pieces(a.pieces, 0).map_or(1, |r| r.end.max(1));
+                a.prefix.len() >= first_part
+            })
+            .map(|a| (a.number, arriving_info(&a)))
+            .collect()
+    }
+
+    /// The parts of segment `number` verified so far, with its bytes (whole or the prefix).
+    fn parts_of(&self, number: u64) -> Option<(Bytes, Vec<llhls::Part>, bool)> {
+        if let Some(data) = self.node.segment_data(number) {
+            let parts = llhls::parts(&data, data.len(), self.duration_ms(number)?);
+            return Some((data, parts, true));
+        }
+        let arriving = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| a.number == number)?;
+        let data = joined(&arriving.prefix);
+        let parts = llhls::parts(&data, arriving.len as usize, arriving.duration_ms);
+        Some((data, parts, false))
+    }
+
+    /// The signed duration of held segment `number`.
+    fn duration_ms(&self, number: u64) -> Option<u32> {
+        store::lock(&self.node.store())
+            .get(number)
+            .map(|s| s.header.header.duration_ms)
+    }
+}
+
+/// What the playlist needs of a segment still arriving.
+fn arriving_info(a: &Arriving) -> SegmentInfo {
+    SegmentInfo {
+        duration: Duration::from_millis(u64::from(a.duration_ms)),
+        published_unix_ms: a.published_unix_ms,
+        discontinuity: a.discontinuity,
+    }
+}
+
+/// The pieces of a verified prefix as one run of bytes.
+fn joined(pieces: &[Bytes]) -> Bytes {
+    match pieces {
+        [one] => one.clone(),
+        _ => Bytes::from(pieces.concat()),
+    }
 }
 
 impl Catalog for ViewerCatalog {
@@ -299,8 +355,13 @@ impl Catalog for ViewerCatalog {
         // Nothing listed yet: the window as usual, so a player starts near the newest.
         let listed = self.listed.load(Ordering::Relaxed);
         let keep_from = (listed > 0).then_some(listed);
-        let (text, last) =
-            store::lock(&self.node.store()).playlist_keeping(self.playlist, live, keep_from)?;
+        let arriving = self.listable_arriving();
+        let (text, last) = store::lock(&self.node.store()).playlist_listing(
+            self.playlist,
+            live,
+            keep_from,
+            arriving,
+        )?;
         self.listed
             .fetch_max(last.saturating_add(1), Ordering::Relaxed);
         Some(text)
@@ -329,6 +390,90 @@ impl Catalog for ViewerCatalog {
 
     fn history_json(&self) -> Option<String> {
         None
+    }
+
+    fn ll_playlist(&self) -> Option<llhls::View> {
+        // The complete segments: the stock window's, without hold-back (PART-HOLD-BACK
+        // carries the slack `--delay` asks for).
+        let (infos, ended) = {
+            let shared = self.node.store();
+            let store = store::lock(&shared);
+            let infos: BTreeMap<u64, SegmentInfo> = store.infos().collect();
+            let ended = store
+                .ended()
+                .is_some_and(|last| store.newest() >= Some(last));
+            (infos, ended)
+        };
+        let config = PlaylistConfig {
+            delay: 0,
+            window: self.playlist.window,
+        };
+        let listed = playlist::listed_range(&infos, config, ended)?;
+        let first = *listed.start();
+        let mut previous = infos.range(..first).next_back().map(|(n, _)| *n);
+        let mut entries = Vec::new();
+        for (&number, info) in infos.range(listed) {
+            let mut info = info.clone();
+            info.discontinuity = playlist::starts_discontinuity(previous, number, &info);
+            previous = Some(number);
+            // Pruned since the look at the store: listed whole, without parts.
+            let parts = self.parts_of(number).map(|(_, p, _)| p).unwrap_or_default();
+            entries.push(llhls::Entry {
+                number,
+                info,
+                parts,
+                complete: true,
+            });
+        }
+        // The segment after the last listed, while it arrives: its parts so far.
+        let next = previous.and_then(|n| n.checked_add(1));
+        let arriving = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| Some(a.number) == next);
+        if let Some(a) = arriving.filter(|_| !ended) {
+            let data = joined(&a.prefix);
+            entries.push(llhls::Entry {
+                number: a.number,
+                info: arriving_info(&a),
+                parts: llhls::parts(&data, a.len as usize, a.duration_ms),
+                complete: false,
+            });
+        }
+        Some(llhls::View {
+            entries,
+            discontinuity_sequence: playlist::discontinuities_before(&infos, first) as u64,
+            ended,
+            delay: self.playlist.delay,
+        })
+    }
+
+    fn part(&self, number: u64, index: usize) -> Option<Bytes> {
+        let (data, parts, complete) = self.parts_of(number)?;
+        let part = parts.get(index)?;
+        if complete && index + 1 == parts.len() {
+            self.served
+                .fetch_max(number.saturating_add(1), Ordering::Relaxed);
+        }
+        Some(data.slice(part.range.clone()))
+    }
+
+    fn arriving(&self, number: u64) -> Option<http::ArrivingSegment> {
+        let a = self
+            .node
+            .arriving()
+            .into_iter()
+            .find(|a| a.number == number)?;
+        Some(http::ArrivingSegment {
+            len: a.len as usize,
+            duration: Duration::from_millis(u64::from(a.duration_ms)),
+            prefix: a.prefix,
+        })
+    }
+
+    fn arrivals(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.node.arrivals())
     }
 
     fn metrics_text(&self) -> Option<String> {
