@@ -232,9 +232,18 @@ pub(super) async fn push(
     }
 }
 
+/// What changes on a connection only when its peer acknowledges packets it had not
+/// acknowledged before: the RTT estimate takes a sample, the congestion window moves, or
+/// packets are declared lost. (Counting ACK frames would not do: a peer that only sends
+/// repeats its old acknowledgements in its own packets.)
+fn path_state(conn: &Connection) -> (Duration, u64, u64) {
+    let p = conn.stats().path;
+    (p.rtt, p.cwnd, p.lost_packets)
+}
+
 /// Pushes one part of `seg` to `peer`; true if `peer` acknowledged every byte or stopped
 /// the stream (it had the part already) before its connection went a whole
-/// [`seed_confirm_wait`] acknowledging nothing (or [`UPLOAD_TIMEOUT`] passed). A vanished
+/// [`seed_confirm_wait`] acknowledging no new packet (or [`UPLOAD_TIMEOUT`] passed). A vanished
 /// receiver does neither.
 async fn seed(
     shared: &Shared,
@@ -266,7 +275,7 @@ async fn seed(
     let stopped = send.stopped();
     tokio::pin!(stopped);
     let give_up = tokio::time::Instant::now() + UPLOAD_TIMEOUT;
-    let mut acks = conn.stats().frame_rx.acks;
+    let mut path = path_state(conn);
     loop {
         let wait = seed_confirm_wait(conn.rtt());
         match tokio::time::timeout_at(
@@ -280,13 +289,13 @@ async fn seed(
                 // Written is not sent: on a congested path the part may still be queued
                 // here or in the network, and re-seeding it would only add to the queue
                 // (lab runs showed re-seeds feeding on themselves until every site's WAN
-                // was full). A receiver that still acknowledges packets is there; one that
-                // acknowledged nothing for the whole wait has vanished.
-                let now_acks = conn.stats().frame_rx.acks;
-                if now_acks == acks || tokio::time::Instant::now() >= give_up {
+                // was full). A receiver that still acknowledges new packets is there; one
+                // that acknowledged none for the whole wait has vanished.
+                let now = path_state(conn);
+                if now == path || tokio::time::Instant::now() >= give_up {
                     return false;
                 }
-                acks = now_acks;
+                path = now;
             }
         }
     }

@@ -22,7 +22,7 @@ pub const PUSHES_PER_CONNECTION: usize = 2 * PARTS;
 pub const SEED_CONFIRM_MIN: Duration = Duration::from_millis(250);
 
 /// How long a seeding push may wait for its acknowledgement while its connection
-/// acknowledges nothing at all before the receiver counts as vanished and the part is
+/// acknowledges no new packet before the receiver counts as vanished and the part is
 /// seeded elsewhere: four round trips, and at least [`SEED_CONFIRM_MIN`].
 pub fn seed_confirm_wait(rtt: Duration) -> Duration {
     (rtt * 4).max(SEED_CONFIRM_MIN)
