@@ -21,7 +21,7 @@ use crate::node::hello::TOKEN_CLOCK_SKEW_S;
 use crate::playlist::{self, PlaylistConfig, SegmentInfo};
 use crate::rate::Rate;
 use crate::store;
-use crate::stream::{part_pieces, Ticket};
+use crate::stream::Ticket;
 use crate::token::{Admission, Credential, TokenError};
 use crate::wire::Role;
 use bytes::Bytes;
@@ -294,20 +294,6 @@ impl ViewerCatalog {
         self.served.load(Ordering::Relaxed).checked_sub(1)
     }
 
-    /// Segments arriving whose first part (of the mesh's [`crate::stream::PARTS`]) is verified: the stock
-    /// playlist lists them as if held, and `/seg/<n>.ts` streams the rest as it comes.
-    fn listable_arriving(&self) -> BTreeMap<u64, SegmentInfo> {
-        self.node
-            .arriving()
-            .into_iter()
-            .filter(|a| {
-                let first_part = part_pieces(a.pieces, 0).map_or(1, |r| r.end.max(1));
-                a.prefix.len() >= first_part
-            })
-            .map(|a| (a.number, arriving_info(&a)))
-            .collect()
-    }
-
     /// The parts of segment `number` verified so far, with its bytes (whole or the prefix).
     fn parts_of(&self, number: u64) -> Option<(Bytes, Vec<llhls::Part>, bool)> {
         if let Some(data) = self.node.segment_data(number) {
@@ -355,13 +341,12 @@ impl Catalog for ViewerCatalog {
         // Nothing listed yet: the window as usual, so a player starts near the newest.
         let listed = self.listed.load(Ordering::Relaxed);
         let keep_from = (listed > 0).then_some(listed);
-        let arriving = self.listable_arriving();
-        let (text, last) = store::lock(&self.node.store()).playlist_listing(
-            self.playlist,
-            live,
-            keep_from,
-            arriving,
-        )?;
+        // Only whole segments: listing one still arriving (cut-through) gained nothing
+        // measurable for stock players, and when it never completed (its broadcaster
+        // restarted mid-segment) ffmpeg got a truncated segment, stalled on it and skipped
+        // the next (docs/LATENCY.md).
+        let (text, last) =
+            store::lock(&self.node.store()).playlist_keeping(self.playlist, live, keep_from)?;
         self.listed
             .fetch_max(last.saturating_add(1), Ordering::Relaxed);
         Some(text)
