@@ -23,7 +23,9 @@ fn main() {
                 "flags: --peers N --seconds S --bitrate BPS --segment-ms MS --viewer-upload BPS \
                  --origin-upload BPS --churn PCT_PER_MIN --seed K --rtt-ms MS --loss PCT \
                  --delay SEGMENTS --upload-mix SHARE:MULTx,... --nat-mix KIND:SHARE,... --join-window-ms MS --join-after K \
-                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo"
+                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo \
+                 --origin-partners N --threads 1|2 --sites COUNTxMEMBERS,... --site-wan BPS \
+                 --site-nat cone|symmetric --site-upload BPS --lan-rtt-ms MS --rtt-spread SIGMA"
             );
             std::process::exit(2);
         }
@@ -119,6 +121,40 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
     eprintln!("  events: {}", kinds.join(", "));
+    if !c.sites.is_empty() {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let mb = |b: u64| b as f64 / 1e6;
+        eprintln!(
+            "  sites: {} with {} viewers ever (WAN {:.2} Mbit/s each way, {:?} NAT): WAN download \
+             {:.3} copies a site on average (max {:.3}; origin sent {:.2} copies); continuity \
+             {:.4} on sites, {:.4} at home",
+            d.sites,
+            d.site_viewers_started,
+            c.site_wan_bps as f64 / 1e6,
+            c.site_nat,
+            d.site_wan_copies,
+            d.site_wan_copies_max,
+            r.origin_copies,
+            ratio(d.site_on_time, d.site_judged),
+            ratio(d.on_time - d.site_on_time, d.judged - d.site_judged),
+        );
+        eprintln!(
+            "  site WAN in {:.1} MB ({:.1} MB from the origin, {:.1} MB wasted), out {:.1} MB, \
+             LAN {:.1} MB; parts kept across a WAN {} ({} a second copy for the site: {} origin \
+             pushes, {} served by the origin); partners {:.1} a site viewer, {:.1} of its site",
+            mb(d.site_wan_down_bytes),
+            mb(d.site_wan_down_origin_bytes),
+            mb(d.site_wan_down_wasted_bytes),
+            mb(d.site_wan_up_bytes),
+            mb(d.site_lan_bytes),
+            d.site_wan_parts,
+            d.site_wan_dup_parts,
+            d.site_wan_dup_pushed,
+            d.site_wan_dup_origin_served,
+            d.site_mean_partners,
+            d.site_mean_lan_partners,
+        );
+    }
     if c.threads > 1 {
         eprintln!(
             "  worker: {} mesh calls handed off, {} events run beside them",

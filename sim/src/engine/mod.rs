@@ -10,6 +10,7 @@
 
 mod links;
 mod nodes;
+mod sites;
 #[cfg(test)]
 mod tests;
 mod transfers;
@@ -198,6 +199,13 @@ pub(super) struct Sim {
     /// is otherwise a cold line.
     ids: Vec<NodeId>,
     access: Vec<Ns>,
+    /// Each node's site ([`sites::NO_SITE`]: none), apart from the nodes for the same reason.
+    site_of: Vec<u32>,
+    /// The sites, and the sites of the initial viewers yet to join (popped from the back).
+    sites: Vec<sites::Site>,
+    site_plan: Vec<u32>,
+    /// RTT between two viewers of one site.
+    lan_ns: Ns,
     /// Looked up on every message, by slot (see [`LinkRow`]).
     conns: Conns,
     transfers: Slab,
@@ -309,6 +317,10 @@ impl Sim {
             link_rows: Vec::with_capacity(cfg.peers + 1),
             ids: Vec::with_capacity(cfg.peers + 1),
             access: Vec::with_capacity(cfg.peers + 1),
+            site_of: Vec::with_capacity(cfg.peers + 1),
+            sites: Vec::new(),
+            site_plan: Vec::new(),
+            lan_ns: (cfg.lan_rtt_ms * NS_PER_MS as f64) as Ns,
             conns: Conns::default(),
             transfers: Slab::default(),
             cur: COORDINATOR,
@@ -387,6 +399,8 @@ impl Sim {
             let gap = self.churn_gap();
             self.at((first + window).saturating_add(gap), Ev::Leave);
         }
+        // Last, so that runs without sites draw what they always drew.
+        self.setup_sites();
     }
 
     /// Asks the cache for the memory of the next few events, each a step further along
@@ -836,7 +850,7 @@ impl Sim {
             } => self.request(i, peer, (number, part), join),
             Action::Cancel { peer, number, part } => self.cancel(i, peer, number, part),
             Action::Push { peer, number, part } => self.push(i, peer, number, part),
-            Action::Dial { peer, addr, .. } => self.dial(i, peer, addr),
+            Action::Dial { peer, addr, local } => self.dial(i, peer, addr, local),
             Action::Disconnect { peer, reason } => self.disconnect(i, peer, reason),
         }
     }
@@ -856,6 +870,30 @@ impl Sim {
         } else {
             live.iter().map(|s| s.partners).sum::<usize>() as f64 / live.len() as f64
         };
+        let site_viewers: Vec<(usize, usize)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, n)| n.alive() && self.site_of(*i as u32) != sites::NO_SITE)
+            .map(|(i, n)| {
+                let lan = n
+                    .partners
+                    .iter()
+                    .filter(|&&p| self.same_site(i as u32, p))
+                    .count();
+                let viewers = n.partners.iter().filter(|&&p| p != ORIGIN).count();
+                (viewers, lan)
+            })
+            .collect();
+        if !site_viewers.is_empty() {
+            let k = site_viewers.len() as f64;
+            self.d.site_mean_partners = site_viewers.iter().map(|v| v.0).sum::<usize>() as f64 / k;
+            self.d.site_mean_lan_partners =
+                site_viewers.iter().map(|v| v.1).sum::<usize>() as f64 / k;
+        }
+        (self.d.site_wan_copies, self.d.site_wan_copies_max) = self.site_copies();
+        let site_wan_copies = (!self.sites.is_empty()).then_some(self.d.site_wan_copies);
         let offload = if self.delivered_bytes == 0 {
             0.0
         } else {
@@ -883,6 +921,7 @@ impl Sim {
                 p99: metrics::percentile(&mut self.joins, 0.99),
             },
             control_overhead: ratio(self.d.control_bytes, self.d.media_sent_bytes),
+            site_wan_copies,
             cpu_s: 0.0,
             peak_rss_mb: 0.0,
             details: self.d,

@@ -82,6 +82,8 @@ pub(super) struct Transfer {
     pub(super) receiver_done: bool,
     /// The receiver kept it as its first copy (its bytes are not waste).
     accepted: bool,
+    /// It comes in across the receiver's site's WAN.
+    wan_in: bool,
 }
 
 impl Transfer {
@@ -159,6 +161,7 @@ impl Sim {
     ) -> TRef {
         let tr = self.transfers.alloc();
         let receiving = self.alive(to);
+        let wan_in = self.into_site(from, to);
         let pieces = part_pieces(self.pieces as usize, usize::from(part)).unwrap_or(0..0);
         if let Some(t) = self.transfers.get_mut(tr) {
             t.kind = kind;
@@ -170,6 +173,7 @@ impl Sim {
             t.hi = pieces.end as u32;
             t.next = t.lo;
             t.conn = conn;
+            t.wan_in = wan_in;
             // Nobody is there to receive a push to a vanished viewer.
             t.receiver_done = !receiving;
         }
@@ -401,7 +405,7 @@ impl Sim {
             if t.booked {
                 let i = t.next;
                 let bytes = self.piece_len(i);
-                let lands = now + self.flight(s, r, bytes);
+                let lands = self.carry(s, r, bytes);
                 let Some(t) = self.transfers.get_mut(tr) else {
                     return;
                 };
@@ -716,6 +720,9 @@ impl Sim {
         }
         if !t.accepted {
             self.d.wasted_bytes += t.sent;
+            if t.wan_in {
+                self.d.site_wan_down_wasted_bytes += t.sent;
+            }
         }
         self.transfers.free(tr);
     }
@@ -849,6 +856,7 @@ impl Sim {
             return self.maybe_free(tr);
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
+        let (wan_in, pushed) = (t.wan_in, t.kind == Kind::Push);
         let (bit, empty) = (1u32 << part, self.empty_parts);
         // (kept, whole, from several suppliers, the part's other copy relays followed)
         let mut kept = (false, false, false, None);
@@ -878,6 +886,10 @@ impl Sim {
         if fresh {
             if let Some(t) = self.transfers.get_mut(tr) {
                 t.accepted = true;
+            }
+            // An empty part crossed nothing.
+            if wan_in && empty & bit == 0 {
+                self.kept_across_wan(r, (number, part), s == ORIGIN, pushed);
             }
         }
         // A second copy landed first: relays following the other go on from what is here.
