@@ -123,6 +123,11 @@ enum Ev {
         tr: TRef,
         busy: bool,
     },
+    /// The receiver has heard nothing of a part across a site's WAN for
+    /// [`starling::node::PIECE_SILENCE`] since its first frame or last piece: it gives up.
+    Silent {
+        tr: TRef,
+    },
     /// A part's first frame (with the signed header or without) reaches the receiver.
     HeaderArrive {
         tr: TRef,
@@ -167,9 +172,10 @@ impl Ev {
             Ev::RequestArrive { tr } | Ev::StopArrive { tr } | Ev::Pump { tr, .. } => {
                 Some((*tr, true))
             }
-            Ev::Fail { tr, .. } | Ev::HeaderArrive { tr } | Ev::Deliver { tr } => {
-                Some((*tr, false))
-            }
+            Ev::Fail { tr, .. }
+            | Ev::Silent { tr }
+            | Ev::HeaderArrive { tr }
+            | Ev::Deliver { tr } => Some((*tr, false)),
             _ => None,
         }
     }
@@ -608,7 +614,7 @@ impl Sim {
             },
             Ev::RequestArrive { .. } => &mut k.request,
             Ev::Fail { busy: true, .. } => &mut k.busy,
-            Ev::Fail { .. } => &mut k.failed,
+            Ev::Fail { .. } | Ev::Silent { .. } => &mut k.failed,
             Ev::HeaderArrive { .. } => &mut k.first_frame,
             Ev::Deliver { .. } => &mut k.last_piece,
             Ev::Pump { .. } => &mut k.pump,
@@ -701,6 +707,7 @@ impl Sim {
             | Ev::StopArrive { .. }
             | Ev::Pump { .. }
             | Ev::Fail { .. }
+            | Ev::Silent { .. }
             | Ev::HeaderArrive { .. }
             | Ev::Deliver { .. } => NOBODY_NODE,
         }
@@ -784,6 +791,7 @@ impl Sim {
             }
             Ev::RequestArrive { tr } => self.request_arrive(tr),
             Ev::Fail { tr, busy } => self.fail(tr, busy),
+            Ev::Silent { tr } => self.silent(tr),
             Ev::HeaderArrive { tr } => self.header_arrive(tr),
             Ev::StopArrive { tr } => self.end_upload(tr),
             Ev::Pump { tr, seq } => {

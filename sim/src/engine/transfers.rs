@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
 const SERVE_AFTER_SEEDS: u64 = 1 << 48;
 
+/// [`starling::node::PIECE_SILENCE`] in virtual time.
+const PIECE_SILENCE_NS: Ns = starling::node::PIECE_SILENCE.as_nanos() as Ns;
+
 /// Size of a stop/reset frame, for the loss model.
 const STOP_BYTES: u64 = 16;
 
@@ -84,6 +87,10 @@ pub(super) struct Transfer {
     accepted: bool,
     /// It comes in across the receiver's site's WAN.
     wan_in: bool,
+    /// It crosses a site's WAN (in or out): its receiver gives it up after a silence.
+    wan: bool,
+    /// Its receiver's give-up for silence is scheduled.
+    silent: bool,
 }
 
 impl Transfer {
@@ -162,6 +169,7 @@ impl Sim {
         let tr = self.transfers.alloc();
         let receiving = self.alive(to);
         let wan_in = self.into_site(from, to);
+        let wan = wan_in || self.into_site(to, from);
         let pieces = part_pieces(self.pieces as usize, usize::from(part)).unwrap_or(0..0);
         if let Some(t) = self.transfers.get_mut(tr) {
             t.kind = kind;
@@ -174,6 +182,7 @@ impl Sim {
             t.next = t.lo;
             t.conn = conn;
             t.wan_in = wan_in;
+            t.wan = wan;
             // Nobody is there to receive a push to a vanished viewer.
             t.receiver_done = !receiving;
         }
@@ -410,13 +419,22 @@ impl Sim {
                     return;
                 };
                 // One stream: a piece cannot overtake the one before it.
-                let lands = lands.max(t.landed());
+                let before = t.landed();
+                let lands = lands.max(before);
                 t.arrivals.push(lands);
+                // Queued behind a site's WAN for longer than `net` waits for the next bytes,
+                // the receiver gives the part up then.
+                let silence = before.saturating_add(PIECE_SILENCE_NS);
+                let give_up = t.wan && !t.silent && !t.receiver_done && lands > silence;
+                t.silent |= give_up;
                 t.sent += bytes;
                 t.next += 1;
                 t.booked = false;
                 self.count_sent(s, bytes);
                 self.wake_relays(tr, lands);
+                if give_up {
+                    self.at(silence, Ev::Silent { tr });
+                }
             }
             let Some(t) = self.transfers.get(tr) else {
                 return;
@@ -725,6 +743,35 @@ impl Sim {
             }
         }
         self.transfers.free(tr);
+    }
+
+    /// The receiver heard nothing of `tr` for `net`'s piece silence: it gives the part up,
+    /// stops the stream, and the mesh hears the part stalled.
+    pub(super) fn silent(&mut self, tr: TRef) {
+        let Some(t) = self.transfers.get(tr) else {
+            return;
+        };
+        if t.receiver_done {
+            return self.maybe_free(tr);
+        }
+        let (s, r, number, part) = (t.from, t.to, t.number, t.part);
+        self.d.silences += 1;
+        self.finish_download(tr, false);
+        if self.usable(r, s).is_some() {
+            let at = self.now + self.flight(r, s, STOP_BYTES);
+            self.at(at, Ev::StopArrive { tr });
+        }
+        let (now, from) = (self.instant(self.now), self.id_of(s));
+        self.mesh_job(
+            r,
+            false,
+            Call::Stalled {
+                now,
+                from,
+                number,
+                part,
+            },
+        );
     }
 
     /// A failure answer reaches the requester: the mesh hears of it.
