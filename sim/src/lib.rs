@@ -773,10 +773,7 @@ pub struct SimDetails {
     pub mesh_missed: u64,
     /// Viewer partners per live viewer at the end (`MeshStats::partners`).
     pub mean_partners: f64,
-    /// Parts across a site's WAN given up by their receiver after `net`'s piece silence
-    /// (queued behind the link for longer).
-    pub silences: u64,
-    /// Sites run.
+    /// Sites run and viewers that ever ran on one (initial plus churn joiners).
     pub sites: u64,
     /// Viewers that ever ran on a site.
     pub site_viewers_started: u64,

@@ -183,8 +183,6 @@ fn a_site_wan_below_the_bitrate_starves_the_site_and_not_the_homes() {
     // What landed by the end fits the link: a quarter of a copy a second, over the 23 s of
     // run and drain, for the 17 or so segments a site joining at 0-2 s needs, plus a burst.
     assert!(d.site_wan_copies > 0.0 && d.site_wan_copies < 0.45, "{d:?}");
-    // Parts queued behind the link past `net`'s piece silence are given up.
-    assert!(d.silences > 0, "{d:?}");
 }
 
 #[test]

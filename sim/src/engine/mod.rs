@@ -123,10 +123,10 @@ enum Ev {
         tr: TRef,
         busy: bool,
     },
-    /// The receiver has heard nothing of a part across a site's WAN for
-    /// [`starling::node::PIECE_SILENCE`] since its first frame or last piece: it gives up.
-    Silent {
-        tr: TRef,
+    /// A site's WAN link (`inwards`, or out) has room for the next upload waiting for it.
+    WanRoom {
+        site: u32,
+        inwards: bool,
     },
     /// A part's first frame (with the signed header or without) reaches the receiver.
     HeaderArrive {
@@ -172,10 +172,9 @@ impl Ev {
             Ev::RequestArrive { tr } | Ev::StopArrive { tr } | Ev::Pump { tr, .. } => {
                 Some((*tr, true))
             }
-            Ev::Fail { tr, .. }
-            | Ev::Silent { tr }
-            | Ev::HeaderArrive { tr }
-            | Ev::Deliver { tr } => Some((*tr, false)),
+            Ev::Fail { tr, .. } | Ev::HeaderArrive { tr } | Ev::Deliver { tr } => {
+                Some((*tr, false))
+            }
             _ => None,
         }
     }
@@ -614,10 +613,10 @@ impl Sim {
             },
             Ev::RequestArrive { .. } => &mut k.request,
             Ev::Fail { busy: true, .. } => &mut k.busy,
-            Ev::Fail { .. } | Ev::Silent { .. } => &mut k.failed,
+            Ev::Fail { .. } => &mut k.failed,
             Ev::HeaderArrive { .. } => &mut k.first_frame,
             Ev::Deliver { .. } => &mut k.last_piece,
-            Ev::Pump { .. } => &mut k.pump,
+            Ev::Pump { .. } | Ev::WanRoom { .. } => &mut k.pump,
             Ev::StopArrive { .. } => &mut k.stop,
             Ev::Tick { .. } => &mut k.tick,
             Ev::DialDone { .. }
@@ -696,7 +695,8 @@ impl Sim {
         }
         match ev {
             Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
-            Ev::Join | Ev::Leave | Ev::Deadline { .. } => COORDINATOR,
+            // Uploads of several nodes wait for a site's link (runs with sites take one thread).
+            Ev::Join | Ev::Leave | Ev::Deadline { .. } | Ev::WanRoom { .. } => COORDINATOR,
             Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
             Ev::DialDone { from, .. }
             | Ev::DialFailed { from, .. }
@@ -707,7 +707,6 @@ impl Sim {
             | Ev::StopArrive { .. }
             | Ev::Pump { .. }
             | Ev::Fail { .. }
-            | Ev::Silent { .. }
             | Ev::HeaderArrive { .. }
             | Ev::Deliver { .. } => NOBODY_NODE,
         }
@@ -791,7 +790,6 @@ impl Sim {
             }
             Ev::RequestArrive { tr } => self.request_arrive(tr),
             Ev::Fail { tr, busy } => self.fail(tr, busy),
-            Ev::Silent { tr } => self.silent(tr),
             Ev::HeaderArrive { tr } => self.header_arrive(tr),
             Ev::StopArrive { tr } => self.end_upload(tr),
             Ev::Pump { tr, seq } => {
@@ -804,6 +802,7 @@ impl Sim {
                 }
             }
             Ev::Deliver { tr } => self.deliver(tr),
+            Ev::WanRoom { site, inwards } => self.wan_room(site, inwards),
             Ev::SeedCheck {
                 to,
                 conn,

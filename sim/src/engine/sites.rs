@@ -4,14 +4,18 @@
 //! receiver's), and what each site pulled across its WAN.
 
 use super::transfers::TRef;
-use super::{Ns, Sim, NS_PER_MS};
+use super::{Ev, Ns, Sim, NS_PER_MS};
 use crate::link::Link;
 use crate::LinkModel;
 use rand::seq::SliceRandom;
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 /// A node on no site (a home, or the origin).
 pub(super) const NO_SITE: u32 = u32::MAX;
+
+/// The longest a site's WAN link queues a piece (the lab's routers: tbf with 200 ms).
+const WAN_QUEUE: Ns = 200 * NS_PER_MS;
 
 /// Segments a site's WAN tally remembers (the store's window: nothing older is taken).
 const TALLY: usize = 64;
@@ -24,9 +28,15 @@ pub(super) struct Site {
     /// Its access RTT to the internet, which every viewer on it shares.
     pub(super) access: Ns,
     /// Its WAN link out and in, each a token bucket booked piece by piece as a node's
-    /// upload is (no queue limit and no congestion control: a full link delays, never drops).
-    up: Link<TRef>,
-    down: Link<TRef>,
+    /// upload is, queueing at most [`WAN_QUEUE`].
+    pub(super) up: Link<TRef>,
+    pub(super) down: Link<TRef>,
+    /// Uploads whose next piece waits for room on each link, in turn, and when the next
+    /// is woken (`Ns::MAX`: not scheduled).
+    up_line: VecDeque<TRef>,
+    down_line: VecDeque<TRef>,
+    up_wake: Ns,
+    down_wake: Ns,
     /// Viewers placed on it so far (their ports and LAN addresses).
     placed: u32,
     /// Segment bytes that came in across its WAN within the run (landed by its end).
@@ -72,6 +82,10 @@ impl Sim {
                     access,
                     up: Link::new(LinkModel::Shared, rate),
                     down: Link::new(LinkModel::Shared, rate),
+                    up_line: VecDeque::new(),
+                    down_line: VecDeque::new(),
+                    up_wake: Ns::MAX,
+                    down_wake: Ns::MAX,
                     placed: 0,
                     down_bytes: 0,
                     segments_needed: 0,
@@ -148,6 +162,82 @@ impl Sim {
             }
         }
         t
+    }
+
+    /// The WAN link on the way from `s` to `r` whose queue is longer than [`WAN_QUEUE`]
+    /// when a piece sent now would reach it: (site, inwards), the way out first.
+    pub(super) fn wan_full(&self, s: u32, r: u32) -> Option<(u32, bool)> {
+        let now = self.now;
+        let (from, to) = (self.site_of(s), self.site_of(r));
+        if from == to {
+            return None;
+        }
+        if let Some(site) = self.sites.get(from as usize) {
+            if site.up.backlog(now) > WAN_QUEUE {
+                return Some((from, false));
+            }
+        }
+        let site = self.sites.get(to as usize)?;
+        // It reaches the link a one-way latency after it leaves.
+        (site.down.backlog(now) > WAN_QUEUE + self.one_way(s, r)).then_some((to, true))
+    }
+
+    /// Upload `tr`'s next piece waits for `site`'s WAN link (`inwards`, or out) to have
+    /// room, in line behind those waiting already: the link takes one piece from each in
+    /// turn, as congestion control shares a bottleneck between flows.
+    pub(super) fn wait_for_wan(&mut self, tr: TRef, site: u32, inwards: bool) {
+        let now = self.now;
+        let Some(s) = self.sites.get_mut(site as usize) else {
+            return;
+        };
+        let (link, line, wake) = if inwards {
+            (&s.down, &mut s.down_line, &mut s.down_wake)
+        } else {
+            (&s.up, &mut s.up_line, &mut s.up_wake)
+        };
+        if !line.contains(&tr) {
+            line.push_back(tr);
+        }
+        if *wake == Ns::MAX {
+            let at = (now + link.backlog(now)).saturating_sub(WAN_QUEUE).max(now);
+            *wake = at;
+            self.at(at, Ev::WanRoom { site, inwards });
+        }
+    }
+
+    /// `site`'s WAN link (`inwards`, or out) has room: the first upload in line sends its
+    /// piece, and the next is woken when there is room again.
+    pub(super) fn wan_room(&mut self, site: u32, inwards: bool) {
+        let next = {
+            let Some(s) = self.sites.get_mut(site as usize) else {
+                return;
+            };
+            let (line, wake) = if inwards {
+                (&mut s.down_line, &mut s.down_wake)
+            } else {
+                (&mut s.up_line, &mut s.up_wake)
+            };
+            *wake = Ns::MAX;
+            line.pop_front()
+        };
+        if let Some(tr) = next {
+            // It books its piece (or, held by its own link or the other WAN, waits there).
+            self.pump(tr);
+        }
+        let now = self.now;
+        let Some(s) = self.sites.get_mut(site as usize) else {
+            return;
+        };
+        let (link, line, wake) = if inwards {
+            (&s.down, &mut s.down_line, &mut s.down_wake)
+        } else {
+            (&s.up, &mut s.up_line, &mut s.up_wake)
+        };
+        if !line.is_empty() && *wake == Ns::MAX {
+            let at = (now + link.backlog(now)).saturating_sub(WAN_QUEUE).max(now);
+            *wake = at;
+            self.at(at, Ev::WanRoom { site, inwards });
+        }
     }
 
     /// Whether a transfer from `s` to `r` comes in across `r`'s site's WAN.

@@ -600,3 +600,45 @@ fn access_rtts_spread_log_normally_when_asked() {
     assert!(hi / lo > 10.0, "{lo} {hi}");
     assert!((30.0..50.0).contains(&mean), "{mean}");
 }
+
+#[test]
+fn a_full_site_wan_queues_briefly_and_takes_its_flows_in_turn() {
+    // The origin (50 Mbit/s) pushes a whole segment to each of two viewers of a site whose
+    // WAN brings in 1 Mbit/s: 500 kB through 125 kB/s.
+    let (mut sim, site, _) = site_and_homes(2, 0, 1_000_000);
+    let cfg = SimConfig {
+        origin_upload_bps: 50_000_000,
+        ..sim.cfg.clone()
+    };
+    sim.cfg = cfg;
+    sim.nodes[ORIGIN as usize].link = crate::link::Link::new(crate::LinkModel::Fifo, 6.25e6);
+    let (a, b) = (site[0], site[1]);
+    for v in [a, b] {
+        sim.dial_done(v, ORIGIN, 0);
+    }
+    sim.run_until(100 * MS);
+    let t0 = sim.now;
+    sim.node_mut(ORIGIN).unwrap().store(0, t0);
+    push_all(&mut sim, a);
+    push_all(&mut sim, b);
+    // The link's queue never holds much more than 200 ms (plus the piece let in last).
+    let mut longest = 0;
+    while let Some((t, _, _)) = sim.queue.peek() {
+        if t > t0 + 8000 * MS {
+            break;
+        }
+        sim.run_until(t);
+        longest = longest.max(sim.sites[0].down.backlog(sim.now));
+    }
+    let piece = (16_384.0 * 1e9 / 125_000.0) as Ns;
+    assert!(longest <= 200 * MS + 2 * piece, "{longest}");
+    let (ta, tb) = (arrival(&sim, a).unwrap(), arrival(&sim, b).unwrap());
+    // About 3.5 s of link for the two (4 s less the 64 KiB burst). Taken in turn, the
+    // first finishes well past halfway though its pushes went first and filled the burst;
+    // one after the other, it would finish before halfway.
+    let total = ta.max(tb) - t0;
+    assert!(total >= 3400 * MS, "{total}");
+    let first = ta.min(tb) - t0;
+    assert!(first * 3 > total * 2, "{first} of {total}");
+    assert!(all_freed(&sim));
+}

@@ -13,9 +13,6 @@ use std::time::Duration;
 /// Added to the start order of the origin's served uploads, so its pushes go first.
 const SERVE_AFTER_SEEDS: u64 = 1 << 48;
 
-/// [`starling::node::PIECE_SILENCE`] in virtual time.
-const PIECE_SILENCE_NS: Ns = starling::node::PIECE_SILENCE.as_nanos() as Ns;
-
 /// Size of a stop/reset frame, for the loss model.
 const STOP_BYTES: u64 = 16;
 
@@ -87,10 +84,8 @@ pub(super) struct Transfer {
     accepted: bool,
     /// It comes in across the receiver's site's WAN.
     wan_in: bool,
-    /// It crosses a site's WAN (in or out): its receiver gives it up after a silence.
+    /// It crosses a site's WAN, in or out.
     wan: bool,
-    /// Its receiver's give-up for silence is scheduled.
-    silent: bool,
 }
 
 impl Transfer {
@@ -409,7 +404,7 @@ impl Sim {
             if t.sender_done {
                 return;
             }
-            let (s, r, order, source, hi) = (t.from, t.to, t.order, t.source, t.hi);
+            let (s, r, order, source, hi, wan) = (t.from, t.to, t.order, t.source, t.hi, t.wan);
             let sent_one = t.booked;
             if t.booked {
                 let i = t.next;
@@ -419,22 +414,13 @@ impl Sim {
                     return;
                 };
                 // One stream: a piece cannot overtake the one before it.
-                let before = t.landed();
-                let lands = lands.max(before);
+                let lands = lands.max(t.landed());
                 t.arrivals.push(lands);
-                // Queued behind a site's WAN for longer than `net` waits for the next bytes,
-                // the receiver gives the part up then.
-                let silence = before.saturating_add(PIECE_SILENCE_NS);
-                let give_up = t.wan && !t.silent && !t.receiver_done && lands > silence;
-                t.silent |= give_up;
                 t.sent += bytes;
                 t.next += 1;
                 t.booked = false;
                 self.count_sent(s, bytes);
                 self.wake_relays(tr, lands);
-                if give_up {
-                    self.at(silence, Ev::Silent { tr });
-                }
             }
             let Some(t) = self.transfers.get(tr) else {
                 return;
@@ -471,6 +457,12 @@ impl Sim {
             if here > now {
                 self.yield_link(s, tr);
                 self.schedule_pump(tr, here);
+                return;
+            }
+            // A site's WAN link on the way is full: the piece waits its turn here.
+            if let Some((site, inwards)) = wan.then(|| self.wan_full(s, r)).flatten() {
+                self.yield_link(s, tr);
+                self.wait_for_wan(tr, site, inwards);
                 return;
             }
             let bytes = self.piece_len(i);
@@ -743,35 +735,6 @@ impl Sim {
             }
         }
         self.transfers.free(tr);
-    }
-
-    /// The receiver heard nothing of `tr` for `net`'s piece silence: it gives the part up,
-    /// stops the stream, and the mesh hears the part stalled.
-    pub(super) fn silent(&mut self, tr: TRef) {
-        let Some(t) = self.transfers.get(tr) else {
-            return;
-        };
-        if t.receiver_done {
-            return self.maybe_free(tr);
-        }
-        let (s, r, number, part) = (t.from, t.to, t.number, t.part);
-        self.d.silences += 1;
-        self.finish_download(tr, false);
-        if self.usable(r, s).is_some() {
-            let at = self.now + self.flight(r, s, STOP_BYTES);
-            self.at(at, Ev::StopArrive { tr });
-        }
-        let (now, from) = (self.instant(self.now), self.id_of(s));
-        self.mesh_job(
-            r,
-            false,
-            Call::Stalled {
-                now,
-                from,
-                number,
-                part,
-            },
-        );
     }
 
     /// A failure answer reaches the requester: the mesh hears of it.

@@ -30,13 +30,6 @@ pub(super) enum Call {
         part: u8,
         busy: bool,
     },
-    /// A part went silent after its first frame.
-    Stalled {
-        now: Instant,
-        from: NodeId,
-        number: u64,
-        part: u8,
-    },
     /// A part's first frame landed; `empties` are the segment's empty parts, held as of now.
     Receiving {
         now: Instant,
@@ -78,12 +71,6 @@ impl Call {
                 part,
                 busy,
             } => m.handle_transfer_failed(now, from, number, part, busy),
-            Call::Stalled {
-                now,
-                from,
-                number,
-                part,
-            } => m.handle_part_stalled(now, from, number, part),
             Call::Receiving {
                 now,
                 from,
