@@ -122,12 +122,18 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         .collect();
     eprintln!("  events: {}", kinds.join(", "));
     if !c.sites.is_empty() {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                "none".to_string()
+            } else {
+                format!("{:.4}", a as f64 / b as f64)
+            }
+        };
         let mb = |b: u64| b as f64 / 1e6;
         eprintln!(
             "  sites: {} with {} viewers ever (WAN {:.2} Mbit/s each way, {:?} NAT): WAN download \
              {:.3} copies a site on average (max {:.3}; origin sent {:.2} copies); continuity \
-             {:.4} on sites, {:.4} at home",
+             {} on sites, {} at home",
             d.sites,
             d.site_viewers_started,
             c.site_wan_bps as f64 / 1e6,
@@ -153,6 +159,15 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
             d.site_wan_dup_origin_served,
             d.site_mean_partners,
             d.site_mean_lan_partners,
+        );
+        let mean = |ms: f64, n: u64| if n == 0 { 0.0 } else { ms / n as f64 };
+        eprintln!(
+            "  a part takes {:.0} ms on average from its first frame to its last piece ({} parts); \
+             {:.0} ms from a site viewer to a viewer off its site ({} parts)",
+            mean(d.parts_kept_ms, d.parts_kept),
+            d.parts_kept,
+            mean(d.site_served_ms, d.site_served_parts),
+            d.site_served_parts,
         );
     }
     if c.threads > 1 {

@@ -19,8 +19,29 @@
 //! - **Nodes.** Node 0 is the broadcaster ([`starling::mesh::MeshConfig::broadcaster`]); viewers
 //!   use [`starling::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
 //!   from the node's index; addresses serve only as dial hints.
-//! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
-//!   between two nodes is the mean of their two draws, one-way latency half of that.
+//! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`, or with
+//!   `--rtt-spread σ` `rtt_ms` times a log-normal factor (mean 1, σ, kept in [0.25, 8]); the
+//!   RTT between two nodes is the mean of their two draws, one-way latency half of that.
+//!   Two viewers of one site are `lan_rtt_ms` apart.
+//! - **Sites** (`--sites 50x4,10x10`: 50 sites of 4 viewers and 10 of 10, within `--peers`;
+//!   the rest are homes, and the initial viewers are placed in a shuffled order). A site is
+//!   one NAT (`--site-nat`, cone by default) with one public address: each of its viewers is
+//!   seen there at a port of its own and has a LAN address, which the mesh carries in its
+//!   contacts and peer samples as `net` does; the mesh is told the public address
+//!   (`observe_self`), from which it decides by itself who is of its site. A dial between
+//!   two viewers of a site goes over the LAN (no NAT, `lan_rtt_ms`) when it names the LAN
+//!   address, as `net` dials it first; the public address alone is a hairpin the NAT does not
+//!   turn (it fails). The site shares one access RTT and one WAN link of `--site-wan` each
+//!   way: a piece between the site and anyone else is booked on the link out (then crosses
+//!   the internet) or on the link in, each a token bucket like a node's upload, after the
+//!   sender's own link; between two of its viewers it crosses the LAN, unshaped. A link's
+//!   queue holds at most 200 ms (the lab's tbf): a piece that would find it longer waits at
+//!   its sender in that link's line, and the link lets the uploads in line send a piece each
+//!   in turn as it drains, which is how congestion control shares a bottleneck (no loss is
+//!   modelled). Site viewers' own uploads are drawn as the homes' (or `--site-upload`). A
+//!   churn leaver on a site is replaced on that site. Reported: WAN download copies per site
+//!   (bytes in by the run's end over the bytes of the segments the site needed: held by one
+//!   of its viewers, or judged at one), and where they came from ([`SimDetails`]).
 //! - **Upload** is `net`'s `Limiter`: one token bucket per node at its cap (bytes/s), a
 //!   burst of `max(cap / 20, 64 KiB)`, starting full, debt allowed. Segment bodies go out in
 //!   pieces of `stream::piece_size_for(len)` (16 KiB), and every piece books its bytes when
@@ -108,7 +129,8 @@
 //!   `join_after` being published (0 by default), as `benches/swarm`'s do: they join a
 //!   running stream rather than wait for it to begin. With −1 they start from time zero,
 //!   before the first segment, and need no catch-up.
-//! - **Not modelled:** per-connection limits on concurrent serves (8) and pushes (4), which
+//! - **Not modelled:** control messages and reply headers crossing a site's WAN (they take
+//!   latency alone, as everywhere); loss and retransmission on it; per-connection limits on concurrent serves (8) and pushes (4), which
 //!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
 //!   (every node keeps 64 segments); CPU time.
 //!
@@ -145,6 +167,9 @@
 //! departures and judging wait for the worker to be idle. Equal times run in the order of
 //! per-node keys, so none of this moves the order of anything that does not commute: the
 //! figures are the one-thread figures exactly (`tests/sim.rs` checks it).
+//!
+//! A run with sites takes one thread whatever `--threads` says: its viewers' uploads share
+//! their site's WAN links, so events at unlinked viewers no longer touch disjoint state.
 //!
 //! Most of an event's time at scale is waiting for memory, so the loop asks the cache for
 //! the next few events' slots, transfers, nodes and meshes while the current one runs
@@ -773,7 +798,17 @@ pub struct SimDetails {
     pub mesh_missed: u64,
     /// Viewer partners per live viewer at the end (`MeshStats::partners`).
     pub mean_partners: f64,
-    /// Sites run and viewers that ever ran on one (initial plus churn joiners).
+    /// Parts viewers kept (first copies), and the sum of the times from their first frame
+    /// leaving the sender to their last piece landing, ms.
+    pub parts_kept: u64,
+    /// See [`SimDetails::parts_kept`].
+    pub parts_kept_ms: f64,
+    /// Of those, parts a site viewer sent to a viewer off its site (across its WAN), and
+    /// the sum of their times, ms.
+    pub site_served_parts: u64,
+    /// See [`SimDetails::site_served_parts`].
+    pub site_served_ms: f64,
+    /// Sites run.
     pub sites: u64,
     /// Viewers that ever ran on a site.
     pub site_viewers_started: u64,

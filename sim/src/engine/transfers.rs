@@ -3,8 +3,9 @@
 //! stopped, and taken into the receiver's assembly when its first frame and last piece land.
 
 use super::nodes::{Assembly, Node, NOBODY, STORE};
+use super::sites::NO_SITE;
 use super::worker::{Call, Whole};
-use super::{Ev, Ns, Sim, ORIGIN};
+use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
 use starling::node::{Answer, Assemblies, FirstFrame, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS};
 use starling::wire;
@@ -86,6 +87,8 @@ pub(super) struct Transfer {
     wan_in: bool,
     /// It crosses a site's WAN, in or out.
     wan: bool,
+    /// When its sender started it (wrote its first frame).
+    began: Ns,
 }
 
 impl Transfer {
@@ -366,6 +369,7 @@ impl Sim {
             order += SERVE_AFTER_SEEDS;
         }
         t.started = true;
+        t.began = self.now;
         t.order = order;
         let (s, r) = (t.from, t.to);
         if let Some(n) = self.node_mut(s) {
@@ -866,7 +870,7 @@ impl Sim {
             return self.maybe_free(tr);
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
-        let (wan_in, pushed) = (t.wan_in, t.kind == Kind::Push);
+        let (wan_in, pushed, took) = (t.wan_in, t.kind == Kind::Push, self.now - t.began);
         let (bit, empty) = (1u32 << part, self.empty_parts);
         // (kept, whole, from several suppliers, the part's other copy relays followed)
         let mut kept = (false, false, false, None);
@@ -900,6 +904,12 @@ impl Sim {
             // An empty part crossed nothing.
             if wan_in && empty & bit == 0 {
                 self.kept_across_wan(r, (number, part), s == ORIGIN, pushed);
+            }
+            self.d.parts_kept += 1;
+            self.d.parts_kept_ms += took as f64 / NS_PER_MS as f64;
+            if self.site_of(s) != NO_SITE && !self.same_site(s, r) {
+                self.d.site_served_parts += 1;
+                self.d.site_served_ms += took as f64 / NS_PER_MS as f64;
             }
         }
         // A second copy landed first: relays following the other go on from what is here.
