@@ -808,6 +808,11 @@ pub struct SimDetails {
     pub site_served_parts: u64,
     /// See [`SimDetails::site_served_parts`].
     pub site_served_ms: f64,
+    /// Of those, parts a viewer sent into a site (across its WAN), and the sum of their
+    /// times, ms: about as long as the sender's upload slot is held.
+    pub site_fed_parts: u64,
+    /// See [`SimDetails::site_fed_parts`].
+    pub site_fed_ms: f64,
     /// Sites run.
     pub sites: u64,
     /// Viewers that ever ran on a site.

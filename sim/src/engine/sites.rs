@@ -220,8 +220,9 @@ impl Sim {
             *wake = Ns::MAX;
             line.pop_front()
         };
-        if let Some(tr) = next {
-            // It books its piece (or, held by its own link or the other WAN, waits there).
+        // It books its piece (or, held by its own link or the other WAN, waits there). One
+        // in line has no piece booked (it queued instead), so no pump of it is pending.
+        if let Some(tr) = next.filter(|tr| self.waits_for_wan(*tr)) {
             self.pump(tr);
         }
         let now = self.now;

@@ -485,6 +485,14 @@ impl Sim {
         }
     }
 
+    /// Whether upload `tr` is still sending and has no piece booked (as one waiting in a
+    /// site's WAN line).
+    pub(super) fn waits_for_wan(&self, tr: TRef) -> bool {
+        self.transfers
+            .get(tr)
+            .is_some_and(|t| !t.sender_done && !t.booked)
+    }
+
     /// FIFO: `tr` waits for data, so the next upload in line may use the link.
     fn yield_link(&mut self, s: u32, tr: TRef) {
         if let Some(next) = self.node_mut(s).and_then(|n| n.link.release(tr)) {
@@ -907,6 +915,10 @@ impl Sim {
             }
             self.d.parts_kept += 1;
             self.d.parts_kept_ms += took as f64 / NS_PER_MS as f64;
+            if wan_in && s != ORIGIN {
+                self.d.site_fed_parts += 1;
+                self.d.site_fed_ms += took as f64 / NS_PER_MS as f64;
+            }
             if self.site_of(s) != NO_SITE && !self.same_site(s, r) {
                 self.d.site_served_parts += 1;
                 self.d.site_served_ms += took as f64 / NS_PER_MS as f64;
