@@ -160,6 +160,15 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
             d.site_mean_partners,
             d.site_mean_lan_partners,
         );
+        eprintln!(
+            "  part requests across a site's WAN {}: {} while a partner of the site held the \
+             part, {} while one was receiving it, {} while only a viewer of the site that is \
+             not a partner had it",
+            d.site_wan_requests,
+            d.site_wan_requests_partner_held,
+            d.site_wan_requests_partner_arriving,
+            d.site_wan_requests_elsewhere_on_site,
+        );
         let mean = |ms: f64, n: u64| if n == 0 { 0.0 } else { ms / n as f64 };
         eprintln!(
             "  a part takes {:.0} ms on average from its first frame to its last piece ({} parts); \

@@ -813,6 +813,15 @@ pub struct SimDetails {
     pub site_fed_parts: u64,
     /// See [`SimDetails::site_fed_parts`].
     pub site_fed_ms: f64,
+    /// Part requests site viewers sent across their WAN (to the origin too).
+    pub site_wan_requests: u64,
+    /// Of those, sent while a partner of the requester's site held the part complete.
+    pub site_wan_requests_partner_held: u64,
+    /// Of the others, sent while a partner of its site was receiving the part.
+    pub site_wan_requests_partner_arriving: u64,
+    /// Of the rest, sent while a viewer of its site that is not its partner held or was
+    /// receiving the part.
+    pub site_wan_requests_elsewhere_on_site: u64,
     /// Sites run.
     pub sites: u64,
     /// Viewers that ever ran on a site.

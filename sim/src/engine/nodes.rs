@@ -274,6 +274,9 @@ impl Sim {
         };
         self.site_of
             .push(if placed.is_some() { site } else { NO_SITE });
+        if placed.is_some() {
+            self.add_member(site, i);
+        }
         self.marks.push((0, 0));
         self.link_rows.push(LinkRow::default());
         let uploads = i == ORIGIN || bps > 0;

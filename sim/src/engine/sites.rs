@@ -39,6 +39,8 @@ pub(super) struct Site {
     down_wake: Ns,
     /// Viewers placed on it so far (their ports and LAN addresses).
     placed: u32,
+    /// The nodes placed on it (departed ones included).
+    members: Vec<u32>,
     /// Segment bytes that came in across its WAN within the run (landed by its end).
     down_bytes: u64,
     /// Segments the site needed, each counted once: held by one of its viewers, or judged
@@ -87,6 +89,7 @@ impl Sim {
                     up_wake: Ns::MAX,
                     down_wake: Ns::MAX,
                     placed: 0,
+                    members: Vec::new(),
                     down_bytes: 0,
                     segments_needed: 0,
                     tally: vec![(u64::MAX, 0, false); TALLY],
@@ -119,6 +122,57 @@ impl Sim {
         let local = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 168, hi, lo), 7000));
         self.d.site_viewers_started += 1;
         Some((public, local))
+    }
+
+    /// Node `i` is on `site`.
+    pub(super) fn add_member(&mut self, site: u32, i: u32) {
+        if let Some(s) = self.sites.get_mut(site as usize) {
+            s.members.push(i);
+        }
+    }
+
+    /// Site viewer `i` asks across its WAN for part `part` of `number`: what its site had of
+    /// the part then, for the report (a partner of its site held it, or was receiving it, or
+    /// only a viewer of its site that is not its partner held or received it).
+    pub(super) fn note_wan_request(&mut self, i: u32, (number, part): (u64, u8)) {
+        let site = self.site_of(i);
+        let Some(s) = self.sites.get(site as usize) else {
+            return;
+        };
+        let bit = 1u32 << part;
+        let has = |j: u32| {
+            self.node(j)
+                .filter(|n| n.alive())
+                .map_or((false, false), |n| {
+                    (n.got(number) & bit != 0, n.partial(number, part).is_some())
+                })
+        };
+        let partners = self.node(i).map_or(&[][..], |n| &n.partners[..]);
+        let lan: Vec<u32> = partners
+            .iter()
+            .copied()
+            .filter(|&p| self.site_of(p) == site)
+            .collect();
+        let kind = if lan.iter().any(|&p| has(p).0) {
+            1
+        } else if lan.iter().any(|&p| has(p).1) {
+            2
+        } else if s.members.iter().any(|&j| {
+            let (held, arriving) = has(j);
+            j != i && !lan.contains(&j) && (held || arriving)
+        }) {
+            3
+        } else {
+            0
+        };
+        let d = &mut self.d;
+        d.site_wan_requests += 1;
+        match kind {
+            1 => d.site_wan_requests_partner_held += 1,
+            2 => d.site_wan_requests_partner_arriving += 1,
+            3 => d.site_wan_requests_elsewhere_on_site += 1,
+            _ => {}
+        }
     }
 
     pub(super) fn site_of(&self, i: u32) -> u32 {

@@ -216,6 +216,9 @@ impl Sim {
             t.with_header = header;
             t.join = join;
         }
+        if self.into_site(j, i) {
+            self.note_wan_request(i, (number, part));
+        }
         let t = self.now + self.flight(i, j, bytes);
         self.at(t, Ev::RequestArrive { tr });
     }
