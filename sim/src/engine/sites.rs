@@ -296,7 +296,7 @@ impl Sim {
     }
 
     /// Whether a transfer from `s` to `r` comes in across `r`'s site's WAN.
-    pub(super) fn into_site(&self, s: u32, r: u32) -> bool {
+    pub(super) fn crosses_into_site(&self, s: u32, r: u32) -> bool {
         let to = self.site_of(r);
         to != NO_SITE && to != self.site_of(s)
     }

@@ -166,8 +166,8 @@ impl Sim {
     ) -> TRef {
         let tr = self.transfers.alloc();
         let receiving = self.alive(to);
-        let wan_in = self.into_site(from, to);
-        let wan = wan_in || self.into_site(to, from);
+        let wan_in = self.crosses_into_site(from, to);
+        let wan = wan_in || self.crosses_into_site(to, from);
         let pieces = part_pieces(self.pieces as usize, usize::from(part)).unwrap_or(0..0);
         if let Some(t) = self.transfers.get_mut(tr) {
             t.kind = kind;
@@ -216,7 +216,7 @@ impl Sim {
             t.with_header = header;
             t.join = join;
         }
-        if self.into_site(j, i) {
+        if self.crosses_into_site(j, i) {
             self.note_wan_request(i, (number, part));
         }
         let t = self.now + self.flight(i, j, bytes);
