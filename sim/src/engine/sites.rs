@@ -240,55 +240,54 @@ impl Sim {
     /// room, in line behind those waiting already: the link takes one piece from each in
     /// turn, as congestion control shares a bottleneck between flows.
     pub(super) fn wait_for_wan(&mut self, tr: TRef, site: u32, inwards: bool) {
-        let now = self.now;
         let Some(s) = self.sites.get_mut(site as usize) else {
             return;
         };
-        let (link, line, wake) = if inwards {
-            (&s.down, &mut s.down_line, &mut s.down_wake)
+        let line = if inwards {
+            &mut s.down_line
         } else {
-            (&s.up, &mut s.up_line, &mut s.up_wake)
+            &mut s.up_line
         };
         if !line.contains(&tr) {
             line.push_back(tr);
         }
-        if *wake == Ns::MAX {
-            let at = (now + link.backlog(now)).saturating_sub(WAN_QUEUE).max(now);
-            *wake = at;
-            self.at(at, Ev::WanRoom { site, inwards });
-        }
+        self.wake_wan_line(site, inwards);
     }
 
     /// `site`'s WAN link (`inwards`, or out) has room: the first upload in line sends its
     /// piece, and the next is woken when there is room again.
     pub(super) fn wan_room(&mut self, site: u32, inwards: bool) {
-        let next = {
-            let Some(s) = self.sites.get_mut(site as usize) else {
-                return;
-            };
-            let (line, wake) = if inwards {
-                (&mut s.down_line, &mut s.down_wake)
-            } else {
-                (&mut s.up_line, &mut s.up_wake)
-            };
-            *wake = Ns::MAX;
-            line.pop_front()
+        let Some(s) = self.sites.get_mut(site as usize) else {
+            return;
+        };
+        let next = if inwards {
+            s.down_wake = Ns::MAX;
+            s.down_line.pop_front()
+        } else {
+            s.up_wake = Ns::MAX;
+            s.up_line.pop_front()
         };
         // It books its piece (or, held by its own link or the other WAN, waits there). One
         // in line has no piece booked (it queued instead), so no pump of it is pending.
         if let Some(tr) = next.filter(|tr| self.waits_for_wan(*tr)) {
             self.pump(tr);
         }
+        self.wake_wan_line(site, inwards);
+    }
+
+    /// Schedules the wake-up of `site`'s WAN line (`inwards`, or out) for when its link's
+    /// queue is down to [`WAN_QUEUE`], unless it is empty or one is scheduled.
+    fn wake_wan_line(&mut self, site: u32, inwards: bool) {
         let now = self.now;
         let Some(s) = self.sites.get_mut(site as usize) else {
             return;
         };
-        let (link, line, wake) = if inwards {
-            (&s.down, &mut s.down_line, &mut s.down_wake)
+        let (link, waiting, wake) = if inwards {
+            (&s.down, !s.down_line.is_empty(), &mut s.down_wake)
         } else {
-            (&s.up, &mut s.up_line, &mut s.up_wake)
+            (&s.up, !s.up_line.is_empty(), &mut s.up_wake)
         };
-        if !line.is_empty() && *wake == Ns::MAX {
+        if waiting && *wake == Ns::MAX {
             let at = (now + link.backlog(now)).saturating_sub(WAN_QUEUE).max(now);
             *wake = at;
             self.at(at, Ev::WanRoom { site, inwards });
