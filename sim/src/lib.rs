@@ -168,8 +168,10 @@
 //! per-node keys, so none of this moves the order of anything that does not commute: the
 //! figures are the one-thread figures exactly (`tests/sim.rs` checks it).
 //!
-//! A run with sites takes one thread whatever `--threads` says: its viewers' uploads share
-//! their site's WAN links, so events at unlinked viewers no longer touch disjoint state.
+//! With sites, two viewers of one site count as linked (they share what the site keeps, and
+//! are a LAN apart, so the least latency is taken between nodes of different sites), and the
+//! events that book a site's WAN links (uploads across one, its line's wake-ups) wait for the
+//! worker as the origin's do: those links are booked by uploads of viewers of every kind.
 //!
 //! Most of an event's time at scale is waiting for memory, so the loop asks the cache for
 //! the next few events' slots, transfers, nodes and meshes while the current one runs
@@ -925,11 +927,6 @@ fn clamped(c: &SimConfig) -> SimConfig {
     );
     c.delay_segments = c.delay_segments.min(MAX_DELAY_SEGMENTS);
     c.threads = c.threads.clamp(1, 2);
-    // Site viewers share their WAN links: the worker's commuting rules do not cover that
-    // (see the module docs), so runs with sites take one thread.
-    if !c.sites.is_empty() {
-        c.threads = 1;
-    }
     let fin = |v: f64, hi: f64| if v.is_finite() { v.clamp(0.0, hi) } else { 0.0 };
     c.rtt_ms = fin(c.rtt_ms, 60_000.0);
     c.loss_pct = fin(c.loss_pct, 99.0);

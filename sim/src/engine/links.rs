@@ -170,9 +170,9 @@ impl Conns {
 }
 
 impl Sim {
-    /// The same node, or linked.
+    /// The same node, on one site, or linked.
     pub(super) fn adjacent(&self, x: u32, y: u32) -> bool {
-        x == y || self.links(x).contains(&y)
+        x == y || self.same_site(x, y) || self.links(x).contains(&y)
     }
 
     /// The nodes `x` shares a connection entry with: its partners and those that still

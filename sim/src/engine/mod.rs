@@ -206,6 +206,9 @@ pub(super) struct Sim {
     access: Vec<Ns>,
     /// Each node's site ([`sites::NO_SITE`]: none), apart from the nodes for the same reason.
     site_of: Vec<u32>,
+    /// Per site, the number of the latest job for one of its viewers (see
+    /// [`Sim::near_pending`]).
+    site_marks: Vec<u64>,
     /// The sites, and the sites of the initial viewers yet to join (popped from the back).
     sites: Vec<sites::Site>,
     site_plan: Vec<u32>,
@@ -323,6 +326,7 @@ impl Sim {
             ids: Vec::with_capacity(cfg.peers + 1),
             access: Vec::with_capacity(cfg.peers + 1),
             site_of: Vec::with_capacity(cfg.peers + 1),
+            site_marks: Vec::new(),
             sites: Vec::new(),
             site_plan: Vec::new(),
             lan_ns: (cfg.lan_rtt_ms * NS_PER_MS as f64) as Ns,
@@ -635,12 +639,18 @@ impl Sim {
     }
 
     /// Events that run with nothing in the worker's hands: the coordinator's (joins,
-    /// departures, judging, publishing) and the origin's (thousands of partners: near
-    /// everyone), and dials completing (two meshes at once).
+    /// departures, judging, publishing, a site's WAN line), the origin's (thousands of
+    /// partners: near everyone), dials completing (two meshes at once), and the uploads
+    /// across a site's WAN that may book its links, which uploads of other sites' viewers and
+    /// homes book too.
     fn is_barrier(&self, ev: &Ev, owner: u32) -> bool {
         owner == COORDINATOR
             || owner == ORIGIN
-            || matches!(ev, Ev::DialDone { .. } | Ev::DialRetry { .. })
+            || match ev {
+                Ev::DialDone { .. } | Ev::DialRetry { .. } => true,
+                Ev::Pump { tr, .. } | Ev::RequestArrive { tr } => self.crosses_wan(*tr),
+                _ => false,
+            }
     }
 
     /// Whether the event at `at` owned by `owner` may run now, before the actions of the
@@ -650,9 +660,11 @@ impl Sim {
     ///   job's actions (or a passed-over event) schedule at another node comes at least
     ///   that late, so after it in any case;
     /// - it touches none of what a job's actions touch. A viewer's event touches that node,
-    ///   its connections and the transfers it sends or receives, so two viewers' events
+    ///   its connections and the transfers it sends or receives, and, on a site, what the site
+    ///   keeps of its viewers (the WAN tally, what its viewers hold), so two viewers' events
     ///   touch nothing in common unless they are linked (one is the other's partner, or was
-    ///   until a close not yet noticed). (Pushes, which reach
+    ///   until a close not yet noticed) or on one site. (What books a site's WAN links is a
+    ///   barrier.) (Pushes, which reach
     ///   into the receiver's node, come from the origin alone, whose events are barriers.)
     ///   The one reach further is a sender's pump waking the relays that follow its
     ///   transfer at the receiver: it clears their `waiting` and schedules their pump, and

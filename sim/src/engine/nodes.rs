@@ -262,12 +262,9 @@ impl Sim {
             (Some(_), Some(s)) => s.access,
             _ => self.draw_access(),
         };
-        // The one-way latency between two nodes is a quarter of their two access RTTs, or
-        // half the LAN's RTT on one site.
+        // The one-way latency between two nodes is a quarter of their two access RTTs. (Two
+        // viewers of one site are closer, but their events never overlap: see `runnable`.)
         self.lookahead = self.lookahead.min(access / 2);
-        if placed.is_some() {
-            self.lookahead = self.lookahead.min(self.lan_ns / 2);
-        }
         let (addr, local) = match placed {
             Some((public, local)) => (public, Some(local)),
             None => (node_addr(i), None),

@@ -102,6 +102,7 @@ impl Sim {
         // Joins take from the back.
         plan.reverse();
         self.site_plan = plan;
+        self.site_marks = vec![0; self.sites.len()];
         self.d.sites = self.sites.len() as u64;
     }
 

@@ -488,6 +488,11 @@ impl Sim {
         }
     }
 
+    /// Whether transfer `tr` crosses a site's WAN.
+    pub(super) fn crosses_wan(&self, tr: TRef) -> bool {
+        self.transfers.get(tr).is_some_and(|t| t.wan)
+    }
+
     /// Whether upload `tr` is still sending and has no piece booked (as one waiting in a
     /// site's WAN line).
     pub(super) fn waits_for_wan(&self, tr: TRef) -> bool {
