@@ -881,6 +881,10 @@ pub struct SimReport {
     pub origin_bytes: u64,
     /// `origin_bytes / stream_bytes`: copies of the stream the origin sent.
     pub origin_copies: f64,
+    /// With sites: WAN download copies per site, mean over the sites (see
+    /// [`SimDetails::site_wan_copies`]); absent without sites.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_wan_copies: Option<f64>,
     /// Segment bytes viewers accepted (first copies).
     pub delivered_bytes: u64,
     /// `1 − origin_bytes / delivered_bytes`: share of delivery the viewers carried.
@@ -893,10 +897,6 @@ pub struct SimReport {
     pub join_ms: JoinMs,
     /// Non-media bytes / segment bytes sent.
     pub control_overhead: f64,
-    /// With sites: WAN download copies per site, mean over the sites (see
-    /// [`SimDetails::site_wan_copies`]); absent without sites.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub site_wan_copies: Option<f64>,
     /// Process CPU seconds (zero from [`run`]; the bench fills it in).
     pub cpu_s: f64,
     /// Peak resident memory, MB (zero from [`run`]; the bench fills it in).
