@@ -707,7 +707,7 @@ impl Sim {
         }
         match ev {
             Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
-            // Uploads of several nodes wait for a site's link (runs with sites take one thread).
+            // Uploads of several nodes wait in a site's line: a barrier, as the coordinator's.
             Ev::Join | Ev::Leave | Ev::Deadline { .. } | Ev::WanRoom { .. } => COORDINATOR,
             Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
             Ev::DialDone { from, .. }
