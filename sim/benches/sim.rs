@@ -23,7 +23,9 @@ fn main() {
                 "flags: --peers N --seconds S --bitrate BPS --segment-ms MS --viewer-upload BPS \
                  --origin-upload BPS --churn PCT_PER_MIN --seed K --rtt-ms MS --loss PCT \
                  --delay SEGMENTS --upload-mix SHARE:MULTx,... --nat-mix KIND:SHARE,... --join-window-ms MS --join-after K \
-                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo"
+                 --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo \
+                 --origin-partners N --threads 1|2 --sites COUNTxMEMBERS,... --site-wan BPS \
+                 --site-nat cone|symmetric --site-upload BPS --lan-rtt-ms MS --rtt-spread SIGMA"
             );
             std::process::exit(2);
         }
@@ -119,6 +121,67 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
     eprintln!("  events: {}", kinds.join(", "));
+    if !c.sites.is_empty() {
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                "none".to_string()
+            } else {
+                format!("{:.4}", a as f64 / b as f64)
+            }
+        };
+        let mb = |b: u64| b as f64 / 1e6;
+        eprintln!(
+            "  sites: {} with {} viewers ever (WAN {:.2} Mbit/s each way, {:?} NAT): WAN download \
+             {:.3} copies a site on average (max {:.3}; origin sent {:.2} copies); continuity \
+             {} on sites, {} at home",
+            d.sites,
+            d.site_viewers_started,
+            c.site_wan_bps as f64 / 1e6,
+            c.site_nat,
+            d.site_wan_copies,
+            d.site_wan_copies_max,
+            r.origin_copies,
+            ratio(d.site_on_time, d.site_judged),
+            ratio(d.on_time - d.site_on_time, d.judged - d.site_judged),
+        );
+        eprintln!(
+            "  site WAN in {:.1} MB ({:.1} MB from the origin, {:.1} MB wasted), out {:.1} MB, \
+             LAN {:.1} MB; parts kept across a WAN {} ({} a second copy for the site: {} origin \
+             pushes, {} served by the origin); partners {:.1} a site viewer, {:.1} of its site",
+            mb(d.site_wan_down_bytes),
+            mb(d.site_wan_down_origin_bytes),
+            mb(d.site_wan_down_wasted_bytes),
+            mb(d.site_wan_up_bytes),
+            mb(d.site_lan_bytes),
+            d.site_wan_parts,
+            d.site_wan_dup_parts,
+            d.site_wan_dup_pushed,
+            d.site_wan_dup_origin_served,
+            d.site_mean_partners,
+            d.site_mean_lan_partners,
+        );
+        eprintln!(
+            "  part requests across a site's WAN {}: {} while a partner of the site held the \
+             part, {} while one was receiving it, {} while only a viewer of the site that is \
+             not a partner had it",
+            d.site_wan_requests,
+            d.site_wan_requests_partner_held,
+            d.site_wan_requests_partner_arriving,
+            d.site_wan_requests_elsewhere_on_site,
+        );
+        let mean = |ms: f64, n: u64| if n == 0 { 0.0 } else { ms / n as f64 };
+        eprintln!(
+            "  a part takes {:.0} ms on average from its first frame to its last piece ({} parts); \
+             {:.0} ms from a site viewer to a viewer off its site ({} parts), {:.0} ms from a \
+             viewer into a site ({} parts)",
+            mean(d.parts_kept_ms, d.parts_kept),
+            d.parts_kept,
+            mean(d.site_served_ms, d.site_served_parts),
+            d.site_served_parts,
+            mean(d.site_fed_ms, d.site_fed_parts),
+            d.site_fed_parts,
+        );
+    }
     if c.threads > 1 {
         eprintln!(
             "  worker: {} mesh calls handed off, {} events run beside them",

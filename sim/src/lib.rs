@@ -19,8 +19,29 @@
 //! - **Nodes.** Node 0 is the broadcaster ([`starling::mesh::MeshConfig::broadcaster`]); viewers
 //!   use [`starling::mesh::MeshConfig::viewer`]. Ids and addresses (`10.x.y.z:7000`) are derived
 //!   from the node's index; addresses serve only as dial hints.
-//! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`; the RTT
-//!   between two nodes is the mean of their two draws, one-way latency half of that.
+//! - **Latency.** Each node draws an access RTT uniformly in `[0.5, 1.5] × rtt_ms`, or with
+//!   `--rtt-spread σ` `rtt_ms` times a log-normal factor (mean 1, σ, kept in [0.25, 8]); the
+//!   RTT between two nodes is the mean of their two draws, one-way latency half of that.
+//!   Two viewers of one site are `lan_rtt_ms` apart.
+//! - **Sites** (`--sites 50x4,10x10`: 50 sites of 4 viewers and 10 of 10, within `--peers`;
+//!   the rest are homes, and the initial viewers are placed in a shuffled order). A site is
+//!   one NAT (`--site-nat`, cone by default) with one public address: each of its viewers is
+//!   seen there at a port of its own and has a LAN address, which the mesh carries in its
+//!   contacts and peer samples as `net` does; the mesh is told the public address
+//!   (`observe_self`), from which it decides by itself who is of its site. A dial between
+//!   two viewers of a site goes over the LAN (no NAT, `lan_rtt_ms`) when it names the LAN
+//!   address, as `net` dials it first; the public address alone is a hairpin the NAT does not
+//!   turn (it fails). The site shares one access RTT and one WAN link of `--site-wan` each
+//!   way: a piece between the site and anyone else is booked on the link out (then crosses
+//!   the internet) or on the link in, each a token bucket like a node's upload, after the
+//!   sender's own link; between two of its viewers it crosses the LAN, unshaped. A link's
+//!   queue holds at most 200 ms (the lab's tbf): a piece that would find it longer waits at
+//!   its sender in that link's line, and the link lets the uploads in line send a piece each
+//!   in turn as it drains, which is how congestion control shares a bottleneck (no loss is
+//!   modelled). Site viewers' own uploads are drawn as the homes' (or `--site-upload`). A
+//!   churn leaver on a site is replaced on that site. Reported: WAN download copies per site
+//!   (bytes in by the run's end over the bytes of the segments the site needed: held by one
+//!   of its viewers, or judged at one), and where they came from ([`SimDetails`]).
 //! - **Upload** is `net`'s `Limiter`: one token bucket per node at its cap (bytes/s), a
 //!   burst of `max(cap / 20, 64 KiB)`, starting full, debt allowed. Segment bodies go out in
 //!   pieces of `stream::piece_size_for(len)` (16 KiB), and every piece books its bytes when
@@ -108,7 +129,8 @@
 //!   `join_after` being published (0 by default), as `benches/swarm`'s do: they join a
 //!   running stream rather than wait for it to begin. With −1 they start from time zero,
 //!   before the first segment, and need no catch-up.
-//! - **Not modelled:** per-connection limits on concurrent serves (8) and pushes (4), which
+//! - **Not modelled:** control messages and reply headers crossing a site's WAN (they take
+//!   latency alone, as everywhere); loss and retransmission on it; per-connection limits on concurrent serves (8) and pushes (4), which
 //!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
 //!   (every node keeps 64 segments); CPU time.
 //!
@@ -145,6 +167,11 @@
 //! departures and judging wait for the worker to be idle. Equal times run in the order of
 //! per-node keys, so none of this moves the order of anything that does not commute: the
 //! figures are the one-thread figures exactly (`tests/sim.rs` checks it).
+//!
+//! With sites, two viewers of one site count as linked (they share what the site keeps, and
+//! are a LAN apart, so the least latency is taken between nodes of different sites), and the
+//! events that book a site's WAN links (uploads across one, its line's wake-ups) wait for the
+//! worker as the origin's do: those links are booked by uploads of viewers of every kind.
 //!
 //! Most of an event's time at scale is waiting for memory, so the loop asks the cache for
 //! the next few events' slots, transfers, nodes and meshes while the current one runs
@@ -212,6 +239,15 @@ pub struct NatClass {
     pub kind: NatKind,
 }
 
+/// One class of sites (offices) in a mix: `count` sites of `members` viewers each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteClass {
+    /// Sites of this size.
+    pub count: usize,
+    /// Viewers on each.
+    pub members: usize,
+}
+
 /// How a node's upload is shared between the transfers it has under way. Both book pieces
 /// on `net`'s token bucket; they differ in whose piece goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +311,22 @@ pub struct SimConfig {
     /// Threads (`--threads 1|2`): with 2, a worker runs viewers' mesh calls beside the event
     /// loop (see the module docs, "Speed"). The figures are the same either way.
     pub threads: usize,
+    /// Sites (`--sites 50x4,10x8`: 50 sites of 4 viewers and 10 of 8), counted within
+    /// `peers`; the other viewers are homes. Empty: no sites.
+    pub sites: Vec<SiteClass>,
+    /// Each site's WAN link, bits/s each way (`--site-wan`).
+    pub site_wan_bps: u64,
+    /// The NAT every site sits behind (`--site-nat cone|symmetric`).
+    pub site_nat: NatKind,
+    /// Site viewers' own upload caps, bits/s (`--site-upload`); None: drawn as the homes'
+    /// are (`--viewer-upload` or `--upload-mix`).
+    pub site_upload_bps: Option<u64>,
+    /// RTT between two viewers of one site, over their LAN, ms (`--lan-rtt-ms`).
+    pub lan_rtt_ms: f64,
+    /// Spread of access RTTs (`--rtt-spread SIGMA`): each node's access RTT is `rtt_ms`
+    /// times a log-normal factor of mean 1 and this σ, kept within [0.25, 8]. 0: the
+    /// uniform `[0.5, 1.5] × rtt_ms` draw.
+    pub rtt_spread: f64,
 }
 
 /// How far the broadcaster's connection cap (`net`) sits above its mesh's partner cap.
@@ -305,6 +357,12 @@ impl Default for SimConfig {
             link: LinkModel::Shared,
             origin_partners: None,
             threads: 1,
+            sites: Vec::new(),
+            site_wan_bps: 3_000_000,
+            site_nat: NatKind::Cone,
+            site_upload_bps: None,
+            lan_rtt_ms: 1.0,
+            rtt_spread: 0.0,
         }
     }
 }
@@ -313,6 +371,8 @@ impl Default for SimConfig {
 pub const MAX_PEERS: usize = 1_000_000;
 /// Longest run accepted, in seconds of stream.
 pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
+/// Most sites a run accepts.
+pub const MAX_SITES: usize = 65_536;
 /// Largest hold-back accepted: the model keeps 64 segments per node.
 pub const MAX_DELAY_SEGMENTS: u64 = 32;
 
@@ -352,6 +412,12 @@ impl SimConfig {
                 "--link",
                 "--origin-partners",
                 "--threads",
+                "--sites",
+                "--site-wan",
+                "--site-nat",
+                "--site-upload",
+                "--lan-rtt-ms",
+                "--rtt-spread",
             ];
             if !known.contains(&flag.as_str()) {
                 return Err(SimError::UnknownFlag(flag));
@@ -384,6 +450,18 @@ impl SimConfig {
                 "--tick-floor-ms" => c.tick_floor_ms = value.parse().map_err(|_| bad())?,
                 "--origin-partners" => c.origin_partners = Some(value.parse().map_err(|_| bad())?),
                 "--threads" => c.threads = value.parse().map_err(|_| bad())?,
+                "--sites" => c.sites = parse_sites(&value).ok_or_else(bad)?,
+                "--site-wan" => c.site_wan_bps = parse_rate(&value).ok_or_else(bad)?,
+                "--site-nat" => {
+                    c.site_nat = match value.as_str() {
+                        "cone" => NatKind::Cone,
+                        "symmetric" => NatKind::Symmetric,
+                        _ => return Err(bad()),
+                    }
+                }
+                "--site-upload" => c.site_upload_bps = Some(parse_rate(&value).ok_or_else(bad)?),
+                "--lan-rtt-ms" => c.lan_rtt_ms = parse_f64(&value).ok_or_else(bad)?,
+                "--rtt-spread" => c.rtt_spread = parse_f64(&value).ok_or_else(bad)?,
                 _ => {
                     c.link = match value.as_str() {
                         "fifo" => LinkModel::Fifo,
@@ -447,7 +525,35 @@ impl SimConfig {
         {
             return err("nat-mix shares must be non-negative and not all 0");
         }
+        if self.site_members() > self.peers {
+            return err("sites hold more viewers than --peers");
+        }
+        if self.sites.iter().any(|c| c.count == 0 || c.members == 0)
+            || self.sites.iter().map(|c| c.count).sum::<usize>() > MAX_SITES
+        {
+            return err("sites need a count and members of at least 1, at most 65536 sites");
+        }
+        if self.site_wan_bps == 0 {
+            return err("site-wan must be positive");
+        }
+        if self.site_nat == NatKind::Open {
+            return err("a site sits behind a cone or symmetric NAT");
+        }
+        if !(self.lan_rtt_ms > 0.0 && self.lan_rtt_ms <= 1000.0) {
+            return err("lan-rtt-ms must be in (0, 1000]");
+        }
+        if !(0.0..=3.0).contains(&self.rtt_spread) {
+            return err("rtt-spread must be in [0, 3]");
+        }
         Ok(())
+    }
+
+    /// Viewers on sites (the rest are homes).
+    pub fn site_members(&self) -> usize {
+        self.sites
+            .iter()
+            .map(|c| c.count.saturating_mul(c.members))
+            .fold(0, usize::saturating_add)
     }
 
     /// Bytes in one segment: `bitrate × segment duration`.
@@ -503,6 +609,19 @@ pub fn parse_nat_mix(s: &str) -> Option<Vec<NatClass>> {
         out.push(NatClass {
             share: parse_f64(share.trim())?,
             kind,
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `50x4,10x8` → site classes (count x members).
+pub fn parse_sites(s: &str) -> Option<Vec<SiteClass>> {
+    let mut out = Vec::new();
+    for part in s.split(',').take(64) {
+        let (count, members) = part.trim().split_once(['x', 'X'])?;
+        out.push(SiteClass {
+            count: count.trim().parse().ok()?,
+            members: members.trim().parse().ok()?,
         });
     }
     (!out.is_empty()).then_some(out)
@@ -681,6 +800,68 @@ pub struct SimDetails {
     pub mesh_missed: u64,
     /// Viewer partners per live viewer at the end (`MeshStats::partners`).
     pub mean_partners: f64,
+    /// Parts viewers kept (first copies), and the sum of the times from their first frame
+    /// leaving the sender to their last piece landing, ms.
+    pub parts_kept: u64,
+    /// See [`SimDetails::parts_kept`].
+    pub parts_kept_ms: f64,
+    /// Of those, parts a site viewer sent to a viewer off its site (across its WAN), and
+    /// the sum of their times, ms.
+    pub site_served_parts: u64,
+    /// See [`SimDetails::site_served_parts`].
+    pub site_served_ms: f64,
+    /// Of those, parts a viewer sent into a site (across its WAN), and the sum of their
+    /// times, ms: about as long as the sender's upload slot is held.
+    pub site_fed_parts: u64,
+    /// See [`SimDetails::site_fed_parts`].
+    pub site_fed_ms: f64,
+    /// Part requests site viewers sent across their WAN (to the origin too).
+    pub site_wan_requests: u64,
+    /// Of those, sent while a partner of the requester's site held the part complete.
+    pub site_wan_requests_partner_held: u64,
+    /// Of the others, sent while a partner of its site was receiving the part.
+    pub site_wan_requests_partner_arriving: u64,
+    /// Of the rest, sent while a viewer of its site that is not its partner held or was
+    /// receiving the part.
+    pub site_wan_requests_elsewhere_on_site: u64,
+    /// Sites run.
+    pub sites: u64,
+    /// Viewers that ever ran on a site.
+    pub site_viewers_started: u64,
+    /// (site viewer, segment) pairs judged for continuity, and of those held by the deadline.
+    pub site_judged: u64,
+    /// See [`SimDetails::site_judged`].
+    pub site_on_time: u64,
+    /// Segment bytes sent across a site's WAN inwards (every site; wasted copies included,
+    /// and bytes still queued on the link at the run's end).
+    pub site_wan_down_bytes: u64,
+    /// Of those, sent by the origin (pushes and served requests).
+    pub site_wan_down_origin_bytes: u64,
+    /// Of those, in transfers whose part the site viewer did not keep.
+    pub site_wan_down_wasted_bytes: u64,
+    /// Segment bytes that crossed a site's WAN outwards.
+    pub site_wan_up_bytes: u64,
+    /// Segment bytes between two viewers of one site, over their LAN.
+    pub site_lan_bytes: u64,
+    /// Parts a site viewer kept from across its WAN.
+    pub site_wan_parts: u64,
+    /// Of those, parts another viewer of the site had already kept from across the WAN (a
+    /// second WAN copy of the part for the site).
+    pub site_wan_dup_parts: u64,
+    /// Of the second copies, the origin's seeding pushes.
+    pub site_wan_dup_pushed: u64,
+    /// Of the second copies, requests the origin served.
+    pub site_wan_dup_origin_served: u64,
+    /// WAN download copies per site: segment bytes in across its WAN that landed by the
+    /// run's end, over the bytes of the segments it needed (held by one of its viewers or
+    /// judged at one); mean over the sites; 0 without sites.
+    pub site_wan_copies: f64,
+    /// The largest of them.
+    pub site_wan_copies_max: f64,
+    /// Site viewer partners per live site viewer at the end, and of them on its own site.
+    pub site_mean_partners: f64,
+    /// See [`SimDetails::site_mean_partners`].
+    pub site_mean_lan_partners: f64,
 }
 
 /// What a run measured; serialises to the bench's JSON line.
@@ -700,6 +881,10 @@ pub struct SimReport {
     pub origin_bytes: u64,
     /// `origin_bytes / stream_bytes`: copies of the stream the origin sent.
     pub origin_copies: f64,
+    /// With sites: WAN download copies per site, mean over the sites (see
+    /// [`SimDetails::site_wan_copies`]); absent without sites.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_wan_copies: Option<f64>,
     /// Segment bytes viewers accepted (first copies).
     pub delivered_bytes: u64,
     /// `1 − origin_bytes / delivered_bytes`: share of delivery the viewers carried.
@@ -746,6 +931,26 @@ fn clamped(c: &SimConfig) -> SimConfig {
     c.rtt_ms = fin(c.rtt_ms, 60_000.0);
     c.loss_pct = fin(c.loss_pct, 99.0);
     c.churn_pct_per_min = fin(c.churn_pct_per_min, 6000.0);
+    c.rtt_spread = fin(c.rtt_spread, 3.0);
+    c.lan_rtt_ms = if c.lan_rtt_ms.is_finite() && c.lan_rtt_ms > 0.0 {
+        c.lan_rtt_ms.min(1000.0)
+    } else {
+        1.0
+    };
+    c.site_wan_bps = c.site_wan_bps.max(1);
+    if c.site_nat == NatKind::Open {
+        c.site_nat = NatKind::Cone;
+    }
+    // Sites beyond the audience or the limit are dropped.
+    let mut room = c.peers;
+    let mut sites = 0usize;
+    for s in &mut c.sites {
+        s.members = s.members.clamp(1, room.max(1));
+        s.count = s.count.min(room / s.members).min(MAX_SITES - sites);
+        room -= s.count * s.members;
+        sites += s.count;
+    }
+    c.sites.retain(|s| s.count > 0);
     c.upload_mix
         .retain(|u| u.share.is_finite() && u.share > 0.0 && u.multiple.is_finite());
     for u in &mut c.upload_mix {

@@ -170,9 +170,9 @@ impl Conns {
 }
 
 impl Sim {
-    /// The same node, or linked.
+    /// The same node, on one site, or linked.
     pub(super) fn adjacent(&self, x: u32, y: u32) -> bool {
-        x == y || self.links(x).contains(&y)
+        x == y || self.same_site(x, y) || self.links(x).contains(&y)
     }
 
     /// The nodes `x` shares a connection entry with: its partners and those that still
@@ -254,6 +254,9 @@ impl Sim {
     }
 
     pub(super) fn rtt(&self, a: u32, b: u32) -> Ns {
+        if self.same_site(a, b) {
+            return self.lan_ns;
+        }
         let acc = |i: u32| self.access.get(i as usize).copied().unwrap_or(0);
         (acc(a) + acc(b)) / 2
     }
@@ -303,15 +306,26 @@ impl Sim {
             .map(|c| c.id)
     }
 
-    pub(super) fn dial(&mut self, i: u32, peer: NodeId, addr: Option<SocketAddr>) {
+    pub(super) fn dial(
+        &mut self,
+        i: u32,
+        peer: NodeId,
+        addr: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
         self.d.dials += 1;
         let target = self.resolve(&peer).filter(|&j| match addr {
             Some(a) => self.node(j).is_some_and(|n| n.addr == a),
             // `None` dials the ticket's addresses: only the origin answers there.
             None => j == ORIGIN,
         });
+        // On one site, `net` dials the LAN address it was handed as well (and that one
+        // answers); the public one alone is a hairpin the site's NAT does not turn.
+        let hairpin = target.is_some_and(|j| {
+            self.same_site(i, j) && (local.is_none() || self.node(j).and_then(|n| n.local) != local)
+        });
         match target {
-            Some(j) if self.alive(j) && j != i => {
+            Some(j) if self.alive(j) && j != i && !hairpin => {
                 // Its NAT now lets `j` answer; whether `j`'s lets it in is decided when the
                 // dial lands (see `dial_done`).
                 let now = self.now;
@@ -330,6 +344,7 @@ impl Sim {
             }
             _ => {
                 let to = target.unwrap_or(u32::MAX);
+                self.d.nat_failures += u64::from(hairpin);
                 self.at(
                     self.now + self.cfg.dial_timeout_ms * NS_PER_MS,
                     Ev::DialFailed { from: i, to },
@@ -367,9 +382,10 @@ impl Sim {
         }
         let from_nat = self.node(a).map_or(NatKind::Open, |n| n.nat);
         let through = self.alive(b)
-            && self
-                .node(b)
-                .is_some_and(|n| n.admits(a, from_nat, self.now));
+            && (self.same_site(a, b)
+                || self
+                    .node(b)
+                    .is_some_and(|n| n.admits(a, from_nat, self.now)));
         if through {
             self.d.nat_retried += 1;
             let rtt = self.rtt(a, b);
@@ -402,9 +418,11 @@ impl Sim {
             None => {}
         }
         let from_nat = self.node(a).map_or(NatKind::Open, |n| n.nat);
-        if !self
-            .node(b)
-            .is_some_and(|n| n.admits(a, from_nat, self.now))
+        // A LAN dial meets no NAT.
+        if !self.same_site(a, b)
+            && !self
+                .node(b)
+                .is_some_and(|n| n.admits(a, from_nat, self.now))
         {
             // Kept out: QUIC sends its Initial again after a probe timeout, and gets in
             // if `b` has dialled `a` meanwhile (a rendezvous).
@@ -433,7 +451,7 @@ impl Sim {
         };
         // Every simulated node has a cap, and declares it as net's do.
         let info = |n: &Node| {
-            let at = (n.addr, n.nat);
+            let at = (n.addr, n.nat, n.local);
             (at, n.uploads, Some(n.cap_bps), n.upload.stream_bps())
         };
         let (Some((ata, upa, capa, bpsa)), Some((atb, upb, capb, bpsb))) =
@@ -450,11 +468,11 @@ impl Sim {
         }
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
-            m.handle_connected(now, contact(idb, atb.0, atb.1), role(b), upb, capb);
+            m.handle_connected(now, contact(idb, atb), role(b), upb, capb);
         }
         if let Some(m) = self.mesh(b) {
             m.observe_capacity(bpsb, capb);
-            m.handle_connected(now, contact(ida, ata.0, ata.1), role(a), upa, capa);
+            m.handle_connected(now, contact(ida, ata), role(a), upa, capa);
         }
         self.drain(a);
         self.drain(b);
@@ -584,12 +602,13 @@ impl Sim {
     }
 }
 
-/// A simulated peer as a connection reports it: at its address, reachable as its NAT allows.
-fn contact(id: NodeId, addr: SocketAddr, nat: NatKind) -> PeerInfo {
+/// A simulated peer as a connection reports it: at its public address (`net` reports that
+/// one for a peer met over the LAN too), with its LAN address, reachable as its NAT allows.
+fn contact(id: NodeId, (addr, nat, local): (SocketAddr, NatKind, Option<SocketAddr>)) -> PeerInfo {
     PeerInfo {
         id,
         addr,
-        local: None,
+        local,
         reach: reach_of(nat),
     }
 }

@@ -10,6 +10,7 @@
 
 mod links;
 mod nodes;
+mod sites;
 #[cfg(test)]
 mod tests;
 mod transfers;
@@ -122,6 +123,11 @@ enum Ev {
         tr: TRef,
         busy: bool,
     },
+    /// A site's WAN link (`inwards`, or out) has room for the next upload waiting for it.
+    WanRoom {
+        site: u32,
+        inwards: bool,
+    },
     /// A part's first frame (with the signed header or without) reaches the receiver.
     HeaderArrive {
         tr: TRef,
@@ -198,6 +204,16 @@ pub(super) struct Sim {
     /// is otherwise a cold line.
     ids: Vec<NodeId>,
     access: Vec<Ns>,
+    /// Each node's site ([`sites::NO_SITE`]: none), apart from the nodes for the same reason.
+    site_of: Vec<u32>,
+    /// Per site, the number of the latest job for one of its viewers (see
+    /// [`Sim::near_pending`]).
+    site_marks: Vec<u64>,
+    /// The sites, and the sites of the initial viewers yet to join (popped from the back).
+    sites: Vec<sites::Site>,
+    site_plan: Vec<u32>,
+    /// RTT between two viewers of one site.
+    lan_ns: Ns,
     /// Looked up on every message, by slot (see [`LinkRow`]).
     conns: Conns,
     transfers: Slab,
@@ -309,6 +325,11 @@ impl Sim {
             link_rows: Vec::with_capacity(cfg.peers + 1),
             ids: Vec::with_capacity(cfg.peers + 1),
             access: Vec::with_capacity(cfg.peers + 1),
+            site_of: Vec::with_capacity(cfg.peers + 1),
+            site_marks: Vec::new(),
+            sites: Vec::new(),
+            site_plan: Vec::new(),
+            lan_ns: (cfg.lan_rtt_ms * NS_PER_MS as f64) as Ns,
             conns: Conns::default(),
             transfers: Slab::default(),
             cur: COORDINATOR,
@@ -387,6 +408,8 @@ impl Sim {
             let gap = self.churn_gap();
             self.at((first + window).saturating_add(gap), Ev::Leave);
         }
+        // Last, so that runs without sites draw what they always drew.
+        self.setup_sites();
     }
 
     /// Asks the cache for the memory of the next few events, each a step further along
@@ -597,7 +620,7 @@ impl Sim {
             Ev::Fail { .. } => &mut k.failed,
             Ev::HeaderArrive { .. } => &mut k.first_frame,
             Ev::Deliver { .. } => &mut k.last_piece,
-            Ev::Pump { .. } => &mut k.pump,
+            Ev::Pump { .. } | Ev::WanRoom { .. } => &mut k.pump,
             Ev::StopArrive { .. } => &mut k.stop,
             Ev::Tick { .. } => &mut k.tick,
             Ev::DialDone { .. }
@@ -616,12 +639,18 @@ impl Sim {
     }
 
     /// Events that run with nothing in the worker's hands: the coordinator's (joins,
-    /// departures, judging, publishing) and the origin's (thousands of partners: near
-    /// everyone), and dials completing (two meshes at once).
+    /// departures, judging, publishing, a site's WAN line), the origin's (thousands of
+    /// partners: near everyone), dials completing (two meshes at once), and the uploads
+    /// across a site's WAN that may book its links, which uploads of other sites' viewers and
+    /// homes book too.
     fn is_barrier(&self, ev: &Ev, owner: u32) -> bool {
         owner == COORDINATOR
             || owner == ORIGIN
-            || matches!(ev, Ev::DialDone { .. } | Ev::DialRetry { .. })
+            || match ev {
+                Ev::DialDone { .. } | Ev::DialRetry { .. } => true,
+                Ev::Pump { tr, .. } | Ev::RequestArrive { tr } => self.crosses_wan(*tr),
+                _ => false,
+            }
     }
 
     /// Whether the event at `at` owned by `owner` may run now, before the actions of the
@@ -631,9 +660,11 @@ impl Sim {
     ///   job's actions (or a passed-over event) schedule at another node comes at least
     ///   that late, so after it in any case;
     /// - it touches none of what a job's actions touch. A viewer's event touches that node,
-    ///   its connections and the transfers it sends or receives, so two viewers' events
+    ///   its connections and the transfers it sends or receives, and, on a site, what the site
+    ///   keeps of its viewers (the WAN tally, what its viewers hold), so two viewers' events
     ///   touch nothing in common unless they are linked (one is the other's partner, or was
-    ///   until a close not yet noticed). (Pushes, which reach
+    ///   until a close not yet noticed) or on one site. (What books a site's WAN links is a
+    ///   barrier.) (Pushes, which reach
     ///   into the receiver's node, come from the origin alone, whose events are barriers.)
     ///   The one reach further is a sender's pump waking the relays that follow its
     ///   transfer at the receiver: it clears their `waiting` and schedules their pump, and
@@ -676,7 +707,8 @@ impl Sim {
         }
         match ev {
             Ev::Publish | Ev::SeedCheck { .. } | Ev::SeedUnconfirmed { .. } => ORIGIN,
-            Ev::Join | Ev::Leave | Ev::Deadline { .. } => COORDINATOR,
+            // Uploads of several nodes wait in a site's line: a barrier, as the coordinator's.
+            Ev::Join | Ev::Leave | Ev::Deadline { .. } | Ev::WanRoom { .. } => COORDINATOR,
             Ev::Tick { node } | Ev::Notice { node, .. } | Ev::Close { node, .. } => *node,
             Ev::DialDone { from, .. }
             | Ev::DialFailed { from, .. }
@@ -782,6 +814,7 @@ impl Sim {
                 }
             }
             Ev::Deliver { tr } => self.deliver(tr),
+            Ev::WanRoom { site, inwards } => self.wan_room(site, inwards),
             Ev::SeedCheck {
                 to,
                 conn,
@@ -836,7 +869,7 @@ impl Sim {
             } => self.request(i, peer, (number, part), join),
             Action::Cancel { peer, number, part } => self.cancel(i, peer, number, part),
             Action::Push { peer, number, part } => self.push(i, peer, number, part),
-            Action::Dial { peer, addr, .. } => self.dial(i, peer, addr),
+            Action::Dial { peer, addr, local } => self.dial(i, peer, addr, local),
             Action::Disconnect { peer, reason } => self.disconnect(i, peer, reason),
         }
     }
@@ -856,6 +889,30 @@ impl Sim {
         } else {
             live.iter().map(|s| s.partners).sum::<usize>() as f64 / live.len() as f64
         };
+        let site_viewers: Vec<(usize, usize)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, n)| n.alive() && self.site_of(*i as u32) != sites::NO_SITE)
+            .map(|(i, n)| {
+                let lan = n
+                    .partners
+                    .iter()
+                    .filter(|&&p| self.same_site(i as u32, p))
+                    .count();
+                let viewers = n.partners.iter().filter(|&&p| p != ORIGIN).count();
+                (viewers, lan)
+            })
+            .collect();
+        if !site_viewers.is_empty() {
+            let k = site_viewers.len() as f64;
+            self.d.site_mean_partners = site_viewers.iter().map(|v| v.0).sum::<usize>() as f64 / k;
+            self.d.site_mean_lan_partners =
+                site_viewers.iter().map(|v| v.1).sum::<usize>() as f64 / k;
+        }
+        (self.d.site_wan_copies, self.d.site_wan_copies_max) = self.site_copies();
+        let site_wan_copies = (!self.sites.is_empty()).then_some(self.d.site_wan_copies);
         let offload = if self.delivered_bytes == 0 {
             0.0
         } else {
@@ -883,6 +940,7 @@ impl Sim {
                 p99: metrics::percentile(&mut self.joins, 0.99),
             },
             control_overhead: ratio(self.d.control_bytes, self.d.media_sent_bytes),
+            site_wan_copies,
             cpu_s: 0.0,
             peak_rss_mb: 0.0,
             details: self.d,

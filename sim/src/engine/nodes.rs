@@ -3,6 +3,7 @@
 //! viewer's segment counts for (latency, join time, continuity at its deadline).
 
 use super::links::LinkRow;
+use super::sites::NO_SITE;
 use super::transfers::TRef;
 use super::{Ev, Ns, Sim, NS_PER_MS, NS_PER_SEC, ORIGIN};
 use crate::link::Link;
@@ -23,7 +24,10 @@ pub(super) const NOBODY: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(super) struct Node {
+    /// Where peers off its network see it (on a site, the site's NAT).
     pub(super) addr: SocketAddr,
+    /// Its LAN address, which it hands out (site viewers only, as the mesh then carries it).
+    pub(super) local: Option<SocketAddr>,
     /// None once the viewer has left, or while the worker thread runs its calls.
     pub(super) mesh: Option<Box<Mesh>>,
     /// Still in the swarm (false once it has left).
@@ -248,14 +252,28 @@ impl Sim {
         }
         let bps = self.cfg.origin_upload_bps;
         let seed = self.rng.gen();
-        self.spawn(cfg, bps, seed, NatKind::Open);
+        self.spawn(cfg, bps, seed, NatKind::Open, NO_SITE);
     }
 
-    fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64, nat: NatKind) -> u32 {
+    fn spawn(&mut self, mut cfg: MeshConfig, bps: u64, seed: u64, nat: NatKind, site: u32) -> u32 {
         let i = self.nodes.len() as u32;
-        let access = (self.cfg.rtt_ms * self.rng.gen_range(0.5..1.5) * 1e6) as Ns;
-        // The one-way latency between two nodes is a quarter of their two access RTTs.
+        let placed = self.place(site);
+        let access = match (placed, self.sites.get(site as usize)) {
+            (Some(_), Some(s)) => s.access,
+            _ => self.draw_access(),
+        };
+        // The one-way latency between two nodes is a quarter of their two access RTTs. (Two
+        // viewers of one site are closer, but their events never overlap: see `runnable`.)
         self.lookahead = self.lookahead.min(access / 2);
+        let (addr, local) = match placed {
+            Some((public, local)) => (public, Some(local)),
+            None => (node_addr(i), None),
+        };
+        self.site_of
+            .push(if placed.is_some() { site } else { NO_SITE });
+        if placed.is_some() {
+            self.add_member(site, i);
+        }
         self.marks.push((0, 0));
         self.link_rows.push(LinkRow::default());
         let uploads = i == ORIGIN || bps > 0;
@@ -267,11 +285,12 @@ impl Sim {
         rng.set_stream(u64::from(i));
         let mut mesh = Mesh::new(cfg, id, seed, self.instant(self.now));
         // It knows from the start where it is seen and how it can be reached.
-        mesh.observe_self(Some(node_addr(i)), reach_of(nat));
+        mesh.observe_self(Some(addr), reach_of(nat));
         // The limiter works in whole bytes per second and reports the cap back in bits.
         let rate = bps / 8;
         self.nodes.push(Node {
-            addr: node_addr(i),
+            addr,
+            local,
             mesh: Some(Box::new(mesh)),
             present: true,
             uploads,
@@ -310,10 +329,20 @@ impl Sim {
         i
     }
 
+    /// An initial viewer joins, on the site planned for it (or at home).
     pub(super) fn join(&mut self) {
+        let site = self.next_planned_site();
+        self.join_on(site);
+    }
+
+    /// A viewer joins on `site` ([`NO_SITE`]: at home).
+    pub(super) fn join_on(&mut self, site: u32) {
         let bitrate = self.cfg.bitrate_bps as f64;
+        let on_site = (site as usize) < self.sites.len();
         // Drawn only with a mix, so runs without one keep their random sequence.
-        let nat = if self.cfg.nat_mix.is_empty() {
+        let nat = if on_site {
+            self.cfg.site_nat
+        } else if self.cfg.nat_mix.is_empty() {
             NatKind::Open
         } else {
             let total: f64 = self.cfg.nat_mix.iter().map(|c| c.share).sum();
@@ -328,7 +357,9 @@ impl Sim {
             }
             chosen
         };
-        let bps = if self.cfg.upload_mix.is_empty() {
+        let bps = if let Some(bps) = self.cfg.site_upload_bps.filter(|_| on_site) {
+            bps
+        } else if self.cfg.upload_mix.is_empty() {
             self.cfg.viewer_upload_bps
         } else {
             let total: f64 = self.cfg.upload_mix.iter().map(|c| c.share).sum();
@@ -347,7 +378,7 @@ impl Sim {
             MeshConfig::viewer(self.origin_id, self.cfg.segment(), self.cfg.delay_segments);
         cfg.uploads = bps > 0;
         let seed = self.rng.gen();
-        let i = self.spawn(cfg, bps, seed, nat);
+        let i = self.spawn(cfg, bps, seed, nat, site);
         if let Some(n) = self.nodes.get_mut(i as usize) {
             n.live_pos = self.live.len();
         }
@@ -375,9 +406,10 @@ impl Sim {
                 n.live_pos = pos;
             }
         }
+        let site = self.site_of(x);
         self.vanish(x);
-        // Churn keeps the audience size: a newcomer replaces the leaver.
-        self.join();
+        // Churn keeps the audience size: a newcomer replaces the leaver, on its site.
+        self.join_on(site);
     }
 
     /// Viewer `x` leaves abruptly (it crashed, or lost its network).
@@ -460,18 +492,27 @@ impl Sim {
             return;
         };
         let allowance = self.cfg.delay_segments * self.seg_ns;
-        for n in self.nodes.iter().skip(1) {
+        let mut sites = Vec::new();
+        for (n, &site) in self.nodes.iter().zip(&self.site_of).skip(1) {
             if n.alive() && n.joined + allowance <= published {
+                let held = n.holds(number);
                 self.d.judged += 1;
-                if n.holds(number) {
-                    self.d.on_time += 1;
+                self.d.on_time += u64::from(held);
+                if site != NO_SITE {
+                    self.d.site_judged += 1;
+                    self.d.site_on_time += u64::from(held);
+                    sites.push(site);
                 }
             }
+        }
+        for site in sites {
+            self.site_needed(site, number);
         }
     }
 
     /// Viewer `r` now holds `number`: store it and take the measurements.
     pub(super) fn accept(&mut self, r: u32, number: u64) {
+        self.site_needed(self.site_of(r), number);
         let now = self.now;
         self.delivered_bytes += self.seg_bytes;
         let allowance = self.cfg.delay_segments * self.seg_ns;

@@ -1,6 +1,7 @@
 //! Unit tests of the event loop: links, ordering, relays, seeding and upload slots.
 
 use super::links::LINK_ROW;
+use super::sites::NO_SITE;
 use super::transfers::Kind;
 use super::*;
 use starling::node::DisconnectReason;
@@ -492,4 +493,152 @@ fn a_full_partner_set_closes_after_the_peer_sample() {
     sim.disconnect(ORIGIN, sim.id_of(c), DisconnectReason::Refused);
     sim.run_until(t1 + sim.one_way(ORIGIN, c));
     assert!(sim.conn(ORIGIN, c).is_none());
+}
+
+/// An origin and `homes + members` viewers, `members` of them on one site with a WAN of
+/// `wan_bps` each way, nobody connected yet: (site viewers, homes).
+fn site_and_homes(members: usize, homes: usize, wan_bps: u64) -> (Sim, Vec<u32>, Vec<u32>) {
+    let cfg = SimConfig {
+        peers: members + homes,
+        rtt_ms: 10.0,
+        sites: vec![crate::SiteClass { count: 1, members }],
+        site_wan_bps: wan_bps,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(&cfg);
+    sim.spawn_origin();
+    sim.setup_sites();
+    for _ in 0..members + homes {
+        sim.join();
+    }
+    let all = 1..=(members + homes) as u32;
+    let on_site = all.clone().filter(|&i| sim.site_of(i) != NO_SITE).collect();
+    let at_home = all.filter(|&i| sim.site_of(i) == NO_SITE).collect();
+    (sim, on_site, at_home)
+}
+
+#[test]
+fn site_viewers_share_a_public_address_and_meet_over_their_lan() {
+    let (mut sim, site, homes) = site_and_homes(3, 2, 3_000_000);
+    assert_eq!((site.len(), homes.len()), (3, 2));
+    let (a, b, h) = (site[0], site[1], homes[0]);
+    let (na, nb) = (sim.node(a).unwrap(), sim.node(b).unwrap());
+    // One public address (a port each), a LAN address each; homes have none.
+    assert_eq!(na.addr.ip(), nb.addr.ip());
+    assert_ne!(na.addr, nb.addr);
+    assert!(na.local.is_some() && na.local != nb.local);
+    assert!(sim.node(h).unwrap().local.is_none());
+    assert_eq!(sim.rtt(a, b), sim.lan_ns);
+    assert!(sim.rtt(a, h) > sim.lan_ns);
+    let addr_b = nb.addr;
+    // Its public address alone is a hairpin the site's NAT does not turn.
+    let failures = sim.d.nat_failures;
+    sim.dial(a, sim.id_of(b), Some(addr_b), None);
+    assert_eq!(sim.d.nat_failures, failures + 1);
+    // Dialled on its LAN address too, it gets in, though b's NAT saw nothing from a.
+    sim.dial_done(a, b, 0);
+    assert!(sim.conn(a, b).is_some(), "a LAN dial meets no NAT");
+    // From home, the site's cone NAT keeps a dial out until the viewer has sent there.
+    sim.dial_done(h, a, 0);
+    assert!(sim.conn(h, a).is_none());
+    sim.node_mut(a).unwrap().open_pinhole(h, 0);
+    sim.dial_done(h, a, 0);
+    assert!(sim.conn(h, a).is_some());
+    // Both dial on the LAN address the mesh carries for a site viewer.
+    let (c, nc) = (site[2], sim.node(site[2]).unwrap());
+    let (addr_c, local_c) = (nc.addr, nc.local);
+    sim.dial(b, sim.id_of(c), Some(addr_c), local_c);
+    assert_eq!(sim.d.nat_failures, failures + 1);
+}
+
+#[test]
+fn a_sites_wan_caps_what_comes_in_and_out_but_not_its_lan() {
+    // 1 Mbit/s: 125,000 bytes/s behind a 64 KiB burst.
+    let (mut sim, site, homes) = site_and_homes(2, 1, 1_000_000);
+    let (a, b, h) = (site[0], site[1], homes[0]);
+    let piece = 16_384;
+    let start = sim.now;
+    let into: Vec<Ns> = (0..12).map(|_| sim.carry(h, a, piece)).collect();
+    let one_way = sim.one_way(h, a);
+    // The first four leave on the burst; the rest are paced at the WAN's rate.
+    assert_eq!(into[0], start + one_way);
+    let paced = (piece as f64 * 1e9 / 125_000.0) as Ns;
+    let gap = into[11] - into[10];
+    assert!(gap.abs_diff(paced) <= 1, "{gap} vs {paced}");
+    // The LAN is not behind that queue.
+    let lan = sim.carry(b, a, piece);
+    assert_eq!(lan, start + sim.lan_ns / 2);
+    // Out of the site, the other way's link is free still.
+    assert_eq!(sim.carry(a, h, piece), start + one_way);
+    let d = &sim.d;
+    assert_eq!(d.site_wan_down_bytes, 12 * piece);
+    assert_eq!(d.site_wan_up_bytes, piece);
+    assert_eq!(d.site_lan_bytes, piece);
+}
+
+#[test]
+fn access_rtts_spread_log_normally_when_asked() {
+    let spread = |sigma: f64| {
+        let mut sim = Sim::new(&SimConfig {
+            peers: 0,
+            rtt_ms: 40.0,
+            rtt_spread: sigma,
+            ..SimConfig::default()
+        });
+        let draws: Vec<f64> = (0..2000).map(|_| sim.draw_access() as f64 / 1e6).collect();
+        let lo = draws.iter().copied().fold(f64::MAX, f64::min);
+        let hi = draws.iter().copied().fold(0.0, f64::max);
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        (lo, hi, mean)
+    };
+    // Without: uniform in [20, 60] ms.
+    let (lo, hi, _) = spread(0.0);
+    assert!(lo >= 20.0 && hi < 60.0, "{lo} {hi}");
+    // σ 1: a far wider spread, within [10, 320] ms, about the same mean.
+    let (lo, hi, mean) = spread(1.0);
+    assert!(lo >= 10.0 && hi <= 320.0, "{lo} {hi}");
+    assert!(hi / lo > 10.0, "{lo} {hi}");
+    assert!((30.0..50.0).contains(&mean), "{mean}");
+}
+
+#[test]
+fn a_full_site_wan_queues_briefly_and_takes_its_flows_in_turn() {
+    // The origin (50 Mbit/s) pushes a whole segment to each of two viewers of a site whose
+    // WAN brings in 1 Mbit/s: 500 kB through 125 kB/s.
+    let (mut sim, site, _) = site_and_homes(2, 0, 1_000_000);
+    let cfg = SimConfig {
+        origin_upload_bps: 50_000_000,
+        ..sim.cfg.clone()
+    };
+    sim.cfg = cfg;
+    sim.nodes[ORIGIN as usize].link = crate::link::Link::new(crate::LinkModel::Fifo, 6.25e6);
+    let (a, b) = (site[0], site[1]);
+    for v in [a, b] {
+        sim.dial_done(v, ORIGIN, 0);
+    }
+    sim.run_until(100 * MS);
+    let t0 = sim.now;
+    sim.node_mut(ORIGIN).unwrap().store(0, t0);
+    push_all(&mut sim, a);
+    push_all(&mut sim, b);
+    // The link's queue never holds much more than 200 ms (plus the piece let in last).
+    let mut longest = 0;
+    while let Some((t, _, _)) = sim.queue.peek() {
+        if t > t0 + 8000 * MS {
+            break;
+        }
+        sim.run_until(t);
+        longest = longest.max(sim.sites[0].down.backlog(sim.now));
+    }
+    let piece = (16_384.0 * 1e9 / 125_000.0) as Ns;
+    assert!(longest <= 200 * MS + 2 * piece, "{longest}");
+    let (ta, tb) = (arrival(&sim, a).unwrap(), arrival(&sim, b).unwrap());
+    // About 3.5 s of link for the two (4 s less the 64 KiB burst). Taken in turn, the
+    // first finishes well past halfway though its pushes went first and filled the burst;
+    // one after the other, it would finish before halfway.
+    let total = ta.max(tb) - t0;
+    assert!(total >= 3400 * MS, "{total}");
+    let first = ta.min(tb) - t0;
+    assert!(first * 3 > total * 2, "{first} of {total}");
+    assert!(all_freed(&sim));
 }

@@ -3,8 +3,9 @@
 //! stopped, and taken into the receiver's assembly when its first frame and last piece land.
 
 use super::nodes::{Assembly, Node, NOBODY, STORE};
+use super::sites::NO_SITE;
 use super::worker::{Call, Whole};
-use super::{Ev, Ns, Sim, ORIGIN};
+use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
 use starling::node::{Answer, Assemblies, FirstFrame, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS};
 use starling::wire;
@@ -82,6 +83,12 @@ pub(super) struct Transfer {
     pub(super) receiver_done: bool,
     /// The receiver kept it as its first copy (its bytes are not waste).
     accepted: bool,
+    /// It comes in across the receiver's site's WAN.
+    wan_in: bool,
+    /// It crosses a site's WAN, in or out.
+    wan: bool,
+    /// When its sender started it (wrote its first frame).
+    began: Ns,
 }
 
 impl Transfer {
@@ -159,6 +166,8 @@ impl Sim {
     ) -> TRef {
         let tr = self.transfers.alloc();
         let receiving = self.alive(to);
+        let wan_in = self.crosses_into_site(from, to);
+        let wan = wan_in || self.crosses_into_site(to, from);
         let pieces = part_pieces(self.pieces as usize, usize::from(part)).unwrap_or(0..0);
         if let Some(t) = self.transfers.get_mut(tr) {
             t.kind = kind;
@@ -170,6 +179,8 @@ impl Sim {
             t.hi = pieces.end as u32;
             t.next = t.lo;
             t.conn = conn;
+            t.wan_in = wan_in;
+            t.wan = wan;
             // Nobody is there to receive a push to a vanished viewer.
             t.receiver_done = !receiving;
         }
@@ -204,6 +215,9 @@ impl Sim {
         if let Some(t) = self.transfers.get_mut(tr) {
             t.with_header = header;
             t.join = join;
+        }
+        if self.crosses_into_site(j, i) {
+            self.note_wan_request(i, (number, part));
         }
         let t = self.now + self.flight(i, j, bytes);
         self.at(t, Ev::RequestArrive { tr });
@@ -358,6 +372,7 @@ impl Sim {
             order += SERVE_AFTER_SEEDS;
         }
         t.started = true;
+        t.began = self.now;
         t.order = order;
         let (s, r) = (t.from, t.to);
         if let Some(n) = self.node_mut(s) {
@@ -396,12 +411,12 @@ impl Sim {
             if t.sender_done {
                 return;
             }
-            let (s, r, order, source, hi) = (t.from, t.to, t.order, t.source, t.hi);
+            let (s, r, order, source, hi, wan) = (t.from, t.to, t.order, t.source, t.hi, t.wan);
             let sent_one = t.booked;
             if t.booked {
                 let i = t.next;
                 let bytes = self.piece_len(i);
-                let lands = now + self.flight(s, r, bytes);
+                let lands = self.carry(s, r, bytes);
                 let Some(t) = self.transfers.get_mut(tr) else {
                     return;
                 };
@@ -451,6 +466,12 @@ impl Sim {
                 self.schedule_pump(tr, here);
                 return;
             }
+            // A site's WAN link on the way is full: the piece waits its turn here.
+            if let Some((site, inwards)) = wan.then(|| self.wan_full(s, r)).flatten() {
+                self.yield_link(s, tr);
+                self.wait_for_wan(tr, site, inwards);
+                return;
+            }
             let bytes = self.piece_len(i);
             let Some(n) = self.node_mut(s) else { return };
             if !n.link.may_send(tr, order) {
@@ -465,6 +486,19 @@ impl Sim {
                 return;
             }
         }
+    }
+
+    /// Whether transfer `tr` crosses a site's WAN.
+    pub(super) fn crosses_wan(&self, tr: TRef) -> bool {
+        self.transfers.get(tr).is_some_and(|t| t.wan)
+    }
+
+    /// Whether upload `tr` is still sending and has no piece booked (as one waiting in a
+    /// site's WAN line).
+    pub(super) fn waits_for_wan(&self, tr: TRef) -> bool {
+        self.transfers
+            .get(tr)
+            .is_some_and(|t| !t.sender_done && !t.booked)
     }
 
     /// FIFO: `tr` waits for data, so the next upload in line may use the link.
@@ -716,6 +750,9 @@ impl Sim {
         }
         if !t.accepted {
             self.d.wasted_bytes += t.sent;
+            if t.wan_in {
+                self.d.site_wan_down_wasted_bytes += t.sent;
+            }
         }
         self.transfers.free(tr);
     }
@@ -849,6 +886,7 @@ impl Sim {
             return self.maybe_free(tr);
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
+        let (wan_in, pushed, took) = (t.wan_in, t.kind == Kind::Push, self.now - t.began);
         let (bit, empty) = (1u32 << part, self.empty_parts);
         // (kept, whole, from several suppliers, the part's other copy relays followed)
         let mut kept = (false, false, false, None);
@@ -878,6 +916,20 @@ impl Sim {
         if fresh {
             if let Some(t) = self.transfers.get_mut(tr) {
                 t.accepted = true;
+            }
+            // An empty part crossed nothing.
+            if wan_in && empty & bit == 0 {
+                self.kept_across_wan(r, (number, part), s == ORIGIN, pushed);
+            }
+            self.d.parts_kept += 1;
+            self.d.parts_kept_ms += took as f64 / NS_PER_MS as f64;
+            if wan_in && s != ORIGIN {
+                self.d.site_fed_parts += 1;
+                self.d.site_fed_ms += took as f64 / NS_PER_MS as f64;
+            }
+            if self.site_of(s) != NO_SITE && !self.same_site(s, r) {
+                self.d.site_served_parts += 1;
+                self.d.site_served_ms += took as f64 / NS_PER_MS as f64;
             }
         }
         // A second copy landed first: relays following the other go on from what is here.

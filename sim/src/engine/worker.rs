@@ -244,14 +244,22 @@ impl Sim {
             return false;
         };
         // Links are the same list at both ends: `y` links to a job's node if and only if it
-        // is among that node's links, which the job marked.
+        // is among that node's links, which the job marked. A job on a site marks the site.
         self.marks
             .get(y as usize)
             .is_some_and(|&(own, linked)| own >= lo || linked >= lo)
+            || self
+                .site_marks
+                .get(self.site_of(y) as usize)
+                .is_some_and(|&m| m >= lo)
     }
 
-    /// Marks node `i` and its links with job `seq`.
+    /// Marks node `i`, its links and its site with job `seq`.
     fn mark(&mut self, i: u32, seq: u64) {
+        let site = self.site_of(i) as usize;
+        if let Some(m) = self.site_marks.get_mut(site) {
+            *m = seq;
+        }
         let mut marks = std::mem::take(&mut self.marks);
         if let Some(m) = marks.get_mut(i as usize) {
             m.0 = seq;
