@@ -146,15 +146,15 @@ enum Ev {
         tr: TRef,
     },
     /// The origin's seed of (`number`, `part`) to `to`, sent whole, landing at `landed`:
-    /// acknowledged if `acked` (the ack is back by `deadline`, now) and `to` took it on
-    /// `conn`; otherwise reported at `deadline`, as `net`'s `push` waits.
+    /// acknowledged if `to` took it on `conn`, however late (its connection acknowledges
+    /// packets all the while, which is what `net`'s `push` watches); otherwise (it vanished)
+    /// reported at `deadline`, when it has acknowledged nothing for the wait.
     SeedCheck {
         to: u32,
         conn: u64,
         number: u64,
         part: u8,
         landed: Ns,
-        acked: bool,
         deadline: Ns,
     },
     /// The origin's driver reports the seed to `to` unacknowledged.
@@ -821,10 +821,9 @@ impl Sim {
                 number,
                 part,
                 landed,
-                acked,
                 deadline,
             } => {
-                if !(acked && self.deliverable(ORIGIN, to, conn, landed)) {
+                if !self.deliverable(ORIGIN, to, conn, landed) {
                     let at = deadline.max(self.now);
                     self.at(at, Ev::SeedUnconfirmed { to, number, part });
                 }

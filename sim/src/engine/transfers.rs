@@ -600,7 +600,6 @@ impl Sim {
             number,
             part,
             landed,
-            acked: back <= deadline,
             deadline,
         };
         self.at(back.min(deadline), ev);
