@@ -26,6 +26,14 @@ const INTRODUCE_WINDOW: Duration = Duration::from_secs(1);
 /// Places a public viewer gives to peers behind symmetric NATs ([`Mesh::place_for`]).
 const SYMMETRIC_RESERVE: usize = 5;
 
+/// Partners of a viewer's own site (behind its public address) it takes beyond the partner
+/// caps, which count only partners off its site. A LAN away, they cost its WAN nothing, and
+/// a site whose viewers all pair pulls each part across its WAN about once: each viewer
+/// decides which parts it fetches for the site among the neighbours it is connected to, so
+/// with a few of them each, several fetch the same part (the simulator's sites of 10 pulled
+/// 2.4 copies across their WANs).
+pub(super) const MAX_SITE_PARTNERS: usize = 12;
+
 /// Broadcaster: how many of a peer sample's 16 are turned-away viewers.
 const OVERFLOW_IN_SAMPLE: usize = 8;
 
@@ -91,7 +99,7 @@ impl Mesh {
         } else {
             Role::Viewer
         };
-        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
+        if role == Role::Viewer && self.full_for(addr) {
             if let Some(out) = self.place_for(reach) {
                 self.actions.push_back(Action::Disconnect {
                     peer: out,
@@ -100,7 +108,7 @@ impl Mesh {
                 self.handle_disconnected(now, out);
             }
         }
-        if role == Role::Viewer && self.viewer_count() >= self.cfg.max_partners {
+        if role == Role::Viewer && self.full_for(addr) {
             // Turn it away, but hand it some peers so it can find room elsewhere.
             let sample = self.peer_sample(Some(peer), reach);
             // Only viewers anyone can dial are handed out once turned away: a NAT's needs a
@@ -390,9 +398,28 @@ impl Mesh {
         }
     }
 
+    /// Whether a viewer seen at `addr` finds no place: one of our own site (a viewer's)
+    /// counts against [`MAX_SITE_PARTNERS`], any other against the partner cap.
+    fn full_for(&self, addr: SocketAddr) -> bool {
+        if self.cfg.role == Role::Viewer && self.behind_our_address(addr) {
+            self.site_count() >= MAX_SITE_PARTNERS
+        } else {
+            self.far_count() >= self.cfg.max_partners
+        }
+    }
+
     fn dial_more(&mut self, now: Instant) {
-        let have = self.viewer_count() + self.pending_dials.len();
-        if have >= self.cfg.target_partners {
+        let far_room = self
+            .cfg
+            .target_partners
+            .saturating_sub(self.far_count() + self.pending_dials.len());
+        let site_room = MAX_SITE_PARTNERS.saturating_sub(self.site_count());
+        let site_known = || {
+            self.known.iter().any(|(id, k)| {
+                k.local.is_some() && self.behind_our_address(k.addr) && !self.peers.contains_key(id)
+            })
+        };
+        if far_room == 0 && (site_room == 0 || !site_known()) {
             return;
         }
         let mut candidates: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = self
@@ -413,12 +440,26 @@ impl Mesh {
         // itself pulls each part across its WAN about once.
         let public = self.public.map(|a| a.ip());
         candidates.sort_by_key(|(_, addr, _)| Some(addr.ip()) != public);
-        let room = (self.cfg.target_partners - have).min(
-            self.cfg
-                .max_pending_dials
-                .saturating_sub(self.pending_dials.len()),
-        );
-        for (id, addr, local) in candidates.into_iter().take(room) {
+        let room = self
+            .cfg
+            .max_pending_dials
+            .saturating_sub(self.pending_dials.len());
+        let (mut site_room, mut far_room) = (site_room, far_room);
+        let picked: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = candidates
+            .into_iter()
+            .filter(|(_, addr, local)| {
+                let room = if local.is_some() && self.behind_our_address(*addr) {
+                    &mut site_room
+                } else {
+                    &mut far_room
+                };
+                let take = *room > 0;
+                *room = room.saturating_sub(1);
+                take
+            })
+            .take(room)
+            .collect();
+        for (id, addr, local) in picked {
             self.pending_dials.insert(id);
             let mut introducer = None;
             if let Some(k) = self.known.get_mut(&id) {
@@ -1020,6 +1061,48 @@ mod tests {
             )),
             "{acts:?}"
         );
+    }
+
+    #[test]
+    fn a_full_viewer_still_takes_peers_of_its_own_site() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[]);
+        let public = |port: u16| SocketAddr::from(([198, 51, 100, 7], port));
+        v.observe_self(Some(public(7000)), Reach::Nat);
+        let cap = v.cfg.max_partners as u8;
+        for i in 20..20 + cap {
+            v.handle_connected(t0, behind(i, Reach::Public, None), Role::Viewer, true, None);
+        }
+        drain(&mut v);
+        let neighbour = |i: u8| PeerInfo {
+            reach: Reach::Nat,
+            local: Some(SocketAddr::from(([10, 1, 0, i], 7000))),
+            ..contact(id(i), public(7000 + u16::from(i)))
+        };
+        for i in 60..60 + MAX_SITE_PARTNERS as u8 {
+            v.handle_connected(t0, neighbour(i), Role::Viewer, true, None);
+        }
+        let refused = |acts: &[Action], who: u8| {
+            acts.iter()
+                .any(|a| matches!(a, Action::Disconnect { peer, .. } if *peer == id(who)))
+        };
+        let acts = drain(&mut v);
+        assert!(
+            (60..60 + MAX_SITE_PARTNERS as u8).all(|i| !refused(&acts, i)),
+            "{acts:?}"
+        );
+        // Beyond its site's own cap, and for one more far peer, it is full.
+        let last = 60 + MAX_SITE_PARTNERS as u8;
+        v.handle_connected(t0, neighbour(last), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            behind(50, Reach::Public, None),
+            Role::Viewer,
+            true,
+            None,
+        );
+        let acts = drain(&mut v);
+        assert!(refused(&acts, last) && refused(&acts, 50), "{acts:?}");
     }
 
     #[test]

@@ -555,6 +555,17 @@ impl Mesh {
         self.peers.keys().filter(|id| !self.is_origin(id)).count()
     }
 
+    /// Viewer partners of our own site (behind our public address).
+    fn site_count(&self) -> usize {
+        self.peers.values().filter(|p| p.same_site).count()
+    }
+
+    /// Viewer partners off our site: what the partner caps count (see
+    /// [`membership::MAX_SITE_PARTNERS`]).
+    fn far_count(&self) -> usize {
+        self.viewer_count() - self.site_count()
+    }
+
     /// A control message from a connected peer (after [`Control::validate`]).
     pub fn handle_control(&mut self, now: Instant, from: NodeId, msg: Control) {
         self.last_now = self.last_now.max(now);

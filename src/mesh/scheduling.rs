@@ -487,12 +487,24 @@ impl Mesh {
         }
         let (cross_site, .., id) = best?;
         if cross_site
-            && !self.fetches_for_site(n, part)
-            && !(urgent && self.may_fetch_for_a_neighbour())
+            && ((!self.fetches_for_site(n, part) && !(urgent && self.may_fetch_for_a_neighbour()))
+                || self.a_neighbour_has(n, part))
         {
             return None;
         }
         Some(id)
+    }
+
+    /// Whether a partner of our own site holds part `part` of `n` or is receiving it (it
+    /// announces a part as it begins to arrive). Then it is asked, over the LAN, once it can
+    /// take the request, rather than a second copy fetched across the WAN: a busy neighbour
+    /// frees up within a part's LAN time, while a second copy adds to the WAN whose load
+    /// made the site late (in the simulator's sites, 61,325 of 268,880 requests across a
+    /// WAN went out while a neighbour held the part).
+    fn a_neighbour_has(&self, n: u64, part: usize) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.same_site && p.uploads && p.have.get(n) & bit(part) != 0)
     }
 
     /// Whether this node may fetch, across the WAN, a part a neighbour of its site fetches
@@ -684,6 +696,31 @@ mod tests {
         // While it keeps arriving, once is enough.
         v.handle_receiving(t0, id(41), 9, 3);
         assert_eq!(haves_to_20(&drain(&mut v)), 0);
+    }
+
+    #[test]
+    fn a_part_a_neighbour_has_waits_for_it_rather_than_crossing_the_wan() {
+        let t0 = Instant::now();
+        let mut v = site_viewer(t0, &[40]);
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        // Neighbour 20 holds all of 9 but is busy for a moment; far partner 40 holds it too.
+        v.handle_transfer_failed(t0, id(20), 9, 0, true);
+        drain(&mut v);
+        for p in [ORIGIN, 20, 40] {
+            announce(&mut v, t0, p, 9, ALL_PARTS);
+        }
+        let asked = parts_asked(&drain(&mut v));
+        assert!(!asked.iter().any(|(p, _, _)| *p == id(40)), "{asked:?}");
+        // Once it can take requests, the neighbour is asked.
+        v.handle_tick(t0 + Duration::from_secs(1));
+        let asked = parts_asked(&drain(&mut v));
+        assert!(
+            asked.iter().any(|(p, n, _)| *p == id(20) && *n == 9),
+            "{asked:?}"
+        );
+        assert!(!asked.iter().any(|(p, _, _)| *p == id(40)), "{asked:?}");
     }
 
     #[test]
