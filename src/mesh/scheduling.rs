@@ -486,10 +486,10 @@ impl Mesh {
             }
         }
         let (cross_site, .., id) = best?;
-        if cross_site
-            && ((!self.fetches_for_site(n, part) && !(urgent && self.may_fetch_for_a_neighbour()))
-                || self.a_neighbour_has(n, part))
-        {
+        // Across the WAN only by the neighbour that fetches this part for the site (or by
+        // another once it is urgent, one at a time), and never while a neighbour has it.
+        let ours = self.fetches_for_site(n, part) || (urgent && self.may_fetch_for_a_neighbour());
+        if cross_site && (!ours || self.a_neighbour_has(n, part)) {
             return None;
         }
         Some(id)
