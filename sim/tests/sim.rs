@@ -110,6 +110,23 @@ fn viewers_a_full_origin_turns_away_still_play_through_partners() {
     assert!(r.continuity > 0.9, "{r:?}");
 }
 
+/// Runs `c` on one thread and on two, checks that the worker ran mesh calls beside other
+/// events and that the figures are the same; returns the one-thread report.
+fn one_and_two_threads_agree(c: &SimConfig) -> sim::SimReport {
+    let one = sim::run(c);
+    let mut two = sim::run(&SimConfig {
+        threads: 2,
+        ..c.clone()
+    });
+    assert_eq!(one.details.handed_off, 0);
+    assert!(two.details.handed_off > 0, "the worker ran mesh calls");
+    assert!(two.details.overlapped > 0, "events ran beside them");
+    two.details.handed_off = 0;
+    two.details.overlapped = 0;
+    assert_eq!(one, two);
+    one
+}
+
 #[test]
 fn two_threads_give_the_one_thread_figures() {
     // Enough viewers that many are not each other's partners, with loss and churn, so
@@ -120,14 +137,7 @@ fn two_threads_give_the_one_thread_figures() {
         churn_pct_per_min: 20.0,
         ..small(300, 8.0)
     };
-    let one = sim::run(&c);
-    let mut two = sim::run(&SimConfig { threads: 2, ..c });
-    assert_eq!(one.details.handed_off, 0);
-    assert!(two.details.handed_off > 0, "the worker ran mesh calls");
-    assert!(two.details.overlapped > 0, "events ran beside them");
-    two.details.handed_off = 0;
-    two.details.overlapped = 0;
-    assert_eq!(one, two);
+    one_and_two_threads_agree(&c);
 }
 
 /// Sites of `members` viewers beside `homes` home viewers, with room to spare everywhere but
@@ -206,17 +216,7 @@ fn with_sites_two_threads_give_the_one_thread_figures() {
         site_wan_bps: 4_000_000,
         ..small(200, 8.0)
     };
-    let one = sim::run(&c);
-    let mut two = sim::run(&SimConfig {
-        threads: 2,
-        ..c.clone()
-    });
-    assert_eq!(one.details.handed_off, 0);
-    assert!(two.details.handed_off > 0, "the worker ran mesh calls");
-    assert!(two.details.overlapped > 0, "events ran beside them");
-    two.details.handed_off = 0;
-    two.details.overlapped = 0;
-    assert_eq!(one, two);
+    let one = one_and_two_threads_agree(&c);
     assert!(one.details.site_wan_down_bytes > 0 && one.details.site_lan_bytes > 0);
     // Churn keeps each site's size: a leaver's replacement joins on its site.
     let d = &one.details;

@@ -896,16 +896,7 @@ mod tests {
                 true,
                 None,
             );
-            drain(b)
-                .into_iter()
-                .find_map(|a| match a {
-                    Action::Send {
-                        peer,
-                        msg: Control::Peers { peers },
-                    } if peer == id(who) => Some(peers.iter().map(|p| p.id).collect()),
-                    _ => None,
-                })
-                .unwrap_or_default()
+            peers_handed(drain(b), who).iter().map(|p| p.id).collect()
         };
         let got = sample_for(&mut b, 50);
         let turned_away: Vec<&NodeId> = got
@@ -933,6 +924,20 @@ mod tests {
             local: local.map(|port| SocketAddr::from(([192, 168, 0, i], port))),
             ..contact(id(i), addr(u16::from(i)))
         }
+    }
+
+    /// The peers the actions hand to `who` in `Peers` messages.
+    fn peers_handed(acts: Vec<Action>, who: u8) -> Vec<PeerInfo> {
+        acts.into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    peer,
+                    msg: Control::Peers { peers },
+                } if peer == id(who) => Some(peers),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     #[test]
@@ -1020,17 +1025,7 @@ mod tests {
         b.handle_connected(t0, office(50), Role::Viewer, true, None);
         drain(&mut b);
         b.handle_connected(t0, office(51), Role::Viewer, true, None);
-        let handed: Vec<PeerInfo> = drain(&mut b)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Peers { peers },
-                } if peer == id(51) => Some(peers),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let handed = peers_handed(drain(&mut b), 51);
         assert_eq!(handed.first().map(|p| p.id), Some(id(50)), "{handed:?}");
 
         // The symmetric office viewer dials its neighbour's LAN address, no rendezvous.
@@ -1125,17 +1120,7 @@ mod tests {
             true,
             None,
         );
-        let handed: Vec<PeerInfo> = drain(&mut b)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Peers { peers },
-                } if peer == id(40) => Some(peers),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let handed = peers_handed(drain(&mut b), 40);
         assert!(!handed.is_empty());
         assert!(
             handed.iter().all(|p| p.reach == Reach::Public),
@@ -1221,16 +1206,10 @@ mod tests {
         drain(&mut b);
         let newcomer = behind(30, Reach::Nat, Some(30));
         b.handle_connected(t0, newcomer, Role::Viewer, true, None);
-        let sample: Vec<NodeId> = drain(&mut b)
+        let sample: Vec<NodeId> = peers_handed(drain(&mut b), 30)
             .iter()
-            .find_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Peers { peers },
-                } if *peer == id(30) => Some(peers.iter().map(|p| p.id).collect()),
-                _ => None,
-            })
-            .unwrap_or_default();
+            .map(|p| p.id)
+            .collect();
         // The symmetric one is not handed out: nobody can dial it.
         assert!(
             sample.contains(&id(20)) && sample.contains(&id(21)),

@@ -594,6 +594,15 @@ mod tests {
         v
     }
 
+    /// [`site_viewer`] playing already: the segments before 9 are held.
+    fn playing_site_viewer(t0: Instant, far: &[u8]) -> Mesh {
+        let mut v = site_viewer(t0, far);
+        for n in 6..9 {
+            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
+        }
+        v
+    }
+
     /// The parts of segment `n` node 10 fetches across the WAN for its site of 10, 20, 30.
     fn my_share(n: u64) -> BTreeSet<u8> {
         (0..PARTS)
@@ -608,10 +617,7 @@ mod tests {
     #[test]
     fn a_neighbour_of_our_site_is_never_banned_for_stalls() {
         let t0 = Instant::now();
-        let mut v = site_viewer(t0, &[40, 41]);
-        for n in 6..9 {
-            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
-        }
+        let mut v = playing_site_viewer(t0, &[40, 41]);
         announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
         announce(&mut v, t0, 41, 9, ALL_PARTS);
         // Others deliver meanwhile, so stalls are not our own link's.
@@ -627,10 +633,7 @@ mod tests {
     #[test]
     fn a_neighbour_that_loses_a_part_is_still_asked_for_the_others() {
         let t0 = Instant::now();
-        let mut v = site_viewer(t0, &[40]);
-        for n in 6..9 {
-            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
-        }
+        let mut v = playing_site_viewer(t0, &[40]);
         announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
         announce(&mut v, t0, 20, 9, ALL_PARTS);
         let of_20 = |acts: &[Action]| -> Vec<u8> {
@@ -679,10 +682,7 @@ mod tests {
     #[test]
     fn a_part_that_stops_arriving_is_announced_again_when_it_restarts() {
         let t0 = Instant::now();
-        let mut v = site_viewer(t0, &[40, 41]);
-        for n in 6..9 {
-            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
-        }
+        let mut v = playing_site_viewer(t0, &[40, 41]);
         announce(&mut v, t0, ORIGIN, 9, ALL_PARTS);
         drain(&mut v);
         let haves_to_20 = |acts: &[Action]| {
@@ -740,11 +740,7 @@ mod tests {
     fn a_site_behind_fetches_its_neighbours_parts_one_at_a_time() {
         let t0 = Instant::now();
         let far = [40, 41, 42, 43, 44, 45];
-        let mut v = site_viewer(t0, &far);
-        // Playing already: the segments before 9 are held.
-        for n in 6..9 {
-            v.handle_segment(t0, Some(id(ORIGIN)), n, 1000);
-        }
+        let mut v = playing_site_viewer(t0, &far);
         for p in [ORIGIN].into_iter().chain(far) {
             announce(&mut v, t0, p, 9, ALL_PARTS);
         }
