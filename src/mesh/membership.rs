@@ -10,7 +10,7 @@ use crate::stream::{NodeId, PARTS};
 use crate::wire::{Control, PeerInfo, Reach, Role, MAX_PEERS_PER_MESSAGE};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Broadcaster: turned-away viewers remembered for its peer samples.
@@ -148,8 +148,7 @@ impl Mesh {
                 addr,
                 local,
                 reach,
-                same_site: role == Role::Viewer
-                    && self.public.is_some_and(|me| me.ip() == addr.ip()),
+                same_site: role == Role::Viewer && Some(addr.ip()) == self.site_ip(),
                 uploads,
                 have: Announced::new(),
                 inflight: 0,
@@ -401,7 +400,7 @@ impl Mesh {
     /// Whether a viewer seen at `addr` finds no place: one of our own site (a viewer's)
     /// counts against [`MAX_SITE_PARTNERS`], any other against the partner cap.
     fn full_for(&self, addr: SocketAddr) -> bool {
-        if self.cfg.role == Role::Viewer && self.behind_our_address(addr) {
+        if self.cfg.role == Role::Viewer && Some(addr.ip()) == self.site_ip() {
             self.site_count() >= MAX_SITE_PARTNERS
         } else {
             self.far_count() >= self.cfg.max_partners
@@ -414,10 +413,11 @@ impl Mesh {
             .target_partners
             .saturating_sub(self.far_count() + self.pending_dials.len());
         let site_room = MAX_SITE_PARTNERS.saturating_sub(self.site_count());
+        let site_ip = self.site_ip();
         let site_known = || {
-            self.known.iter().any(|(id, k)| {
-                k.local.is_some() && self.behind_our_address(k.addr) && !self.peers.contains_key(id)
-            })
+            self.known
+                .iter()
+                .any(|(id, k)| on_lan_of(k.local, k.addr, site_ip) && !self.peers.contains_key(id))
         };
         if far_room == 0 && (site_room == 0 || !site_known()) {
             return;
@@ -438,8 +438,7 @@ impl Mesh {
         candidates.shuffle(&mut self.rng);
         // Peers of our own site first: they are a LAN away, and a site that pairs within
         // itself pulls each part across its WAN about once.
-        let public = self.public.map(|a| a.ip());
-        candidates.sort_by_key(|(_, addr, _)| Some(addr.ip()) != public);
+        candidates.sort_by_key(|(_, addr, _)| Some(addr.ip()) != site_ip);
         let room = self
             .cfg
             .max_pending_dials
@@ -448,7 +447,7 @@ impl Mesh {
         let picked: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = candidates
             .into_iter()
             .filter(|(_, addr, local)| {
-                let room = if local.is_some() && self.behind_our_address(*addr) {
+                let room = if on_lan_of(*local, *addr, site_ip) {
                     &mut site_room
                 } else {
                     &mut far_room
@@ -465,7 +464,7 @@ impl Mesh {
             if let Some(k) = self.known.get_mut(&id) {
                 // Until it answers, do not pick it again.
                 k.retry_at = Some(now + Duration::from_secs(10));
-                if k.reach == Reach::Nat && !(k.local.is_some() && Some(k.addr.ip()) == public) {
+                if k.reach == Reach::Nat && !on_lan_of(k.local, k.addr, site_ip) {
                     introducer = k.via;
                 }
             }
@@ -495,7 +494,7 @@ impl Mesh {
     fn can_dial(&self, k: &Known) -> bool {
         // Behind our own public address, with a LAN address: dialled over the LAN, where no
         // NAT stands between us, whatever kind ours is (offices often map per destination).
-        if k.local.is_some() && self.behind_our_address(k.addr) {
+        if on_lan_of(k.local, k.addr, self.site_ip()) {
             return true;
         }
         match k.reach {
@@ -509,10 +508,10 @@ impl Mesh {
         }
     }
 
-    /// Whether `addr` is our own public address's host (a peer of our site).
-    fn behind_our_address(&self, addr: SocketAddr) -> bool {
-        self.public
-            .is_some_and(|me| me.ip() == addr.ip() && !me.ip().is_loopback())
+    /// Our public address's host, which the peers of our site share (none on loopback,
+    /// where every peer shares one).
+    fn site_ip(&self) -> Option<IpAddr> {
+        self.public.map(|a| a.ip()).filter(|ip| !ip.is_loopback())
     }
 
     /// A known peer as a rendezvous names it.
@@ -660,7 +659,7 @@ impl Mesh {
             .and_then(|x| self.peers.get(&x))
             .map(|p| p.addr.ip())
             .filter(|ip| !ip.is_loopback());
-        let near = |p: &Peer| p.local.is_some() && Some(p.addr.ip()) == near_ip;
+        let near = |p: &Peer| on_lan_of(p.local, p.addr, near_ip);
         let mut sample: Vec<PeerInfo> = Vec::new();
         if self.cfg.role == Role::Broadcaster {
             // Random ones among the last turned away, so a crowd is not herded onto the few
@@ -691,7 +690,7 @@ impl Mesh {
             })
             .collect();
         all.shuffle(&mut self.rng);
-        all.sort_by_key(|p| !(p.local.is_some() && Some(p.addr.ip()) == near_ip));
+        all.sort_by_key(|p| !on_lan_of(p.local, p.addr, near_ip));
         let cap = if self.cfg.role == Role::Broadcaster {
             16
         } else {
@@ -701,6 +700,12 @@ impl Mesh {
         sample.extend(all);
         sample
     }
+}
+
+/// Whether a peer seen at `addr`, with LAN address `local`, is one of the site behind
+/// `site_ip`, dialled over that LAN.
+fn on_lan_of(local: Option<SocketAddr>, addr: SocketAddr, site_ip: Option<IpAddr>) -> bool {
+    local.is_some() && Some(addr.ip()) == site_ip
 }
 
 #[cfg(test)]
