@@ -114,6 +114,46 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
          peak rss {:.0} MB",
         d.events, d.ticks, d.superseded_ticks, d.stale_wakeups, wall_s, r.cpu_s, r.peak_rss_mb
     );
+    let classes: Vec<String> = ["open", "cone", "symmetric"]
+        .iter()
+        .zip(&d.judged_by_class)
+        .flat_map(|(nat, row)| {
+            ["at or above", "below"]
+                .iter()
+                .zip(row)
+                .filter(|(_, (judged, _))| *judged > 0)
+                .map(move |(up, (judged, on))| {
+                    format!("{nat} {up}: {:.4} of {judged}", *on as f64 / *judged as f64)
+                })
+        })
+        .collect();
+    eprintln!(
+        "  continuity by NAT and upload against the bitrate: {}",
+        classes.join("; ")
+    );
+    let per_nat: Vec<String> = ["open", "cone", "symmetric"]
+        .iter()
+        .enumerate()
+        .filter_map(|(k, nat)| {
+            let (viewers, partners, open) = *d.partners_by_nat.get(k)?;
+            let origin = *d.origin_bytes_by_nat.get(k)?;
+            (viewers > 0).then(|| {
+                let copies = |b: u64| b as f64 / r.stream_bytes.max(1) as f64;
+                let sent = d.bytes_by_nat.get(k).copied().unwrap_or_default();
+                format!(
+                    "{nat}: {viewers} with {:.1} partners ({:.1} open), {:.2} origin copies, \
+                     sent {:.1}/{:.1}/{:.1} copies to open/cone/symmetric",
+                    partners as f64 / viewers as f64,
+                    open as f64 / viewers as f64,
+                    copies(origin),
+                    copies(sent[0]),
+                    copies(sent[1]),
+                    copies(sent[2]),
+                )
+            })
+        })
+        .collect();
+    eprintln!("  by NAT: {}", per_nat.join("; "));
     let kinds: Vec<String> = d
         .by_kind
         .named()

@@ -832,6 +832,17 @@ pub struct SimDetails {
     pub site_judged: u64,
     /// See [`SimDetails::site_judged`].
     pub site_on_time: u64,
+    /// (viewer, segment) pairs judged and held on time, by the viewer's NAT (open, cone,
+    /// symmetric; a site viewer counts as its site's NAT) and by whether its upload is
+    /// below the bitrate: `[nat][below]`, as (judged, on time).
+    pub judged_by_class: [[(u64, u64); 2]; 3],
+    /// Segment bytes the origin sent to viewers behind each NAT kind (open, cone, symmetric).
+    pub origin_bytes_by_nat: [u64; 3],
+    /// Segment bytes viewers sent to viewers, `[sender's NAT][receiver's NAT]`.
+    pub bytes_by_nat: [[u64; 3]; 3],
+    /// Live viewers at the end behind each NAT kind, their viewer partners, and of those
+    /// partners the ones with an open NAT: `[nat]` as (viewers, partners, open partners).
+    pub partners_by_nat: [(u64, u64, u64); 3],
     /// Segment bytes sent across a site's WAN inwards (every site; wasted copies included,
     /// and bytes still queued on the link at the run's end).
     pub site_wan_down_bytes: u64,

@@ -26,6 +26,25 @@ const INTRODUCE_WINDOW: Duration = Duration::from_secs(1);
 /// Places a public viewer gives to peers behind symmetric NATs ([`Mesh::place_for`]).
 const SYMMETRIC_RESERVE: usize = 5;
 
+/// How long after a missed deadline a viewer still seeks more partners ([`Mesh::starving`]).
+const STARVING: Duration = Duration::from_secs(10);
+
+/// How long a direct dial holds a place among the dials in progress: as long as it can
+/// take (the transport's handshake timeout).
+const DIAL_HELD: Duration = Duration::from_secs(10);
+
+/// How long a dial through a rendezvous holds such a place ([`Mesh::dialling`]).
+const RENDEZVOUS_HELD: Duration = Duration::from_secs(2);
+
+/// Places for symmetric peers per stream's worth of a public viewer's upload
+/// ([`Mesh::symmetric_places`]): a symmetric peer keeps about six partners, so this many
+/// shares a stream's worth about as six partners of mean upload would.
+const SYMMETRIC_PLACES_PER_STREAM: f64 = 5.0;
+
+/// The first peer sample to a new partner goes this long after it connected; the gap then
+/// doubles up to [`MeshConfig::pex_interval`].
+const PEX_FIRST: Duration = Duration::from_secs(1);
+
 /// Partners of a viewer's own site (behind its public address) it takes beyond the partner
 /// caps, which count only partners off its site. A LAN away, they cost its WAN nothing, and
 /// a site whose viewers all pair pulls each part across its WAN about once: each viewer
@@ -157,7 +176,7 @@ impl Mesh {
                 stalls: 0,
                 seed_suspect: false,
                 since: now,
-                next_pex: now + self.cfg.pex_interval,
+                next_pex: now + PEX_FIRST.min(self.cfg.pex_interval),
                 next_buffer_map: now + self.cfg.buffer_map_interval,
             },
         );
@@ -259,13 +278,33 @@ impl Mesh {
         let symmetric = viewers()
             .filter(|(_, p)| p.reach == Reach::Symmetric)
             .count();
-        if symmetric >= SYMMETRIC_RESERVE {
+        if symmetric >= self.symmetric_places() {
             return None;
         }
         viewers()
             .filter(|(_, p)| p.reach != Reach::Symmetric && !p.same_site)
             .map(|(id, _)| *id)
             .next()
+    }
+
+    /// How many of its places a public viewer gives to peers behind symmetric NATs: in
+    /// proportion to its upload, [`SYMMETRIC_PLACES_PER_STREAM`] for each stream's worth
+    /// of it (at least one, leaving two places for others); [`SYMMETRIC_RESERVE`] while its
+    /// upload or the bitrate is unknown, and as many as it can when its upload is unlimited.
+    /// A symmetric peer is fed by its public partners alone: a public peer with half a
+    /// stream's upload, shared among five of them, gave each a tenth of a stream, and those
+    /// whose partners were all such fell back on the broadcaster (the simulator at 10,000,
+    /// upload mix M1: 996 viewers still missing every segment 40 s in).
+    pub(super) fn symmetric_places(&self) -> usize {
+        let most = self.cfg.max_partners.saturating_sub(2).max(1);
+        match self.capacity {
+            (0, _) => SYMMETRIC_RESERVE.min(most),
+            (_, None) => most,
+            (stream, Some(up)) => {
+                let places = (up as f64 / stream as f64 * SYMMETRIC_PLACES_PER_STREAM).round();
+                (places as usize).clamp(1, most)
+            }
+        }
     }
 
     /// A dial to `peer` failed.
@@ -317,13 +356,21 @@ impl Mesh {
     pub(super) fn maintain(&mut self, now: Instant) {
         self.next_maintenance = now + self.cfg.maintenance_interval;
         self.banned.retain(|_, until| *until > now);
+        let viewers = self.peers.values().filter(|p| !p.is_origin());
+        self.symmetric_partners = (
+            viewers
+                .clone()
+                .filter(|p| p.reach == Reach::Symmetric && !p.same_site)
+                .count(),
+            viewers.count(),
+        );
         if self.cfg.role == Role::Viewer {
             let origin = self.cfg.origin;
             if !self.peers.contains_key(&origin)
-                && !self.pending_dials.contains(&origin)
+                && !self.pending_dials.contains_key(&origin)
                 && now >= self.origin_retry_at
             {
-                self.pending_dials.insert(origin);
+                self.pending_dials.insert(origin, now + DIAL_HELD);
                 // With partners, the origin is only a fallback: a full origin is not asked
                 // again every 2 s by thousands of turned-away viewers.
                 let retry = if self.viewer_count() >= self.cfg.target_partners / 2 {
@@ -361,7 +408,13 @@ impl Mesh {
             let (pex, bm) = (self.cfg.pex_interval, self.cfg.buffer_map_interval);
             if let Some(p) = self.peers.get_mut(&id) {
                 if pex_due {
-                    p.next_pex = now + pex;
+                    // A young partnership exchanges samples sooner (1, 2, 4, 8 s in): the
+                    // swarm grows fastest at the start, and an early joiner otherwise knows
+                    // only the few peers that were there when it came, for a whole period.
+                    p.next_pex = now
+                        + now
+                            .saturating_duration_since(p.since)
+                            .clamp(PEX_FIRST.min(pex), pex);
                 }
                 if map_due {
                     p.next_buffer_map = now + bm;
@@ -408,10 +461,12 @@ impl Mesh {
     }
 
     fn dial_more(&mut self, now: Instant) {
-        let far_room = self
-            .cfg
-            .target_partners
-            .saturating_sub(self.far_count() + self.pending_dials.len());
+        let target = if self.starving(now) {
+            self.cfg.max_partners - 1
+        } else {
+            self.cfg.target_partners
+        };
+        let far_room = target.saturating_sub(self.far_count() + self.dialling(now));
         let site_room = MAX_SITE_PARTNERS.saturating_sub(self.site_count());
         let site_ip = self.site_ip();
         let site_known = || {
@@ -427,7 +482,7 @@ impl Mesh {
             .iter()
             .filter(|(id, k)| {
                 !self.peers.contains_key(id)
-                    && !self.pending_dials.contains(id)
+                    && !self.pending_dials.contains_key(id)
                     && **id != self.me
                     && !self.is_origin(id)
                     && k.retry_at.is_none_or(|t| now >= t)
@@ -442,7 +497,7 @@ impl Mesh {
         let room = self
             .cfg
             .max_pending_dials
-            .saturating_sub(self.pending_dials.len());
+            .saturating_sub(self.dialling(now));
         let (mut site_room, mut far_room) = (site_room, far_room);
         let picked: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = candidates
             .into_iter()
@@ -459,7 +514,6 @@ impl Mesh {
             .take(room)
             .collect();
         for (id, addr, local) in picked {
-            self.pending_dials.insert(id);
             let mut introducer = None;
             if let Some(k) = self.known.get_mut(&id) {
                 // Until it answers, do not pick it again.
@@ -468,6 +522,12 @@ impl Mesh {
                     introducer = k.via;
                 }
             }
+            let held = if introducer.is_some() {
+                RENDEZVOUS_HELD
+            } else {
+                DIAL_HELD
+            };
+            self.pending_dials.insert(id, now + held);
             // Behind a NAT it lets in only whom it dialled: the partner that named it asks
             // it to dial us back while we dial it (a simultaneous open).
             if let Some(via) = introducer {
@@ -486,6 +546,26 @@ impl Mesh {
                 local,
             });
         }
+    }
+
+    /// Whether a segment missed its deadline here lately ([`STARVING`]): then a viewer
+    /// seeks partners up to one short of its cap rather than its target. Viewers that join
+    /// together behind NATs pair by rendezvous mostly with one another; at 10,000 peers
+    /// some such clusters reached their target among themselves with one or two links
+    /// beyond, too few to feed them, and missed nearly every segment for good.
+    fn starving(&self, now: Instant) -> bool {
+        self.last_missed
+            .is_some_and(|t| now.saturating_duration_since(t) < STARVING)
+    }
+
+    /// Dials in progress that still hold a place: a dial through a rendezvous holds one for
+    /// [`RENDEZVOUS_HELD`] only. Had the other side dialled back, the connection would be up
+    /// by then; otherwise its NAT keeps our packets out until the dial times out (10 s),
+    /// which at 10,000 peers left joiners with every dial place held by such dials and no
+    /// partner to fetch from (a rendezvous is lost when the peer that passes it on has
+    /// lost the other side meanwhile).
+    pub(super) fn dialling(&self, now: Instant) -> usize {
+        self.pending_dials.values().filter(|&&t| t > now).count()
     }
 
     /// Whether a dial of ours can get into `k`'s NAT: a public (or unknown) one always; one
@@ -567,11 +647,11 @@ impl Mesh {
         // Dialled back even with no partner slot left, so the caller is turned away with a
         // sample at once rather than wait out its dial's timeout at our shut NAT; dial-backs
         // may take as many dials again as our own dialling.
-        let room = self.pending_dials.len() < 2 * self.cfg.max_pending_dials;
+        let room = self.dialling(now) < 2 * self.cfg.max_pending_dials;
         if self.cfg.role != Role::Viewer
             || !room
             || peer.id == from
-            || self.pending_dials.contains(&peer.id)
+            || self.pending_dials.contains_key(&peer.id)
         {
             return;
         }
@@ -580,7 +660,7 @@ impl Mesh {
             // Ourselves, the origin, banned or connected already.
             return;
         }
-        self.pending_dials.insert(peer.id);
+        self.pending_dials.insert(peer.id, now + RENDEZVOUS_HELD);
         if let Some(k) = self.known.get_mut(&peer.id) {
             k.retry_at = Some(now + Duration::from_secs(10));
         }
@@ -781,6 +861,52 @@ mod tests {
     }
 
     #[test]
+    fn a_viewer_that_misses_a_deadline_seeks_partners_beyond_its_target() {
+        let t0 = Instant::now();
+        let target = MeshConfig::viewer(id(ORIGIN), SEG, 3).target_partners as u8;
+        let mut v = viewer_connected(t0, &(20..20 + target).collect::<Vec<u8>>());
+        let peers = (40..60)
+            .map(|i| contact(id(i), addr(u16::from(i))))
+            .collect();
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        let dials = |acts: Vec<Action>| {
+            acts.iter()
+                .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
+                .count()
+        };
+        // At its target: nobody is dialled.
+        assert_eq!(dials(drain(&mut v)), 0);
+        // The origin announces a segment no partner has, and every request for it fails.
+        v.handle_control(
+            t0,
+            id(ORIGIN),
+            Control::Have {
+                number: 3,
+                parts: crate::stream::ALL_PARTS,
+            },
+        );
+        let mut dialled = 0;
+        for step in 1..10 {
+            let now = t0 + Duration::from_secs(step);
+            v.handle_tick(now);
+            for a in drain(&mut v) {
+                match a {
+                    Action::Request {
+                        peer, number, part, ..
+                    } => v.handle_transfer_failed(now, peer, number, part, true),
+                    Action::Dial { addr: Some(_), .. } => dialled += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(v.stats().missed_deadlines > 0);
+        // Its deadline passed unheld: it dials more, up to one short of its cap.
+        let most = MeshConfig::viewer(id(ORIGIN), SEG, 3).max_partners - 1;
+        assert!(dialled > 0, "no dial after a missed deadline");
+        assert!(dialled <= most - usize::from(target), "{dialled}");
+    }
+
+    #[test]
     fn a_peer_that_drops_us_at_once_is_not_redialled_at_once() {
         let t0 = Instant::now();
         let mut v = viewer_connected(t0, &[]);
@@ -920,6 +1046,53 @@ mod tests {
         b.handle_disconnected(t0, id(20));
         b.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
         assert!(b.overflow.iter().all(|p| p.id != id(30)));
+    }
+
+    #[test]
+    fn a_public_viewer_gives_symmetric_peers_places_in_proportion_to_its_upload() {
+        const M: u64 = 1_000_000;
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[]);
+        v.observe_self(
+            Some(SocketAddr::from(([203, 0, 113, 9], 7000))),
+            Reach::Public,
+        );
+        // Unknown upload or bitrate: the fixed reserve; unlimited: all but two places.
+        assert_eq!(v.symmetric_places(), SYMMETRIC_RESERVE);
+        v.observe_capacity(2 * M, None);
+        assert_eq!(v.symmetric_places(), v.cfg.max_partners - 2);
+        // Five a stream's worth, at least one.
+        v.observe_capacity(2 * M, Some(M));
+        assert_eq!(v.symmetric_places(), 3);
+        v.observe_capacity(2 * M, Some(2 * M));
+        assert_eq!(v.symmetric_places(), 5);
+        v.observe_capacity(2 * M, Some(M / 10));
+        assert_eq!(v.symmetric_places(), 1);
+        v.observe_capacity(2 * M, Some(6 * M));
+        assert_eq!(v.symmetric_places(), v.cfg.max_partners - 2);
+        // With half a stream's upload, a fourth symmetric peer finds no place.
+        v.observe_capacity(2 * M, Some(M));
+        for i in 20..20 + v.cfg.max_partners as u8 {
+            v.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+        }
+        for who in 100..104 {
+            v.handle_connected(
+                t0,
+                behind(who, Reach::Symmetric, None),
+                Role::Viewer,
+                true,
+                None,
+            );
+            assert_eq!(v.peers.contains_key(&id(who)), who < 103, "peer {who}");
+        }
+    }
+
+    /// Viewer 10, reached as `reach`, with the origin connected and its actions drained.
+    fn viewer_behind(reach: Reach, t0: Instant) -> Mesh {
+        let mut v = viewer_connected(t0, &[]);
+        v.observe_self(None, reach);
+        drain(&mut v);
+        v
     }
 
     /// A peer as a connection reports it, with its reachability and LAN address.
@@ -1242,18 +1415,63 @@ mod tests {
     }
 
     #[test]
+    fn a_dial_through_a_rendezvous_holds_its_place_for_two_seconds_only() {
+        let t0 = Instant::now();
+        let mut v = viewer_behind(Reach::Nat, t0);
+        let peers = (40..50)
+            .map(|i| behind(i, Reach::Nat, Some(u16::from(i))))
+            .collect();
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        let dials = |acts: Vec<Action>| {
+            acts.iter()
+                .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
+                .count()
+        };
+        let most = v.cfg.max_pending_dials;
+        assert_eq!(dials(drain(&mut v)), most);
+        // Nobody dialled back (the rendezvous was lost): the dials hang, but after two
+        // seconds they no longer keep others from being dialled.
+        v.handle_tick(t0 + Duration::from_millis(1900));
+        assert_eq!(dials(drain(&mut v)), 0);
+        v.handle_tick(t0 + RENDEZVOUS_HELD + Duration::from_millis(600));
+        assert_eq!(dials(drain(&mut v)), most);
+        // A public peer's dial holds its place until it ends.
+        let mut p = viewer_behind(Reach::Unknown, t0);
+        let peers = (40..50).map(|i| behind(i, Reach::Public, None)).collect();
+        p.handle_control(t0, id(ORIGIN), Control::Peers { peers });
+        assert_eq!(dials(drain(&mut p)), most);
+        p.handle_tick(t0 + Duration::from_secs(5));
+        assert_eq!(dials(drain(&mut p)), 0);
+    }
+
+    #[test]
+    fn a_new_partner_is_sent_peer_samples_after_one_two_four_and_eight_seconds() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[20, 21, 22]);
+        drain(&mut v);
+        let mut sent = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(30) {
+            t += Duration::from_millis(100);
+            v.handle_tick(t);
+            if !peers_handed(drain(&mut v), 20).is_empty() {
+                sent.push((t - t0).as_millis() / 100);
+            }
+        }
+        // Then every pex interval (10 s), give or take a maintenance period (0.5 s).
+        assert_eq!(&sent[..4], &[10, 20, 40, 80], "{sent:?}");
+        assert!(
+            sent[4..]
+                .windows(2)
+                .all(|w| (100..=105).contains(&(w[1] - w[0]))),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
     fn a_peer_behind_a_nat_is_dialled_with_a_rendezvous_through_the_partner_that_named_it() {
         let t0 = Instant::now();
-        let mut v = viewer(10, t0);
-        v.observe_self(None, Reach::Nat);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
-        drain(&mut v);
+        let mut v = viewer_behind(Reach::Nat, t0);
         let target = behind(40, Reach::Nat, Some(40));
         v.handle_control(
             t0,
@@ -1275,16 +1493,7 @@ mod tests {
             },
         }));
         // Behind a symmetric NAT it would not try: the other NAT expects another port.
-        let mut s = viewer(11, t0);
-        s.observe_self(None, Reach::Symmetric);
-        s.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-        );
-        drain(&mut s);
+        let mut s = viewer_behind(Reach::Symmetric, t0);
         s.handle_control(
             t0,
             id(ORIGIN),

@@ -258,7 +258,9 @@ pub struct Mesh {
     rng: ChaCha8Rng,
     peers: PeerMap,
     known: BTreeMap<NodeId, Known>,
-    pending_dials: BTreeSet<NodeId>,
+    /// Dials in progress, each with the moment from which it no longer holds one of the
+    /// [`MeshConfig::max_pending_dials`] places ([`Mesh::dialling`]).
+    pending_dials: BTreeMap<NodeId, Instant>,
     banned: BTreeMap<NodeId, Instant>,
     /// Segments tracked and not yet held. Held ones move to `held`, since their per-part
     /// state is done with.
@@ -288,6 +290,8 @@ pub struct Mesh {
     /// [`SHORT_LIVED`](membership::SHORT_LIVED) (turned away: its partner
     /// set is full), since the last that lasted; each doubles the wait before the next dial.
     origin_failures: u32,
+    /// When a segment last passed its deadline here unheld ([`Mesh::starving`]).
+    last_missed: Option<Instant>,
     /// When the connection to the origin opened.
     origin_since: Option<Instant>,
     push_cursor: usize,
@@ -320,6 +324,9 @@ pub struct Mesh {
     public: Option<SocketAddr>,
     /// How we can be reached ([`Mesh::observe_self`]).
     reach: Reach,
+    /// Viewer partners off our site behind symmetric NATs, and all viewer partners, as of
+    /// the last maintenance ([`Mesh::symmetric_partners`]).
+    symmetric_partners: (usize, usize),
     scratch: Scratch,
 }
 
@@ -333,7 +340,7 @@ impl Mesh {
             rng: ChaCha8Rng::seed_from_u64(seed),
             peers: PeerMap::default(),
             known: BTreeMap::new(),
-            pending_dials: BTreeSet::new(),
+            pending_dials: BTreeMap::new(),
             banned: BTreeMap::new(),
             segs: BTreeMap::new(),
             held,
@@ -348,6 +355,7 @@ impl Mesh {
             last_delivery: None,
             origin_retry_at: now,
             origin_failures: 0,
+            last_missed: None,
             origin_since: None,
             push_cursor: 0,
             start_from_partners: false,
@@ -362,6 +370,7 @@ impl Mesh {
             stats: MeshStats::default(),
             public: None,
             reach: Reach::Unknown,
+            symmetric_partners: (0, 0),
             scratch: Scratch::default(),
         };
         mesh.part_offset = mesh.rng.gen_range(0..PARTS);
@@ -484,6 +493,14 @@ impl Mesh {
         s.inflight = self.segs.values().map(Tracked::inflight).sum();
         s.newest = self.newest;
         s
+    }
+
+    /// Viewer partners off our site behind symmetric NATs, and all viewer partners (counted
+    /// at each maintenance, every half second): upload admission holds slots back for the
+    /// former ([`crate::node::Uploads::note_partners`]), since they can be served by public
+    /// peers alone while everyone else has other suppliers.
+    pub fn symmetric_partners(&self) -> (usize, usize) {
+        self.symmetric_partners
     }
 
     /// The connected peers (origin included).
@@ -690,6 +707,7 @@ impl Mesh {
             if !s.missed && s.first_heard.is_some_and(|h| now >= h + budget) {
                 s.missed = true;
                 self.stats.missed_deadlines += 1;
+                self.last_missed = Some(now);
             }
         }
         if now >= self.next_maintenance {

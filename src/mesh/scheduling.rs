@@ -7,7 +7,7 @@ use super::segments::{bit, bits, Inflight};
 use super::{Action, Mesh};
 use crate::node::Misbehaviour;
 use crate::stream::{NodeId, PARTS};
-use crate::wire::{Control, Role};
+use crate::wire::{Control, Reach, Role};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
@@ -461,7 +461,8 @@ impl Mesh {
     }
 
     /// The partner to ask for part `part` of segment `n`: one of our own site first (a LAN
-    /// away), then the least loaded, the fastest, a random one. One of another site is asked
+    /// away), then one not public (unless we are behind a symmetric NAT), the least loaded,
+    /// the fastest, a random one. One of another site is asked
     /// only by the neighbour that fetches this part for the site
     /// ([`Mesh::fetches_for_site`]), or by another once the part is `urgent`, one part at a
     /// time ([`Mesh::may_fetch_for_a_neighbour`]): the others get it from that neighbour over
@@ -474,7 +475,7 @@ impl Mesh {
     ) -> Option<NodeId> {
         let failed: &[NodeId] = self.segs.get(&n).map_or(&[], |s| s.failed.as_slice());
         let max = self.cfg.max_inflight_per_partner;
-        let mut best: Option<(bool, usize, i64, u32, NodeId)> = None;
+        let mut best: Option<(bool, bool, usize, i64, u32, NodeId)> = None;
         for (id, p) in &self.peers {
             if p.is_origin()
                 || !p.uploads
@@ -485,7 +486,17 @@ impl Mesh {
                 continue;
             }
             let speed = -(p.throughput.unwrap_or(0.0) as i64);
-            let key = (!p.same_site, p.inflight, speed, self.rng.gen::<u32>(), *id);
+            // A public partner is asked after the others by whoever can pair with others:
+            // peers behind symmetric NATs can be fed by public ones alone.
+            let spare = self.reach != Reach::Symmetric && p.reach == Reach::Public;
+            let key = (
+                !p.same_site,
+                spare,
+                p.inflight,
+                speed,
+                self.rng.gen::<u32>(),
+                *id,
+            );
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }

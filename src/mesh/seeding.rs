@@ -16,8 +16,9 @@ const MAX_SEED_DEBT: usize = 4 * PARTS;
 const MIN_DECLARED: usize = 8;
 
 impl Mesh {
-    /// Broadcaster: the stream's bitrate (bits/s) and its own upload cap, as the driver
-    /// last measured them; they size [`Control::Swarm`].
+    /// The stream's bitrate (bits/s) and this node's own upload cap, as the driver last
+    /// measured them: they size the broadcaster's [`Control::Swarm`] and a public viewer's
+    /// places for peers behind symmetric NATs.
     pub fn observe_capacity(&mut self, stream_bps: u64, upload_bps: Option<u64>) {
         self.capacity = (stream_bps, upload_bps);
     }

@@ -395,7 +395,7 @@ async fn run_connection(
                             let mut send = send;
                             let served = tokio::time::timeout(
                                 UPLOAD_TIMEOUT,
-                                serve(&shared, peer, &mut send, recv),
+                                serve(&shared, (peer, reach), &mut send, recv),
                             )
                             .await;
                             if served.is_err() {

@@ -138,6 +138,10 @@ impl Driver {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         *s = self.mesh.stats();
+        drop(s);
+        self.shared
+            .upload()
+            .note_partners(self.mesh.symmetric_partners());
     }
 
     /// Counts the partners reached over one of our own networks, for `/stats`.

@@ -9,7 +9,7 @@ use super::{add, Shared, UploadClass};
 use crate::node::{seed_confirm_wait, Answer, Misbehaviour};
 use crate::store;
 use crate::stream::{part_pieces, piece_range, NodeId, SignedHeader, VerifiedSegment};
-use crate::wire::{self, Reply, Request};
+use crate::wire::{self, Reach, Reply, Request};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use std::sync::Arc;
@@ -20,10 +20,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a single upload (serve or push) may take before it is abandoned.
 pub(super) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Answers one request stream from `peer`.
+/// Answers one request stream from `peer`, which its Hello said is reached as `reach`.
 pub(super) async fn serve(
     shared: &Shared,
-    peer: NodeId,
+    (peer, reach): (NodeId, Reach),
     send: &mut SendStream,
     mut recv: RecvStream,
 ) {
@@ -75,9 +75,14 @@ pub(super) async fn serve(
     let servable = seg.is_some() || partial.is_some();
     let cap = shared.limiter.rate().map(|r| r.0);
     let backlog = shared.limiter.backlog();
-    let answer = shared
-        .upload()
-        .admit(servable, (req.number, req.part), req.join, cap, backlog);
+    let answer = shared.upload().admit(
+        servable,
+        (req.number, req.part),
+        req.join,
+        cap,
+        backlog,
+        reach == Reach::Symmetric,
+    );
     let reply = match answer {
         Answer::Serve => None,
         Answer::Unavailable => Some(Reply::Unavailable),
@@ -244,7 +249,9 @@ fn path_state(conn: &Connection) -> (Duration, u64, u64) {
 /// Pushes one part of `seg` to `peer`; true if `peer` acknowledged every byte or stopped
 /// the stream (it had the part already) before its connection went a whole
 /// [`seed_confirm_wait`] acknowledging no new packet (or [`UPLOAD_TIMEOUT`] passed). A vanished
-/// receiver does neither.
+/// receiver does neither. Opening the stream is watched the same way: a receiver that
+/// vanished before its grant of streams reached us would otherwise hold its seeds unsent
+/// until the connection timed out (`tests/loopback.rs` met it on a loaded machine).
 async fn seed(
     shared: &Shared,
     conn: &Connection,
@@ -252,7 +259,8 @@ async fn seed(
     seg: &VerifiedSegment,
     part: u8,
 ) -> bool {
-    let Ok(mut send) = conn.open_uni().await else {
+    let give_up = tokio::time::Instant::now() + UPLOAD_TIMEOUT;
+    let Some(Ok(mut send)) = while_heard(conn, conn.open_uni(), give_up).await else {
         return false;
     };
     let seeding = shared.limiter.seeding();
@@ -262,8 +270,9 @@ async fn seed(
         header: true,
         join: false,
     };
-    let sent = tokio::time::timeout(
-        UPLOAD_TIMEOUT,
+    // Not watched: the uplink's limiter may hold the writes while nothing is in flight.
+    let sent = tokio::time::timeout_at(
+        give_up,
         send_part(shared, &mut send, seg, req, UploadClass::Seed),
     )
     .await
@@ -273,18 +282,26 @@ async fn seed(
     // `stopped` yields once the stream is stopped by the receiver or its every byte (or
     // its reset) is acknowledged, and fails if the connection is lost.
     let stopped = send.stopped();
-    tokio::pin!(stopped);
-    let give_up = tokio::time::Instant::now() + UPLOAD_TIMEOUT;
+    while_heard(conn, stopped, give_up)
+        .await
+        .is_some_and(|answer| answer.is_ok())
+}
+
+/// Awaits `fut` while `conn`'s peer is heard from: None once its connection acknowledged
+/// no new packet for a whole [`seed_confirm_wait`], or at `give_up`.
+async fn while_heard<F: std::future::Future>(
+    conn: &Connection,
+    fut: F,
+    give_up: tokio::time::Instant,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
     let mut path = path_state(conn);
     loop {
         let wait = seed_confirm_wait(conn.rtt());
-        match tokio::time::timeout_at(
-            give_up.min(tokio::time::Instant::now() + wait),
-            &mut stopped,
-        )
-        .await
+        match tokio::time::timeout_at(give_up.min(tokio::time::Instant::now() + wait), &mut fut)
+            .await
         {
-            Ok(answer) => return answer.is_ok(),
+            Ok(out) => return Some(out),
             Err(_) => {
                 // Written is not sent: on a congested path the part may still be queued
                 // here or in the network, and re-seeding it would only add to the queue
@@ -293,7 +310,7 @@ async fn seed(
                 // that acknowledged none for the whole wait has vanished.
                 let now = path_state(conn);
                 if now == path || tokio::time::Instant::now() >= give_up {
-                    return false;
+                    return None;
                 }
                 path = now;
             }

@@ -53,6 +53,22 @@ pub fn serving_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool, seeded: 
     upload_slots(cap_bps, stream_bps, join) + u64::from(seeded)
 }
 
+/// Of `slots` upload slots, how many a node whose viewer partners are `(symmetric, all)`
+/// holds back from requesters not behind a symmetric NAT: slots in half the proportion of
+/// its partners behind one, rounded up. A peer behind a symmetric NAT can be served by
+/// public peers alone (and the broadcaster), and public peers are few; everyone else has
+/// many suppliers. Served first come first served, public peers spent most of their upload
+/// on the many, and the symmetric ones fell back on the broadcaster until its uplink was
+/// full (the simulator at 1,000 peers, 20 % of them symmetric: continuity 0.97 at
+/// 4.1 origin copies; holding back half their share: 0.996 at 3.3).
+pub fn held_back(slots: u64, (symmetric, all): (usize, usize)) -> u64 {
+    if symmetric == 0 || all == 0 {
+        return 0;
+    }
+    let (s, a) = (symmetric.min(all) as u64, all as u64);
+    slots.saturating_mul(s).div_ceil(2 * a).min(slots)
+}
+
 /// The parts the origin pushed to this node lately, oldest first: two segments' worth.
 #[derive(Debug, Default)]
 pub struct SeededParts(VecDeque<(u64, u8)>);
@@ -95,6 +111,8 @@ pub struct Uploads {
     active: u64,
     stream_bps: u64,
     seeded: SeededParts,
+    /// See [`Uploads::note_partners`].
+    symmetric_partners: (usize, usize),
 }
 
 impl Uploads {
@@ -119,6 +137,12 @@ impl Uploads {
         }
     }
 
+    /// How many of our viewer partners sit behind symmetric NATs (off our site), and how
+    /// many viewer partners we have ([`crate::mesh::Mesh::symmetric_partners`]).
+    pub fn note_partners(&mut self, (symmetric, all): (usize, usize)) {
+        self.symmetric_partners = (symmetric, all);
+    }
+
     /// The origin pushed part `part` of segment `number` here.
     pub fn note_seeded(&mut self, number: u64, part: u8) {
         self.seeded.note(number, part);
@@ -139,12 +163,17 @@ impl Uploads {
         join: bool,
         cap_bps: Option<u64>,
         backlog: Duration,
+        from_symmetric: bool,
     ) -> Answer {
         if !servable {
             return Answer::Unavailable;
         }
         let seeded = self.seeded.contains(number, part);
-        if self.active >= serving_slots(cap_bps, self.stream_bps, join, seeded) {
+        let mut slots = serving_slots(cap_bps, self.stream_bps, join, seeded);
+        if !seeded && !from_symmetric {
+            slots -= held_back(slots, self.symmetric_partners);
+        }
+        if self.active >= slots {
             return Answer::BusySlots;
         }
         if backlog > BUSY_BACKLOG {
@@ -200,24 +229,66 @@ mod tests {
         let cap = Some(3 * M);
         let idle = Duration::ZERO;
         assert_eq!(
-            u.admit(false, (1, 0), false, cap, idle),
+            u.admit(false, (1, 0), false, cap, idle, false),
             Answer::Unavailable
         );
-        assert_eq!(u.admit(true, (1, 0), false, cap, idle), Answer::Serve);
+        assert_eq!(
+            u.admit(true, (1, 0), false, cap, idle, false),
+            Answer::Serve
+        );
         // One slot at 1.5x: the next is turned away until the first ends.
-        assert_eq!(u.admit(true, (1, 1), false, cap, idle), Answer::BusySlots);
+        assert_eq!(
+            u.admit(true, (1, 1), false, cap, idle, false),
+            Answer::BusySlots
+        );
         // A seeded part gets a slot more.
         u.note_seeded(1, 1);
-        assert_eq!(u.admit(true, (1, 1), false, cap, idle), Answer::Serve);
+        assert_eq!(
+            u.admit(true, (1, 1), false, cap, idle, false),
+            Answer::Serve
+        );
         u.release();
         u.release();
         let queued = BUSY_BACKLOG + Duration::from_millis(1);
         assert_eq!(
-            u.admit(true, (1, 2), false, cap, queued),
+            u.admit(true, (1, 2), false, cap, queued, false),
             Answer::BusyBacklog
         );
         assert_eq!(u.active(), 0);
         assert!(Uploads::may_push(Duration::ZERO) && !Uploads::may_push(BUSY_BACKLOG));
+    }
+
+    #[test]
+    fn a_node_with_partners_behind_symmetric_nats_holds_slots_back_for_them() {
+        const M: u64 = 1_000_000;
+        // Half the partners' share, rounded up; nothing without such partners.
+        assert_eq!(held_back(4, (0, 10)), 0);
+        assert_eq!(held_back(4, (5, 10)), 1);
+        assert_eq!(held_back(4, (10, 10)), 2);
+        assert_eq!(held_back(1, (1, 11)), 1);
+        assert_eq!(held_back(3, (20, 10)), 2);
+        assert_eq!(held_back(3, (1, 0)), 0);
+        let mut u = Uploads::default();
+        u.note_bitrate(2 * M);
+        let (cap, idle) = (Some(4 * M), Duration::ZERO);
+        u.note_partners((2, 8));
+        let ask = |u: &mut Uploads, part: u8, symmetric: bool| {
+            u.admit(true, (1, part), false, cap, idle, symmetric)
+        };
+        // Two slots, one held back: one for anyone, the other for the symmetric partners.
+        assert_eq!(ask(&mut u, 0, false), Answer::Serve);
+        assert_eq!(ask(&mut u, 1, false), Answer::BusySlots);
+        assert_eq!(ask(&mut u, 1, true), Answer::Serve);
+        // A part the origin seeded here is anyone's: the swarm waits on it.
+        u.release();
+        u.note_seeded(1, 2);
+        assert_eq!(ask(&mut u, 2, false), Answer::Serve);
+        // Without such partners, nothing is held back.
+        u.release();
+        u.release();
+        u.note_partners((0, 8));
+        assert_eq!(ask(&mut u, 3, false), Answer::Serve);
+        assert_eq!(ask(&mut u, 4, false), Answer::Serve);
     }
 
     #[test]

@@ -741,6 +741,13 @@ impl Sim {
         while let Some(a) = self.mesh(i).and_then(Mesh::poll_action) {
             self.act(i, a);
         }
+        // As `net`'s driver does after each turn of its loop.
+        let Some(partners) = self.mesh(i).map(|m| m.symmetric_partners()) else {
+            return;
+        };
+        if let Some(n) = self.node_mut(i) {
+            n.upload.note_partners(partners);
+        }
         let Some(wake) = self.mesh(i).map(|m| m.poll_timeout()) else {
             return;
         };
@@ -888,6 +895,22 @@ impl Sim {
         } else {
             live.iter().map(|s| s.partners).sum::<usize>() as f64 / live.len() as f64
         };
+        for n in self.nodes.iter().skip(1).filter(|n| n.alive()) {
+            let viewers = n.partners.iter().filter(|&&p| p != ORIGIN);
+            let open = viewers
+                .clone()
+                .filter(|&&p| {
+                    self.nodes
+                        .get(p as usize)
+                        .is_some_and(|q| q.nat == crate::NatKind::Open)
+                })
+                .count();
+            if let Some(row) = self.d.partners_by_nat.get_mut(nodes::nat_index(n.nat)) {
+                row.0 += 1;
+                row.1 += viewers.count() as u64;
+                row.2 += open as u64;
+            }
+        }
         let site_viewers: Vec<(usize, usize)> = self
             .nodes
             .iter()

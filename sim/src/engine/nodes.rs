@@ -82,6 +82,15 @@ const MAX_PINHOLES: usize = 64;
 /// How long a NAT keeps an outgoing mapping nobody answered (Linux conntrack's UDP default).
 const PINHOLE_NS: Ns = 30_000 * NS_PER_MS;
 
+/// `nat`'s row in the per-NAT counters: open, cone, symmetric.
+pub(super) fn nat_index(nat: NatKind) -> usize {
+    match nat {
+        NatKind::Open => 0,
+        NatKind::Cone => 1,
+        NatKind::Symmetric => 2,
+    }
+}
+
 /// What a node behind `nat` reports of itself in its Hello.
 pub(super) fn reach_of(nat: NatKind) -> Reach {
     match nat {
@@ -498,6 +507,17 @@ impl Sim {
                 let held = n.holds(number);
                 self.d.judged += 1;
                 self.d.on_time += u64::from(held);
+                let nat = nat_index(n.nat);
+                let below = usize::from(n.cap_bps < self.cfg.bitrate_bps);
+                if let Some(c) = self
+                    .d
+                    .judged_by_class
+                    .get_mut(nat)
+                    .and_then(|r| r.get_mut(below))
+                {
+                    c.0 += 1;
+                    c.1 += u64::from(held);
+                }
                 if site != NO_SITE {
                     self.d.site_judged += 1;
                     self.d.site_on_time += u64::from(held);

@@ -6,6 +6,7 @@ use super::nodes::{Assembly, Node, NOBODY, STORE};
 use super::sites::NO_SITE;
 use super::worker::{Call, Whole};
 use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
+use crate::NatKind;
 use starling::node::{Answer, Assemblies, FirstFrame, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS};
 use starling::wire;
@@ -294,9 +295,11 @@ impl Sim {
             return self.refuse(tr, false);
         }
         let (cap, backlog) = (Some(n.cap_bps), Duration::from_nanos(n.link.backlog(now)));
-        let answer = self
-            .node_mut(s)
-            .map(|n| n.upload.admit(true, (number, part), join, cap, backlog));
+        let from_symmetric = self.node(r).is_some_and(|x| x.nat == NatKind::Symmetric);
+        let answer = self.node_mut(s).map(|n| {
+            n.upload
+                .admit(true, (number, part), join, cap, backlog, from_symmetric)
+        });
         match answer {
             Some(Answer::Serve) => {}
             Some(Answer::BusySlots) => {
@@ -426,7 +429,7 @@ impl Sim {
                 t.sent += bytes;
                 t.next += 1;
                 t.booked = false;
-                self.count_sent(s, bytes);
+                self.count_sent(s, r, bytes);
                 self.wake_relays(tr, lands);
             }
             let Some(t) = self.transfers.get(tr) else {
@@ -531,10 +534,30 @@ impl Sim {
         }
     }
 
-    fn count_sent(&mut self, s: u32, bytes: u64) {
+    fn count_sent(&mut self, s: u32, r: u32, bytes: u64) {
         self.d.media_sent_bytes += bytes;
+        let to = self
+            .nodes
+            .get(r as usize)
+            .map(|n| super::nodes::nat_index(n.nat));
         if s == ORIGIN {
             self.origin_bytes += bytes;
+            if let Some(b) = to.and_then(|k| self.d.origin_bytes_by_nat.get_mut(k)) {
+                *b += bytes;
+            }
+        } else if let Some(from) = self
+            .nodes
+            .get(s as usize)
+            .map(|n| super::nodes::nat_index(n.nat))
+        {
+            if let Some(b) = to.and_then(|k| {
+                self.d
+                    .bytes_by_nat
+                    .get_mut(from)
+                    .and_then(|row| row.get_mut(k))
+            }) {
+                *b += bytes;
+            }
         }
     }
 
