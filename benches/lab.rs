@@ -319,6 +319,10 @@ fn run(args: &Args) -> Option<Value> {
                 "missed_deadlines": delta("missed_deadlines"),
                 "bytes_from_origin": delta("bytes_from_origin"),
                 "bytes_from_peers": delta("bytes_from_peers"),
+                "bytes_uploaded": delta("bytes_uploaded"),
+                "control_bytes": delta("control_bytes"),
+                "dials_ok": delta("dials_ok"),
+                "dials_failed": delta("dials_failed"),
                 "ffmpeg_frames": played.as_ref().ok(),
                 "ffmpeg_error": played.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()),
             })

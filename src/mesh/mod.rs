@@ -313,6 +313,8 @@ pub struct Mesh {
     /// Peers just turned away for a full partner set, with when: until their connection
     /// closes they may still ask us for a rendezvous with the partners we handed them.
     introducing: VecDeque<(PeerInfo, Instant)>,
+    /// Rendezvous passed on lately: (asked by, passed to, when) ([`Mesh::rendezvous`]).
+    passed: VecDeque<(NodeId, NodeId, Instant)>,
     /// A segment has been held: the join is over.
     started: bool,
     /// This node's rotation of part order among equally rare parts, so viewers that hear
@@ -367,6 +369,7 @@ impl Mesh {
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
             introducing: VecDeque::new(),
+            passed: VecDeque::new(),
             stats: MeshStats::default(),
             public: None,
             reach: Reach::Unknown,
