@@ -889,11 +889,6 @@ mod tests {
             .map(|i| contact(id(i), addr(u16::from(i))))
             .collect();
         v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
-        let dials = |acts: Vec<Action>| {
-            acts.iter()
-                .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
-                .count()
-        };
         // At its target: nobody is dialled.
         assert_eq!(dials(drain(&mut v)), 0);
         // The origin announces a segment no partner has, and every request for it fails.
@@ -1105,6 +1100,13 @@ mod tests {
             );
             assert_eq!(v.peers.contains_key(&id(who)), who < 103, "peer {who}");
         }
+    }
+
+    /// Dials of peers (not of the origin) among `acts`.
+    fn dials(acts: Vec<Action>) -> usize {
+        acts.iter()
+            .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
+            .count()
     }
 
     /// Viewer 10, reached as `reach`, with the origin connected and its actions drained.
@@ -1442,11 +1444,6 @@ mod tests {
             .map(|i| behind(i, Reach::Nat, Some(u16::from(i))))
             .collect();
         v.handle_control(t0, id(ORIGIN), Control::Peers { peers });
-        let dials = |acts: Vec<Action>| {
-            acts.iter()
-                .filter(|a| matches!(a, Action::Dial { addr: Some(_), .. }))
-                .count()
-        };
         let most = v.cfg.max_pending_dials;
         assert_eq!(dials(drain(&mut v)), most);
         // Nobody dialled back (the rendezvous was lost): the dials hang, but after two
