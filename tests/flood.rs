@@ -295,11 +295,14 @@ fn stalling_reader() -> quinn::TransportConfig {
 }
 
 /// A broadcaster with segment 0 published (parts of some 6 KB), and an admitted peer with
-/// [`stalling_reader`] settings connected to it; `seed` picks the keys.
+/// [`stalling_reader`] settings connected to it; `seed` picks the keys. The broadcaster has
+/// the binary's default cap (4 Mbit/s): its upload slots start at the cap's (8 for this
+/// stream) rather than the 2 an uncapped node starts with and learns from.
 async fn origin_and_stalling_reader(seed: u8) -> (starling::net::Node, Evil) {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let stream = node_id(&key);
-    let origin = broadcaster(&key, SEGMENT, None, u64::from(seed)).await;
+    let cap = Some(starling::rate::Rate(4_000_000));
+    let origin = broadcaster(&key, SEGMENT, cap, u64::from(seed)).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], origin.local_addr().unwrap().port()));
     publish(&origin, &key, 0, SEGMENT, payload(0)).await;
     let hog = Evil::connect_with(

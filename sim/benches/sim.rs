@@ -25,7 +25,7 @@ fn main() {
                  --delay SEGMENTS --upload-mix SHARE:MULTx,... --nat-mix KIND:SHARE,... --join-window-ms MS --join-after K \
                  --leave-detect-ms MS --dial-timeout-ms MS --tick-floor-ms MS --link shared|fifo \
                  --origin-partners N --threads 1|2 --sites COUNTxMEMBERS,... --site-wan BPS \
-                 --site-nat cone|symmetric --site-upload BPS --lan-rtt-ms MS --rtt-spread SIGMA"
+                 --site-nat cone|symmetric --site-upload BPS|homes --lan-rtt-ms MS --rtt-spread SIGMA"
             );
             std::process::exit(2);
         }

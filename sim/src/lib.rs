@@ -38,7 +38,8 @@
 //!   queue holds at most 200 ms (the lab's tbf): a piece that would find it longer waits at
 //!   its sender in that link's line, and the link lets the uploads in line send a piece each
 //!   in turn as it drains, which is how congestion control shares a bottleneck (no loss is
-//!   modelled). Site viewers' own uploads are drawn as the homes' (or `--site-upload`). A
+//!   modelled). Site viewers' own uploads are a LAN port's, 100 Mbit/s (`--site-upload`;
+//!   `homes`: drawn as the homes' are). A
 //!   churn leaver on a site is replaced on that site. Reported: WAN download copies per site
 //!   (bytes in by the run's end over the bytes of the segments the site needed: held by one
 //!   of its viewers, or judged at one), and where they came from ([`SimDetails`]).
@@ -82,10 +83,18 @@
 //!   1.5 s of limiter debt, answers `Busy`; both land one latency later. Upload slots
 //!   (serves and relays, not pushes) are `clamp(cap / stream bitrate, 1, 8)`, the bitrate
 //!   learned from headers received (`len × 8 / duration`, smoothed 7:1); 8 while unknown, so
-//!   8 at the broadcaster, which receives none. A join request may take one slot more, and
-//!   so may a request for a part the origin pushed to this node (its last 16 such parts
-//!   remembered): the node's [`starling::node::Uploads::admit`] decides. A slot is held
-//!   until the last piece has left (or the upload stops). Busy backoff is the mesh's own.
+//!   8 at the broadcaster, which receives none. Every home has its uplink as its cap (and
+//!   declares it), as if each viewer passed `--upload-limit`; a site's viewers have none
+//!   (nor declare one), and each of their paths (requesters on the site, and the others)
+//!   learns its slots as `net`'s uncapped viewers do ([`starling::node::PathSlots`]: it
+//!   starts at 2; every part served whole to the end reports its bytes, the time from its
+//!   start to its last piece landing less the one-way latency, and the uploads sharing the
+//!   path), while their LAN port's bucket still paces what they send. A join request
+//!   may take one slot more, and so may a request for a part the origin pushed to this node
+//!   (its last 16 such parts remembered): the node's [`starling::node::Uploads::admit`]
+//!   decides. A slot is held until the last piece has left (or the upload stops; `net`
+//!   holds it until the last byte is acknowledged, up to a round trip longer). Busy
+//!   backoff is the mesh's own.
 //! - **Pushes** need no slot; the origin skips one when its limiter debt is 1.5 s or more.
 //!   The origin's pushes go before the requests it serves (`net`'s `UploadClass`): its
 //!   link takes turns, pushes first, then served uploads oldest first (`net` shares the
@@ -318,8 +327,9 @@ pub struct SimConfig {
     pub site_wan_bps: u64,
     /// The NAT every site sits behind (`--site-nat cone|symmetric`).
     pub site_nat: NatKind,
-    /// Site viewers' own upload caps, bits/s (`--site-upload`); None: drawn as the homes'
-    /// are (`--viewer-upload` or `--upload-mix`).
+    /// Site viewers' own upload caps, bits/s (`--site-upload`, by default
+    /// [`SITE_LAN_UPLOAD`]); None (`--site-upload homes`): drawn as the homes' are
+    /// (`--viewer-upload` or `--upload-mix`).
     pub site_upload_bps: Option<u64>,
     /// RTT between two viewers of one site, over their LAN, ms (`--lan-rtt-ms`).
     pub lan_rtt_ms: f64,
@@ -360,7 +370,7 @@ impl Default for SimConfig {
             sites: Vec::new(),
             site_wan_bps: 3_000_000,
             site_nat: NatKind::Cone,
-            site_upload_bps: None,
+            site_upload_bps: Some(SITE_LAN_UPLOAD),
             lan_rtt_ms: 1.0,
             rtt_spread: 0.0,
         }
@@ -371,6 +381,12 @@ impl Default for SimConfig {
 pub const MAX_PEERS: usize = 1_000_000;
 /// Longest run accepted, in seconds of stream.
 pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
+/// A site viewer's own upload by default: an office desktop's LAN port. What bounds a
+/// site is its WAN, shared by all its viewers, and their LAN is what spreads a part through
+/// the site (drawn as the homes' uplinks, half of a site's viewers could pass a part to
+/// their neighbours at half the bitrate, as no office LAN does).
+pub const SITE_LAN_UPLOAD: u64 = 100_000_000;
+
 /// Most sites a run accepts.
 pub const MAX_SITES: usize = 65_536;
 /// Largest hold-back accepted: the model keeps 64 segments per node.
@@ -459,6 +475,7 @@ impl SimConfig {
                         _ => return Err(bad()),
                     }
                 }
+                "--site-upload" if value == "homes" => c.site_upload_bps = None,
                 "--site-upload" => c.site_upload_bps = Some(parse_rate(&value).ok_or_else(bad)?),
                 "--lan-rtt-ms" => c.lan_rtt_ms = parse_f64(&value).ok_or_else(bad)?,
                 "--rtt-spread" => c.rtt_spread = parse_f64(&value).ok_or_else(bad)?,

@@ -390,12 +390,12 @@ async fn run_connection(
             while let Ok((send, recv)) = conn.accept_bi().await {
                 match serves.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let shared = shared.clone();
+                        let (shared, conn) = (shared.clone(), conn.clone());
                         tokio::spawn(async move {
                             let mut send = send;
                             let served = tokio::time::timeout(
                                 UPLOAD_TIMEOUT,
-                                serve(&shared, (peer, reach), &mut send, recv),
+                                serve(&shared, (peer, reach, &conn), &mut send, recv),
                             )
                             .await;
                             if served.is_err() {

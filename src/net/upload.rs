@@ -6,7 +6,7 @@ use super::download::Assembly;
 use super::driver::Event;
 use super::framing::{read_frame, write_within, TransferError, UploadError};
 use super::{add, Shared, UploadClass};
-use crate::node::{seed_confirm_wait, Answer, Misbehaviour};
+use crate::node::{seed_confirm_wait, Answer, Misbehaviour, Requester};
 use crate::store;
 use crate::stream::{part_pieces, piece_range, NodeId, SignedHeader, VerifiedSegment};
 use crate::wire::{self, Reach, Reply, Request};
@@ -20,10 +20,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a single upload (serve or push) may take before it is abandoned.
 pub(super) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Answers one request stream from `peer`, which its Hello said is reached as `reach`.
+/// Answers one request stream from `peer` on `conn`, which its Hello said is reached as
+/// `reach`.
 pub(super) async fn serve(
     shared: &Shared,
-    (peer, reach): (NodeId, Reach),
+    (peer, reach, conn): (NodeId, Reach, &Connection),
     send: &mut SendStream,
     mut recv: RecvStream,
 ) {
@@ -75,14 +76,24 @@ pub(super) async fn serve(
     let servable = seg.is_some() || partial.is_some();
     let cap = shared.limiter.rate().map(|r| r.0);
     let backlog = shared.limiter.backlog();
-    let answer = shared.upload().admit(
-        servable,
-        (req.number, req.part),
-        req.join,
-        cap,
-        backlog,
-        reach == Reach::Symmetric,
-    );
+    let who = Requester {
+        symmetric: reach == Reach::Symmetric,
+        lan: shared
+            .reachability()
+            .on_our_networks(conn.remote_address().ip()),
+    };
+    let (answer, sharing) = {
+        let mut up = shared.upload();
+        let answer = up.admit(
+            std::time::Instant::now(),
+            servable,
+            (req.number, req.part),
+            req.join,
+            (cap, backlog),
+            who,
+        );
+        (answer, up.path(who.lan).active())
+    };
     let reply = match answer {
         Answer::Serve => None,
         Answer::Unavailable => Some(Reply::Unavailable),
@@ -96,13 +107,38 @@ pub(super) async fn serve(
         let _ = send.finish();
         return;
     }
-    let _slot = UploadSlot(shared);
-    let sent = match (seg, partial) {
-        (Some(seg), _) => send_part(shared, send, &seg, req, UploadClass::Serve).await,
-        (None, Some(partial)) => relay_part(shared, send, &partial, req).await,
-        (None, None) => Ok(()),
+    let mut slot = UploadSlot(shared, who, None);
+    let started = tokio::time::Instant::now();
+    let (sent, whole) = match (seg, partial) {
+        (Some(seg), _) => {
+            let sent = send_part(shared, send, &seg, req, UploadClass::Serve).await;
+            (sent, part_len(&seg, req.part))
+        }
+        (None, Some(partial)) => (relay_part(shared, send, &partial, req).await, None),
+        (None, None) => (Ok(()), None),
     };
+    let complete = sent.is_ok();
     end_upload(shared, peer, send, sent).await;
+    // The slot is held until the receiver has every byte: written is only queued here
+    // (the connection's send window holds megabytes), and an uplink counted free while its
+    // queue grows takes on uploads it cannot carry. How long that took teaches the path's
+    // slots (`PathSlots`); a relay's pace was its upstream's and teaches nothing.
+    let acked = while_heard(conn, send.stopped(), started + UPLOAD_TIMEOUT).await;
+    if let (true, Some(Ok(None)), Some(bytes)) = (complete, acked, whole) {
+        let elapsed = started.elapsed().saturating_sub(conn.rtt());
+        slot.2 = Some((bytes, elapsed, sharing));
+    }
+}
+
+/// The bytes of part `part` of a held segment.
+fn part_len(seg: &VerifiedSegment, part: u8) -> Option<u64> {
+    let h = &seg.header.header;
+    let range = part_pieces(h.pieces.len(), usize::from(part))?;
+    let bytes = range
+        .filter_map(|i| piece_range(h.len, h.piece_size, i))
+        .map(|r| r.len() as u64)
+        .sum();
+    Some(bytes)
 }
 
 /// Closes an upload's stream after `sent`: an unfinished one is reset (never finished
@@ -133,13 +169,16 @@ async fn end_upload(
     }
 }
 
-/// An upload [`crate::node::Uploads::admit`] let in; its slot is given back on drop,
-/// however the upload ends.
-struct UploadSlot<'a>(&'a Shared);
+/// An upload [`crate::node::Uploads::admit`] let in for a requester; its slot is given
+/// back on drop, however the upload ends, with what it measured if it went to the end
+/// ([`crate::node::Uploads::finish`]).
+struct UploadSlot<'a>(&'a Shared, Requester, Option<(u64, Duration, u64)>);
 
 impl Drop for UploadSlot<'_> {
     fn drop(&mut self) {
-        self.0.upload().release();
+        self.0
+            .upload()
+            .finish(std::time::Instant::now(), self.1, self.2);
     }
 }
 

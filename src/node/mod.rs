@@ -36,6 +36,6 @@ pub use assembly::{
 pub use budget::ControlBudget;
 pub use reason::{DisconnectReason, Forgery, Misbehaviour};
 pub use upload::{
-    seed_confirm_wait, Answer, Uploads, BUSY_BACKLOG, PUSHES_PER_CONNECTION, SEED_CONFIRM_MIN,
-    SERVES_PER_CONNECTION,
+    seed_confirm_wait, Answer, PathSlots, Requester, Uploads, BUSY_BACKLOG, FIRST_SLOTS,
+    PUSHES_PER_CONNECTION, SEED_CONFIRM_MIN, SERVES_PER_CONNECTION,
 };

@@ -449,14 +449,15 @@ impl Sim {
                 Role::Viewer
             }
         };
-        // Every simulated node has a cap, and declares it as net's do.
-        let info = |n: &Node| {
+        // A node declares its cap, as net's do ([`Sim::cap_of`]: none on a site).
+        let info = |n: &Node, cap: Option<u64>| {
             let at = (n.addr, n.nat, n.local);
-            (at, n.uploads, Some(n.cap_bps), n.upload.stream_bps())
+            (at, n.uploads, cap, n.upload.stream_bps())
         };
-        let (Some((ata, upa, capa, bpsa)), Some((atb, upb, capb, bpsb))) =
-            (self.node(a).map(info), self.node(b).map(info))
-        else {
+        let (Some((ata, upa, capa, bpsa)), Some((atb, upb, capb, bpsb))) = (
+            self.node(a).map(|n| info(n, self.cap_of(a))),
+            self.node(b).map(|n| info(n, self.cap_of(b))),
+        ) else {
             return;
         };
         let (ida, idb) = (self.id_of(a), self.id_of(b));

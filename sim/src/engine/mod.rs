@@ -724,7 +724,7 @@ impl Sim {
         }
     }
 
-    fn instant(&self, t: Ns) -> Instant {
+    pub(super) fn instant(&self, t: Ns) -> Instant {
         self.base + Duration::from_nanos(t)
     }
 

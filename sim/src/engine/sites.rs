@@ -180,6 +180,14 @@ impl Sim {
         self.site_of.get(i as usize).copied().unwrap_or(NO_SITE)
     }
 
+    /// The upload cap node `i` runs with and declares, as `--upload-limit` would set it: a
+    /// home's uplink; none on a site, whose viewers (office desktops) know their LAN port
+    /// but not the WAN they share, and learn their slots ([`starling::node::PathSlots`]).
+    pub(super) fn cap_of(&self, i: u32) -> Option<u64> {
+        let n = self.node(i)?;
+        (self.site_of(i) == NO_SITE).then_some(n.cap_bps)
+    }
+
     /// Both on one site: a LAN apart.
     pub(super) fn same_site(&self, a: u32, b: u32) -> bool {
         let s = self.site_of(a);

@@ -7,7 +7,7 @@ use super::sites::NO_SITE;
 use super::worker::{Call, Whole};
 use super::{Ev, Ns, Sim, NS_PER_MS, ORIGIN};
 use crate::NatKind;
-use starling::node::{Answer, Assemblies, FirstFrame, Uploads};
+use starling::node::{Answer, Assemblies, FirstFrame, Requester, Uploads};
 use starling::stream::{part_pieces, NodeId, ALL_PARTS};
 use starling::wire;
 use std::time::Duration;
@@ -66,8 +66,11 @@ pub(super) struct Transfer {
     waiting: bool,
     /// Bumped per scheduled pump, so older pumps go stale.
     pub(super) seq: u32,
-    /// Holds one of `from`'s upload slots.
+    /// Holds one of `from`'s upload slots, for a requester of this kind.
     slot: bool,
+    who: Requester,
+    /// Uploads on its path at `from` once it was admitted, itself included.
+    sharing: u64,
     /// Piece bytes sent.
     sent: u64,
     /// When the first frame lands at `to`.
@@ -294,12 +297,22 @@ impl Sim {
             self.d.unavailable += 1;
             return self.refuse(tr, false);
         }
-        let (cap, backlog) = (Some(n.cap_bps), Duration::from_nanos(n.link.backlog(now)));
-        let from_symmetric = self.node(r).is_some_and(|x| x.nat == NatKind::Symmetric);
+        let (cap, backlog) = (self.cap_of(s), Duration::from_nanos(n.link.backlog(now)));
+        let who = Requester {
+            symmetric: self.node(r).is_some_and(|x| x.nat == NatKind::Symmetric),
+            lan: self.same_site(s, r),
+        };
+        let at = self.instant(now);
         let answer = self.node_mut(s).map(|n| {
-            n.upload
-                .admit(true, (number, part), join, cap, backlog, from_symmetric)
+            let a = n
+                .upload
+                .admit(at, true, (number, part), join, (cap, backlog), who);
+            (a, n.upload.path(who.lan).active())
         });
+        let (answer, sharing) = match answer {
+            Some((a, k)) => (Some(a), k),
+            None => (None, 0),
+        };
         match answer {
             Some(Answer::Serve) => {}
             Some(Answer::BusySlots) => {
@@ -315,6 +328,8 @@ impl Sim {
         }
         if let Some(t) = self.transfers.get_mut(tr) {
             t.slot = true;
+            t.who = who;
+            t.sharing = sharing;
             t.source = partial;
         }
         if let Some(u) = partial {
@@ -575,15 +590,25 @@ impl Sim {
             .then(|| (t.to, t.conn, t.number, t.part, t.next >= t.hi, t.landed()));
         let (s, slot, source, started) = (t.from, t.slot, t.source.take(), t.started);
         t.slot = false;
+        // A part held whole here and sent to the end teaches its path's slots: how long
+        // its bytes took to land, less the one-way latency (net's round trip excluded).
+        let measured = (source.is_none() && t.next >= t.hi && t.hi > t.lo)
+            .then(|| (t.sent, t.landed().saturating_sub(t.began), t.to));
+        let (who, sharing) = (t.who, t.sharing);
         if let Some(u) = source {
             if let Some(ut) = self.transfers.get_mut(u) {
                 ut.relays.retain(|x| *x != tr);
             }
         }
+        let sent = measured.map(|(bytes, took, to)| {
+            let took = took.saturating_sub(self.one_way(s, to));
+            (bytes, Duration::from_nanos(took), sharing)
+        });
+        let at = self.instant(self.now);
         if started {
             if let Some(n) = self.node_mut(s) {
                 if slot {
-                    n.upload.release();
+                    n.upload.finish(at, who, sent);
                 }
                 n.ups.retain(|x| *x != tr);
             }
