@@ -310,6 +310,8 @@ pub struct Mesh {
     /// Broadcaster: uploading viewers it turned away lately (newest last). They are still
     /// looking for partners, so they have room: the tracker's samples include them.
     overflow: VecDeque<PeerInfo>,
+    /// Broadcaster: viewers with a LAN address, by the public address they came from.
+    site_book: membership::SiteBook,
     /// Peers just turned away for a full partner set, with when: until their connection
     /// closes they may still ask us for a rendezvous with the partners we handed them.
     introducing: VecDeque<(PeerInfo, Instant)>,
@@ -368,6 +370,7 @@ impl Mesh {
             started: false,
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
+            site_book: membership::SiteBook::default(),
             introducing: VecDeque::new(),
             passed: VecDeque::new(),
             stats: MeshStats::default(),
