@@ -6,6 +6,7 @@ use super::download::Assembly;
 use super::driver::Event;
 use super::framing::{read_frame, write_within, TransferError, UploadError};
 use super::{add, Shared, UploadClass};
+use crate::node::upload::peer_tag;
 use crate::node::{seed_confirm_wait, Answer, Misbehaviour, Requester};
 use crate::store;
 use crate::stream::{part_pieces, piece_range, NodeId, SignedHeader, VerifiedSegment};
@@ -81,6 +82,7 @@ pub(super) async fn serve(
         lan: shared
             .reachability()
             .on_our_networks(conn.remote_address().ip()),
+        peer: peer_tag(&peer),
     };
     let (answer, sharing) = {
         let mut up = shared.upload();

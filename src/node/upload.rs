@@ -1,7 +1,7 @@
 //! Upload admission: how many uploads run at once, when a request is answered Busy, when
 //! seeding is skipped, and how long a seeding push may go unacknowledged.
 
-use crate::stream::{SegmentHeader, PARTS};
+use crate::stream::{NodeId, SegmentHeader, PARTS};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,12 @@ pub fn upload_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool) -> u64 {
 /// copy of it, and every other viewer waits on it.
 pub fn serving_slots(cap_bps: Option<u64>, stream_bps: u64, join: bool, seeded: bool) -> u64 {
     upload_slots(cap_bps, stream_bps, join) + u64::from(seeded)
+}
+
+/// The tag [`Requester::peer`] of the peer with id `id`.
+pub fn peer_tag(id: &NodeId) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = id.0;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
 }
 
 /// Of `slots` upload slots, how many a node whose viewer partners are `(symmetric, all)`
@@ -113,6 +119,10 @@ pub struct Requester {
     /// that uploads off our networks share (an office's WAN), so each path has its own
     /// slots, learned apart.
     pub lan: bool,
+    /// Which peer it is (the first bytes of its id): a path's slots drop only when uploads
+    /// to two different peers ran slow in a row, so one peer that reads at a trickle cannot
+    /// talk a node out of serving everyone else.
+    pub peer: u64,
 }
 
 /// Upload slots a path starts with, before any upload on it was measured, when no cap was
@@ -158,6 +168,8 @@ pub struct PathSlots {
     active: u64,
     /// With no slot: when the next upload may try the path.
     probe_at: Option<Instant>,
+    /// The peer whose upload ran slow last, if the one after it did not keep up either.
+    slow_to: Option<u64>,
 }
 
 impl PathSlots {
@@ -183,12 +195,12 @@ impl PathSlots {
         self.active
     }
 
-    /// An upload of `bytes` that ended at `now` after `elapsed` (from its first byte
+    /// An upload of `bytes` to `peer` that ended at `now` after `elapsed` (from its first byte
     /// leaving to its last, round trip excluded), with `sharing` uploads on this path
     /// (itself included), for a stream of `stream_bps` (0: not known, nothing learned).
     pub fn learn(
         &mut self,
-        now: Instant,
+        (now, peer): (Instant, u64),
         bytes: u64,
         elapsed: Duration,
         (sharing, stream_bps): (u64, u64),
@@ -203,6 +215,12 @@ impl PathSlots {
         let sharing = sharing.max(1);
         let Some(slots) = self.slots else { return };
         if rate < KEEPING_UP * stream_bps as f64 {
+            // One slow peer proves nothing of the path: wait for a second, other one.
+            let other = self.slow_to.is_some_and(|p| p != peer);
+            self.slow_to = Some(peer);
+            if !other {
+                return;
+            }
             let carried = rate * sharing as f64 / stream_bps as f64;
             if carried < CRAWLING {
                 self.slots = Some(0);
@@ -210,8 +228,12 @@ impl PathSlots {
             } else {
                 self.slots = Some((carried as u64).clamp(1, slots.max(1)));
             }
-        } else if sharing >= slots {
-            self.slots = Some((slots + 1).min(MAX_UPLOAD_SLOTS));
+        } else {
+            // It kept up: a slow one before it was slow at its own end.
+            self.slow_to = None;
+            if sharing >= slots {
+                self.slots = Some((slots + 1).min(MAX_UPLOAD_SLOTS));
+            }
         }
     }
 }
@@ -335,7 +357,7 @@ impl Uploads {
         if let Some((bytes, elapsed, at_start)) = sent {
             // Uploads that started or ended meanwhile shared the path for part of the time.
             let sharing = (at_start + path.active).div_ceil(2);
-            path.learn(now, bytes, elapsed, (sharing, bps));
+            path.learn((now, who.peer), bytes, elapsed, (sharing, bps));
         }
         path.active = path.active.saturating_sub(1);
     }
@@ -431,7 +453,7 @@ mod tests {
         let ask = |u: &mut Uploads, part: u8, symmetric: bool| {
             let who = Requester {
                 symmetric,
-                lan: false,
+                ..Requester::default()
             };
             u.admit(t0, true, (1, part), false, (cap, idle), who)
         };
@@ -459,37 +481,66 @@ mod tests {
         // 250,000 bits (a part of a 2 Mbit/s stream in eight parts a second).
         let part = 31_250;
         let mut p = PathSlots::default();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
         assert_eq!(p.slots(), None);
         // Nothing is learned before the path starts (its first request).
-        p.learn(t0, part, ms(5000), (2, 2 * M));
+        p.learn((t0, next()), part, ms(5000), (2, 2 * M));
         assert_eq!(p.slots(), None);
         assert_eq!(p.start(None, 2 * M), FIRST_SLOTS);
         // Kept up (125 ms: the bitrate) with every slot in use: one more, up to the most.
-        p.learn(t0, part, ms(125), (2, 2 * M));
+        p.learn((t0, next()), part, ms(125), (2, 2 * M));
         assert_eq!(p.slots(), Some(3));
         // Kept up with a slot idle: nothing learned of what a third would do.
-        p.learn(t0, part, ms(100), (2, 2 * M));
+        p.learn((t0, next()), part, ms(100), (2, 2 * M));
         assert_eq!(p.slots(), Some(3));
         for _ in 0..20 {
-            p.learn(t0, part, ms(1), (8, 2 * M));
+            p.learn((t0, next()), part, ms(1), (8, 2 * M));
         }
         assert_eq!(p.slots(), Some(MAX_UPLOAD_SLOTS));
-        // Eight at once, each at a quarter of the bitrate: the path carries two streams.
-        p.learn(t0, part, ms(500), (8, 2 * M));
+        // Eight at once, each at a quarter of the bitrate, to two peers in a row: the path
+        // carries two streams.
+        p.learn((t0, next()), part, ms(500), (8, 2 * M));
+        assert_eq!(p.slots(), Some(MAX_UPLOAD_SLOTS));
+        p.learn((t0, next()), part, ms(500), (8, 2 * M));
         assert_eq!(p.slots(), Some(2));
-        // Alone at half the bitrate (a thin home uplink): one slot.
-        p.learn(t0, part, ms(250), (1, 2 * M));
+        // Alone at half the bitrate (a thin home uplink), to a third: one slot.
+        p.learn((t0, next()), part, ms(250), (1, 2 * M));
         assert_eq!(p.slots(), Some(1));
-        p.learn(t0, part, Duration::ZERO, (1, 2 * M));
+        p.learn((t0, next()), part, Duration::ZERO, (1, 2 * M));
         assert_eq!(p.slots(), Some(2));
-        // Alone at an eighth (others share the uplink): quiet, until an upload keeps up.
-        p.learn(t0, part, ms(1000), (1, 2 * M));
+        // Alone at an eighth (others share the uplink), twice: quiet, until one keeps up.
+        p.learn((t0, next()), part, ms(1000), (1, 2 * M));
+        p.learn((t0, next()), part, ms(1000), (1, 2 * M));
         assert_eq!(p.slots(), Some(0));
-        p.learn(t0, part, ms(125), (1, 2 * M));
+        p.learn((t0, next()), part, ms(125), (1, 2 * M));
         assert_eq!(p.slots(), Some(1));
         // Nothing is learned before the bitrate is known.
-        p.learn(t0, part, ms(5000), (2, 0));
+        p.learn((t0, next()), part, ms(5000), (2, 0));
         assert_eq!(p.slots(), Some(1));
+    }
+
+    #[test]
+    fn one_peer_reading_at_a_trickle_does_not_cut_the_slots() {
+        const M: u64 = 1_000_000;
+        let (t0, part, trickler) = (Instant::now(), 31_250, 7);
+        let mut p = PathSlots::default();
+        p.start(Some(8 * M), 2 * M);
+        p.capped = false;
+        // Every upload to the trickler crawls, with honest ones between keeping up.
+        for honest in 100..110 {
+            p.learn((t0, trickler), part, Duration::from_secs(5), (4, 2 * M));
+            p.learn((t0, trickler), part, Duration::from_secs(5), (4, 2 * M));
+            p.learn((t0, honest), part, Duration::from_millis(100), (1, 2 * M));
+        }
+        assert_eq!(p.slots(), Some(4));
+        // A second slow peer right after it: the path itself is slow.
+        p.learn((t0, trickler), part, Duration::from_secs(5), (4, 2 * M));
+        p.learn((t0, 8), part, Duration::from_millis(500), (8, 2 * M));
+        assert_eq!(p.slots(), Some(2));
     }
 
     #[test]
@@ -502,10 +553,11 @@ mod tests {
         let (wan, lan) = (
             Requester::default(),
             Requester {
-                symmetric: false,
                 lan: true,
+                ..Requester::default()
             },
         );
+        let other = Requester { peer: 1, ..wan };
         // Uncapped: a path starts with FIRST_SLOTS, however many the (absent) cap allows.
         for part in 0..2 {
             assert_eq!(
@@ -526,7 +578,7 @@ mod tests {
         // Two off-site uploads each at a quarter of the bitrate: the WAN carries half a
         // stream, one slot; the LAN's stay.
         u.finish(t0, wan, Some((31_250, Duration::from_millis(500), 2)));
-        u.finish(t0, wan, Some((31_250, Duration::from_millis(500), 2)));
+        u.finish(t0, other, Some((31_250, Duration::from_millis(500), 2)));
         assert_eq!(
             (u.path(false).slots(), u.path(true).slots()),
             (Some(1), Some(2))
@@ -575,8 +627,11 @@ mod tests {
             u.admit(at, true, (1, part), false, (None, idle), wan)
         };
         assert_eq!(ask(&mut u, t0, 0), Answer::Serve);
-        // Alone, at a tenth of the bitrate: the path goes quiet.
+        // Alone, at a tenth of the bitrate, to two peers in a row: the path goes quiet.
         u.finish(t0, wan, Some((31_250, Duration::from_millis(1250), 1)));
+        assert_eq!(ask(&mut u, t0, 1), Answer::Serve);
+        let other = Requester { peer: 1, ..wan };
+        u.finish(t0, other, Some((31_250, Duration::from_millis(1250), 1)));
         assert_eq!(u.path(false).slots(), Some(0));
         assert_eq!(ask(&mut u, t0 + QUIET / 2, 1), Answer::BusySlots);
         // A seeded part is still served: the swarm waits on it.

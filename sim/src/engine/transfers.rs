@@ -301,6 +301,7 @@ impl Sim {
         let who = Requester {
             symmetric: self.node(r).is_some_and(|x| x.nat == NatKind::Symmetric),
             lan: self.same_site(s, r),
+            peer: u64::from(r),
         };
         let at = self.instant(now);
         let answer = self.node_mut(s).map(|n| {
