@@ -186,6 +186,12 @@ async fn a_flood_from_one_address_leaves_memory_bounded_and_the_stream_playing()
     );
     let stats = viewers[0].stats();
     assert_eq!(stats.rejected_segments, 0);
+    // It served the flood without a cap: its slots were started (and learned from).
+    let slots = stats.upload_slots;
+    assert!(
+        slots.off_lan.or(slots.lan).is_some(),
+        "no upload path started: {stats:?}"
+    );
     shutdown_all(viewers.into_iter().chain([origin])).await;
 }
 

@@ -257,6 +257,18 @@ pub struct NodeStats {
     pub dials_ok: u64,
     /// Dials that failed at every address tried.
     pub dials_failed: u64,
+    /// The upload slots each path runs with now.
+    pub upload_slots: SlotStats,
+}
+
+/// Upload slots a node runs with now, per path ([`crate::node::PathSlots`]): the cap's
+/// with `--upload-limit`, learned without; None until the path's first request.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SlotStats {
+    /// For peers off this node's own networks.
+    pub off_lan: Option<u64>,
+    /// For peers on them (its site).
+    pub lan: Option<u64>,
 }
 
 impl Node {
@@ -475,6 +487,13 @@ impl NodeView {
             lan_partners: self.shared.lan_partners.load(Ordering::Relaxed),
             dials_ok: get(&c.dials_ok),
             dials_failed: get(&c.dials_failed),
+            upload_slots: {
+                let up = self.shared.upload();
+                SlotStats {
+                    off_lan: up.path(false).slots(),
+                    lan: up.path(true).slots(),
+                }
+            },
         }
     }
 
