@@ -1079,12 +1079,17 @@ mod tests {
             .any(|a| matches!(a, Action::Send { peer, msg: Control::Peers { peers } } if *peer == id(60) && !peers.is_empty())));
     }
 
+    /// A broadcaster that takes `partners` viewers as partners and turns the rest away.
+    fn broadcaster_with_room_for(partners: usize, t0: Instant) -> Mesh {
+        let mut cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
+        cfg.max_partners = partners;
+        Mesh::new(cfg, id(ORIGIN), 1, t0)
+    }
+
     #[test]
     fn a_full_broadcaster_hands_out_the_viewers_it_turned_away() {
         let t0 = Instant::now();
-        let mut cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
-        cfg.max_partners = 4;
-        let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
+        let mut b = broadcaster_with_room_for(4, t0);
         for i in 20..24 {
             b.handle_connected(
                 t0,
@@ -1137,9 +1142,7 @@ mod tests {
     #[test]
     fn a_full_broadcaster_hands_a_joiner_the_neighbours_it_turned_away_too() {
         let t0 = Instant::now();
-        let mut cfg = MeshConfig::broadcaster(id(ORIGIN), SEG);
-        cfg.max_partners = 2;
-        let mut b = Mesh::new(cfg, id(ORIGIN), 1, t0);
+        let mut b = broadcaster_with_room_for(2, t0);
         let office = |port: u16| SocketAddr::from(([198, 51, 100, 1], port));
         let site_contact = |i: u8| PeerInfo {
             id: id(i),

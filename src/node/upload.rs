@@ -149,15 +149,16 @@ const CRAWLING: f64 = 0.4;
 pub const QUIET: Duration = Duration::from_secs(1);
 
 /// The slots one path (off our networks, or our LAN) may run when no upload cap was given,
-/// learned from its own uploads, as a congestion window is: a node rarely knows what its uplink carries (a home
-/// router's, or an office WAN shared with colleagues who also upload), and a slot
-/// count from a cap it does not have swamped thin uplinks (in the simulator, office
-/// desktops behind one 5 Mbit/s WAN served eight requests each, every transfer crawled, and
-/// continuity fell to 0.02 for everyone).
+/// learned from its own uploads, as a congestion window is: a node rarely knows what its
+/// uplink carries (a home router's, or an office WAN shared with colleagues who also
+/// upload), and a slot count from a cap it does not have swamped thin uplinks (in the
+/// simulator, office desktops behind one 5 Mbit/s WAN served eight requests each, every
+/// transfer crawled, and continuity fell to 0.02 for everyone).
 ///
 /// Each slot promises its downstream the stream's bitrate, so an upload that finished
-/// slower than [`KEEPING_UP`] of the bitrate while `k` ran at once shows the path carries
-/// about `k × rate`: the slots drop to that many bitrates (at least one). One that kept up
+/// slower than [`KEEPING_UP`] of the bitrate while `k` ran at once, right after a slow one
+/// to another peer, shows the path carries about `k × rate`: the slots drop to that many
+/// bitrates (at least one, or none for [`QUIET`] below [`CRAWLING`]). One that kept up
 /// while every slot was in use adds a slot (at most [`MAX_UPLOAD_SLOTS`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PathSlots {
@@ -195,6 +196,32 @@ impl PathSlots {
         self.active
     }
 
+    /// The slots this path may run now, starting it if need be, and whether the one it
+    /// allows is a quiet path's probe (once its quiet time is over, to learn again).
+    fn allowed(&mut self, now: Instant, cap_bps: Option<u64>, stream_bps: u64) -> (u64, bool) {
+        let slots = self.start(cap_bps, stream_bps);
+        let probe = slots == 0 && self.probe_at.is_none_or(|t| now >= t);
+        (if probe { 1 } else { slots }, probe)
+    }
+
+    /// An upload was let in (`probe`: as a quiet path's probe, which starts another quiet time).
+    fn admitted(&mut self, now: Instant, probe: bool) {
+        self.active += 1;
+        if probe {
+            self.probe_at = Some(now + QUIET);
+        }
+    }
+
+    /// An upload to `peer` ended at `now`; `sent` as [`Uploads::finish`] takes it.
+    fn ended(&mut self, (now, peer): (Instant, u64), sent: Option<(u64, Duration, u64)>, bps: u64) {
+        if let Some((bytes, elapsed, at_start)) = sent {
+            // Uploads that started or ended meanwhile shared the path for part of the time.
+            let sharing = (at_start + self.active).div_ceil(2);
+            self.learn((now, peer), bytes, elapsed, (sharing, bps));
+        }
+        self.active = self.active.saturating_sub(1);
+    }
+
     /// An upload of `bytes` to `peer` that ended at `now` after `elapsed` (from its first byte
     /// leaving to its last, round trip excluded), with `sharing` uploads on this path
     /// (itself included), for a stream of `stream_bps` (0: not known, nothing learned).
@@ -205,7 +232,10 @@ impl PathSlots {
         elapsed: Duration,
         (sharing, stream_bps): (u64, u64),
     ) {
-        if stream_bps == 0 || bytes == 0 || self.capped {
+        let Some(slots) = self.slots.filter(|_| !self.capped) else {
+            return;
+        };
+        if stream_bps == 0 || bytes == 0 {
             return;
         }
         // An upload sent within a millisecond went out of a burst allowance and says
@@ -213,7 +243,6 @@ impl PathSlots {
         let secs = elapsed.as_secs_f64().max(0.001);
         let rate = bytes as f64 * 8.0 / secs;
         let sharing = sharing.max(1);
-        let Some(slots) = self.slots else { return };
         if rate < KEEPING_UP * stream_bps as f64 {
             // One slow peer proves nothing of the path: wait for a second, other one.
             let other = self.slow_to.is_some_and(|p| p != peer);
@@ -317,49 +346,34 @@ impl Uploads {
         }
         let seeded = self.seeded.contains(number, part);
         let bps = self.stream_bps;
-        let path = self.path_mut(who.lan);
+        let full = serving_slots(cap_bps, bps, join, seeded);
         // The extra slots a join or a seed gets are beyond what the path learned, too.
-        let extra = serving_slots(cap_bps, bps, join, seeded) - upload_slots(cap_bps, bps, false);
-        let mut learned = path.start(cap_bps, bps);
-        // A quiet path takes one upload once its quiet time is over, to learn again.
-        let probe = learned == 0 && path.probe_at.is_none_or(|t| now >= t);
-        if probe {
-            learned = 1;
-        }
-        learned += extra;
-        let path = *path;
-        let mut slots = serving_slots(cap_bps, bps, join, seeded).min(learned);
+        let extra = full - upload_slots(cap_bps, bps, false);
+        let path = self.path_mut(who.lan);
+        let (learned, probe) = path.allowed(now, cap_bps, bps);
+        let active = path.active;
+        let mut slots = full.min(learned + extra);
         if !seeded && !who.symmetric {
             slots -= held_back(slots, self.symmetric_partners);
         }
-        if path.active >= slots {
+        if active >= slots {
             return Answer::BusySlots;
         }
         if backlog > BUSY_BACKLOG {
             return Answer::BusyBacklog;
         }
-        let path = self.path_mut(who.lan);
-        path.active += 1;
-        if probe {
-            path.probe_at = Some(now + QUIET);
-        }
+        self.path_mut(who.lan).admitted(now, probe);
         Answer::Serve
     }
 
-    /// An upload [`Uploads::admit`] let in for `who` has ended at `now`, however it ended. `sent`: it
-    /// sent a part held whole here (not relayed while arriving, whose pace is its
-    /// upstream's) to the end: its bytes, how long they took to leave (round trip
+    /// An upload [`Uploads::admit`] let in for `who` has ended at `now`, however it ended.
+    /// `sent`: it sent a part held whole here (not relayed while arriving, whose pace is
+    /// its upstream's) to the end: its bytes, how long they took to leave (round trip
     /// excluded), and how many uploads ran on its path once it started, itself included
     /// ([`PathSlots::learn`]).
     pub fn finish(&mut self, now: Instant, who: Requester, sent: Option<(u64, Duration, u64)>) {
         let bps = self.stream_bps;
-        let path = self.path_mut(who.lan);
-        if let Some((bytes, elapsed, at_start)) = sent {
-            // Uploads that started or ended meanwhile shared the path for part of the time.
-            let sharing = (at_start + path.active).div_ceil(2);
-            path.learn((now, who.peer), bytes, elapsed, (sharing, bps));
-        }
-        path.active = path.active.saturating_sub(1);
+        self.path_mut(who.lan).ended((now, who.peer), sent, bps);
     }
 
     /// Whether a seeding push should go out with the uplink this backlogged: seeding is

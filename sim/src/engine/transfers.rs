@@ -304,28 +304,26 @@ impl Sim {
             peer: u64::from(r),
         };
         let at = self.instant(now);
-        let answer = self.node_mut(s).map(|n| {
+        let Some((answer, sharing)) = self.node_mut(s).map(|n| {
             let a = n
                 .upload
                 .admit(at, true, (number, part), join, (cap, backlog), who);
             (a, n.upload.path(who.lan).active())
-        });
-        let (answer, sharing) = match answer {
-            Some((a, k)) => (Some(a), k),
-            None => (None, 0),
+        }) else {
+            return;
         };
         match answer {
-            Some(Answer::Serve) => {}
-            Some(Answer::BusySlots) => {
+            Answer::Serve => {}
+            Answer::BusySlots => {
                 self.d.busy += 1;
                 return self.refuse(tr, true);
             }
-            Some(Answer::BusyBacklog) => {
+            Answer::BusyBacklog => {
                 self.d.busy += 1;
                 self.d.busy_backlog += 1;
                 return self.refuse(tr, true);
             }
-            Some(Answer::Unavailable) | None => return,
+            Answer::Unavailable => return,
         }
         if let Some(t) = self.transfers.get_mut(tr) {
             t.slot = true;
@@ -550,22 +548,20 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s row in the per-NAT counters ([`super::nodes::nat_index`]).
+    fn nat_row(&self, i: u32) -> Option<usize> {
+        self.node(i).map(|n| super::nodes::nat_index(n.nat))
+    }
+
     fn count_sent(&mut self, s: u32, r: u32, bytes: u64) {
         self.d.media_sent_bytes += bytes;
-        let to = self
-            .nodes
-            .get(r as usize)
-            .map(|n| super::nodes::nat_index(n.nat));
+        let to = self.nat_row(r);
         if s == ORIGIN {
             self.origin_bytes += bytes;
             if let Some(b) = to.and_then(|k| self.d.origin_bytes_by_nat.get_mut(k)) {
                 *b += bytes;
             }
-        } else if let Some(from) = self
-            .nodes
-            .get(s as usize)
-            .map(|n| super::nodes::nat_index(n.nat))
-        {
+        } else if let Some(from) = self.nat_row(s) {
             if let Some(b) = to.and_then(|k| {
                 self.d
                     .bytes_by_nat
