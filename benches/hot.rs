@@ -157,13 +157,25 @@ impl Live {
             asked_partners: 0,
         };
         let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
-        live.mesh
-            .handle_connected(now, contact(origin, addr(0)), Role::Broadcaster, true, None);
+        live.mesh.handle_connected(
+            now,
+            contact(origin, addr(0)),
+            Role::Broadcaster,
+            true,
+            None,
+            false,
+        );
         let all: Vec<u64> = (0..=live.newest).collect();
         live.mesh.handle_control(now, origin, buffer_map(&all));
         for (i, p) in live.partners.clone().into_iter().enumerate() {
-            live.mesh
-                .handle_connected(now, contact(p, addr(i + 1)), Role::Viewer, true, None);
+            live.mesh.handle_connected(
+                now,
+                contact(p, addr(i + 1)),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
             let held: Vec<u64> = (0..=live.newest).filter(|n| live.holds(i, *n)).collect();
             live.mesh.handle_control(now, p, buffer_map(&held));
         }

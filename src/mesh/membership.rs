@@ -140,7 +140,9 @@ pub(super) struct Known {
 impl Mesh {
     /// A connection finished its Hello exchange. `contact` is the peer's endpoint address
     /// as we see it, with the LAN address and reachability its Hello gave; `uploads` and
-    /// `upload_bps` are what its Hello said.
+    /// `upload_bps` are what its Hello said; `lan`: the connection runs over one of our own
+    /// networks (not this host), so the peer is of our site whatever either of us knows of
+    /// our public addresses yet.
     pub fn handle_connected(
         &mut self,
         now: Instant,
@@ -148,6 +150,7 @@ impl Mesh {
         claimed_role: Role,
         uploads: bool,
         upload_bps: Option<u64>,
+        lan: bool,
     ) {
         let PeerInfo {
             id: peer,
@@ -224,7 +227,8 @@ impl Mesh {
                 addr,
                 local,
                 reach,
-                same_site: role == Role::Viewer && Some(addr.ip()) == self.site_ip(),
+                lan,
+                same_site: role == Role::Viewer && (lan || Some(addr.ip()) == self.site_ip()),
                 uploads,
                 have: Announced::new(),
                 inflight: 0,
@@ -649,7 +653,7 @@ impl Mesh {
 
     /// Our public address's host, which the peers of our site share (none on loopback,
     /// where every peer shares one).
-    fn site_ip(&self) -> Option<IpAddr> {
+    pub(super) fn site_ip(&self) -> Option<IpAddr> {
         self.public.map(|a| a.ip()).filter(|ip| !ip.is_loopback())
     }
 
@@ -933,6 +937,7 @@ mod tests {
             Role::Broadcaster,
             true,
             None,
+            false,
         );
         t += SHORT_LIVED * 2;
         v.handle_disconnected(t, id(ORIGIN));
@@ -1007,7 +1012,14 @@ mod tests {
         assert_eq!(dials_of_20(drain(&mut v)), 1);
         // It connects and closes at once (it had banned us, or is full): a refusal.
         let t = t0 + Duration::from_millis(5);
-        v.handle_connected(t, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(
+            t,
+            contact(id(20), addr(20)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         v.handle_disconnected(t, id(20));
         assert_eq!(dials_of_20(drain(&mut v)), 0, "redialled at once");
         v.handle_tick(t + Duration::from_millis(500));
@@ -1020,7 +1032,14 @@ mod tests {
         assert_eq!(dials_of_20(drain(&mut v)), 1, "never redialled");
         // A connection that lasted is a loss, not a refusal: redialled at once.
         let t = t + Duration::from_secs(4);
-        v.handle_connected(t, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(
+            t,
+            contact(id(20), addr(20)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         let t = t + SHORT_LIVED;
         v.handle_disconnected(t, id(20));
         assert_eq!(dials_of_20(drain(&mut v)), 1);
@@ -1064,11 +1083,19 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
         }
         drain(&mut v);
         assert_eq!(v.stats().partners, usize::from(cap));
-        v.handle_connected(t0, contact(id(60), addr(60)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(60), addr(60)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         let acts = drain(&mut v);
         assert!(acts.contains(&Action::Disconnect {
             peer: id(60),
@@ -1097,6 +1124,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
         }
         // Full: 30..40 are turned away (a leech-only one is not worth handing out).
@@ -1107,6 +1135,7 @@ mod tests {
                 Role::Viewer,
                 i != 39,
                 None,
+                false,
             );
         }
         drain(&mut b);
@@ -1117,6 +1146,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
             peers_handed(drain(b), who).iter().map(|p| p.id).collect()
         };
@@ -1135,7 +1165,14 @@ mod tests {
         assert_eq!(unique.len(), got.len());
         // One that later becomes a partner leaves the turned-away list.
         b.handle_disconnected(t0, id(20));
-        b.handle_connected(t0, contact(id(30), addr(30)), Role::Viewer, true, None);
+        b.handle_connected(
+            t0,
+            contact(id(30), addr(30)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         assert!(b.overflow.iter().all(|p| p.id != id(30)));
     }
 
@@ -1157,15 +1194,15 @@ mod tests {
             reach: Reach::Nat,
         };
         for p in [home(20), home(21)] {
-            b.handle_connected(t0, p, Role::Viewer, true, None);
+            b.handle_connected(t0, p, Role::Viewer, true, None, false);
         }
         // Full: the office's first two viewers (and a home) are turned away.
         for p in [site_contact(30), home(22), site_contact(31)] {
-            b.handle_connected(t0, p, Role::Viewer, true, None);
+            b.handle_connected(t0, p, Role::Viewer, true, None, false);
         }
         drain(&mut b);
         let sample_for = |b: &mut Mesh, p: PeerInfo| -> Vec<PeerInfo> {
-            b.handle_connected(t0, p, Role::Viewer, true, None);
+            b.handle_connected(t0, p, Role::Viewer, true, None, false);
             peers_handed(drain(b), p.id.0[0])
         };
         // The office's third viewer is handed its two neighbours, with their LAN
@@ -1212,7 +1249,14 @@ mod tests {
         // With half a stream's upload, a fourth symmetric peer finds no place.
         v.observe_capacity(2 * M, Some(M));
         for i in 20..20 + v.cfg.max_partners as u8 {
-            v.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+            v.handle_connected(
+                t0,
+                behind(i, Reach::Nat, None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
         }
         for who in 100..104 {
             v.handle_connected(
@@ -1221,6 +1265,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
             assert_eq!(v.peers.contains_key(&id(who)), who < 103, "peer {who}");
         }
@@ -1272,7 +1317,14 @@ mod tests {
         v.observe_self(Some(public), Reach::Public);
         let cap = v.cfg.max_partners as u8;
         for i in 20..20 + cap {
-            v.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+            v.handle_connected(
+                t0,
+                behind(i, Reach::Nat, None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
         }
         drain(&mut v);
         let let_go = |acts: &[Action]| {
@@ -1289,7 +1341,14 @@ mod tests {
                 .count()
         };
         // Another that can pair by rendezvous is turned away...
-        v.handle_connected(t0, behind(90, Reach::Nat, None), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            behind(90, Reach::Nat, None),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         assert!(!v.peers.contains_key(&id(90)));
         drain(&mut v);
         // ...one behind a symmetric NAT takes a place, up to the reserve, each in place of
@@ -1302,6 +1361,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
             assert!(v.peers.contains_key(&id(who)));
             assert_eq!(let_go(&drain(&mut v)), 1);
@@ -1313,13 +1373,21 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         assert!(!v.peers.contains_key(&id(120)));
         // A viewer behind a NAT itself keeps no such places.
         let mut n = viewer_connected(t0, &[]);
         n.observe_self(Some(public), Reach::Nat);
         for i in 20..20 + cap {
-            n.handle_connected(t0, behind(i, Reach::Nat, None), Role::Viewer, true, None);
+            n.handle_connected(
+                t0,
+                behind(i, Reach::Nat, None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
         }
         n.handle_connected(
             t0,
@@ -1327,6 +1395,7 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         assert!(!n.peers.contains_key(&id(100)));
     }
@@ -1344,11 +1413,18 @@ mod tests {
         };
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
         for i in 20..40 {
-            b.handle_connected(t0, behind(i, Reach::Public, None), Role::Viewer, true, None);
+            b.handle_connected(
+                t0,
+                behind(i, Reach::Public, None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
         }
-        b.handle_connected(t0, office(50), Role::Viewer, true, None);
+        b.handle_connected(t0, office(50), Role::Viewer, true, None, false);
         drain(&mut b);
-        b.handle_connected(t0, office(51), Role::Viewer, true, None);
+        b.handle_connected(t0, office(51), Role::Viewer, true, None, false);
         let handed = peers_handed(drain(&mut b), 51);
         assert_eq!(handed.first().map(|p| p.id), Some(id(50)), "{handed:?}");
 
@@ -1390,7 +1466,14 @@ mod tests {
         v.observe_self(Some(public(7000)), Reach::Nat);
         let cap = v.cfg.max_partners as u8;
         for i in 20..20 + cap {
-            v.handle_connected(t0, behind(i, Reach::Public, None), Role::Viewer, true, None);
+            v.handle_connected(
+                t0,
+                behind(i, Reach::Public, None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
         }
         drain(&mut v);
         let neighbour = |i: u8| PeerInfo {
@@ -1399,7 +1482,7 @@ mod tests {
             ..contact(id(i), public(7000 + u16::from(i)))
         };
         for i in 60..60 + MAX_SITE_PARTNERS as u8 {
-            v.handle_connected(t0, neighbour(i), Role::Viewer, true, None);
+            v.handle_connected(t0, neighbour(i), Role::Viewer, true, None, false);
         }
         let refused = |acts: &[Action], who: u8| {
             acts.iter()
@@ -1412,13 +1495,14 @@ mod tests {
         );
         // Beyond its site's own cap, and for one more far peer, it is full.
         let last = 60 + MAX_SITE_PARTNERS as u8;
-        v.handle_connected(t0, neighbour(last), Role::Viewer, true, None);
+        v.handle_connected(t0, neighbour(last), Role::Viewer, true, None, false);
         v.handle_connected(
             t0,
             behind(50, Reach::Public, None),
             Role::Viewer,
             true,
             None,
+            false,
         );
         let acts = drain(&mut v);
         assert!(refused(&acts, last) && refused(&acts, 50), "{acts:?}");
@@ -1434,7 +1518,7 @@ mod tests {
             } else {
                 Reach::Nat
             };
-            b.handle_connected(t0, behind(i, reach, None), Role::Viewer, true, None);
+            b.handle_connected(t0, behind(i, reach, None), Role::Viewer, true, None, false);
         }
         drain(&mut b);
         b.handle_connected(
@@ -1443,6 +1527,7 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         let handed = peers_handed(drain(&mut b), 40);
         assert!(!handed.is_empty());
@@ -1464,12 +1549,13 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
         }
         drain(&mut v);
         // Turned away with a sample of its partners behind NATs...
         let joiner = behind(90, Reach::Nat, Some(90));
-        v.handle_connected(t0, joiner, Role::Viewer, true, None);
+        v.handle_connected(t0, joiner, Role::Viewer, true, None, false);
         assert!(!v.peers.contains_key(&id(90)));
         drain(&mut v);
         // ...it asks, before its connection closes, for a rendezvous with one of them.
@@ -1512,6 +1598,7 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         b.handle_connected(
             t0,
@@ -1519,6 +1606,7 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         b.handle_connected(
             t0,
@@ -1526,10 +1614,11 @@ mod tests {
             Role::Viewer,
             true,
             None,
+            false,
         );
         drain(&mut b);
         let newcomer = behind(30, Reach::Nat, Some(30));
-        b.handle_connected(t0, newcomer, Role::Viewer, true, None);
+        b.handle_connected(t0, newcomer, Role::Viewer, true, None, false);
         let sample: Vec<NodeId> = peers_handed(drain(&mut b), 30)
             .iter()
             .map(|p| p.id)
@@ -1625,6 +1714,7 @@ mod tests {
                         Role::Viewer,
                         true,
                         None,
+                        false,
                     );
                 }
                 drain(&mut m);
@@ -1744,6 +1834,7 @@ mod tests {
             Role::Broadcaster,
             true,
             None,
+            false,
         );
         drain(&mut v);
         // Twenty candidates, two of them behind our public address.

@@ -387,8 +387,18 @@ impl Mesh {
     /// What the driver learned of our own address from peers' Hellos
     /// ([`crate::node::nat::Reachability`]): where we are seen, and how we can be reached.
     pub fn observe_self(&mut self, public: Option<SocketAddr>, reach: Reach) {
+        let moved = self.public.map(|a| a.ip()) != public.map(|a| a.ip());
         self.public = public;
         self.reach = reach;
+        // Who is of our site follows our public address: a neighbour that connected before
+        // anyone told us where we are seen would otherwise stay a stranger for good, and
+        // both of us would fetch its share of the parts across the site's WAN.
+        if moved {
+            let site = self.site_ip();
+            for p in self.peers.values_mut() {
+                p.same_site = p.role == Role::Viewer && (p.lan || Some(p.addr.ip()) == site);
+            }
+        }
     }
 
     /// The next thing for the driver to do.

@@ -33,7 +33,10 @@ pub(super) struct Peer {
     pub(super) local: Option<SocketAddr>,
     /// How it said it can be reached: symmetric ones are not handed out.
     pub(super) reach: Reach,
-    /// It sits behind our public address (our site): asked first, a LAN away.
+    /// The connection runs over one of our own networks.
+    pub(super) lan: bool,
+    /// It sits behind our public address or on our LAN (our site): asked first, a LAN
+    /// away. Follows our public address as we learn it ([`super::Mesh::observe_self`]).
     pub(super) same_site: bool,
     /// When the connection opened: one that ends soon after was a refusal, not a loss.
     pub(super) since: Instant,
@@ -124,6 +127,10 @@ impl PeerMap {
 
     pub(super) fn values(&self) -> std::slice::Iter<'_, Peer> {
         self.entries.iter()
+    }
+
+    pub(super) fn values_mut(&mut self) -> std::slice::IterMut<'_, Peer> {
+        self.entries.iter_mut()
     }
 
     pub(super) fn iter(
@@ -259,6 +266,7 @@ mod tests {
             addr: addr(1),
             local: None,
             reach: Reach::Unknown,
+            lan: false,
             same_site: false,
             uploads: true,
             have: Announced::new(),

@@ -217,6 +217,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
         }
         drain(&mut b);
@@ -304,7 +305,14 @@ mod tests {
             .any(|a| matches!(a, Action::Push { .. })));
         let mut parts = BTreeSet::new();
         for v in 10..10 + PARTS as u8 {
-            b.handle_connected(t0, contact(id(v), addr(v.into())), Role::Viewer, true, None);
+            b.handle_connected(
+                t0,
+                contact(id(v), addr(v.into())),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
             let pushed: Vec<u8> = drain(&mut b)
                 .into_iter()
                 .filter_map(|a| match a {
@@ -321,7 +329,14 @@ mod tests {
         }
         assert_eq!(parts.len(), PARTS, "every part seeded once");
         // Nothing more is owed.
-        b.handle_connected(t0, contact(id(99), addr(99)), Role::Viewer, true, None);
+        b.handle_connected(
+            t0,
+            contact(id(99), addr(99)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         assert!(!drain(&mut b)
             .iter()
             .any(|a| matches!(a, Action::Push { .. })));
@@ -363,6 +378,7 @@ mod tests {
                 Role::Viewer,
                 uploads,
                 bps,
+                false,
             );
             swarm_sent(b, who)
         };

@@ -542,6 +542,7 @@ mod tests {
             Role::Broadcaster,
             true,
             None,
+            false,
         );
         w.handle_control(
             t0,
@@ -558,7 +559,14 @@ mod tests {
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
         let mut v = viewer_connected(t0, &[]);
-        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(20), addr(20)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -577,7 +585,14 @@ mod tests {
         );
         assert_eq!(v.newest(), Some(50));
         // A viewer claiming to be the broadcaster is still a viewer.
-        v.handle_connected(t0, contact(id(30), addr(30)), Role::Broadcaster, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(30), addr(30)),
+            Role::Broadcaster,
+            true,
+            None,
+            false,
+        );
         v.handle_control(
             t0,
             id(30),
@@ -595,7 +610,14 @@ mod tests {
             reason: DisconnectReason::Misbehaved(bad_digest)
         }));
         assert!(v.is_banned(&id(20), t0));
-        v.handle_connected(t0, contact(id(20), addr(20)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(20), addr(20)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
             reason: DisconnectReason::Refused
@@ -644,6 +666,7 @@ mod tests {
                 Role::Viewer,
                 true,
                 None,
+                false,
             );
         }
         v
@@ -662,7 +685,14 @@ mod tests {
         // catch up (a crowd turned away by the origin has no spare upload for catch-up).
         assert_eq!(v.want_from(), Some(50));
         // With partners, the full origin is re-dialled only now and then.
-        v.handle_connected(t0, contact(id(40), addr(40)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(40), addr(40)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         let dials_origin = |v: &mut Mesh| {
             drain(v)
                 .iter()
@@ -701,7 +731,14 @@ mod tests {
         drain(&mut v);
         assert_eq!(v.want_from(), Some(48), "two of three hold 48 whole");
         // A fourth partner at 50 alone: half is not most, so it waits at live.
-        v.handle_connected(t0, contact(id(50), addr(50)), Role::Viewer, true, None);
+        v.handle_connected(
+            t0,
+            contact(id(50), addr(50)),
+            Role::Viewer,
+            true,
+            None,
+            false,
+        );
         announce(&mut v, t0, 50, 50, ALL_PARTS);
         drain(&mut v);
         assert_eq!(v.want_from(), Some(50), "two of four is not most");

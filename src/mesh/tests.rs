@@ -45,6 +45,7 @@ pub(super) fn viewer_connected(t0: Instant, partners: &[u8]) -> Mesh {
         Role::Broadcaster,
         true,
         None,
+        false,
     );
     for &p in partners {
         v.handle_connected(
@@ -53,6 +54,7 @@ pub(super) fn viewer_connected(t0: Instant, partners: &[u8]) -> Mesh {
             Role::Viewer,
             true,
             None,
+            false,
         );
     }
     v
@@ -177,6 +179,7 @@ fn missed_deadlines_are_counted_once() {
         Role::Broadcaster,
         true,
         None,
+        false,
     );
     v.handle_control(
         t0,

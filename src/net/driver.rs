@@ -170,6 +170,9 @@ impl Driver {
                 dialed_by_me,
             } => {
                 let peer = contact.id;
+                let remote = conn.remote_address().ip();
+                let lan =
+                    !remote.is_loopback() && self.shared.reachability().on_our_networks(remote);
                 tracing::debug!(
                     me = %self.shared.me.short(),
                     peer = %peer.short(),
@@ -215,7 +218,7 @@ impl Driver {
                 };
                 self.mesh.observe_self(public, reach);
                 self.mesh
-                    .handle_connected(t, contact, role, uploads, upload_bps);
+                    .handle_connected(t, contact, role, uploads, upload_bps, lan);
                 self.count_lan_partners();
             }
             Event::Disconnected { peer, conn_id } => {

@@ -467,13 +467,15 @@ impl Sim {
             }
             self.link(me, other, slot);
         }
+        // On one site the link runs over its LAN, as net's does.
+        let lan = self.same_site(a, b);
         if let Some(m) = self.mesh(a) {
             m.observe_capacity(bpsa, capa);
-            m.handle_connected(now, contact(idb, atb), role(b), upb, capb);
+            m.handle_connected(now, contact(idb, atb), role(b), upb, capb, lan);
         }
         if let Some(m) = self.mesh(b) {
             m.observe_capacity(bpsb, capb);
-            m.handle_connected(now, contact(ida, ata), role(a), upa, capa);
+            m.handle_connected(now, contact(ida, ata), role(a), upa, capa, lan);
         }
         self.drain(a);
         self.drain(b);
