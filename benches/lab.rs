@@ -17,7 +17,8 @@
 //! HTTP server) times the window's length. So `origin_copies` = broadcaster sent ÷ stream
 //! bytes, `wan_down_copies` = router WAN received ÷ stream bytes. The counters hold whole
 //! frames (Ethernet, IP, UDP, QUIC) and control traffic: one copy of the stream reads about
-//! 1.05. After the window ffmpeg reads 8 s of every viewer's playlist inside its namespace
+//! 1.05. The packet counters beside them give each way's packets and bytes a packet (small
+//! packets are control and acknowledgements). After the window ffmpeg reads 8 s of every viewer's playlist inside its namespace
 //! (all at once); a viewer whose read succeeds is playing.
 //!
 //! With `LAB_LOG_DIR=DIR` every program's stderr is kept in `DIR/<namespace>.log` too (with
@@ -125,29 +126,43 @@ fn build(lab: &mut Lab, scenario: Scenario) -> (Host, Vec<Site>) {
     }
 }
 
-/// Byte counters at one moment: the broadcaster's interface and each router's WAN.
+/// Counters at one moment, (bytes, packets): the broadcaster's interface and each router's
+/// WAN.
 #[derive(Debug, Clone)]
 struct Counters {
-    origin_tx: u64,
-    origin_rx: u64,
+    origin_tx: (u64, u64),
+    origin_rx: (u64, u64),
     /// Per site: (WAN received, WAN sent).
-    wan: Vec<(u64, u64)>,
+    wan: Vec<((u64, u64), (u64, u64))>,
 }
 
 fn read_counters(origin: &Host, sites: &[Site]) -> Counters {
     Counters {
-        origin_tx: Lab::bytes(&origin.ns, HOST_IF, Dir::Tx),
-        origin_rx: Lab::bytes(&origin.ns, HOST_IF, Dir::Rx),
+        origin_tx: Lab::counters(&origin.ns, HOST_IF, Dir::Tx),
+        origin_rx: Lab::counters(&origin.ns, HOST_IF, Dir::Rx),
         wan: sites
             .iter()
             .map(|s| {
                 (
-                    Lab::bytes(&s.router, WAN_IF, Dir::Rx),
-                    Lab::bytes(&s.router, WAN_IF, Dir::Tx),
+                    Lab::counters(&s.router, WAN_IF, Dir::Rx),
+                    Lab::counters(&s.router, WAN_IF, Dir::Tx),
                 )
             })
             .collect(),
     }
+}
+
+/// What went through a counter between two readings: (bytes, packets).
+fn between(before: (u64, u64), after: (u64, u64)) -> (u64, u64) {
+    (
+        after.0.saturating_sub(before.0),
+        after.1.saturating_sub(before.1),
+    )
+}
+
+/// Bytes a packet, on average.
+fn packet_size((bytes, packets): (u64, u64)) -> u64 {
+    bytes.checked_div(packets).unwrap_or(0)
 }
 
 /// The segments of the broadcaster's playlist text: number → duration in seconds.
@@ -310,6 +325,11 @@ fn run(args: &Args) -> Option<Value> {
         .zip(&frames)
         .map(|((host, (b, a)), played)| {
             let delta = |field: &str| count(a, field).saturating_sub(count(b, field));
+            // What its connections off its networks carried in the window (`/stats` `wire`).
+            let wire = |field: &str| {
+                let at = |s: &Value| s["wire"]["off_lan"][field].as_u64().unwrap_or(0);
+                at(a).saturating_sub(at(b))
+            };
             json!({
                 "host": host.ns,
                 "partners": count(a, "peers"),
@@ -323,6 +343,9 @@ fn run(args: &Args) -> Option<Value> {
                 "control_bytes": delta("control_bytes"),
                 "dials_ok": delta("dials_ok"),
                 "dials_failed": delta("dials_failed"),
+                "wire_off_lan_received": wire("bytes_received"),
+                "wire_off_lan_sent": wire("bytes_sent"),
+                "wire_off_lan_lost": wire("bytes_lost"),
                 "ffmpeg_frames": played.as_ref().ok(),
                 "ffmpeg_error": played.as_ref().err().map(|e| e.lines().next().unwrap_or("").to_string()),
             })
@@ -334,11 +357,16 @@ fn run(args: &Args) -> Option<Value> {
         .zip(&after.wan)
         .zip(&sites)
         .map(|(((rx0, tx0), (rx1, tx1)), site)| {
+            let (down, up) = (between(*rx0, *rx1), between(*tx0, *tx1));
             json!({
                 "router": site.router,
                 "viewers": site.hosts.len(),
-                "wan_down_copies": ratio(rx1.saturating_sub(*rx0), stream_bytes),
-                "wan_up_copies": ratio(tx1.saturating_sub(*tx0), stream_bytes),
+                "wan_down_copies": ratio(down.0, stream_bytes),
+                "wan_up_copies": ratio(up.0, stream_bytes),
+                "wan_down_packets": down.1,
+                "wan_down_packet_bytes": packet_size(down),
+                "wan_up_packets": up.1,
+                "wan_up_packet_bytes": packet_size(up),
             })
         })
         .collect();
@@ -348,6 +376,8 @@ fn run(args: &Args) -> Option<Value> {
         .collect();
     let partner_counts: Vec<f64> = partners.iter().map(|&p| p as f64).collect();
 
+    let origin_tx = between(before.origin_tx, after.origin_tx);
+    let origin_rx = between(before.origin_rx, after.origin_rx);
     let mut out = json!({
         "bench": "lab",
         "scenario": args.scenario.name(),
@@ -358,9 +388,11 @@ fn run(args: &Args) -> Option<Value> {
         "segments_in_window": segments_in_window,
         "stream_bps": stream_bps.round(),
         "stream_bytes": stream_bytes.round(),
-        "origin_tx_bytes": after.origin_tx.saturating_sub(before.origin_tx),
-        "origin_copies": ratio(after.origin_tx.saturating_sub(before.origin_tx), stream_bytes),
-        "origin_rx_bytes": after.origin_rx.saturating_sub(before.origin_rx),
+        "origin_tx_bytes": origin_tx.0,
+        "origin_tx_packets": origin_tx.1,
+        "origin_copies": ratio(origin_tx.0, stream_bytes),
+        "origin_rx_bytes": origin_rx.0,
+        "origin_rx_packets": origin_rx.1,
         "viewers_playing": playing,
         "partners_per_viewer": mean(&partner_counts),
         "viewers_without_partners": partners.iter().filter(|&&p| p == 0).count(),

@@ -80,7 +80,29 @@ async fn eight_viewers_get_identical_bytes_mostly_from_peers() {
         from_peers += st.bytes_from_peers;
         from_origin += st.bytes_from_origin;
     }
+    // What the connections carried (summed every second) holds at least the media each
+    // viewer received, all of it off its networks (loopback is no LAN).
+    let carried = |st: &starling::net::NodeStats| {
+        st.wire.off_lan.bytes_received >= st.bytes_from_peers + st.bytes_from_origin
+            && st.wire.off_lan.datagrams_received > 0
+            && st.wire.lan.bytes_received == 0
+    };
+    for _ in 0..50 {
+        if viewers.iter().all(|v| carried(&v.stats())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, v) in viewers.iter().enumerate() {
+        let st = v.stats();
+        assert!(carried(&st), "viewer {i}: {:?} against {st:?}", st.wire);
+    }
     let b = origin.stats();
+    assert!(
+        b.wire.off_lan.bytes_sent >= b.bytes_uploaded,
+        "{:?}",
+        b.wire
+    );
     eprintln!(
         "from peers {from_peers}, from origin {from_origin}, origin uploaded {}",
         b.bytes_uploaded

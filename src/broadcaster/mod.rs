@@ -607,6 +607,7 @@ impl Catalog for BroadcasterCatalog {
             "seeds_unconfirmed": n.seeds_unconfirmed,
             "control_bytes": n.control_bytes,
             "bytes_delivered_estimate": self.stats.delivered_bytes.load(Ordering::Relaxed),
+            "wire": n.wire,
         })
         .to_string()
     }

@@ -4,7 +4,7 @@
 use super::connection::dial;
 use super::download::request;
 use super::upload::push;
-use super::{add, Shared};
+use super::{add, Shared, WireStats};
 use crate::clock::now;
 use crate::mesh::{Action, Mesh};
 use crate::node::{hello, DisconnectReason, Misbehaviour, Uploads};
@@ -88,13 +88,22 @@ struct ConnEntry {
     conn: Connection,
     control: mpsc::Sender<Control>,
     dialed_by_me: bool,
+    /// It runs over one of our own networks.
+    lan: bool,
 }
+
+/// How often the connections' wire figures are summed for `/stats`.
+const WIRE_EVERY: Duration = Duration::from_secs(1);
 
 struct Driver {
     shared: Arc<Shared>,
     mesh: Mesh,
     conns: BTreeMap<NodeId, ConnEntry>,
     transfers: HashMap<(NodeId, u64, u8), AbortHandle>,
+    /// What connections dropped already carried.
+    wire_closed: WireStats,
+    /// When the wire figures are next summed.
+    next_wire: Instant,
 }
 
 pub(super) async fn main_loop(
@@ -108,6 +117,8 @@ pub(super) async fn main_loop(
         mesh,
         conns: BTreeMap::new(),
         transfers: HashMap::new(),
+        wire_closed: WireStats::default(),
+        next_wire: now(),
     };
     loop {
         d.run_actions();
@@ -131,7 +142,7 @@ pub(super) async fn main_loop(
 }
 
 impl Driver {
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let mut s = self
             .shared
             .mesh_stats
@@ -142,6 +153,20 @@ impl Driver {
         self.shared
             .upload()
             .note_partners(self.mesh.symmetric_partners());
+        let t = now();
+        if t >= self.next_wire {
+            self.next_wire = t + WIRE_EVERY;
+            let mut wire = self.wire_closed;
+            for c in self.conns.values() {
+                wire.add(&c.conn, c.lan);
+            }
+            *self.shared.wire.lock().unwrap_or_else(|e| e.into_inner()) = wire;
+        }
+    }
+
+    /// A connection leaves the table: what it carried stays counted.
+    fn retire(&mut self, conn: &Connection, lan: bool) {
+        self.wire_closed.add(conn, lan);
     }
 
     /// Counts the partners reached over one of our own networks, for `/stats`.
@@ -191,13 +216,16 @@ impl Driver {
                                 conn,
                                 control,
                                 dialed_by_me,
+                                lan,
                             },
                         ) {
                             old.conn
                                 .close(quinn::VarInt::from_u32(0), b"duplicate connection");
+                            self.retire(&old.conn, old.lan);
                         }
                     } else {
                         conn.close(quinn::VarInt::from_u32(0), b"duplicate connection");
+                        self.retire(&conn, lan);
                     }
                     return;
                 }
@@ -207,6 +235,7 @@ impl Driver {
                         conn,
                         control,
                         dialed_by_me,
+                        lan,
                     },
                 );
                 let bps = self.shared.upload().stream_bps();
@@ -227,7 +256,9 @@ impl Driver {
                     .get(&peer)
                     .is_some_and(|c| c.conn.stable_id() == conn_id)
                 {
-                    self.conns.remove(&peer);
+                    if let Some(c) = self.conns.remove(&peer) {
+                        self.retire(&c.conn, c.lan);
+                    }
                     self.transfers.retain(|(p, _, _), h| {
                         if *p == peer {
                             h.abort();
@@ -368,6 +399,7 @@ impl Driver {
                 Action::Disconnect { peer, reason } => {
                     tracing::debug!(peer = %peer.short(), reason = reason.as_str(), "disconnecting");
                     if let Some(c) = self.conns.remove(&peer) {
+                        self.retire(&c.conn, c.lan);
                         close_after(c.conn, reason);
                     }
                 }

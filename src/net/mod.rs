@@ -139,6 +139,8 @@ struct Shared {
     reachability: Mutex<Reachability>,
     /// Partners connected over one of our own networks (kept by the driver).
     lan_partners: AtomicUsize,
+    /// What the connections carried (kept by the driver, refreshed every second).
+    wire: Mutex<WireStats>,
     /// An address from the ticket answered with a key other than the stream's.
     origin_wrong_key: Mutex<Option<SocketAddr>>,
     /// Private streams: what this node shows and demands.
@@ -259,6 +261,57 @@ pub struct NodeStats {
     pub dials_failed: u64,
     /// The upload slots each path runs with now.
     pub upload_slots: SlotStats,
+    /// What its QUIC connections carried, per path.
+    pub wire: WireStats,
+}
+
+/// What a node's QUIC connections carried, per path: the connections open now and those
+/// closed before (as they stood when they were dropped), refreshed every second.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct WireStats {
+    /// Connections to peers off this node's own networks (the broadcaster's among them).
+    pub off_lan: PathWire,
+    /// Connections to peers on them (its site).
+    pub lan: PathWire,
+}
+
+/// One path's share of [`WireStats`]. Bytes are UDP payloads (QUIC packets: headers,
+/// acknowledgements, control and retransmissions included; IP and UDP headers not).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PathWire {
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// Their bytes.
+    pub bytes_received: u64,
+    /// Bytes of the packets sent that were declared lost (so sent again, if they held data).
+    pub bytes_lost: u64,
+}
+
+impl PathWire {
+    /// Adds what one connection carried.
+    fn add(&mut self, c: &quinn::ConnectionStats) {
+        self.datagrams_sent += c.udp_tx.datagrams;
+        self.bytes_sent += c.udp_tx.bytes;
+        self.datagrams_received += c.udp_rx.datagrams;
+        self.bytes_received += c.udp_rx.bytes;
+        self.bytes_lost += c.path.lost_bytes;
+    }
+}
+
+impl WireStats {
+    /// Adds what connection `conn` carried to its path's figures.
+    fn add(&mut self, conn: &quinn::Connection, lan: bool) {
+        let path = if lan {
+            &mut self.lan
+        } else {
+            &mut self.off_lan
+        };
+        path.add(&conn.stats());
+    }
 }
 
 /// Upload slots a node runs with now, per path ([`crate::node::PathSlots`]): the cap's
@@ -297,6 +350,7 @@ impl Node {
             upload: Mutex::new(Uploads::default()),
             reachability: Mutex::new(Reachability::new(interfaces(), port)),
             lan_partners: AtomicUsize::new(0),
+            wire: Mutex::new(WireStats::default()),
             origin_wrong_key: Mutex::new(None),
             token_epoch: watch::Sender::new(config.admission.epoch()),
             admission: config.admission,
@@ -494,6 +548,7 @@ impl NodeView {
                     lan: up.path(true).slots(),
                 }
             },
+            wire: *self.shared.wire.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 

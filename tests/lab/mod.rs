@@ -247,14 +247,14 @@ impl Lab {
         run(&all)
     }
 
-    /// The kernel's byte counter of interface `iface` in namespace `ns`, one way: the
-    /// counter `/sys/class/net/IF/statistics/{tx,rx}_bytes` shows, read from
+    /// The kernel's byte and packet counters of interface `iface` in namespace `ns`, one
+    /// way: what `/sys/class/net/IF/statistics/{tx,rx}_{bytes,packets}` show, read from
     /// `/proc/thread-self/net/dev` on a thread inside the namespace (no process to start, so
     /// counters of many namespaces are read within a millisecond of each other).
-    pub fn bytes(ns: &str, iface: &str, dir: Dir) -> u64 {
+    pub fn counters(ns: &str, iface: &str, dir: Dir) -> (u64, u64) {
         let table = in_namespace(ns, || fs::read_to_string("/proc/thread-self/net/dev"))
             .unwrap_or_else(|e| panic!("{ns}: /proc/thread-self/net/dev: {e}"));
-        // `iface: rx_bytes packets errs drop fifo frame compressed multicast tx_bytes ...`
+        // `iface: rx_bytes packets errs drop fifo frame compressed multicast tx_bytes packets ...`
         let column = match dir {
             Dir::Rx => 0,
             Dir::Tx => 8,
@@ -263,7 +263,10 @@ impl Lab {
             .lines()
             .filter_map(|line| line.split_once(':'))
             .find(|(name, _)| name.trim() == iface)
-            .and_then(|(_, counts)| counts.split_whitespace().nth(column)?.parse().ok())
+            .and_then(|(_, counts)| {
+                let mut c = counts.split_whitespace().skip(column);
+                Some((c.next()?.parse().ok()?, c.next()?.parse().ok()?))
+            })
             .unwrap_or_else(|| panic!("{ns}: no counters for {iface}:\n{table}"))
     }
 
