@@ -140,6 +140,7 @@ async fn crowd(a: Args, port: u16) -> bool {
         local: None,
         public: None,
         reach: wire::Reach::Unknown,
+        site: None,
     })));
     let start = tokio::time::Instant::now();
     let hold = Duration::from_secs(a.hold_s);

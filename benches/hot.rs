@@ -379,5 +379,6 @@ fn contact(id: NodeId, addr: std::net::SocketAddr) -> starling::wire::PeerInfo {
         addr,
         local: None,
         reach: starling::wire::Reach::Public,
+        site: None,
     }
 }

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -83,6 +83,24 @@ impl Reach {
     }
 }
 
+/// A site's name as peers compare it (`--site NAME`): the first bytes of a digest of the
+/// stream and the name, so peers of one stream given the same name match, and the name
+/// itself is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SiteTag(pub [u8; 8]);
+
+impl SiteTag {
+    /// The tag of site `name` in stream `stream`.
+    pub fn of(stream: &StreamId, name: &str) -> SiteTag {
+        let mut h = blake3::Hasher::new_derive_key("starling 2026-12 site tag");
+        h.update(&stream.0);
+        h.update(name.as_bytes());
+        let mut tag = [0u8; 8];
+        h.finalize_xof().fill(&mut tag);
+        SiteTag(tag)
+    }
+}
+
 /// A peer as passed around by the tracker and peer exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -94,6 +112,8 @@ pub struct PeerInfo {
     pub local: Option<SocketAddr>,
     /// How it can be reached, as it said.
     pub reach: Reach,
+    /// The site it was given a name for (`--site`), if any.
+    pub site: Option<SiteTag>,
 }
 
 /// The first message each way on a connection's control stream ([`Control::Hello`]).
@@ -125,6 +145,8 @@ pub struct Hello {
     pub public: Option<SocketAddr>,
     /// How the sender can be reached, as far as it knows.
     pub reach: Reach,
+    /// The site the sender was given a name for (`--site`), if any.
+    pub site: Option<SiteTag>,
 }
 
 /// Messages on a connection's control stream (the first bidirectional stream).
@@ -332,6 +354,7 @@ mod tests {
                 local: None,
                 public: None,
                 reach: Reach::Unknown,
+                site: None,
             })),
             Control::Swarm {
                 upload_pct: 130,
@@ -351,6 +374,7 @@ mod tests {
                     addr: "127.0.0.1:9".parse().unwrap(),
                     local: Some("192.168.1.2:9".parse().unwrap()),
                     reach: Reach::Nat,
+                    site: None,
                 }],
             },
             Control::Rendezvous {
@@ -359,6 +383,7 @@ mod tests {
                     addr: "[2001:db8::1]:9".parse().unwrap(),
                     local: None,
                     reach: Reach::Unknown,
+                    site: None,
                 }),
             },
             Control::End { last: 3 },
@@ -478,6 +503,7 @@ mod tests {
                     addr: "1.2.3.4:5".parse().unwrap(),
                     local: None,
                     reach: Reach::Unknown,
+                    site: None,
                 };
                 MAX_PEERS_PER_MESSAGE + 1
             ],

@@ -89,6 +89,10 @@ fn viewer_flags_out_of_range_are_clear_errors() {
         (&["--upload-limit", "3M", "--no-upload"], "--no-upload"),
         (&["--http", "nonsense"], "--http"),
         (&["--listen", "127.0.0.1:-1"], "--listen"),
+        (&["--site", ""], "--site"),
+        (&["--site", "   "], "--site"),
+        (&["--site", "floor\u{7}3"], "--site"),
+        (&["--site", &"x".repeat(65)], "--site"),
         (&["--allow-origin", "*"], "--allow-origin"),
         (&["--allow-origin", "example.org"], "--allow-origin"),
         (

@@ -222,6 +222,7 @@ async fn a_control_flooder_is_banned_and_an_honest_viewer_keeps_every_segment() 
         addr: "127.0.0.9:9".parse().unwrap(),
         local: None,
         reach: wire::Reach::Public,
+        site: None,
     };
     let msgs = [
         Control::Have {

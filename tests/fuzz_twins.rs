@@ -44,6 +44,7 @@ fn wire_seeds() -> Seeds {
         addr: addr.parse().unwrap(),
         local: Some("192.168.0.2:4433".parse().unwrap()),
         reach: starling::wire::Reach::Nat,
+        site: None,
     };
     let controls = [
         (
@@ -60,6 +61,7 @@ fn wire_seeds() -> Seeds {
                 local: None,
                 public: None,
                 reach: starling::wire::Reach::Nat,
+                site: None,
             })),
         ),
         (
@@ -76,9 +78,10 @@ fn wire_seeds() -> Seeds {
                 ),
                 token_epoch: 3,
                 observed: "203.0.113.7:4433".parse().unwrap(),
-                local: None,
-                public: None,
+                local: Some("10.1.0.12:4433".parse().unwrap()),
+                public: Some("198.51.100.4:4433".parse().unwrap()),
                 reach: starling::wire::Reach::Nat,
+                site: Some(starling::wire::SiteTag::of(&stream, "head office")),
             })),
         ),
         (

@@ -185,10 +185,19 @@ fn lab_nat_kinds_map_ports_as_named() {
 
 /// The hosts of `sites`, each with a viewer of `ticket` started on it.
 fn start_viewers<'a>(sites: &'a [Site], ticket: &str) -> Vec<(&'a Host, Viewer)> {
+    start_viewers_with(sites, ticket, &[])
+}
+
+/// [`start_viewers`], each viewer with `args` too.
+fn start_viewers_with<'a>(
+    sites: &'a [Site],
+    ticket: &str,
+    args: &[&str],
+) -> Vec<(&'a Host, Viewer)> {
     sites
         .iter()
         .flat_map(|site| &site.hosts)
-        .map(|host| (host, host.start_viewer(ticket, &[])))
+        .map(|host| (host, host.start_viewer(ticket, args)))
         .collect()
 }
 
@@ -323,6 +332,46 @@ fn office_viewers_pair_over_their_lan() {
 
     wait_for_each(&viewers, "lan_partners");
     assert_reachability(&viewers, "nat");
+}
+
+/// An office that leaves through two routers (two public addresses): given one `--site`
+/// name, its four viewers pair over their LAN, every one with all three others, and all
+/// play. Without the name each pairs with the one neighbour behind its own exit over the LAN
+/// (`[1, 1, 1, 1]` when tried), and reaches the other two by simultaneous open across the
+/// internet.
+#[test]
+fn office_viewers_given_a_site_name_pair_over_their_lan_across_exits() {
+    if !require_tool("ffmpeg") {
+        return;
+    }
+    let Some(mut lab) =
+        Lab::new("office_viewers_given_a_site_name_pair_over_their_lan_across_exits")
+    else {
+        return;
+    };
+    let _one = one_stream_at_a_time();
+    let clip = clip(CLIP_SECONDS);
+    let origin = lab.public_host("bc", Link::uplink(8.0));
+    let exits = lab.office_with_exits(4, Link::mbit(3.0, 3.0), Nat::Cone, 2);
+    assert_ne!(exits[0].wan, exits[1].wan);
+    let dir = TempDir::new("lab-office-exits");
+    let broadcaster = start_broadcaster(&origin, &dir, &["--input", &clip.to_string_lossy()]);
+    let viewers = start_viewers_with(&exits, &broadcaster.ticket, &["--site", "head office"]);
+
+    let mut last = Vec::new();
+    let all_three = poll_until(PARTNERS_TIMEOUT, || {
+        last = viewers
+            .iter()
+            .map(|(host, viewer)| count(&host.stats(&viewer.url_of("/stats")), "lan_partners"))
+            .collect();
+        last.iter().all(|&n| n == 3).then_some(())
+    });
+    assert!(
+        all_three.is_some(),
+        "each viewer should pair with its three neighbours over the LAN: {last:?}"
+    );
+    assert_reachability(&viewers, "nat");
+    assert_all_play(&viewers);
 }
 
 /// Three offices of four behind one 3 Mbit/s WAN each: every viewer plays (ffmpeg decodes

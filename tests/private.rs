@@ -276,6 +276,7 @@ async fn a_collector_of_tokens_gets_nothing_usable() {
                 addr: SocketAddr::from(([127, 0, 0, 1], fake.local_addr().port())),
                 local: None,
                 reach: Reach::Public,
+                site: None,
             }],
         })
         .await;

@@ -7,7 +7,7 @@ use super::{Action, Mesh};
 use crate::node::nat::needs_rendezvous;
 use crate::node::{DisconnectReason, Misbehaviour};
 use crate::stream::{NodeId, PARTS};
-use crate::wire::{Control, PeerInfo, Reach, Role, MAX_PEERS_PER_MESSAGE};
+use crate::wire::{Control, PeerInfo, Reach, Role, SiteTag, MAX_PEERS_PER_MESSAGE};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::net::{IpAddr, SocketAddr};
@@ -64,18 +64,25 @@ const SITE_BOOK_PER_SITE: usize = 8;
 /// Sites (public addresses) the broadcaster remembers; the one heard of least lately goes.
 const SITE_BOOK_SITES: usize = 4096;
 
-/// Broadcaster: viewers that gave a LAN address, by the public address they came from,
-/// newest last, whether it took them as partners or turned them away. A joiner of a site
-/// is handed its neighbours from here: in a large swarm most viewers are turned away by
-/// the broadcaster, and a random sample seldom holds a neighbour (the simulator's 10,000
-/// with 350 sites: 0.9 partners of its own site a site viewer, each site pulling 2.4
-/// copies across its WAN and continuity 0.002 there). Bounded: [`SITE_BOOK_PER_SITE`]
-/// viewers a site, [`SITE_BOOK_SITES`] sites.
+/// Broadcaster: viewers that gave a LAN address, by the public address they came from and
+/// by the site name they gave, newest last, whether it took them as partners or turned them
+/// away. A joiner of a site is handed its neighbours from here: in a large swarm most
+/// viewers are turned away by the broadcaster, and a random sample seldom holds a neighbour
+/// (the simulator's 10,000 with 350 sites: 0.9 partners of its own site a site viewer, each
+/// site pulling 2.4 copies across its WAN and continuity 0.002 there). Bounded:
+/// [`SITE_BOOK_PER_SITE`] viewers a site, [`SITE_BOOK_SITES`] sites (addresses and names).
 #[derive(Debug, Default)]
 pub(super) struct SiteBook {
-    sites: std::collections::BTreeMap<IpAddr, (u64, std::collections::VecDeque<PeerInfo>)>,
+    sites: std::collections::BTreeMap<SiteKey, (u64, std::collections::VecDeque<PeerInfo>)>,
     /// Counts notes, so the site heard of least lately can be found.
     seq: u64,
+}
+
+/// What the [`SiteBook`] files a viewer under: its public address, and its site's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SiteKey {
+    Ip(IpAddr),
+    Tag(SiteTag),
 }
 
 impl SiteBook {
@@ -84,15 +91,21 @@ impl SiteBook {
         if p.local.is_none() {
             return;
         }
-        let ip = p.addr.ip();
-        if !self.sites.contains_key(&ip) && self.sites.len() >= SITE_BOOK_SITES {
+        self.file(SiteKey::Ip(p.addr.ip()), p);
+        if let Some(tag) = p.site {
+            self.file(SiteKey::Tag(tag), p);
+        }
+    }
+
+    fn file(&mut self, key: SiteKey, p: PeerInfo) {
+        if !self.sites.contains_key(&key) && self.sites.len() >= SITE_BOOK_SITES {
             let stalest = self.sites.iter().min_by_key(|(_, (seq, _))| *seq);
-            if let Some(old) = stalest.map(|(ip, _)| *ip) {
+            if let Some(old) = stalest.map(|(key, _)| *key) {
                 self.sites.remove(&old);
             }
         }
         self.seq += 1;
-        let (seq, members) = self.sites.entry(ip).or_default();
+        let (seq, members) = self.sites.entry(key).or_default();
         *seq = self.seq;
         members.retain(|m| m.id != p.id);
         if members.len() >= SITE_BOOK_PER_SITE {
@@ -101,11 +114,15 @@ impl SiteBook {
         members.push_back(p);
     }
 
-    /// The viewers remembered behind public address `ip`, newest first.
-    pub(super) fn of(&self, ip: IpAddr) -> impl Iterator<Item = &PeerInfo> {
-        self.sites
-            .get(&ip)
+    /// The viewers remembered of `site`, newest first: those given its name, then those
+    /// behind its public address (a viewer may be in both).
+    pub(super) fn of(&self, site: Site) -> impl Iterator<Item = &PeerInfo> {
+        let tag = site.tag.map(SiteKey::Tag);
+        let ip = site.ip.map(SiteKey::Ip);
+        [tag, ip]
             .into_iter()
+            .flatten()
+            .filter_map(|key| self.sites.get(&key))
             .flat_map(|(_, members)| members.iter().rev())
     }
 }
@@ -128,6 +145,8 @@ pub(super) struct Known {
     local: Option<SocketAddr>,
     /// How it said it can be reached.
     reach: Reach,
+    /// The site it was given a name for, as it said.
+    site: Option<SiteTag>,
     /// The partner whose sample named it: behind a NAT, it is dialled through a
     /// rendezvous this partner arranges (see [`Mesh::dial_more`]).
     pub(super) via: Option<NodeId>,
@@ -157,6 +176,7 @@ impl Mesh {
             addr,
             local,
             reach,
+            site,
         } = contact;
         self.last_now = self.last_now.max(now);
         self.pending_dials.remove(&peer);
@@ -178,7 +198,12 @@ impl Mesh {
         if self.cfg.role == Role::Broadcaster && role == Role::Viewer && uploads {
             self.site_book.note(contact);
         }
-        if role == Role::Viewer && self.full_for(addr) {
+        // A connected peer is of our site over our LAN, or seen behind our public address
+        // (which a peer off our LAN cannot fake). A site name alone does not make it one:
+        // anyone who saw our site's tag in a sample could claim it, and a neighbour given
+        // the name is dialled on its LAN address, so it connects over our LAN anyway.
+        let of_our_site = role == Role::Viewer && (lan || self.site().behind(addr));
+        if role == Role::Viewer && self.full_for(of_our_site) {
             if let Some(out) = self.place_for(reach) {
                 self.actions.push_back(Action::Disconnect {
                     peer: out,
@@ -187,9 +212,9 @@ impl Mesh {
                 self.handle_disconnected(now, out);
             }
         }
-        if role == Role::Viewer && self.full_for(addr) {
+        if role == Role::Viewer && self.full_for(of_our_site) {
             // Turn it away, but hand it some peers so it can find room elsewhere.
-            let sample = self.peer_sample(Some(peer), (reach, addr.ip()));
+            let sample = self.peer_sample(Some(peer), (reach, Site::of(addr, site)));
             // Only viewers anyone can dial are handed out once turned away: a NAT's needs a
             // rendezvous, which needs a partner of both.
             if self.cfg.role == Role::Broadcaster
@@ -228,7 +253,8 @@ impl Mesh {
                 local,
                 reach,
                 lan,
-                same_site: role == Role::Viewer && (lan || Some(addr.ip()) == self.site_ip()),
+                site,
+                same_site: of_our_site,
                 uploads,
                 have: Announced::new(),
                 inflight: 0,
@@ -269,7 +295,7 @@ impl Mesh {
         }
         if self.cfg.role == Role::Broadcaster {
             // The tracker's answer: a random sample of the swarm.
-            let sample = self.peer_sample(Some(peer), (reach, addr.ip()));
+            let sample = self.peer_sample(Some(peer), (reach, Site::of(addr, site)));
             if !sample.is_empty() {
                 self.send_sample(contact, sample);
             }
@@ -456,7 +482,11 @@ impl Mesh {
                 None => continue,
             };
             if pex_due {
-                let Some(to) = self.peers.get(&id).map(|p| (p.reach, p.addr.ip())) else {
+                let Some(to) = self
+                    .peers
+                    .get(&id)
+                    .map(|p| (p.reach, Site::of(p.addr, p.site)))
+                else {
                     continue;
                 };
                 let sample = self.peer_sample(Some(id), to);
@@ -513,10 +543,10 @@ impl Mesh {
         }
     }
 
-    /// Whether a viewer seen at `addr` finds no place: one of our own site (a viewer's)
-    /// counts against [`MAX_SITE_PARTNERS`], any other against the partner cap.
-    fn full_for(&self, addr: SocketAddr) -> bool {
-        if self.cfg.role == Role::Viewer && Some(addr.ip()) == self.site_ip() {
+    /// Whether a viewer finds no place: one of our own site (a viewer's) counts against
+    /// [`MAX_SITE_PARTNERS`], any other against the partner cap.
+    fn full_for(&self, of_our_site: bool) -> bool {
+        if self.cfg.role == Role::Viewer && of_our_site {
             self.site_count() >= MAX_SITE_PARTNERS
         } else {
             self.far_count() >= self.cfg.max_partners
@@ -531,16 +561,16 @@ impl Mesh {
         };
         let far_room = target.saturating_sub(self.far_count() + self.dialling(now));
         let site_room = MAX_SITE_PARTNERS.saturating_sub(self.site_count());
-        let site_ip = self.site_ip();
+        let site = self.site();
         let site_known = || {
             self.known
                 .iter()
-                .any(|(id, k)| on_lan_of(k.local, k.addr, site_ip) && !self.peers.contains_key(id))
+                .any(|(id, k)| k.on_lan_of(site) && !self.peers.contains_key(id))
         };
         if far_room == 0 && (site_room == 0 || !site_known()) {
             return;
         }
-        let mut candidates: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = self
+        let mut candidates: Vec<(NodeId, SocketAddr, Option<SocketAddr>, bool)> = self
             .known
             .iter()
             .filter(|(id, k)| {
@@ -551,37 +581,33 @@ impl Mesh {
                     && k.retry_at.is_none_or(|t| now >= t)
                     && self.can_dial(k)
             })
-            .map(|(id, k)| (*id, k.addr, k.local))
+            .map(|(id, k)| (*id, k.addr, k.local, k.on_lan_of(site)))
             .collect();
         candidates.shuffle(&mut self.rng);
         // Peers of our own site first: they are a LAN away, and a site that pairs within
         // itself pulls each part across its WAN about once.
-        candidates.sort_by_key(|(_, addr, _)| Some(addr.ip()) != site_ip);
+        candidates.sort_by_key(|&(.., near)| !near);
         let room = self
             .cfg
             .max_pending_dials
             .saturating_sub(self.dialling(now));
         let (mut site_room, mut far_room) = (site_room, far_room);
-        let picked: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = candidates
+        let picked: Vec<(NodeId, SocketAddr, Option<SocketAddr>, bool)> = candidates
             .into_iter()
-            .filter(|(_, addr, local)| {
-                let room = if on_lan_of(*local, *addr, site_ip) {
-                    &mut site_room
-                } else {
-                    &mut far_room
-                };
+            .filter(|&(.., near)| {
+                let room = if near { &mut site_room } else { &mut far_room };
                 let take = *room > 0;
                 *room = room.saturating_sub(1);
                 take
             })
             .take(room)
             .collect();
-        for (id, addr, local) in picked {
+        for (id, addr, local, near) in picked {
             let mut introducer = None;
             if let Some(k) = self.known.get_mut(&id) {
                 // Until it answers, do not pick it again.
                 k.retry_at = Some(now + Duration::from_secs(10));
-                if k.reach == Reach::Nat && !on_lan_of(k.local, k.addr, site_ip) {
+                if k.reach == Reach::Nat && !near {
                     introducer = k.via;
                 }
             }
@@ -606,7 +632,7 @@ impl Mesh {
             self.actions.push_back(Action::Dial {
                 peer: id,
                 addr: Some(addr),
-                local,
+                local: local.filter(|_| near),
             });
         }
     }
@@ -637,7 +663,7 @@ impl Mesh {
     fn can_dial(&self, k: &Known) -> bool {
         // Behind our own public address, with a LAN address: dialled over the LAN, where no
         // NAT stands between us, whatever kind ours is (offices often map per destination).
-        if on_lan_of(k.local, k.addr, self.site_ip()) {
+        if k.on_lan_of(self.site()) {
             return true;
         }
         match k.reach {
@@ -653,8 +679,12 @@ impl Mesh {
 
     /// Our public address's host, which the peers of our site share (none on loopback,
     /// where every peer shares one).
-    pub(super) fn site_ip(&self) -> Option<IpAddr> {
-        self.public.map(|a| a.ip()).filter(|ip| !ip.is_loopback())
+    /// Our own site: our public address as peers told it, and the name we were given.
+    pub(super) fn site(&self) -> Site {
+        Site {
+            ip: self.public.map(|a| a.ip()).filter(|ip| !ip.is_loopback()),
+            tag: self.cfg.site,
+        }
     }
 
     /// A known peer as a rendezvous names it.
@@ -664,6 +694,7 @@ impl Mesh {
             addr: k.addr,
             local: k.local,
             reach: k.reach,
+            site: k.site,
         })
     }
 
@@ -744,10 +775,11 @@ impl Mesh {
         if let Some(k) = self.known.get_mut(&peer.id) {
             k.retry_at = Some(now + Duration::from_secs(10));
         }
+        let near = self.site().holds(peer.addr, peer.site);
         self.actions.push_back(Action::Dial {
             peer: peer.id,
             addr: Some(peer.addr),
-            local: peer.local,
+            local: peer.local.filter(|_| near),
         });
     }
 
@@ -764,6 +796,7 @@ impl Mesh {
             addr: p.addr,
             local: p.local,
             reach: p.reach,
+            site: p.site,
         })
     }
 
@@ -779,6 +812,7 @@ impl Mesh {
             k.addr = p.addr;
             k.local = p.local;
             k.reach = p.reach;
+            k.site = p.site;
             return;
         }
         if self.known.len() >= self.cfg.max_known {
@@ -794,6 +828,7 @@ impl Mesh {
                 addr: p.addr,
                 local: p.local,
                 reach: p.reach,
+                site: p.site,
                 via: None,
                 failures: 0,
                 retry_at: None,
@@ -810,28 +845,29 @@ impl Mesh {
     fn peer_sample(
         &mut self,
         exclude: Option<NodeId>,
-        (to, to_ip): (Reach, IpAddr),
+        (to, to_site): (Reach, Site),
     ) -> Vec<PeerInfo> {
         // Behind a symmetric NAT the recipient can dial public peers alone: the others would
         // fill its sample for nothing.
         let dialable =
             |r: Reach| to != Reach::Symmetric || matches!(r, Reach::Public | Reach::Unknown);
-        // Peers behind the recipient's own public address, with a LAN address, it dials over
-        // the LAN whatever their NATs: they go first, since a site that pairs within itself
-        // pulls each part across its WAN about once, and in a large swarm a random sample
-        // seldom holds one (the simulator's sites: 0.1-0.3 partners of their own site).
-        let near_ip = Some(to_ip).filter(|ip| !ip.is_loopback());
-        let near = |p: &Peer| on_lan_of(p.local, p.addr, near_ip);
+        // Peers of the recipient's site (behind its public address or given its site's
+        // name), with a LAN address, it dials over the LAN whatever their NATs: they go
+        // first, since a site that pairs within itself pulls each part across its WAN about
+        // once, and in a large swarm a random sample seldom holds one (the simulator's
+        // sites: 0.1-0.3 partners of their own site).
+        let near = |p: &Peer| p.local.is_some() && to_site.holds(p.addr, p.site);
         let mut sample: Vec<PeerInfo> = Vec::new();
-        if let (Role::Broadcaster, Some(ip)) = (self.cfg.role, near_ip) {
+        if self.cfg.role == Role::Broadcaster {
             // The recipient's neighbours first, partners of ours or not ([`SiteBook`]).
-            sample.extend(
-                self.site_book
-                    .of(ip)
-                    .filter(|p| Some(p.id) != exclude)
-                    .take(SITE_BOOK_PER_SITE)
-                    .copied(),
-            );
+            let mut neighbours: Vec<PeerInfo> = Vec::new();
+            for p in self.site_book.of(to_site) {
+                if Some(p.id) != exclude && neighbours.iter().all(|n| n.id != p.id) {
+                    neighbours.push(*p);
+                }
+            }
+            neighbours.truncate(SITE_BOOK_PER_SITE);
+            sample.extend(neighbours);
         }
         let neighbours = sample.len();
         if self.cfg.role == Role::Broadcaster {
@@ -861,10 +897,11 @@ impl Mesh {
                 addr: p.addr,
                 local: p.local,
                 reach: p.reach,
+                site: p.site,
             })
             .collect();
         all.shuffle(&mut self.rng);
-        all.sort_by_key(|p| !on_lan_of(p.local, p.addr, near_ip));
+        all.sort_by_key(|p| !(p.local.is_some() && to_site.holds(p.addr, p.site)));
         // The recipient's neighbours come on top: they replace none of the swarm's sample.
         let cap = if self.cfg.role == Role::Broadcaster {
             16 + neighbours
@@ -877,10 +914,40 @@ impl Mesh {
     }
 }
 
-/// Whether a peer seen at `addr`, with LAN address `local`, is one of the site behind
-/// `site_ip`, dialled over that LAN.
-fn on_lan_of(local: Option<SocketAddr>, addr: SocketAddr, site_ip: Option<IpAddr>) -> bool {
-    local.is_some() && Some(addr.ip()) == site_ip
+/// Where a node sits, to tell who shares its site: the public address it is seen at (not
+/// loopback, where a whole test swarm sits) and the site name it was given, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Site {
+    ip: Option<IpAddr>,
+    tag: Option<SiteTag>,
+}
+
+impl Site {
+    /// The site of a node seen at `addr` that named `tag`.
+    pub(super) fn of(addr: SocketAddr, tag: Option<SiteTag>) -> Site {
+        Site {
+            ip: Some(addr.ip()).filter(|ip| !ip.is_loopback()),
+            tag,
+        }
+    }
+
+    /// Whether a node seen at `addr` that named `tag` is of this site, to be dialled on its
+    /// LAN address: behind its public address, or given its name.
+    pub(super) fn holds(self, addr: SocketAddr, tag: Option<SiteTag>) -> bool {
+        self.behind(addr) || (self.tag.is_some() && self.tag == tag)
+    }
+
+    /// Whether a node seen at `addr` is behind this site's public address.
+    pub(super) fn behind(self, addr: SocketAddr) -> bool {
+        self.ip.is_some() && self.ip == Some(addr.ip())
+    }
+}
+
+impl Known {
+    /// Whether it is of `site`, with a LAN address to dial it at there.
+    fn on_lan_of(&self, site: Site) -> bool {
+        self.local.is_some() && site.holds(self.addr, self.site)
+    }
 }
 
 #[cfg(test)]
@@ -1186,12 +1253,14 @@ mod tests {
             addr: office(7000 + u16::from(i)),
             local: Some(SocketAddr::from(([10, 0, 0, i], 7000))),
             reach: Reach::Nat,
+            site: None,
         };
         let home = |i: u8| PeerInfo {
             id: id(i),
             addr: SocketAddr::from(([203, 0, 113, i], 7000)),
             local: None,
             reach: Reach::Nat,
+            site: None,
         };
         for p in [home(20), home(21)] {
             b.handle_connected(t0, p, Role::Viewer, true, None, false);
@@ -1219,9 +1288,106 @@ mod tests {
         for i in 50..50 + SITE_BOOK_PER_SITE as u8 + 3 {
             b.site_book.note(site_contact(i));
         }
-        let kept: Vec<NodeId> = b.site_book.of(office(0).ip()).map(|p| p.id).collect();
+        let kept: Vec<NodeId> = b
+            .site_book
+            .of(Site::of(office(0), None))
+            .map(|p| p.id)
+            .collect();
         assert_eq!(kept.len(), SITE_BOOK_PER_SITE);
         assert_eq!(kept.first(), Some(&id(50 + SITE_BOOK_PER_SITE as u8 + 2)));
+    }
+
+    /// An office whose desktops leave through several public addresses (`--site NAME`):
+    /// the broadcaster hands a joiner the viewers given its site's name, and the joiner
+    /// dials them at their LAN addresses first, as neighbours behind one address.
+    #[test]
+    fn viewers_given_one_site_name_find_each_other_across_public_addresses() {
+        let t0 = Instant::now();
+        let mut b = broadcaster_with_room_for(2, t0);
+        let tag = SiteTag::of(&id(ORIGIN), "leeds");
+        let desk = |i: u8, public: [u8; 4], site: Option<SiteTag>| PeerInfo {
+            id: id(i),
+            addr: SocketAddr::from((public, 7000)),
+            local: Some(SocketAddr::from(([10, 0, 0, i], 7000))),
+            reach: Reach::Nat,
+            site,
+        };
+        // The broadcaster's places go to others; then two of the office, at two public
+        // addresses, and unnamed desks elsewhere are turned away.
+        for i in [20, 21] {
+            b.handle_connected(
+                t0,
+                desk(i, [203, 0, 113, i], None),
+                Role::Viewer,
+                true,
+                None,
+                false,
+            );
+        }
+        let mut turned_away = vec![
+            desk(30, [198, 51, 100, 1], Some(tag)),
+            desk(31, [198, 51, 100, 2], Some(tag)),
+        ];
+        turned_away.extend((32..38).map(|i| desk(i, [203, 0, 113, i], None)));
+        for p in turned_away {
+            b.handle_connected(t0, p, Role::Viewer, true, None, false);
+        }
+        drain(&mut b);
+        let joiner = desk(33, [198, 51, 100, 3], Some(tag));
+        b.handle_connected(t0, joiner, Role::Viewer, true, None, false);
+        let got = peers_handed(drain(&mut b), 33);
+        let first: std::collections::BTreeSet<NodeId> = got.iter().take(2).map(|p| p.id).collect();
+        assert_eq!(first, [id(30), id(31)].into(), "{got:?}");
+
+        // The joiner, given the name, dials them over the LAN, and the unnamed one (behind
+        // a NAT, not of its site) not at its LAN address.
+        let mut v = viewer_connected(t0, &[]);
+        v.cfg.site = Some(tag);
+        v.observe_self(Some(joiner.addr), Reach::Nat);
+        drain(&mut v);
+        v.handle_control(t0, id(ORIGIN), Control::Peers { peers: got });
+        v.handle_tick(t0 + Duration::from_millis(600));
+        let dials: Vec<(NodeId, Option<SocketAddr>)> = drain(&mut v)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dial { peer, local, .. } => Some((peer, local)),
+                _ => None,
+            })
+            .collect();
+        for n in [30, 31] {
+            assert!(
+                dials.contains(&(id(n), desk(n, [0; 4], None).local)),
+                "{dials:?}"
+            );
+        }
+        assert!(
+            dials.iter().all(|&(p, l)| p != id(32) || l.is_none()),
+            "{dials:?}"
+        );
+        // Connected: the one that came over our LAN is a neighbour; one off our LAN naming
+        // our site's tag (anyone who saw it in a sample can) is not.
+        let liar = desk(40, [203, 0, 113, 40], Some(tag));
+        v.handle_connected(t0, liar, Role::Viewer, true, None, false);
+        assert_eq!(v.site_count(), 0);
+        v.handle_connected(
+            t0,
+            desk(30, [198, 51, 100, 1], Some(tag)),
+            Role::Viewer,
+            true,
+            None,
+            true,
+        );
+        assert_eq!(v.site_count(), 1);
+        // Without the name, the same two are strangers: no LAN address dialled.
+        let mut w = viewer_connected(t0, &[]);
+        w.observe_self(Some(joiner.addr), Reach::Nat);
+        drain(&mut w);
+        let strangers = vec![desk(30, [198, 51, 100, 1], Some(tag))];
+        w.handle_control(t0, id(ORIGIN), Control::Peers { peers: strangers });
+        w.handle_tick(t0 + Duration::from_millis(600));
+        assert!(!drain(&mut w)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { local: Some(_), .. })));
     }
 
     #[test]
@@ -1762,10 +1928,11 @@ mod tests {
             },
         );
         let acts = drain(&mut v);
+        // Not of our site: its LAN address is not for us to dial.
         assert!(acts.contains(&Action::Dial {
             peer: id(40),
             addr: Some(target.addr),
-            local: target.local,
+            local: None,
         }));
         assert!(acts.contains(&Action::Send {
             peer: id(ORIGIN),
@@ -1803,7 +1970,7 @@ mod tests {
         assert!(drain(&mut v).contains(&Action::Dial {
             peer: id(30),
             addr: Some(caller.addr),
-            local: caller.local,
+            local: None,
         }));
         // Told again while that dial is out: no second one.
         v.handle_control(

@@ -127,6 +127,9 @@ pub struct MeshConfig {
     pub uploads: bool,
     /// Most candidate peers remembered.
     pub max_known: usize,
+    /// The site this viewer was given a name for (`--site`): peers given the same one are
+    /// of its site wherever their public addresses.
+    pub site: Option<crate::wire::SiteTag>,
     /// Dials in progress at once.
     pub max_pending_dials: usize,
 }
@@ -156,6 +159,7 @@ impl MeshConfig {
             uploads: true,
             max_known: 256,
             max_pending_dials: 4,
+            site: None,
         }
     }
 
@@ -220,7 +224,8 @@ pub enum Action {
         peer: NodeId,
         /// Where it was seen (behind a NAT, its public address).
         addr: Option<SocketAddr>,
-        /// Its LAN address, dialled too when it shares our public address
+        /// Its LAN address, given only when it is of our site (behind our public address or
+        /// given our site's name), and dialled first
         /// ([`crate::node::nat::Reachability::dial_addrs`]).
         local: Option<SocketAddr>,
     },
@@ -394,9 +399,9 @@ impl Mesh {
         // anyone told us where we are seen would otherwise stay a stranger for good, and
         // both of us would fetch its share of the parts across the site's WAN.
         if moved {
-            let site = self.site_ip();
+            let site = self.site();
             for p in self.peers.values_mut() {
-                p.same_site = p.role == Role::Viewer && (p.lan || Some(p.addr.ip()) == site);
+                p.same_site = p.role == Role::Viewer && (p.lan || site.behind(p.addr));
             }
         }
     }

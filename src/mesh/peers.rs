@@ -35,8 +35,11 @@ pub(super) struct Peer {
     pub(super) reach: Reach,
     /// The connection runs over one of our own networks.
     pub(super) lan: bool,
+    /// The site it was given a name for, as it said.
+    pub(super) site: Option<crate::wire::SiteTag>,
     /// It sits behind our public address or on our LAN (our site): asked first, a LAN
     /// away. Follows our public address as we learn it ([`super::Mesh::observe_self`]).
+    /// (A site name alone does not make it so: see [`super::Mesh::handle_connected`].)
     pub(super) same_site: bool,
     /// When the connection opened: one that ends soon after was a refusal, not a loss.
     pub(super) since: Instant,
@@ -267,6 +270,7 @@ mod tests {
             local: None,
             reach: Reach::Unknown,
             lan: false,
+            site: None,
             same_site: false,
             uploads: true,
             have: Announced::new(),

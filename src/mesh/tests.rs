@@ -15,6 +15,7 @@ pub(super) fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
         addr,
         local: None,
         reach: Reach::Unknown,
+        site: None,
     }
 }
 

@@ -135,6 +135,7 @@ fn our_hello(shared: &Shared, conn: &Connection, side: Side) -> Control {
         local,
         public,
         reach,
+        site: shared.site,
     }))
 }
 
@@ -301,12 +302,13 @@ async fn run_connection(
         local,
         public,
         reach,
+        site,
         ..
     } = hello;
     let contact =
         shared
             .reachability()
-            .contact_of(peer, conn.remote_address(), public, local, reach);
+            .contact_of(peer, conn.remote_address(), public, local, (reach, site));
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     if shared

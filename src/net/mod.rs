@@ -122,6 +122,8 @@ struct Shared {
     stream: StreamId,
     role: Role,
     uploads: bool,
+    /// The site this node was given a name for (`--site`), told in its Hello.
+    site: Option<crate::wire::SiteTag>,
     origin_addrs: Vec<SocketAddr>,
     endpoint: quinn::Endpoint,
     store: SharedStore,
@@ -339,6 +341,7 @@ impl Node {
             stream: config.stream,
             role: config.role,
             uploads: config.mesh.uploads,
+            site: config.mesh.site,
             origin_addrs: config.origin_addrs.clone(),
             endpoint,
             store: Store::shared(config.store_capacity),

@@ -179,6 +179,7 @@ mod tests {
             addr: "127.0.0.1:9".parse().unwrap(),
             local: None,
             reach: crate::wire::Reach::Public,
+            site: None,
         };
         Control::Peers { peers: vec![p; n] }
     }

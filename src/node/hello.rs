@@ -52,6 +52,8 @@ pub struct PeerHello {
     pub public: Option<SocketAddr>,
     /// How it says it can be reached.
     pub reach: Reach,
+    /// The site it was given a name for, as it says.
+    pub site: Option<wire::SiteTag>,
 }
 
 /// Why a Hello was refused.
@@ -139,6 +141,7 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         local,
         public,
         reach,
+        site,
     } = &**hello;
     if *version != wire::PROTOCOL_VERSION {
         return Err(Refusal::Version {
@@ -181,6 +184,7 @@ pub fn check(policy: &Policy, peer: NodeId, msg: &Control) -> Result<PeerHello, 
         local: *local,
         public: *public,
         reach: *reach,
+        site: *site,
     })
 }
 
@@ -215,6 +219,7 @@ mod tests {
             local: None,
             public: None,
             reach: wire::Reach::Nat,
+            site: None,
         }))
     }
 

@@ -19,7 +19,7 @@
 //! - the mesh says dial → [`nat::Reachability::dial_addrs`];
 //! - a part's first frame lands → [`Assemblies::wanted`] and [`Assemblies::first_frame`],
 //!   then `Mesh::handle_receiving`;
-//! - a request arrives → [`Uploads::admit`]; its upload ends → [`Uploads::release`];
+//! - a request arrives → [`Uploads::admit`]; its upload ends → [`Uploads::finish`];
 //! - the mesh says push → [`Uploads::may_push`];
 //! - a segment is stored → [`Assemblies::remove`] and [`Assemblies::keep_window`].
 

@@ -10,7 +10,7 @@
 //! public peers only, and is not handed out.
 
 use crate::stream::NodeId;
-use crate::wire::{PeerInfo, Reach};
+use crate::wire::{PeerInfo, Reach, SiteTag};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -132,12 +132,13 @@ impl Reachability {
         self.public_addr().is_some_and(|me| me.ip() == addr.ip())
     }
 
-    /// The addresses to dial a peer seen at `addr` with LAN address `local` at, all tried
-    /// at once: the LAN address first when it shares our public address (its public one is
-    /// then a hairpin most NATs do not turn), then the address it was seen at.
+    /// The addresses to dial a peer seen at `addr` at, all tried at once: its LAN address
+    /// `local` first, given when the mesh found it of our site (behind our public address,
+    /// where its public one is a hairpin most NATs do not turn, or given our site's name),
+    /// then the address it was seen at.
     pub fn dial_addrs(&self, addr: SocketAddr, local: Option<SocketAddr>) -> Vec<SocketAddr> {
         let mut addrs = Vec::with_capacity(2);
-        if let Some(local) = local.filter(|_| self.same_site(addr)) {
+        if let Some(local) = local {
             addrs.push(local);
         }
         if !addrs.contains(&addr) {
@@ -167,7 +168,7 @@ impl Reachability {
         observed: SocketAddr,
         hello_public: Option<SocketAddr>,
         hello_local: Option<SocketAddr>,
-        hello_reach: Reach,
+        (hello_reach, hello_site): (Reach, Option<SiteTag>),
     ) -> PeerInfo {
         let nearby = observed.ip().is_loopback() || self.on_our_networks(observed.ip());
         let addr = if nearby {
@@ -185,6 +186,7 @@ impl Reachability {
             addr,
             local: hello_local,
             reach,
+            site: hello_site,
         }
     }
 }
@@ -263,9 +265,9 @@ mod tests {
             r.dial_addrs(sa("198.51.100.7:7001"), local),
             vec![sa("192.168.1.11:7001"), sa("198.51.100.7:7001")]
         );
-        // Elsewhere: its public address only.
+        // Elsewhere (the mesh gives no LAN address): its public address only.
         assert_eq!(
-            r.dial_addrs(sa("198.51.100.99:7001"), local),
+            r.dial_addrs(sa("198.51.100.99:7001"), None),
             vec![sa("198.51.100.99:7001")]
         );
     }
@@ -280,7 +282,7 @@ mod tests {
             sa("198.51.100.9:7002"),
             None,
             Some(sa("10.0.0.2:7002")),
-            Reach::Unknown,
+            (Reach::Unknown, None),
         );
         assert_eq!((c.addr, c.reach), (sa("198.51.100.9:7002"), Reach::Nat));
         // A neighbour on our LAN goes out at the public address it reported.
@@ -289,7 +291,7 @@ mod tests {
             sa("192.168.1.11:7001"),
             Some(sa("198.51.100.7:7001")),
             Some(sa("192.168.1.11:7001")),
-            Reach::Nat,
+            (Reach::Nat, None),
         );
         assert_eq!((c.addr, c.reach), (sa("198.51.100.7:7001"), Reach::Nat));
         assert_eq!(c.local, Some(sa("192.168.1.11:7001")));
@@ -299,7 +301,7 @@ mod tests {
             sa("127.0.0.1:9"),
             None,
             Some(sa("192.168.1.10:9")),
-            Reach::Unknown,
+            (Reach::Unknown, None),
         );
         assert_eq!(c.reach, Reach::Unknown);
         assert!(!needs_rendezvous(Reach::Unknown, c.reach));

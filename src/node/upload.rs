@@ -135,7 +135,7 @@ pub const FIRST_SLOTS: u64 = 2;
 
 /// How fast an upload must go, against the stream's bitrate, to count as keeping up: an
 /// upload slower than this means the path carries more at once than it can.
-const KEEPING_UP: f64 = 0.8;
+pub const KEEPING_UP: f64 = 0.8;
 
 /// What a path must carry, in bitrates, to keep one slot. Below it the path goes quiet
 /// (no slot) for [`QUIET`], then tries one upload: an uplink shared with others who also
@@ -143,7 +143,7 @@ const KEEPING_UP: f64 = 0.8;
 /// ran ten crawling uploads through it (the simulator's sites of ten on a 5 Mbit/s WAN:
 /// each at a quarter of the bitrate, late for everyone who asked). A home uplink of half
 /// the bitrate keeps its slot.
-const CRAWLING: f64 = 0.4;
+pub const CRAWLING: f64 = 0.4;
 
 /// How long a path that carried less than [`CRAWLING`] takes no request before it tries one.
 pub const QUIET: Duration = Duration::from_secs(1);

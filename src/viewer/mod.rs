@@ -60,6 +60,10 @@ pub struct ViewerConfig {
     pub upload_limit: Option<Rate>,
     /// Leech-only: never upload to other viewers (metered links).
     pub no_upload: bool,
+    /// The site (office) this viewer is on, by name: viewers of the stream given the same
+    /// name pair over their LAN and pull each part across its WAN about once, as viewers
+    /// behind one public address do without a name ([`site_name`] checks it).
+    pub site: Option<String>,
     /// Segments held back behind the newest; a player then has this many segments of slack
     /// more than the one the short window gives it.
     pub delay: u64,
@@ -73,6 +77,24 @@ pub struct ViewerConfig {
     /// Once the stream ended: how long at most to wait for the player to fetch the last
     /// segment (or for the last segments to arrive) before exiting.
     pub linger_after_end: Duration,
+}
+
+/// Longest site name `--site` takes, in bytes.
+pub const MAX_SITE_NAME: usize = 64;
+
+/// A site name as `--site` takes it: 1 to [`MAX_SITE_NAME`] bytes, no control characters,
+/// not only spaces. Names match exactly (case and spaces count).
+pub fn site_name(name: &str) -> Result<String, String> {
+    if name.trim().is_empty() {
+        return Err("a site name must not be empty".into());
+    }
+    if name.len() > MAX_SITE_NAME {
+        return Err(format!("a site name takes at most {MAX_SITE_NAME} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a site name must not hold control characters".into());
+    }
+    Ok(name.to_string())
 }
 
 /// Why the viewer stopped with an error.
@@ -135,6 +157,10 @@ pub async fn run(
         config.delay.saturating_add(2),
     );
     mesh.uploads = !config.no_upload;
+    mesh.site = config
+        .site
+        .as_deref()
+        .map(|name| crate::wire::SiteTag::of(&stream, name));
     let node = Node::spawn(NodeConfig {
         key,
         stream,

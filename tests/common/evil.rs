@@ -89,6 +89,7 @@ pub fn hello_declaring(stream: NodeId, upload_bps: Option<u64>) -> Control {
         local: None,
         public: None,
         reach: wire::Reach::Nat,
+        site: None,
     }))
 }
 

@@ -190,9 +190,10 @@ impl Lab {
         self.sites += 1;
         let s = self.sites;
         let host = self.namespace(&format!("s{s}h"));
-        let (router, wan) = self.router(&format!("s{s}r"), link, nat, HOME_LAN, &host, HOST_IF);
+        let (router, wan) =
+            self.router(&format!("s{s}r"), link, nat, (HOME_LAN, 1), &host, HOST_IF);
         let addr = Ipv4Addr::new(HOME_LAN[0], HOME_LAN[1], HOME_LAN[2], 2);
-        address_host(&host, addr, HOME_LAN);
+        address_host(&host, addr, (HOME_LAN, 1));
         Site {
             router,
             wan,
@@ -204,19 +205,49 @@ impl Lab {
     /// link shaped to `link`; traffic between the hosts stays on the LAN, unshaped. The
     /// office that is site `n` of the lab has LAN 10.n.0.0/24, hosts from 10.n.0.11.
     pub fn office(&mut self, hosts: usize, link: Link, nat: Nat) -> Site {
+        self.office_with_exits(hosts, link, nat, 1)
+            .pop()
+            .expect("an office has an exit")
+    }
+
+    /// An office that leaves through `exits` routers (as networks with several uplinks or a
+    /// pool of NAT addresses do), each doing `nat` with its own public address and WAN link
+    /// shaped to `link`: router `e` (from 1) is the LAN's 10.n.0.e, and host `i` (from 1)
+    /// goes out through router `(i - 1) % exits + 1`. One LAN, so the hosts reach each other
+    /// directly. One [`Site`] per exit, with the hosts that leave through it.
+    pub fn office_with_exits(
+        &mut self,
+        hosts: usize,
+        link: Link,
+        nat: Nat,
+        exits: u8,
+    ) -> Vec<Site> {
+        assert!((1..=9).contains(&exits), "1 to 9 exits");
         self.sites += 1;
         let s = self.sites;
         let lan = [10, s, 0];
         let switch = self.namespace(&format!("s{s}sw"));
         ok(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
         ok(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
-        // The switch's port towards the router.
-        let uplink = "rt";
-        let (router, wan) = self.router(&format!("s{s}r"), link, nat, lan, &switch, uplink);
-        ok(&[
-            "ip", "-n", &switch, "link", "set", uplink, "master", "br0", "up",
-        ]);
-        let mut members = Vec::new();
+        let mut sites = Vec::new();
+        for e in 1..=exits {
+            // The switch's port towards this router.
+            let uplink = format!("rt{e}");
+            let role = if exits == 1 {
+                format!("s{s}r")
+            } else {
+                format!("s{s}r{e}")
+            };
+            let (router, wan) = self.router(&role, link, nat, (lan, e), &switch, &uplink);
+            ok(&[
+                "ip", "-n", &switch, "link", "set", &uplink, "master", "br0", "up",
+            ]);
+            sites.push(Site {
+                router,
+                wan,
+                hosts: Vec::new(),
+            });
+        }
         for i in 1..=hosts {
             let i = u8::try_from(i)
                 .ok()
@@ -229,14 +260,13 @@ impl Lab {
                 "ip", "-n", &switch, "link", "set", &port, "master", "br0", "up",
             ]);
             let addr = Ipv4Addr::new(lan[0], lan[1], lan[2], 10 + i);
-            address_host(&ns, addr, lan);
-            members.push(Host { ns, addr });
+            let exit = (i - 1) % exits;
+            address_host(&ns, addr, (lan, exit + 1));
+            if let Some(site) = sites.get_mut(usize::from(exit)) {
+                site.hosts.push(Host { ns, addr });
+            }
         }
-        Site {
-            router,
-            wan,
-            hosts: members,
-        }
+        sites
     }
 
     /// Runs `args` in namespace `ns` (`ip netns exec`), for its output; a failure to start
@@ -350,14 +380,14 @@ impl Lab {
         role: &str,
         link: Link,
         nat: Nat,
-        lan: [u8; 3],
+        (lan, gateway): ([u8; 3], u8),
         peer_ns: &str,
         peer_if: &str,
     ) -> (String, Ipv4Addr) {
         let ns = self.namespace(role);
         let wan = self.plug_into_internet(&ns, WAN_IF);
         link_pair(&ns, LAN_IF, peer_ns, peer_if);
-        let gateway = format!("{}.{}.{}.1/24", lan[0], lan[1], lan[2]);
+        let gateway = format!("{}.{}.{}.{gateway}/24", lan[0], lan[1], lan[2]);
         ok(&["ip", "-n", &ns, "addr", "add", &gateway, "dev", LAN_IF]);
         ok(&["ip", "-n", &ns, "link", "set", LAN_IF, "up"]);
         Self::exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -605,8 +635,8 @@ fn link_pair(a: &str, a_if: &str, b: &str, b_if: &str) {
     ]);
 }
 
-/// Gives `host`'s [`HOST_IF`] `addr`/24 and a default route via `lan`.1.
-fn address_host(host: &str, addr: Ipv4Addr, lan: [u8; 3]) {
+/// Gives `host`'s [`HOST_IF`] `addr`/24 and a default route via `lan`.`gateway`.
+fn address_host(host: &str, addr: Ipv4Addr, (lan, gateway): ([u8; 3], u8)) {
     ok(&[
         "ip",
         "-n",
@@ -618,7 +648,7 @@ fn address_host(host: &str, addr: Ipv4Addr, lan: [u8; 3]) {
         HOST_IF,
     ]);
     ok(&["ip", "-n", host, "link", "set", HOST_IF, "up"]);
-    let gateway = Ipv4Addr::new(lan[0], lan[1], lan[2], 1).to_string();
+    let gateway = Ipv4Addr::new(lan[0], lan[1], lan[2], gateway).to_string();
     ok(&["ip", "-n", host, "route", "add", "default", "via", &gateway]);
 }
 

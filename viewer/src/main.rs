@@ -52,6 +52,12 @@ struct Args {
     #[arg(long, conflicts_with = "upload_limit")]
     no_upload: bool,
 
+    /// The site (office) this viewer is on, for networks where viewers of one LAN do not
+    /// share one public address: viewers given the same name pair over their LAN and pull
+    /// the stream across the site's WAN about once. Viewers behind one address need none.
+    #[arg(long, value_name = "NAME", value_parser = viewer::site_name)]
+    site: Option<String>,
+
     /// How close to live: `normal` or `low` (for a broadcaster also on --latency low; its
     /// shorter segments are what bring the picture closer). --delay overrides it.
     #[arg(long, value_name = "PRESET", default_value = "normal", value_parser = Latency::parse)]
@@ -110,6 +116,7 @@ async fn run() -> bool {
         listen: args.listen,
         upload_limit: args.upload_limit,
         no_upload: args.no_upload,
+        site: args.site,
         delay: args.delay.unwrap_or(args.latency.delay()),
         window: viewer::PLAYER_WINDOW,
         allow_origins: args.allow_origin,

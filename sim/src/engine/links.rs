@@ -613,5 +613,6 @@ fn contact(id: NodeId, (addr, nat, local): (SocketAddr, NatKind, Option<SocketAd
         addr,
         local,
         reach: reach_of(nat),
+        site: None,
     }
 }

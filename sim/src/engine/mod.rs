@@ -309,6 +309,7 @@ impl Sim {
             local: Some(nodes::node_addr(1)),
             public: None,
             reach: wire::Reach::Nat,
+            site: None,
         })))
         .len() as u64;
         Sim {
