@@ -133,6 +133,16 @@ pub struct Requester {
 /// it cost the 10,000-peer class continuity: 0.9835 against 0.9928).
 pub const FIRST_SLOTS: u64 = 2;
 
+/// Upload slots the LAN path starts with, without a cap: a LAN port carries many streams,
+/// and a site's neighbours ask for each part at once, most of them of one that is still
+/// arriving across the WAN (relays, which teach nothing of the path's rate). With
+/// [`FIRST_SLOTS`] there, three neighbours asking one viewer for a part left one turned away
+/// every 100 ms until its slots grew, which in the lab's offices took more than the 30 s
+/// warm-up at most viewers: up to 1,515 `Busy` a minute, 8–12 missed deadlines at every
+/// viewer of an office, and parts gone late fetched across the WAN by all four (1.61 copies
+/// on that WAN). A slow LAN (a busy wireless one) is learned from full serves as any path.
+pub const LAN_FIRST_SLOTS: u64 = MAX_UPLOAD_SLOTS;
+
 /// How fast an upload must go, against the stream's bitrate, to count as keeping up: an
 /// upload slower than this means the path carries more at once than it can.
 pub const KEEPING_UP: f64 = 0.8;
@@ -180,14 +190,14 @@ impl PathSlots {
     }
 
     /// Starts the path, if it is not, at the slots of `cap_bps` for a stream of
-    /// `stream_bps`, or at [`FIRST_SLOTS`] without a cap.
-    fn start(&mut self, cap_bps: Option<u64>, stream_bps: u64) -> u64 {
+    /// `stream_bps`, or at `first` without a cap ([`FIRST_SLOTS`], [`LAN_FIRST_SLOTS`]).
+    fn start(&mut self, cap_bps: Option<u64>, stream_bps: u64, first: u64) -> u64 {
         if self.slots.is_none() {
             self.capped = cap_bps.is_some();
         }
         *self.slots.get_or_insert(match cap_bps {
             Some(_) => upload_slots(cap_bps, stream_bps, false),
-            None => FIRST_SLOTS,
+            None => first,
         })
     }
 
@@ -198,8 +208,13 @@ impl PathSlots {
 
     /// The slots this path may run now, starting it if need be, and whether the one it
     /// allows is a quiet path's probe (once its quiet time is over, to learn again).
-    fn allowed(&mut self, now: Instant, cap_bps: Option<u64>, stream_bps: u64) -> (u64, bool) {
-        let slots = self.start(cap_bps, stream_bps);
+    fn allowed(
+        &mut self,
+        now: Instant,
+        (cap_bps, stream_bps): (Option<u64>, u64),
+        first: u64,
+    ) -> (u64, bool) {
+        let slots = self.start(cap_bps, stream_bps, first);
         let probe = slots == 0 && self.probe_at.is_none_or(|t| now >= t);
         (if probe { 1 } else { slots }, probe)
     }
@@ -349,8 +364,13 @@ impl Uploads {
         let full = serving_slots(cap_bps, bps, join, seeded);
         // The extra slots a join or a seed gets are beyond what the path learned, too.
         let extra = full - upload_slots(cap_bps, bps, false);
+        let first = if who.lan {
+            LAN_FIRST_SLOTS
+        } else {
+            FIRST_SLOTS
+        };
         let path = self.path_mut(who.lan);
-        let (learned, probe) = path.allowed(now, cap_bps, bps);
+        let (learned, probe) = path.allowed(now, (cap_bps, bps), first);
         let active = path.active;
         let mut slots = full.min(learned + extra);
         if !seeded && !who.symmetric {
@@ -504,7 +524,7 @@ mod tests {
         // Nothing is learned before the path starts (its first request).
         p.learn((t0, next()), part, ms(5000), (2, 2 * M));
         assert_eq!(p.slots(), None);
-        assert_eq!(p.start(None, 2 * M), FIRST_SLOTS);
+        assert_eq!(p.start(None, 2 * M, FIRST_SLOTS), FIRST_SLOTS);
         // Kept up (125 ms: the bitrate) with every slot in use: one more, up to the most.
         p.learn((t0, next()), part, ms(125), (2, 2 * M));
         assert_eq!(p.slots(), Some(3));
@@ -542,7 +562,7 @@ mod tests {
         const M: u64 = 1_000_000;
         let (t0, part, trickler) = (Instant::now(), 31_250, 7);
         let mut p = PathSlots::default();
-        p.start(Some(8 * M), 2 * M);
+        p.start(Some(8 * M), 2 * M, FIRST_SLOTS);
         p.capped = false;
         // Every upload to the trickler crawls, with honest ones between keeping up.
         for honest in 100..110 {
@@ -583,11 +603,21 @@ mod tests {
             u.admit(t0, true, (1, 2), false, (None, idle), wan),
             Answer::BusySlots
         );
-        // The LAN's slots are not the WAN's.
+        // The LAN's slots are not the WAN's, and it starts with LAN_FIRST_SLOTS: a site's
+        // neighbours all ask for each part at once.
+        for part in 0..LAN_FIRST_SLOTS {
+            assert_eq!(
+                u.admit(t0, true, (2, part as u8), false, (None, idle), lan),
+                Answer::Serve
+            );
+        }
         assert_eq!(
-            u.admit(t0, true, (1, 2), false, (None, idle), lan),
-            Answer::Serve
+            u.admit(t0, true, (3, 0), false, (None, idle), lan),
+            Answer::BusySlots
         );
+        for _ in 1..LAN_FIRST_SLOTS {
+            u.finish(t0, lan, None);
+        }
         assert_eq!(u.active(), 3);
         // Two off-site uploads each at a quarter of the bitrate: the WAN carries half a
         // stream, one slot; the LAN's stay.
@@ -595,7 +625,7 @@ mod tests {
         u.finish(t0, other, Some((31_250, Duration::from_millis(500), 2)));
         assert_eq!(
             (u.path(false).slots(), u.path(true).slots()),
-            (Some(1), Some(2))
+            (Some(1), Some(LAN_FIRST_SLOTS))
         );
         assert_eq!(
             u.admit(t0, true, (1, 3), false, (None, idle), wan),
