@@ -953,7 +953,10 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::tests::{addr, contact, drain, id, viewer, viewer_connected, ORIGIN, SEG};
+    use crate::mesh::tests::{
+        addr, connect_origin, connect_viewer, contact, drain, id, viewer, viewer_connected, ORIGIN,
+        SEG,
+    };
     use crate::mesh::MeshConfig;
 
     #[test]
@@ -998,14 +1001,7 @@ mod tests {
         );
         // A connection that lasted resets it: the next loss is retried at once (the first
         // wait, plus a maintenance period).
-        v.handle_connected(
-            t,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-            false,
-        );
+        connect_origin(&mut v, t);
         t += SHORT_LIVED * 2;
         v.handle_disconnected(t, id(ORIGIN));
         drain(&mut v);
@@ -1079,14 +1075,7 @@ mod tests {
         assert_eq!(dials_of_20(drain(&mut v)), 1);
         // It connects and closes at once (it had banned us, or is full): a refusal.
         let t = t0 + Duration::from_millis(5);
-        v.handle_connected(
-            t,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t, 20);
         v.handle_disconnected(t, id(20));
         assert_eq!(dials_of_20(drain(&mut v)), 0, "redialled at once");
         v.handle_tick(t + Duration::from_millis(500));
@@ -1099,14 +1088,7 @@ mod tests {
         assert_eq!(dials_of_20(drain(&mut v)), 1, "never redialled");
         // A connection that lasted is a loss, not a refusal: redialled at once.
         let t = t + Duration::from_secs(4);
-        v.handle_connected(
-            t,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t, 20);
         let t = t + SHORT_LIVED;
         v.handle_disconnected(t, id(20));
         assert_eq!(dials_of_20(drain(&mut v)), 1);
@@ -1155,14 +1137,7 @@ mod tests {
         }
         drain(&mut v);
         assert_eq!(v.stats().partners, usize::from(cap));
-        v.handle_connected(
-            t0,
-            contact(id(60), addr(60)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 60);
         let acts = drain(&mut v);
         assert!(acts.contains(&Action::Disconnect {
             peer: id(60),
@@ -1232,14 +1207,7 @@ mod tests {
         assert_eq!(unique.len(), got.len());
         // One that later becomes a partner leaves the turned-away list.
         b.handle_disconnected(t0, id(20));
-        b.handle_connected(
-            t0,
-            contact(id(30), addr(30)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut b, t0, 30);
         assert!(b.overflow.iter().all(|p| p.id != id(30)));
     }
 
@@ -1995,14 +1963,7 @@ mod tests {
         let mut v = viewer(10, t0);
         let public = SocketAddr::from(([198, 51, 100, 1], 7000));
         v.observe_self(Some(public), Reach::Nat);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-            false,
-        );
+        connect_origin(&mut v, t0);
         drain(&mut v);
         // Twenty candidates, two of them behind our public address.
         let at = |i: u8, ip: [u8; 4]| PeerInfo {

@@ -575,8 +575,8 @@ fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, announce, contact, drain, id, parts_asked, requests, viewer, viewer_connected,
-        viewer_with_partners, ORIGIN, SEG,
+        addr, announce, connect_origin, connect_viewer, contact, drain, id, parts_asked, requests,
+        viewer, viewer_connected, viewer_with_partners, ORIGIN, SEG,
     };
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
@@ -874,22 +874,8 @@ mod tests {
         assert_eq!(viewer(10, t0).want_from(), None);
         let mut v = edge_viewer(10, t0);
         drain(&mut v);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-            false,
-        );
-        v.handle_connected(
-            t0,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_origin(&mut v, t0);
+        connect_viewer(&mut v, t0, 20);
         drain(&mut v);
         v.handle_control(
             t0,
@@ -1194,22 +1180,8 @@ mod tests {
     fn timed_out_parts_are_cancelled_and_asked_elsewhere() {
         let t0 = Instant::now();
         let mut v = viewer_connected(t0, &[]);
-        v.handle_connected(
-            t0,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
-        v.handle_connected(
-            t0,
-            contact(id(30), addr(30)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 20);
+        connect_viewer(&mut v, t0, 30);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -1265,22 +1237,8 @@ mod tests {
     fn a_supplier_that_leaves_requests_unanswered_is_avoided_then_banned() {
         let t0 = Instant::now();
         let mut v = viewer_connected(t0, &[]);
-        v.handle_connected(
-            t0,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
-        v.handle_connected(
-            t0,
-            contact(id(30), addr(30)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 20);
+        connect_viewer(&mut v, t0, 30);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -1365,14 +1323,7 @@ mod tests {
     fn a_part_that_stalls_after_its_first_frame_is_asked_elsewhere_and_counts_as_a_stall() {
         let t0 = Instant::now();
         let mut v = edge_viewer(10, t0);
-        v.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-            false,
-        );
+        connect_origin(&mut v, t0);
         let partners = [20, 30, 40, 50, 60, 70];
         for p in partners {
             v.handle_connected(

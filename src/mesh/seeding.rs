@@ -149,7 +149,9 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::tests::{addr, contact, drain, id, viewer_connected, ORIGIN, SEG};
+    use crate::mesh::tests::{
+        addr, connect_viewer, contact, drain, id, viewer_connected, ORIGIN, SEG,
+    };
     use crate::mesh::MeshConfig;
     use std::collections::BTreeSet;
 
@@ -329,14 +331,7 @@ mod tests {
         }
         assert_eq!(parts.len(), PARTS, "every part seeded once");
         // Nothing more is owed.
-        b.handle_connected(
-            t0,
-            contact(id(99), addr(99)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut b, t0, 99);
         assert!(!drain(&mut b)
             .iter()
             .any(|a| matches!(a, Action::Push { .. })));

@@ -512,8 +512,8 @@ mod tests {
     use super::*;
     use crate::mesh::membership::{ORIGIN_RETRY, ORIGIN_RETRY_WITH_PARTNERS};
     use crate::mesh::tests::{
-        addr, announce, contact, drain, id, origin_announces_nine, requests, viewer,
-        viewer_connected, ORIGIN,
+        addr, announce, connect_origin, connect_viewer, contact, drain, id, origin_announces_nine,
+        requests, viewer, viewer_connected, ORIGIN,
     };
     use crate::node::{DisconnectReason, Misbehaviour};
     use std::collections::BTreeSet;
@@ -536,14 +536,7 @@ mod tests {
         assert_eq!(v.want_from(), Some(40));
         // With its window full, the joiner starts `delay` behind as always.
         let mut w = viewer(11, t0);
-        w.handle_connected(
-            t0,
-            contact(id(ORIGIN), addr(1)),
-            Role::Broadcaster,
-            true,
-            None,
-            false,
-        );
+        connect_origin(&mut w, t0);
         w.handle_control(
             t0,
             id(ORIGIN),
@@ -559,14 +552,7 @@ mod tests {
     fn liars_cannot_move_the_live_edge_and_get_banned() {
         let t0 = Instant::now();
         let mut v = viewer_connected(t0, &[]);
-        v.handle_connected(
-            t0,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 20);
         v.handle_control(
             t0,
             id(ORIGIN),
@@ -610,14 +596,7 @@ mod tests {
             reason: DisconnectReason::Misbehaved(bad_digest)
         }));
         assert!(v.is_banned(&id(20), t0));
-        v.handle_connected(
-            t0,
-            contact(id(20), addr(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 20);
         assert!(drain(&mut v).contains(&Action::Disconnect {
             peer: id(20),
             reason: DisconnectReason::Refused
@@ -685,14 +664,7 @@ mod tests {
         // catch up (a crowd turned away by the origin has no spare upload for catch-up).
         assert_eq!(v.want_from(), Some(50));
         // With partners, the full origin is re-dialled only now and then.
-        v.handle_connected(
-            t0,
-            contact(id(40), addr(40)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 40);
         let dials_origin = |v: &mut Mesh| {
             drain(v)
                 .iter()
@@ -731,14 +703,7 @@ mod tests {
         drain(&mut v);
         assert_eq!(v.want_from(), Some(48), "two of three hold 48 whole");
         // A fourth partner at 50 alone: half is not most, so it waits at live.
-        v.handle_connected(
-            t0,
-            contact(id(50), addr(50)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_viewer(&mut v, t0, 50);
         announce(&mut v, t0, 50, 50, ALL_PARTS);
         drain(&mut v);
         assert_eq!(v.want_from(), Some(50), "two of four is not most");

@@ -19,6 +19,25 @@ pub(super) fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
     }
 }
 
+/// Viewer `n` (at loopback port `n`, uploading, no cap) connects to `m` at `t`, off its LAN.
+pub(super) fn connect_viewer(m: &mut Mesh, t: Instant, n: u8) {
+    let at = addr(u16::from(n));
+    m.handle_connected(t, contact(id(n), at), Role::Viewer, true, None, false);
+}
+
+/// The origin (at loopback port 1) connects to `m` at `t`.
+pub(super) fn connect_origin(m: &mut Mesh, t: Instant) {
+    let at = addr(1);
+    m.handle_connected(
+        t,
+        contact(id(ORIGIN), at),
+        Role::Broadcaster,
+        true,
+        None,
+        false,
+    );
+}
+
 pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -40,14 +59,7 @@ pub(super) fn viewer_with_partners(t0: Instant, partners: &[u8]) -> Mesh {
 /// Viewer 10 with the origin and `partners` connected, told nothing yet.
 pub(super) fn viewer_connected(t0: Instant, partners: &[u8]) -> Mesh {
     let mut v = viewer(10, t0);
-    v.handle_connected(
-        t0,
-        contact(id(ORIGIN), addr(1)),
-        Role::Broadcaster,
-        true,
-        None,
-        false,
-    );
+    connect_origin(&mut v, t0);
     for &p in partners {
         v.handle_connected(
             t0,
@@ -174,14 +186,7 @@ fn wake_ups_are_never_in_the_past() {
 fn missed_deadlines_are_counted_once() {
     let t0 = Instant::now();
     let mut v = viewer(10, t0);
-    v.handle_connected(
-        t0,
-        contact(id(ORIGIN), addr(1)),
-        Role::Broadcaster,
-        true,
-        None,
-        false,
-    );
+    connect_origin(&mut v, t0);
     v.handle_control(
         t0,
         id(ORIGIN),
