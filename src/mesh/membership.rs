@@ -954,8 +954,8 @@ impl Known {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, connect_origin, connect_viewer, contact, drain, id, viewer, viewer_connected, ORIGIN,
-        SEG,
+        addr, connect_contact, connect_origin, connect_viewer, contact, drain, id, viewer,
+        viewer_connected, ORIGIN, SEG,
     };
     use crate::mesh::MeshConfig;
 
@@ -1126,14 +1126,7 @@ mod tests {
         // Fill the partner set to its cap; the next one is turned away.
         let cap = MeshConfig::viewer(id(ORIGIN), SEG, 3).max_partners as u8;
         for i in 40..40 + cap {
-            v.handle_connected(
-                t0,
-                contact(id(i), addr(u16::from(i))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, contact(id(i), addr(u16::from(i))));
         }
         drain(&mut v);
         assert_eq!(v.stats().partners, usize::from(cap));
@@ -1160,14 +1153,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = broadcaster_with_room_for(4, t0);
         for i in 20..24 {
-            b.handle_connected(
-                t0,
-                contact(id(i), addr(u16::from(i))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut b, t0, contact(id(i), addr(u16::from(i))));
         }
         // Full: 30..40 are turned away (a leech-only one is not worth handing out).
         for i in 30..40 {
@@ -1182,14 +1168,7 @@ mod tests {
         }
         drain(&mut b);
         let sample_for = |b: &mut Mesh, who: u8| -> Vec<NodeId> {
-            b.handle_connected(
-                t0,
-                contact(id(who), addr(u16::from(who))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(b, t0, contact(id(who), addr(u16::from(who))));
             peers_handed(drain(b), who).iter().map(|p| p.id).collect()
         };
         let got = sample_for(&mut b, 50);
@@ -1283,14 +1262,7 @@ mod tests {
         // The broadcaster's places go to others; then two of the office, at two public
         // addresses, and unnamed desks elsewhere are turned away.
         for i in [20, 21] {
-            b.handle_connected(
-                t0,
-                desk(i, [203, 0, 113, i], None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut b, t0, desk(i, [203, 0, 113, i], None));
         }
         let mut turned_away = vec![
             desk(30, [198, 51, 100, 1], Some(tag)),
@@ -1383,24 +1355,10 @@ mod tests {
         // With half a stream's upload, a fourth symmetric peer finds no place.
         v.observe_capacity(2 * M, Some(M));
         for i in 20..20 + v.cfg.max_partners as u8 {
-            v.handle_connected(
-                t0,
-                behind(i, Reach::Nat, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(i, Reach::Nat, None));
         }
         for who in 100..104 {
-            v.handle_connected(
-                t0,
-                behind(who, Reach::Symmetric, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(who, Reach::Symmetric, None));
             assert_eq!(v.peers.contains_key(&id(who)), who < 103, "peer {who}");
         }
     }
@@ -1451,14 +1409,7 @@ mod tests {
         v.observe_self(Some(public), Reach::Public);
         let cap = v.cfg.max_partners as u8;
         for i in 20..20 + cap {
-            v.handle_connected(
-                t0,
-                behind(i, Reach::Nat, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(i, Reach::Nat, None));
         }
         drain(&mut v);
         let let_go = |acts: &[Action]| {
@@ -1475,62 +1426,27 @@ mod tests {
                 .count()
         };
         // Another that can pair by rendezvous is turned away...
-        v.handle_connected(
-            t0,
-            behind(90, Reach::Nat, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut v, t0, behind(90, Reach::Nat, None));
         assert!(!v.peers.contains_key(&id(90)));
         drain(&mut v);
         // ...one behind a symmetric NAT takes a place, up to the reserve, each in place of
         // one of the others.
         for i in 0..SYMMETRIC_RESERVE as u8 {
             let who = 100 + i;
-            v.handle_connected(
-                t0,
-                behind(who, Reach::Symmetric, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(who, Reach::Symmetric, None));
             assert!(v.peers.contains_key(&id(who)));
             assert_eq!(let_go(&drain(&mut v)), 1);
             assert_eq!(v.viewer_count(), usize::from(cap));
         }
-        v.handle_connected(
-            t0,
-            behind(120, Reach::Symmetric, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut v, t0, behind(120, Reach::Symmetric, None));
         assert!(!v.peers.contains_key(&id(120)));
         // A viewer behind a NAT itself keeps no such places.
         let mut n = viewer_connected(t0, &[]);
         n.observe_self(Some(public), Reach::Nat);
         for i in 20..20 + cap {
-            n.handle_connected(
-                t0,
-                behind(i, Reach::Nat, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut n, t0, behind(i, Reach::Nat, None));
         }
-        n.handle_connected(
-            t0,
-            behind(100, Reach::Symmetric, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut n, t0, behind(100, Reach::Symmetric, None));
         assert!(!n.peers.contains_key(&id(100)));
     }
 
@@ -1547,14 +1463,7 @@ mod tests {
         };
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
         for i in 20..40 {
-            b.handle_connected(
-                t0,
-                behind(i, Reach::Public, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut b, t0, behind(i, Reach::Public, None));
         }
         b.handle_connected(t0, office(50), Role::Viewer, true, None, false);
         drain(&mut b);
@@ -1600,14 +1509,7 @@ mod tests {
         v.observe_self(Some(public(7000)), Reach::Nat);
         let cap = v.cfg.max_partners as u8;
         for i in 20..20 + cap {
-            v.handle_connected(
-                t0,
-                behind(i, Reach::Public, None),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(i, Reach::Public, None));
         }
         drain(&mut v);
         let neighbour = |i: u8| PeerInfo {
@@ -1630,14 +1532,7 @@ mod tests {
         // Beyond its site's own cap, and for one more far peer, it is full.
         let last = 60 + MAX_SITE_PARTNERS as u8;
         v.handle_connected(t0, neighbour(last), Role::Viewer, true, None, false);
-        v.handle_connected(
-            t0,
-            behind(50, Reach::Public, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut v, t0, behind(50, Reach::Public, None));
         let acts = drain(&mut v);
         assert!(refused(&acts, last) && refused(&acts, 50), "{acts:?}");
     }
@@ -1655,14 +1550,7 @@ mod tests {
             b.handle_connected(t0, behind(i, reach, None), Role::Viewer, true, None, false);
         }
         drain(&mut b);
-        b.handle_connected(
-            t0,
-            behind(40, Reach::Symmetric, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut b, t0, behind(40, Reach::Symmetric, None));
         let handed = peers_handed(drain(&mut b), 40);
         assert!(!handed.is_empty());
         assert!(
@@ -1677,14 +1565,7 @@ mod tests {
         let mut v = viewer_connected(t0, &[]);
         let cap = v.cfg.max_partners as u8;
         for i in 20..20 + cap {
-            v.handle_connected(
-                t0,
-                behind(i, Reach::Nat, Some(u16::from(i))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, behind(i, Reach::Nat, Some(u16::from(i))));
         }
         drain(&mut v);
         // Turned away with a sample of its partners behind NATs...
@@ -1726,30 +1607,9 @@ mod tests {
     fn a_partner_of_both_passes_a_rendezvous_on_and_symmetric_peers_are_not_handed_out() {
         let t0 = Instant::now();
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
-        b.handle_connected(
-            t0,
-            behind(20, Reach::Nat, Some(20)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
-        b.handle_connected(
-            t0,
-            behind(21, Reach::Public, None),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
-        b.handle_connected(
-            t0,
-            behind(22, Reach::Symmetric, Some(22)),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(&mut b, t0, behind(20, Reach::Nat, Some(20)));
+        connect_contact(&mut b, t0, behind(21, Reach::Public, None));
+        connect_contact(&mut b, t0, behind(22, Reach::Symmetric, Some(22)));
         drain(&mut b);
         let newcomer = behind(30, Reach::Nat, Some(30));
         b.handle_connected(t0, newcomer, Role::Viewer, true, None, false);
@@ -1842,14 +1702,7 @@ mod tests {
             .map(|&me| {
                 let mut m = Mesh::new(MeshConfig::viewer(id(ORIGIN), SEG, 3), id(me), 7, t0);
                 for &other in ids.iter().filter(|&&o| o != me) {
-                    m.handle_connected(
-                        t0,
-                        behind(other, Reach::Nat, None),
-                        Role::Viewer,
-                        true,
-                        None,
-                        false,
-                    );
+                    connect_contact(&mut m, t0, behind(other, Reach::Nat, None));
                 }
                 drain(&mut m);
                 m

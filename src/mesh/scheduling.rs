@@ -575,8 +575,8 @@ fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, announce, connect_origin, connect_viewer, contact, drain, id, parts_asked, requests,
-        viewer, viewer_connected, viewer_with_partners, ORIGIN, SEG,
+        addr, announce, connect_contact, connect_origin, connect_viewer, contact, drain, id,
+        parts_asked, requests, viewer, viewer_connected, viewer_with_partners, ORIGIN, SEG,
     };
     use crate::mesh::{MeshConfig, JOIN_ORIGIN_WAIT};
     use crate::stream::ALL_PARTS;
@@ -943,14 +943,7 @@ mod tests {
 
     /// Partner `p` connects to `v` and announces the segments `bits` marks from 17 up.
     fn partner_holding(v: &mut Mesh, t0: Instant, p: u8, bits: u8) {
-        v.handle_connected(
-            t0,
-            contact(id(p), addr(u16::from(p))),
-            Role::Viewer,
-            true,
-            None,
-            false,
-        );
+        connect_contact(v, t0, contact(id(p), addr(u16::from(p))));
         v.handle_control(
             t0,
             id(p),
@@ -1326,14 +1319,7 @@ mod tests {
         connect_origin(&mut v, t0);
         let partners = [20, 30, 40, 50, 60, 70];
         for p in partners {
-            v.handle_connected(
-                t0,
-                contact(id(p), addr(p.into())),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, contact(id(p), addr(p.into())));
         }
         // 20 pushes the first frame of part 1 of segment 9; then 9 is announced by all.
         v.handle_receiving(t0, id(20), 9, 1);

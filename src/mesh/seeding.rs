@@ -150,7 +150,7 @@ impl Mesh {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        addr, connect_viewer, contact, drain, id, viewer_connected, ORIGIN, SEG,
+        addr, connect_contact, connect_viewer, contact, drain, id, viewer_connected, ORIGIN, SEG,
     };
     use crate::mesh::MeshConfig;
     use std::collections::BTreeSet;
@@ -213,14 +213,7 @@ mod tests {
     fn broadcaster_with(t0: Instant, ids: std::ops::Range<u8>) -> Mesh {
         let mut b = Mesh::new(MeshConfig::broadcaster(id(ORIGIN), SEG), id(ORIGIN), 1, t0);
         for v in ids {
-            b.handle_connected(
-                t0,
-                contact(id(v), addr(u16::from(v))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut b, t0, contact(id(v), addr(u16::from(v))));
         }
         drain(&mut b);
         b
@@ -307,14 +300,7 @@ mod tests {
             .any(|a| matches!(a, Action::Push { .. })));
         let mut parts = BTreeSet::new();
         for v in 10..10 + PARTS as u8 {
-            b.handle_connected(
-                t0,
-                contact(id(v), addr(v.into())),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut b, t0, contact(id(v), addr(v.into())));
             let pushed: Vec<u8> = drain(&mut b)
                 .into_iter()
                 .filter_map(|a| match a {

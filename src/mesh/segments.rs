@@ -512,8 +512,8 @@ mod tests {
     use super::*;
     use crate::mesh::membership::{ORIGIN_RETRY, ORIGIN_RETRY_WITH_PARTNERS};
     use crate::mesh::tests::{
-        addr, announce, connect_origin, connect_viewer, contact, drain, id, origin_announces_nine,
-        requests, viewer, viewer_connected, ORIGIN,
+        addr, announce, connect_contact, connect_origin, connect_viewer, contact, drain, id,
+        origin_announces_nine, requests, viewer, viewer_connected, ORIGIN,
     };
     use crate::node::{DisconnectReason, Misbehaviour};
     use std::collections::BTreeSet;
@@ -639,14 +639,7 @@ mod tests {
         let mut v = viewer(10, t0);
         drain(&mut v);
         for &p in partners {
-            v.handle_connected(
-                t0,
-                contact(id(p), addr(u16::from(p))),
-                Role::Viewer,
-                true,
-                None,
-                false,
-            );
+            connect_contact(&mut v, t0, contact(id(p), addr(u16::from(p))));
         }
         v
     }

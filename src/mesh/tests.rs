@@ -21,8 +21,12 @@ pub(super) fn contact(id: NodeId, addr: SocketAddr) -> PeerInfo {
 
 /// Viewer `n` (at loopback port `n`, uploading, no cap) connects to `m` at `t`, off its LAN.
 pub(super) fn connect_viewer(m: &mut Mesh, t: Instant, n: u8) {
-    let at = addr(u16::from(n));
-    m.handle_connected(t, contact(id(n), at), Role::Viewer, true, None, false);
+    connect_contact(m, t, contact(id(n), addr(u16::from(n))));
+}
+
+/// A viewer seen as `c` (uploading, no cap) connects to `m` at `t`, off its LAN.
+pub(super) fn connect_contact(m: &mut Mesh, t: Instant, c: PeerInfo) {
+    m.handle_connected(t, c, Role::Viewer, true, None, false);
 }
 
 /// The origin (at loopback port 1) connects to `m` at `t`.
