@@ -202,7 +202,7 @@ impl Mesh {
         // (which a peer off our LAN cannot fake). A site name alone does not make it one:
         // anyone who saw our site's tag in a sample could claim it, and a neighbour given
         // the name is dialled on its LAN address, so it connects over our LAN anyway.
-        let of_our_site = role == Role::Viewer && (lan || self.site().behind(addr));
+        let of_our_site = self.site().neighbour(role, lan, addr);
         if role == Role::Viewer && self.full_for(of_our_site) {
             if let Some(out) = self.place_for(reach) {
                 self.actions.push_back(Action::Disconnect {
@@ -856,7 +856,7 @@ impl Mesh {
         // first, since a site that pairs within itself pulls each part across its WAN about
         // once, and in a large swarm a random sample seldom holds one (the simulator's
         // sites: 0.1-0.3 partners of their own site).
-        let near = |p: &Peer| p.local.is_some() && to_site.holds(p.addr, p.site);
+        let near = |p: &Peer| to_site.on_lan(p.local, p.addr, p.site);
         let mut sample: Vec<PeerInfo> = Vec::new();
         if self.cfg.role == Role::Broadcaster {
             // The recipient's neighbours first, partners of ours or not ([`SiteBook`]).
@@ -901,7 +901,7 @@ impl Mesh {
             })
             .collect();
         all.shuffle(&mut self.rng);
-        all.sort_by_key(|p| !(p.local.is_some() && to_site.holds(p.addr, p.site)));
+        all.sort_by_key(|p| !to_site.on_lan(p.local, p.addr, p.site));
         // The recipient's neighbours come on top: they replace none of the swarm's sample.
         let cap = if self.cfg.role == Role::Broadcaster {
             16 + neighbours
@@ -937,6 +937,24 @@ impl Site {
         self.behind(addr) || (self.tag.is_some() && self.tag == tag)
     }
 
+    /// Whether a node seen at `addr` with LAN address `local` that named `tag` is of this
+    /// site and so dialled over its LAN.
+    pub(super) fn on_lan(
+        self,
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+        tag: Option<SiteTag>,
+    ) -> bool {
+        local.is_some() && self.holds(addr, tag)
+    }
+
+    /// Whether a connected peer in `role`, seen at `addr`, over our LAN or not (`lan`), is
+    /// of this site: a viewer over our LAN or behind our public address, never on a name
+    /// alone (see [`Mesh::handle_connected`]).
+    pub(super) fn neighbour(self, role: Role, lan: bool, addr: SocketAddr) -> bool {
+        role == Role::Viewer && (lan || self.behind(addr))
+    }
+
     /// Whether a node seen at `addr` is behind this site's public address.
     pub(super) fn behind(self, addr: SocketAddr) -> bool {
         self.ip.is_some() && self.ip == Some(addr.ip())
@@ -946,7 +964,7 @@ impl Site {
 impl Known {
     /// Whether it is of `site`, with a LAN address to dial it at there.
     fn on_lan_of(&self, site: Site) -> bool {
-        self.local.is_some() && site.holds(self.addr, self.site)
+        site.on_lan(self.local, self.addr, self.site)
     }
 }
 

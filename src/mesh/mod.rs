@@ -401,7 +401,7 @@ impl Mesh {
         if moved {
             let site = self.site();
             for p in self.peers.values_mut() {
-                p.same_site = p.role == Role::Viewer && (p.lan || site.behind(p.addr));
+                p.same_site = site.neighbour(p.role, p.lan, p.addr);
             }
         }
     }

@@ -171,13 +171,10 @@ impl Driver {
 
     /// Counts the partners reached over one of our own networks, for `/stats`.
     fn count_lan_partners(&self) {
-        let r = self.shared.reachability();
         let n = self
             .conns
             .iter()
-            .filter(|(id, c)| {
-                **id != self.shared.stream && r.on_our_networks(c.conn.remote_address().ip())
-            })
+            .filter(|(id, c)| **id != self.shared.stream && c.lan)
             .count();
         self.shared.lan_partners.store(n, Ordering::Relaxed);
     }
