@@ -265,6 +265,7 @@ impl Mesh {
                 since: now,
                 next_pex: now + PEX_FIRST.min(self.cfg.pex_interval),
                 next_buffer_map: now + self.cfg.buffer_map_interval,
+                held_have: None,
             },
         );
         if self.cfg.role == Role::Broadcaster {

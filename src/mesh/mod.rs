@@ -89,6 +89,9 @@ const JOIN_ORIGIN_WAIT: Duration = Duration::from_millis(200);
 pub const BROADCASTER_MAX_PARTNERS: usize = 3072;
 /// How recently a viewer must have connected to count as joining in [`Control::Swarm`].
 pub const JOINING_WINDOW: Duration = Duration::from_secs(10);
+/// How long a viewer with partners on its site holds announcements to partners off it, so
+/// that parts arriving together go in one message ([`Mesh::announce`]).
+const HAVE_HOLD: Duration = Duration::from_millis(25);
 
 /// Tuning of one node. [`MeshConfig::viewer`] and [`MeshConfig::broadcaster`] give the defaults.
 #[derive(Debug, Clone)]
@@ -324,6 +327,8 @@ pub struct Mesh {
     passed: VecDeque<(NodeId, NodeId, Instant)>,
     /// A segment has been held: the join is over.
     started: bool,
+    /// When the earliest held announcement to a partner goes ([`Mesh::announce`]).
+    have_due: Option<Instant>,
     /// This node's rotation of part order among equally rare parts, so viewers that hear
     /// of a segment at the same moment do not all ask for part 0 first.
     part_offset: usize,
@@ -373,6 +378,7 @@ impl Mesh {
             capacity: (0, None),
             part_offset: 0,
             started: false,
+            have_due: None,
             seed_debt: VecDeque::new(),
             overflow: VecDeque::new(),
             site_book: membership::SiteBook::default(),
@@ -414,6 +420,10 @@ impl Mesh {
     /// When [`Mesh::handle_tick`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_maintenance;
+        if let Some(d) = self.have_due {
+            // Passed already if inputs other than ticks moved the clock on: tick at once.
+            t = t.min(d.max(self.last_now));
+        }
         let header_timeout = self.header_timeout();
         // Parts a request could go out for once a partner's `Busy` backoff ends: neither
         // held nor asked for (a part arriving unasked counts, since that can stall), of the
@@ -689,6 +699,7 @@ impl Mesh {
     /// Timers: request timeouts, deadlines, maintenance, scheduling.
     pub fn handle_tick(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+        self.send_held_haves(now);
         // Abandon requests that have taken too long and ask elsewhere.
         let timeout = self.cfg.request_timeout;
         let header_timeout = self.header_timeout();

@@ -47,6 +47,9 @@ pub(super) struct Peer {
     pub(super) next_pex: Instant,
     /// When it is next sent a full buffer map.
     pub(super) next_buffer_map: Instant,
+    /// Parts announced while it was off our site and we had partners on it, not yet sent:
+    /// (segment, parts, when they go) ([`super::HAVE_HOLD`]).
+    pub(super) held_have: Option<(u64, u32, Instant)>,
 }
 
 impl Peer {
@@ -140,6 +143,12 @@ impl PeerMap {
         &self,
     ) -> std::iter::Zip<std::slice::Iter<'_, NodeId>, std::slice::Iter<'_, Peer>> {
         self.ids.iter().zip(self.entries.iter())
+    }
+
+    pub(super) fn iter_mut(
+        &mut self,
+    ) -> std::iter::Zip<std::slice::Iter<'_, NodeId>, std::slice::IterMut<'_, Peer>> {
+        self.ids.iter().zip(self.entries.iter_mut())
     }
 }
 
@@ -282,6 +291,7 @@ mod tests {
             since: Instant::now(),
             next_pex: Instant::now(),
             next_buffer_map: Instant::now(),
+            held_have: None,
         }
     }
 

@@ -215,3 +215,50 @@ fn missed_deadlines_are_counted_once() {
     // 0..=3 were all wanted (join point 0, numbers are consecutive) and none arrived.
     assert_eq!(v.stats().missed_deadlines, 4);
 }
+
+/// The announcements a node sent, as (to, segment, parts).
+fn haves(actions: &[Action]) -> Vec<(NodeId, u64, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                peer,
+                msg: Control::Have { number, parts },
+            } => Some((*peer, *number, *parts)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_site_viewer_tells_partners_off_its_site_about_parts_arriving_together_at_once() {
+    let t0 = Instant::now();
+    let (site, far, other) = (20, 30, 31);
+    let mut v = viewer_connected(t0, &[far, other]);
+    let lan = contact(id(site), SocketAddr::from(([192, 168, 1, 20], 4433)));
+    v.handle_connected(t0, lan, Role::Viewer, true, None, true);
+    origin_announces_nine(&mut v, t0);
+    drain(&mut v);
+    let t1 = t0 + Duration::from_millis(5);
+    v.handle_receiving(t0, id(ORIGIN), 9, 0);
+    v.handle_receiving(t1, id(ORIGIN), 9, 1);
+    // One partner off the site announces part 1 itself meanwhile: it is not told of it.
+    announce(&mut v, t1, other, 9, bit(1));
+    // The neighbour hears of each part as it comes; the others not yet.
+    let sent = haves(&drain(&mut v));
+    assert_eq!(sent, vec![(id(site), 9, bit(0)), (id(site), 9, bit(1))]);
+    let due = v.poll_timeout();
+    assert!(due <= t0 + HAVE_HOLD, "the held news must wake the node");
+    v.handle_tick(due);
+    let mut sent = haves(&drain(&mut v));
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![(id(far), 9, bit(0) | bit(1)), (id(other), 9, bit(0))]
+    );
+    // A viewer without neighbours tells everyone at once.
+    let mut home = viewer_with_partners(t0, &[far]);
+    drain(&mut home);
+    home.handle_receiving(t0, id(ORIGIN), 9, 0);
+    assert_eq!(haves(&drain(&mut home)), vec![(id(far), 9, bit(0))]);
+}
