@@ -189,6 +189,13 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
     transport.mtu_discovery_config(Some(mtu));
+    // Ask peers to acknowledge every 8th packet rather than every 2nd (out of order ones
+    // still at once): in an office, the acknowledgements of what its viewers upload come
+    // back across the WAN its media crosses (the lab's offices: a quarter fewer of those
+    // packets each way, about 0.01 of a copy).
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_EVERY - 1));
+    transport.ack_frequency_config(Some(acks));
     transport
 }
 
@@ -213,6 +220,9 @@ pub fn admit(conn: &quinn::Connection) {
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS));
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
 }
+
+/// Packets a peer may receive before it must acknowledge them (when none come out of order).
+const ACK_EVERY: u32 = 8;
 
 /// Interval between keep-alive packets.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
