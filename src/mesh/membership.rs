@@ -842,7 +842,7 @@ impl Mesh {
     /// crowd beyond its partner cap, its partners' sets are full, and a sample of them alone
     /// sends newcomers from one full viewer to the next, while the turned-away ones still
     /// have room for each other.
-    /// `to`: how the recipient is reached, and the address we see it at.
+    /// `exclude`: the recipient. `to`: how it is reached, and the address we see it at.
     fn peer_sample(
         &mut self,
         exclude: Option<NodeId>,
@@ -858,6 +858,9 @@ impl Mesh {
         // once, and in a large swarm a random sample seldom holds one (the simulator's
         // sites: 0.1-0.3 partners of their own site).
         let near = |p: &Peer| to_site.on_lan(p.local, p.addr, p.site);
+        let to_ours = exclude
+            .and_then(|id| self.peers.get(&id))
+            .is_some_and(|p| p.same_site);
         let mut sample: Vec<PeerInfo> = Vec::new();
         if self.cfg.role == Role::Broadcaster {
             // The recipient's neighbours first, partners of ours or not ([`SiteBook`]).
@@ -892,6 +895,9 @@ impl Mesh {
             .filter(|(id, p)| Some(**id) != exclude && p.role == Role::Viewer && p.uploads)
             // Nobody can dial into a NAT that maps each destination apart.
             .filter(|(_, p)| near(p) || (p.reach != Reach::Symmetric && dialable(p.reach)))
+            // A neighbour that connected before it knew its public address is known at its
+            // LAN address alone, which nobody off our LAN can dial.
+            .filter(|(_, p)| !p.lan || to_ours || near(p) || p.local.is_some_and(|l| l != p.addr))
             .filter(|(id, _)| sample.iter().all(|s| s.id != **id))
             .map(|(id, p)| PeerInfo {
                 id: *id,
@@ -1685,6 +1691,41 @@ mod tests {
         assert_eq!(dials(drain(&mut p)), most);
         p.handle_tick(t0 + Duration::from_secs(5));
         assert_eq!(dials(drain(&mut p)), 0);
+    }
+
+    #[test]
+    fn a_neighbour_known_at_its_lan_address_alone_is_handed_to_its_site_alone() {
+        let t0 = Instant::now();
+        let mut v = viewer_connected(t0, &[20]);
+        v.observe_self(
+            Some(SocketAddr::from(([198, 51, 100, 7], 7000))),
+            Reach::Nat,
+        );
+        // Neighbour 30 connected over our LAN before it knew its public address; 31 after.
+        let lan = |i: u8| SocketAddr::from(([10, 1, 0, i], 7000));
+        let at_lan = PeerInfo {
+            local: Some(lan(30)),
+            ..contact(id(30), lan(30))
+        };
+        let with_public = PeerInfo {
+            local: Some(lan(31)),
+            ..contact(id(31), SocketAddr::from(([198, 51, 100, 7], 7031)))
+        };
+        v.handle_connected(t0, at_lan, Role::Viewer, true, None, true);
+        v.handle_connected(t0, with_public, Role::Viewer, true, None, true);
+        drain(&mut v);
+        let (mut to_far, mut to_site) = (Vec::new(), Vec::new());
+        for step in 1..=30 {
+            v.handle_tick(t0 + Duration::from_millis(100 * step));
+            let acts = drain(&mut v);
+            to_far.extend(peers_handed(acts.clone(), 20).into_iter().map(|p| p.id));
+            to_site.extend(peers_handed(acts, 31).into_iter().map(|p| p.id));
+        }
+        assert!(
+            to_far.contains(&id(31)) && !to_far.contains(&id(30)),
+            "{to_far:?}"
+        );
+        assert!(to_site.contains(&id(30)), "{to_site:?}");
     }
 
     #[test]
