@@ -156,7 +156,7 @@ pub fn token_binding(conn: &quinn::Connection) -> Option<[u8; crate::token::BIND
 
 /// Largest UDP payload path MTU discovery tries: a 1500-byte MTU less IPv4's 20-byte and
 /// UDP's 8-byte headers.
-const MTU_UPPER_BOUND: u16 = 1472;
+pub const MTU_UPPER_BOUND: u16 = 1472;
 
 /// The transport settings both sides use.
 ///
@@ -222,7 +222,7 @@ pub fn admit(conn: &quinn::Connection) {
 }
 
 /// Packets a peer may receive before it must acknowledge them (when none come out of order).
-const ACK_EVERY: u32 = 8;
+pub const ACK_EVERY: u32 = 8;
 
 /// Interval between keep-alive packets.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);

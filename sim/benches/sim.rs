@@ -172,14 +172,17 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         let mb = |b: u64| b as f64 / 1e6;
         eprintln!(
             "  sites: {} with {} viewers ever (WAN {:.2} Mbit/s each way, {:?} NAT): WAN download \
-             {:.3} copies a site on average (max {:.3}; origin sent {:.2} copies); continuity \
-             {} on sites, {} at home",
+             {:.3} copies a site on average (max {:.3}; on the wire, packets and \
+             acknowledgements, {:.3}, max {:.3}; origin sent {:.2} copies); continuity {} on \
+             sites, {} at home",
             d.sites,
             d.site_viewers_started,
             c.site_wan_bps as f64 / 1e6,
             c.site_nat,
             d.site_wan_copies,
             d.site_wan_copies_max,
+            d.site_wan_wire_copies,
+            d.site_wan_wire_copies_max,
             r.origin_copies,
             ratio(d.site_on_time, d.site_judged),
             ratio(d.on_time - d.site_on_time, d.judged - d.site_judged),

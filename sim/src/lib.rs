@@ -886,6 +886,13 @@ pub struct SimDetails {
     pub site_wan_copies: f64,
     /// The largest of them.
     pub site_wan_copies_max: f64,
+    /// As [`SimDetails::site_wan_copies`], of the bytes on the wire: every message's
+    /// packets with their headers, and the acknowledgements coming back (a model of
+    /// quinn's packets fitted to the lab's; QUIC handshakes, keep-alives, retransmissions
+    /// and path MTU probes are not counted). The lab's offices figure is of this kind.
+    pub site_wan_wire_copies: f64,
+    /// The largest of them.
+    pub site_wan_wire_copies_max: f64,
     /// Site viewer partners per live site viewer at the end, and of them on its own site.
     pub site_mean_partners: f64,
     /// See [`SimDetails::site_mean_partners`].
@@ -913,6 +920,10 @@ pub struct SimReport {
     /// [`SimDetails::site_wan_copies`]); absent without sites.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site_wan_copies: Option<f64>,
+    /// With sites: the same of the bytes on the wire, packets and acknowledgements
+    /// ([`SimDetails::site_wan_wire_copies`]); absent without sites.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_wan_wire_copies: Option<f64>,
     /// Segment bytes viewers accepted (first copies).
     pub delivered_bytes: u64,
     /// `1 − origin_bytes / delivered_bytes`: share of delivery the viewers carried.

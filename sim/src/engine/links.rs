@@ -441,6 +441,8 @@ impl Sim {
         }
         let slot = self.conns.insert(a, b);
         self.d.control_bytes += 2 * self.hello_bytes;
+        self.count_wire(a, b, self.hello_bytes, true);
+        self.count_wire(b, a, self.hello_bytes, true);
         let now = self.instant(self.now);
         let role = |i: u32| {
             if i == ORIGIN {
@@ -584,6 +586,7 @@ impl Sim {
         };
         let bytes = wire::encoded_len(&msg) as u64;
         self.d.control_bytes += bytes;
+        self.count_wire(i, j, bytes, true);
         let arrive = self.now + self.flight(i, j, bytes);
         let Some(c) = self.conn_mut(i, j) else {
             return;

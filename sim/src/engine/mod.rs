@@ -935,7 +935,9 @@ impl Sim {
                 site_viewers.iter().map(|v| v.1).sum::<usize>() as f64 / k;
         }
         (self.d.site_wan_copies, self.d.site_wan_copies_max) = self.site_copies();
+        (self.d.site_wan_wire_copies, self.d.site_wan_wire_copies_max) = self.site_wire_copies();
         let site_wan_copies = (!self.sites.is_empty()).then_some(self.d.site_wan_copies);
+        let site_wan_wire_copies = (!self.sites.is_empty()).then_some(self.d.site_wan_wire_copies);
         let offload = if self.delivered_bytes == 0 {
             0.0
         } else {
@@ -964,6 +966,7 @@ impl Sim {
             },
             control_overhead: ratio(self.d.control_bytes, self.d.media_sent_bytes),
             site_wan_copies,
+            site_wan_wire_copies,
             cpu_s: 0.0,
             peak_rss_mb: 0.0,
             details: self.d,

@@ -20,6 +20,16 @@ const WAN_QUEUE: Ns = 200 * NS_PER_MS;
 /// Segments a site's WAN tally remembers (the store's window: nothing older is taken).
 const TALLY: usize = 64;
 
+/// Media bytes in a full packet: quinn's path MTU discovery grows datagrams to 1472 bytes
+/// ([`starling::tls::MTU_UPPER_BOUND`]), of which QUIC's header, tag and frame take ~40.
+pub(super) const WIRE_PAYLOAD: u64 = 1430;
+/// A packet's headers as the lab's interface counters see them: Ethernet, IPv4, UDP, QUIC.
+pub(super) const WIRE_HEADERS: u64 = 80;
+/// A packet of acknowledgements alone, headers included (36-38 bytes of UDP payload).
+pub(super) const WIRE_ACK: u64 = 80;
+/// Packets acknowledged by one acknowledgement ([`starling::tls::ACK_EVERY`]).
+pub(super) const WIRE_ACK_EVERY: u64 = starling::tls::ACK_EVERY as u64;
+
 /// One site.
 #[derive(Debug)]
 pub(super) struct Site {
@@ -43,6 +53,8 @@ pub(super) struct Site {
     members: Vec<u32>,
     /// Segment bytes that came in across its WAN within the run (landed by its end).
     down_bytes: u64,
+    /// Bytes on the wire that came in across its WAN within the run ([`Sim::count_wire`]).
+    pub(super) down_wire_bytes: u64,
     /// Segments the site needed, each counted once: held by one of its viewers, or judged
     /// for continuity at one.
     segments_needed: u64,
@@ -91,6 +103,7 @@ impl Sim {
                     placed: 0,
                     members: Vec::new(),
                     down_bytes: 0,
+                    down_wire_bytes: 0,
                     segments_needed: 0,
                     tally: vec![(u64::MAX, 0, false); TALLY],
                 });
@@ -208,6 +221,7 @@ impl Sim {
             self.d.site_lan_bytes += bytes;
             return now + self.flight(s, r, bytes);
         }
+        self.count_wire(s, r, bytes, false);
         let mut t = now;
         if let Some(site) = self.sites.get_mut(from as usize) {
             t = site.up.book(t, bytes);
@@ -225,6 +239,31 @@ impl Sim {
             }
         }
         t
+    }
+
+    /// `payload` bytes go from `s` to `r` in one write (a piece, or a control message when
+    /// `lone`): counts what crosses the sites' WANs on the way for it in packets, by the
+    /// lab's wire (2026-12-07, `tcpdump` on an office's WAN): the media in packets of
+    /// [`WIRE_PAYLOAD`] bytes, each with [`WIRE_HEADERS`] of headers, and acknowledgements
+    /// back of [`WIRE_ACK`] bytes, one per [`WIRE_ACK_EVERY`] packets or one for a lone
+    /// message. Counted, not queued on the links: the model of their timing is unchanged.
+    pub(super) fn count_wire(&mut self, s: u32, r: u32, payload: u64, lone: bool) {
+        let (from, to) = (self.site_of(s), self.site_of(r));
+        if from == to || self.now > self.end {
+            return;
+        }
+        let packets = payload.div_ceil(WIRE_PAYLOAD).max(1);
+        let acks = if lone {
+            1
+        } else {
+            packets.div_ceil(WIRE_ACK_EVERY)
+        };
+        if let Some(site) = self.sites.get_mut(to as usize) {
+            site.down_wire_bytes += payload + packets * WIRE_HEADERS;
+        }
+        if let Some(site) = self.sites.get_mut(from as usize) {
+            site.down_wire_bytes += acks * WIRE_ACK;
+        }
     }
 
     /// The WAN link on the way from `s` to `r` whose queue is longer than [`WAN_QUEUE`]
@@ -357,11 +396,20 @@ impl Sim {
     /// WAN download copies per site: bytes in by the run's end over the bytes of the
     /// segments it needed; (mean, max) over the sites that needed any.
     pub(super) fn site_copies(&self) -> (f64, f64) {
+        self.copies_of(|s| s.down_bytes)
+    }
+
+    /// [`Sim::site_copies`] of the bytes on the wire ([`Sim::count_wire`]): mean and largest.
+    pub(super) fn site_wire_copies(&self) -> (f64, f64) {
+        self.copies_of(|s| s.down_wire_bytes)
+    }
+
+    fn copies_of(&self, bytes: impl Fn(&Site) -> u64) -> (f64, f64) {
         let copies: Vec<f64> = self
             .sites
             .iter()
             .filter(|s| s.segments_needed > 0)
-            .map(|s| s.down_bytes as f64 / (s.segments_needed * self.seg_bytes.max(1)) as f64)
+            .map(|s| bytes(s) as f64 / (s.segments_needed * self.seg_bytes.max(1)) as f64)
             .collect();
         if copies.is_empty() {
             return (0.0, 0.0);

@@ -1,7 +1,7 @@
 //! Unit tests of the event loop: links, ordering, relays, seeding and upload slots.
 
 use super::links::LINK_ROW;
-use super::sites::NO_SITE;
+use super::sites::{NO_SITE, WIRE_ACK, WIRE_ACK_EVERY, WIRE_HEADERS, WIRE_PAYLOAD};
 use super::transfers::Kind;
 use super::*;
 use starling::node::DisconnectReason;
@@ -574,6 +574,26 @@ fn a_sites_wan_caps_what_comes_in_and_out_but_not_its_lan() {
     assert_eq!(d.site_wan_down_bytes, 12 * piece);
     assert_eq!(d.site_wan_up_bytes, piece);
     assert_eq!(d.site_lan_bytes, piece);
+}
+
+#[test]
+fn a_sites_wire_counts_packet_headers_and_acknowledgements_across_its_wan_alone() {
+    let (mut sim, site, homes) = site_and_homes(2, 1, 1_000_000);
+    let (a, b, h) = (site[0], site[1], homes[0]);
+    let wire = |sim: &Sim| sim.sites.first().map_or(0, |s| s.down_wire_bytes);
+    // A 16 KiB piece from home: its 12 packets with their headers come in.
+    let piece = 16_384;
+    sim.carry(h, a, piece);
+    let packets = piece.div_ceil(WIRE_PAYLOAD);
+    assert_eq!(wire(&sim), piece + packets * WIRE_HEADERS);
+    // One going out brings back only its acknowledgements: one for each few packets.
+    sim.carry(a, h, piece);
+    let acks = packets.div_ceil(WIRE_ACK_EVERY) * WIRE_ACK;
+    assert_eq!(wire(&sim), piece + packets * WIRE_HEADERS + acks);
+    // A lone message out is acknowledged alone; the LAN counts for nothing.
+    sim.count_wire(a, h, 20, true);
+    sim.carry(b, a, piece);
+    assert_eq!(wire(&sim), piece + packets * WIRE_HEADERS + acks + WIRE_ACK);
 }
 
 #[test]

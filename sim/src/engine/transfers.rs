@@ -211,6 +211,7 @@ impl Sim {
         };
         let bytes = wire::encoded_len(&req) as u64;
         self.d.control_bytes += bytes;
+        self.count_wire(i, j, bytes, true);
         self.d.requests += 1;
         if j == ORIGIN {
             self.d.origin_requests += 1;
@@ -361,6 +362,7 @@ impl Sim {
             self.unavailable_bytes
         };
         self.d.control_bytes += bytes;
+        self.count_wire(s, r, bytes, true);
         let at = self.now + self.flight(s, r, bytes);
         self.at(at, Ev::Fail { tr, busy });
     }
@@ -374,9 +376,11 @@ impl Sim {
             self.reply_part_bytes
         };
         self.d.control_bytes += reply_bytes;
-        let Some(from) = self.transfers.get(tr).map(|t| t.from) else {
+        let Some((from, to)) = self.transfers.get(tr).map(|t| (t.from, t.to)) else {
             return;
         };
+        // It goes out with the first piece, in its packets.
+        self.count_wire(from, to, reply_bytes, false);
         let mut order = self.node_mut(from).map_or(0, |n| {
             n.uploads_started += 1;
             n.uploads_started
