@@ -138,8 +138,8 @@
 //!   `join_after` being published (0 by default), as `benches/swarm`'s do: they join a
 //!   running stream rather than wait for it to begin. With −1 they start from time zero,
 //!   before the first segment, and need no catch-up.
-//! - **Not modelled:** control messages and reply headers crossing a site's WAN (they take
-//!   latency alone, as everywhere); loss and retransmission on it; per-connection limits on concurrent serves (8) and pushes (4), which
+//! - **Not modelled:** control messages and reply headers queueing on a site's WAN (they take
+//!   latency alone, as everywhere; their packets are counted in `site_wan_wire_copies`); loss and retransmission on it; per-connection limits on concurrent serves (8) and pushes (4), which
 //!   the mesh's in-flight caps stay under; the 30 s upload timeout; a viewer's store size
 //!   (every node keeps 64 segments); CPU time.
 //!
