@@ -256,6 +256,24 @@ fn a_site_viewer_tells_partners_off_its_site_about_parts_arriving_together_at_on
         sent,
         vec![(id(far), 9, bit(0) | bit(1)), (id(other), 9, bit(0))]
     );
+    // News of the next segment sends what is held of the last at once, and is held itself.
+    announce(&mut v, t1, ORIGIN, 10, ALL_PARTS);
+    drain(&mut v);
+    let t2 = due + Duration::from_millis(1);
+    v.handle_receiving(t2, id(ORIGIN), 9, 2);
+    v.handle_receiving(t2, id(ORIGIN), 10, 0);
+    let mut sent: Vec<_> = haves(&drain(&mut v))
+        .into_iter()
+        .filter(|(to, ..)| *to == id(far))
+        .collect();
+    sent.sort();
+    assert_eq!(sent, vec![(id(far), 9, bit(2))]);
+    v.handle_tick(t2 + HAVE_HOLD);
+    let sent: Vec<_> = haves(&drain(&mut v))
+        .into_iter()
+        .filter(|(to, ..)| *to == id(far))
+        .collect();
+    assert_eq!(sent, vec![(id(far), 10, bit(0))]);
     // A viewer without neighbours tells everyone at once.
     let mut home = viewer_with_partners(t0, &[far]);
     drain(&mut home);
