@@ -216,13 +216,15 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         eprintln!(
             "  a part takes {:.0} ms on average from its first frame to its last piece ({} parts); \
              {:.0} ms from a site viewer to a viewer off its site ({} parts), {:.0} ms from a \
-             viewer into a site ({} parts)",
+             viewer into a site ({} parts, after {:.0} ms from the request to the first frame \
+             leaving)",
             mean(d.parts_kept_ms, d.parts_kept),
             d.parts_kept,
             mean(d.site_served_ms, d.site_served_parts),
             d.site_served_parts,
             mean(d.site_fed_ms, d.site_fed_parts),
             d.site_fed_parts,
+            mean(d.site_fed_wait_ms, d.site_fed_parts),
         );
     }
     if c.threads > 1 {

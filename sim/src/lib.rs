@@ -832,6 +832,10 @@ pub struct SimDetails {
     pub site_fed_parts: u64,
     /// See [`SimDetails::site_fed_parts`].
     pub site_fed_ms: f64,
+    /// For the same parts, the sum of the times from the request (or the decision to push)
+    /// to the sender writing the first frame, ms: the request's way there and the wait for
+    /// an upload slot and for the sender's link.
+    pub site_fed_wait_ms: f64,
     /// Part requests site viewers sent across their WAN (to the origin too).
     pub site_wan_requests: u64,
     /// Of those, sent while a partner of the requester's site held the part complete.

@@ -93,6 +93,8 @@ pub(super) struct Transfer {
     wan: bool,
     /// When its sender started it (wrote its first frame).
     began: Ns,
+    /// When it was asked for (a request) or decided on (a push).
+    asked: Ns,
 }
 
 impl Transfer {
@@ -185,6 +187,7 @@ impl Sim {
             t.conn = conn;
             t.wan_in = wan_in;
             t.wan = wan;
+            t.asked = self.now;
             // Nobody is there to receive a push to a vanished viewer.
             t.receiver_done = !receiving;
         }
@@ -935,6 +938,7 @@ impl Sim {
         }
         let (s, r, number, part, bytes) = (t.from, t.to, t.number, t.part, t.sent);
         let (wan_in, pushed, took) = (t.wan_in, t.kind == Kind::Push, self.now - t.began);
+        let waited = t.began.saturating_sub(t.asked);
         let (bit, empty) = (1u32 << part, self.empty_parts);
         // (kept, whole, from several suppliers, the part's other copy relays followed)
         let mut kept = (false, false, false, None);
@@ -974,6 +978,7 @@ impl Sim {
             if wan_in && s != ORIGIN {
                 self.d.site_fed_parts += 1;
                 self.d.site_fed_ms += took as f64 / NS_PER_MS as f64;
+                self.d.site_fed_wait_ms += waited as f64 / NS_PER_MS as f64;
             }
             if self.site_of(s) != NO_SITE && !self.same_site(s, r) {
                 self.d.site_served_parts += 1;
