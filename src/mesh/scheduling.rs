@@ -141,6 +141,11 @@ impl Mesh {
                 }
             }
         }
+        self.send_haves(news);
+    }
+
+    /// Sends each `(partner, segment, parts)` that still names a part.
+    fn send_haves(&mut self, news: Vec<(NodeId, u64, u32)>) {
         for (p, number, parts) in news {
             if parts != 0 {
                 self.send(p, Control::Have { number, parts });
@@ -166,11 +171,7 @@ impl Mesh {
             }
         }
         self.have_due = next;
-        for (p, number, parts) in news {
-            if parts != 0 {
-                self.send(p, Control::Have { number, parts });
-            }
-        }
+        self.send_haves(news);
     }
 
     /// Part `part` of segment `number` (`len` bytes) arrived whole and verified from `from`.
