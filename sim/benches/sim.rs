@@ -140,11 +140,13 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
             (viewers > 0).then(|| {
                 let copies = |b: u64| b as f64 / r.stream_bytes.max(1) as f64;
                 let sent = d.bytes_by_nat.get(k).copied().unwrap_or_default();
+                let upload = d.upload_bps_by_nat.get(k).copied().unwrap_or_default();
                 format!(
-                    "{nat}: {viewers} with {:.1} partners ({:.1} open), {:.2} origin copies, \
-                     sent {:.1}/{:.1}/{:.1} copies to open/cone/symmetric",
+                    "{nat}: {viewers} with {:.1} partners ({:.1} open), upload {:.1} streams, \
+                     {:.2} origin copies, sent {:.1}/{:.1}/{:.1} copies to open/cone/symmetric",
                     partners as f64 / viewers as f64,
                     open as f64 / viewers as f64,
+                    upload as f64 / r.bitrate_bps.max(1) as f64,
                     copies(origin),
                     copies(sent[0]),
                     copies(sent[1]),
@@ -154,6 +156,18 @@ fn summary(c: &SimConfig, r: &SimReport, wall_s: f64) {
         })
         .collect();
     eprintln!("  by NAT: {}", per_nat.join("; "));
+    // Symmetric viewers reach only open ones and the origin: what those can upload against
+    // what the symmetric ones need. Near 1, no mesh can carry them (a mix that breaks).
+    let [_, _, symmetric] = d.partners_by_nat;
+    if symmetric.0 > 0 {
+        let [open_up, _, _] = d.upload_bps_by_nat;
+        let need = symmetric.0 as f64 * c.bitrate_bps as f64;
+        eprintln!(
+            "  symmetric viewers' resource index {:.2} (open viewers' and origin's upload over \
+             their need)",
+            (open_up + c.origin_upload_bps) as f64 / need
+        );
+    }
     let kinds: Vec<String> = d
         .by_kind
         .named()

@@ -864,6 +864,10 @@ pub struct SimDetails {
     /// Live viewers at the end behind each NAT kind, their viewer partners, and of those
     /// partners the ones with an open NAT: `[nat]` as (viewers, partners, open partners).
     pub partners_by_nat: [(u64, u64, u64); 3],
+    /// Upload of the live viewers at the end behind each NAT kind, summed in bit/s: against
+    /// the symmetric ones' need it shows whether the open viewers (the only ones symmetric
+    /// viewers can reach) can carry them at all.
+    pub upload_bps_by_nat: [u64; 3],
     /// Segment bytes sent across a site's WAN inwards (every site; wasted copies included,
     /// and bytes still queued on the link at the run's end).
     pub site_wan_down_bytes: u64,

@@ -911,6 +911,9 @@ impl Sim {
                 row.1 += viewers.count() as u64;
                 row.2 += open as u64;
             }
+            if let Some(up) = self.d.upload_bps_by_nat.get_mut(nodes::nat_index(n.nat)) {
+                *up += n.cap_bps;
+            }
         }
         let site_viewers: Vec<(usize, usize)> = self
             .nodes
