@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Protocol version spoken in [`Control::Hello`]; a different one is refused.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Largest control frame (buffer maps, haves, peer lists).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Largest transfer-reply frame: a signed header with up to 1024 piece digests.
@@ -199,6 +199,22 @@ pub enum Control {
         /// [`crate::mesh::JOINING_WINDOW`], in percent (at most 100).
         joining_pct: u32,
     },
+    /// From a partner of the receiver's own site: `peer`, a partner of both off the site,
+    /// announced these parts to the sender ([`crate::mesh`]'s one listener a site).
+    Heard {
+        /// The partner that announced them.
+        peer: NodeId,
+        /// Segment number.
+        number: u64,
+        /// As in [`Control::Have`]; never zero.
+        parts: u32,
+    },
+    /// `on`: send the sender no more `Have`s, a partner of its site tells it yours;
+    /// otherwise send them again.
+    Quiet {
+        /// Whether to stop.
+        on: bool,
+    },
 }
 
 impl Control {
@@ -211,7 +227,9 @@ impl Control {
             Control::Peers { peers } if peers.len() > MAX_PEERS_PER_MESSAGE => {
                 Err(WireError::Violation("too many peers"))
             }
-            Control::Have { parts, .. } if *parts == 0 || *parts & !ALL_PARTS != 0 => {
+            Control::Have { parts, .. } | Control::Heard { parts, .. }
+                if *parts == 0 || *parts & !ALL_PARTS != 0 =>
+            {
                 Err(WireError::Violation("announced parts out of range"))
             }
             Control::Swarm { joining_pct, .. } if *joining_pct > 100 => {

@@ -266,6 +266,8 @@ impl Mesh {
                 next_pex: now + PEX_FIRST.min(self.cfg.pex_interval),
                 next_buffer_map: now + self.cfg.buffer_map_interval,
                 held_have: None,
+                quiet: false,
+                relayed_by: None,
             },
         );
         if self.cfg.role == Role::Broadcaster {
@@ -443,6 +445,7 @@ impl Mesh {
 
     pub(super) fn maintain(&mut self, now: Instant) {
         self.next_maintenance = now + self.cfg.maintenance_interval;
+        self.end_lapsed_quiet(now);
         self.banned.retain(|_, until| *until > now);
         let viewers = self.peers.values().filter(|p| !p.is_origin());
         self.symmetric_partners = (

@@ -59,6 +59,7 @@
 //! `membership` (connections, dialling, peer exchange, bans) and `seeding` (the
 //! broadcaster's publishing and seeding).
 
+mod listening;
 mod membership;
 mod peers;
 mod scheduling;
@@ -631,6 +632,7 @@ impl Mesh {
                 return;
             }
             Control::Have { number, parts } => {
+                self.relay_have(from, number, parts);
                 // Parts already held or asked for change nothing worth scheduling.
                 if !self.learn(now, from, &[(number, parts)]) {
                     return;
@@ -679,6 +681,19 @@ impl Mesh {
                 if self.is_origin(&from) {
                     self.swarm = Some((upload_pct, joining_pct.min(100)));
                 }
+                return;
+            }
+            Control::Heard {
+                peer,
+                number,
+                parts,
+            } => {
+                if !self.heard(now, from, peer, number, parts) {
+                    return;
+                }
+            }
+            Control::Quiet { on } => {
+                self.quiet(now, from, on);
                 return;
             }
             Control::End { last } => {
@@ -751,4 +766,11 @@ impl Mesh {
     fn send(&mut self, peer: NodeId, msg: Control) {
         self.actions.push_back(Action::Send { peer, msg });
     }
+}
+
+/// SplitMix64's finaliser: ranks computed from nearby inputs come out unrelated.
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }

@@ -50,6 +50,13 @@ pub(super) struct Peer {
     /// Parts announced while it was off our site and we had partners on it, not yet sent:
     /// (segment, parts, when they go) ([`super::HAVE_HOLD`]).
     pub(super) held_have: Option<(u64, u32, Instant)>,
+    /// It asked for no `Have`s: a partner of its site relays ours ([`Control::Quiet`]).
+    ///
+    /// [`Control::Quiet`]: crate::wire::Control::Quiet
+    pub(super) quiet: bool,
+    /// We asked it for no `Have`s: the neighbour of our site that relays them, and when it
+    /// last did ([`super::listening`]).
+    pub(super) relayed_by: Option<(NodeId, Instant)>,
 }
 
 impl Peer {
@@ -292,6 +299,8 @@ mod tests {
             next_pex: Instant::now(),
             next_buffer_map: Instant::now(),
             held_have: None,
+            quiet: false,
+            relayed_by: None,
         }
     }
 

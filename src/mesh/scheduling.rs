@@ -123,7 +123,7 @@ impl Mesh {
         let mut news = Vec::new();
         for (id, p) in self.peers.iter_mut() {
             let m = parts & !p.have.get(number);
-            if *id == origin || Some(*id) == except || m == 0 {
+            if *id == origin || Some(*id) == except || m == 0 || p.quiet {
                 continue;
             }
             if !in_site || p.same_site {
@@ -612,13 +612,10 @@ impl Mesh {
 /// so every part has one first node and each node is first for its share of parts.
 fn site_rank(id: &NodeId, n: u64, part: usize) -> u64 {
     let [a, b, c, d, e, f, g, h, ..] = id.0;
-    let mut x = u64::from_le_bytes([a, b, c, d, e, f, g, h])
+    let x = u64::from_le_bytes([a, b, c, d, e, f, g, h])
         ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (part as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    // SplitMix64's finaliser: nearby inputs rank unrelated.
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+    super::scramble(x)
 }
 
 #[cfg(test)]

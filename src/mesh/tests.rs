@@ -217,7 +217,7 @@ fn missed_deadlines_are_counted_once() {
 }
 
 /// The announcements a node sent, as (to, segment, parts).
-fn haves(actions: &[Action]) -> Vec<(NodeId, u64, u32)> {
+pub(super) fn haves(actions: &[Action]) -> Vec<(NodeId, u64, u32)> {
     actions
         .iter()
         .filter_map(|a| match a {
