@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use starling::stream::{
-    node_id, part_pieces, piece_range, sign_segment, Ticket, MAX_TICKET_ADDRS, PARTS,
+    node_id, part_pieces, piece_range, sign_segment, NodeId, Ticket, MAX_TICKET_ADDRS, PARTS,
 };
 use starling::token::{Credential, Side, BINDING_LEN, TOKEN_PREFIX};
 use starling::wire::{encode, Control, Hello, PeerInfo, Reply, Request, Role, PROTOCOL_VERSION};
@@ -112,6 +112,15 @@ fn wire_seeds() -> Seeds {
                 joining_pct: 40,
             },
         ),
+        (
+            "heard",
+            Control::Heard {
+                peer: NodeId([3; 32]),
+                number: 1234,
+                parts: 0b110,
+            },
+        ),
+        ("quiet", Control::Quiet { on: true }),
     ];
     let mut out: Seeds = controls
         .iter()
