@@ -8,7 +8,7 @@
 //! partner keeps listening; the news reaches the site once. A relay that stops for
 //! [`QUIET_LAPSE`] (the relaying neighbour left, or dropped the partner) ends the quiet.
 
-use super::Mesh;
+use super::{Action, Mesh};
 use crate::stream::NodeId;
 use crate::wire::Control;
 use std::time::{Duration, Instant};
@@ -29,19 +29,15 @@ impl Mesh {
         {
             return;
         }
-        let neighbours: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.same_site)
-            .map(|(id, _)| *id)
-            .collect();
-        for n in neighbours {
+        // Queued while the partners are walked: this runs on every `Have`, so no list of
+        // neighbours is gathered first.
+        for (n, _) in self.peers.iter().filter(|(_, p)| p.same_site) {
             let msg = Control::Heard {
                 peer: from,
                 number,
                 parts,
             };
-            self.send(n, msg);
+            self.actions.push_back(Action::Send { peer: *n, msg });
         }
     }
 
@@ -127,7 +123,7 @@ fn listen_rank(node: &NodeId, partner: &NodeId) -> u64 {
 mod tests {
     use super::*;
     use crate::mesh::tests::{
-        announce, contact, drain, haves, id, origin_announces_nine, viewer_connected, ORIGIN,
+        announce, contact, drain, haves, id, origin_announces_nine, sent, viewer_connected, ORIGIN,
     };
     use crate::mesh::Action;
     use crate::stream::ALL_PARTS;
@@ -148,34 +144,21 @@ mod tests {
     }
 
     fn heard(actions: &[Action]) -> Vec<(NodeId, NodeId, u64, u32)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg:
-                        Control::Heard {
-                            peer: of,
-                            number,
-                            parts,
-                        },
-                } => Some((*peer, *of, *number, *parts)),
-                _ => None,
-            })
-            .collect()
+        sent(actions, |to, msg| match msg {
+            Control::Heard {
+                peer,
+                number,
+                parts,
+            } => Some((to, *peer, *number, *parts)),
+            _ => None,
+        })
     }
 
     fn quiets(actions: &[Action]) -> Vec<(NodeId, bool)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::Quiet { on },
-                } => Some((*peer, *on)),
-                _ => None,
-            })
-            .collect()
+        sent(actions, |to, msg| match msg {
+            Control::Quiet { on } => Some((to, *on)),
+            _ => None,
+        })
     }
 
     /// A partner number for which neighbour 20 ranks before us (10), or after us.
@@ -276,16 +259,9 @@ mod tests {
         v.handle_control(t0, id(40), Control::Quiet { on: false });
         v.handle_segment(t0, Some(id(ORIGIN)), 8, 1000);
         v.handle_tick(t0 + Duration::from_secs(1));
-        let maps: Vec<NodeId> = drain(&mut v)
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    peer,
-                    msg: Control::BufferMap { .. },
-                } => Some(*peer),
-                _ => None,
-            })
-            .collect();
+        let maps = sent(&drain(&mut v), |to, msg| {
+            matches!(msg, Control::BufferMap { .. }).then_some(to)
+        });
         assert!(maps.contains(&id(40)), "{maps:?}");
         v.handle_receiving(t0, id(ORIGIN), 9, 1);
         let to_40 = haves(&drain(&mut v))

@@ -216,18 +216,24 @@ fn missed_deadlines_are_counted_once() {
     assert_eq!(v.stats().missed_deadlines, 4);
 }
 
-/// The announcements a node sent, as (to, segment, parts).
-pub(super) fn haves(actions: &[Action]) -> Vec<(NodeId, u64, u32)> {
+/// What `pick` makes of each control message a node sent (to whom, what), where it makes
+/// something.
+pub(super) fn sent<T>(actions: &[Action], pick: impl Fn(NodeId, &Control) -> Option<T>) -> Vec<T> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send {
-                peer,
-                msg: Control::Have { number, parts },
-            } => Some((*peer, *number, *parts)),
+            Action::Send { peer, msg } => pick(*peer, msg),
             _ => None,
         })
         .collect()
+}
+
+/// The announcements a node sent, as (to, segment, parts).
+pub(super) fn haves(actions: &[Action]) -> Vec<(NodeId, u64, u32)> {
+    sent(actions, |to, msg| match msg {
+        Control::Have { number, parts } => Some((to, *number, *parts)),
+        _ => None,
+    })
 }
 
 #[test]
